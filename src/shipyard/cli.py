@@ -1,0 +1,41 @@
+"""The `shipyard` command: checks a generated kit (`shipyard validate`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shipyard import __version__, validate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (0 clean, 1 findings, 2 usage/tools)."""
+    parser = argparse.ArgumentParser(prog="shipyard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("validate", help="check every artifact with its real tool")
+    check.add_argument("root", nargs="?", default=".", type=Path, help="kit folder (default .)")
+    check.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(validate.CHECKS),
+        help="run only this check (repeatable)",
+    )
+    args = parser.parse_args(argv)
+
+    if not args.root.is_dir():
+        print(f"shipyard: {args.root} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        findings = validate.validate(args.root, args.only)
+    except validate.ToolMissingError as exc:
+        print(f"shipyard: {exc}", file=sys.stderr)
+        return 2
+    print(validate.report(findings))
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
