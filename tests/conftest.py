@@ -1,0 +1,70 @@
+"""Shared fixtures: the template as copier sees it, and renders of every preset."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from copier import run_copy
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS_DIR = REPO / "tests" / "presets"
+PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yml"))
+
+Render = Callable[[Mapping[str, Any], Path], Path]
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The answers of tests/presets/NAME.yml."""
+    data: dict[str, Any] = YAML(typ="safe").load((PRESETS_DIR / f"{name}.yml").read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working tree's template files without .git, so renders see uncommitted edits."""
+    dst = tmp_path_factory.mktemp("template") / "shipyard"
+    shutil.copytree(
+        REPO,
+        dst,
+        ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__", "*.egg-info", ".*_cache"),
+    )
+    return dst
+
+
+@pytest.fixture(scope="session")
+def render(template_dir: Path) -> Render:
+    """render(answers, dst) -> dst: `copier copy --defaults` with the given answers."""
+
+    def _render(answers: Mapping[str, Any], dst: Path) -> Path:
+        run_copy(
+            str(template_dir),
+            dst,
+            data=dict(answers),
+            defaults=True,
+            unsafe=True,
+            quiet=True,
+        )
+        return dst
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def rendered(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    Callable[[str], Path]
+]:
+    """rendered(preset) -> folder: each preset rendered once per test session (per worker)."""
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("presets")
+
+    def _rendered(preset: str) -> Path:
+        if preset not in cache:
+            cache[preset] = render(load_preset(preset), root / preset)
+        return cache[preset]
+
+    yield _rendered
