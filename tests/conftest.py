@@ -11,6 +11,9 @@ import pytest
 from copier import run_copy
 from ruamel.yaml import YAML
 
+# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand.
+pytest_plugins: list[str] = []
+
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yml"))
