@@ -1,0 +1,292 @@
+"""A real dockerd for the tests, plus locally built base images.
+
+One dockerd per machine at a time: its data-root (~/.cache/shipyard/docker) is reused across
+runs so image layers and the BuildKit cache survive, and two daemons cannot share a data-root.
+An exclusive file lock serialises every test session (xdist workers, other checkouts) that
+needs it; tests using it also share one xdist group (`@pytest.mark.xdist_group("docker")`)
+so that under `--dist loadgroup` one worker runs them all and the others never wait.
+
+Base images cannot be pulled here: `bookworm_base` is a debootstrap rootfs (tarball cached
+under ~/.cache/shipyard/images) imported into the daemon, and `mirror_images` builds
+node/postgres images on it and pushes them to the test registry under the names the
+generated Dockerfile and compose files ask for (<mirror>/library/node:<ver>-bookworm-slim,
+<mirror>/library/postgres:<ver>-alpine), exactly as an air-gapped mirror would serve them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from docker.errors import DockerException, ImageNotFound
+
+CACHE = Path(os.environ.get("SHIPYARD_CACHE", Path.home() / ".cache" / "shipyard"))
+DATA_ROOT = CACHE / "docker"
+LOCK = CACHE / "docker.lock"
+ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
+BASE_IMAGE = "shipyard-test/bookworm-minbase:1"
+# Debian's client: its built-in BuildKit builder works without the buildx plugin.
+DOCKER_CLI = "/usr/bin/docker"
+LOCK_TIMEOUT = 1800.0
+
+# The node base: Debian's nodejs and npm plus the official image's uid 1000 `node` user.
+NODE_DOCKERFILE = """\
+FROM {base}
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends nodejs npm ca-certificates; \\
+    rm -rf /var/lib/apt/lists/*; \\
+    groupadd --gid 1000 node; useradd --uid 1000 --gid node --create-home node
+WORKDIR /app
+CMD ["node"]
+"""
+
+# PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
+# /var/lib/postgresql/data, pg_isready on PATH.
+POSTGRES_DOCKERFILE = """\
+FROM {base}
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends postgresql-15; \\
+    rm -rf /var/lib/apt/lists/*; \\
+    mkdir -p /var/lib/postgresql/data /var/run/postgresql; \\
+    chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
+COPY entrypoint.sh /usr/local/bin/entrypoint.sh
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
+USER postgres
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/entrypoint.sh"]
+"""
+
+POSTGRES_ENTRYPOINT = """\
+set -eu
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pwfile=$(mktemp)
+  printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
+  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" -A scram-sha-256 >/dev/null
+  rm -f "$pwfile"
+  echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+  createdb -U "$POSTGRES_USER" "$POSTGRES_DB" 2>/dev/null || true
+  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+exec postgres -D "$PGDATA" -c listen_addresses='*'
+"""
+
+
+@dataclass(frozen=True)
+class Dockerd:
+    """A running daemon: `env` points docker, docker-compose and the SDK at it."""
+
+    host: str
+    cli: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.host}
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.host, timeout=300)
+
+    def run(self, *args: str, input_: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """The docker CLI against this daemon; raises with its output when it fails."""
+        proc = subprocess.run(
+            [self.cli, *args], env=self.env, input=input_, capture_output=True, check=False
+        )
+        if proc.returncode:
+            out = (proc.stdout + proc.stderr).decode(errors="replace")[-4000:]
+            raise RuntimeError(f"docker {' '.join(args)} failed:\n{out}")
+        return proc
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, timeout: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{path} stayed locked for {timeout:.0f}s: another dockerd?")
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stop_stale(pidfile: Path) -> None:
+    """A dockerd left by a killed session still holds the data-root: stop it (we own the lock)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """A real dockerd (vfs, no iptables) on a private unix socket, stopped at the end."""
+    missing = [tool for tool in ("dockerd", "containerd") if not shutil.which(tool)]
+    if missing or not Path(DOCKER_CLI).exists():
+        pytest.fail(f"docker engine missing ({missing or DOCKER_CLI}): run `. .ci/setup.sh`")
+    with _exclusive(LOCK, LOCK_TIMEOUT):
+        # Unix socket paths are limited to ~100 bytes, so runtime state lives in a short tmp dir.
+        run_dir = Path(tempfile.mkdtemp(prefix="shipyard-dockerd-"))
+        pidfile = DATA_ROOT.parent / "dockerd.pid"
+        _stop_stale(pidfile)
+        socket = run_dir / "docker.sock"
+        log = (DATA_ROOT.parent / "dockerd.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                "dockerd",
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--ip6tables=false",
+                f"--data-root={DATA_ROOT}",
+                f"--exec-root={run_dir / 'exec'}",
+                f"--pidfile={pidfile}",
+                f"--host=unix://{socket}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        daemon = Dockerd(host=f"unix://{socket}", cli=DOCKER_CLI)
+        try:
+            _wait_ready(daemon, proc)
+            yield daemon
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _wait_ready(daemon: Dockerd, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (DATA_ROOT.parent / "dockerd.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"dockerd exited with {proc.returncode}:\n{log}")
+        with contextlib.suppress(DockerException):
+            if daemon.client().ping():
+                return
+        time.sleep(0.5)
+    pytest.fail("dockerd did not answer within 120 s")
+
+
+def _rootfs() -> Path:
+    """The debootstrap minbase rootfs as a tarball, made once per machine (~30 s)."""
+    if ROOTFS.exists():
+        return ROOTFS
+    with _exclusive(ROOTFS.with_suffix(".lock"), LOCK_TIMEOUT):
+        if ROOTFS.exists():
+            return ROOTFS
+        work = Path(tempfile.mkdtemp(prefix="shipyard-rootfs-"))
+        try:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", "bookworm", str(work / "root"),
+                 "http://deb.debian.org/debian"],
+                check=True,
+                capture_output=True,
+            )
+            partial = ROOTFS.with_suffix(".part")
+            tar = subprocess.Popen(["tar", "-C", str(work / "root"), "-c", "."],
+                                   stdout=subprocess.PIPE)
+            subprocess.run(["zstd", "-q", "-f", "-o", str(partial)], stdin=tar.stdout, check=True)
+            if tar.wait():
+                pytest.fail("tar of the debootstrap rootfs failed")
+            partial.rename(ROOTFS)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return ROOTFS
+
+
+def _has_image(daemon: Dockerd, name: str) -> bool:
+    try:
+        daemon.client().images.get(name)
+    except ImageNotFound:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def bookworm_base(dockerd: Dockerd) -> str:
+    """A Debian bookworm minbase image in the daemon (imported from the cached rootfs)."""
+    if not _has_image(dockerd, BASE_IMAGE):
+        data = subprocess.run(["zstd", "-dc", str(_rootfs())], capture_output=True, check=True)
+        dockerd.run("import", "-", BASE_IMAGE, input_=data.stdout)
+    return BASE_IMAGE
+
+
+def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str]) -> None:
+    """Build `dockerfile` with BuildKit; apt needs the host network here (no bridge egress)."""
+    with tempfile.TemporaryDirectory() as ctx:
+        Path(ctx, "Dockerfile").write_text(dockerfile)
+        for name, text in files.items():
+            Path(ctx, name).write_text(text)
+        env = {**daemon.env, "DOCKER_BUILDKIT": "1"}
+        proc = subprocess.run(
+            [daemon.cli, "build", "--network", "host", "--tag", tag, ctx],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode:
+            out = (proc.stdout + proc.stderr).decode(errors="replace")[-4000:]
+            raise RuntimeError(f"building {tag} failed:\n{out}")
+
+
+@dataclass(frozen=True)
+class MirrorImages:
+    """Base images served by the test registry, as a mirror (`image_mirror`) serves them."""
+
+    mirror: str
+    node: str
+    postgres: str
+    postgres_version: int = 15
+
+
+@pytest.fixture(scope="session")
+def mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
+    """node:<22|20|24>-bookworm-slim and postgres:15-alpine pushed to the test registry.
+
+    Debian's nodejs (18) stands in for every requested Node version and Debian's
+    PostgreSQL 15 for the alpine image: the tags are what the generated files ask for.
+    """
+    node_local = "shipyard-test/node:bookworm"
+    postgres_local = "shipyard-test/postgres:15"
+    if not _has_image(dockerd, node_local):
+        build_image(dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), {})
+    if not _has_image(dockerd, postgres_local):
+        build_image(
+            dockerd,
+            postgres_local,
+            POSTGRES_DOCKERFILE.format(base=bookworm_base),
+            {"entrypoint.sh": POSTGRES_ENTRYPOINT},
+        )
+    node = f"{registry}/library/node"
+    for version in ("20", "22", "24"):
+        dockerd.run("tag", node_local, f"{node}:{version}-bookworm-slim")
+    dockerd.run("push", "--all-tags", node)
+    postgres = f"{registry}/library/postgres:15-alpine"
+    dockerd.run("tag", postgres_local, postgres)
+    dockerd.run("push", postgres)
+    return MirrorImages(mirror=registry, node=f"{node}:22-bookworm-slim", postgres=postgres)
