@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard import __version__, validate
+from shipyard.backup import cli as backup_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(validate.CHECKS),
         help="run only this check (repeatable)",
     )
+    backup_cli.register(commands)
     args = parser.parse_args(argv)
+    if args.command == "backup":
+        return backup_cli.run(args)
 
     if not args.root.is_dir():
         print(f"shipyard: {args.root} is not a folder", file=sys.stderr)

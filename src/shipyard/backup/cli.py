@@ -1,0 +1,104 @@
+"""`shipyard backup run|list|verify|restore|prune --target URL`: the backup engine's command.
+
+The Helm CronJob and the compose `backup` service run `shipyard backup run --target URL
+--retention-days N`. The database comes only from libpq's environment (PGHOST, PGPORT,
+PGDATABASE, PGUSER, PGPASSWORD or PGPASSFILE), S3 credentials from AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY and the endpoint from AWS_ENDPOINT_URL; none is ever an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg
+
+from shipyard.backup import engine, storage
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `backup` and its subcommands to the `shipyard` parser."""
+    parser = commands.add_parser("backup", help="back up, verify, restore, prune PostgreSQL")
+    actions = parser.add_subparsers(dest="backup_command", required=True)
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--target",
+            required=True,
+            help="file:///backups (a mounted volume) or s3://BUCKET/PREFIX",
+        )
+        return sub
+
+    run = action("run", "dump the database into the target, then apply retention")
+    run.add_argument("--kind", choices=["scheduled", "manual"], default="scheduled")
+    _retention_arguments(run, required=False)
+    action("list", "list complete backups, oldest first")
+    check = action("verify", "restore a backup into a scratch database and compare every table")
+    check.add_argument("--backup", help="backup id (default: the newest)")
+    check.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
+    back = action("restore", "replace PGDATABASE with a backup (a safety backup is taken first)")
+    back.add_argument("--backup", help="backup id (default: the newest)")
+    back.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
+    back.add_argument(
+        "--yes", action="store_true", required=True, help="required: it replaces data"
+    )
+    prune = action("prune", "delete backups the retention policy does not keep")
+    _retention_arguments(prune, required=True)
+    prune.add_argument("--dry-run", action="store_true", help="only print what would go")
+
+
+def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        required=required,
+        help="keep the newest backup of each of the last N days (UTC)",
+    )
+    parser.add_argument("--keep-weekly", type=int, default=0, help="... and of the last N weeks")
+    parser.add_argument("--keep-monthly", type=int, default=0, help="... and of the last N months")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed `shipyard backup ...` command; 0 on success, 1 on failure."""
+    try:
+        target = storage.from_url(args.target)
+        command = args.backup_command
+        if command == "run":
+            engine.backup(target, kind=args.kind)
+            if args.retention_days:
+                engine.prune(target, _policy(args))
+        elif command == "list":
+            print(format_table(engine.list_backups(target)))
+        elif command == "verify":
+            engine.verify(target, args.backup, jobs=args.jobs)
+        elif command == "restore":
+            engine.restore(target, args.backup, jobs=args.jobs)
+        elif command == "prune":
+            engine.prune(target, _policy(args), dry_run=args.dry_run)
+    except (engine.BackupError, storage.StorageError, psycopg.Error) as exc:
+        print(f"shipyard backup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> engine.Retention:
+    for name in ("retention_days", "keep_weekly", "keep_monthly"):
+        if getattr(args, name) < 0:
+            raise engine.BackupError(f"--{name.replace('_', '-')} cannot be negative")
+    return engine.Retention(args.retention_days, args.keep_weekly, args.keep_monthly)
+
+
+def format_table(backups: list[engine.Backup]) -> str:
+    """One line per backup: id, kind, database, size, tables, verified."""
+    if not backups:
+        return "no complete backups"
+    lines = [f"{'id':<24} {'kind':<9} {'database':<20} {'size':>10} {'tables':>6}  verified"]
+    for b in backups:
+        m = b.manifest
+        verified = b.verified["verified_at"][:19] if b.verified else "-"
+        lines.append(
+            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {m['dump']['size']:>10}"
+            f" {len(m['tables']):>6}  {verified}"
+        )
+    return "\n".join(lines)
