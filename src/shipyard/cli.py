@@ -24,16 +24,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(validate.CHECKS),
         help="run only this check (repeatable)",
     )
+    check.add_argument(
+        "--group",
+        action="append",
+        choices=sorted(validate.GROUPS),
+        help="run only this group of checks: lint (linters) or schema (each file's consumer)",
+    )
     backup_cli.register(commands)
     args = parser.parse_args(argv)
     if args.command == "backup":
         return backup_cli.run(args)
 
+    only: list[str] | None = None
+    if args.only or args.group:
+        only = [*(args.only or []), *(n for g in args.group or [] for n in validate.GROUPS[g])]
     if not args.root.is_dir():
         print(f"shipyard: {args.root} is not a folder", file=sys.stderr)
         return 2
     try:
-        findings = validate.validate(args.root, args.only)
+        findings = validate.validate(args.root, only)
     except validate.ToolMissingError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
         return 2
