@@ -1,0 +1,113 @@
+{{/*
+Helpers of this chart; names, labels, images and security contexts come from the vendored
+shipyard-common library chart (charts/shipyard-common).
+*/}}
+
+{{/*
+Usage: {{ include "app.replicas" (dict "context" $ "component" $c) }}
+The component's replica count: its own replicaCount, else the top-level one.
+*/}}
+{{- define "app.replicas" -}}
+{{- if kindIs "invalid" .component.replicaCount -}}
+{{- .context.Values.replicaCount -}}
+{{- else -}}
+{{- .component.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.minReplicas" (dict "context" $ "component" $c) }}
+Fewest pods the component runs: the HPA's minReplicas when autoscaling, else its replicas.
+*/}}
+{{- define "app.minReplicas" -}}
+{{- if and .component.autoscaling.enabled (not (kindIs "invalid" .component.autoscaling.minReplicas)) -}}
+{{- .component.autoscaling.minReplicas -}}
+{{- else -}}
+{{- include "app.replicas" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.image" (dict "context" $ "image" $c.image) }}
+A component's (or the backup's) image reference from image.registry/mirror/tag.
+*/}}
+{{- define "app.image" -}}
+{{- $v := .context.Values.image -}}
+{{- include "shipyard-common.image" (dict "registry" $v.registry "mirror" $v.mirror "repository" .image.repository "digest" .image.digest "tag" (default .context.Chart.AppVersion $v.tag)) -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.serviceAccountName" . }}
+*/}}
+{{- define "app.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "shipyard-common.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.secretEnv" . | nindent 12 }}
+The secret variables, each read from the existing Secret: a missing key stops the pod
+from starting (CreateContainerConfigError) instead of running half-configured.
+*/}}
+{{- define "app.secretEnv" -}}
+{{- range .Values.secretEnv.keys }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.secretEnv.existingSecret }}
+      key: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.validateValues" . }}
+Checks the schema cannot express; each failure says what to change.
+*/}}
+{{- define "app.validateValues" -}}
+{{- include "shipyard-common.validateValues" . -}}
+{{- range $name, $c := .Values.components }}
+{{- include "shipyard-common.validateDigest" (dict "context" $ "path" (printf "components.%s.image.digest" $name) "value" $c.image.digest) -}}
+{{- if eq $c.kind "http" }}
+{{- include "shipyard-common.validatePort" (dict "context" $ "path" (printf "components.%s.port" $name) "value" $c.port) -}}
+{{- end }}
+{{- if and $c.autoscaling.enabled (not $c.resources.requests.cpu) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s.autoscaling needs resources.requests.cpu: the HPA scales on CPU use relative to it" $name)) -}}
+{{- end }}
+{{- if and $c.autoscaling.enabled (lt (int $c.autoscaling.maxReplicas) (int (include "app.minReplicas" (dict "context" $ "component" $c)))) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s.autoscaling.maxReplicas (%v) is below its minimum replica count (%s)" $name $c.autoscaling.maxReplicas (include "app.minReplicas" (dict "context" $ "component" $c)))) -}}
+{{- end }}
+{{- end }}
+{{- include "shipyard-common.validateDigest" (dict "context" $ "path" "backup.image.digest" "value" .Values.backup.image.digest) -}}
+{{- if and (or .Values.ingress.enabled .Values.gateway.enabled) (not .Values.host) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" "ingress.enabled / gateway.enabled need host: the public hostname (values-<env>.yaml sets it)") -}}
+{{- end }}
+{{- if and .Values.secretEnv.keys (not .Values.secretEnv.existingSecret) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" "secretEnv.keys need secretEnv.existingSecret: the name of the Secret holding them") -}}
+{{- end }}
+{{- if .Values.migrations.enabled }}
+{{- if not (hasKey .Values.components .Values.migrations.component) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "migrations.component %q is not one of the components (%s)" .Values.migrations.component (keys .Values.components | sortAlpha | join ", "))) -}}
+{{- end }}
+{{- if not .Values.migrations.command }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" "migrations.enabled needs migrations.command: the command that applies migrations") -}}
+{{- end }}
+{{- end }}
+{{- if .Values.backup.enabled }}
+{{- if not (regexMatch "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.+)$" .Values.backup.target) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "backup.target must be s3://BUCKET/PREFIX or file:///backups, got %q" .Values.backup.target)) -}}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.tmpVolume" . }}
+Writable scratch space: the root filesystem is read-only.
+*/}}
+{{- define "app.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end -}}
