@@ -20,6 +20,7 @@ import fcntl
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
+from docker.client import DockerClient
 from docker.errors import DockerException, ImageNotFound
 
 CACHE = Path(os.environ.get("SHIPYARD_CACHE", Path.home() / ".cache" / "shipyard"))
@@ -93,8 +94,12 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
 
-    def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.host, timeout=300)
+    def client(self) -> DockerClient:
+        # A fixed API version (dockerd 20.10 speaks 1.41) keeps the constructor from connecting,
+        # so a daemon that is still starting leaks no socket.
+        return DockerClient(  # type: ignore[no-untyped-call]  # the SDK is untyped
+            base_url=self.host, version="1.41", timeout=300
+        )
 
     def run(self, *args: str, input_: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         """The docker CLI against this daemon; raises with its output when it fails."""
@@ -185,9 +190,12 @@ def _wait_ready(daemon: Dockerd, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None:
             log = (DATA_ROOT.parent / "dockerd.log").read_text(errors="replace")[-3000:]
             pytest.fail(f"dockerd exited with {proc.returncode}:\n{log}")
-        with contextlib.suppress(DockerException):
-            if daemon.client().ping():
-                return
+        # Probe the socket by hand first: the SDK leaks a socket when the connect fails.
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(daemon.host.removeprefix("unix://"))
+            with contextlib.suppress(DockerException), contextlib.closing(daemon.client()) as cli:
+                if cli.ping():  # type: ignore[no-untyped-call]
+                    return
         time.sleep(0.5)
     pytest.fail("dockerd did not answer within 120 s")
 
@@ -202,14 +210,20 @@ def _rootfs() -> Path:
         work = Path(tempfile.mkdtemp(prefix="shipyard-rootfs-"))
         try:
             subprocess.run(
-                ["debootstrap", "--variant=minbase", "bookworm", str(work / "root"),
-                 "http://deb.debian.org/debian"],
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "bookworm",
+                    str(work / "root"),
+                    "http://deb.debian.org/debian",
+                ],
                 check=True,
                 capture_output=True,
             )
             partial = ROOTFS.with_suffix(".part")
-            tar = subprocess.Popen(["tar", "-C", str(work / "root"), "-c", "."],
-                                   stdout=subprocess.PIPE)
+            tar = subprocess.Popen(
+                ["tar", "-C", str(work / "root"), "-c", "."], stdout=subprocess.PIPE
+            )
             subprocess.run(["zstd", "-q", "-f", "-o", str(partial)], stdin=tar.stdout, check=True)
             if tar.wait():
                 pytest.fail("tar of the debootstrap rootfs failed")
@@ -220,11 +234,12 @@ def _rootfs() -> Path:
 
 
 def _has_image(daemon: Dockerd, name: str) -> bool:
-    try:
-        daemon.client().images.get(name)
-    except ImageNotFound:
-        return False
-    return True
+    with contextlib.closing(daemon.client()) as client:
+        try:
+            client.images.get(name)
+        except ImageNotFound:
+            return False
+        return True
 
 
 @pytest.fixture(scope="session")

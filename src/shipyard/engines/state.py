@@ -1,0 +1,84 @@
+"""What was pushed and deployed, kept in `.shipyard/` beside shipyard.yaml.
+
+`images.json` holds the digest of each component's last push, so deploys use the digest and
+never a moving tag; `deploys-<env>.json` is the history `rollback` steps back through. The
+folder ignores itself in git, so recording a push never makes the tree dirty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FOLDER = ".shipyard"
+
+
+def _folder(root: Path) -> Path:
+    path = root / FOLDER
+    path.mkdir(exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# Local records of pushes and deploys; never committed.\n*\n")
+    return path
+
+
+def _read_dict(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _write(path: Path, data: object) -> None:
+    # Write-then-rename: an interrupted task never leaves half a record behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    Path(tmp).replace(path)
+
+
+def now() -> str:
+    """UTC timestamp for records."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def pushed(root: Path) -> dict[str, dict[str, str]]:
+    """component -> {repository, tag, digest, ref, revision, pushed_at} of the last push."""
+    data: dict[str, dict[str, str]] = _read_dict(root / FOLDER / "images.json")
+    return data
+
+
+def record_push(root: Path, component: str, record: dict[str, str]) -> None:
+    """Remember the digest a component's image was pushed with."""
+    path = _folder(root) / "images.json"
+    data = _read_dict(path)
+    data[component] = record
+    _write(path, data)
+
+
+def deploys(root: Path, env: str) -> list[dict[str, Any]]:
+    """Deploy history of `env`, oldest first: {images, revision, status, at}."""
+    data: list[dict[str, Any]] = _read_list(root / FOLDER / f"deploys-{env}.json")
+    return data
+
+
+def record_deploy(root: Path, env: str, entry: dict[str, Any]) -> None:
+    """Append one deploy (or rollback) outcome to `env`'s history."""
+    path = _folder(root) / f"deploys-{env}.json"
+    data = _read_list(path)
+    data.append({**entry, "at": now()})
+    _write(path, data)

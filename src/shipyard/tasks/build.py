@@ -1,0 +1,125 @@
+"""Images: `build` each component with BuildKit, `push` it and record its digest."""
+
+from __future__ import annotations
+
+import os
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from shipyard.engines import docker as engine
+from shipyard.engines import state
+from shipyard.engines.proc import Command
+from shipyard.tasks._run import components, execute, failures, plan, revision, setup
+
+HELP_ENV = "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
+HELP_COMPONENT = "only this component (default: all)"
+HELP_DRY = "print the exact plan and change nothing"
+
+
+def _network(c: Context, network: str) -> str:
+    # Builds that reach npm through the host network (sandboxed builders) set this once in
+    # invoke config or SHIPYARD_BUILD_NETWORK rather than on every call.
+    configured = str(c.config.get("shipyard", {}).get("build_network", ""))
+    return network or configured or os.environ.get("SHIPYARD_BUILD_NETWORK", "")
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "component": HELP_COMPONENT,
+        "network": "network for RUN steps, e.g. host (default: the builder's)",
+        "dry_run": HELP_DRY,
+    }
+)
+def build(
+    c: Context, env: str = "dev", component: str = "", network: str = "", dry_run: bool = False
+) -> None:
+    """Build each component's image with BuildKit, tagged from git."""
+    cfg, env, _ = setup(c, env)
+    rev = revision(cfg.root, env)
+    image = cfg.data["image"]
+    build_args = {"IMAGE_MIRROR": image["mirror"]} if image["mirror"] else {}
+    labels = {
+        "org.opencontainers.image.source": rev.source,
+        "org.opencontainers.image.revision": rev.sha,
+        "org.opencontainers.image.created": rev.created,
+        "org.opencontainers.image.version": rev.image_tag,
+        "org.opencontainers.image.title": cfg.service,
+    }
+    with failures("build"):
+        prefix = engine.builder()
+        commands: list[Command] = []
+        for comp in components(cfg, component):
+            ref = f"{cfg.image_repository(comp['name'])}:{rev.image_tag}"
+            cmd = engine.build_command(
+                context=".",
+                dockerfile=image["dockerfile"],
+                target=comp["name"],
+                tags=[ref],
+                labels={**labels, "org.opencontainers.image.title": comp["name"]},
+                build_args=build_args,
+                network=_network(c, network),
+                prefix=prefix,
+            )
+            commands.append(Command(cmd.argv, cmd.env, cfg.root))
+        if dry_run:
+            plan(f"build {cfg.service} {rev.image_tag} for {env}", commands)
+            return
+        for cmd, comp in zip(commands, components(cfg, component), strict=True):
+            execute(cmd, f"building {comp['name']}")
+    print(f"built {', '.join(c_['name'] for c_ in components(cfg, component))} as {rev.image_tag}")
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "component": HELP_COMPONENT,
+        "retries": "attempts per image when the registry is unreachable",
+        "dry_run": HELP_DRY,
+    }
+)
+def push(
+    c: Context, env: str = "dev", component: str = "", retries: int = 3, dry_run: bool = False
+) -> None:
+    """Push the built images and record their digests for deploys."""
+    cfg, env, _ = setup(c, env)
+    rev = revision(cfg.root, env)
+    chosen = components(cfg, component)
+    refs = {comp["name"]: (cfg.image_repository(comp["name"]), rev.image_tag) for comp in chosen}
+    if dry_run:
+        plan(
+            f"push {cfg.service} {rev.image_tag} for {env}",
+            [
+                f"push {repo}:{tag} (docker SDK), record its digest in {state.FOLDER}/images.json"
+                for repo, tag in refs.values()
+            ],
+        )
+        return
+    with failures("push"):
+        client = engine.client()
+        for name, (repo, tag) in refs.items():
+            if engine.image_id(client, f"{repo}:{tag}") is None:
+                raise Exit(
+                    f"shipyard: {repo}:{tag} is not built yet: run `invoke build --env {env}`"
+                )
+            print(f"pushing {repo}:{tag}", flush=True)
+            digest = engine.push(client, repo, tag, retries=retries)
+            state.record_push(
+                cfg.root,
+                name,
+                {
+                    "repository": repo,
+                    "tag": tag,
+                    "digest": digest,
+                    "ref": f"{repo}@{digest}",
+                    "revision": rev.sha,
+                    "pushed_at": state.now(),
+                },
+            )
+            print(f"pushed {repo}@{digest}")
+
+
+ns = Collection("images", build, push)

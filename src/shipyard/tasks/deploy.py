@@ -1,0 +1,382 @@
+"""Releases: `migrate`, `deploy`, `status`, `rollback` and `logs` on Compose or Helm targets.
+
+Deploys use the digests `invoke push` recorded, never a tag. A Compose rollout waits for every
+container's health check and, when one fails (or Ctrl-C arrives), puts the images that were
+running before back; a Helm rollout is `--atomic`, so Helm does the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from shipyard import config
+from shipyard.engines import EngineError, state
+from shipyard.engines import compose as compose_engine
+from shipyard.engines import docker as docker_engine
+from shipyard.engines import helm as helm_engine
+from shipyard.engines.proc import Command
+from shipyard.tasks._run import RELEASE_ENVS, confirm, execute, failures, plan, revision, setup
+
+HELP_ENV = "environment: dev, staging or prod ('production' works too)"
+HELP_YES = "do not ask for confirmation (CI)"
+HELP_DRY = "print the exact plan and change nothing"
+HELP_TIMEOUT = "seconds to wait for the new version to become healthy"
+
+
+def _pushed_images(cfg: config.Config) -> dict[str, str]:
+    """component -> repo@digest from the last `invoke push`; Exit when one is missing."""
+    records = state.pushed(cfg.root)
+    missing = [comp["name"] for comp in cfg.components if comp["name"] not in records]
+    if missing:
+        raise Exit(
+            f"shipyard: no pushed image recorded for {', '.join(missing)}: run "
+            "`invoke build --env ENV && invoke push --env ENV` first",
+            code=1,
+        )
+    return {comp["name"]: records[comp["name"]]["ref"] for comp in cfg.components}
+
+
+def _missing_secrets(cfg: config.Config) -> list[str]:
+    """Secrets shipyard.yaml lists that neither the environment nor a local .env provides."""
+    provided = set(os.environ)
+    dotenv = cfg.root / ".env"
+    if dotenv.exists():
+        for line in dotenv.read_text("utf-8").splitlines():
+            name, sep, _ = line.partition("=")
+            if sep and not line.lstrip().startswith("#"):
+                provided.add(name.strip().removeprefix("export "))
+    secrets: list[str] = cfg.data.get("secrets", [])
+    return [name for name in secrets if name not in provided]
+
+
+def _preflight(cfg: config.Config, env: str, images: dict[str, str]) -> None:
+    """Refuse early: dirty tree, missing secrets, or images the registry does not have."""
+    revision(cfg.root, env)
+    missing = _missing_secrets(cfg)
+    if missing:
+        raise Exit(
+            f"shipyard: {env} needs the secret(s) {', '.join(missing)}: export them (or put "
+            "them in the host's .env) before deploying; nothing was changed",
+            code=1,
+        )
+    with (
+        failures("checking the images in the registry"),
+        contextlib.closing(docker_engine.client()) as client,
+    ):
+        for name, ref in images.items():
+            if docker_engine.registry_digest(client, ref) is None:
+                raise Exit(
+                    f"shipyard: the registry has no {ref} ({name}): run `invoke push "
+                    f"--env {env}` again; nothing was changed",
+                    code=1,
+                )
+
+
+def _compose_file(settings: dict[str, Any]) -> str:
+    return str(settings.get("compose_file", "compose.prod.yaml"))
+
+
+def _backup_steps(cfg: config.Config, env: str, settings: dict[str, Any]) -> list[Command]:
+    """The backup taken before a production migration (the backup engine's CLI)."""
+    if not settings.get("backup_before_migrate"):
+        return []
+    backup = settings.get("backup", {})
+    if backup.get("storage") == "s3":
+        target = f"s3://{backup['bucket']}/{backup.get('prefix', '')}"
+    else:
+        target = "file:///backups"
+    argv = ["shipyard", "backup", "run", "--target", target]
+    if settings["target"] == "helm":
+        return [helm_engine.backup_job(cfg.service, env, settings)]
+    file = _compose_file(settings)
+    if "backup" not in compose_engine.services(cfg.root / file):
+        raise Exit(
+            f"shipyard: {env} takes a backup before migrating, but {file} has no `backup` "
+            "service; add it (see the backup docs) or pass --skip-backup",
+            code=1,
+        )
+    return [compose_engine.compose(cfg.root, file, "run", "--rm", "backup", *argv)]
+
+
+def _migrate_steps(
+    cfg: config.Config,
+    env: str,
+    settings: dict[str, Any],
+    images: dict[str, str],
+    skip_backup: bool,
+) -> list[Command]:
+    if not settings.get("migrate") or settings["target"] != "compose":
+        return []
+    backup = [] if skip_backup else _backup_steps(cfg, env, settings)
+    return [*backup, compose_engine.migrate(cfg.root, _compose_file(settings), images)]
+
+
+def _run_migrations(steps: list[Command]) -> None:
+    for step in steps:
+        what = "the backup before migrating" if "backup" in step.argv else "the migration"
+        try:
+            execute(step, what)
+        except EngineError as exc:
+            raise Exit(
+                f"shipyard: {exc}; the deploy stopped before the rollout and the running "
+                "version keeps serving",
+                code=1,
+            ) from None
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "yes": HELP_YES,
+        "skip_backup": "migrate without taking the backup this environment asks for",
+        "dry_run": HELP_DRY,
+    }
+)
+def migrate(
+    c: Context, env: str = "", yes: bool = False, skip_backup: bool = False, dry_run: bool = False
+) -> None:
+    """Apply database migrations with the pushed image (backup first where configured)."""
+    cfg, env, settings = setup(c, env)
+    if not settings.get("migrate"):
+        print(f"{env}: no migrations configured in shipyard.yaml")
+        return
+    if settings["target"] == "helm":
+        print(
+            f"{env}: on Helm the chart's migration Job runs before each upgrade; "
+            f"run `invoke deploy --env {env}`"
+        )
+        return
+    images = _pushed_images(cfg)
+    steps = _migrate_steps(cfg, env, settings, images, skip_backup)
+    if dry_run:
+        plan(f"migrate {cfg.service} on {env}", steps)
+        return
+    if settings.get("confirm"):
+        confirm(f"Apply migrations to {env}?", yes)
+    _run_migrations(steps)
+    print(f"{env}: migrations applied")
+
+
+def _compose_rollout(
+    cfg: config.Config, env: str, settings: dict[str, Any], images: dict[str, str], timeout: int
+) -> None:
+    """`up --wait` with the new images; on failure or Ctrl-C, back to what was running."""
+    file = _compose_file(settings)
+    project = compose_engine.project_name(cfg.root / file, cfg.service)
+    with contextlib.closing(docker_engine.client()) as client:
+        running = docker_engine.running_images(client, project)
+    previous = {name: running[name] for name in images if name in running}
+    up = compose_engine.up(cfg.root, file, images, timeout)
+    try:
+        execute(up, f"the rollout of {env}")
+    except (EngineError, KeyboardInterrupt) as exc:
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        state.record_deploy(cfg.root, env, {"images": images, "status": "failed"})
+        if len(previous) != len(images):
+            raise Exit(
+                f"shipyard: the rollout of {env} failed: {reason}. There was no previous "
+                f"version to roll back to; see `invoke logs --env {env}`",
+                code=130 if isinstance(exc, KeyboardInterrupt) else 1,
+            ) from None
+        print(f"rollout failed ({reason}); rolling back to the previous images", flush=True)
+        try:
+            execute(compose_engine.up(cfg.root, file, previous, timeout), "the rollback")
+        except (EngineError, KeyboardInterrupt) as again:
+            raise Exit(
+                f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
+                f"({again}); see `invoke status --env {env}`",
+                code=1,
+            ) from None
+        state.record_deploy(cfg.root, env, {"images": previous, "status": "rolled-back"})
+        raise Exit(
+            f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
+            "version is serving",
+            code=130 if isinstance(exc, KeyboardInterrupt) else 1,
+        ) from None
+    state.record_deploy(cfg.root, env, {"images": images, "status": "deployed"})
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "yes": HELP_YES,
+        "timeout": HELP_TIMEOUT,
+        "skip_migrate": "do not run migrations before the rollout",
+        "skip_backup": "migrate without taking the backup this environment asks for",
+        "dry_run": HELP_DRY,
+    }
+)
+def deploy(
+    c: Context,
+    env: str = "",
+    yes: bool = False,
+    timeout: int = 300,
+    skip_migrate: bool = False,
+    skip_backup: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Migrate, roll out the pushed images by digest, wait for health, roll back on failure."""
+    cfg, env, settings = setup(c, env)
+    images = _pushed_images(cfg)
+    migrations = [] if skip_migrate else _migrate_steps(cfg, env, settings, images, skip_backup)
+    if settings["target"] == "helm":
+        _helm_deploy(cfg, env, settings, images, timeout, yes, dry_run, skip_migrate)
+        return
+    rollout = compose_engine.up(cfg.root, _compose_file(settings), images, timeout)
+    if dry_run:
+        plan(
+            f"deploy {cfg.service} to {env} (compose)",
+            [
+                f"preflight: clean tree{'' if env in RELEASE_ENVS else ' (not needed on dev)'}, "
+                f"secrets {', '.join(cfg.data.get('secrets', [])) or '(none)'} set, "
+                f"images in the registry: {', '.join(images.values())}",
+                *migrations,
+                rollout,
+                "on failure or Ctrl-C: the same `up` with the images running before",
+            ],
+        )
+        return
+    _preflight(cfg, env, images)
+    if settings.get("confirm"):
+        confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
+    with failures(f"deploy to {env}"):
+        _run_migrations(migrations)
+        _compose_rollout(cfg, env, settings, images, timeout)
+    print(f"{env}: deployed and healthy")
+
+
+def _helm_deploy(
+    cfg: config.Config,
+    env: str,
+    settings: dict[str, Any],
+    images: dict[str, str],
+    timeout: int,
+    yes: bool,
+    dry_run: bool,
+    skip_migrate: bool,
+) -> None:
+    steps: list[Command] = []
+    if settings.get("migrate") and settings.get("backup_before_migrate") and not skip_migrate:
+        steps.append(helm_engine.backup_job(cfg.service, env, settings))
+    upgrade = helm_engine.upgrade(
+        cfg, env, settings, images, timeout=timeout, migrate=not skip_migrate
+    )
+    steps.append(upgrade)
+    if dry_run:
+        plan(
+            f"deploy {cfg.service} to {env} (helm)",
+            [
+                f"preflight: clean tree, images in the registry: {', '.join(images.values())}",
+                *steps,
+                f"rollout check: every Deployment of release {helm_engine.release(cfg, env)} "
+                f"in namespace {settings['namespace']} has its new pods available",
+            ],
+        )
+        return
+    _preflight(cfg, env, images)
+    if settings.get("confirm"):
+        confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
+    with failures(f"deploy to {env}"):
+        for step in steps:
+            execute(step, "the backup" if step is not upgrade else "helm upgrade")
+        helm_engine.check_rollout(helm_engine.release(cfg, env), settings["namespace"], timeout)
+    state.record_deploy(cfg.root, env, {"images": images, "status": "deployed"})
+    print(f"{env}: deployed and healthy")
+
+
+@task(help={"env": HELP_ENV})
+def status(c: Context, env: str = "") -> None:
+    """Show what runs in an environment and its recent deploys."""
+    cfg, env, settings = setup(c, env)
+    with failures(f"status of {env}"):
+        if settings["target"] == "helm":
+            for cmd in helm_engine.status(cfg, env, settings):
+                execute(cmd, "helm status")
+        else:
+            execute(compose_engine.compose(cfg.root, _compose_file(settings), "ps"), "compose ps")
+    for entry in state.deploys(cfg.root, env)[-5:]:
+        print(f"  {entry['at']} {entry['status']}: {', '.join(entry['images'].values())}")
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "yes": HELP_YES,
+        "timeout": HELP_TIMEOUT,
+        "dry_run": HELP_DRY,
+    }
+)
+def rollback(
+    c: Context, env: str = "", yes: bool = False, timeout: int = 300, dry_run: bool = False
+) -> None:
+    """Go back to the previous healthy release of an environment."""
+    cfg, env, settings = setup(c, env)
+    if settings["target"] == "helm":
+        cmd = helm_engine.rollback(cfg, env, settings, timeout)
+        if dry_run:
+            plan(f"rollback {cfg.service} on {env} (helm)", [cmd])
+            return
+        if settings.get("confirm"):
+            confirm(f"Roll {env} back to the previous Helm revision?", yes)
+        with failures(f"rollback of {env}"):
+            execute(cmd, "helm rollback")
+        print(f"{env}: rolled back")
+        return
+    good = [e for e in state.deploys(cfg.root, env) if e["status"] in ("deployed", "rolled-back")]
+    if len(good) < 2:
+        raise Exit(
+            f"shipyard: {env} has no earlier healthy release recorded in "
+            f"{state.FOLDER}/deploys-{env}.json to roll back to",
+            code=1,
+        )
+    current, target = good[-1]["images"], None
+    for entry in reversed(good[:-1]):
+        if entry["images"] != current:
+            target = entry["images"]
+            break
+    if target is None:
+        raise Exit(f"shipyard: every recorded release of {env} runs the current images", code=1)
+    cmd = compose_engine.up(cfg.root, _compose_file(settings), target, timeout)
+    if dry_run:
+        plan(f"rollback {cfg.service} on {env} (compose)", [cmd])
+        return
+    if settings.get("confirm"):
+        confirm(f"Roll {env} back to {', '.join(target.values())}?", yes)
+    with failures(f"rollback of {env}"):
+        execute(cmd, "the rollback")
+    state.record_deploy(cfg.root, env, {"images": target, "status": "rolled-back"})
+    print(f"{env}: rolled back to {', '.join(target.values())}")
+
+
+@task(
+    help={
+        "env": HELP_ENV,
+        "component": "only this component's logs",
+        "tail": "lines of history to show",
+        "follow": "keep streaming new lines",
+    }
+)
+def logs(
+    c: Context, env: str = "", component: str = "", tail: int = 100, follow: bool = False
+) -> None:
+    """Show the service's logs in an environment."""
+    cfg, env, settings = setup(c, env)
+    with failures(f"logs of {env}"):
+        if settings["target"] == "helm":
+            cmd = helm_engine.logs(cfg, env, settings, component, tail, follow)
+        else:
+            args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+            cmd = compose_engine.compose(
+                cfg.root, _compose_file(settings), *args, *([component] if component else [])
+            )
+        execute(cmd, "reading logs")
+
+
+ns = Collection("release", migrate, deploy, status, rollback, logs)

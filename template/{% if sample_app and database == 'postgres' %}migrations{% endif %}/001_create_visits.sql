@@ -1,0 +1,6 @@
+-- The sample service's one table: a row per request to "/".
+CREATE TABLE visits (
+    id bigserial PRIMARY KEY,
+    path text NOT NULL,
+    visited_at timestamptz NOT NULL DEFAULT now()
+);
