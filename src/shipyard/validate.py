@@ -576,18 +576,21 @@ def _kubernetes_findings(
     return findings
 
 
-def _schema_check(root: Path, file: str, schema: str, tool: str) -> list[Finding]:
+def _schema_check(
+    root: Path, file: str, schema: str, tool: str, load: Callable[[Path], Any]
+) -> list[Finding]:
     """One of our own JSON Schemas (schemas/) on a YAML file, in process."""
+    from jsonschema import Draft202012Validator
+
     from shipyard import config
 
     path = root / file
     if not path.is_file():
         return [Finding(file, None, tool, "missing", "file not found")]
     try:
-        document = config.load_yaml(path)
-    except config.ConfigError as exc:
+        document = load(path)
+    except Exception as exc:  # any parser's error is this finding, not a crash
         return [Finding(file, None, tool, "yaml", _oneline(str(exc)))]
-    from jsonschema import Draft202012Validator
 
     validator = Draft202012Validator(
         config.schema(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
@@ -605,7 +608,7 @@ def check_shipyard_yaml(root: Path) -> list[Finding]:
     """shipyard.yaml against schemas/shipyard.schema.json."""
     from shipyard import config
 
-    return _schema_check(root, config.CONFIG_FILE, "shipyard", "shipyard")
+    return _schema_check(root, config.CONFIG_FILE, "shipyard", "shipyard", config.load_yaml)
 
 
 ANSWERS_FILE = ".copier-answers.yml"
@@ -613,7 +616,15 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 def check_answers(root: Path) -> list[Finding]:
     """.copier-answers.yml against schemas/answers.schema.json (`copier update` replays it)."""
-    return _schema_check(root, ANSWERS_FILE, "answers", "answers")
+    return _schema_check(root, ANSWERS_FILE, "answers", "answers", _load_like_copier)
+
+
+def _load_like_copier(path: Path) -> object:
+    # Copier reads its answers with PyYAML (YAML 1.1): `_commit: 240e508` is a string there,
+    # while a YAML 1.2 loader would see a float.
+    import yaml
+
+    return yaml.safe_load(path.read_text("utf-8"))
 
 
 Check = Callable[[Path], list[Finding]]
