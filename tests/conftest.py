@@ -12,7 +12,12 @@ from copier import run_copy
 from ruamel.yaml import YAML
 
 # Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand.
-pytest_plugins: list[str] = ["tests.servers.registry", "tests.servers.docker"]
+pytest_plugins: list[str] = [
+    "tests.servers.registry",
+    "tests.servers.docker",
+    "tests.servers.postgres",
+    "tests.servers.s3",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"

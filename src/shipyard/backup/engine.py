@@ -120,7 +120,8 @@ def list_backups(storage: Storage) -> list[Backup]:
             else None
         )
         found.append(Backup(backup_id, manifest, verified))
-    return found
+    # Creation time, not the id: ids made within one second differ only by a random suffix.
+    return sorted(found, key=lambda b: (b.created, b.id))
 
 
 def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
@@ -325,6 +326,9 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
                         proc.kill()
                     proc.wait()
                 _pipe(compressor.stdout).close()
+                if worker.is_alive():
+                    # The dump failed; do not wait for the statistics of a backup that is gone.
+                    conn.cancel_safe()
                 worker.join()
         conn.execute("ROLLBACK")
 

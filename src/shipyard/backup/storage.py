@@ -51,7 +51,7 @@ class Storage(Protocol):
         """Stream an object's bytes."""
 
     def list_keys(self) -> list[str]:
-        """Every complete object's key, sorted."""
+        """Every object's key, sorted (a crashed local write shows as `<name>.partial`)."""
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with `prefix`."""
@@ -114,9 +114,7 @@ class LocalStorage:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in self.root.rglob("*")
-            if p.is_file() and not p.name.endswith(PARTIAL)
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
         )
 
     def delete_prefix(self, prefix: str) -> None:

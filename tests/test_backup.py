@@ -1,0 +1,347 @@
+"""Backups against a real PostgreSQL cluster and a real S3 server (moto): round trips with the
+data compared, and the faults a backup must survive (corruption, a killed pg_dump, an S3
+failure mid-upload) without ever leaving something that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from shipyard import backup, config
+from shipyard.backup import engine
+from tests.servers.postgres import PostgresServer
+from tests.servers.s3 import S3Server
+
+SCHEMA = """
+CREATE TYPE mood AS ENUM ('ok', 'sad');
+CREATE TABLE customers (
+    id bigserial PRIMARY KEY, name text NOT NULL, email text UNIQUE, balance numeric(12, 2),
+    joined timestamptz, birthday date, mood mood, tags text[], prefs jsonb, avatar bytea,
+    score double precision
+);
+CREATE TABLE orders (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES customers (id), total numeric(10, 2), note text
+);
+CREATE INDEX orders_customer ON orders (customer_id);
+CREATE SCHEMA audit;
+CREATE TABLE audit.events (at timestamptz DEFAULT now(), what text);
+CREATE VIEW big_spenders AS SELECT customer_id, sum(total) FROM orders GROUP BY 1;
+INSERT INTO customers (name, email, balance, joined, birthday, mood, tags, prefs, avatar, score)
+SELECT 'Customer ' || g, 'c' || g || '@example.com', g * 1.5,
+       '2024-01-01 12:00+02'::timestamptz + g * interval '1 hour', date '1990-01-01' + g,
+       (CASE WHEN g % 3 = 0 THEN 'sad' ELSE 'ok' END)::mood, ARRAY['a', 'b' || g],
+       jsonb_build_object('n', g, 'dark', g % 2 = 0), decode(md5(g::text), 'hex'),
+       CASE WHEN g % 7 = 0 THEN NULL ELSE g / 3.0 END
+FROM generate_series(1, 2000) g;
+INSERT INTO orders (customer_id, total, note)
+SELECT 1 + g % 2000, g % 500, CASE WHEN g % 5 = 0 THEN E'multi\\nline, "quoted"' END
+FROM generate_series(1, 5000) g;
+INSERT INTO audit.events (what) VALUES ('created'), (NULL);
+"""
+
+
+def contents(server: PostgresServer, dbname: str) -> dict[str, Any]:
+    """Every table's rows (as sorted text), the sequences' positions and the views: what a
+    restore must reproduce exactly."""
+    with server.connect(dbname) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        tables = conn.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        ).fetchall()
+        data: dict[str, Any] = {}
+        for (table,) in tables:
+            rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()  # noqa: S608
+            data[table] = sorted(r[0] for r in rows)
+        data["sequences"] = conn.execute(
+            "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1"
+        ).fetchall()
+        data["views"] = conn.execute(
+            "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public'"
+        ).fetchall()
+        data["indexes"] = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return data
+
+
+@pytest.fixture
+def database(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database with varied data; libpq's environment points at it."""
+    name = postgres_server.create_database("app")
+    with postgres_server.connect(name) as conn:
+        conn.execute(SCHEMA)
+    for key, value in postgres_server.env(name).items():
+        monkeypatch.setenv(key, value)
+    return name
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the moto server; boto3's environment points at it."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    name = f"backups-{os.urandom(4).hex()}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def shipyard_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`shipyard ...` as the CronJob runs it: a separate process configured by environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "shipyard.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_cli_round_trip_restores_exactly_what_was_backed_up(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """`shipyard backup run`, damage, `restore --yes`: data, sequences, views are back; the
+    password never appears in the output and a safety backup of the damaged state exists."""
+    before = contents(postgres_server, database)
+    env = postgres_server.env(database)
+    target = (tmp_path / "store").as_uri()
+    made = shipyard_cli("backup", "run", "--target", target, "--retention-days", "7", env=env)
+    assert made.returncode == 0, made.stderr
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders WHERE id % 2 = 0; DROP TABLE audit.events")
+        conn.execute("INSERT INTO customers (name) VALUES ('intruder')")
+    damaged = contents(postgres_server, database)
+
+    back = shipyard_cli("backup", "restore", "--target", target, "--yes", env=env)
+    assert back.returncode == 0, back.stderr
+    assert contents(postgres_server, database) == before
+    listed = shipyard_cli("backup", "list", "--target", target, env=env)
+    kinds = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
+    assert kinds == ["scheduled", "safety"]
+    for output in (made, back, listed):
+        assert postgres_server.password not in output.stdout + output.stderr
+    # The safety backup holds the damaged state: restoring it brings the damage back.
+    safety = backup.list_backups(backup.from_url(target))[-1]
+    assert safety.manifest["tables"]["public.orders"]["rows"] == 2500
+    engine.restore(backup.from_url(target), safety.id, safety_backup=False)
+    assert contents(postgres_server, database) == damaged
+    # No scratch, staging or old databases are left behind.
+    assert {d for d in postgres_server.databases() if d.startswith(database)} == {database}
+
+
+def test_s3_round_trip_and_verify(
+    database: str, postgres_server: PostgresServer, bucket: str
+) -> None:
+    """Backup to S3, verify marks it verified, restore reproduces the data."""
+    before = contents(postgres_server, database)
+    store = backup.from_url(f"s3://{bucket}/prod")
+    made = backup.backup(store)
+    keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == [f"prod/{made.id}/dump.pgc.zst", f"prod/{made.id}/manifest.json"]
+    manifest = made.manifest
+    assert manifest["tables"]["public.customers"]["rows"] == 2000
+    assert manifest["tables"]["audit.events"]["rows"] == 2
+    assert manifest["server_version"].startswith(str(postgres_server.bindir.parent.name))
+    assert set(manifest["tools"]) == {"pg_dump", "zstd", "shipyard"}
+
+    checked = backup.verify(store)
+    assert checked.verified is not None
+    assert checked.verified["rows"] == 2000 + 5000 + 2
+    assert backup.list_backups(store)[-1].verified is not None
+    with postgres_server.connect(database) as conn:
+        conn.execute("TRUNCATE orders")
+    backup.restore(store, made.id, safety_backup=False)
+    assert contents(postgres_server, database) == before
+
+
+def test_restore_refuses_a_corrupted_backup(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """One flipped byte: restore and verify refuse before touching any database."""
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store)
+    dump = tmp_path / made.id / "dump.pgc.zst"
+    raw = bytearray(dump.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    dump.write_bytes(bytes(raw))
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders")
+    before, databases = contents(postgres_server, database), postgres_server.databases()
+
+    with pytest.raises(backup.BackupError, match=r"is corrupted.*nothing was changed"):
+        backup.restore(store)
+    with pytest.raises(backup.BackupError, match="is corrupted"):
+        backup.verify(store)
+    assert contents(postgres_server, database) == before
+    assert postgres_server.databases() == databases
+    assert [b.id for b in backup.list_backups(store)] == [made.id]  # no safety backup either
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Process ids of `name` processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid == pid and comm == name:
+                found.append(int(entry.name))
+    return found
+
+
+def test_killed_pg_dump_leaves_nothing_complete(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """pg_dump killed with SIGKILL mid-backup: the command fails and nothing lists as complete."""
+    target = (tmp_path / "store").as_uri()
+    # A held lock parks pg_dump in its dump, so it is certainly running when it is killed.
+    blocker = postgres_server.connect(database)
+    blocker.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipyard.cli", "backup", "run", "--target", target],
+        env={**os.environ, **postgres_server.env(database)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (dumpers := _children(proc.pid, "pg_dump")):
+            assert time.monotonic() < deadline, "pg_dump never started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(dumpers[0], signal.SIGKILL)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "pg_dump was killed by signal 9" in err
+    assert "Traceback" not in err
+    store = backup.from_url(target)
+    assert backup.list_backups(store) == []
+    assert not [k for k in store.list_keys() if k.endswith(("manifest.json", "dump.pgc.zst"))]
+
+
+def test_s3_failure_mid_upload_leaves_no_object(
+    database: str, postgres_server: PostgresServer, bucket: str
+) -> None:
+    """The connection to S3 fails after the first part: the multipart upload is aborted, no
+    object and no manifest exist, and pg_dump is stopped."""
+    with postgres_server.connect(database) as conn:
+        # ~13 MB of random bytes: incompressible, so the dump needs several 5 MiB parts.
+        conn.execute(
+            "CREATE TABLE blobs AS SELECT g AS id,"
+            " decode(md5(random()::text) || md5(random()::text), 'hex') AS b"
+            " FROM generate_series(1, 400000) g"
+        )
+    store = backup.S3Storage(bucket, "prod", part_size=5 * 1024 * 1024)
+    parts: list[int] = []
+    lock = threading.Lock()
+
+    def fail_after_first_part(**_kwargs: Any) -> None:
+        with lock:
+            parts.append(1)
+            if len(parts) > 1:
+                raise EndpointConnectionError(endpoint_url=store.client.meta.endpoint_url)
+
+    store.client.meta.events.register("before-send.s3.UploadPart", fail_after_first_part)
+    with pytest.raises(backup.StorageError, match="cannot upload"):
+        backup.backup(store)
+    s3 = boto3.client("s3")
+    assert len(parts) > 1
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert backup.list_backups(store) == []
+    assert not _children(os.getpid(), "pg_dump")
+
+
+def _fake(backup_id: str, created: datetime, *, verified: bool = False) -> backup.Backup:
+    manifest = {"created_at": created.isoformat()}
+    return backup.Backup(backup_id, manifest, {"verified_at": "x"} if verified else None)
+
+
+def test_retention_plan_keeps_daily_weekly_monthly_and_newest_verified() -> None:
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)  # a Sunday
+    backups = [
+        _fake(f"b{i:03d}", now - timedelta(hours=12 * i), verified=(i == 100)) for i in range(120)
+    ]
+    keep = backup.plan_retention(backups, backup.Retention(daily=3, weekly=2, monthly=2), now)
+    assert keep["b000"] == "newest"
+    assert keep["b100"] == "newest verified"  # 50 days old: outside every window, still kept
+    # Daily: the newest of today, yesterday and the day before (two backups a day).
+    assert [k for k, why in keep.items() if why == "daily"] == ["b002", "b004"]
+    # Weekly: this ISO week is covered by b000; last week's newest is Sunday 15th, 12:00.
+    assert [k for k, why in keep.items() if why == "weekly"] == ["b014"]
+    # Monthly: November is covered; October's newest is the 31st, 12:00.
+    assert [k for k, why in keep.items() if why == "monthly"] == ["b044"]
+    assert len(keep) == 6
+
+
+def test_retention_never_deletes_the_newest_verified_backup(database: str, tmp_path: Path) -> None:
+    """Real prune: the old verified backup survives a 1-day policy; an unverified middle one
+    and a stale crashed leftover go; a backup still being written is left alone."""
+    store = backup.LocalStorage(tmp_path)
+    oldest, middle, newest = (backup.backup(store) for _ in range(3))
+    backup.verify(store, oldest.id)
+    for made, days in ((oldest, 30), (middle, 20)):
+        path = tmp_path / made.id / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["created_at"] = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        path.write_text(json.dumps(manifest))
+    stale = tmp_path / "20200101T000000Z-0000aa"
+    stale.mkdir()
+    (stale / "dump.pgc.zst.partial").write_bytes(b"half")
+    running = tmp_path / engine.new_id()
+    running.mkdir()
+    (running / "dump.pgc.zst.partial").write_bytes(b"in flight")
+
+    assert backup.prune(store, backup.Retention(daily=1), dry_run=True) == [middle.id, stale.name]
+    assert len(list(tmp_path.iterdir())) == 5
+    backup.prune(store, backup.Retention(daily=1))
+    assert [b.id for b in backup.list_backups(store)] == [oldest.id, newest.id]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [oldest.id, newest.id, running.name]
+    )
+
+
+def test_bad_target_and_missing_database_fail_with_a_sentence(tmp_path: Path) -> None:
+    """Usage errors are one readable line and exit 1, never a traceback."""
+    env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGDATABASE": "nope", "PGCONNECT_TIMEOUT": "2"}
+    for args, message in (
+        (["run", "--target", "ftp://x/y"], "use file:///folder or s3://bucket/prefix"),
+        (["run", "--target", tmp_path.as_uri()], "cannot connect to PostgreSQL"),
+        (["restore", "--target", tmp_path.as_uri(), "--yes"], "no complete backup in"),
+    ):
+        result = shipyard_cli("backup", *args, env=env)
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_manifest_matches_its_schema_and_is_written_last(database: str, tmp_path: Path) -> None:
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store)
+    assert config.schema_errors(made.manifest, "backup-manifest") == []
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / made.id).iterdir()}
+    assert files["manifest.json"] >= files["dump.pgc.zst"]
+    assert made.manifest["dump"]["size"] == (tmp_path / made.id / "dump.pgc.zst").stat().st_size
