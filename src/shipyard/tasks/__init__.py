@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from shipyard.tasks import build, deploy, info
+from shipyard.tasks import backup, build, deploy, info
 
 ns = Collection()
 ns.add_task(info.config_check, name="config")
 # Images and releases are top-level tasks: `invoke build`, `invoke deploy --env prod`.
 for _task in (*build.ns.tasks.values(), *deploy.ns.tasks.values()):
     ns.add_task(_task)
+# `invoke backup --env E`, `backup.list`, `backup.verify`, `backup.prune`; `invoke restore`.
+ns.add_collection(backup.ns)
+ns.add_task(backup.restore)
