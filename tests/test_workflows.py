@@ -1,0 +1,353 @@
+"""The generated GitHub Actions workflows: the real linters accept them for every preset, and
+their hardening rules are asserted on the parsed YAML so a later edit cannot quietly undo them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from shipyard import config, validate
+from tests.conftest import PRESETS, REPO, Render, load_preset
+
+Rendered = Callable[[str], Path]
+
+ACTIONS_FILE = REPO / "template" / "includes" / "actions.jinja"
+WORKFLOW_CHECKS = ["actionlint", "workflow-schema", "dependabot-schema"]
+CI_PRESETS = [p for p in PRESETS if load_preset(p).get("ci_provider", "github") == "github"]
+# Answer sets that reach the branches no preset takes: Yarn and pnpm, a registry other than
+# GHCR (credentials from secrets), hyphenated component names, a worker-only service, helm
+# staging with compose production.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "yarn-private-registry": {
+        "project_name": "Order Hub",
+        "package_manager": "yarn",
+        "components": [
+            {
+                "name": "public-api",
+                "kind": "http",
+                "port": 8080,
+                "health_path": "/healthz",
+                "path": "services/api",
+            },
+            {"name": "jobs", "kind": "worker", "path": "services/jobs"},
+        ],
+        "database": "postgres",
+        "migrations": "knex",
+        "redis": True,
+        "image_registry": "registry.example.com:5000/team",
+        "staging_target": "helm",
+        "production_target": "compose",
+        "ci_provider": "github",
+    },
+    "pnpm-workspaces-workers": {
+        "project_name": "Queue Runner",
+        "package_manager": "pnpm",
+        "components": [
+            {"name": "ingest", "kind": "worker", "path": "apps/ingest"},
+            {"name": "report", "kind": "worker", "path": "apps/report"},
+        ],
+        "workspaces": True,
+        "database": "none",
+        "elasticsearch": True,
+        "ci_provider": "github",
+    },
+}
+KITS = CI_PRESETS + list(VARIANTS)
+
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
+PINNED = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)@(?P<sha>[0-9a-f]{40})$")
+VERSION_COMMENT = re.compile(r"^\s+#\s(?P<version>v\d+\.\d+\.\d+)$")
+# The only write scopes any job may hold, and only in release.yml: pushing to GitHub Packages
+# and an OIDC token for keyless signing.
+RELEASE_WRITE_SCOPES = {"packages", "id-token"}
+
+
+def _yaml(path: Path) -> Any:
+    # YAML 1.2 (ruamel's default) keeps the `on:` key a string, as GitHub reads it.
+    return YAML(typ="safe").load(path.read_text())
+
+
+def _pinned_actions() -> dict[str, tuple[str, str]]:
+    """repo -> (sha, version) from the one file that pins them."""
+    entries = re.findall(
+        r"\('([^']+)', '([0-9a-f]{40})', '(v\d+\.\d+\.\d+)'\)", ACTIONS_FILE.read_text()
+    )
+    return {repo: (sha, version) for repo, sha, version in entries}
+
+
+@pytest.fixture(scope="module")
+def variant_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("workflow-variants")
+    for name, answers in VARIANTS.items():
+        render(answers, root / name)
+    return root
+
+
+@pytest.fixture(params=KITS)
+def kit(request: pytest.FixtureRequest, rendered: Rendered, variant_root: Path) -> Path:
+    """A rendered kit that has GitHub workflows: every CI preset and the variants."""
+    name: str = request.param
+    return variant_root / name if name in VARIANTS else rendered(name)
+
+
+def _workflows(kit: Path) -> dict[str, Any]:
+    folder = kit / ".github" / "workflows"
+    return {path.name: _yaml(path) for path in sorted(folder.glob("*.yml"))}
+
+
+def _steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = job.get("steps", [])
+    return steps
+
+
+def test_pins_file_is_well_formed() -> None:
+    pins = _pinned_actions()
+    # Every entry of the ACTIONS mapping parsed: none was skipped by a malformed tuple.
+    entries = re.findall(r"^\s+'[a-z-]+': \('", ACTIONS_FILE.read_text(), re.MULTILINE)
+    assert len(pins) == len(entries)
+    assert {"actions/checkout", "docker/build-push-action", "sigstore/cosign-installer"} <= set(
+        pins
+    )
+
+
+def test_kit_renders_the_four_files(kit: Path) -> None:
+    github = kit / ".github"
+    assert sorted(p.name for p in (github / "workflows").iterdir()) == [
+        "ci.yml",
+        "deploy.yml",
+        "release.yml",
+    ]
+    assert (github / "dependabot.yml").is_file()
+
+
+def test_real_linters_accept_the_workflows(kit: Path) -> None:
+    """actionlint (with shellcheck on every run: script) and the workflow/Dependabot schemas."""
+    findings = validate.validate(kit, only=WORKFLOW_CHECKS)
+    assert findings == [], validate.report(findings)
+    yaml_findings = [
+        f for f in validate.validate(kit, only=["yaml"]) if f.file.startswith(".github")
+    ]
+    assert yaml_findings == [], validate.report(yaml_findings)
+
+
+def test_actionlint_reads_run_scripts_with_shellcheck(rendered: Rendered, tmp_path: Path) -> None:
+    """The lint test above would pass vacuously if shellcheck were not wired in: prove it is."""
+    kit = tmp_path / "kit"
+    shutil.copytree(rendered(CI_PRESETS[0]), kit)
+    ci = kit / ".github" / "workflows" / "ci.yml"
+    text = ci.read_text()
+    assert "run: nox -s lint validate" in text
+    ci.write_text(
+        text.replace("run: nox -s lint validate", "run: for s in $SESSIONS; do nox -s $s; done")
+    )
+    findings = validate.validate(kit, only=["actionlint"])
+    assert any("shellcheck" in f.message and f.file.endswith("ci.yml") for f in findings), findings
+
+
+def test_every_action_is_pinned_to_a_recorded_release_commit(kit: Path) -> None:
+    pins = _pinned_actions()
+    files = [*sorted((kit / ".github" / "workflows").glob("*.yml"))]
+    seen = 0
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = USES_LINE.match(line)
+            if not match:
+                continue
+            ref, rest = match["ref"], match["rest"]
+            where = f"{path.name}:{number}"
+            if ref.startswith("./"):
+                assert ref == "./.github/workflows/deploy.yml", where
+                continue
+            seen += 1
+            pinned = PINNED.match(ref)
+            assert pinned, f"{where}: {ref} is not pinned to a full commit SHA"
+            comment = VERSION_COMMENT.match(rest)
+            assert comment, f"{where}: {ref} lacks its `# vX.Y.Z` version comment"
+            # The SHA and version are the pair recorded in actions.jinja: one place to bump.
+            assert pins.get(pinned["repo"]) == (pinned["sha"], comment["version"]), where
+    assert seen >= 10
+
+
+def test_token_has_least_privilege(kit: Path) -> None:
+    for name, workflow in _workflows(kit).items():
+        assert workflow["permissions"] == {}, f"{name}: top-level permissions must be {{}}"
+        for job_id, job in workflow["jobs"].items():
+            where = f"{name}:{job_id}"
+            permissions = job.get("permissions")
+            assert isinstance(permissions, dict), f"{where}: declare the job's permissions"
+            assert permissions.get("contents") == "read", where
+            writes = {scope for scope, level in permissions.items() if level == "write"}
+            assert set(permissions.values()) <= {"read", "write"}, where
+            allowed = RELEASE_WRITE_SCOPES if name == "release.yml" else set()
+            assert writes <= allowed, f"{where}: may not write {writes - allowed}"
+
+
+def test_every_job_has_a_timeout(kit: Path) -> None:
+    for name, workflow in _workflows(kit).items():
+        for job_id, job in workflow["jobs"].items():
+            if "uses" in job:
+                # A reusable-workflow call cannot take one; the called jobs carry theirs.
+                assert job["uses"].startswith("./"), f"{name}:{job_id}"
+                continue
+            timeout = job.get("timeout-minutes")
+            assert isinstance(timeout, int), f"{name}:{job_id} has no timeout-minutes"
+            assert 0 < timeout <= 60, f"{name}:{job_id}"
+
+
+def test_no_expression_is_expanded_inside_a_shell_script(kit: Path) -> None:
+    """Event text, inputs and outputs reach scripts only through `env:`, never `${{ }}` in run:."""
+    for name, workflow in _workflows(kit).items():
+        triggers = workflow["on"]
+        assert "pull_request_target" not in triggers, name
+        assert "workflow_run" not in triggers, name
+        for job_id, job in workflow["jobs"].items():
+            for step in _steps(job):
+                if "run" in step:
+                    assert "${{" not in step["run"], f"{name}:{job_id}: {step['run']}"
+
+
+def test_checkouts_do_not_keep_the_token(kit: Path) -> None:
+    for name, workflow in _workflows(kit).items():
+        for job_id, job in workflow["jobs"].items():
+            for step in _steps(job):
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step.get("with", {}).get("persist-credentials") is False, (
+                        f"{name}:{job_id}"
+                    )
+
+
+def _answers(kit: Path) -> dict[str, Any]:
+    answers: dict[str, Any] = _yaml(kit / ".copier-answers.yml")
+    return answers
+
+
+def _roots(answers: dict[str, Any]) -> list[str]:
+    if answers.get("workspaces"):
+        return ["."]
+    return list(dict.fromkeys(c.get("path", ".") for c in answers["components"]))
+
+
+def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Path) -> None:
+    ci = _workflows(kit)["ci.yml"]
+    answers = _answers(kit)
+    assert set(ci["on"]) == {"pull_request", "push"}
+    assert ci["on"]["push"]["branches"] == ["main"]
+    jobs = ci["jobs"]
+    test_jobs = [job for job_id, job in jobs.items() if job_id.startswith("test")]
+    assert len(test_jobs) == len(_roots(answers))
+    expected = {
+        name
+        for name, wanted in [
+            ("postgres", answers["database"] == "postgres"),
+            ("redis", answers["redis"]),
+            ("elasticsearch", answers["elasticsearch"]),
+        ]
+        if wanted
+    }
+    for job in test_jobs:
+        services = job.get("services", {})
+        assert set(services) == expected
+        for service in services.values():
+            assert "--health-cmd" in service["options"]
+        runs = [step.get("run", "") for step in _steps(job)]
+        assert any("test" in run for run in runs)
+        if answers["database"] == "postgres":
+            assert job["env"]["DATABASE_URL"].startswith("postgresql://")
+    assert any(s.get("run") == "nox -s lint validate" for s in _steps(jobs["kit"]))
+    image = jobs["image"]
+    assert image["strategy"]["matrix"]["component"] == [c["name"] for c in answers["components"]]
+    build = next(s for s in _steps(image) if "build-push-action" in s.get("uses", ""))
+    assert build["with"]["push"] is False
+    assert build["with"]["cache-from"].startswith("type=gha")
+    audits = [s["run"] for s in _steps(jobs["audit"]) if " audit " in s.get("run", "")]
+    assert len(audits) == len(_roots(answers))
+
+
+def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
+    release = _workflows(kit)["release.yml"]
+    cfg = config.load(kit)
+    assert release["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
+    jobs = release["jobs"]
+    for component in cfg.components:
+        name = component["name"]
+        job = jobs[f"image-{name}"]
+        steps = {s.get("id"): s for s in _steps(job)}
+        # The image lands where the tasks and the chart look for it (Config.image_repository).
+        assert steps["meta"]["with"]["images"] == cfg.image_repository(name)
+        tags = steps["meta"]["with"]["tags"]
+        for kind in ("type=semver", "type=sha", "type=ref,event=branch"):
+            assert kind in tags
+        build = steps["build"]["with"]
+        assert build["target"] == name
+        assert build["platforms"] == "linux/amd64,linux/arm64"
+        assert build["push"] is True
+        assert build["sbom"] is True
+        assert build["provenance"] == "mode=max"
+        sign = next(s for s in _steps(job) if s.get("run", "").startswith("cosign sign"))
+        assert sign["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
+        assert job["permissions"]["id-token"] == "write"
+        assert job["outputs"]["image"].startswith(cfg.image_repository(name) + "@")
+    helm = "helm" in {cfg.environment(env)["target"] for env in ("staging", "prod")}
+    assert ("chart" in jobs) == helm
+    if helm:
+        script = next(s["run"] for s in _steps(jobs["chart"]) if "run" in s)
+        assert f"helm package charts/{cfg.service}" in script
+        assert "helm push" in script
+        assert "cosign sign" in script
+    for env, condition in [("staging", "refs/heads/main"), ("prod", "refs/tags/v")]:
+        call = jobs[f"deploy-{env}"]
+        assert call["uses"] == "./.github/workflows/deploy.yml"
+        assert call["with"]["environment"] == env
+        assert condition in call["if"]
+
+
+def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
+    deploy = _workflows(kit)["deploy.yml"]
+    cfg = config.load(kit)
+    assert set(deploy["on"]) == {"workflow_call", "workflow_dispatch"}
+    for env in ("staging", "prod"):
+        job = deploy["jobs"][env]
+        assert job["if"] == f"inputs.environment == '{env}'"
+        assert job["environment"]["name"] == env
+        assert job["environment"]["url"] == f"https://{cfg.environment(env)['host']}"
+        assert job["concurrency"] == {"group": f"deploy-{env}", "cancel-in-progress": False}
+        runs = [s["run"] for s in _steps(job) if "run" in s]
+        assert f"invoke deploy --env {env} --yes" in runs
+        has_http = any(c["kind"] == "http" for c in cfg.components)
+        assert any("curl --fail" in run for run in runs) == has_http
+        # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
+        for secret in cfg.data["secrets"]:
+            assert job["env"][secret] == f"${{{{ secrets.{secret} }}}}"
+        for component in cfg.components:
+            var = component["name"].upper().replace("-", "_") + "_IMAGE"
+            assert job["env"][var].startswith("${{ inputs.")
+
+
+def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> None:
+    dependabot = _yaml(kit / ".github" / "dependabot.yml")
+    answers = _answers(kit)
+    updates = {u["package-ecosystem"]: u for u in dependabot["updates"]}
+    assert {"github-actions", "docker", "npm"} <= set(updates)
+    expected = ["/" + ("" if root == "." else root) for root in _roots(answers)]
+    assert updates["npm"]["directories"] == expected
+
+
+def test_no_ci_provider_renders_no_workflows(rendered: Rendered) -> None:
+    minimal = rendered("minimal")
+    assert load_preset("minimal")["ci_provider"] == "none"
+    assert not (minimal / ".github").exists()
+    assert "## CI pipelines" not in (minimal / "README.md").read_text()
+
+
+def test_service_readme_explains_the_pipeline(kit: Path) -> None:
+    readme = (kit / "README.md").read_text()
+    section = readme.split("## CI pipelines", 1)[1]
+    for needle in ("release.yml", "deploy.yml", "required reviewers", "invoke deploy --env"):
+        assert needle in section
