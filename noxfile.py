@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -37,9 +38,8 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: print ratios measured side by side in one run."""
     _install(session, "bench")
-    for script in sorted(os.listdir("benchmarks")):
-        if script.endswith(".py"):
-            session.run("python", f"benchmarks/{script}", *session.posargs)
+    for script in sorted(Path("benchmarks").glob("*.py")):
+        session.run("python", str(script), *session.posargs)
 
 
 def _install(session: nox.Session, group: str) -> None:

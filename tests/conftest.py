@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,7 @@ def render(template_dir: Path) -> Render:
 
 
 @pytest.fixture(scope="session")
-def rendered(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    Callable[[str], Path]
-]:
+def rendered(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """rendered(preset) -> folder: each preset rendered once per test session (per worker)."""
     cache: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("presets")
@@ -75,4 +73,4 @@ def rendered(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             cache[preset] = render(load_preset(preset), root / preset)
         return cache[preset]
 
-    yield _rendered
+    return _rendered

@@ -1,0 +1,125 @@
+"""Invalid answers are refused with a sentence a user can act on, and nothing is written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Render
+
+HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
+
+# (answers, the sentence copier must show): each answer set breaks exactly one rule.
+REJECTED: list[tuple[dict[str, Any], str]] = [
+    ({"project_name": "  "}, "The project name cannot be empty."),
+    ({"service_slug": "My_Service"}, "is not a valid service slug"),
+    ({"service_slug": "9lives"}, "is not a valid service slug"),
+    ({"service_slug": "a" * 41}, "keep it at most 40"),
+    ({"description": "two\nlines"}, "one line of at most 200 characters"),
+    ({"components": []}, "components must be a non-empty YAML list"),
+    ({"components": "api"}, "components must be a non-empty YAML list"),
+    ({"components": [HTTP, HTTP]}, "Two components are named 'api'"),
+    ({"components": [{**HTTP, "port": 0}]}, "needs a port between 1 and 65535"),
+    ({"components": [{**HTTP, "port": 65536}]}, "needs a port between 1 and 65535"),
+    ({"components": [{**HTTP, "port": "3000"}]}, "needs a port between 1 and 65535"),
+    (
+        {"components": [HTTP, {**HTTP, "name": "web", "route": "/web"}]},
+        "Components share port 3000",
+    ),
+    (
+        {"components": [HTTP, {**HTTP, "name": "web", "port": 3001, "route": "/"}]},
+        "Two http components are served under route /",
+    ),
+    ({"components": [{**HTTP, "health_path": "health"}]}, "health_path starting with '/'"),
+    ({"components": [{**HTTP, "kind": "cron"}]}, "needs kind http"),
+    ({"components": [{**HTTP, "kind": "worker"}]}, "is a worker"),
+    ({"components": [{**HTTP, "image": "x"}]}, "unknown key(s) image"),
+    ({"components": [{**HTTP, "name": "API"}]}, "needs a name of lowercase letters"),
+    ({"components": [{**HTTP, "path": "../other"}]}, "use '.' or a relative folder"),
+    ({"components": [{**HTTP, "path": "/abs"}]}, "use '.' or a relative folder"),
+    ({"components": [{**HTTP, "start": " "}]}, "has an empty start command"),
+    ({"database": "none", "migrations": "prisma"}, "Migrations need a database"),
+    ({"postgres_version": 12}, "PostgreSQL 12 is not supported"),
+    ({"migrations": "custom"}, "Give the command that applies migrations"),
+    (
+        {"components": [HTTP, {"name": "jobs", "kind": "worker"}], "migrate_component": "db"},
+        "'db' is not a component; choose one of api, jobs",
+    ),
+    ({"image_registry": "https://ghcr.io/acme"}, "is not a registry path"),
+    ({"image_registry": "ghcr.io/Acme"}, "is not a registry path"),
+    ({"image_mirror": "mirror.internal:5000/"}, "is not a registry prefix"),
+    ({"staging_host": "https://staging.example.com"}, "is not a hostname"),
+    ({"production_host": "localhost"}, "is not a hostname"),
+    (
+        {"staging_host": "app.example.com", "production_host": "app.example.com"},
+        "Production and staging need different hostnames",
+    ),
+    ({"backup_storage": "s3", "backup_s3_bucket": "ab"}, "is not a valid bucket name"),
+    ({"backup_storage": "s3", "backup_s3_endpoint": "minio:9000"}, "is not an endpoint URL"),
+    ({"backup_schedule": "0 25 * * *"}, "is not a cron schedule"),
+    ({"backup_schedule": "daily"}, "is not a cron schedule"),
+    ({"backup_schedule": "*/15 * * * 8"}, "is not a cron schedule"),
+    ({"backup_retention_days": 0}, "Keep backups between 1 and 3650 days"),
+    ({"app_env": {"log_level": "info"}}, "is not an environment variable name"),
+    ({"app_env": {"DATABASE_URL": "x"}}, "DATABASE_URL is set by the kit itself"),
+    ({"app_env": {"LIMITS": {"a": 1}}}, "must be a plain value"),
+    ({"app_env": ["A"]}, "app_env must be a YAML mapping"),
+    ({"app_secrets": ["JWT_SECRET", "JWT_SECRET"]}, "JWT_SECRET is listed twice"),
+    ({"app_secrets": ["jwt"]}, "is not an environment variable name"),
+    ({"app_secrets": ["POSTGRES_PASSWORD"]}, "managed by the kit itself"),
+    (
+        {"app_env": {"API_KEY": "x"}, "app_secrets": ["API_KEY"]},
+        "is both in app_env and app_secrets",
+    ),
+    (
+        {"components": [{"name": "jobs", "kind": "worker"}], "reverse_proxy": True},
+        "nginx needs an http component",
+    ),
+    ({"package_manager": "bun"}, "Invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("answers", "message"), REJECTED, ids=[m[:40] for _, m in REJECTED])
+def test_invalid_answers_are_refused_and_nothing_is_written(
+    render: Render, tmp_path: Path, answers: dict[str, Any], message: str
+) -> None:
+    dst = tmp_path / "service"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        render({"project_name": "Orders API", **answers}, dst)
+    assert not dst.exists()
+
+
+def test_cli_refusal_names_the_question_and_writes_nothing(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """What a user running the copier CLI with an answers file sees."""
+    answers = tmp_path / "answers.yml"
+    answers.write_text("project_name: Orders\ncomponents: [{name: a, kind: http, port: 0}]\n")
+    dst = tmp_path / "service"
+    copier = Path(sys.executable).with_name("copier")
+    result = subprocess.run(
+        [
+            str(copier),
+            "copy",
+            "--trust",
+            "--defaults",
+            "--data-file",
+            str(answers),
+            str(template_dir),
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert (
+        "Validation error for question 'components': Component 'a' needs a port between 1 and "
+        "65535; got '0'." in result.stderr
+    )
+    assert not dst.exists()

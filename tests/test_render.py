@@ -1,0 +1,230 @@
+"""Every preset renders a kit that the real tools accept and that keeps its promises."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from shipyard import config, validate
+from tests.conftest import PRESETS, Render, load_preset
+
+Rendered = Callable[[str], Path]
+# The checks of the template core; the chart, workflows and scripts have tests of their own.
+CORE_CHECKS = ["dockerfile", "yaml", "compose", "compose-schema", "shipyard"]
+
+
+def _yaml(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text())
+
+
+def _stages(dockerfile: Path) -> dict[str, list[str]]:
+    """Instructions per named stage, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    stages: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
+        if match:
+            current = match.group(1)
+            stages[current] = []
+        stages[current].append(line)
+    return stages
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_passes_the_real_tools(rendered: Rendered, preset: str) -> None:
+    findings = validate.validate(rendered(preset), only=CORE_CHECKS)
+    assert not findings, validate.report(findings)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    stages = _stages(root / "Dockerfile")
+    preamble = stages[""]
+    assert any(line.startswith("ARG IMAGE_MIRROR=") for line in preamble), "mirror ARG first"
+    for comp in config.load(root).components:
+        steps = stages[comp["name"]]
+        assert "USER 1000:1000" in steps, f"{comp['name']} must run as the non-root node user"
+        cmd = next(s for s in steps if s.startswith("CMD "))
+        assert json.loads(cmd[4:]) == comp["start"].split(), "exec-form CMD"
+        health = [s for s in steps if s.startswith("HEALTHCHECK ")]
+        if comp["kind"] == "http":
+            assert f"ENV PORT={comp['port']}" in steps
+            assert len(health) == 1
+            assert f"127.0.0.1:{comp['port']}{comp['health_path']}" in health[0]
+        else:
+            assert not health
+    install = " ".join(
+        s for name, lines in stages.items() if name.startswith("build_") for s in lines
+    )
+    assert "--mount=type=cache" in install, "dependency downloads are cached between builds"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compose_dev_stack_is_health_gated(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    answers = load_preset(preset)
+    services = _yaml(root / "compose.yaml")["services"]
+    cfg = config.load(root)
+    for comp in cfg.components:
+        service = services[comp["name"]]
+        assert service["build"]["target"] == comp["name"]
+        for dep in service.get("depends_on", {}).values():
+            assert dep["condition"] in {"service_healthy", "service_completed_successfully"}
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), "dev ports stay on loopback"
+    if answers.get("database", "postgres") == "postgres":
+        assert "healthcheck" in services["postgres"]
+        assert services["pgadmin"]["profiles"] == ["tools"]
+    if answers.get("redis"):
+        assert "healthcheck" in services["redis"]
+        assert services["redis-commander"]["profiles"] == ["tools"]
+    if answers.get("elasticsearch"):
+        assert "healthcheck" in services["elasticsearch"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compose_prod_keeps_secrets_out_and_limits_in(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    cfg = config.load(root)
+    prod = _yaml(root / "compose.prod.yaml")
+    text = (root / "compose.prod.yaml").read_text()
+    for secret in cfg.data["secrets"]:
+        # Each secret is only ever an interpolation that fails when the variable is unset.
+        assert re.findall(rf"\${{{secret}(?=[:}}])[^}}]*}}", text)
+        assert all(
+            m.startswith(f"${{{secret}:?") for m in re.findall(rf"\${{{secret}[^}}]*}}", text)
+        )
+    for name, service in prod["services"].items():
+        if "migrate" in service.get("profiles", []):
+            continue
+        assert service["restart"] == "unless-stopped", name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+    for comp in cfg.components:
+        service = prod["services"][comp["name"]]
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert service["image"].startswith(
+            "${" + comp["name"].upper().replace("-", "_") + "_IMAGE:?"
+        )
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_env_example_declares_every_variable(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    declared = {
+        line.split("=", 1)[0]
+        for line in (root / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    used: set[str] = set()
+    for path in validate.compose_files(root):
+        used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text()))
+    assert used <= declared, f"missing from .env.example: {sorted(used - declared)}"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_shipyard_yaml_mirrors_the_answers(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    answers = load_preset(preset)
+    cfg = config.load(root)
+    default = [cfg.service]
+    expected = [c["name"] for c in answers["components"]] if "components" in answers else default
+    assert [c["name"] for c in cfg.components] == expected
+    envs = cfg.data["environments"]
+    assert set(envs) == {"dev", "staging", "prod"}
+    assert envs["staging"]["target"] == answers.get("staging_target", "compose")
+    assert envs["prod"]["target"] == answers.get("production_target", "helm")
+    assert envs["prod"]["confirm"] is True
+    assert cfg.environment("production") == envs["prod"], "production is an alias of prod"
+    for secret in answers.get("app_secrets", []):
+        assert secret in cfg.data["secrets"]
+        assert secret not in (root / "shipyard.yaml").read_text().split("secrets:")[0]
+    if answers.get("database", "postgres") == "postgres":
+        backup = envs["prod"]["backup"]
+        assert backup["retention_days"] == answers.get("backup_retention_days", 14)
+        assert backup["schedule"] == answers.get("backup_schedule", "0 3 * * *")
+
+
+def test_mirror_redirects_every_image(render: Render, tmp_path: Path) -> None:
+    root = render(
+        {
+            "project_name": "Mirror",
+            "image_mirror": "mirror.internal:5000",
+            "redis": True,
+            "elasticsearch": True,
+            "reverse_proxy": True,
+        },
+        tmp_path / "mirror",
+    )
+    for path in validate.compose_files(root):
+        for service in _yaml(path)["services"].values():
+            image = service.get("image", "")
+            if image and not image.startswith("${") and "build" not in service:
+                assert image.startswith("mirror.internal:5000/"), image
+    assert "ARG IMAGE_MIRROR=mirror.internal:5000\n" in (root / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("package_manager", ["npm", "pnpm", "yarn"])
+@pytest.mark.parametrize("workspaces", [False, True])
+def test_every_package_manager_layout_passes(
+    render: Render, tmp_path: Path, package_manager: str, workspaces: bool
+) -> None:
+    components = [
+        {"name": "api", "kind": "http", "port": 3001, "health_path": "/health", "path": "apps/api"},
+        {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
+    ]
+    root = render(
+        {
+            "project_name": "Layouts",
+            "package_manager": package_manager,
+            "workspaces": workspaces,
+            "components": components,
+            "redis": True,
+        },
+        tmp_path / "kit",
+    )
+    dockerfile = (root / "Dockerfile").read_text()
+    lockfile = {"npm": "package-lock.json", "pnpm": "pnpm-lock.yaml", "yarn": "yarn.lock"}
+    if not workspaces:
+        assert f"source=apps/api/{lockfile[package_manager]}" in dockerfile
+    findings = validate.validate(root, only=CORE_CHECKS)
+    assert not findings, validate.report(findings)
+
+
+def test_readme_main_command_scaffolds_from_defaults(template_dir: Path, tmp_path: Path) -> None:
+    """`copier copy --trust --defaults . my-service`, as the README says."""
+    copier = Path(sys.executable).with_name("copier")
+    result = subprocess.run(
+        [
+            str(copier),
+            "copy",
+            "--trust",
+            "--defaults",
+            str(template_dir),
+            str(tmp_path / "my-service"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "my-service"
+    cfg = config.load(root)
+    assert cfg.service == "my-service"
+    assert cfg.components[0]["port"] == 3000
+    findings = validate.validate(root, only=CORE_CHECKS)
+    assert not findings, validate.report(findings)
