@@ -41,16 +41,21 @@ BASE_IMAGE = "shipyard-test/bookworm-minbase:1"
 DOCKER_CLI = "/usr/bin/docker"
 LOCK_TIMEOUT = 1800.0
 
-# The node base: Debian's nodejs and npm plus the official image's uid 1000 `node` user.
+# The node base: Debian's nodejs and npm plus the official image's uid 1000 `node` user. Like
+# a site's own base image it trusts the site's TLS-inspecting proxy: the host's extra CAs
+# (/usr/local/share/ca-certificates) are added, and node is told to use the system store.
 NODE_DOCKERFILE = """\
 FROM {base}
+COPY ca/ /usr/local/share/ca-certificates/
 RUN set -eux; apt-get update; \\
     apt-get install -y --no-install-recommends nodejs npm ca-certificates; \\
     rm -rf /var/lib/apt/lists/*; \\
     groupadd --gid 1000 node; useradd --uid 1000 --gid node --create-home node
+ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /app
 CMD ["node"]
 """
+HOST_CAS = Path("/usr/local/share/ca-certificates")
 
 # PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
 # /var/lib/postgresql/data, pg_isready on PATH.
@@ -256,6 +261,7 @@ def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str
     with tempfile.TemporaryDirectory() as ctx:
         Path(ctx, "Dockerfile").write_text(dockerfile)
         for name, text in files.items():
+            Path(ctx, name).parent.mkdir(parents=True, exist_ok=True)
             Path(ctx, name).write_text(text)
         env = {**daemon.env, "DOCKER_BUILDKIT": "1"}
         proc = subprocess.run(
@@ -286,10 +292,13 @@ def mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> Mirror
     Debian's nodejs (18) stands in for every requested Node version and Debian's
     PostgreSQL 15 for the alpine image: the tags are what the generated files ask for.
     """
-    node_local = "shipyard-test/node:bookworm"
+    node_local = "shipyard-test/node:bookworm-2"
     postgres_local = "shipyard-test/postgres:15"
     if not _has_image(dockerd, node_local):
-        build_image(dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), {})
+        cas = {f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))}
+        build_image(
+            dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), {"ca/.keep": "", **cas}
+        )
     if not _has_image(dockerd, postgres_local):
         build_image(
             dockerd,

@@ -18,6 +18,9 @@ from shipyard.config import Config
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
 
+# The backup image is recorded beside the components under this name.
+BACKUP = "backup"
+
 
 def binary() -> str:
     """The helm executable (SHIPYARD_HELM overrides, e.g. helm3)."""
@@ -41,27 +44,15 @@ def release(cfg: Config, env: str) -> str:
     return cfg.service
 
 
-def upgrade(
-    cfg: Config,
-    env: str,
-    settings: dict[str, Any],
-    images: dict[str, str],
-    *,
-    timeout: int,
-    migrate: bool = True,
-    dry_run: str = "",
-) -> Command:
-    """`helm upgrade --install` of the chart with the pushed digests; atomic, waits for rollout."""
-    helm = binary()
+def _values(
+    cfg: Config, env: str, settings: dict[str, Any], images: dict[str, str], migrate: bool
+) -> list[str]:
+    """Chart, namespace, values file and the --set flags one release of `env` is made of."""
     args = [
-        helm,
-        "upgrade",
-        "--install",
         release(cfg, env),
         f"charts/{cfg.service}",
         "--namespace",
         settings["namespace"],
-        "--create-namespace",
         "--values",
         settings["values_file"],
         "--set",
@@ -71,12 +62,27 @@ def upgrade(
     ]
     for name, ref in sorted(images.items()):
         digest = ref.rpartition("@")[2]
-        args += ["--set-string", f"components.{name}.image.digest={digest}"]
+        key = "backup.image.digest" if name == BACKUP else f"components.{name}.image.digest"
+        args += ["--set-string", f"{key}={digest}"]
     if not migrate:
         args += ["--set", "migrations.enabled=false"]
-    if dry_run:
-        args.append(f"--dry-run={dry_run}")
-    elif major(helm) >= 4:
+    return args
+
+
+def upgrade(
+    cfg: Config,
+    env: str,
+    settings: dict[str, Any],
+    images: dict[str, str],
+    *,
+    timeout: int,
+    migrate: bool = True,
+) -> Command:
+    """`helm upgrade --install` with the pushed digests; atomic, waits for pods and the hook."""
+    helm = binary()
+    args = [helm, "upgrade", "--install", *_values(cfg, env, settings, images, migrate)]
+    args.append("--create-namespace")
+    if major(helm) >= 4:
         args += ["--rollback-on-failure", "--wait=watcher", "--wait-for-jobs"]
     else:
         args += ["--atomic", "--wait", "--wait-for-jobs"]
@@ -84,16 +90,49 @@ def upgrade(
     return command(*args, cwd=cfg.root)
 
 
-def backup_job(service: str, env: str, settings: dict[str, Any]) -> Command:
-    """A one-off Job from the chart's backup CronJob, waited for (production migrations)."""
+def render(
+    cfg: Config, env: str, settings: dict[str, Any], images: dict[str, str], *, cluster: bool
+) -> Command:
+    """The manifests a deploy would apply, without applying them.
+
+    `helm upgrade --install --dry-run=client` still asks the cluster for the release history,
+    so without one Helm 4 renders the same values with `helm install --dry-run=client`, and
+    Helm 3 (whose install also wants a cluster) with `helm template`.
+    """
+    helm = binary()
+    values = _values(cfg, env, settings, images, migrate=True)
+    if cluster:
+        return command(helm, "upgrade", "--install", *values, "--dry-run=client", cwd=cfg.root)
+    if major(helm) >= 4:
+        return command(helm, "install", *values, "--dry-run=client", cwd=cfg.root)
+    return command(helm, "template", *values, cwd=cfg.root)
+
+
+def backup_job(service: str, env: str, settings: dict[str, Any]) -> list[Command]:
+    """A one-off Job from the chart's backup CronJob, waited for (before production migrations)."""
     namespace = settings["namespace"]
     job = f"{service}-backup-predeploy-{int(time.time())}"
-    script = (
-        f"kubectl create job --namespace {namespace} --from=cronjob/{service}-backup {job} && "
-        f"kubectl wait --namespace {namespace} --for=condition=complete --timeout=3600s job/{job}"
-    )
     del env
-    return command("sh", "-c", script)
+    return [
+        command(
+            "kubectl",
+            "create",
+            "job",
+            "--namespace",
+            namespace,
+            f"--from=cronjob/{service}-backup",
+            job,
+        ),
+        command(
+            "kubectl",
+            "wait",
+            "--namespace",
+            namespace,
+            "--for=condition=complete",
+            "--timeout=3600s",
+            f"job/{job}",
+        ),
+    ]
 
 
 def rollback(cfg: Config, env: str, settings: dict[str, Any], timeout: int) -> Command:

@@ -94,7 +94,7 @@ def _backup_steps(cfg: config.Config, env: str, settings: dict[str, Any]) -> lis
         target = "file:///backups"
     argv = ["shipyard", "backup", "run", "--target", target]
     if settings["target"] == "helm":
-        return [helm_engine.backup_job(cfg.service, env, settings)]
+        return helm_engine.backup_job(cfg.service, env, settings)
     file = _compose_file(settings)
     if "backup" not in compose_engine.services(cfg.root / file):
         raise Exit(
@@ -264,7 +264,7 @@ def _helm_deploy(
 ) -> None:
     steps: list[Command] = []
     if settings.get("migrate") and settings.get("backup_before_migrate") and not skip_migrate:
-        steps.append(helm_engine.backup_job(cfg.service, env, settings))
+        steps += helm_engine.backup_job(cfg.service, env, settings)
     upgrade = helm_engine.upgrade(
         cfg, env, settings, images, timeout=timeout, migrate=not skip_migrate
     )
