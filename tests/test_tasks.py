@@ -65,7 +65,8 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
     state.mkdir()
     (state / ".gitignore").write_text("*\n")
     ref = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
-    (state / "images.json").write_text(json.dumps({"shop-api": {"ref": ref, "digest": DIGEST}}))
+    record = {"ref": ref, "digest": DIGEST, "revision": git(root, "rev-parse", "HEAD").strip()}
+    (state / "images.json").write_text(json.dumps({"shop-api": record}))
     return root
 
 
@@ -166,6 +167,15 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
     )
     rollback = invoke(kit, "rollback", "--env", "prod", "--dry-run").stdout
     assert "helm rollback shop-api --namespace shop-api-prod --wait --timeout 300s" in rollback
+
+
+def test_ci_passes_digests_through_the_environment(kit: Path) -> None:
+    ci_ref = f"{REGISTRY}/shop-api-shop-api@sha256:{'cd' * 32}"
+    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run", env={"SHOP_API_IMAGE": ci_ref})
+    assert f"components.shop-api.image.digest=sha256:{'cd' * 32}" in plan.stdout
+    tag = invoke(kit, "deploy", "--env", "prod", "-d", env={"SHOP_API_IMAGE": f"{REGISTRY}/x:v1"})
+    assert tag.returncode == 2
+    assert "is not a digest reference (repo@sha256:...)" in tag.stderr
 
 
 @pytest.mark.parametrize("helm_binary", ["helm", "helm3"])

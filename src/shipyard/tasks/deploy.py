@@ -30,17 +30,48 @@ HELP_DRY = "print the exact plan and change nothing"
 HELP_TIMEOUT = "seconds to wait for the new version to become healthy"
 
 
-def _pushed_images(cfg: config.Config) -> dict[str, str]:
-    """component -> repo@digest from the last `invoke push`; Exit when one is missing."""
+def _images(cfg: config.Config, env: str) -> dict[str, str]:
+    """component -> repo@digest to deploy, from (first match wins):
+
+    1. `<COMPONENT>_IMAGE` in the environment (CI passes the digests release.yml pushed);
+    2. the digest `invoke push` recorded for this commit in .shipyard/images.json;
+    3. the registry: this commit's tag resolved to its digest.
+    """
     records = state.pushed(cfg.root)
-    missing = [comp["name"] for comp in cfg.components if comp["name"] not in records]
-    if missing:
-        raise Exit(
-            f"shipyard: no pushed image recorded for {', '.join(missing)}: run "
-            "`invoke build --env ENV && invoke push --env ENV` first",
-            code=1,
-        )
-    return {comp["name"]: records[comp["name"]]["ref"] for comp in cfg.components}
+    rev = revision(cfg.root, env)
+    images: dict[str, str] = {}
+    lookups: dict[str, str] = {}
+    for comp in cfg.components:
+        name = comp["name"]
+        given = os.environ.get(compose_engine.image_var(name), "")
+        record = records.get(name, {})
+        if given:
+            if "@sha256:" not in given:
+                raise Exit(
+                    f"shipyard: {compose_engine.image_var(name)}={given} is not a digest "
+                    "reference (repo@sha256:...): deploys never use a moving tag",
+                    code=2,
+                )
+            images[name] = given
+        elif record.get("ref") and record.get("revision") == rev.sha:
+            images[name] = record["ref"]
+        else:
+            lookups[name] = f"{cfg.image_repository(name)}:{rev.image_tag}"
+    if lookups:
+        with (
+            failures("looking up this commit's images"),
+            contextlib.closing(docker_engine.client()) as client,
+        ):
+            for name, ref in lookups.items():
+                digest = docker_engine.registry_digest(client, ref)
+                if digest is None:
+                    raise Exit(
+                        f"shipyard: no image for this commit: {ref} is not in the registry; "
+                        f"run `invoke build --env {env} && invoke push --env {env}` first",
+                        code=1,
+                    )
+                images[name] = f"{ref.rsplit(':', 1)[0]}@{digest}"
+    return images
 
 
 def _missing_secrets(cfg: config.Config) -> list[str]:
@@ -153,7 +184,7 @@ def migrate(
             f"run `invoke deploy --env {env}`"
         )
         return
-    images = _pushed_images(cfg)
+    images = _images(cfg, env)
     steps = _migrate_steps(cfg, env, settings, images, skip_backup)
     if dry_run:
         plan(f"migrate {cfg.service} on {env}", steps)
@@ -224,7 +255,7 @@ def deploy(
 ) -> None:
     """Migrate, roll out the pushed images by digest, wait for health, roll back on failure."""
     cfg, env, settings = setup(c, env)
-    images = _pushed_images(cfg)
+    images = _images(cfg, env)
     migrations = [] if skip_migrate else _migrate_steps(cfg, env, settings, images, skip_backup)
     if settings["target"] == "helm":
         _helm_deploy(cfg, env, settings, images, timeout, yes, dry_run, skip_migrate)
