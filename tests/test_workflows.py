@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,20 @@ def test_actionlint_reads_run_scripts_with_shellcheck(rendered: Rendered, tmp_pa
     )
     findings = validate.validate(kit, only=["actionlint"])
     assert any("shellcheck" in f.message and f.file.endswith("ci.yml") for f in findings), findings
+
+
+def test_zizmor_finds_no_security_issue(kit: Path) -> None:
+    """zizmor's audits (template injection, excessive permissions, credential persistence,
+    cache poisoning, unpinned actions...) at medium severity and above, offline."""
+    zizmor = validate.find_tool("zizmor")  # a missing tool fails here, loudly
+    result = subprocess.run(
+        [zizmor, "--offline", "--min-severity", "medium", "--no-progress", ".github"],
+        cwd=kit,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_action_is_pinned_to_a_recorded_release_commit(kit: Path) -> None:
