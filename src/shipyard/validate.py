@@ -319,9 +319,11 @@ def check_compose(root: Path) -> list[Finding]:
         result = _run([*argv, "config", "--quiet"], root)
         if result.returncode == 0:
             return []
-        message = _oneline(result.stderr) or f"exit status {result.returncode}"
-        match = re.search(r"line (\d+)", message)
-        line = int(match.group(1)) if match else None
+        message = _oneline(result.stderr).replace(f"{root}{os.sep}", "")
+        message = message or f"exit status {result.returncode}"
+        # "validating compose.yaml: services.db.healthchek ..." names the key; find its line.
+        match = re.search(r"validating \S+: ([-\w.]+)", message)
+        line = _yaml_line(path, match.group(1).split(".")) if match else None
         return [Finding(path.name, line, "compose", "config", message)]
 
     return [f for found in _each(one, compose_files(root)) for f in found]
@@ -331,7 +333,8 @@ def _jsonschema(root: Path, schema: str, paths: Sequence[Path]) -> list[Finding]
     """check-jsonschema with one of its built-in (offline) schemas on `paths`."""
     if not paths:
         return []
-    argv = ["check-jsonschema", "--builtin-schema", schema, "-o", "json"]
+    # --verbose adds the deepest sub-error, which names the offending key and value.
+    argv = ["check-jsonschema", "--builtin-schema", schema, "-o", "json", "--verbose"]
     result = _run([*argv, *(_rel(root, p) for p in paths)], root)
     rule = schema.removeprefix("vendor.")
     try:
@@ -342,8 +345,10 @@ def _jsonschema(root: Path, schema: str, paths: Sequence[Path]) -> list[Finding]
     findings = []
     for error in report.get("errors", []):
         file = _rel(root, error["filename"])
+        if error.get("has_sub_errors") and "best_deep_match" in error:
+            error = {**error, **error["best_deep_match"]}
         keys = _jsonpath_keys(error["path"])
-        line = _yaml_line(root / file, keys)
+        line = _yaml_line(root / file, [*keys, *_unexpected_key(error["message"])])
         message = f"{'.'.join(map(str, keys)) or '(top level)'}: {error['message']}"
         findings.append(Finding(file, line, "check-jsonschema", rule, message))
     findings += [
@@ -359,6 +364,12 @@ def _jsonpath_keys(path: str) -> list[str | int]:
     for name, quoted, index in re.findall(r"\.([^.\[]+)|\[[\"']([^\"']*)[\"']\]|\[(\d+)\]", path):
         keys.append(int(index) if index else (quoted or name))
     return keys
+
+
+def _unexpected_key(message: str) -> list[str]:
+    """The first key a "not allowed ('x' was unexpected)" message names: the line to point at."""
+    match = re.search(r"\('([^']+)'[^()]* (?:was|were) unexpected\)", message)
+    return [match.group(1)] if match else []
 
 
 def _yaml_line(path: Path, keys: Sequence[str | int]) -> int | None:
@@ -599,7 +610,7 @@ def _schema_check(
     for error in validator.iter_errors(document):
         keys = list(error.absolute_path)
         where = ".".join(str(k) for k in keys) or "(top level)"
-        line = _yaml_line(path, keys)
+        line = _yaml_line(path, [*keys, *_unexpected_key(error.message)])
         findings.append(Finding(file, line, tool, "schema", f"{where}: {error.message}"))
     return findings
 
@@ -674,7 +685,8 @@ def validate(root: Path | str = ".", only: Iterable[str] | None = None) -> list[
     if missing:
         # Every missing tool at once, so one install round fixes them all.
         raise ToolMissingError("\n".join(dict.fromkeys(missing)))
-    return sorted(findings, key=lambda f: (f.file, f.line or 0, f.tool, f.rule, f.message))
+    # set(): a chart that fails to render fails the same way for every Kubernetes version.
+    return sorted(set(findings), key=lambda f: (f.file, f.line or 0, f.tool, f.rule, f.message))
 
 
 def report(findings: Sequence[Finding]) -> str:

