@@ -4,6 +4,7 @@ their hardening rules are asserted on the parsed YAML so a later edit cannot qui
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from ruamel.yaml import YAML
 
 from shipyard import config, validate
 from tests.conftest import PRESETS, REPO, Render, load_preset
+from tests.servers.postgres import PostgresServer
 
 Rendered = Callable[[str], Path]
 
@@ -366,3 +368,51 @@ def test_service_readme_explains_the_pipeline(kit: Path) -> None:
     section = readme.split("## CI pipelines", 1)[1]
     for needle in ("release.yml", "deploy.yml", "required reviewers", "invoke deploy --env"):
         assert needle in section
+
+
+@pytest.mark.slow
+def test_ci_test_job_runs_on_the_sample_app(
+    render: Render, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The `run:` steps of ci.yml's test job, executed in order as the runner would (bash -eo
+    pipefail, the job's env and working directories), against a real PostgreSQL: the lockfile
+    install, build, migrations and tests of the sample app all pass."""
+    kit = render(
+        {"project_name": "Sample Shop", "sample_app": True, "ci_provider": "github"},
+        tmp_path / "kit",
+    )
+    job = _workflows(kit)["ci.yml"]["jobs"]["test"]
+    database = postgres_server.create_database("ci")
+    # The job service's address on a runner is localhost:5432; here it is the test cluster.
+    assert job["env"]["DATABASE_URL"].startswith("postgresql://")
+    env = {
+        **os.environ,
+        **job["env"],
+        "DATABASE_URL": f"postgresql://{postgres_server.user}:{postgres_server.password}"
+        f"@{postgres_server.host}:{postgres_server.port}/{database}",
+    }
+    default_dir = job.get("defaults", {}).get("run", {}).get("working-directory", ".")
+    ran = []
+    for step in _steps(job):
+        if "run" not in step:
+            continue
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            cwd=kit / step.get("working-directory", default_dir),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{step['run']}\n{result.stdout}\n{result.stderr}"
+        ran.append(step.get("name", step["run"]))
+    assert ran == [
+        "Install dependencies (exactly the lockfile)",
+        "Lint",
+        "Build",
+        "Apply migrations",
+        "Test",
+    ]
+    with postgres_server.connect(database) as conn:
+        applied = [row[0] for row in conn.execute("SELECT name FROM schema_migrations")]
+    assert applied == ["001_create_visits.sql"]
