@@ -31,7 +31,8 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite against real tools and servers; extra arguments go to pytest."""
     _install(session, "test")
-    session.run("pytest", "-n", "auto", *session.posargs)
+    # loadgroup: tests marked xdist_group("docker") share one worker, so one dockerd serves them.
+    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session(python="3.11", default=False)

@@ -1,0 +1,181 @@
+"""Image builds of the sample service with the generated Dockerfile, on a real dockerd.
+
+Prints two ratios, measured side by side in one run:
+
+- rebuild after a source-only change / cold build (no BuildKit cache), median wall times of
+  `invoke build`: the dependency install must come from cache. Target: <= 0.25.
+- final image size / (runtime base image + the app's production files), where the production
+  files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout, minus what
+  .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10.
+
+Starts its own dockerd and registries exactly as the tests do (tests/servers/), so run it
+after `. .ci/setup.sh`: `nox -s bench` or `python benchmarks/build.py --runs 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from copier import run_copy  # noqa: E402 - needs the path above for the test servers
+
+from tests.servers.docker import (  # noqa: E402
+    MIRROR_STORAGE,
+    NODE_LOCAL,
+    Dockerd,
+    import_base,
+    publish_mirror_images,
+    running_dockerd,
+)
+from tests.servers.registry import running_registry  # noqa: E402
+
+REBUILD_TARGET = 0.25
+SIZE_TARGET = 1.10
+SERVICE = "bench-api"
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def _kit(work: Path, registry: str, mirror: str) -> Path:
+    template = work / "template"
+    shutil.copytree(REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "*cache*"))
+    root = work / SERVICE
+    run_copy(
+        str(template),
+        root,
+        data={
+            "project_name": "Bench API",
+            "sample_app": True,
+            "postgres_version": 15,
+            "production_target": "compose",
+            "image_registry": f"{registry}/bench",
+            "image_mirror": mirror,
+            "ci_provider": "none",
+        },
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+    )
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "kit")
+    return root
+
+
+def _build(root: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "invoke", "build", "--env", "staging"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _production_files(root: Path) -> int:
+    """Bytes of the app as it runs: a clean checkout, production deps, built, minus ignores."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "app"
+        clean.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", "HEAD"], cwd=root, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(clean)], input=archive, check=True)
+        for line in (clean / ".dockerignore").read_text().splitlines():
+            pattern = line.strip()
+            if not pattern or pattern.startswith(("#", "!", "{")):
+                continue
+            for path in list(clean.glob(pattern)):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name != ".env.example":
+                    path.unlink(missing_ok=True)
+        for argv in (
+            ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"],
+            ["npm", "run", "build"],
+        ):
+            subprocess.run(argv, cwd=clean, check=True, capture_output=True)
+        return _tree_bytes(clean)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=2, help="cold/rebuild pairs to take medians of")
+    args = parser.parse_args()
+
+    with (
+        running_dockerd() as daemon,
+        tempfile.TemporaryDirectory() as tmp,
+        running_registry(Path(tmp) / "registry") as registry,
+        running_registry(MIRROR_STORAGE) as mirror,
+    ):
+        publish_mirror_images(daemon, import_base(daemon), mirror)
+        root = _kit(Path(tmp), registry, mirror)
+        env = {
+            **daemon.env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            # No bridge egress on these machines: npm inside builds needs the host network.
+            "SHIPYARD_BUILD_NETWORK": "host",
+        }
+        cold: list[float] = []
+        warm: list[float] = []
+        for run in range(args.runs):
+            daemon.run("builder", "prune", "--all", "--force")
+            cold.append(_build(root, env))
+            main_js = root / "src" / "main.js"
+            main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
+            _git(root, "commit", "-q", "-am", f"source change {run}")
+            warm.append(_build(root, env))
+        sha = _git(root, "rev-parse", "HEAD")[:12]
+        ref = f"{registry}/bench/{SERVICE}-{SERVICE}:{sha}"
+        final, base = _sizes(daemon, ref)
+        app = _production_files(root)
+
+    rebuild = statistics.median(warm) / statistics.median(cold)
+    size = final / (base + app)
+    print(f"cold build {statistics.median(cold):.1f}s, rebuild {statistics.median(warm):.1f}s")
+    print(
+        f"rebuild after a source-only change / cold build: {rebuild:.3f} "
+        f"(target <= {REBUILD_TARGET})"
+    )
+    print(
+        f"image {final / 1e6:.1f} MB / (base {base / 1e6:.1f} MB + app {app / 1e6:.2f} MB): "
+        f"{size:.3f} (target <= {SIZE_TARGET})"
+    )
+
+
+def _sizes(daemon: Dockerd, ref: str) -> tuple[int, int]:
+    """Sizes of the built image and of the runtime base (the image the mirror serves)."""
+    with contextlib.closing(daemon.client()) as client:
+        final = int(client.images.get(ref).attrs["Size"])
+        base = int(client.images.get(NODE_LOCAL).attrs["Size"])
+    return final, base
+
+
+if __name__ == "__main__":
+    main()
