@@ -32,38 +32,56 @@ import pytest
 from docker.client import DockerClient
 from docker.errors import DockerException, ImageNotFound
 
+from tests.servers.registry import running_registry
+
 CACHE = Path(os.environ.get("SHIPYARD_CACHE", Path.home() / ".cache" / "shipyard"))
 DATA_ROOT = CACHE / "docker"
 LOCK = CACHE / "docker.lock"
+MIRROR_STORAGE = CACHE / "mirror-registry"
+# The base images as built here; bump the tag when their Dockerfile changes.
+NODE_LOCAL = "shipyard-test/node:bookworm-3"
+POSTGRES_LOCAL = "shipyard-test/postgres:15-2"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:1"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
 DOCKER_CLI = "/usr/bin/docker"
 LOCK_TIMEOUT = 1800.0
 
-# The node base: Debian's nodejs and npm plus the official image's uid 1000 `node` user. Like
-# a site's own base image it trusts the site's TLS-inspecting proxy: the host's extra CAs
-# (/usr/local/share/ca-certificates) are added, and node is told to use the system store.
+# The node base: Debian's nodejs, npm from its registry tarball (as the official image ships
+# it; Debian's npm package drags in hundreds of MB), and the official image's uid 1000 `node`
+# user. Like a site's own base image it trusts the site's TLS-inspecting proxy: the host's
+# extra CAs (/usr/local/share/ca-certificates) are added and node uses the system store.
 NODE_DOCKERFILE = """\
 FROM {base}
 COPY ca/ /usr/local/share/ca-certificates/
+COPY npm.tgz /tmp/npm.tgz
 RUN set -eux; apt-get update; \\
-    apt-get install -y --no-install-recommends nodejs npm ca-certificates; \\
-    rm -rf /var/lib/apt/lists/*; \\
+    apt-get install -y --no-install-recommends nodejs ca-certificates; \\
+    rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man; \\
+    mkdir -p /usr/local/lib/node_modules/npm; \\
+    tar -xzf /tmp/npm.tgz --strip-components=1 -C /usr/local/lib/node_modules/npm; \\
+    rm /tmp/npm.tgz; \\
+    ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm; \\
+    ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx; \\
     groupadd --gid 1000 node; useradd --uid 1000 --gid node --create-home node
 ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /app
 CMD ["node"]
 """
 HOST_CAS = Path("/usr/local/share/ca-certificates")
+# npm 10 supports Debian bookworm's Node.js 18.19.
+NPM_VERSION = "10.9.2"
 
 # PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
-# /var/lib/postgresql/data, pg_isready on PATH.
+# /var/lib/postgresql/data, pg_isready on PATH. JIT is turned off, so LLVM (a third of the
+# image) is removed.
 POSTGRES_DOCKERFILE = """\
 FROM {base}
 RUN set -eux; apt-get update; \\
     apt-get install -y --no-install-recommends postgresql-15; \\
-    rm -rf /var/lib/apt/lists/*; \\
+    rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man; \\
+    rm -rf /usr/lib/postgresql/15/lib/llvmjit* /usr/lib/postgresql/15/lib/bitcode; \\
+    rm -rf /usr/lib/*/libLLVM*; \\
     mkdir -p /var/lib/postgresql/data /var/run/postgresql; \\
     chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
@@ -84,7 +102,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   createdb -U "$POSTGRES_USER" "$POSTGRES_DB" 2>/dev/null || true
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*'
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off
 """
 
 
@@ -149,6 +167,13 @@ def _stop_stale(pidfile: Path) -> None:
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[Dockerd]:
     """A real dockerd (vfs, no iptables) on a private unix socket, stopped at the end."""
+    with running_dockerd() as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def running_dockerd() -> Iterator[Dockerd]:
+    """Start dockerd on the shared data-root (waiting for the lock); stop it on exit."""
     missing = [tool for tool in ("dockerd", "containerd") if not shutil.which(tool)]
     if missing or not Path(DOCKER_CLI).exists():
         pytest.fail(f"docker engine missing ({missing or DOCKER_CLI}): run `. .ci/setup.sh`")
@@ -157,7 +182,7 @@ def dockerd() -> Iterator[Dockerd]:
         run_dir = Path(tempfile.mkdtemp(prefix="shipyard-dockerd-"))
         pidfile = DATA_ROOT.parent / "dockerd.pid"
         _stop_stale(pidfile)
-        socket = run_dir / "docker.sock"
+        sock_path = run_dir / "docker.sock"
         log = (DATA_ROOT.parent / "dockerd.log").open("wb")
         proc = subprocess.Popen(
             [
@@ -168,13 +193,13 @@ def dockerd() -> Iterator[Dockerd]:
                 f"--data-root={DATA_ROOT}",
                 f"--exec-root={run_dir / 'exec'}",
                 f"--pidfile={pidfile}",
-                f"--host=unix://{socket}",
+                f"--host=unix://{sock_path}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        daemon = Dockerd(host=f"unix://{socket}", cli=DOCKER_CLI)
+        daemon = Dockerd(host=f"unix://{sock_path}", cli=DOCKER_CLI)
         try:
             _wait_ready(daemon, proc)
             yield daemon
@@ -250,19 +275,28 @@ def _has_image(daemon: Dockerd, name: str) -> bool:
 @pytest.fixture(scope="session")
 def bookworm_base(dockerd: Dockerd) -> str:
     """A Debian bookworm minbase image in the daemon (imported from the cached rootfs)."""
-    if not _has_image(dockerd, BASE_IMAGE):
+    return import_base(dockerd)
+
+
+def import_base(daemon: Dockerd) -> str:
+    """Import the cached debootstrap rootfs as BASE_IMAGE unless the daemon has it."""
+    if not _has_image(daemon, BASE_IMAGE):
         data = subprocess.run(["zstd", "-dc", str(_rootfs())], capture_output=True, check=True)
-        dockerd.run("import", "-", BASE_IMAGE, input_=data.stdout)
+        daemon.run("import", "-", BASE_IMAGE, input_=data.stdout)
     return BASE_IMAGE
 
 
-def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str]) -> None:
+def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str | bytes]) -> None:
     """Build `dockerfile` with BuildKit; apt needs the host network here (no bridge egress)."""
     with tempfile.TemporaryDirectory() as ctx:
         Path(ctx, "Dockerfile").write_text(dockerfile)
         for name, text in files.items():
-            Path(ctx, name).parent.mkdir(parents=True, exist_ok=True)
-            Path(ctx, name).write_text(text)
+            target = Path(ctx, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(text, bytes):
+                target.write_bytes(text)
+            else:
+                target.write_text(text)
         env = {**daemon.env, "DOCKER_BUILDKIT": "1"}
         proc = subprocess.run(
             [daemon.cli, "build", "--network", "host", "--tag", tag, ctx],
@@ -286,19 +320,44 @@ class MirrorImages:
 
 
 @pytest.fixture(scope="session")
-def mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
-    """node:<22|20|24>-bookworm-slim and postgres:15-alpine pushed to the test registry.
+def mirror_images(dockerd: Dockerd, bookworm_base: str) -> Iterator[MirrorImages]:
+    """node:<22|20|24>-bookworm-slim and postgres:15-alpine served by a mirror registry.
+
+    The mirror keeps its storage in ~/.cache/shipyard (used only under the dockerd lock), so
+    after the first run the push finds every layer already there.
+    """
+    with running_registry(MIRROR_STORAGE) as mirror:
+        yield publish_mirror_images(dockerd, bookworm_base, mirror)
+
+
+def _npm_tarball() -> bytes:
+    """npm's own package tarball from the npm registry, cached once per machine."""
+    cached = CACHE / "images" / f"npm-{NPM_VERSION}.tgz"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                ["npm", "pack", "--silent", f"npm@{NPM_VERSION}"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+            )
+            shutil.move(next(Path(tmp).glob("npm-*.tgz")), cached)
+    return cached.read_bytes()
+
+
+def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
+    """Build (once per data-root) and push the base images the generated files ask for.
 
     Debian's nodejs (18) stands in for every requested Node version and Debian's
     PostgreSQL 15 for the alpine image: the tags are what the generated files ask for.
+    The local tags are removed after the push: the registry is where builds take them from.
     """
-    node_local = "shipyard-test/node:bookworm-2"
-    postgres_local = "shipyard-test/postgres:15"
+    node_local, postgres_local = NODE_LOCAL, POSTGRES_LOCAL
     if not _has_image(dockerd, node_local):
-        cas = {f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))}
-        build_image(
-            dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), {"ca/.keep": "", **cas}
-        )
+        files: dict[str, str | bytes] = {"ca/.keep": "", "npm.tgz": _npm_tarball()}
+        files.update({f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))})
+        build_image(dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), files)
     if not _has_image(dockerd, postgres_local):
         build_image(
             dockerd,
@@ -307,10 +366,13 @@ def mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> Mirror
             {"entrypoint.sh": POSTGRES_ENTRYPOINT},
         )
     node = f"{registry}/library/node"
-    for version in ("20", "22", "24"):
-        dockerd.run("tag", node_local, f"{node}:{version}-bookworm-slim")
-    dockerd.run("push", "--all-tags", node)
     postgres = f"{registry}/library/postgres:15-alpine"
+    tags = [f"{node}:{version}-bookworm-slim" for version in ("20", "22", "24")]
+    for tag in tags:
+        dockerd.run("tag", node_local, tag)
     dockerd.run("tag", postgres_local, postgres)
+    dockerd.run("push", "--all-tags", node)
     dockerd.run("push", postgres)
-    return MirrorImages(mirror=registry, node=f"{node}:22-bookworm-slim", postgres=postgres)
+    # Only tags go: the images stay under their shipyard-test/ names.
+    dockerd.run("rmi", *tags, postgres)
+    return MirrorImages(mirror=registry, node=tags[1], postgres=postgres)

@@ -6,11 +6,13 @@ insecure registry without configuration (helm needs `--plain-http`). Storage is 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -42,9 +44,16 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start a registry on a free loopback port; yields "127.0.0.1:PORT"."""
+    with running_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def running_registry(state: Path) -> Iterator[str]:
+    """A registry storing under `state`, on a free loopback port, stopped on exit."""
     if not shutil.which(BINARY):
         pytest.fail(f"{BINARY} is not installed: run `. .ci/setup.sh`")
-    state = tmp_path_factory.mktemp("registry")
+    state.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = state / "config.yml"
     config.write_text(CONFIG.format(root=state / "data", port=port))
