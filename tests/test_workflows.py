@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,36 @@ def test_ci_test_job_runs_on_the_sample_app(
     with postgres_server.connect(database) as conn:
         applied = [row[0] for row in conn.execute("SELECT name FROM schema_migrations")]
     assert applied == ["001_create_visits.sql"]
+
+
+def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_path: Path) -> None:
+    """The seam between deploy.yml and the tasks: with the `<COMPONENT>_IMAGE` variables the job
+    sets, the real `invoke deploy --env staging --yes` plans a rollout of exactly those digests.
+    (Staging: prod's plan differs only by its backup-before-migrate step.)"""
+    repo = tmp_path / "kit"
+    shutil.copytree(kit, repo)
+    git = ["git", "-C", str(repo), "-c", "user.name=ci", "-c", "user.email=ci@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "kit"], check=True)
+    job = _workflows(repo)["deploy.yml"]["jobs"]["staging"]
+    cfg = config.load(repo)
+    images = {}
+    for number, component in enumerate(cfg.components):
+        var = component["name"].upper().replace("-", "_") + "_IMAGE"
+        assert var in job["env"], var
+        images[var] = f"{cfg.image_repository(component['name'])}@sha256:{number:064x}"
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, **images, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])}
+    deploy = next(s["run"] for s in _steps(job) if s.get("name") == "Deploy")
+    result = subprocess.run(
+        [*deploy.split(), "--dry-run"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for image in images.values():
+        assert image.split("@")[1] in result.stdout
