@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -13,7 +14,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 # Session venvs can live outside the clone (.ci/setup.sh sets NOX_ENVDIR) and be reused.
 nox.options.envdir = os.environ.get("NOX_ENVDIR", ".nox")
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "validate"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -25,6 +26,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     session.run("yamllint", "-c", "src/shipyard/yamllint.yaml", "copier.yml", "tests/presets")
+    session.run("shellcheck", ".ci/run", ".ci/setup.sh")
 
 
 @nox.session(python="3.11")
@@ -35,12 +37,39 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
 
 
+@nox.session(python="3.11")
+def render(session: nox.Session) -> None:
+    """Render every preset (or the named ones) into build/presets/<name> with copier."""
+    _install(session, "render")
+    _render_presets(session)
+
+
+@nox.session(python="3.11")
+def validate(session: nox.Session) -> None:
+    """Render the presets (or the named ones), then `shipyard validate` them: one report."""
+    _install(session, "render")
+    session.run("shipyard", "validate", *map(str, _render_presets(session)))
+
+
 @nox.session(python="3.11", default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks: print ratios measured side by side in one run."""
     _install(session, "bench")
     for script in sorted(Path("benchmarks").glob("*.py")):
         session.run("python", str(script), *session.posargs)
+
+
+def _render_presets(session: nox.Session) -> list[Path]:
+    """copier copy of the working tree (uncommitted edits included) per preset; the folders."""
+    names = session.posargs or sorted(p.stem for p in Path("tests/presets").glob("*.yml"))
+    folders = []
+    for name in names:
+        dst = Path("build", "presets", name)
+        shutil.rmtree(dst, ignore_errors=True)  # a file the template dropped must not linger
+        argv = ["copier", "copy", "--trust", "--defaults", "--quiet", "--vcs-ref", "HEAD"]
+        session.run(*argv, "--data-file", f"tests/presets/{name}.yml", ".", str(dst))
+        folders.append(dst)
+    return folders
 
 
 def _install(session: nox.Session, group: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("validate", help="check every artifact with its real tool")
-    check.add_argument("root", nargs="?", default=".", type=Path, help="kit folder (default .)")
+    check.add_argument(
+        "roots", nargs="*", default=[Path()], type=Path, help="kit folder(s) (default .)"
+    )
     check.add_argument(
         "--only",
         action="append",
@@ -38,11 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     only: list[str] | None = None
     if args.only or args.group:
         only = [*(args.only or []), *(n for g in args.group or [] for n in validate.GROUPS[g])]
-    if not args.root.is_dir():
-        print(f"shipyard: {args.root} is not a folder", file=sys.stderr)
-        return 2
+    for root in args.roots:
+        if not root.is_dir():
+            print(f"shipyard: {root} is not a folder", file=sys.stderr)
+            return 2
     try:
-        findings = validate.validate(args.root, only)
+        findings = []
+        for root in args.roots:
+            found = validate.validate(root, only)
+            # Several kits make one report: each finding names its kit too.
+            if len(args.roots) > 1:
+                found = [dataclasses.replace(f, file=str(root / f.file)) for f in found]
+            findings += found
     except validate.ToolMissingError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
         return 2
