@@ -158,6 +158,9 @@ def test_s3_round_trip_and_verify(
     assert manifest["server_version"].startswith(str(postgres_server.bindir.parent.name))
     assert set(manifest["tools"]) == {"pg_dump", "zstd", "shipyard"}
 
+    # Enum columns hash through the row text (a restore renumbers enum OIDs); the rest by value.
+    assert manifest["tables"]["public.customers"]["hash"] == "text"
+    assert manifest["tables"]["public.orders"]["hash"] == "record"
     checked = backup.verify(store)
     assert checked.verified is not None
     assert checked.verified["rows"] == 2000 + 5000 + 2
@@ -345,3 +348,19 @@ def test_manifest_matches_its_schema_and_is_written_last(database: str, tmp_path
     files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / made.id).iterdir()}
     assert files["manifest.json"] >= files["dump.pgc.zst"]
     assert made.manifest["dump"]["size"] == (tmp_path / made.id / "dump.pgc.zst").stat().st_size
+
+
+def test_verify_detects_data_that_differs_from_the_manifest(database: str, tmp_path: Path) -> None:
+    """The checksum comparison has teeth: a manifest whose checksum disagrees fails verify."""
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store)
+    path = tmp_path / made.id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tables"]["public.orders"]["checksum"] = "12345"
+    manifest["tables"]["public.customers"]["rows"] = 1999
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(backup.BackupError) as failure:
+        backup.verify(store)
+    assert "public.orders: row checksum differs" in str(failure.value)
+    assert "public.customers: 2000 rows, expected 1999" in str(failure.value)
+    assert backup.list_backups(store)[0].verified is None

@@ -1,0 +1,133 @@
+"""Backup and restore speed of the shipyard engine against the classic script, side by side.
+
+On a pgbench database (default scale 20, `--scale 100` for the 1.5 GB case) in a throwaway
+PostgreSQL cluster, each method runs `--rounds` times, interleaved, and the medians give:
+
+  backup ratio   = `pg_dump | gzip` time / ours              (target >= 1.5)
+  restore ratio  = `gunzip | psql` time / ours               (target >= 1.2)
+  ceiling ratio  = ours / `pg_dump -Fc -Z0 > /dev/null`      (target <= 1.2)
+
+"Ours" is the whole engine: the backup includes the per-table checksums and the manifest,
+the restore includes the sha256 check, the restore into a new database with parallel
+pg_restore, the comparison with the manifest and the swap (not the safety backup, which the
+classic script does not take either). Only ratios measured in one run mean anything here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shipyard import backup
+from shipyard.backup import engine
+
+
+def _bindir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise SystemExit("benchmark: install postgresql-15 (.ci/setup.sh) first")
+    return found[-1].parent
+
+
+@contextmanager
+def cluster(state: Path) -> Iterator[dict[str, str]]:
+    """A throwaway cluster (as `postgres` when run as root); yields its libpq environment."""
+    bindir = _bindir()
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(state, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = state / "data"
+    run = lambda *a: subprocess.run([*prefix, *a], check=True, capture_output=True, cwd=state)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(state / "log"), "-w", "-o",
+        f"-p {port} -k {state} -c listen_addresses=127.0.0.1 -c shared_buffers=256MB", "start")  # fmt: skip
+    try:
+        yield {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres"}
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+
+
+def sh(script: str) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-ec", script], check=True)
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=int(os.environ.get("BENCH_SCALE", "20")))
+    parser.add_argument("--rounds", type=int, default=3)
+    args, _ = parser.parse_known_args()  # nox passes every session argument to each script
+
+    with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o711)  # the cluster's own folder below belongs to the postgres user
+        (work / "pg").mkdir()
+        with cluster(work / "pg") as env:
+            os.environ.update(env)
+            os.environ["PGDATABASE"] = "bench"
+            sh("createdb bench && createdb target")
+            print(f"pgbench -i -s {args.scale} ...", flush=True)
+            sh(f"pgbench -i -q -s {args.scale} bench 2>/dev/null")
+            store = backup.LocalStorage(work / "store")
+            gz, raw = work / "dump.sql.gz", work / "raw.pgc"
+            sh(f"pg_dump -Fc -Z0 bench > {raw}")  # warms the cache; its size is the raw size
+            times: dict[str, list[float]] = {k: [] for k in ("gzip", "ours", "ceiling")}
+            restores: dict[str, list[float]] = {"psql": [], "ours": []}
+            made = None
+            for round_ in range(args.rounds):
+                times["gzip"].append(timed(lambda: sh(f"pg_dump bench | gzip > {gz}")))
+                times["ceiling"].append(timed(lambda: sh("pg_dump -Fc -Z0 bench > /dev/null")))
+                times["ours"].append(timed(lambda: backup.backup(store, log=lambda _m: None)))
+                made = backup.list_backups(store)[-1]
+
+                sh("dropdb --if-exists classic && createdb classic")
+                restores["psql"].append(
+                    timed(lambda: sh(f"gunzip -c {gz} | psql -q -X -v ON_ERROR_STOP=1 classic"))
+                )
+                os.environ["PGDATABASE"] = "target"
+                restores["ours"].append(
+                    timed(
+                        lambda: engine.restore(
+                            store, made.id, safety_backup=False, log=lambda _m: None
+                        )  # noqa: B023
+                    )
+                )
+                os.environ["PGDATABASE"] = "bench"
+                print(f"round {round_ + 1}: " + ", ".join(
+                    f"{k} {v[-1]:.2f}s" for k, v in (*times.items(), *restores.items())
+                ), flush=True)  # fmt: skip
+            assert made is not None
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rmed = {k: statistics.median(v) for k, v in restores.items()}
+            mb = 1024 * 1024
+            print(f"\nbackup benchmark, pgbench scale {args.scale}, medians of {args.rounds}")
+            print(f"  sizes: raw custom archive {raw.stat().st_size / mb:.1f} MiB, "
+                  f"pg_dump|gzip {gz.stat().st_size / mb:.1f} MiB, "
+                  f"ours (zstd -{engine.ZSTD_LEVEL}) {made.manifest['dump']['size'] / mb:.1f} MiB")  # fmt: skip
+            print(f"  backup:  pg_dump|gzip {med['gzip']:.2f}s / ours {med['ours']:.2f}s = "
+                  f"{med['gzip'] / med['ours']:.2f}  (target >= 1.5)")  # fmt: skip
+            print(f"  restore: gunzip|psql {rmed['psql']:.2f}s / ours {rmed['ours']:.2f}s = "
+                  f"{rmed['psql'] / rmed['ours']:.2f}  (target >= 1.2)")  # fmt: skip
+            print(f"  ceiling: ours {med['ours']:.2f}s / pg_dump -Fc -Z0 >/dev/null "
+                  f"{med['ceiling']:.2f}s = {med['ours'] / med['ceiling']:.2f}  (target <= 1.2)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
