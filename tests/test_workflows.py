@@ -181,7 +181,7 @@ def test_every_action_is_pinned_to_a_recorded_release_commit(kit: Path) -> None:
             ref, rest = match["ref"], match["rest"]
             where = f"{path.name}:{number}"
             if ref.startswith("./"):
-                assert ref == "./.github/workflows/deploy.yml", where
+                assert ref in {"./.github/workflows/ci.yml", "./.github/workflows/deploy.yml"}
                 continue
             seen += 1
             pinned = PINNED.match(ref)
@@ -255,8 +255,8 @@ def _roots(answers: dict[str, Any]) -> list[str]:
 def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Path) -> None:
     ci = _workflows(kit)["ci.yml"]
     answers = _answers(kit)
-    assert set(ci["on"]) == {"pull_request", "push"}
-    assert ci["on"]["push"]["branches"] == ["main"]
+    # Main and tags run it through release.yml, before anything is pushed.
+    assert set(ci["on"]) == {"pull_request", "workflow_call"}
     jobs = ci["jobs"]
     test_jobs = [job for job_id, job in jobs.items() if job_id.startswith("test")]
     assert len(test_jobs) == len(_roots(answers))
@@ -293,9 +293,11 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
     cfg = config.load(kit)
     assert release["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
     jobs = release["jobs"]
+    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
     for component in cfg.components:
         name = component["name"]
         job = jobs[f"image-{name}"]
+        assert job["needs"] == "ci"
         steps = {s.get("id"): s for s in _steps(job)}
         # The image lands where the tasks and the chart look for it (Config.image_repository).
         assert steps["meta"]["with"]["images"] == cfg.image_repository(name)
