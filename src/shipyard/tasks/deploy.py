@@ -322,6 +322,14 @@ def _helm_deploy(
     print(f"{env}: deployed and healthy")
 
 
+def _current(cfg: config.Config, env: str) -> dict[str, str]:
+    """The images of the last deploy, for Compose commands that only read (ps, logs): the
+    file requires every *_IMAGE to be set even when the value does not matter."""
+    history = state.deploys(cfg.root, env)
+    last: dict[str, str] = history[-1]["images"] if history else {}
+    return {comp["name"]: last.get(comp["name"], "unknown") for comp in cfg.components}
+
+
 @task(help={"env": HELP_ENV})
 def status(c: Context, env: str = "") -> None:
     """Show what runs in an environment and its recent deploys."""
@@ -331,7 +339,10 @@ def status(c: Context, env: str = "") -> None:
             for cmd in helm_engine.status(cfg, env, settings):
                 execute(cmd, "helm status")
         else:
-            execute(compose_engine.compose(cfg.root, _compose_file(settings), "ps"), "compose ps")
+            ps = compose_engine.compose(
+                cfg.root, _compose_file(settings), "ps", images=_current(cfg, env)
+            )
+            execute(ps, "compose ps")
     for entry in state.deploys(cfg.root, env)[-5:]:
         print(f"  {entry['at']} {entry['status']}: {', '.join(entry['images'].values())}")
 
@@ -405,7 +416,11 @@ def logs(
         else:
             args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
             cmd = compose_engine.compose(
-                cfg.root, _compose_file(settings), *args, *([component] if component else [])
+                cfg.root,
+                _compose_file(settings),
+                *args,
+                *([component] if component else []),
+                images=_current(cfg, env),
             )
         execute(cmd, "reading logs")
 
