@@ -1,0 +1,782 @@
+"""The generated Helm chart, checked with the real helm binaries (v4 `helm`, v3.18 `helm3`)
+and kubernetes-validate's schemas of the oldest and newest Kubernetes we support.
+
+Every preset with a helm target is linted (schema enforced), rendered with each values file
+and validated; objects are asserted on; bad values must fail with a sentence naming the key;
+the chart is packaged and pushed to a real OCI registry. A test against a live cluster runs
+only when KUBECONFIG is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import PRESETS, REPO, load_preset
+
+HELMS = ("helm", "helm3")
+# Oldest and newest Kubernetes the chart supports (Chart.yaml kubeVersion is >=1.28).
+KUBE_VERSIONS = ("1.28.0", "1.33.0")
+DIGEST = "sha256:" + "ab" * 32
+LIBRARY = REPO / "charts" / "shipyard-common"
+Doc = dict[str, Any]
+
+
+def _copier_default(question: str) -> Any:
+    return YAML(typ="safe").load((REPO / "copier.yml").read_text())[question]["default"]
+
+
+def _has_helm_target(preset: str) -> bool:
+    answers = load_preset(preset)
+    targets = [
+        answers.get("staging_target", _copier_default("staging_target")),
+        answers.get("production_target", _copier_default("production_target")),
+    ]
+    return "helm" in targets
+
+
+HELM_PRESETS = [p for p in PRESETS if _has_helm_target(p)]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        # Never a silent skip: CI must have every tool (`. .ci/setup.sh` installs them).
+        pytest.fail(f"{name} is not on PATH: run `. .ci/setup.sh` first")
+    return path
+
+
+def _kubernetes_validate() -> str:
+    here = Path(sys.executable).parent
+    path = shutil.which("kubernetes-validate") or shutil.which(
+        "kubernetes-validate", path=str(here)
+    )
+    if path is None:
+        pytest.fail("kubernetes-validate is not installed: pip install kubernetes-validate")
+    return path
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment helm runs in: its cache/config/data under a temp dir, never ~."""
+    home = tmp_path_factory.mktemp("helm-home")
+    env = dict(os.environ)
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[var] = str(home / var.lower())
+    return env
+
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def helm(helm_env: dict[str, str]) -> Helm:
+    """helm(binary, *args, check=True): run one helm command; failures show its output."""
+
+    def _helm(binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [_tool(binary), *args], capture_output=True, text=True, env=helm_env, check=False
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"{binary} {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return _helm
+
+
+def _config(root: Path) -> Doc:
+    loaded: Doc = YAML(typ="safe").load((root / "shipyard.yaml").read_text())
+    return loaded
+
+
+def _chart(root: Path) -> Path:
+    name: str = _config(root)["service"]["name"]
+    return root / "charts" / name
+
+
+def _values_files(chart: Path) -> list[str]:
+    """Each way the chart is installed: bare, and layered with each environment's file."""
+    return ["", *sorted(str(p) for p in chart.glob("values-*.yaml"))]
+
+
+def _values_args(values_file: str) -> list[str]:
+    return ["-f", values_file] if values_file else []
+
+
+def _deploy_args(root: Path, env: str = "prod") -> list[str]:
+    """What `invoke deploy` passes: replicas from shipyard.yaml, a digest per image."""
+    cfg = _config(root)
+    args = ["--set", f"replicaCount={cfg['environments'][env]['replicas']}"]
+    for c in cfg["components"]:
+        args += ["--set", f"components.{c['name']}.image.digest={DIGEST}"]
+    return [*args, "--set", f"backup.image.digest={DIGEST}"]
+
+
+def _docs(text: str) -> list[Doc]:
+    return [d for d in YAML(typ="safe").load_all(text) if d]
+
+
+@pytest.fixture(scope="module")
+def template(helm: Helm, rendered: Callable[[str], Path]) -> Callable[..., list[Doc]]:
+    """template(preset, *helm_args) -> the objects `helm template` renders (Helm 4)."""
+
+    def _template(preset: str, *args: str, release: str = "rel") -> list[Doc]:
+        chart = _chart(rendered(preset))
+        result = helm("helm", "template", release, str(chart), "--namespace", "ns", *args)
+        return _docs(result.stdout)
+
+    return _template
+
+
+def _by_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            yield d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+# --- Which repos get a chart ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_chart_rendered_only_for_helm_targets(preset: str, rendered: Callable[[str], Path]) -> None:
+    root = rendered(preset)
+    envs = _config(root)["environments"]
+    helm_envs = sorted(e for e, v in envs.items() if v["target"] == "helm")
+    assert (root / "charts").exists() == bool(helm_envs)
+    if helm_envs:
+        chart = _chart(root)
+        assert sorted(p.name for p in chart.glob("values-*.yaml")) == [
+            f"values-{e}.yaml" for e in helm_envs
+        ]
+        for e in helm_envs:
+            assert (root / envs[e]["values_file"]).is_file()
+        # The library chart is a real copy (copier followed the template's symlink).
+        vendored = chart / "charts" / "shipyard-common"
+        assert not vendored.is_symlink()
+        assert (vendored / "Chart.yaml").read_text() == (LIBRARY / "Chart.yaml").read_text()
+
+
+# --- The real tools accept every preset's chart ---------------------------------------------
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_helm_lint_strict(
+    preset: str, binary: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered(preset))
+    for values_file in _values_files(chart):
+        result = helm(binary, "lint", "--strict", str(chart), *_values_args(values_file))
+        assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_templates_pass_kubernetes_validate(
+    preset: str, helm: Helm, rendered: Callable[[str], Path], tmp_path: Path
+) -> None:
+    root = rendered(preset)
+    chart = _chart(root)
+    validator = _kubernetes_validate()
+    for values_file in _values_files(chart):
+        args = [*_values_args(values_file), *_deploy_args(root)]
+        out = helm("helm", "template", "rel", str(chart), *args).stdout
+        manifest = tmp_path / f"manifest-{Path(values_file).name or 'default'}.yaml"
+        manifest.write_text(out)
+        for version in KUBE_VERSIONS:
+            result = subprocess.run(
+                [validator, "--strict", "--quiet", "-k", version, str(manifest)],
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=chart,
+            )
+            # --quiet leaves only warnings and errors: an unknown kind would be a WARN.
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert result.stdout.strip() == "", result.stdout
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_httproute_alternative(preset: str, template: Callable[..., list[Doc]]) -> None:
+    root_args = ["--set", "host=app.example.org", "--set", "gateway.enabled=true"]
+    docs = template(preset, *root_args)
+    assert not _by_kind(docs, "Ingress")
+    (route,) = _by_kind(docs, "HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["hostnames"] == ["app.example.org"]
+    services = {s["metadata"]["name"]: s for s in _by_kind(docs, "Service")}
+    for rule in route["spec"]["rules"]:
+        (backend,) = rule["backendRefs"]
+        assert backend["port"] == services[backend["name"]]["spec"]["ports"][0]["port"]
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_helm3_and_helm4_render_the_same(
+    preset: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    root = rendered(preset)
+    chart = _chart(root)
+    for values_file in _values_files(chart):
+        args = ["template", "rel", str(chart), *_values_args(values_file), *_deploy_args(root)]
+        assert helm("helm", *args).stdout == helm("helm3", *args).stdout
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_install_dry_run_client(preset: str, helm: Helm, rendered: Callable[[str], Path]) -> None:
+    """`helm install --dry-run=client` per environment, as a deploy would run it.
+
+    Helm 4 only: Helm 3 contacts the cluster even with --dry-run=client
+    (https://github.com/helm/helm/issues/13144); its client-side install is `helm3 template`,
+    which test_helm3_and_helm4_render_the_same covers.
+    """
+    root = rendered(preset)
+    chart = _chart(root)
+    for env in (p.stem.removeprefix("values-") for p in chart.glob("values-*.yaml")):
+        result = helm(
+            "helm",
+            "install",
+            _config(root)["service"]["name"],
+            str(chart),
+            "--namespace",
+            _config(root)["environments"][env]["namespace"],
+            "-f",
+            str(chart / f"values-{env}.yaml"),
+            *_deploy_args(root, env),
+            "--dry-run=client",
+        )
+        assert "STATUS: pending-install" in result.stdout
+        assert _by_kind(
+            _docs(result.stdout.split("MANIFEST:", 1)[1].split("NOTES:")[0]), "Deployment"
+        )
+
+
+# --- Bad values fail with a sentence naming the key -----------------------------------------
+
+# Values the schema rejects: `helm lint --strict`, `template` and `install` all refuse them.
+SCHEMA_ERRORS = [
+    pytest.param(["--set-string", "replicaCount=three"], r"replicaCount", id="string-replicas"),
+    pytest.param(["--set", "replicaCont=3"], r"replicaCont", id="unknown-top-level-key"),
+    pytest.param(["--set", "components.web.prot=3000"], r"prot", id="unknown-component-key"),
+    pytest.param(["--set", "components.web.port=-1"], r"port", id="negative-port"),
+    pytest.param(["--set", "components.web.port=70000"], r"port", id="port-too-big"),
+    pytest.param(
+        ["--set", "components.web.image.digest=latest"], r"digest", id="digest-not-sha256"
+    ),
+    pytest.param(
+        ["--set", "migrations.component=nope"], r"migrations.component", id="unknown-migrator"
+    ),
+]
+# Combinations only validateValues catches, when templates render (`helm lint` reports them
+# as INFO and passes, so `template`/`install` are what must fail).
+TEMPLATE_ERRORS = [
+    pytest.param(["--set", "ingress.enabled=true"], r"need host", id="ingress-without-host"),
+    pytest.param(
+        ["--set", "backup.enabled=true", "--set", "backup.target=ftp://x"],
+        r"backup.target must be s3://BUCKET/PREFIX or file:///backups",
+        id="bad-backup-target",
+    ),
+    pytest.param(
+        [
+            "--set",
+            "components.web.autoscaling.enabled=true",
+            "--set",
+            "components.web.autoscaling.maxReplicas=1",
+            "--set",
+            "replicaCount=3",
+        ],
+        r"maxReplicas \(1\) is below its minimum replica count \(3\)",
+        id="hpa-max-below-min",
+    ),
+]
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize(("args", "message"), SCHEMA_ERRORS)
+def test_schema_rejects_bad_values(
+    args: list[str], message: str, binary: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    # monorepo: three components (web, api, worker), migrations, backups.
+    chart = _chart(rendered("monorepo"))
+    lint = helm(binary, "lint", "--strict", str(chart), *args, check=False)
+    assert lint.returncode != 0
+    assert "schema" in lint.stdout + lint.stderr
+    assert re.search(message, lint.stdout + lint.stderr)
+    result = helm(binary, "template", "rel", str(chart), *args, check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("binary", HELMS)
+@pytest.mark.parametrize(("args", "message"), TEMPLATE_ERRORS)
+def test_validate_values_fails_clearly(
+    args: list[str], message: str, binary: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered("monorepo"))
+    result = helm(binary, "template", "rel", str(chart), *args, check=False)
+    assert result.returncode != 0
+    # "<chart>: <what to change>" on a line of its own, after helm's template location.
+    assert re.search(rf"(^|\\n|\n){chart.name}: .*{message}", result.stderr), result.stderr
+
+
+# --- What the objects say --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_labels_selectors_and_names(preset: str, template: Callable[..., list[Doc]]) -> None:
+    docs = template(preset)
+    for d in docs:
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "rel"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/name"]
+        assert len(d["metadata"]["name"]) <= 63
+    services = {s["metadata"]["name"]: s for s in _by_kind(docs, "Service")}
+    for dep in _by_kind(docs, "Deployment"):
+        selector = dep["spec"]["selector"]["matchLabels"]
+        # Selectors are immutable: only name, instance and component, never a version.
+        assert set(selector) == {
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+        }
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        if dep["metadata"]["name"] in services:
+            assert services[dep["metadata"]["name"]]["spec"]["selector"] == selector
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_deployments_follow_shipyard_yaml(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    root = rendered(preset)
+    cfg = _config(root)
+    docs = template(preset, *_deploy_args(root))
+    deployments = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in _by_kind(docs, "Deployment")
+    }
+    assert set(deployments) == {c["name"] for c in cfg["components"]}
+    registry = cfg["image"]["registry"]
+    for c in cfg["components"]:
+        dep = deployments[c["name"]]
+        spec = dep["spec"]
+        assert spec["replicas"] == cfg["environments"]["prod"]["replicas"]
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        pod = spec["template"]["spec"]
+        assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/hostname",
+        }
+        (container,) = pod["containers"]
+        assert container["image"] == f"{registry}/{cfg['service']['name']}-{c['name']}@{DIGEST}"
+        assert container["resources"]["requests"]["cpu"]
+        assert "checksum/config" in spec["template"]["metadata"]["annotations"]
+        if c["kind"] == "http":
+            assert container["ports"] == [
+                {"name": "http", "containerPort": c["port"], "protocol": "TCP"}
+            ]
+            assert {"name": "PORT", "value": str(c["port"])} in container["env"]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["httpGet"] == {"path": c["health_path"], "port": "http"}
+        else:
+            assert "ports" not in container
+            assert "readinessProbe" not in container
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_restricted_pod_security_everywhere(
+    preset: str, template: Callable[..., list[Doc]]
+) -> None:
+    docs = template(
+        preset, "--set", "backup.enabled=true", "--set", "backup.target=file:///backups"
+    )
+    specs = dict(_pod_specs(docs))
+    assert len(specs) >= len(_by_kind(docs, "Deployment")) + 1  # + the backup CronJob
+    for name, pod in specs.items():
+        assert pod["automountServiceAccountToken"] is False, name
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True
+        assert ctx["runAsUser"] == 1000
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        tmp_volumes = [v for v in pod["volumes"] if v["name"] == "tmp"]
+        assert tmp_volumes
+        assert "emptyDir" in tmp_volumes[0]
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["runAsNonRoot"] is True
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 (a path inside the pod)
+            # Secrets only by reference: every env entry is a literal the chart owns or a
+            # secretKeyRef, never a secret's value.
+            for var in container.get("env", []):
+                assert "value" in var or "secretKeyRef" in var["valueFrom"], var
+    (account,) = _by_kind(docs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_pdb_only_with_more_than_one_pod(preset: str, template: Callable[..., list[Doc]]) -> None:
+    one = template(preset, "--set", "replicaCount=1")
+    assert not _by_kind(one, "PodDisruptionBudget")
+    three = template(preset, "--set", "replicaCount=3")
+    pdbs = {p["metadata"]["name"]: p for p in _by_kind(three, "PodDisruptionBudget")}
+    for dep in _by_kind(three, "Deployment"):
+        pdb = pdbs[dep["metadata"]["name"]]
+        assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_hpa_owns_replicas_when_enabled(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    root = rendered(preset)
+    chart = _chart(root)
+    if not (chart / "values-prod.yaml").exists():
+        pytest.skip(f"{preset} runs production on compose: no values-prod.yaml")
+    docs = template(preset, "-f", str(chart / "values-prod.yaml"), "--set", "replicaCount=3")
+    http = [c["name"] for c in _config(root)["components"] if c["kind"] == "http"]
+    hpas = _by_kind(docs, "HorizontalPodAutoscaler")
+    targets = sorted(h["metadata"]["labels"]["app.kubernetes.io/component"] for h in hpas)
+    assert targets == sorted(http)
+    for hpa in hpas:
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["minReplicas"] == 3
+        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    for dep in _by_kind(docs, "Deployment"):
+        scaled = dep["metadata"]["labels"]["app.kubernetes.io/component"] in http
+        assert ("replicas" in dep["spec"]) is not scaled
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_migration_hook(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    cfg = _config(rendered(preset))
+    docs = template(preset, *_deploy_args(rendered(preset)))
+    jobs = _by_kind(docs, "Job")
+    migrations = cfg.get("database", {}).get("migrations")
+    if not migrations:
+        assert not jobs
+        return
+    (job,) = jobs
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert job["spec"]["backoffLimit"] >= 0
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["/bin/sh", "-c", migrations["command"]]
+    image = f"{cfg['image']['registry']}/{cfg['service']['name']}-{migrations['component']}"
+    assert container["image"] == f"{image}@{DIGEST}"
+    # The hook runs before the release's ServiceAccount and ConfigMap exist.
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    assert "envFrom" not in container
+    names = {v["name"] for v in container["env"]}
+    assert "DATABASE_URL" in names
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_backup_cronjob_runs_the_backup_engine(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    root = rendered(preset)
+    cfg = _config(root)
+    chart = _chart(root)
+    env = "prod" if (chart / "values-prod.yaml").exists() else "staging"
+    docs = template(preset, "-f", str(chart / f"values-{env}.yaml"), *_deploy_args(root, env))
+    cronjobs = _by_kind(docs, "CronJob")
+    if "database" not in cfg:
+        assert not cronjobs
+        return
+    backup = cfg["environments"][env]["backup"]
+    (cron,) = cronjobs
+    assert cron["spec"]["schedule"] == backup["schedule"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    image = f"{cfg['image']['registry']}/{cfg['service']['name']}-backup"
+    assert container["image"] == f"{image}@{DIGEST}"
+    if backup["storage"] == "s3":
+        target = f"s3://{backup['bucket']}/{backup['prefix']}"
+    else:
+        target = "file:///backups"
+    assert container["args"] == [
+        "shipyard", "backup", "run", "--target", target,
+        "--retention-days", str(backup["retention_days"]),
+    ]  # fmt: skip
+    secrets = [s["secretRef"]["name"] for s in container["envFrom"]]
+    assert secrets[0].endswith("-backup-db")
+    assert (len(secrets) == 2) == (backup["storage"] == "s3")
+    env_names = {v["name"] for v in container["env"]}
+    assert ("AWS_ENDPOINT_URL" in env_names) == bool(backup.get("endpoint"))
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_local_backups_get_a_kept_volume(preset: str, template: Callable[..., list[Doc]]) -> None:
+    args = ["--set", "backup.enabled=true", "--set", "backup.target=file:///backups"]
+    docs = template(preset, *args)
+    (claim,) = _by_kind(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (cron,) = _by_kind(docs, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "backups")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert {"name": "backups", "mountPath": "/backups"} in pod["containers"][0]["volumeMounts"]
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_ingress_routes_each_http_component(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    root = rendered(preset)
+    cfg = _config(root)
+    chart = _chart(root)
+    for env in (p.stem.removeprefix("values-") for p in chart.glob("values-*.yaml")):
+        docs = template(preset, "-f", str(chart / f"values-{env}.yaml"))
+        (ingress,) = _by_kind(docs, "Ingress")
+        host = cfg["environments"][env]["host"]
+        assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+        assert ingress["spec"]["tls"][0]["hosts"] == [host]
+        (rule,) = ingress["spec"]["rules"]
+        assert rule["host"] == host
+        routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+        expected = {
+            c["route"]: f"rel-{cfg['service']['name']}-{c['name']}"
+            for c in cfg["components"]
+            if c["kind"] == "http"
+        }
+        assert routes == expected
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_network_policies_default_deny(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    cfg = _config(rendered(preset))
+    docs = template(preset)
+    policies = {p["metadata"]["name"]: p["spec"] for p in _by_kind(docs, "NetworkPolicy")}
+    deny = next(p for n, p in policies.items() if n.endswith("-default-deny"))
+    assert deny["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny
+    assert "egress" not in deny
+    # The deny-all selects every pod of the release: components and jobs alike.
+    assert set(deny["podSelector"]["matchLabels"]) == {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+    }
+    egress = next(p for n, p in policies.items() if n.endswith("-egress"))["egress"]
+    ports = {port["port"] for rule in egress for port in rule["ports"]}
+    assert 53 in ports
+    assert (5432 in ports) == ("database" in cfg)
+    assert (6379 in ports) == cfg["services"]["redis"]
+    http = [c for c in cfg["components"] if c["kind"] == "http"]
+    ingress_policies = [p for n, p in policies.items() if n.endswith("-ingress")]
+    assert len(ingress_policies) == len(http)
+    for policy in ingress_policies:
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+        assert "namespaceSelector" in rule["from"][0]
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_config_change_rolls_pods(preset: str, template: Callable[..., list[Doc]]) -> None:
+    def checksums(*args: str) -> set[str]:
+        return {
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for d in _by_kind(template(preset, *args), "Deployment")
+        }
+
+    before = checksums()
+    after = checksums("--set", "env.LOG_LEVEL=debug")
+    assert len(before) == 1
+    assert len(after) == 1
+    assert before != after
+
+
+def test_image_mirror_and_tag_fallback(template: Callable[..., list[Doc]]) -> None:
+    docs = template("monorepo", "--set", "image.mirror=mirror.internal:5000")
+    for dep in _by_kind(docs, "Deployment"):
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        # No digest given: the chart's appVersion is the tag.
+        assert re.fullmatch(r"mirror\.internal:5000/[-a-z0-9]+:0\.1\.0", image), image
+
+
+def test_long_release_names_are_truncated(template: Callable[..., list[Doc]]) -> None:
+    release = "a-release-name-of-the-longest-length-helm-allows-53ch"
+    assert len(release) == 53
+    docs = template("monorepo", "--set", "replicaCount=3", release=release)
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert all(len(n) <= 63 and not n.endswith("-") for _, n in names), names
+    assert len(set(names)) == len(names)
+    # The component suffix survives the truncation.
+    assert {n.rsplit("-", 1)[1] for k, n in names if k == "Deployment"} == {"web", "api", "worker"}
+
+
+# --- values.yaml and values.schema.json ------------------------------------------------------
+
+
+def _schema_properties(
+    schema: Doc, node: Doc, path: str, shared: bool = False
+) -> Iterator[tuple[str, Doc, bool]]:
+    """(path, property, shared): shared properties come from a $ref'd definition, so their
+    default is generic rather than this chart's value."""
+    if "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        shared = True
+    for name, prop in node.get("properties", {}).items():
+        yield f"{path}.{name}", prop, shared
+        yield from _schema_properties(schema, prop, f"{path}.{name}", shared)
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_schema_describes_every_property(preset: str, rendered: Callable[[str], Path]) -> None:
+    chart = _chart(rendered(preset))
+    schema = json.loads((chart / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    values = YAML(typ="safe").load((chart / "values.yaml").read_text())
+    properties = list(_schema_properties(schema, schema, ""))
+    assert len(properties) > 50
+    for path, prop, shared in properties:
+        assert prop.get("description"), f"{path} has no description"
+        assert "default" in prop, f"{path} has no default"
+        if shared:
+            continue
+        # A default that is a leaf must be what values.yaml says.
+        node: Any = values
+        for part in path.strip(".").split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError and not isinstance(node, dict):
+            assert prop["default"] == node, (
+                f"{path}: schema default {prop['default']!r} != values.yaml {node!r}"
+            )
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_values_yaml_documents_every_key(preset: str, rendered: Callable[[str], Path]) -> None:
+    """Each key has a comment right above it, or sits under a key that has one."""
+    chart = _chart(rendered(preset))
+    for values_file in ["values.yaml", *(p.name for p in chart.glob("values-*.yaml"))]:
+        undocumented = []
+        documented_at: dict[int, bool] = {}
+        previous = ""
+        for line in (chart / values_file).read_text().splitlines():
+            stripped = line.strip()
+            if not stripped:
+                previous = ""
+                continue
+            indent = len(line) - len(line.lstrip())
+            match = re.match(r"(- )?([A-Za-z0-9_.\-/]+):( |$)", stripped)
+            if match and not stripped.startswith("#"):
+                parent = any(v for k, v in documented_at.items() if k < indent)
+                here = previous.startswith("#")
+                documented_at = {k: v for k, v in documented_at.items() if k < indent}
+                documented_at[indent] = here or parent
+                if not (here or parent):
+                    undocumented.append(stripped)
+            previous = stripped
+        assert not undocumented, f"{values_file}: keys without a comment: {undocumented}"
+
+
+# --- The library chart -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_library_chart_lints(binary: str, helm: Helm) -> None:
+    result = helm(binary, "lint", "--strict", str(LIBRARY))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_every_library_define_has_a_usage_comment() -> None:
+    defines = 0
+    for tpl in sorted((LIBRARY / "templates").glob("*.tpl")):
+        text = tpl.read_text()
+        for match in re.finditer(r'\{\{- define "([^"]+)" -\}\}', text):
+            defines += 1
+            comment = text[: match.start()].rsplit("{{/*", 1)[-1]
+            assert comment.lstrip().startswith("Usage:"), f"{match.group(1)} has no Usage comment"
+    assert defines >= 10
+
+
+# --- Packaging and an OCI registry -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_package_and_push_to_oci_registry(
+    binary: str, helm: Helm, rendered: Callable[[str], Path], registry: str, tmp_path: Path
+) -> None:
+    chart = _chart(rendered("monorepo"))
+    helm(binary, "package", str(chart), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("*.tgz")
+    pushed = helm(binary, "push", str(archive), f"oci://{registry}/charts-{binary}", "--plain-http")
+    assert "Digest: sha256:" in pushed.stdout + pushed.stderr
+    name = chart.name
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    helm(
+        binary,
+        "pull",
+        f"oci://{registry}/charts-{binary}/{name}",
+        "--version",
+        "0.1.0",
+        "--plain-http",
+        "--destination",
+        str(pulled),
+    )
+    (got,) = pulled.glob("*.tgz")
+    assert got.read_bytes() == archive.read_bytes()
+    # The archive carries the vendored library chart: installs need no repository.
+    shown = helm(binary, "template", "rel", str(got)).stdout
+    assert _by_kind(_docs(shown), "Deployment")
+
+
+# --- A real cluster, only when one is configured ---------------------------------------------
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(
+    not os.environ.get("KUBECONFIG"),
+    reason="KUBECONFIG is not set: no Kubernetes cluster to validate against",
+)
+@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_server_side_dry_run_on_a_cluster(
+    preset: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    """The API server (and its admission: PSS, CRDs) accepts the manifests."""
+    root = rendered(preset)
+    chart = _chart(root)
+    for env in (p.stem.removeprefix("values-") for p in chart.glob("values-*.yaml")):
+        helm(
+            "helm",
+            "upgrade",
+            "--install",
+            f"shipyard-test-{env}",
+            str(chart),
+            "--namespace",
+            "default",
+            "-f",
+            str(chart / f"values-{env}.yaml"),
+            *_deploy_args(root, env),
+            "--dry-run=server",
+        )
