@@ -340,6 +340,10 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
         assert job["concurrency"] == {"group": f"deploy-{env}", "cancel-in-progress": False}
         runs = [s["run"] for s in _steps(job) if "run" in s]
         assert f"invoke deploy --env {env} --yes" in runs
+        if env == "prod":
+            guard = _steps(job)[0]
+            assert guard["if"] == "!startsWith(github.ref, 'refs/tags/v')"
+            assert "exit 1" in guard["run"]
         has_http = any(c["kind"] == "http" for c in cfg.components)
         assert any("curl --fail" in run for run in runs) == has_http
         # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
