@@ -14,7 +14,9 @@ import time
 from functools import cache
 from typing import Any
 
-from shipyard.config import Config
+from urllib3.exceptions import HTTPError
+
+from shipyard.config import Config, ConfigError, load_yaml
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
 
@@ -173,21 +175,59 @@ def logs(
     return command(*args)
 
 
-def check_rollout(name: str, namespace: str, timeout: int) -> None:
-    """Every Deployment of the release has all its updated replicas available (kubernetes API)."""
-    from kubernetes import client, config  # imported here: only Helm targets need it
+def missing_secret_keys(cfg: Config, settings: dict[str, Any]) -> tuple[str, list[str]]:
+    """The chart's existing Secret (secretEnv in the values) and the keys it lacks."""
+    from kubernetes import client  # imported here: only Helm targets need it
+
+    # The environment's values file may override the chart's defaults.
+    secret_env: dict[str, Any] = {}
+    for name in (f"charts/{cfg.service}/values.yaml", settings["values_file"]):
+        try:
+            loaded = load_yaml(cfg.root / name) or {}
+        except ConfigError as exc:
+            raise EngineError(str(exc)) from None
+        secret_env.update(loaded.get("secretEnv") or {})
+    name, keys = str(secret_env.get("existingSecret", "")), list(secret_env.get("keys", []))
+    if not name or not keys:
+        return name, []
+    _kubeconfig()
+    try:
+        secret = client.CoreV1Api().read_namespaced_secret(name, settings["namespace"])
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return name, keys
+        raise EngineError(f"cannot read Secret {name}: {exc.reason}") from None
+    except HTTPError as exc:
+        raise EngineError(f"cannot reach the cluster: {exc}") from None
+    present = set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+    return name, [key for key in keys if key not in present]
+
+
+def _kubeconfig() -> None:
+    from kubernetes import config  # imported here: only Helm targets need it
 
     try:
         config.load_kube_config()  # type: ignore[no-untyped-call]  # untyped loader
     # The loader raises several unrelated types (missing file, bad YAML, no context).
     except Exception as exc:
         raise EngineError(f"cannot load the kubeconfig: {exc}") from None
+
+
+def check_rollout(name: str, namespace: str, timeout: int) -> None:
+    """Every Deployment of the release has all its updated replicas available (kubernetes API)."""
+    from kubernetes import client  # imported here: only Helm targets need it
+
+    _kubeconfig()
     apps = client.AppsV1Api()
     deadline = time.monotonic() + timeout
     selector = f"app.kubernetes.io/instance={name}"
     while True:
         pending = []
-        for dep in apps.list_namespaced_deployment(namespace, label_selector=selector).items:
+        try:
+            deployments = apps.list_namespaced_deployment(namespace, label_selector=selector)
+        except (client.ApiException, HTTPError) as exc:
+            raise EngineError(f"cannot read the rollout from the cluster: {exc}") from None
+        for dep in deployments.items:
             want = dep.spec.replicas or 0 if dep.spec else 0
             status = dep.status or client.V1DeploymentStatus()
             meta = dep.metadata or client.V1ObjectMeta()

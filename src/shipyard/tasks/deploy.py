@@ -87,14 +87,22 @@ def _missing_secrets(cfg: config.Config) -> list[str]:
     return [name for name in secrets if name not in provided]
 
 
-def _preflight(cfg: config.Config, env: str, images: dict[str, str]) -> None:
+def _preflight(
+    cfg: config.Config, env: str, settings: dict[str, Any], images: dict[str, str]
+) -> None:
     """Refuse early: dirty tree, missing secrets, or images the registry does not have."""
     revision(cfg.root, env)
-    missing = _missing_secrets(cfg)
+    if settings["target"] == "helm":
+        # On Kubernetes the pods read an existing Secret: check its keys (never its values).
+        with failures("checking the environment's Secret"):
+            secret, missing = helm_engine.missing_secret_keys(cfg, settings)
+        where = f"Secret {secret} in namespace {settings['namespace']}"
+    else:
+        missing, where = _missing_secrets(cfg), "the environment (or the host's .env)"
     if missing:
         raise Exit(
-            f"shipyard: {env} needs the secret(s) {', '.join(missing)}: export them (or put "
-            "them in the host's .env) before deploying; nothing was changed",
+            f"shipyard: {env} needs the secret(s) {', '.join(missing)} in {where}; "
+            "nothing was changed",
             code=1,
         )
     with (
@@ -274,7 +282,7 @@ def deploy(
             ],
         )
         return
-    _preflight(cfg, env, images)
+    _preflight(cfg, env, settings, images)
     if settings.get("confirm"):
         confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
     with failures(f"deploy to {env}"):
@@ -311,13 +319,23 @@ def _helm_deploy(
             ],
         )
         return
-    _preflight(cfg, env, images)
+    _preflight(cfg, env, settings, images)
     if settings.get("confirm"):
         confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
-    with failures(f"deploy to {env}"):
-        for step in steps:
-            execute(step, "the backup" if step is not upgrade else "helm upgrade")
-        helm_engine.check_rollout(helm_engine.release(cfg, env), settings["namespace"], timeout)
+    try:
+        with failures(f"deploy to {env}"):
+            for step in steps:
+                execute(step, "the backup" if step is not upgrade else "helm upgrade")
+            helm_engine.check_rollout(helm_engine.release(cfg, env), settings["namespace"], timeout)
+    except Exit as exc:
+        if exc.code != 130:
+            raise
+        raise Exit(
+            f"shipyard: the deploy to {env} was interrupted (Ctrl-C); Helm may have left the "
+            f"release pending: check `invoke status --env {env}`, then `invoke rollback --env "
+            f"{env}` if it did",
+            code=130,
+        ) from None
     state.record_deploy(cfg.root, env, {"images": images, "status": "deployed"})
     print(f"{env}: deployed and healthy")
 
