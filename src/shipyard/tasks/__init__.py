@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from shipyard.tasks import backup, build, deploy, info
+from shipyard.tasks import backup, build, deploy, info, template
 
 ns = Collection()
 ns.add_task(info.config_check, name="config")
@@ -18,3 +18,5 @@ for _task in (*build.ns.tasks.values(), *deploy.ns.tasks.values()):
 # `invoke backup --env E`, `backup.list`, `backup.verify`, `backup.prune`; `invoke restore`.
 ns.add_collection(backup.ns)
 ns.add_task(backup.restore)
+# `invoke template.update` / `template.check`: follow the template's releases.
+ns.add_collection(template.ns)
