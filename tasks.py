@@ -1,0 +1,79 @@
+"""This repository's own tasks: `invoke --list`.
+
+invoke render            render every preset into build/presets (what tests check)
+invoke release 0.2.0     tag a release; generated repos pin the package at that tag
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+from packaging.version import InvalidVersion, Version
+
+REPO = Path(__file__).resolve().parent
+PRESETS = REPO / "tests" / "presets"
+
+
+@task(help={"preset": "one preset name (default: all)", "out": "output folder"})
+def render(c: Context, preset: str = "", out: str = "build/presets") -> None:
+    """Render presets from the working tree, replacing earlier renders."""
+    from copier import run_copy
+    from ruamel.yaml import YAML
+
+    names = [preset] if preset else sorted(p.stem for p in PRESETS.glob("*.yml"))
+    for name in names:
+        answers_file = PRESETS / f"{name}.yml"
+        if not answers_file.is_file():
+            raise Exit(f"render: no preset {name} in {PRESETS}", code=2)
+        dst = REPO / out / name
+        shutil.rmtree(dst, ignore_errors=True)
+        answers = YAML(typ="safe").load(answers_file.read_text())
+        # vcs_ref HEAD renders uncommitted template edits too.
+        run_copy(
+            str(REPO), dst, data=answers, defaults=True, unsafe=True, quiet=True, vcs_ref="HEAD"
+        )
+        print(f"rendered {name} -> {dst.relative_to(REPO)}")
+
+
+@task(help={"version": "PEP 440 version, e.g. 0.2.0 (tagged as v0.2.0)"})
+def release(c: Context, version: str) -> None:
+    """Tag a release of the template and package (they share one version)."""
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise Exit(f"release: '{version}' is not a PEP 440 version (e.g. 0.2.0)", code=2) from None
+    tag = f"v{parsed}"
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    if status.stdout.strip():
+        raise Exit("release: commit or stash your changes first; a release is a clean commit")
+    existing = subprocess.run(
+        ["git", "tag", "--list", "v*"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    newer = [t for t in existing if _is_version(t[1:]) and Version(t[1:]) >= parsed]
+    if newer:
+        raise Exit(f"release: {tag} must be newer than the existing {max(newer, key=_key)}")
+    subprocess.run(["git", "tag", "-a", tag, "-m", f"Shipyard {parsed}"], cwd=REPO, check=True)
+    print(f"tagged {tag}; push it (git push origin {tag}) to publish the template and package")
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
+
+
+def _key(tag: str) -> Version:
+    return Version(tag[1:])
+
+
+ns = Collection(render, release)
