@@ -253,6 +253,19 @@ def test_defect_is_reported_precisely(kit: Callable[[str], Path], check: str) ->
         assert hits, f"expected {want} in:\n{validate.report(findings)}"
 
 
+def test_each_kubernetes_version_gets_its_own_render(kit: Callable[[str], Path]) -> None:
+    """A chart that branches on the cluster's version is rendered and checked per version."""
+    root = kit(FULL)
+    template = _helm_chart(root) / "templates" / "deployment.yaml"
+    old_only = '\nspec:\n  {{- if semverCompare "<1.30-0" $.Capabilities.KubeVersion.Version }}\n'
+    _replace(template, "\nspec:\n", old_only + "  oldClusterField: 1\n  {{- end }}\n")
+
+    findings = validate.validate(root, only=["kubernetes"])
+
+    assert {f.rule for f in findings} == {"k8s-1.28"}, validate.report(findings)
+    assert all("oldClusterField" in f.message for f in findings)
+
+
 def test_cli_prints_one_report_and_fails(
     kit: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

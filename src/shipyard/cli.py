@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard import __version__, validate
-from shipyard.backup import cli as backup_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(validate.GROUPS),
         help="run only this group of checks: lint (linters) or schema (each file's consumer)",
     )
-    backup_cli.register(commands)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The backup engine imports boto3 and psycopg (~0.7 s); `validate` runs often and needs
+    # neither, so the backup command is only loaded for other command lines (and --help).
+    if argv[:1] != ["validate"]:
+        from shipyard.backup import cli as backup_cli
+
+        backup_cli.register(commands)
     args = parser.parse_args(argv)
     if args.command == "backup":
         return backup_cli.run(args)

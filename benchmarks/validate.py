@@ -1,0 +1,112 @@
+"""Validation speed: `shipyard validate` on one generated kit against the raw tools it wraps.
+
+Prints the median wall time of the `shipyard validate` CLI (what users and CI run, import time
+included) divided by the median of the summed wall times of the raw tool commands it wraps,
+each run on its own, one after another, the way a hand-written CI script would: hadolint,
+yamllint, docker-compose config, check-jsonschema per schema, actionlint, helm lint, and
+`helm template | kubernetes-validate --strict` per values file and Kubernetes version.
+Runs are interleaved so machine noise hits both sides alike. Target: <= 1.0 (concurrency eats
+the orchestration overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from copier import run_copy
+from ruamel.yaml import YAML
+
+from shipyard import validate
+
+REPO = Path(__file__).resolve().parent.parent
+# Every kind of artifact: Dockerfile, Compose, a chart with two values files, workflows.
+PRESET = "pe-investor-portal"
+TARGET = 1.0
+
+
+def _raw_commands(root: Path) -> list[validate.Command]:
+    """The commands `validate` runs, with its batched kubernetes-validate calls unbatched.
+
+    validate renders each chart into files and validates them per Kubernetes version in one
+    call; by hand that is `helm template ... | kubernetes-validate -k V -` per values file.
+    """
+    with validate.record_commands() as recorded:
+        findings = validate.validate(root)
+    assert not findings, validate.report(findings)
+    commands = []
+    for command in recorded:
+        name = Path(command.argv[0]).name
+        if name == "kubernetes-validate":
+            continue
+        commands.append(command)
+        if name == "helm" and command.argv[1] == "template":
+            rendered = subprocess.run(command.argv, cwd=command.cwd, capture_output=True, text=True)
+            version = command.argv[command.argv.index("--kube-version") + 1]
+            tool = validate.find_tool("kubernetes-validate")
+            argv = (tool, "--strict", "--quiet", "-k", version, "-")
+            commands.append(validate.Command(argv, command.cwd, rendered.stdout))
+    return commands
+
+
+def _time_raw(commands: list[validate.Command]) -> float:
+    start = time.perf_counter()
+    for command in commands:
+        subprocess.run(
+            command.argv, cwd=command.cwd, input=command.input, capture_output=True, text=True
+        )
+    return time.perf_counter() - start
+
+
+def _time_validate(root: Path) -> float:
+    shipyard = Path(sys.executable).with_name("shipyard")
+    start = time.perf_counter()
+    result = subprocess.run([str(shipyard), "validate", str(root)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout + result.stderr
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        template = Path(tmp, "shipyard")
+        shutil.copytree(
+            REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "build", "*cache*")
+        )
+        answers = YAML(typ="safe").load((REPO / "tests" / "presets" / f"{PRESET}.yml").read_text())
+        root = Path(tmp, "kit")
+        run_copy(str(template), root, data=answers, defaults=True, unsafe=True, quiet=True)
+        commands = _raw_commands(root)
+
+        ours, raw = [], []
+        for run in range(args.runs + 1):
+            o = _time_validate(root)
+            r = _time_raw(commands)
+            if run:  # the first pair warms the page cache and bytecode
+                ours.append(o)
+                raw.append(r)
+
+    ours_med, raw_med = statistics.median(ours), statistics.median(raw)
+    ratio = ours_med / raw_med
+    print(
+        f"validate: shipyard validate {ours_med:.2f}s, {len(commands)} raw tool commands "
+        f"{raw_med:.2f}s in sequence (median of {args.runs}, preset {PRESET})"
+    )
+    print(
+        f"validate ratio (shipyard validate / sum of raw tools): {ratio:.2f} "
+        f"(target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
