@@ -22,7 +22,16 @@ TARGET = 1.5
 
 def _copier(template: Path, dst: Path, *extra: str) -> float:
     copier = Path(sys.executable).with_name("copier")
-    argv = [str(copier), "copy", "--trust", "--defaults", "--quiet", *extra, str(template), str(dst)]
+    argv = [
+        str(copier),
+        "copy",
+        "--trust",
+        "--defaults",
+        "--quiet",
+        *extra,
+        str(template),
+        str(dst),
+    ]
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -54,10 +63,14 @@ def main() -> None:
 
     ours_med, base_med = statistics.median(ours_s), statistics.median(base_s)
     ratio = ours_med / base_med
-    print(f"render: full-featured preset {ours_med:.2f}s, one-file template {base_med:.2f}s "
-          f"(median of {args.runs}, {files} files rendered)")
-    print(f"render ratio (full preset / one-file template): {ratio:.2f} "
-          f"(target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})")
+    print(
+        f"render: full-featured preset {ours_med:.2f}s, one-file template {base_med:.2f}s "
+        f"(median of {args.runs}, {files} files rendered)"
+    )
+    print(
+        f"render ratio (full preset / one-file template): {ratio:.2f} "
+        f"(target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":
