@@ -780,3 +780,62 @@ def test_server_side_dry_run_on_a_cluster(
             *_deploy_args(root, env),
             "--dry-run=server",
         )
+
+
+# --- The vendored library chart through git and `copier update` ------------------------------
+
+
+def _git(cwd: Path, *args: str) -> None:
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    identity |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run(
+        ["git", *args], cwd=cwd, env={**os.environ, **identity}, check=True, capture_output=True
+    )
+
+
+def test_vendored_library_survives_copier_update(
+    helm: Helm, tmp_path: Path, template_dir: Path
+) -> None:
+    """The template's symlink travels through git; copy and update both vendor real files."""
+    from copier import run_copy, run_update
+
+    template = tmp_path / "shipyard"
+    shutil.copytree(template_dir, template)
+    # template_dir followed the symlink; put it back, as a clone of the template has it.
+    link = next((template / "template").glob("*charts*/*/charts/shipyard-common"))
+    link_target = next((REPO / "template").glob("*charts*/*/charts/shipyard-common"))
+    assert link_target.is_symlink()
+    shutil.rmtree(link)
+    link.symlink_to(link_target.readlink())
+    _git(template, "init", "-q", "-b", "main")
+    _git(template, "add", "-A")
+    _git(template, "commit", "-qm", "v1")
+    _git(template, "tag", "v1.0.0")
+
+    dst = tmp_path / "service"
+    answers = load_preset("nestjs-api")
+    run_copy(str(template), dst, data=answers, defaults=True, unsafe=True, quiet=True)
+    _git(dst, "init", "-q", "-b", "main")
+    _git(dst, "add", "-A")
+    _git(dst, "commit", "-qm", "generated")
+    chart = _chart(dst)
+    vendored = chart / "charts" / "shipyard-common"
+    assert vendored.is_dir()
+    assert not vendored.is_symlink()
+
+    # v1.1.0 changes the library chart only: the generated repo must receive it.
+    labels = template / "charts" / "shipyard-common" / "templates" / "_labels.tpl"
+    anchor = "app.kubernetes.io/managed-by: {{ .context.Release.Service }}\n"
+    assert anchor in labels.read_text()
+    labels.write_text(
+        labels.read_text().replace(anchor, anchor + "shipyard.dev/kit: shipyard\n", 1)
+    )
+    _git(template, "commit", "-qam", "v1.1: a kit label")
+    _git(template, "tag", "v1.1.0")
+    run_update(dst, data=answers, defaults=True, unsafe=True, quiet=True, overwrite=True)
+
+    assert not vendored.is_symlink()
+    assert "shipyard.dev/kit" in (vendored / "templates" / "_labels.tpl").read_text()
+    helm("helm", "lint", "--strict", str(chart))
+    docs = _docs(helm("helm", "template", "rel", str(chart)).stdout)
+    assert all(d["metadata"]["labels"]["shipyard.dev/kit"] == "shipyard" for d in docs)
