@@ -36,16 +36,17 @@ def _copier_default(question: str) -> Any:
     return YAML(typ="safe").load((REPO / "copier.yml").read_text())[question]["default"]
 
 
-def _has_helm_target(preset: str) -> bool:
+def _helm_envs(preset: str) -> list[str]:
     answers = load_preset(preset)
-    targets = [
-        answers.get("staging_target", _copier_default("staging_target")),
-        answers.get("production_target", _copier_default("production_target")),
-    ]
-    return "helm" in targets
+    targets = {
+        "staging": answers.get("staging_target", _copier_default("staging_target")),
+        "prod": answers.get("production_target", _copier_default("production_target")),
+    }
+    return [env for env, target in targets.items() if target == "helm"]
 
 
-HELM_PRESETS = [p for p in PRESETS if _has_helm_target(p)]
+HELM_PRESETS = [p for p in PRESETS if _helm_envs(p)]
+PROD_HELM_PRESETS = [p for p in PRESETS if "prod" in _helm_envs(p)]
 
 
 def _tool(name: str) -> str:
@@ -443,14 +444,12 @@ def test_pdb_only_with_more_than_one_pod(preset: str, template: Callable[..., li
         assert pdb["spec"]["maxUnavailable"] == 1
 
 
-@pytest.mark.parametrize("preset", HELM_PRESETS)
+@pytest.mark.parametrize("preset", PROD_HELM_PRESETS)
 def test_hpa_owns_replicas_when_enabled(
     preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
 ) -> None:
     root = rendered(preset)
     chart = _chart(root)
-    if not (chart / "values-prod.yaml").exists():
-        pytest.skip(f"{preset} runs production on compose: no values-prod.yaml")
     docs = template(preset, "-f", str(chart / "values-prod.yaml"), "--set", "replicaCount=3")
     http = [c["name"] for c in _config(root)["components"] if c["kind"] == "http"]
     hpas = _by_kind(docs, "HorizontalPodAutoscaler")
