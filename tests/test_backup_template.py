@@ -32,7 +32,7 @@ def test_backup_image_and_service_pass_their_tools(
     assert validate.validate(repo, only=["dockerfile", "compose"]) == []
     dockerfile = (repo / "backup" / "Dockerfile").read_text()
     assert f"ARG POSTGRES_VERSION={answers.get('postgres_version', 17)}" in dockerfile
-    assert "USER 10001:10001" in dockerfile
+    assert "USER 1000:1000" in dockerfile
     service = backup_service(repo)
     assert service["profiles"] == ["backup"]
     assert service["command"][:4] == ["shipyard", "backup", "run", "--target"]
