@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,46 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
     record = {"ref": ref, "digest": DIGEST, "revision": git(root, "rev-parse", "HEAD").strip()}
     (state / "images.json").write_text(json.dumps({"shop-api": record}))
     return root
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        (
+            {"package_manager": "pnpm"},
+            "The sample app ships a package-lock.json: answer package_manager=npm",
+        ),
+        (
+            {"migrations": "prisma"},
+            "The sample app brings its own SQL migration (node dist/migrate.js): answer "
+            "migrations=custom",
+        ),
+        (
+            {"components": [{"name": "worker", "kind": "worker", "path": "."}]},
+            "The sample app is one HTTP component at path '.'",
+        ),
+    ],
+)
+def test_sample_app_refuses_answers_it_cannot_serve(
+    render: Render, tmp_path: Path, answers: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        render({"sample_app": True, **answers}, tmp_path / "kit")
+    assert not (tmp_path / "kit" / "package.json").exists()
+
+
+def test_sample_app_defaults_to_its_own_migration(kit: Path) -> None:
+    data = YAML(typ="safe").load((kit / "shipyard.yaml").read_text())
+    assert data["database"]["migrations"] == {
+        "tool": "custom",
+        "command": "node dist/migrate.js",
+        "component": "shop-api",
+    }
+    lock = json.loads((kit / "package-lock.json").read_text())
+    package = json.loads((kit / "package.json").read_text())
+    # npm ci refuses a lockfile that disagrees with package.json.
+    assert lock["packages"][""]["dependencies"] == package["dependencies"]
+    assert lock["name"] == package["name"] == "shop-api"
 
 
 def test_unknown_environment_is_refused(kit: Path) -> None:
