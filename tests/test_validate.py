@@ -345,10 +345,11 @@ def test_generated_repo_runs_its_own_nox_sessions(render: Render, tmp_path: Path
     """Right after `copier copy`, the kit's own `nox` (lint + validate) passes.
 
     SHIPYARD_INSTALL is the generated noxfile's documented way to use another shipyard than
-    requirements-shipyard.txt pins: here, this working tree (built and installed, not linked).
+    requirements-shipyard.txt pins: here, this working tree, editable as a template author would
+    (an installer's cache could otherwise serve a wheel built from older sources).
     """
     root = render(load_preset(FULL), tmp_path / "kit")
-    env = {**os.environ, "SHIPYARD_INSTALL": f"{REPO}[validate]"}
+    env = {**os.environ, "SHIPYARD_INSTALL": f"-e {REPO}[validate]"}
     argv = [
         sys.executable,
         "-m",
