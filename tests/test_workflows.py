@@ -252,6 +252,14 @@ def _roots(answers: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(c.get("path", ".") for c in answers["components"]))
 
 
+def _images(answers: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, Dockerfile, target) of every image: the components, and the backup image."""
+    images = [(c["name"], "Dockerfile", c["name"]) for c in answers["components"]]
+    if answers["database"] == "postgres":
+        images.append(("backup", "backup/Dockerfile", ""))
+    return images
+
+
 def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Path) -> None:
     ci = _workflows(kit)["ci.yml"]
     answers = _answers(kit)
@@ -280,7 +288,9 @@ def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Pat
             assert job["env"]["DATABASE_URL"].startswith("postgresql://")
     assert any(s.get("run") == "nox -s lint validate" for s in _steps(jobs["kit"]))
     image = jobs["image"]
-    assert image["strategy"]["matrix"]["component"] == [c["name"] for c in answers["components"]]
+    assert image["strategy"]["matrix"]["include"] == [
+        {"image": name, "file": file, "target": target} for name, file, target in _images(answers)
+    ]
     build = next(s for s in _steps(image) if "build-push-action" in s.get("uses", ""))
     assert build["with"]["push"] is False
     assert build["with"]["cache-from"].startswith("type=gha")
@@ -294,10 +304,14 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
     assert release["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
     jobs = release["jobs"]
     assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
-    for component in cfg.components:
-        name = component["name"]
+    images = _images(_answers(kit))
+    assert {job_id for job_id in jobs if job_id.startswith("image-")} == {
+        f"image-{name}" for name, _, _ in images
+    }
+    for name, dockerfile, target in images:
         job = jobs[f"image-{name}"]
         assert job["needs"] == "ci"
+        assert (kit / dockerfile).is_file()
         steps = {s.get("id"): s for s in _steps(job)}
         # The image lands where the tasks and the chart look for it (Config.image_repository).
         assert steps["meta"]["with"]["images"] == cfg.image_repository(name)
@@ -305,7 +319,8 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
         for kind in ("type=semver", "type=sha", "type=ref,event=branch"):
             assert kind in tags
         build = steps["build"]["with"]
-        assert build["target"] == name
+        assert build["file"] == dockerfile
+        assert build.get("target", "") == target
         assert build["platforms"] == "linux/amd64,linux/arm64"
         assert build["push"] is True
         assert build["sbom"] is True
@@ -349,9 +364,10 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
         # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
         for secret in cfg.data["secrets"]:
             assert job["env"][secret] == f"${{{{ secrets.{secret} }}}}"
-        for component in cfg.components:
-            var = component["name"].upper().replace("-", "_") + "_IMAGE"
-            assert job["env"][var].startswith("${{ inputs.")
+        # The variables compose.prod.yaml and `invoke deploy` read the digests from.
+        for name, _, _ in _images(_answers(kit)):
+            var = name.upper().replace("-", "_") + "_IMAGE"
+            assert job["env"][var] == f"${{{{ inputs.{name.replace('-', '_')}_image }}}}"
 
 
 def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> None:
