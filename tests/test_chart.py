@@ -196,10 +196,11 @@ def test_templates_pass_kubernetes_validate(
     validator = _kubernetes_validate()
     for values_file in _values_files(chart):
         args = [*_values_args(values_file), *_deploy_args(root)]
-        out = helm("helm", "template", "rel", str(chart), *args).stdout
-        manifest = tmp_path / f"manifest-{Path(values_file).name or 'default'}.yaml"
-        manifest.write_text(out)
         for version in KUBE_VERSIONS:
+            # Rendered for that version (.Capabilities, Chart.yaml kubeVersion), then checked.
+            out = helm("helm", "template", "rel", str(chart), *args, "--kube-version", version)
+            manifest = tmp_path / f"{Path(values_file).name or 'values'}-{version}.yaml"
+            manifest.write_text(out.stdout)
             result = subprocess.run(
                 [validator, "--strict", "--quiet", "-k", version, str(manifest)],
                 capture_output=True,
@@ -210,6 +211,13 @@ def test_templates_pass_kubernetes_validate(
             # --quiet leaves only warnings and errors: an unknown kind would be a WARN.
             assert result.returncode == 0, result.stdout + result.stderr
             assert result.stdout.strip() == "", result.stdout
+
+
+def test_older_kubernetes_is_refused(helm: Helm, rendered: Callable[[str], Path]) -> None:
+    chart = _chart(rendered("minimal"))
+    result = helm("helm", "template", "rel", str(chart), "--kube-version", "1.27.0", check=False)
+    assert result.returncode != 0
+    assert ">=1.28.0-0" in result.stderr
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
