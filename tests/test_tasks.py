@@ -210,6 +210,17 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
     assert "helm rollback shop-api --namespace shop-api-prod --wait --timeout 300s" in rollback
 
 
+def test_backup_image_is_built_on_request_and_deployed_by_digest(kit: Path) -> None:
+    sha = git(kit, "rev-parse", "HEAD").strip()
+    build = invoke(kit, "build", "--component", "backup", "--dry-run").stdout
+    assert "--file backup/Dockerfile --tag " in build
+    assert f"--tag {REGISTRY}/shop-api-backup:{sha[:12]} " in build
+    assert "--target" not in build
+    backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"
+    plan = invoke(kit, "deploy", "--env", "prod", "-d", env={"BACKUP_IMAGE": backup_ref}).stdout
+    assert f"--set-string backup.image.digest=sha256:{'ef' * 32}" in plan
+
+
 def test_ci_passes_digests_through_the_environment(kit: Path) -> None:
     ci_ref = f"{REGISTRY}/shop-api-shop-api@sha256:{'cd' * 32}"
     plan = invoke(kit, "deploy", "--env", "prod", "--dry-run", env={"SHOP_API_IMAGE": ci_ref})

@@ -50,10 +50,16 @@ def services(file: Path) -> list[str]:
     return list(found) if isinstance(found, dict) else []
 
 
-def compose(root: Path, file: str, *args: str, images: Mapping[str, str] | None = None) -> Command:
+def compose(
+    root: Path,
+    file: str,
+    *args: str,
+    images: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Command:
     """`docker compose -f FILE ARGS...` run in `root`, with each component's *_IMAGE set."""
-    env = {image_var(name): ref for name, ref in (images or {}).items()}
-    return command(*binary(), "--file", file, *args, env=env, cwd=root)
+    variables = {image_var(name): ref for name, ref in (images or {}).items()}
+    return command(*binary(), "--file", file, *args, env={**variables, **(env or {})}, cwd=root)
 
 
 def up(root: Path, file: str, images: Mapping[str, str], timeout: int) -> Command:

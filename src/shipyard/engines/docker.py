@@ -79,7 +79,9 @@ def build_command(
 ) -> Command:
     """The exact `docker build` line for one component's target."""
     argv, env = prefix or builder()
-    args = [*argv, "--progress", "plain", "--file", dockerfile, "--target", target]
+    args = [*argv, "--progress", "plain", "--file", dockerfile]
+    if target:
+        args += ["--target", target]
     for tag in tags:
         args += ["--tag", tag]
     for key, value in sorted(labels.items()):

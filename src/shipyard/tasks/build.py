@@ -9,13 +9,17 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
+from shipyard import config
 from shipyard.engines import docker as engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.tasks._run import components, execute, failures, plan, revision, setup
 
 HELP_ENV = "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
-HELP_COMPONENT = "only this component (default: all)"
+HELP_COMPONENT = "only this component, or `backup` for the backup image (default: all components)"
+# The backup engine's image (<registry>/<service>-backup), built on request from its own file.
+BACKUP = "backup"
+BACKUP_DOCKERFILE = "backup/Dockerfile"
 HELP_DRY = "print the exact plan and change nothing"
 
 
@@ -24,6 +28,16 @@ def _network(c: Context, network: str) -> str:
     # invoke config or SHIPYARD_BUILD_NETWORK rather than on every call.
     configured = str(c.config.get("shipyard", {}).get("build_network", ""))
     return network or configured or os.environ.get("SHIPYARD_BUILD_NETWORK", "")
+
+
+def _images(cfg: config.Config, only: str) -> list[tuple[str, str, str]]:
+    """(name, Dockerfile, target) of each image: the components, or `backup` when asked for."""
+    if only == BACKUP:
+        if not (cfg.root / BACKUP_DOCKERFILE).exists():
+            raise Exit(f"shipyard: there is no {BACKUP_DOCKERFILE} (the kit has no database)")
+        return [(BACKUP, BACKUP_DOCKERFILE, "")]
+    dockerfile: str = cfg.data["image"]["dockerfile"]
+    return [(comp["name"], dockerfile, comp["name"]) for comp in components(cfg, only)]
 
 
 @task(
@@ -52,14 +66,14 @@ def build(
     with failures("build"):
         prefix = engine.builder()
         commands: list[Command] = []
-        for comp in components(cfg, component):
-            ref = f"{cfg.image_repository(comp['name'])}:{rev.image_tag}"
+        targets = _images(cfg, component)
+        for name, dockerfile, target in targets:
             cmd = engine.build_command(
                 context=".",
-                dockerfile=image["dockerfile"],
-                target=comp["name"],
-                tags=[ref],
-                labels={**labels, "org.opencontainers.image.title": comp["name"]},
+                dockerfile=dockerfile,
+                target=target,
+                tags=[f"{cfg.image_repository(name)}:{rev.image_tag}"],
+                labels={**labels, "org.opencontainers.image.title": name},
                 build_args=build_args,
                 network=_network(c, network),
                 prefix=prefix,
@@ -68,9 +82,9 @@ def build(
         if dry_run:
             plan(f"build {cfg.service} {rev.image_tag} for {env}", commands)
             return
-        for cmd, comp in zip(commands, components(cfg, component), strict=True):
-            execute(cmd, f"building {comp['name']}")
-    print(f"built {', '.join(c_['name'] for c_ in components(cfg, component))} as {rev.image_tag}")
+        for cmd, (name, _, _) in zip(commands, targets, strict=True):
+            execute(cmd, f"building {name}")
+    print(f"built {', '.join(name for name, _, _ in targets)} as {rev.image_tag}")
 
 
 @task(
@@ -87,8 +101,9 @@ def push(
     """Push the built images and record their digests for deploys."""
     cfg, env, _ = setup(c, env)
     rev = revision(cfg.root, env)
-    chosen = components(cfg, component)
-    refs = {comp["name"]: (cfg.image_repository(comp["name"]), rev.image_tag) for comp in chosen}
+    refs = {
+        name: (cfg.image_repository(name), rev.image_tag) for name, _, _ in _images(cfg, component)
+    }
     if dry_run:
         plan(
             f"push {cfg.service} {rev.image_tag} for {env}",

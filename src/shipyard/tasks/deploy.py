@@ -24,6 +24,9 @@ from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command
 from shipyard.tasks._run import RELEASE_ENVS, confirm, execute, failures, plan, revision, setup
 
+# The backup image is recorded beside the components under this name (contract: the image is
+# <registry>/<service>-backup, built from backup/Dockerfile).
+BACKUP = helm_engine.BACKUP
 HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_YES = "do not ask for confirmation (CI)"
 HELP_DRY = "print the exact plan and change nothing"
@@ -122,26 +125,36 @@ def _compose_file(settings: dict[str, Any]) -> str:
     return str(settings.get("compose_file", "compose.prod.yaml"))
 
 
+def _backup_image(cfg: config.Config, env: str) -> str:
+    """The backup image pushed for this commit (`invoke build/push --component backup`), or ''."""
+    given = os.environ.get(compose_engine.image_var(BACKUP), "")
+    record = state.pushed(cfg.root).get(BACKUP, {})
+    if given or record.get("revision") != revision(cfg.root, env).sha:
+        return given
+    return record.get("ref", "")
+
+
 def _backup_steps(cfg: config.Config, env: str, settings: dict[str, Any]) -> list[Command]:
-    """The backup taken before a production migration (the backup engine's CLI)."""
+    """The backup taken before a production migration, by the backup engine's own image."""
     if not settings.get("backup_before_migrate"):
         return []
-    backup = settings.get("backup", {})
-    if backup.get("storage") == "s3":
-        target = f"s3://{backup['bucket']}/{backup.get('prefix', '')}"
-    else:
-        target = "file:///backups"
-    argv = ["shipyard", "backup", "run", "--target", target]
     if settings["target"] == "helm":
         return helm_engine.backup_job(cfg.service, env, settings)
     file = _compose_file(settings)
-    if "backup" not in compose_engine.services(cfg.root / file):
+    if BACKUP not in compose_engine.services(cfg.root / file):
         raise Exit(
             f"shipyard: {env} takes a backup before migrating, but {file} has no `backup` "
             "service; add it (see the backup docs) or pass --skip-backup",
             code=1,
         )
-    return [compose_engine.compose(cfg.root, file, "run", "--rm", "backup", *argv)]
+    # The service's own command is `shipyard backup run` with its target and retention.
+    image = _backup_image(cfg, env)
+    variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
+    return [
+        compose_engine.compose(
+            cfg.root, file, "--profile", BACKUP, "run", "--rm", BACKUP, env=variables
+        )
+    ]
 
 
 def _migrate_steps(
@@ -159,7 +172,7 @@ def _migrate_steps(
 
 def _run_migrations(steps: list[Command]) -> None:
     for step in steps:
-        what = "the backup before migrating" if "backup" in step.argv else "the migration"
+        what = "the backup before migrating" if BACKUP in step.argv else "the migration"
         try:
             execute(step, what)
         except EngineError as exc:
@@ -304,8 +317,11 @@ def _helm_deploy(
     steps: list[Command] = []
     if settings.get("migrate") and settings.get("backup_before_migrate") and not skip_migrate:
         steps += helm_engine.backup_job(cfg.service, env, settings)
+    # The chart's backup CronJob runs the backup image pushed with this commit, when there is one.
+    backup = _backup_image(cfg, env)
+    chart_images = {**images, **({BACKUP: backup} if backup else {})}
     upgrade = helm_engine.upgrade(
-        cfg, env, settings, images, timeout=timeout, migrate=not skip_migrate
+        cfg, env, settings, chart_images, timeout=timeout, migrate=not skip_migrate
     )
     steps.append(upgrade)
     if dry_run:
