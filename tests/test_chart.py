@@ -616,6 +616,10 @@ def test_config_change_rolls_pods(preset: str, template: Callable[..., list[Doc]
     assert len(before) == 1
     assert len(after) == 1
     assert before != after
+    # A rotated Secret is announced by the deploy through podAnnotations.
+    docs = template(preset, "--set-string", "podAnnotations.checksum/secret=abc")
+    for dep in _by_kind(docs, "Deployment"):
+        assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == "abc"
 
 
 def test_image_mirror_and_tag_fallback(template: Callable[..., list[Doc]]) -> None:
