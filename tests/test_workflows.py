@@ -121,6 +121,32 @@ def test_pins_file_is_well_formed() -> None:
     )
 
 
+def test_pinned_majors_are_not_on_a_deprecated_runtime(tmp_path: Path) -> None:
+    """actionlint knows which action majors run on a deprecated runtime (node20), but it cannot
+    see through a SHA pin: ask it about `owner/repo@vMAJOR` of each pin instead."""
+    steps = "".join(
+        f"      - uses: {repo}@{version.split('.')[0]}\n"
+        for repo, (_, version) in sorted(_pinned_actions().items())
+    )
+    workflow = tmp_path / ".github" / "workflows" / "majors.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text(
+        "on: push\npermissions: {}\njobs:\n  majors:\n    runs-on: ubuntu-24.04\n"
+        f"    timeout-minutes: 5\n    steps:\n{steps}"
+    )
+    actionlint = validate.find_tool("actionlint")
+    result = subprocess.run(
+        [actionlint, "-no-color", str(workflow)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The probe itself works: a major known to be on node20 is flagged.
+    workflow.write_text(workflow.read_text() + "      - uses: docker/login-action@v3\n")
+    result = subprocess.run(
+        [actionlint, "-no-color", str(workflow)], capture_output=True, text=True, check=False
+    )
+    assert 'runtime "node20" is deprecated' in result.stdout
+
+
 def test_kit_renders_the_four_files(kit: Path) -> None:
     github = kit / ".github"
     assert sorted(p.name for p in (github / "workflows").iterdir()) == [
