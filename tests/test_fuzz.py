@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from shipyard import validate
 from tests.conftest import Render
 
-CORE_CHECKS = ["dockerfile", "yaml", "compose", "compose-schema", "shipyard"]
+# The template-core checks, plus the answers schema: it must accept whatever copier accepts.
+CORE_CHECKS = ["dockerfile", "yaml", "compose", "compose-schema", "shipyard", "answers"]
 # CI runs the 200 examples the issue asks for; a local run can lower it for speed.
 EXAMPLES = int(os.environ.get("SHIPYARD_FUZZ_EXAMPLES", "200"))
 
