@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from invoke.collection import Collection
@@ -239,7 +240,7 @@ def _compose_rollout(
             ) from None
         print(f"rollout failed ({reason}); rolling back to the previous images", flush=True)
         try:
-            execute(compose_engine.up(cfg.root, file, previous, timeout), "the rollback")
+            _restore(compose_engine.up(cfg.root, file, previous, timeout))
         except (EngineError, KeyboardInterrupt) as again:
             raise Exit(
                 f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
@@ -253,6 +254,19 @@ def _compose_rollout(
             code=130 if isinstance(exc, KeyboardInterrupt) else 1,
         ) from None
     state.record_deploy(cfg.root, env, {"images": images, "status": "deployed"})
+
+
+def _restore(up: Command, attempts: int = 3) -> None:
+    """Run the rollback `up`, retrying briefly: an interrupted `up` can leave the daemon still
+    removing a container, which makes the next `up` fail for a few seconds."""
+    for attempt in range(1, attempts + 1):
+        try:
+            execute(up, "the rollback")
+            return
+        except EngineError:
+            if attempt == attempts:
+                raise
+            time.sleep(3 * attempt)
 
 
 @task(
