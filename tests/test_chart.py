@@ -496,8 +496,10 @@ def test_migration_hook(
     # The hook runs before the release's ServiceAccount and ConfigMap exist.
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]
     assert "envFrom" not in container
-    names = {v["name"] for v in container["env"]}
-    assert "DATABASE_URL" in names
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert "DATABASE_URL" in env
+    # npx/npm need a writable HOME for their cache and logs.
+    assert env["HOME"] == "/tmp"  # noqa: S108 (a path inside the pod)
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
