@@ -24,6 +24,8 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"components": []}, "components must be a non-empty YAML list"),
     ({"components": "api"}, "components must be a non-empty YAML list"),
     ({"components": [HTTP, HTTP]}, "Two components are named 'api'"),
+    ({"components": [{**HTTP, "name": "backup"}]}, "is taken by a service the kit runs"),
+    ({"components": [{**HTTP, "name": "postgres"}]}, "is taken by a service the kit runs"),
     ({"components": [{**HTTP, "port": 0}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": 65536}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": "3000"}]}, "needs a port between 1 and 65535"),
