@@ -111,3 +111,17 @@ Writable scratch space: the root filesystem is read-only.
   emptyDir:
     sizeLimit: 256Mi
 {{- end -}}
+
+{{/*
+Usage: {{ include "app.scratchEnv" . | nindent 12 }}
+The root filesystem is read-only: temporary files, HOME and npm's cache and logs (`npm run`,
+`npx`) go to the writable /tmp volume.
+*/}}
+{{- define "app.scratchEnv" -}}
+- name: TMPDIR
+  value: /tmp
+- name: HOME
+  value: /tmp
+- name: npm_config_cache
+  value: /tmp/.npm
+{{- end -}}
