@@ -94,8 +94,9 @@ def test_answers_schema_knows_every_question(template_dir: Path) -> None:
         for name in YAML(typ="safe").load((template_dir / "copier.yml").read_text())
         if not name.startswith("_")
     }
-    known = set(config.schema("answers")["properties"])
+    known = {k for k in config.schema("answers")["properties"] if not k.startswith("_")}
     assert questions <= known, f"add {sorted(questions - known)} to schemas/answers.schema.json"
+    assert known <= questions, f"drop {sorted(known - questions)} from schemas/answers.schema.json"
 
 
 # -- each tool catches its defect ---------------------------------------------------------
