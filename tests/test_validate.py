@@ -267,6 +267,30 @@ def test_each_kubernetes_version_gets_its_own_render(kit: Callable[[str], Path])
     assert all("oldClusterField" in f.message for f in findings)
 
 
+def test_removed_kubernetes_api_is_reported_and_crds_are_not(kit: Callable[[str], Path]) -> None:
+    """No schema for a built-in group means a removed or misspelt API; CRDs have none here."""
+    root = kit(FULL)
+    template = _helm_chart(root) / "templates" / "extra.yaml"
+    template.write_text(
+        "apiVersion: autoscaling/v2beta2\nkind: HorizontalPodAutoscaler\n"
+        "metadata: {name: old}\n"
+        "spec: {maxReplicas: 2, scaleTargetRef: {kind: Deployment, name: x}}\n"
+        "---\napiVersion: cert-manager.io/v1\nkind: Certificate\n"
+        "metadata: {name: tls}\nspec: {secretName: tls, dnsNames: [a.example.com]}\n"
+    )
+
+    findings = validate.validate(root, only=["kubernetes"])
+
+    file = str(template.relative_to(root))
+    assert {(f.file, f.rule) for f in findings} == {
+        (file, "k8s-1.28"),
+        (file, f"k8s-{validate._kubernetes_version('latest')}"),
+    }, validate.report(findings)
+    assert all(
+        "HorizontalPodAutoscaler autoscaling/v2beta2 does not exist" in f.message for f in findings
+    )
+
+
 def test_cli_prints_one_report_and_fails(
     kit: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
