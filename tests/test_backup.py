@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from shipyard import backup, config
-from shipyard.backup import engine
+from shipyard.backup import archive, engine
 from tests.servers.postgres import PostgresServer
 from tests.servers.s3 import S3Server
 
@@ -364,3 +364,36 @@ def test_verify_detects_data_that_differs_from_the_manifest(database: str, tmp_p
     assert "public.orders: row checksum differs" in str(failure.value)
     assert "public.customers: 2000 rows, expected 1999" in str(failure.value)
     assert backup.list_backups(store)[0].verified is None
+
+
+def test_streamed_archive_gets_the_offsets_pg_dump_writes_to_a_file(
+    database: str, tmp_path: Path
+) -> None:
+    """add_offsets turns a piped custom archive into what pg_dump writes to a seekable file."""
+    piped, direct = tmp_path / "piped.pgc", tmp_path / "direct.pgc"
+    # Through a pipe, as the engine streams it (a file as stdout would be seekable).
+    subprocess.run(["bash", "-o", "pipefail", "-c", f"pg_dump -Fc -Z0 | cat > {piped}"], check=True)
+    subprocess.run(["pg_dump", "-Fc", "-Z0", "-f", str(direct)], check=True)
+
+    def offsets(path: Path) -> dict[int, tuple[int, int]]:
+        with path.open("rb") as handle:
+            toc = archive.read_toc(handle)
+        return {i: (flag, off) for i, (_pos, flag, off) in toc.offsets.items()}
+
+    before = offsets(piped)
+    assert {flag for flag, _ in before.values()} == {archive.OFFSET_NOT_SET, archive.OFFSET_NO_DATA}
+    assert archive.add_offsets(piped) == sum(
+        flag == archive.OFFSET_NOT_SET for flag, _ in before.values()
+    )
+    assert offsets(piped) == offsets(direct)
+    listing = subprocess.run(["pg_restore", "-l", str(piped)], capture_output=True, text=True)
+    assert listing.returncode == 0
+    assert "TABLE DATA public orders" in listing.stdout
+
+
+def test_add_offsets_refuses_what_it_does_not_understand(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pgc"
+    junk.write_bytes(b"PGDMP\x01\x63\x00" + b"\x00" * 64)
+    with pytest.raises(archive.ArchiveFormatError, match=r"archive version 1\.99"):
+        archive.add_offsets(junk)
+    assert junk.read_bytes()[:8] == b"PGDMP\x01\x63\x00"

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from shipyard import __version__, config
+from shipyard.backup import archive as pg_archive
 from shipyard.backup.storage import CHUNK, Storage, StorageError
 
 DUMP = "dump.pgc.zst"
@@ -482,6 +483,12 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = _log) -> P
     compressed.unlink()
     if result.returncode != 0:
         raise BackupError(f"cannot decompress backup {backup.id}: {result.stderr.strip()}")
+    try:
+        # A streamed archive lacks data offsets; without them every parallel pg_restore worker
+        # rescans the file (measured: ~25% slower on pgbench scale 20).
+        pg_archive.add_offsets(archive)
+    except (pg_archive.ArchiveFormatError, OSError) as exc:
+        log(f"restoring without data offsets ({exc}); pg_restore will scan for them")
     return archive
 
 
