@@ -210,6 +210,12 @@ def _broken_shipyard_yaml(root: Path) -> list[Expected]:
     return [Expected("shipyard.yaml", line, "shipyard", "schema", "'two' is not of type")]
 
 
+def _unparsable_shipyard_yaml(root: Path) -> list[Expected]:
+    path = root / "shipyard.yaml"
+    line = _replace(path, "    replicas: 2\n", "    replicas: [2\n")
+    return [Expected("shipyard.yaml", line + 1, "shipyard", "yaml", "not valid YAML")]
+
+
 def _bad_answers(root: Path) -> list[Expected]:
     path = root / ".copier-answers.yml"
     line = _replace(path, "  port: 3000\n", "  port: 70000\n")
@@ -227,12 +233,13 @@ DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
     "yaml": _yaml_duplicate_key,
     "helm-lint": _values_typo,
     "shipyard": _broken_shipyard_yaml,
+    "shipyard-yaml": _unparsable_shipyard_yaml,
     "answers": _bad_answers,
 }
 
 
 def test_every_check_has_a_defect_test() -> None:
-    assert set(DEFECTS) | {"compose"} == set(validate.CHECKS)
+    assert set(DEFECTS) - {"shipyard-yaml"} | {"compose"} == set(validate.CHECKS)
 
 
 @pytest.mark.parametrize("check", sorted(DEFECTS))
@@ -241,8 +248,9 @@ def test_defect_is_reported_precisely(kit: Callable[[str], Path], check: str) ->
     expected = DEFECTS[check](root)
 
     # The check under test, plus any other check the expected findings come from.
-    also = {"compose": "compose"}
-    findings = validate.validate(root, only={check, *(also.get(e.tool, check) for e in expected)})
+    also = {"compose": "compose", "shipyard": "shipyard"}
+    only = {also.get(e.tool, check) for e in expected}
+    findings = validate.validate(root, only=only)
 
     for want in expected:
         hits = [

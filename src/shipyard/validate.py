@@ -628,7 +628,12 @@ def _schema_check(
     try:
         document = load(path)
     except Exception as exc:  # any parser's error is this finding, not a crash
-        return [Finding(file, None, tool, "yaml", _oneline(str(exc)))]
+        message = _oneline(
+            str(exc).replace(f"{path}: ", "").replace(' in "<unicode string>",', " at")
+        )
+        # The last position a YAML parser names is where it gave up: the line to look at.
+        lines = re.findall(r"line (\d+)", message)
+        return [Finding(file, int(lines[-1]) if lines else None, tool, "yaml", message)]
 
     validator = Draft202012Validator(
         config.schema(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
