@@ -238,6 +238,13 @@ DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
 }
 
 
+def test_groups_split_the_checks() -> None:
+    """`nox -s lint` and `nox -s validate` in a generated repo together run every check once."""
+    lint, schema = validate.GROUPS["lint"], validate.GROUPS["schema"]
+    assert not set(lint) & set(schema)
+    assert sorted([*lint, *schema]) == sorted(validate.CHECKS)
+
+
 def test_every_check_has_a_defect_test() -> None:
     assert set(DEFECTS) - {"shipyard-yaml"} | {"compose"} == set(validate.CHECKS)
 
