@@ -204,15 +204,22 @@ def _values_typo(root: Path) -> list[Expected]:
     return [Expected(file, None, "helm-lint", "error", "'replicas' not allowed")]
 
 
+def _set_replicas(path: Path, value: str) -> int:
+    """Replace the first environment's replica count with `value`; return its line."""
+    line = _line_of(path, r"^\s+replicas: \d+$")
+    lines = path.read_text().splitlines()
+    lines[line - 1] = re.sub(r"\d+$", value, lines[line - 1])
+    path.write_text("\n".join(lines) + "\n")
+    return line
+
+
 def _broken_shipyard_yaml(root: Path) -> list[Expected]:
-    path = root / "shipyard.yaml"
-    line = _replace(path, "    replicas: 2\n", "    replicas: two\n")
+    line = _set_replicas(root / "shipyard.yaml", "two")
     return [Expected("shipyard.yaml", line, "shipyard", "schema", "'two' is not of type")]
 
 
 def _unparsable_shipyard_yaml(root: Path) -> list[Expected]:
-    path = root / "shipyard.yaml"
-    line = _replace(path, "    replicas: 2\n", "    replicas: [2\n")
+    line = _set_replicas(root / "shipyard.yaml", "[2")
     return [Expected("shipyard.yaml", line + 1, "shipyard", "yaml", "not valid YAML")]
 
 
