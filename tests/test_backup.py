@@ -50,6 +50,20 @@ INSERT INTO orders (customer_id, total, note)
 SELECT 1 + g % 2000, g % 500, CASE WHEN g % 5 = 0 THEN E'multi\\nline, "quoted"' END
 FROM generate_series(1, 5000) g;
 INSERT INTO audit.events (what) VALUES ('created'), (NULL);
+CREATE TABLE kinds (
+    b bool, s int2, r real, v varchar(20), c char(5), raw bytea, u uuid, j jsonb, d date,
+    tm time, tz timetz, ts timestamp, tstz timestamptz, iv interval, ip inet, net cidr,
+    mac macaddr, words text[], nums int4[], nothing text
+);
+INSERT INTO kinds
+SELECT g % 2 = 0, g, g / 7.0, 'v' || g, 'c' || g % 10, decode(md5(g::text), 'hex'),
+       md5(g::text)::uuid, jsonb_build_object('g', g), date '2020-01-01' + g,
+       time '10:00' + g * interval '1 minute', timetz '10:00+02',
+       timestamp '2020-01-01' + g * interval '1 hour',
+       timestamptz '2020-01-01 00:00+05' + g * interval '1 day', g * interval '1 second',
+       ('10.0.0.' || g % 250)::inet, '10.1.0.0/16', '08:00:2b:01:02:03', ARRAY['x' || g, NULL],
+       ARRAY[g, g + 1], NULL
+FROM generate_series(1, 300) g;
 """
 
 
@@ -160,10 +174,11 @@ def test_s3_round_trip_and_verify(
 
     # Enum columns hash through the row text (a restore renumbers enum OIDs); the rest by value.
     assert manifest["tables"]["public.customers"]["hash"] == "text"
-    assert manifest["tables"]["public.orders"]["hash"] == "record"
+    assert manifest["tables"]["public.orders"]["hash"] == "columns"
+    assert manifest["tables"]["public.kinds"]["hash"] == "columns"
     checked = backup.verify(store)
     assert checked.verified is not None
-    assert checked.verified["rows"] == 2000 + 5000 + 2
+    assert checked.verified["rows"] == 2000 + 5000 + 2 + 300
     assert backup.list_backups(store)[-1].verified is not None
     with postgres_server.connect(database) as conn:
         conn.execute("TRUNCATE orders")
@@ -397,3 +412,36 @@ def test_add_offsets_refuses_what_it_does_not_understand(tmp_path: Path) -> None
     with pytest.raises(archive.ArchiveFormatError, match=r"archive version 1\.99"):
         archive.add_offsets(junk)
     assert junk.read_bytes()[:8] == b"PGDMP\x01\x63\x00"
+
+
+def test_every_column_type_moves_the_checksum(
+    database: str, postgres_server: PostgresServer
+) -> None:
+    """Changing one value of any hashed column type (or swapping two) changes the checksum."""
+    with postgres_server.connect(database) as conn:
+
+        def checksum() -> str:
+            stats = engine.table_stats(conn)["public.kinds"]
+            assert stats["hash"] == "columns"
+            return str(stats["checksum"])
+
+        original = checksum()
+        changes = [
+            "b = NOT b", "s = s + 1", "r = r + 1", "v = v || 'x'", "c = 'zz'",
+            "raw = raw || '\\x00'::bytea", "u = gen_random_uuid()", "j = j || '{\"k\": 1}'",
+            "d = d + 1", "tm = tm + interval '1 second'", "tz = timetz '10:00+03'",
+            "ts = ts + interval '1 second'", "tstz = tstz + interval '1 second'",
+            "iv = iv + interval '1 second'", "ip = '10.9.9.9'", "net = '10.2.0.0/16'",
+            "mac = '08:00:2b:01:02:04'", "words = ARRAY['y']", "nums = ARRAY[0]",
+            "nothing = ''", "s = NULL",
+        ]  # fmt: skip
+        for change in changes:
+            conn.execute("BEGIN")
+            conn.execute(f"UPDATE kinds SET {change} WHERE s = 7")  # noqa: S608
+            assert checksum() != original, change
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("UPDATE kinds SET v = c::text, c = left(v, 5) WHERE s = 7")
+        assert checksum() != original
+        conn.execute("ROLLBACK")
+        assert checksum() == original
