@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,10 +41,10 @@ DATA_ROOT = CACHE / "docker"
 LOCK = CACHE / "docker.lock"
 MIRROR_STORAGE = CACHE / "mirror-registry"
 # The base images as built here; bump the tag when their Dockerfile changes.
-NODE_LOCAL = "shipyard-test/node:bookworm-3"
-POSTGRES_LOCAL = "shipyard-test/postgres:15-2"
+NODE_LOCAL = "shipyard-test/node:bookworm-4"
+POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
-BASE_IMAGE = "shipyard-test/bookworm-minbase:1"
+BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
 DOCKER_CLI = "/usr/bin/docker"
 LOCK_TIMEOUT = 1800.0
@@ -98,8 +100,12 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" -A scram-sha-256 >/dev/null
   rm -f "$pwfile"
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
-  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
-  createdb -U "$POSTGRES_USER" "$POSTGRES_DB" 2>/dev/null || true
+  # The setup server listens on a private socket only, so health checks cannot see it.
+  mkdir -p /tmp/init
+  pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -c unix_socket_directories=/tmp/init" start
+  if [ "$POSTGRES_DB" != postgres ]; then
+    PGPASSWORD="$POSTGRES_PASSWORD" createdb -h /tmp/init -U "$POSTGRES_USER" "$POSTGRES_DB"
+  fi
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off
@@ -282,8 +288,23 @@ def import_base(daemon: Dockerd) -> str:
     """Import the cached debootstrap rootfs as BASE_IMAGE unless the daemon has it."""
     if not _has_image(daemon, BASE_IMAGE):
         data = subprocess.run(["zstd", "-dc", str(_rootfs())], capture_output=True, check=True)
-        daemon.run("import", "-", BASE_IMAGE, input_=data.stdout)
+        daemon.run("import", "-", BASE_IMAGE, input_=_without_apt_caches(data.stdout))
     return BASE_IMAGE
+
+
+def _without_apt_caches(rootfs: bytes) -> bytes:
+    """The rootfs tar minus debootstrap's downloaded .debs and apt lists (half its size)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(rootfs), mode="r|") as src,
+        tarfile.open(fileobj=out, mode="w|") as dst,
+    ):
+        for member in src:
+            name = member.name.removeprefix("./")
+            if member.isfile() and name.startswith(("var/cache/apt/", "var/lib/apt/lists/")):
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
 
 
 def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str | bytes]) -> None:

@@ -218,3 +218,26 @@ def running_images(cli: DockerClient, project: str) -> dict[str, str]:
             continue
         images[service] = str(container.attrs["Config"]["Image"])
     return images
+
+
+def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
+    """Wait until no container of the project is being removed, and clear dead ones.
+
+    An interrupted `compose up` leaves the daemon removing the half-created container (slow on
+    copying storage drivers); a new `up` fails with "marked for removal" until it is gone.
+    """
+    deadline = time.monotonic() + timeout
+    label = f"com.docker.compose.project={project}"
+    while True:
+        busy = []
+        for container in cli.containers.list(all=True, filters={"label": label}):
+            if container.status == "dead":
+                try:
+                    container.remove(force=True)
+                except APIError:
+                    busy.append(container.name)
+            elif container.status == "removing":
+                busy.append(container.name)
+        if not busy or time.monotonic() > deadline:
+            return
+        time.sleep(1)

@@ -240,6 +240,8 @@ def _compose_rollout(
             ) from None
         print(f"rollout failed ({reason}); rolling back to the previous images", flush=True)
         try:
+            with contextlib.closing(docker_engine.client()) as client:
+                docker_engine.settle(client, project)
             _restore(compose_engine.up(cfg.root, file, previous, timeout))
         except (EngineError, KeyboardInterrupt) as again:
             raise Exit(
@@ -266,7 +268,7 @@ def _restore(up: Command, attempts: int = 3) -> None:
         except EngineError:
             if attempt == attempts:
                 raise
-            time.sleep(3 * attempt)
+            time.sleep(5 * attempt)
 
 
 @task(

@@ -1,0 +1,364 @@
+"""The tasks on real engines: build, push, migrate and deploy the sample service on Compose.
+
+One generated kit (`sample_app`, PostgreSQL) goes through a release history in order: a good
+release, a release whose health check fails (rolled back), one interrupted with Ctrl-C
+(rolled back), one whose migration fails (stopped before the rollout), and a manual rollback.
+Everything runs against the real dockerd, registry and a PostgreSQL container; the base images
+come from the test registry acting as the `image_mirror`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import Render
+from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.registry import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+
+SERVICE = "shop-api"
+
+
+@dataclass
+class Kit:
+    """A generated repo under git, and how to run `invoke` in it against the test engines."""
+
+    root: Path
+    env: dict[str, str]
+    port: int
+
+    def invoke(self, *args: str, check: bool = True, timeout: float = 900) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode:
+            pytest.fail(f"invoke {' '.join(args)} exited {proc.returncode}:\n{result.output}")
+        return result
+
+    def commit(self, message: str) -> None:
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-q", "-m", message)
+
+    def edit(self, path: str, old: str, new: str) -> None:
+        file = self.root / path
+        text = file.read_text()
+        assert old in text, f"{old!r} not in {path}"
+        file.write_text(text.replace(old, new))
+
+    def health(self) -> int:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=5).status_code
+        except requests.ConnectionError:
+            return 0
+
+    def pushed(self) -> dict[str, str]:
+        data: dict[str, dict[str, str]] = json.loads(
+            (self.root / ".shipyard" / "images.json").read_text()
+        )
+        return data[SERVICE]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def kit(
+    render: Render,
+    tmp_path_factory: pytest.TempPathFactory,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> Iterator[Kit]:
+    """The sample service rendered, committed, and torn down (containers, volumes) at the end."""
+    port = free_port()
+    root = render(
+        {
+            "project_name": "Shop API",
+            "sample_app": True,
+            "components": [
+                {
+                    "name": SERVICE,
+                    "kind": "http",
+                    "port": port,
+                    "health_path": "/health",
+                    "path": ".",
+                }
+            ],
+            "postgres_version": mirror_images.postgres_version,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "image_mirror": mirror_images.mirror,
+            "ci_provider": "none",
+        },
+        tmp_path_factory.mktemp("kit") / "shop-api",
+    )
+    git(root, "init", "-q", "-b", "main")
+    env = {
+        **dockerd.env,
+        # docker-compose and invoke come from the test venv.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        # No bridge egress on these machines: npm inside builds needs the host network.
+        "SHIPYARD_BUILD_NETWORK": "host",
+        "POSTGRES_PASSWORD": "test-only-password",
+    }
+    k = Kit(root, env, port)
+    k.commit("kit")
+    yield k
+    subprocess.run(
+        [
+            "docker-compose",
+            "--file",
+            "compose.prod.yaml",
+            "--profile",
+            "migrate",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            "--timeout",
+            "5",
+        ],
+        cwd=root,
+        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
+        capture_output=True,
+        check=False,
+    )
+
+
+def release(kit: Kit) -> str:
+    """Build and push HEAD for staging; the pushed repo@digest."""
+    kit.invoke("build", "--env", "staging")
+    kit.invoke("push", "--env", "staging")
+    return kit.pushed()["ref"]
+
+
+def serving_image(dockerd: Dockerd) -> str:
+    """The image reference the running app container was started from."""
+    with contextlib.closing(dockerd.client()) as client:
+        containers = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
+        )
+        assert len(containers) == 1, containers
+        return str(containers[0].attrs["Config"]["Image"])
+
+
+@pytest.fixture(scope="module")
+def first(kit: Kit, dockerd: Dockerd) -> str:
+    """Release 1 deployed to staging: the image reference it runs."""
+    ref = release(kit)
+    kit.invoke("deploy", "--env", "staging", "--yes")
+    return ref
+
+
+def test_build_labels_and_push_records_the_registry_digest(kit: Kit, dockerd: Dockerd) -> None:
+    ref = release(kit)
+    record = kit.pushed()
+    sha = git(kit.root, "rev-parse", "HEAD").strip()
+    assert record["tag"] == sha[:12]
+    assert record["revision"] == sha
+    with contextlib.closing(dockerd.client()) as client:
+        # What the registry serves for the tag is exactly the digest recorded for deploys.
+        assert (
+            client.images.get_registry_data(f"{record['repository']}:{record['tag']}").id
+            == (record["digest"])
+        )
+        labels = client.images.get(ref).labels
+    assert labels["org.opencontainers.image.revision"] == sha
+    assert labels["org.opencontainers.image.version"] == sha[:12]
+    # The image runs as the numeric non-root user the chart and compose files expect.
+    with contextlib.closing(dockerd.client()) as client:
+        assert client.images.get(ref).attrs["Config"]["User"] == "1000:1000"
+
+
+def test_deploy_migrates_then_serves_by_digest(kit: Kit, dockerd: Dockerd, first: str) -> None:
+    assert "@sha256:" in first
+    assert serving_image(dockerd) == first
+    assert kit.health() == 200
+    # "/" writes a row to the table the migration created.
+    visits = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["visits"]
+    assert visits >= 1
+    history = json.loads((kit.root / ".shipyard" / "deploys-staging.json").read_text())
+    assert history[-1]["status"] == "deployed"
+    # The record of pushes and deploys never dirties the tree.
+    assert git(kit.root, "status", "--porcelain") == ""
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    result = kit.invoke("deploy", "--env", "staging", "--dry-run")
+    assert "dry run" in result.stdout
+    assert f"SHOP_API_IMAGE={first}" in result.stdout
+    assert "--profile migrate run --rm migrate" in result.stdout
+    assert "up --detach --no-build --remove-orphans --wait" in result.stdout
+    assert serving_image(dockerd) == first
+
+
+def test_failing_health_rolls_back_to_the_running_version(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    kit.edit(
+        "src/main.js",
+        "return reply(res, 200, { status: 'ok' });",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+    )
+    kit.commit("a release whose health check fails")
+    broken = release(kit)
+    result = kit.invoke("deploy", "--env", "staging", "--yes", "--timeout", "40", check=False)
+    assert result.code == 1
+    assert "rolled back, the previous version is serving" in result.stderr
+    assert "Traceback" not in result.output
+    assert serving_image(dockerd) == first != broken
+    assert kit.health() == 200
+
+
+def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) -> None:
+    # The last push is still the release whose health check fails, so the rollout hangs in
+    # `up --wait` until Ctrl-C arrives.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", "--env", "staging", "--yes", "--timeout", "120"],
+        cwd=kit.root,
+        env=kit.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if " up --detach" in line:
+            break
+    time.sleep(5)
+    # A terminal's Ctrl-C reaches the whole foreground process group.
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted (Ctrl-C)" in stderr
+    assert "Traceback" not in stdout + stderr
+    assert serving_image(dockerd) == first
+    assert kit.health() == 200
+
+
+def test_failing_migration_stops_the_deploy(kit: Kit, dockerd: Dockerd, first: str) -> None:
+    kit.edit(
+        "src/main.js",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+        "return reply(res, 200, { status: 'ok' });",
+    )
+    (kit.root / "migrations" / "002_broken.sql").write_text(
+        "ALTER TABLE no_such_table ADD x int;\n"
+    )
+    kit.commit("a release whose migration fails")
+    release(kit)
+    result = kit.invoke("deploy", "--env", "staging", "--yes", check=False)
+    assert result.code == 1
+    assert "the migration failed" in result.stderr
+    assert "the running version keeps serving" in result.stderr
+    assert serving_image(dockerd) == first
+    assert kit.health() == 200
+
+
+def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, first: str) -> None:
+    (kit.root / "migrations" / "002_broken.sql").unlink()
+    kit.edit("src/main.js", "service: 'shop-api'", "service: 'shop-api', release: 2")
+    kit.commit("a good second release")
+    second = release(kit)
+    kit.invoke("deploy", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == second
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+    plan = kit.invoke("rollback", "--env", "staging", "--dry-run")
+    assert f"SHOP_API_IMAGE={first}" in plan.stdout
+    kit.invoke("rollback", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == first
+    assert kit.health() == 200
+    status = kit.invoke("status", "--env", "staging")
+    assert "rolled-back" in status.stdout
+
+
+def test_registry_down_fails_push_and_deploy_clearly(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    records = json.loads((kit.root / ".shipyard" / "images.json").read_text())
+    saved = json.dumps(records)
+    records[SERVICE]["ref"] = f"{closed}/acme/{SERVICE}-{SERVICE}@{first.split('@')[1]}"
+    (kit.root / ".shipyard" / "images.json").write_text(json.dumps(records))
+    try:
+        result = kit.invoke("deploy", "--env", "staging", "--yes", check=False)
+    finally:
+        (kit.root / ".shipyard" / "images.json").write_text(saved)
+    assert result.code == 1
+    assert "cannot reach the registry" in result.stderr
+    assert "Traceback" not in result.output
+    assert serving_image(dockerd) == first
+
+    # Pushing to a registry that does not answer retries, then says so in one line.
+    kit.edit(
+        "shipyard.yaml",
+        f"registry: {kit.pushed()['repository'].rsplit('/', 2)[0]}/acme",
+        f"registry: {closed}/acme",
+    )
+    try:
+        tag = kit.invoke("build", "--env", "dev", "--dry-run").stdout.split("--tag ")[1].split()[0]
+        with contextlib.closing(dockerd.client()) as client:
+            client.images.get(first).tag(tag)
+        result = kit.invoke("push", "--env", "dev", "--retries", "2", check=False)
+    finally:
+        git(kit.root, "checkout", "shipyard.yaml")
+    assert result.code == 1
+    assert "could not push" in result.stderr
+    assert "after 2 attempts" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_daemon_not_running_is_one_clear_message(kit: Kit) -> None:
+    env = {**kit.env, "DOCKER_HOST": f"unix://{kit.root}/no-such-docker.sock"}
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "push", "--env", "staging"],
+        cwd=kit.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "the Docker daemon is not reachable" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
