@@ -99,6 +99,31 @@ def test_answers_schema_knows_every_question(template_dir: Path) -> None:
     assert known <= questions, f"drop {sorted(known - questions)} from schemas/answers.schema.json"
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"databse": "postgres"}, "'databse' does not match any of the regexes"),
+        ({"database": "none", "migrations": "prisma"}, "migrations: 'none' was expected"),
+        ({"sample_app": True, "package_manager": "pnpm"}, "package_manager: 'npm' was expected"),
+        ({"node_version": 18}, "node_version: 18 is not one of"),
+        ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
+    ],
+)
+def test_answers_schema_refuses_what_copier_refuses(
+    kit: Callable[[str], Path], change: dict[str, object], says: str
+) -> None:
+    import yaml
+
+    root = kit("minimal")
+    path = root / validate.ANSWERS_FILE
+    answers = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**answers, **change}))
+
+    findings = validate.validate(root, only=["answers"])
+
+    assert any(says in f.message for f in findings), validate.report(findings)
+
+
 # -- each tool catches its defect ---------------------------------------------------------
 
 
