@@ -96,7 +96,9 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
         st.sampled_from([{"lower": "x"}, {"PORT": "1"}, {"A": [1]}]),
     ),
     "app_secrets": (
-        st.lists(st.sampled_from(["JWT_SECRET", "API_KEY"]), max_size=2, unique=True),
+        st.lists(
+            st.sampled_from(["JWT_SECRET", "API_KEY", "AWS_ACCESS_KEY_ID"]), max_size=3, unique=True
+        ),
         st.sampled_from([["bad-name"], ["API_KEY", "API_KEY"], ["POSTGRES_PASSWORD"]]),
     ),
 }
