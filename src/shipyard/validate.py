@@ -190,7 +190,9 @@ def _oneline(text: str) -> str:
 
 def check_dockerfiles(root: Path) -> list[Finding]:
     """hadolint on every Dockerfile."""
-    dockerfiles = _walk(root, ["Dockerfile", "*.Dockerfile", "Dockerfile.*"])
+    found = _walk(root, ["Dockerfile", "*.Dockerfile", "Dockerfile.*"])
+    # BuildKit reads Dockerfile.dockerignore as that Dockerfile's ignore file: not a Dockerfile.
+    dockerfiles = [p for p in found if p.suffix != ".dockerignore"]
     if not dockerfiles:
         return []
     result = _run(["hadolint", "--format", "json", *map(str, dockerfiles)], root)
