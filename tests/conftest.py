@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,9 @@ def rendered(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Callab
         return cache[preset]
 
     return _rendered
+
+
+def copier_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `copier` command of this interpreter, as a user would; never raises."""
+    copier = Path(sys.executable).with_name("copier")
+    return subprocess.run([str(copier), *args], capture_output=True, text=True, check=False)

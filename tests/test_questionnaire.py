@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Render
+from tests.conftest import Render, copier_cli
 
 HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
 
@@ -103,21 +101,8 @@ def test_cli_refusal_names_the_question_and_writes_nothing(
     answers = tmp_path / "answers.yml"
     answers.write_text("project_name: Orders\ncomponents: [{name: a, kind: http, port: 0}]\n")
     dst = tmp_path / "service"
-    copier = Path(sys.executable).with_name("copier")
-    result = subprocess.run(
-        [
-            str(copier),
-            "copy",
-            "--trust",
-            "--defaults",
-            "--data-file",
-            str(answers),
-            str(template_dir),
-            str(dst),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = copier_cli(
+        "copy", "--trust", "--defaults", "--data-file", str(answers), str(template_dir), str(dst)
     )
     assert result.returncode != 0
     assert (

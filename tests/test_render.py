@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config, validate
-from tests.conftest import PRESETS, Render, load_preset
+from tests.conftest import PRESETS, Render, copier_cli, load_preset
 
 Rendered = Callable[[str], Path]
 # The checks of the template core; the chart, workflows and scripts have tests of their own.
@@ -207,19 +205,8 @@ def test_every_package_manager_layout_passes(
 
 def test_readme_main_command_scaffolds_from_defaults(template_dir: Path, tmp_path: Path) -> None:
     """`copier copy --trust --defaults . my-service`, as the README says."""
-    copier = Path(sys.executable).with_name("copier")
-    result = subprocess.run(
-        [
-            str(copier),
-            "copy",
-            "--trust",
-            "--defaults",
-            str(template_dir),
-            str(tmp_path / "my-service"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = copier_cli(
+        "copy", "--trust", "--defaults", str(template_dir), str(tmp_path / "my-service")
     )
     assert result.returncode == 0, result.stderr
     root = tmp_path / "my-service"
