@@ -356,6 +356,20 @@ def test_cli_prints_one_report_and_fails(
     assert out[-1] == "2 problem(s) found."
 
 
+def test_cli_annotates_findings_for_github(
+    kit: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = kit(FULL)
+    [want] = _latest_tag(root)
+
+    status = cli.main(["validate", "--only", "dockerfile", "--format", "github", str(root)])
+
+    out = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert f"::error file=Dockerfile,line={want.line},title=hadolint DL3007::" in "\n".join(out)
+    assert out[1] == "1 problem(s) found."
+
+
 def test_cli_clean_kit_exits_zero(rendered: Rendered, capsys: pytest.CaptureFixture[str]) -> None:
     status = cli.main(
         ["validate", "--only", "shipyard", "--only", "answers", str(rendered("minimal"))]

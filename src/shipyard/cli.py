@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(validate.GROUPS),
         help="run only this group of checks: lint (linters) or schema (each file's consumer)",
     )
+    check.add_argument(
+        "--format",
+        choices=["text", "github"],
+        default="text",
+        help="github: the report plus GitHub Actions annotations on each finding's file",
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     # The backup engine imports boto3 and psycopg (~0.7 s); `validate` runs often and needs
     # neither, so the backup command is only loaded for other command lines (and --help).
@@ -62,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shipyard: {exc}", file=sys.stderr)
         return 2
     print(validate.report(findings))
+    if args.format == "github" and findings:
+        print(validate.github_annotations(findings))
     return 1 if findings else 0
 
 

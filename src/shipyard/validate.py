@@ -730,3 +730,21 @@ def report(findings: Sequence[Finding]) -> str:
     lines = [str(f) for f in findings]
     lines.append(f"{len(findings)} problem(s) found.")
     return "\n".join(lines)
+
+
+def github_annotations(findings: Sequence[Finding]) -> str:
+    """GitHub Actions `::error` commands: each finding shows on its file in the pull request."""
+
+    def escape(text: str, *, prop: bool = False) -> str:
+        # The workflow-command encoding; properties also reserve ':' and ','.
+        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+    lines = []
+    for f in findings:
+        where = f"file={escape(f.file, prop=True)}"
+        if f.line:
+            where += f",line={f.line}"
+        title = escape(f"{f.tool} {f.rule}", prop=True)
+        lines.append(f"::error {where},title={title}::{escape(f.message)}")
+    return "\n".join(lines)
