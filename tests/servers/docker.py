@@ -208,6 +208,7 @@ def running_dockerd() -> Iterator[Dockerd]:
         daemon = Dockerd(host=f"unix://{sock_path}", cli=DOCKER_CLI)
         try:
             _wait_ready(daemon, proc)
+            _forget_old_images(daemon)
             yield daemon
         finally:
             proc.terminate()
@@ -218,6 +219,20 @@ def running_dockerd() -> Iterator[Dockerd]:
                 proc.wait()
             log.close()
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _forget_old_images(daemon: Dockerd) -> None:
+    """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
+    registries and base images an older fixture built; the BuildKit cache stays."""
+    keep = {BASE_IMAGE, NODE_LOCAL, POSTGRES_LOCAL}
+    with contextlib.closing(daemon.client()) as client:
+        for image in client.images.list():
+            for tag in image.tags:
+                stale = tag.startswith("shipyard-test/") and tag not in keep
+                if tag.startswith("127.0.0.1:") or stale:
+                    with contextlib.suppress(DockerException):
+                        client.images.remove(tag)
+        client.images.prune(filters={"dangling": True})
 
 
 def _wait_ready(daemon: Dockerd, proc: subprocess.Popen[bytes]) -> None:
