@@ -145,7 +145,7 @@ def main() -> None:
         cold: list[float] = []
         warm: list[float] = []
         for run in range(args.runs):
-            daemon.run("builder", "prune", "--all", "--force")
+            _prune(daemon)
             cold.append(_build(root, env))
             main_js = root / "src" / "main.js"
             main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
@@ -167,6 +167,21 @@ def main() -> None:
         f"image {final / 1e6:.1f} MB / (base {base / 1e6:.1f} MB + app {app / 1e6:.2f} MB): "
         f"{size:.3f} (target <= {SIZE_TARGET})"
     )
+
+
+def _prune(daemon: Dockerd) -> None:
+    """Empty the BuildKit cache (layers and npm's cache mount) so the next build is cold.
+
+    dockerd 20.10 sometimes fails a prune on a stale lease record; the next attempt succeeds.
+    """
+    for attempt in range(3):
+        try:
+            daemon.run("builder", "prune", "--all", "--force")
+            return
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            time.sleep(2)
 
 
 def _sizes(daemon: Dockerd, ref: str) -> tuple[int, int]:
