@@ -2,8 +2,10 @@
 
 Prints two ratios, measured side by side in one run:
 
-- rebuild after a source-only change / cold build (no BuildKit cache), median wall times of
-  `invoke build`: the dependency install must come from cache. Target: <= 0.25.
+- rebuild after a source-only change / cold build, median wall times of `invoke build`: the
+  dependency install must come from cache. Cold is a fresh CI runner's build: no BuildKit
+  cache and no base image (pulled through the mirror). Target: <= 0.25. The same ratio against
+  a cold build with the base image already present is printed beside it.
 - final image size / (runtime base image + the app's production files), where the production
   files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout, minus what
   .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10.
@@ -134,7 +136,7 @@ def main() -> None:
         running_registry(Path(tmp) / "registry") as registry,
         running_registry(MIRROR_STORAGE) as mirror,
     ):
-        publish_mirror_images(daemon, import_base(daemon), mirror)
+        images = publish_mirror_images(daemon, import_base(daemon), mirror)
         root = _kit(Path(tmp), registry, mirror)
         env = {
             **daemon.env,
@@ -143,22 +145,37 @@ def main() -> None:
             "SHIPYARD_BUILD_NETWORK": "host",
         }
         cold: list[float] = []
+        cached_base: list[float] = []
         warm: list[float] = []
-        for run in range(args.runs):
-            _prune(daemon)
-            cold.append(_build(root, env))
-            main_js = root / "src" / "main.js"
-            main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
-            _git(root, "commit", "-q", "-am", f"source change {run}")
-            warm.append(_build(root, env))
+        try:
+            for run in range(args.runs):
+                # Cold, as on a fresh CI runner: no build cache and no base image, which is
+                # pulled through the mirror. Also timed: no build cache, base image present.
+                _prune(daemon)
+                daemon.run("rmi", NODE_LOCAL)
+                cold.append(_build(root, env))
+                _restore_base(daemon, images.node)
+                _prune(daemon)
+                cached_base.append(_build(root, env))
+                _change_source(root, run)
+                warm.append(_build(root, env))
+        finally:
+            _restore_base(daemon, images.node)
         sha = _git(root, "rev-parse", "HEAD")[:12]
         ref = f"{registry}/bench/{SERVICE}-{SERVICE}:{sha}"
         final, base = _sizes(daemon, ref)
         app = _production_files(root)
 
+    print(
+        f"cold build {statistics.median(cold):.1f}s (base image present: "
+        f"{statistics.median(cached_base):.1f}s), rebuild {statistics.median(warm):.1f}s"
+    )
+    print(
+        "rebuild after a source-only change / cold build with the base image present: "
+        f"{statistics.median(warm) / statistics.median(cached_base):.3f}"
+    )
     rebuild = statistics.median(warm) / statistics.median(cold)
     size = final / (base + app)
-    print(f"cold build {statistics.median(cold):.1f}s, rebuild {statistics.median(warm):.1f}s")
     print(
         f"rebuild after a source-only change / cold build: {rebuild:.3f} "
         f"(target <= {REBUILD_TARGET})"
@@ -167,6 +184,23 @@ def main() -> None:
         f"image {final / 1e6:.1f} MB / (base {base / 1e6:.1f} MB + app {app / 1e6:.2f} MB): "
         f"{size:.3f} (target <= {SIZE_TARGET})"
     )
+
+
+def _restore_base(daemon: Dockerd, mirrored: str) -> None:
+    """Put the base image back under its local name (later runs and sessions expect it)."""
+    with contextlib.closing(daemon.client()) as client:
+        if any(NODE_LOCAL in image.tags for image in client.images.list()):
+            return
+    daemon.run("pull", mirrored)
+    daemon.run("tag", mirrored, NODE_LOCAL)
+    daemon.run("rmi", mirrored)
+
+
+def _change_source(root: Path, run: int) -> None:
+    """A source-only change, committed (the image tag follows the commit)."""
+    main_js = root / "src" / "main.js"
+    main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
+    _git(root, "commit", "-q", "-am", f"source change {run}")
 
 
 def _prune(daemon: Dockerd) -> None:
