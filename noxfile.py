@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import nox
@@ -60,16 +59,10 @@ def bench(session: nox.Session) -> None:
 
 
 def _render_presets(session: nox.Session) -> list[Path]:
-    """copier copy of the working tree (uncommitted edits included) per preset; the folders."""
+    """`invoke render` (tasks.py) of the named presets, or all; returns their folders."""
     names = session.posargs or sorted(p.stem for p in Path("tests/presets").glob("*.yml"))
-    folders = []
-    for name in names:
-        dst = Path("build", "presets", name)
-        shutil.rmtree(dst, ignore_errors=True)  # a file the template dropped must not linger
-        argv = ["copier", "copy", "--trust", "--defaults", "--quiet", "--vcs-ref", "HEAD"]
-        session.run(*argv, "--data-file", f"tests/presets/{name}.yml", ".", str(dst))
-        folders.append(dst)
-    return folders
+    session.run("invoke", "render", *(f"--preset={name}" for name in names))
+    return [Path("build", "presets", name) for name in names]
 
 
 def _install(session: nox.Session, group: str) -> None:

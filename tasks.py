@@ -20,19 +20,22 @@ REPO = Path(__file__).resolve().parent
 PRESETS = REPO / "tests" / "presets"
 
 
-@task(help={"preset": "one preset name (default: all)", "out": "output folder"})
-def render(c: Context, preset: str = "", out: str = "build/presets") -> None:
+@task(
+    iterable=["preset"],
+    help={"preset": "a preset name, repeatable (default: all)", "out": "output folder"},
+)
+def render(c: Context, preset: list[str], out: str = "build/presets") -> None:
     """Render presets from the working tree, replacing earlier renders."""
     from copier import run_copy
     from ruamel.yaml import YAML
 
-    names = [preset] if preset else sorted(p.stem for p in PRESETS.glob("*.yml"))
+    names = preset or sorted(p.stem for p in PRESETS.glob("*.yml"))
     for name in names:
         answers_file = PRESETS / f"{name}.yml"
         if not answers_file.is_file():
             raise Exit(f"render: no preset {name} in {PRESETS}", code=2)
         dst = REPO / out / name
-        shutil.rmtree(dst, ignore_errors=True)
+        shutil.rmtree(dst, ignore_errors=True)  # a file the template dropped must not linger
         answers = YAML(typ="safe").load(answers_file.read_text())
         # vcs_ref HEAD renders uncommitted template edits too.
         run_copy(
