@@ -45,7 +45,9 @@ DUMP = "dump.pgc.zst"
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 FORMAT = "shipyard-backup/1"
-ZSTD_LEVEL = 3
+# Level 1: on 2 cores every cycle zstd spends is taken from pg_dump (measured at pgbench scale
+# 20: -3 makes the backup ~5% slower than -1 for a 25% smaller file).
+ZSTD_LEVEL = 1
 ID_TIME = "%Y%m%dT%H%M%SZ"
 # Where CREATE/DROP/ALTER DATABASE run from: every cluster has it.
 MAINTENANCE_DB = "postgres"
@@ -375,6 +377,10 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
             "SELECT pg_export_snapshot(), current_database(), current_setting('server_version')",
         )
         settings = _database_settings(conn, database)
+        # The statistics run beside pg_dump, whose server process is the backup's critical
+        # path: parallel scan workers would take CPU from it (measured: 10% slower backups on 2
+        # cores). Local to this transaction.
+        conn.execute("SELECT set_config('max_parallel_workers_per_gather', '0', true)")
         log(f"backing up database {database} ({server}) to {storage.url}/{backup_id}")
         stats: dict[str, dict[str, Any]] = {}
         stats_error: list[BaseException] = []
