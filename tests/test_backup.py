@@ -342,6 +342,22 @@ def test_retention_never_deletes_the_newest_verified_backup(database: str, tmp_p
     )
 
 
+def test_prune_never_deletes_a_backup_whose_manifest_it_cannot_read(
+    database: str, tmp_path: Path
+) -> None:
+    """A manifest that exists but does not read (storage hiccup, newer format) is not a
+    crashed leftover: retention keeps the backup, however old, instead of guessing."""
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store)
+    old_id = "20200101T000000Z-0000bb"
+    (tmp_path / made.id).rename(tmp_path / old_id)
+    (tmp_path / old_id / "manifest.json").write_text("{not json")
+
+    assert backup.prune(store, backup.Retention(daily=1)) == []
+    assert (tmp_path / old_id / "dump.pgc.zst").is_file()
+    assert backup.list_backups(store) == []  # unusable until its manifest reads again
+
+
 def test_bad_target_and_missing_database_fail_with_a_sentence(tmp_path: Path) -> None:
     """Usage errors are one readable line and exit 1, never a traceback."""
     env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGDATABASE": "nope", "PGCONNECT_TIMEOUT": "2"}

@@ -796,7 +796,15 @@ def prune(
     complete = {b.id for b in backups}
     doomed = [b.id for b in backups if b.id not in keep]
     now = datetime.now(UTC)
-    for backup_id in sorted({k.split("/", 1)[0] for k in storage.list_keys()} - complete):
+    keys = storage.list_keys()
+    # Only a backup that never wrote its manifest is a crashed leftover. One whose manifest
+    # exists but could not be read or checked (a passing storage error, a newer format) may
+    # be a good backup: it is never deleted on that guess.
+    with_manifest = {k.split("/", 1)[0] for k in keys if k.endswith(f"/{MANIFEST}")}
+    for backup_id in sorted({k.split("/", 1)[0] for k in keys} - complete):
+        if backup_id in with_manifest:
+            log(f"keeping {backup_id}: it has a manifest this run could not read")
+            continue
         started = id_time(backup_id)
         if started and now - started > STALE_INCOMPLETE:
             doomed.append(backup_id)
