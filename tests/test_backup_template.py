@@ -1,5 +1,5 @@
 """The generated repo's backup pieces: backup/Dockerfile passes hadolint, the compose `backup`
-service passes `docker compose config` and runs the engine's contract command, for every
+service (compose.backup.yaml) passes `docker compose config` and runs the engine's contract command, for every
 preset with a database (and for local storage); none of it exists without a database."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ WITH_DATABASE = [p for p in PRESETS if load_preset(p).get("database", "postgres"
 
 
 def backup_service(repo: Path) -> dict[str, Any]:
-    compose = YAML(typ="safe").load((repo / "compose.prod.yaml").read_text())
+    compose = YAML(typ="safe").load((repo / "compose.backup.yaml").read_text())
     service: dict[str, Any] = compose["services"]["backup"]
     return service
 
@@ -34,7 +34,11 @@ def test_backup_image_and_service_pass_their_tools(
     assert f"ARG POSTGRES_VERSION={answers.get('postgres_version', 17)}" in dockerfile
     assert "USER 1000:1000" in dockerfile
     service = backup_service(repo)
-    assert service["profiles"] == ["backup"]
+    # Its own file: a backup never needs the app's image variables.
+    assert (
+        "backup" not in YAML(typ="safe").load((repo / "compose.prod.yaml").read_text())["services"]
+    )
+    assert service["image"].startswith("${BACKUP_IMAGE:?")
     assert service["command"][:4] == ["shipyard", "backup", "run", "--target"]
     bucket = answers.get("backup_s3_bucket")
     if answers.get("backup_storage") == "s3" and bucket:
@@ -60,5 +64,4 @@ def test_local_storage_mounts_the_folder_shipyard_yaml_names(
 def test_no_database_no_backup(rendered: Callable[[str], Path]) -> None:
     repo = rendered("minimal")
     assert not (repo / "backup").exists()
-    compose = YAML(typ="safe").load((repo / "compose.prod.yaml").read_text())
-    assert "backup" not in compose["services"]
+    assert not (repo / "compose.backup.yaml").exists()
