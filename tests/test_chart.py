@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import PRESETS, REPO, load_preset
+from tests.conftest import PRESETS, REPO, Render, load_preset
 
 HELMS = ("helm", "helm3")
 # Oldest and newest Kubernetes the chart supports (Chart.yaml kubeVersion is >=1.28).
@@ -603,6 +603,77 @@ def test_network_policies_default_deny(
         (rule,) = policy["ingress"]
         assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert "namespaceSelector" in rule["from"][0]
+
+
+# A preset variant whose backups go to a MinIO inside the network, on a non-HTTPS port.
+MINIO_PRESET = "nestjs-api"
+MINIO_ENDPOINT = "http://minio.internal:9000"
+
+
+@pytest.fixture(scope="module")
+def minio_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    answers = {**load_preset(MINIO_PRESET), "backup_s3_endpoint": MINIO_ENDPOINT}
+    assert answers["backup_storage"] == "s3"
+    return render(answers, tmp_path_factory.mktemp("minio") / MINIO_PRESET)
+
+
+def _policies(helm: Helm, chart: Path, *args: str) -> dict[str, Doc]:
+    out = helm("helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml"), *args)
+    return {p["metadata"]["name"]: p["spec"] for p in _by_kind(_docs(out.stdout), "NetworkPolicy")}
+
+
+def test_backup_pods_reach_a_custom_s3_endpoint(helm: Helm, minio_root: Path) -> None:
+    chart = _chart(minio_root)
+    values = YAML(typ="safe").load((chart / "values.yaml").read_text())
+    assert values["backup"]["s3"]["endpoint"] == MINIO_ENDPOINT
+    with_endpoint = _policies(helm, chart)
+    without = _policies(helm, chart, "--set", "backup.s3.endpoint=")
+    # Exactly one policy more; every policy the app pods had is unchanged (nothing broader).
+    (extra,) = set(with_endpoint) - set(without)
+    assert {n: p for n, p in with_endpoint.items() if n != extra} == without
+    backup = with_endpoint[extra]
+    assert backup["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "backup"
+    assert backup["policyTypes"] == ["Egress"]
+    # The endpoint's port, from any address unless the operator narrows it.
+    assert backup["egress"] == [{"ports": [{"port": 9000, "protocol": "TCP"}]}]
+    narrowed = _policies(helm, chart, "--set", "networkPolicy.backupS3Endpoint.cidrs={10.0.5.0/24}")
+    assert narrowed[extra]["egress"] == [
+        {"ports": [{"port": 9000, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}]}
+    ]
+    # No port in the URL: the scheme's. Local (file://) backups or AWS: no extra rule.
+    https = _policies(helm, chart, "--set", "backup.s3.endpoint=https://s3.example.internal")
+    assert https[extra]["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}]}]
+    local = _policies(helm, chart, "--set", "backup.target=file:///backups")
+    assert extra not in local
+
+
+@pytest.mark.parametrize("binary", HELMS)
+def test_custom_s3_endpoint_chart_lints(binary: str, helm: Helm, minio_root: Path) -> None:
+    chart = _chart(minio_root)
+    for values_file in _values_files(chart):
+        result = helm(binary, "lint", "--strict", str(chart), *_values_args(values_file))
+        assert "0 chart(s) failed" in result.stdout
+
+
+def test_custom_s3_endpoint_passes_kubernetes_validate(
+    helm: Helm, minio_root: Path, tmp_path: Path
+) -> None:
+    chart = _chart(minio_root)
+    args = ["-f", str(chart / "values-prod.yaml"), *_deploy_args(minio_root)]
+    for version in KUBE_VERSIONS:
+        out = helm("helm", "template", "rel", str(chart), *args, "--kube-version", version)
+        assert "backup-s3-egress" in out.stdout
+        manifest = tmp_path / f"minio-{version}.yaml"
+        manifest.write_text(out.stdout)
+        result = subprocess.run(
+            [_kubernetes_validate(), "--strict", "--quiet", "-k", version, str(manifest)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=chart,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == "", result.stdout
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
