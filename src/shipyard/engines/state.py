@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shipyard.engines import EngineError
+
 FOLDER = ".shipyard"
 
 
@@ -27,19 +29,25 @@ def _folder(root: Path) -> Path:
 
 
 def _read_dict(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return {}
+    data = _read(path)
     return data if isinstance(data, dict) else {}
 
 
 def _read_list(path: Path) -> list[Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return []
+    data = _read(path)
     return data if isinstance(data, list) else []
+
+
+def _read(path: Path) -> object:
+    """A record's JSON (None when absent); EngineError naming it when it is not JSON."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise EngineError(
+            f"{path} is not valid JSON ({exc}); fix or delete it (it is a local record)"
+        ) from None
 
 
 def _write(path: Path, data: object) -> None:

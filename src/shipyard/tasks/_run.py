@@ -22,10 +22,11 @@ RELEASE_ENVS = ("staging", "prod")
 
 @contextlib.contextmanager
 def failures(doing: str) -> Iterator[None]:
-    """Turn engine errors and Ctrl-C into one `Exit` line instead of a traceback."""
+    """Turn engine errors, unreadable files and Ctrl-C into one `Exit` line instead of a
+    traceback (OSError: a file or folder we read or write; ValueError: its content)."""
     try:
         yield
-    except EngineError as exc:
+    except (EngineError, OSError, ValueError) as exc:
         raise Exit(f"shipyard: {doing} failed: {exc}", code=1) from None
     except KeyboardInterrupt:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None

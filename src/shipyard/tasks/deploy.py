@@ -141,21 +141,14 @@ def _backup_steps(cfg: config.Config, env: str, settings: dict[str, Any]) -> lis
         return []
     if settings["target"] == "helm":
         return helm_engine.backup_job(cfg.service, env, settings)
-    file = _compose_file(settings)
-    if BACKUP not in compose_engine.services(cfg.root / file):
+    file = compose_engine.BACKUP_FILE
+    if not (cfg.root / file).is_file() or BACKUP not in compose_engine.services(cfg.root / file):
         raise Exit(
-            f"shipyard: {env} takes a backup before migrating, but {file} has no `backup` "
-            "service; add it (see the backup docs) or pass --skip-backup",
+            f"shipyard: {env} takes a backup before migrating, but {file} is missing or has "
+            "no `backup` service; add it (see the backup docs) or pass --skip-backup",
             code=1,
         )
-    # The service's own command is `shipyard backup run` with its target and retention.
-    image = _backup_image(cfg, env)
-    variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
-    return [
-        compose_engine.compose(
-            cfg.root, file, "--profile", BACKUP, "run", "--rm", BACKUP, env=variables
-        )
-    ]
+    return [compose_engine.backup(cfg.root, env, _backup_image(cfg, env))]
 
 
 def _migrate_steps(
@@ -197,24 +190,25 @@ def migrate(
 ) -> None:
     """Apply database migrations with the pushed image (backup first where configured)."""
     cfg, env, settings = setup(c, env)
-    if not settings.get("migrate"):
-        print(f"{env}: no migrations configured in shipyard.yaml")
-        return
-    if settings["target"] == "helm":
-        print(
-            f"{env}: on Helm the chart's migration Job runs before each upgrade; "
-            f"run `invoke deploy --env {env}`"
-        )
-        return
-    images = _images(cfg, env)
-    steps = _migrate_steps(cfg, env, settings, images, skip_backup)
-    if dry_run:
-        plan(f"migrate {cfg.service} on {env}", steps)
-        return
-    if settings.get("confirm"):
-        confirm(f"Apply migrations to {env}?", yes)
-    _run_migrations(steps)
-    print(f"{env}: migrations applied")
+    with failures(f"migrate {env}"):
+        if not settings.get("migrate"):
+            print(f"{env}: no migrations configured in shipyard.yaml")
+            return
+        if settings["target"] == "helm":
+            print(
+                f"{env}: on Helm the chart's migration Job runs before each upgrade; "
+                f"run `invoke deploy --env {env}`"
+            )
+            return
+        images = _images(cfg, env)
+        steps = _migrate_steps(cfg, env, settings, images, skip_backup)
+        if dry_run:
+            plan(f"migrate {cfg.service} on {env}", steps)
+            return
+        if settings.get("confirm"):
+            confirm(f"Apply migrations to {env}?", yes)
+        _run_migrations(steps)
+        print(f"{env}: migrations applied")
 
 
 def _compose_rollout(
@@ -292,32 +286,33 @@ def deploy(
 ) -> None:
     """Migrate, roll out the pushed images by digest, wait for health, roll back on failure."""
     cfg, env, settings = setup(c, env)
-    images = _images(cfg, env)
-    migrations = [] if skip_migrate else _migrate_steps(cfg, env, settings, images, skip_backup)
-    if settings["target"] == "helm":
-        _helm_deploy(cfg, env, settings, images, timeout, yes, dry_run, skip_migrate)
-        return
-    rollout = compose_engine.up(cfg.root, _compose_file(settings), images, timeout)
-    if dry_run:
-        plan(
-            f"deploy {cfg.service} to {env} (compose)",
-            [
-                f"preflight: clean tree{'' if env in RELEASE_ENVS else ' (not needed on dev)'}, "
-                f"secrets {', '.join(cfg.data.get('secrets', [])) or '(none)'} set, "
-                f"images in the registry: {', '.join(images.values())}",
-                *migrations,
-                rollout,
-                "on failure or Ctrl-C: the same `up` with the images running before",
-            ],
-        )
-        return
-    _preflight(cfg, env, settings, images)
-    if settings.get("confirm"):
-        confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
     with failures(f"deploy to {env}"):
+        images = _images(cfg, env)
+        migrations = [] if skip_migrate else _migrate_steps(cfg, env, settings, images, skip_backup)
+        if settings["target"] == "helm":
+            _helm_deploy(cfg, env, settings, images, timeout, yes, dry_run, skip_migrate)
+            return
+        rollout = compose_engine.up(cfg.root, _compose_file(settings), images, timeout)
+        if dry_run:
+            tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
+            plan(
+                f"deploy {cfg.service} to {env} (compose)",
+                [
+                    f"preflight: {tree}, "
+                    f"secrets {', '.join(cfg.data.get('secrets', [])) or '(none)'} set, "
+                    f"images in the registry: {', '.join(images.values())}",
+                    *migrations,
+                    rollout,
+                    "on failure or Ctrl-C: the same `up` with the images running before",
+                ],
+            )
+            return
+        _preflight(cfg, env, settings, images)
+        if settings.get("confirm"):
+            confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
         _run_migrations(migrations)
         _compose_rollout(cfg, env, settings, images, timeout)
-    print(f"{env}: deployed and healthy")
+        print(f"{env}: deployed and healthy")
 
 
 def _helm_deploy(
@@ -393,8 +388,8 @@ def status(c: Context, env: str = "") -> None:
                 cfg.root, _compose_file(settings), "ps", images=_current(cfg, env)
             )
             execute(ps, "compose ps")
-    for entry in state.deploys(cfg.root, env)[-5:]:
-        print(f"  {entry['at']} {entry['status']}: {', '.join(entry['images'].values())}")
+        for entry in state.deploys(cfg.root, env)[-5:]:
+            print(f"  {entry['at']} {entry['status']}: {', '.join(entry['images'].values())}")
 
 
 @task(
@@ -410,41 +405,41 @@ def rollback(
 ) -> None:
     """Go back to the previous healthy release of an environment."""
     cfg, env, settings = setup(c, env)
-    if settings["target"] == "helm":
-        cmd = helm_engine.rollback(cfg, env, settings, timeout)
+    with failures(f"rollback of {env}"):
+        if settings["target"] == "helm":
+            cmd = helm_engine.rollback(cfg, env, settings, timeout)
+            if dry_run:
+                plan(f"rollback {cfg.service} on {env} (helm)", [cmd])
+                return
+            if settings.get("confirm"):
+                confirm(f"Roll {env} back to the previous Helm revision?", yes)
+            execute(cmd, "helm rollback")
+            print(f"{env}: rolled back")
+            return
+        history = state.deploys(cfg.root, env)
+        good = [e for e in history if e["status"] in ("deployed", "rolled-back")]
+        if len(good) < 2:
+            raise Exit(
+                f"shipyard: {env} has no earlier healthy release recorded in "
+                f"{state.FOLDER}/deploys-{env}.json to roll back to",
+                code=1,
+            )
+        current, target = good[-1]["images"], None
+        for entry in reversed(good[:-1]):
+            if entry["images"] != current:
+                target = entry["images"]
+                break
+        if target is None:
+            raise Exit(f"shipyard: every recorded release of {env} runs the current images", code=1)
+        cmd = compose_engine.up(cfg.root, _compose_file(settings), target, timeout)
         if dry_run:
-            plan(f"rollback {cfg.service} on {env} (helm)", [cmd])
+            plan(f"rollback {cfg.service} on {env} (compose)", [cmd])
             return
         if settings.get("confirm"):
-            confirm(f"Roll {env} back to the previous Helm revision?", yes)
-        with failures(f"rollback of {env}"):
-            execute(cmd, "helm rollback")
-        print(f"{env}: rolled back")
-        return
-    good = [e for e in state.deploys(cfg.root, env) if e["status"] in ("deployed", "rolled-back")]
-    if len(good) < 2:
-        raise Exit(
-            f"shipyard: {env} has no earlier healthy release recorded in "
-            f"{state.FOLDER}/deploys-{env}.json to roll back to",
-            code=1,
-        )
-    current, target = good[-1]["images"], None
-    for entry in reversed(good[:-1]):
-        if entry["images"] != current:
-            target = entry["images"]
-            break
-    if target is None:
-        raise Exit(f"shipyard: every recorded release of {env} runs the current images", code=1)
-    cmd = compose_engine.up(cfg.root, _compose_file(settings), target, timeout)
-    if dry_run:
-        plan(f"rollback {cfg.service} on {env} (compose)", [cmd])
-        return
-    if settings.get("confirm"):
-        confirm(f"Roll {env} back to {', '.join(target.values())}?", yes)
-    with failures(f"rollback of {env}"):
+            confirm(f"Roll {env} back to {', '.join(target.values())}?", yes)
         execute(cmd, "the rollback")
-    state.record_deploy(cfg.root, env, {"images": target, "status": "rolled-back"})
-    print(f"{env}: rolled back to {', '.join(target.values())}")
+        state.record_deploy(cfg.root, env, {"images": target, "status": "rolled-back"})
+        print(f"{env}: rolled back to {', '.join(target.values())}")
 
 
 @task(
