@@ -390,10 +390,97 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
         # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
         for secret in cfg.data["secrets"]:
             assert job["env"][secret] == f"${{{{ secrets.{secret} }}}}"
-        # The variables compose.prod.yaml and `invoke deploy` read the digests from.
-        for name, _, _ in _images(_answers(kit)):
-            var = name.upper().replace("-", "_") + "_IMAGE"
-            assert job["env"][var] == f"${{{{ inputs.{name.replace('-', '_')}_image }}}}"
+
+
+def _image_vars(kit: Path) -> dict[str, str]:
+    """`<NAME>_IMAGE` (what compose.prod.yaml and `invoke deploy` read) -> `<name>_image`
+    (the deploy.yml input and the resolve step's output), for every image."""
+    return {
+        name.upper().replace("-", "_") + "_IMAGE": name.replace("-", "_") + "_image"
+        for name, _, _ in _images(_answers(kit))
+    }
+
+
+def _step(job: dict[str, Any], name: str) -> tuple[int, dict[str, Any]]:
+    return next((i, s) for i, s in enumerate(_steps(job)) if s.get("name") == name)
+
+
+def test_deploy_verifies_exactly_the_digests_it_deploys(kit: Path) -> None:
+    """Every path (release.yml's digests, a rollback's, or empty inputs on a manual run) pins
+    each image to a digest first, verifies that digest's signature, and hands `invoke deploy`
+    that same digest: the task never sees an input or resolves a tag itself."""
+    variables = _image_vars(kit)
+    for env in ("staging", "prod"):
+        job = _workflows(kit)["deploy.yml"]["jobs"][env]
+        # No job-wide image variable: a step that was not verified has nothing to deploy.
+        assert not [k for k in job.get("env", {}) if k.endswith("_IMAGE")], env
+        resolve_at, resolve = _step(job, "Resolve the image digests")
+        verify_at, verify = _step(job, "Verify the image signatures")
+        deploy_at, deploy = _step(job, "Deploy")
+        assert resolve_at < verify_at < deploy_at
+        assert resolve["id"] == "images"
+        assert resolve["env"] == {v: f"${{{{ inputs.{i} }}}}" for v, i in variables.items()}
+        verified = {v: f"${{{{ steps.images.outputs.{i} }}}}" for v, i in variables.items()}
+        assert {k: v for k, v in verify["env"].items() if k.endswith("_IMAGE")} == verified
+        assert {k: v for k, v in deploy["env"].items() if k.endswith("_IMAGE")} == verified
+        for step in (resolve, verify, deploy):
+            # A failed resolve or verify stops the job: nothing lets it carry on.
+            assert "if" not in step
+            assert "continue-on-error" not in step
+        script = verify["run"]
+        assert script.startswith("set -euo pipefail\n")
+        loop = re.search(r"^for image in (.*); do$", script, re.MULTILINE)
+        assert loop, script
+        assert re.findall(r'"\$(\w+)"', loop[1]) == list(variables)
+        assert 'cosign verify "$image"' in script
+        assert "--certificate-identity-regexp" in script
+        for escape in ("return", "exit", "continue", "break", "|| true", "||:", "if "):
+            assert escape not in script, f"{env}: the verify step may not skip ({escape!r})"
+        assert deploy["run"] == f"invoke deploy --env {env} --yes"
+
+
+def _run_resolve(kit: Path, inputs: dict[str, str], tmp_path: Path) -> tuple[int, str, str]:
+    """Run the resolve step's script as the runner would: its env, bash -e, GITHUB_OUTPUT."""
+    job = _workflows(kit)["deploy.yml"]["jobs"]["staging"]
+    _, resolve = _step(job, "Resolve the image digests")
+    output = tmp_path / "github-output"
+    output.write_text("")
+    env = {**os.environ, **inputs, "GITHUB_OUTPUT": str(output), "GITHUB_SHA": "ab" * 20}
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", resolve["run"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr, output.read_text()
+
+
+def test_resolve_step_accepts_only_each_images_own_digest(kit: Path, tmp_path: Path) -> None:
+    cfg = config.load(kit)
+    variables = _image_vars(kit)
+    names = {v: name for (name, _, _), v in zip(_images(_answers(kit)), variables, strict=True)}
+    given = {
+        var: f"{cfg.image_repository(names[var])}@sha256:{number:064x}"
+        for number, var in enumerate(variables)
+    }
+    code, log, output = _run_resolve(kit, given, tmp_path)
+    assert code == 0, log
+    assert output.splitlines() == [f"{variables[v]}={image}" for v, image in given.items()]
+    first, *_ = variables
+    bad_inputs = [
+        given[first].split("@")[0] + ":latest",  # a tag: it could move after the check
+        given[first].replace("@sha256:", "@sha256:zz"),
+        "evil.example.com/other" + given[first][given[first].index("@") :],
+    ]
+    if len(given) > 1:
+        # Another component's image is refused too.
+        bad_inputs.append(given[list(given)[1]])
+    for bad in bad_inputs:
+        code, log, output = _run_resolve(kit, {**given, first: bad}, tmp_path)
+        assert code != 0, bad
+        assert f"::error::{variables[first]}" in log, log
+        assert f"{variables[first]}=" not in output
 
 
 def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> None:
@@ -478,17 +565,17 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "kit"], check=True)
     job = _workflows(repo)["deploy.yml"]["jobs"]["staging"]
+    _, deploy_step = _step(job, "Deploy")
     cfg = config.load(repo)
     images = {}
     for number, component in enumerate(cfg.components):
         var = component["name"].upper().replace("-", "_") + "_IMAGE"
-        assert var in job["env"], var
+        assert var in deploy_step["env"], var
         images[var] = f"{cfg.image_repository(component['name'])}@sha256:{number:064x}"
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, **images, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])}
-    deploy = next(s["run"] for s in _steps(job) if s.get("name") == "Deploy")
     result = subprocess.run(
-        [*deploy.split(), "--dry-run"],
+        [*deploy_step["run"].split(), "--dry-run"],
         cwd=repo,
         env=env,
         capture_output=True,
