@@ -67,7 +67,10 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "database": (st.sampled_from(["postgres", "none"]), st.just("mysql")),
     "postgres_version": (st.integers(13, 17), st.sampled_from([12, 18])),
     "migrations": (st.sampled_from(["prisma", "typeorm", "knex", "custom", "none"]), st.just("x")),
-    "migrate_command": (st.sampled_from(["node dist/migrate.js", "npm run migrate"]), st.just("")),
+    "migrate_command": (
+        st.sampled_from(["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"']),
+        st.just(""),
+    ),
     "redis": (st.booleans(), st.just(None)),
     "elasticsearch": (st.booleans(), st.just(None)),
     "reverse_proxy": (st.booleans(), st.just(None)),
