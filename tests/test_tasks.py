@@ -19,7 +19,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config
-from shipyard.engines import helm
+from shipyard.engines import EngineError, helm
 from shipyard.engines.proc import run
 from tests.conftest import Render
 
@@ -212,15 +212,25 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
     assert result.returncode == 0, result.stderr
     steps = result.stdout.splitlines()
     assert steps[0] == "deploy shop-api to prod (helm) (dry run: nothing is changed)"
-    # Production takes a backup (a Job from the chart's CronJob) before the migration hook.
-    assert steps[2].startswith(
-        "  2. kubectl create job --namespace shop-api-prod --from=cronjob/shop-api-backup "
-        "shop-api-backup-predeploy-"
+    # Production takes a backup (a Job from the chart's CronJob, when there is one yet) before
+    # the migration hook, and waits for it to complete or fail.
+    assert steps[2] == (
+        "  2. kubectl get cronjob shop-api-backup --namespace shop-api-prod --ignore-not-found "
+        "--output name  (no CronJob: a first install, nothing to back up, no backup)"
     )
-    assert "kubectl wait --namespace shop-api-prod --for=condition=complete" in steps[3]
-    flags = "--rollback-on-failure --wait=watcher" if helm.major("helm") >= 4 else "--atomic --wait"
+    job = re.fullmatch(
+        r"  3\. kubectl create job --namespace shop-api-prod --from=cronjob/shop-api-backup "
+        r"(shop-api-backup-pre-[0-9a-z]+)",
+        steps[3],
+    )
+    assert job, steps[3]
     assert steps[4] == (
-        "  4. helm upgrade --install shop-api charts/shop-api --namespace shop-api-prod "
+        f"  4. kubectl get job {job.group(1)} --namespace shop-api-prod --output "
+        f"'{helm.JOB_CONDITIONS}'  (every 2s until Complete, or stop on Failed; at most 300s)"
+    )
+    flags = "--rollback-on-failure --wait=watcher" if helm.major("helm") >= 4 else "--atomic --wait"
+    assert steps[5] == (
+        "  5. helm upgrade --install shop-api charts/shop-api --namespace shop-api-prod "
         "--values charts/shop-api/values-prod.yaml --set replicaCount=3 "
         "--set-string host=shop-api.example.com "
         f"--set-string components.shop-api.image.digest={DIGEST} --create-namespace "
@@ -408,3 +418,114 @@ def test_corrupt_records_are_one_clear_message(
     assert f"failed: .shipyard/{record} is not valid JSON (" in result.stderr
     assert "fix or delete it (it is a local record)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_helm_skip_backup_takes_no_backup(kit: Path) -> None:
+    result = invoke(kit, "deploy", "--env", "prod", "-d", "--skip-backup")
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.splitlines()
+    assert "kubectl" not in result.stdout
+    assert steps[2].startswith("  2. helm upgrade --install shop-api charts/shop-api ")
+
+
+@pytest.mark.parametrize(
+    ("service", "name"),
+    [
+        ("shop-api", "shop-api-backup-pre-top2v4"),
+        # The longest slug: the CronJob's name plus the suffix still fits a label value.
+        ("s" * 40, "s" * 40 + "-backup-pre-top2v4"),
+        # Longer names are cut, never past 63 characters.
+        ("s" * 60, "s" * 56 + "-top2v4"),
+    ],
+)
+def test_backup_job_names_fit_kubernetes(service: str, name: str) -> None:
+    job = helm.backup_job(service, {"namespace": "ns"}, 120, now=1_795_000_000)
+    assert job.name == name
+    assert len(job.name) <= 63
+    assert str(job.create()) == (
+        f"kubectl create job --namespace ns --from=cronjob/{service}-backup {name}"
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the Kubernetes API (the one fake the rules allow): a `kubectl` that logs
+    its arguments and answers as a cluster would. FAKE_KUBECTL picks the story: `absent` (no
+    CronJob yet), `failed` or `complete` (the Job's state from its second look on)."""
+    kubectl = tmp_path / "bin" / "kubectl"
+    kubectl.parent.mkdir()
+    kubectl.write_text(
+        f"#!{sys.executable}\n"
+        + """import json, os, sys
+from pathlib import Path
+log = Path(os.environ["FAKE_KUBECTL_LOG"])
+calls = log.read_text().splitlines() if log.exists() else []
+log.write_text("".join(line + "\\n" for line in [*calls, json.dumps(sys.argv[1:])]))
+story, what = os.environ["FAKE_KUBECTL"], sys.argv[1:3]
+if what == ["get", "cronjob"]:
+    print("" if story == "absent" else "cronjob.batch/" + sys.argv[3])
+elif what == ["get", "job"]:
+    if not any(json.loads(c)[:2] == ["get", "job"] for c in calls):
+        print("")  # still running
+    elif story == "failed":
+        print("FailureTarget\\tJob has reached the specified backoff limit")
+        print("Failed\\tJob has reached the specified backoff limit")
+    else:
+        print("SuccessCriteriaMet\\t")
+        print("Complete\\t")
+"""
+    )
+    kubectl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{kubectl.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(tmp_path / "calls"))
+    return tmp_path / "calls"
+
+
+def kubectl_calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_first_install_skips_the_backup(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_KUBECTL", "absent")
+    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 60)
+    assert helm.run_backup(job, echo=print) is False
+    lookup = (
+        "get cronjob shop-api-backup --namespace shop-api-prod --ignore-not-found --output name"
+    )
+    assert kubectl_calls(cluster) == [lookup.split()]
+    assert (
+        "no CronJob shop-api-backup in namespace shop-api-prod yet (a first install): nothing "
+        "to back up, so no backup before migrating"
+    ) in capsys.readouterr().out
+
+
+def test_failed_backup_job_stops_at_once(cluster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_KUBECTL", "failed")
+    # A timeout far beyond the test: only the Failed condition can end the wait.
+    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 3600)
+    with pytest.raises(EngineError) as failed:
+        helm.run_backup(job, echo=print)
+    assert str(failed.value) == (
+        f"the backup Job {job.name} failed (Job has reached the specified backoff limit); see "
+        f"`kubectl logs --namespace shop-api-prod job/{job.name}`; nothing was migrated or "
+        "upgraded"
+    )
+    calls = kubectl_calls(cluster)
+    assert calls[1] == list(job.create().argv[1:])
+    assert calls[2:] == [list(job.conditions().argv[1:])] * 2
+
+
+def test_complete_backup_job_lets_the_deploy_go_on(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_KUBECTL", "complete")
+    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 3600)
+    assert helm.run_backup(job, echo=print) is True
+    assert [call[:2] for call in kubectl_calls(cluster)] == [
+        ["get", "cronjob"],
+        ["create", "job"],
+        ["get", "job"],
+        ["get", "job"],
+    ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -110,31 +112,109 @@ def render(
     return command(helm, "template", *values, cwd=cfg.root)
 
 
-def backup_job(service: str, env: str, settings: dict[str, Any]) -> list[Command]:
-    """A one-off Job from the chart's backup CronJob, waited for (before production migrations)."""
-    namespace = settings["namespace"]
-    job = f"{service}-backup-predeploy-{int(time.time())}"
-    del env
-    return [
-        command(
-            "kubectl",
-            "create",
-            "job",
-            "--namespace",
-            namespace,
-            f"--from=cronjob/{service}-backup",
-            job,
-        ),
-        command(
-            "kubectl",
-            "wait",
-            "--namespace",
-            namespace,
-            "--for=condition=complete",
-            "--timeout=3600s",
-            f"job/{job}",
-        ),
-    ]
+# Each true condition of a Job as "Type<TAB>message" lines (Complete or Failed end it).
+JOB_CONDITIONS = (
+    'jsonpath={range .status.conditions[?(@.status=="True")]}{.type}{"\\t"}{.message}{"\\n"}{end}'
+)
+# Kubernetes puts a Job's name in its pods' `job-name` label, whose values stop at 63.
+JOB_NAME_MAX = 63
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    """A one-off Job from the chart's backup CronJob, waited for (before production migrations).
+
+    On a first install there is no CronJob yet and nothing to back up, so it is looked up first.
+    """
+
+    cronjob: str
+    name: str
+    namespace: str
+    timeout: int
+
+    def lookup(self) -> Command:
+        """Prints the CronJob's name, or nothing when it does not exist (exit 0 either way)."""
+        return command(
+            "kubectl", "get", "cronjob", self.cronjob, "--namespace", self.namespace,
+            "--ignore-not-found", "--output", "name",
+        )  # fmt: skip
+
+    def create(self) -> Command:
+        return command(
+            "kubectl", "create", "job", "--namespace", self.namespace,
+            f"--from=cronjob/{self.cronjob}", self.name,
+        )  # fmt: skip
+
+    def conditions(self) -> Command:
+        return command(
+            "kubectl", "get", "job", self.name, "--namespace", self.namespace,
+            "--output", JOB_CONDITIONS,
+        )  # fmt: skip
+
+    def plan(self) -> list[Command | str]:
+        return [
+            f"{self.lookup()}  (no CronJob: a first install, nothing to back up, no backup)",
+            self.create(),
+            f"{self.conditions()}  (every {POLL}s until Complete, or stop on Failed; at most "
+            f"{self.timeout}s)",
+        ]
+
+
+# Seconds between two looks at the backup Job.
+POLL = 2
+
+
+def backup_job(
+    service: str, settings: dict[str, Any], timeout: int, now: float | None = None
+) -> BackupJob:
+    """The backup Job to take before migrating, named `<service>-backup-pre-<time>` (<= 63)."""
+    stamp = _base36(int(time.time() if now is None else now))
+    prefix = f"{service}-backup-pre"[: JOB_NAME_MAX - len(stamp) - 1].rstrip("-")
+    return BackupJob(f"{service}-backup", f"{prefix}-{stamp}", settings["namespace"], timeout)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+def run_backup(job: BackupJob, echo: Callable[[Command], None]) -> bool:
+    """Take the backup: False when there is no CronJob yet (first install), True once the Job
+    completed; EngineError when it failed or did not finish within its timeout."""
+    echo(job.lookup())
+    if not run(job.lookup(), capture=True, what="looking up the backup CronJob").strip():
+        print(
+            f"no CronJob {job.cronjob} in namespace {job.namespace} yet (a first install): "
+            "nothing to back up, so no backup before migrating",
+            flush=True,
+        )
+        return False
+    echo(job.create())
+    run(job.create(), what="creating the backup Job")
+    echo(job.conditions())
+    deadline = time.monotonic() + job.timeout
+    where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
+    while True:
+        out = run(job.conditions(), capture=True, what="reading the backup Job")
+        true = dict(line.partition("\t")[::2] for line in out.splitlines() if line.strip())
+        if "Failed" in true:
+            raise EngineError(
+                f"the backup Job {job.name} failed ({true['Failed'] or 'no reason given'}); "
+                f"see {where}; nothing was migrated or upgraded"
+            )
+        if "Complete" in true:
+            return True
+        if time.monotonic() > deadline:
+            raise EngineError(
+                f"the backup Job {job.name} did not finish within {job.timeout}s (raise "
+                f"--timeout, or see {where}); nothing was migrated or upgraded"
+            )
+        time.sleep(POLL)
 
 
 def rollback(cfg: Config, env: str, settings: dict[str, Any], timeout: int) -> Command:

@@ -136,11 +136,10 @@ def _backup_image(cfg: config.Config, env: str) -> str:
 
 
 def _backup_steps(cfg: config.Config, env: str, settings: dict[str, Any]) -> list[Command]:
-    """The backup taken before a production migration, by the backup engine's own image."""
+    """The backup taken before a Compose production migration, by the backup engine's image
+    (Helm targets take theirs in `_helm_deploy`)."""
     if not settings.get("backup_before_migrate"):
         return []
-    if settings["target"] == "helm":
-        return helm_engine.backup_job(cfg.service, env, settings)
     file = compose_engine.BACKUP_FILE
     if not (cfg.root / file).is_file() or BACKUP not in compose_engine.services(cfg.root / file):
         raise Exit(
@@ -290,7 +289,9 @@ def deploy(
         images = _images(cfg, env)
         migrations = [] if skip_migrate else _migrate_steps(cfg, env, settings, images, skip_backup)
         if settings["target"] == "helm":
-            _helm_deploy(cfg, env, settings, images, timeout, yes, dry_run, skip_migrate)
+            _helm_deploy(
+                cfg, env, settings, images, timeout, yes, dry_run, skip_migrate, skip_backup
+            )
             return
         rollout = compose_engine.up(cfg.root, _compose_file(settings), images, timeout)
         if dry_run:
@@ -324,23 +325,25 @@ def _helm_deploy(
     yes: bool,
     dry_run: bool,
     skip_migrate: bool,
+    skip_backup: bool,
 ) -> None:
-    steps: list[Command] = []
-    if settings.get("migrate") and settings.get("backup_before_migrate") and not skip_migrate:
-        steps += helm_engine.backup_job(cfg.service, env, settings)
+    backup_job = None
+    wanted = settings.get("migrate") and settings.get("backup_before_migrate")
+    if wanted and not (skip_migrate or skip_backup):
+        backup_job = helm_engine.backup_job(cfg.service, settings, timeout)
     # The chart's backup CronJob runs the backup image pushed with this commit, when there is one.
     backup = _backup_image(cfg, env)
     chart_images = {**images, **({BACKUP: backup} if backup else {})}
     upgrade = helm_engine.upgrade(
         cfg, env, settings, chart_images, timeout=timeout, migrate=not skip_migrate
     )
-    steps.append(upgrade)
     if dry_run:
         plan(
             f"deploy {cfg.service} to {env} (helm)",
             [
                 f"preflight: clean tree, images in the registry: {', '.join(images.values())}",
-                *steps,
+                *(backup_job.plan() if backup_job else []),
+                upgrade,
                 f"rollout check: every Deployment of release {helm_engine.release(cfg, env)} "
                 f"in namespace {settings['namespace']} has its new pods available",
             ],
@@ -351,8 +354,9 @@ def _helm_deploy(
         confirm(f"Deploy {', '.join(images.values())} to {env}?", yes)
     try:
         with failures(f"deploy to {env}"):
-            for step in steps:
-                execute(step, "the backup" if step is not upgrade else "helm upgrade")
+            if backup_job:
+                helm_engine.run_backup(backup_job, echo=lambda cmd: print(f"$ {cmd}", flush=True))
+            execute(upgrade, "helm upgrade")
             helm_engine.check_rollout(helm_engine.release(cfg, env), settings["namespace"], timeout)
     except Exit as exc:
         if exc.code != 130:
