@@ -7,6 +7,7 @@ is out of reach, so a real cluster is exercised by the opt-in test at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,12 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from docker.client import DockerClient
 from ruamel.yaml import YAML
 
 from shipyard import config
-from shipyard.engines import EngineError, helm
+from shipyard.engines import EngineError, docker, helm
 from shipyard.engines.proc import run
 from tests.conftest import Render
+from tests.servers.registry import free_port
 
 DIGEST = "sha256:" + "ab" * 32
 REGISTRY = "registry.example.com/acme"
@@ -529,3 +532,16 @@ def test_complete_backup_job_lets_the_deploy_go_on(
         ["get", "job"],
         ["get", "job"],
     ]
+
+
+def test_docker_sdk_failures_are_engine_errors() -> None:
+    # A daemon whose socket is gone: the SDK lets `requests`' ConnectionError through, which
+    # the rollback's `except EngineError` would miss (and leave the new images running).
+    # (TCP: the SDK's unix-socket adapter leaks its socket when the connect fails.)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    gone = DockerClient(base_url=address, version="1.41")  # type: ignore[no-untyped-call]
+    with contextlib.closing(gone):
+        with pytest.raises(EngineError, match=r"^listing the containers of shop-api failed: "):
+            docker.running_images(gone, "shop-api")
+        with pytest.raises(EngineError, match=r"^clearing the removed containers of shop-api"):
+            docker.settle(gone, "shop-api", timeout=0)

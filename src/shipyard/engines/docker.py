@@ -8,15 +8,17 @@ and registry digests go through the SDK, which talks to the same daemon (DOCKER_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from docker.client import DockerClient, from_env
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from requests.exceptions import RequestException
 
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run, succeeds
@@ -107,6 +109,16 @@ def client() -> DockerClient:
             f"and retry ({_short(exc)})"
         ) from None
     return cli
+
+
+@contextlib.contextmanager
+def _sdk_errors(doing: str) -> Iterator[None]:
+    """SDK failures as EngineError: the daemon's own errors and, when its socket goes away
+    mid-call, the `requests` errors the SDK lets through."""
+    try:
+        yield
+    except (DockerException, RequestException) as exc:
+        raise EngineError(f"{doing} failed: {_short(exc)}") from None
 
 
 def _short(exc: BaseException) -> str:
@@ -210,7 +222,9 @@ def registry_digest(cli: DockerClient, ref: str) -> str | None:
 def running_images(cli: DockerClient, project: str) -> dict[str, str]:
     """Image reference per Compose service of the project's running containers."""
     images: dict[str, str] = {}
-    containers = cli.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    label = f"com.docker.compose.project={project}"
+    with _sdk_errors(f"listing the containers of {project}"):
+        containers = cli.containers.list(filters={"label": label})
     for container in containers:
         labels: dict[str, str] = container.labels
         service = labels.get("com.docker.compose.service", "")
@@ -230,14 +244,15 @@ def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
     label = f"com.docker.compose.project={project}"
     while True:
         busy = []
-        for container in cli.containers.list(all=True, filters={"label": label}):
-            if container.status == "dead":
-                try:
-                    container.remove(force=True)
-                except APIError:
+        with _sdk_errors(f"clearing the removed containers of {project}"):
+            for container in cli.containers.list(all=True, filters={"label": label}):
+                if container.status == "dead":
+                    try:
+                        container.remove(force=True)
+                    except APIError:
+                        busy.append(container.name)
+                elif container.status == "removing":
                     busy.append(container.name)
-            elif container.status == "removing":
-                busy.append(container.name)
         if not busy or time.monotonic() > deadline:
             return
         time.sleep(1)
