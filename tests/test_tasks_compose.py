@@ -277,6 +277,62 @@ def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) ->
     assert kit.health() == 200
 
 
+def test_release_adding_a_component_is_rolled_back_whole(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    # A second component (the release whose health check fails, on its own) joins the stack:
+    # the rollback must remove it too, not only put the old image of the first one back.
+    broken = kit.pushed()["ref"]
+    compose = kit.root / "compose.prod.yaml"
+    text = compose.read_text()
+    start = text.index(f"  {SERVICE}:\n")
+    end = text.index("\n\n", start)
+    extra = text[start:end].replace(f"  {SERVICE}:\n", "  extra:\n", 1)
+    extra = extra.replace("${SHOP_API_IMAGE:?", "${EXTRA_IMAGE:?")
+    # No host port: the app's own port inside its container is what its health check asks.
+    extra = "\n".join(
+        line for line in extra.splitlines() if "127.0.0.1:" not in line and "ports:" not in line
+    )
+    compose.write_text(text[:end] + "\n\n" + extra + text[end:])
+    kit.edit(
+        "shipyard.yaml",
+        '    start: "node dist/main.js"\n',
+        '    start: "node dist/main.js"\n  - name: extra\n    kind: worker\n    path: "."\n'
+        '    start: "node dist/main.js"\n',
+    )
+    kit.commit("a release that adds a component")
+    # The images by digest, as CI passes them (the recorded push is of another commit).
+    named = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": first, "EXTRA_IMAGE": broken}, kit.port)
+    try:
+        result = named.invoke(
+            "deploy", "--env", "staging", "--yes", "--skip-migrate", "--timeout", "40", check=False
+        )
+    finally:
+        git(kit.root, "reset", "-q", "--hard", "HEAD~1")
+    assert result.code == 1, result.output
+    assert "rolled back, the previous version is serving" in result.stderr
+    assert "Traceback" not in result.output
+    with contextlib.closing(dockerd.client()) as client:
+        left = client.containers.list(
+            all=True, filters={"label": ["com.docker.compose.service=extra"]}
+        )
+    assert left == []
+    assert serving_image(dockerd) == first
+    assert kit.health() == 200
+
+
+def test_docker_sdk_errors_are_engine_errors(dockerd: Dockerd) -> None:
+    from docker.client import DockerClient
+
+    from shipyard.engines import EngineError
+    from shipyard.engines import docker as docker_engine
+
+    # The daemon refuses an API version it does not speak yet: the SDK's APIError.
+    new = DockerClient(base_url=dockerd.host, version="1.99")  # type: ignore[no-untyped-call]
+    with contextlib.closing(new), pytest.raises(EngineError, match="too new"):
+        docker_engine.running_images(new, SERVICE)
+
+
 def test_failing_migration_stops_the_deploy(kit: Kit, dockerd: Dockerd, first: str) -> None:
     kit.edit(
         "src/main.js",

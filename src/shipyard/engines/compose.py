@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,11 @@ def compose(
     return command(*binary(), "--file", file, *args, env={**variables, **(env or {})}, cwd=root)
 
 
-def up(root: Path, file: str, images: Mapping[str, str], timeout: int) -> Command:
-    """Roll the stack to `images` and wait until every container with a healthcheck is healthy."""
+def up(
+    root: Path, file: str, images: Mapping[str, str], timeout: int, services: Sequence[str] = ()
+) -> Command:
+    """Roll the stack (or only `services` and what they depend on) to `images` and wait until
+    every container with a healthcheck is healthy."""
     return compose(
         root,
         file,
@@ -86,8 +89,14 @@ def up(root: Path, file: str, images: Mapping[str, str], timeout: int) -> Comman
         "--wait",
         "--wait-timeout",
         str(timeout),
+        *services,
         images=images,
     )
+
+
+def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:
+    """Stop and remove the containers of `services` (their volumes stay)."""
+    return compose(root, file, "rm", "--stop", "--force", *services, images=images)
 
 
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:

@@ -219,13 +219,15 @@ def _compose_rollout(
     with contextlib.closing(docker_engine.client()) as client:
         running = docker_engine.running_images(client, project)
     previous = {name: running[name] for name in images if name in running}
+    # Components this release adds: a rollback removes them and restarts only the others.
+    added = [name for name in images if name not in running]
     up = compose_engine.up(cfg.root, file, images, timeout)
     try:
         execute(up, f"the rollout of {env}")
     except (EngineError, KeyboardInterrupt) as exc:
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
         state.record_deploy(cfg.root, env, {"images": images, "status": "failed"})
-        if len(previous) != len(images):
+        if not previous:
             raise Exit(
                 f"shipyard: the rollout of {env} failed: {reason}. There was no previous "
                 f"version to roll back to; see `invoke logs --env {env}`",
@@ -235,7 +237,14 @@ def _compose_rollout(
         try:
             with contextlib.closing(docker_engine.client()) as client:
                 docker_engine.settle(client, project)
-            _restore(compose_engine.up(cfg.root, file, previous, timeout))
+            if added:
+                # The file (this release's) still names every image, so all stay set.
+                execute(compose_engine.remove(cfg.root, file, images, added), "the rollback")
+            _restore(
+                compose_engine.up(
+                    cfg.root, file, {**images, **previous}, timeout, list(previous) if added else []
+                )
+            )
         except (EngineError, KeyboardInterrupt) as again:
             raise Exit(
                 f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
@@ -304,7 +313,8 @@ def deploy(
                     f"images in the registry: {', '.join(images.values())}",
                     *migrations,
                     rollout,
-                    "on failure or Ctrl-C: the same `up` with the images running before",
+                    "on failure or Ctrl-C: the same `up` with the images running before "
+                    "(components this release adds are stopped and removed)",
                 ],
             )
             return
