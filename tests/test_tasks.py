@@ -324,7 +324,8 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
             "--file", "compose.prod.yaml", "--profile", "migrate", "run", "--rm", "migrate"
         )
     )
-    # Without a pushed backup image the file's own default applies.
+    # Without a pushed backup image the plan passes none: compose.backup.yaml then requires
+    # BACKUP_IMAGE from the host (e.g. .env) and stops with its own message if it is unset.
     plan = invoke(compose_kit, "migrate", "--env", "prod", "--dry-run", env=COMPOSE)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[1] == "  1. SHIPYARD_ENV=prod " + compose_line(

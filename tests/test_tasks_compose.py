@@ -65,6 +65,14 @@ class Kit:
         assert old in text, f"{old!r} not in {path}"
         file.write_text(text.replace(old, new))
 
+    def ensure(self, path: str, old: str, new: str) -> bool:
+        """Make `new` be in `path` (replacing `old` if needed); True if the file changed."""
+        text = (self.root / path).read_text()
+        if new in text:
+            return False
+        self.edit(path, old, new)
+        return True
+
     def health(self) -> int:
         try:
             return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=5).status_code
@@ -99,7 +107,9 @@ def git(root: Path, *args: str) -> str:
     ).stdout
 
 
-@pytest.fixture(scope="module")
+# Session scope: under xdist other modules' tests may run between these on the same worker,
+# which would tear a module-scoped kit down and rebuild it fresh mid-sequence.
+@pytest.fixture(scope="session")
 def kit(
     render: Render,
     tmp_path_factory: pytest.TempPathFactory,
@@ -180,7 +190,7 @@ def serving_image(dockerd: Dockerd) -> str:
         return str(containers[0].attrs["Config"]["Image"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first(kit: Kit, dockerd: Dockerd) -> str:
     """Release 1 deployed to staging: the image reference it runs."""
     ref = release(kit)
@@ -251,8 +261,15 @@ def test_failing_health_rolls_back_to_the_running_version(
 
 
 def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) -> None:
-    # The last push is still the release whose health check fails, so the rollout hangs in
-    # `up --wait` until Ctrl-C arrives.
+    # A release whose health check fails (the previous test's, or made here when run alone),
+    # so the rollout hangs in `up --wait` until Ctrl-C arrives.
+    if kit.ensure(
+        "src/main.js",
+        "return reply(res, 200, { status: 'ok' });",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+    ):
+        kit.commit("a release whose health check fails")
+        release(kit)
     proc = subprocess.Popen(
         [sys.executable, "-m", "invoke", "deploy", "--env", "staging", "--yes", "--timeout", "120"],
         cwd=kit.root,
@@ -334,7 +351,7 @@ def test_docker_sdk_errors_are_engine_errors(dockerd: Dockerd) -> None:
 
 
 def test_failing_migration_stops_the_deploy(kit: Kit, dockerd: Dockerd, first: str) -> None:
-    kit.edit(
+    kit.ensure(
         "src/main.js",
         "return reply(res, 500, { status: 'broken on purpose' });",
         "return reply(res, 200, { status: 'ok' });",
@@ -353,7 +370,12 @@ def test_failing_migration_stops_the_deploy(kit: Kit, dockerd: Dockerd, first: s
 
 
 def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, first: str) -> None:
-    (kit.root / "migrations" / "002_broken.sql").unlink()
+    (kit.root / "migrations" / "002_broken.sql").unlink(missing_ok=True)
+    kit.ensure(
+        "src/main.js",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+        "return reply(res, 200, { status: 'ok' });",
+    )
     kit.edit("src/main.js", "service: 'shop-api'", "service: 'shop-api', release: 2")
     kit.commit("a good second release")
     second = release(kit)
