@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from copier import run_copy  # noqa: E402 - needs the path above for the test servers
 
+from tests.conftest import git  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
     NODE_LOCAL,
@@ -45,16 +46,6 @@ from tests.servers.registry import running_registry  # noqa: E402
 REBUILD_TARGET = 0.25
 SIZE_TARGET = 1.10
 SERVICE = "bench-api"
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def _kit(work: Path, registry: str, mirror: str) -> Path:
@@ -77,9 +68,9 @@ def _kit(work: Path, registry: str, mirror: str) -> Path:
         unsafe=True,
         quiet=True,
     )
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "kit")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "kit")
     return root
 
 
@@ -161,7 +152,7 @@ def main() -> None:
                 warm.append(_build(root, env))
         finally:
             _restore_base(daemon, images.node)
-        sha = _git(root, "rev-parse", "HEAD")[:12]
+        sha = git(root, "rev-parse", "HEAD")[:12]
         ref = f"{registry}/bench/{SERVICE}-{SERVICE}:{sha}"
         final, base = _sizes(daemon, ref)
         app = _production_files(root)
@@ -200,7 +191,7 @@ def _change_source(root: Path, run: int) -> None:
     """A source-only change, committed (the image tag follows the commit)."""
     main_js = root / "src" / "main.js"
     main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
-    _git(root, "commit", "-q", "-am", f"source change {run}")
+    git(root, "commit", "-q", "-am", f"source change {run}")
 
 
 def _prune(daemon: Dockerd) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -82,3 +83,24 @@ def copier_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the `copier` command of this interpreter, as a user would; never raises."""
     copier = Path(sys.executable).with_name("copier")
     return subprocess.run([str(copier), *args], capture_output=True, text=True, check=False)
+
+
+# A fixed identity, so tests commit on machines with no git user configured.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Shipyard Tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.com",
+    "GIT_COMMITTER_NAME": "Shipyard Tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.com",
+}
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in `root` as the test identity; return its stdout (raises on failure)."""
+    return subprocess.run(
+        ["git", *args],
+        cwd=root,
+        env={**os.environ, **GIT_IDENTITY},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout

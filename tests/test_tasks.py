@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from shipyard import config
 from shipyard.engines import EngineError, docker, helm
 from shipyard.engines.proc import run
-from tests.conftest import Render
+from tests.conftest import Render, git
 from tests.servers.registry import free_port
 
 DIGEST = "sha256:" + "ab" * 32
@@ -42,16 +42,6 @@ def invoke(
         check=False,
         env={**os.environ, **(env or {})},
     )
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 @pytest.fixture(scope="module")

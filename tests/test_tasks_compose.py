@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Render
+from tests.conftest import Render, git
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -95,16 +95,6 @@ class Result:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 # Session scope: under xdist other modules' tests may run between these on the same worker,

@@ -20,14 +20,8 @@ from invoke.exceptions import Exit
 
 from shipyard import copier_migrations, validate
 from shipyard.tasks import template as template_tasks
-from tests.conftest import PRESETS, load_preset
+from tests.conftest import GIT_IDENTITY, PRESETS, git, load_preset
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Shipyard Tests",
-    "GIT_AUTHOR_EMAIL": "tests@example.com",
-    "GIT_COMMITTER_NAME": "Shipyard Tests",
-    "GIT_COMMITTER_EMAIL": "tests@example.com",
-}
 # What v1.1.0 changes in the template: (template file, anchor, replacement).
 TEMPLATE_CHANGES = [
     (
@@ -44,17 +38,6 @@ TEMPLATE_CHANGES = [
     ),
 ]
 # Every check: the result of an update must pass them all, as right after `copier copy`.
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 def _replace(path: Path, anchor: str, replacement: str) -> None:
@@ -106,7 +89,7 @@ def generate(template: Path, preset: str, dst: Path) -> Path:
 
 def run_task(task: Callable[..., None], root: Path, **kwargs: object) -> None:
     c = Context()
-    with c.cd(str(root)), _env(GIT_ENV):
+    with c.cd(str(root)), _env(GIT_IDENTITY):
         task(c, **kwargs)
 
 
@@ -250,7 +233,7 @@ def test_migration_renames_an_answer_during_update(tmp_path: Path) -> None:
     git(dst, "init", "-q", "-b", "main")
     git(dst, "add", "-A")
     git(dst, "commit", "-qm", "v1")
-    with _env(GIT_ENV):
+    with _env(GIT_IDENTITY):
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("copier")),
