@@ -1,6 +1,7 @@
-"""The generated repo's backup pieces: backup/Dockerfile passes hadolint, the compose `backup`
-service (compose.backup.yaml) passes `docker compose config` and runs the engine's contract command, for every
-preset with a database (and for local storage); none of it exists without a database."""
+"""The generated repo's backup pieces: backup/Dockerfile passes hadolint, and the `backup`
+service of compose.backup.yaml passes `docker compose config` and runs the engine's contract
+command, for every preset with a database (and for local storage); none of it exists without
+a database."""
 
 from __future__ import annotations
 

@@ -289,7 +289,15 @@ def test_release_adding_a_component_is_rolled_back_whole(
 ) -> None:
     # A second component (the release whose health check fails, on its own) joins the stack:
     # the rollback must remove it too, not only put the old image of the first one back.
-    broken = kit.pushed()["ref"]
+    # Built here, not taken from the last recorded push: a rollback may have rewritten that.
+    if kit.ensure(
+        "src/main.js",
+        "return reply(res, 200, { status: 'ok' });",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+    ):
+        kit.commit("a release whose health check fails")
+    broken = release(kit)
+    assert broken != first
     compose = kit.root / "compose.prod.yaml"
     text = compose.read_text()
     start = text.index(f"  {SERVICE}:\n")
