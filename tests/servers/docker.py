@@ -34,6 +34,7 @@ import pytest
 from docker.client import DockerClient
 from docker.errors import DockerException, ImageNotFound
 
+from tests.servers import stop
 from tests.servers.registry import running_registry
 
 CACHE = Path(os.environ.get("SHIPYARD_CACHE", Path.home() / ".cache" / "shipyard"))
@@ -211,12 +212,7 @@ def running_dockerd() -> Iterator[Dockerd]:
             _forget_old_images(daemon)
             yield daemon
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=60)
             log.close()
             shutil.rmtree(run_dir, ignore_errors=True)
 

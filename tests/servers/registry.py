@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.servers import stop
+
 BINARY = "docker-registry"
 
 CONFIG = """\
@@ -75,6 +77,5 @@ def running_registry(state: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield address
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc, timeout=30)
         log.close()

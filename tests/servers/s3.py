@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.servers import stop
 from tests.servers.postgres import free_port
 
 # moto accepts any credentials; these are what the clients present.
@@ -74,9 +75,4 @@ def s3_server() -> Iterator[S3Server]:
     try:
         yield S3Server(endpoint)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
