@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
@@ -148,6 +146,10 @@ class S3Storage:
     def __post_init__(self) -> None:
         self.prefix = self.prefix.strip("/")
         self.url = self.url or f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        # boto3 takes a third of a second to import and every `invoke` command imports this
+        # module, so only S3 storage pays for it.
+        import boto3
+
         # Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID..., a role); never argv.
         self.client = boto3.client("s3", endpoint_url=self.endpoint_url or None)
 
@@ -157,6 +159,8 @@ class S3Storage:
     def put_stream(self, key: str, stream: IO[bytes]) -> None:
         # upload_fileobj streams in parts of `part_size` and aborts the multipart upload when
         # reading or any part fails, so a failure never leaves an object under `key`.
+        from boto3.s3.transfer import TransferConfig
+
         config = TransferConfig(
             multipart_threshold=self.part_size,
             multipart_chunksize=self.part_size,

@@ -14,14 +14,16 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
-
-from docker.client import DockerClient, from_env
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from requests.exceptions import RequestException
+from typing import TYPE_CHECKING, Any
 
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run, succeeds
+
+if TYPE_CHECKING:
+    from docker.client import DockerClient
+
+# The SDK (and `requests` under it) is imported by the functions that use it: it takes a fifth
+# of a second, every `invoke` command loads this module, and `build` only needs the CLI.
 
 # Words registries and the daemon use when credentials are missing or wrong.
 AUTH_ERROR = re.compile(
@@ -98,6 +100,9 @@ def build_command(
 
 def client() -> DockerClient:
     """An SDK client for DOCKER_HOST (or the default socket); EngineError if no daemon answers."""
+    from docker.client import from_env
+    from docker.errors import DockerException
+
     where = os.environ.get("DOCKER_HOST", "the default socket")
     try:
         # The SDK is untyped; from_env reads DOCKER_HOST/DOCKER_TLS_VERIFY like the CLI.
@@ -115,6 +120,9 @@ def client() -> DockerClient:
 def _sdk_errors(doing: str) -> Iterator[None]:
     """SDK failures as EngineError: the daemon's own errors and, when its socket goes away
     mid-call, the `requests` errors the SDK lets through."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
     try:
         yield
     except (DockerException, RequestException) as exc:
@@ -128,6 +136,8 @@ def _short(exc: BaseException) -> str:
 
 def image_id(cli: DockerClient, ref: str) -> str | None:
     """The local image ID of `ref`, or None when the daemon does not have it."""
+    from docker.errors import ImageNotFound
+
     try:
         image = cli.images.get(ref)
     except ImageNotFound:
@@ -170,6 +180,8 @@ def push(
 def _push_once(
     cli: DockerClient, repository: str, tag: str, progress: Callable[[str], None]
 ) -> str:
+    from docker.errors import APIError, DockerException
+
     digest = ""
     seen: set[tuple[str, str]] = set()
     try:
@@ -199,6 +211,8 @@ def registry_digest(cli: DockerClient, ref: str) -> str | None:
 
     Raises EngineError when the registry cannot be asked (down, or refusing credentials).
     """
+    from docker.errors import APIError, DockerException, NotFound
+
     try:
         data = cli.images.get_registry_data(ref)
     except NotFound:
@@ -240,6 +254,8 @@ def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
     An interrupted `compose up` leaves the daemon removing the half-created container (slow on
     copying storage drivers); a new `up` fails with "marked for removal" until it is gone.
     """
+    from docker.errors import APIError
+
     deadline = time.monotonic() + timeout
     label = f"com.docker.compose.project={project}"
     while True:

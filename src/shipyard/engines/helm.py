@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from urllib3.exceptions import HTTPError
-
 from shipyard.config import Config, ConfigError, load_yaml
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
@@ -258,6 +256,7 @@ def logs(
 def missing_secret_keys(cfg: Config, settings: dict[str, Any]) -> tuple[str, list[str]]:
     """The chart's existing Secret (secretEnv in the values) and the keys it lacks."""
     from kubernetes import client  # imported here: only Helm targets need it
+    from urllib3.exceptions import HTTPError
 
     # The environment's values file may override the chart's defaults.
     secret_env: dict[str, Any] = {}
@@ -296,6 +295,7 @@ def _kubeconfig() -> None:
 def check_rollout(name: str, namespace: str, timeout: int) -> None:
     """Every Deployment of the release has all its updated replicas available (kubernetes API)."""
     from kubernetes import client  # imported here: only Helm targets need it
+    from urllib3.exceptions import HTTPError
 
     _kubeconfig()
     apps = client.AppsV1Api()

@@ -13,18 +13,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from shipyard import config
-from shipyard.backup import cli as backup_cli
-from shipyard.backup import engine, storage
 from shipyard.tasks._run import confirm, plan, setup
+
+if TYPE_CHECKING:
+    from shipyard.backup.storage import Storage
+
+# The backup engine (psycopg, boto3) is imported by the tasks that run it: every `invoke`
+# command loads this module, and a build or deploy should not wait for database drivers.
 
 HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_ID = "backup id from `invoke backup.list` (default: the newest complete one)"
@@ -34,6 +37,10 @@ HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
 @contextlib.contextmanager
 def _failures(doing: str) -> Iterator[None]:
     """Engine, storage and database errors become one `Exit` line, never a traceback."""
+    import psycopg
+
+    from shipyard.backup import engine, storage
+
     try:
         yield
     except (engine.BackupError, storage.StorageError) as exc:
@@ -44,8 +51,10 @@ def _failures(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None
 
 
-def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], storage.Storage]:
+def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], Storage]:
     """Environment name, its backup settings and storage; libpq defaults from shipyard.yaml."""
+    from shipyard.backup import storage
+
     cfg, env, settings = setup(c, env)
     settings_backup: dict[str, Any] | None = settings.get("backup")
     if not settings_backup:
@@ -60,7 +69,7 @@ def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], storage.Storage
         if key in database:
             os.environ.setdefault(var, database[key])
     if settings_backup["storage"] == "s3":
-        target: storage.Storage = storage.S3Storage(
+        target: Storage = storage.S3Storage(
             settings_backup["bucket"],
             settings_backup.get("prefix", ""),
             settings_backup.get("endpoint") or None,
@@ -80,6 +89,8 @@ def _where() -> str:
 @task(help={"env": HELP_ENV, "dry_run": "print what would happen and change nothing"})
 def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     """Back up the environment's database now (a manual backup)."""
+    from shipyard.backup import engine
+
     env, _settings, target = _prepare(c, env)
     if dry_run:
         plan(
@@ -100,14 +111,18 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
 @task(name="list", help={"env": HELP_ENV})
 def list_(c: Context, env: str = "") -> None:
     """List the environment's complete backups, oldest first."""
+    from shipyard.backup import cli, engine
+
     env, _settings, target = _prepare(c, env)
     with _failures(f"listing the backups of {env}"):
-        print(backup_cli.format_table(engine.list_backups(target)))
+        print(cli.format_table(engine.list_backups(target)))
 
 
 @task(help={"env": HELP_ENV, "backup": HELP_ID, "jobs": HELP_JOBS})
 def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
     """Restore a backup into a scratch database, compare every table, drop it, report."""
+    from shipyard.backup import engine
+
     env, _settings, target = _prepare(c, env)
     with _failures(f"verifying a backup of {env}"):
         checked = engine.verify(target, backup or None, jobs=jobs)
@@ -127,6 +142,8 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
 )
 def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -> None:
     """Apply retention (retention_days in shipyard.yaml); the newest verified backup stays."""
+    from shipyard.backup import engine
+
     env, settings, target = _prepare(c, env)
     policy = engine.Retention(daily=settings["retention_days"])
     with _failures(f"pruning the backups of {env}"):
@@ -156,6 +173,8 @@ def restore(
     jobs: int = 0,
 ) -> None:
     """Replace the environment's database with a backup (a safety backup is taken first)."""
+    from shipyard.backup import engine
+
     env, _settings, target = _prepare(c, env)
     with _failures(f"finding the backup of {env}"):
         chosen = engine.find_backup(target, backup or None)
