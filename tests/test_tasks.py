@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 
 from shipyard import config
 from shipyard.engines import EngineError, docker, helm
-from shipyard.engines.proc import run
+from shipyard.engines.proc import command, run
 from tests.conftest import Render, git
 from tests.servers.registry import free_port
 
@@ -365,6 +365,21 @@ def test_compose_backup_file_is_checked_before_anything_runs(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert skipped.returncode == 0, skipped.stderr
     assert "compose.backup.yaml" not in skipped.stdout
+
+
+@pytest.mark.parametrize(
+    "script", ["exit 130", "kill -INT $$"], ids=["exit-status-130", "killed-by-sigint"]
+)
+def test_a_child_dying_of_ctrl_c_is_an_interruption(script: str) -> None:
+    # Ctrl-C reaches the whole process group: the command may die of it before Python's own
+    # handler runs, and the task must still report an interruption (and roll back as one).
+    with pytest.raises(KeyboardInterrupt):
+        run(command("sh", "-c", script))
+
+
+def test_a_failing_child_is_an_engine_error_naming_the_step() -> None:
+    with pytest.raises(EngineError, match=r"^the rollout failed \(exit 3\)$"):
+        run(command("sh", "-c", "exit 3"), what="the rollout")
 
 
 def test_missing_compose_is_one_clear_message(kit: Path, tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipyard.engines import EngineError
+
+# How a child reports dying of SIGINT: killed by it, or (shells, Compose) exit status 128 + 2.
+INTERRUPTED = (-signal.SIGINT, 128 + signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
         raise EngineError(
             f"{cmd.argv[0]} is not installed (needed to {what or 'continue'})"
         ) from None
+    if proc.returncode in INTERRUPTED:
+        # Ctrl-C reaches the whole process group; when the child dies of it before Python's
+        # own handler runs, the interruption must still read as one, not as a failure.
+        raise KeyboardInterrupt
     if proc.returncode:
         detail = ""
         if capture:
