@@ -203,6 +203,38 @@ def test_every_package_manager_layout_passes(
     assert not findings, validate.report(findings)
 
 
+@pytest.mark.parametrize(
+    ("answers", "schema"),
+    [
+        (
+            {"database": "postgres", "migrations": "prisma", "migrate_component": "jobs"},
+            "apps/jobs",
+        ),
+        ({"database": "postgres", "migrations": "knex"}, None),
+        # No database: `migrations` is never asked, and its default must not mount a schema.
+        ({"database": "none"}, None),
+    ],
+    ids=["prisma", "knex", "no-database"],
+)
+def test_prisma_client_is_generated_from_the_migrating_components_schema(
+    render: Render, tmp_path: Path, answers: dict[str, str], schema: str | None
+) -> None:
+    components = [
+        {"name": "api", "kind": "http", "port": 3001, "health_path": "/health", "path": "apps/api"},
+        {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
+    ]
+    root = render({"project_name": "Schemas", "components": components, **answers}, tmp_path / "k")
+    stages = _stages(root / "Dockerfile")
+    for name, lines in stages.items():
+        text = " ".join(lines)
+        generates = "prisma generate" in text
+        if schema and name in ("prod_deps_apps_jobs", "build_deps_apps_jobs"):
+            assert f"source={schema}/prisma,target=prisma" in text, name
+            assert generates, name
+        else:
+            assert "prisma" not in text, f"{name} must not touch a Prisma schema"
+
+
 def test_readme_main_command_scaffolds_from_defaults(template_dir: Path, tmp_path: Path) -> None:
     """`copier copy --trust --defaults . my-service`, as the README says."""
     result = copier_cli(
