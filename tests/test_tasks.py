@@ -367,14 +367,23 @@ def test_compose_backup_file_is_checked_before_anything_runs(
     assert "compose.backup.yaml" not in skipped.stdout
 
 
-@pytest.mark.parametrize(
-    "script", ["exit 130", "kill -INT $$"], ids=["exit-status-130", "killed-by-sigint"]
+# Dying of SIGINT whatever disposition the test runner's workers pass down (they may ignore it).
+DIE_OF_SIGINT = (
+    "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.kill(os.getpid(), signal.SIGINT)"
 )
-def test_a_child_dying_of_ctrl_c_is_an_interruption(script: str) -> None:
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("sh", "-c", "exit 130"), (sys.executable, "-c", DIE_OF_SIGINT)],
+    ids=["exit-status-130", "killed-by-sigint"],
+)
+def test_a_child_dying_of_ctrl_c_is_an_interruption(argv: tuple[str, ...]) -> None:
     # Ctrl-C reaches the whole process group: the command may die of it before Python's own
     # handler runs, and the task must still report an interruption (and roll back as one).
     with pytest.raises(KeyboardInterrupt):
-        run(command("sh", "-c", script))
+        run(command(*argv))
 
 
 def test_a_failing_child_is_an_engine_error_naming_the_step() -> None:
