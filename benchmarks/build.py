@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from copier import run_copy  # noqa: E402 - needs the path above for the test servers
 
-from tests.conftest import git  # noqa: E402
+from tests.conftest import git, init_repo  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
     NODE_LOCAL,
@@ -69,9 +68,7 @@ def _kit(work: Path, registry: str, mirror: str) -> Path:
         unsafe=True,
         quiet=True,
     )
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "kit")
+    init_repo(root, "kit")
     return root
 
 
@@ -130,12 +127,7 @@ def main() -> None:
     ):
         images = publish_mirror_images(daemon, import_base(daemon), mirror)
         root = _kit(Path(tmp), registry, mirror)
-        env = {
-            **daemon.env,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            # No bridge egress on these machines: npm inside builds needs the host network.
-            "SHIPYARD_BUILD_NETWORK": "host",
-        }
+        env = daemon.task_env
         cold: list[float] = []
         cached_base: list[float] = []
         warm: list[float] = []

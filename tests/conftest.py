@@ -104,3 +104,10 @@ def git(root: Path, *args: str) -> str:
         text=True,
         check=True,
     ).stdout
+
+
+def init_repo(root: Path, message: str) -> None:
+    """Make `root` a git repository on `main` with everything in it committed."""
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)

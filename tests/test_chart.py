@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import PRESETS, REPO, Render, load_preset
+from tests.conftest import PRESETS, REPO, Render, git, init_repo, load_preset
 
 HELMS = ("helm", "helm3")
 # Oldest and newest Kubernetes the chart supports (Chart.yaml kubeVersion is >=1.28).
@@ -869,14 +869,6 @@ def test_server_side_dry_run_on_a_cluster(
 # --- The vendored library chart through git and `copier update` ------------------------------
 
 
-def _git(cwd: Path, *args: str) -> None:
-    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
-    identity |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **identity}, check=True, capture_output=True
-    )
-
-
 def test_vendored_library_survives_copier_update(
     helm: Helm, tmp_path: Path, template_dir: Path
 ) -> None:
@@ -891,17 +883,13 @@ def test_vendored_library_survives_copier_update(
     assert link_target.is_symlink()
     shutil.rmtree(link)
     link.symlink_to(link_target.readlink())
-    _git(template, "init", "-q", "-b", "main")
-    _git(template, "add", "-A")
-    _git(template, "commit", "-qm", "v1")
-    _git(template, "tag", "v1.0.0")
+    init_repo(template, "v1")
+    git(template, "tag", "v1.0.0")
 
     dst = tmp_path / "service"
     answers = load_preset("nestjs-api")
     run_copy(str(template), dst, data=answers, defaults=True, unsafe=True, quiet=True)
-    _git(dst, "init", "-q", "-b", "main")
-    _git(dst, "add", "-A")
-    _git(dst, "commit", "-qm", "generated")
+    init_repo(dst, "generated")
     chart = _chart(dst)
     vendored = chart / "charts" / "shipyard-common"
     assert vendored.is_dir()
@@ -914,8 +902,8 @@ def test_vendored_library_survives_copier_update(
     labels.write_text(
         labels.read_text().replace(anchor, anchor + "shipyard.dev/kit: shipyard\n", 1)
     )
-    _git(template, "commit", "-qam", "v1.1: a kit label")
-    _git(template, "tag", "v1.1.0")
+    git(template, "commit", "-qam", "v1.1: a kit label")
+    git(template, "tag", "v1.1.0")
     run_update(dst, data=answers, defaults=True, unsafe=True, quiet=True, overwrite=True)
 
     assert not vendored.is_symlink()

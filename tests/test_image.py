@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Render, git
+from tests.conftest import Render, git, init_repo
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -85,16 +84,8 @@ def test_image_ships_production_files_only_and_rebuilds_just_the_code(
         check=True,
         capture_output=True,
     )
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "kit with a development dependency")
-    env = {
-        **dockerd.env,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # No bridge egress on these machines: npm inside builds needs the host network.
-        "SHIPYARD_BUILD_NETWORK": "host",
-        "BUILDKIT_PROGRESS": "plain",
-    }
+    init_repo(root, "kit with a development dependency")
+    env = {**dockerd.task_env, "BUILDKIT_PROGRESS": "plain"}
     repository = f"{registry}/acme/{SERVICE}-{SERVICE}"
 
     _invoke(root, env, "build", "--env", "staging")

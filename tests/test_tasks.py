@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from shipyard import config
 from shipyard.engines import EngineError, docker, helm
 from shipyard.engines.proc import command, run
-from tests.conftest import Render, git
+from tests.conftest import Render, git, init_repo
 from tests.servers.registry import free_port
 
 DIGEST = "sha256:" + "ab" * 32
@@ -72,9 +72,7 @@ def compose_kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def committed(root: Path) -> Path:
     """`root` under git, with a push of HEAD recorded in .shipyard/images.json."""
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "kit")
+    init_repo(root, "kit")
     state = root / ".shipyard"
     state.mkdir()
     (state / ".gitignore").write_text("*\n")

@@ -132,14 +132,7 @@ def kit(
         tmp_path_factory.mktemp("kit") / "shop-api",
     )
     git(root, "init", "-q", "-b", "main")
-    env = {
-        **dockerd.env,
-        # docker-compose and invoke come from the test venv.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # No bridge egress on these machines: npm inside builds needs the host network.
-        "SHIPYARD_BUILD_NETWORK": "host",
-        "POSTGRES_PASSWORD": "test-only-password",
-    }
+    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
     k = Kit(root, env, port)
     k.commit("kit")
     yield k

@@ -17,7 +17,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config, validate
-from tests.conftest import PRESETS, REPO, Render, load_preset
+from tests.conftest import PRESETS, REPO, Render, init_repo, load_preset
 from tests.servers.postgres import PostgresServer
 
 Rendered = Callable[[str], Path]
@@ -560,10 +560,7 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
     (Staging: prod's plan differs only by its backup-before-migrate step.)"""
     repo = tmp_path / "kit"
     shutil.copytree(kit, repo)
-    git = ["git", "-C", str(repo), "-c", "user.name=ci", "-c", "user.email=ci@example.com"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "kit"], check=True)
+    init_repo(repo, "kit")
     job = _workflows(repo)["deploy.yml"]["jobs"]["staging"]
     _, deploy_step = _step(job, "Deploy")
     cfg = config.load(repo)

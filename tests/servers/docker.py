@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -123,6 +124,17 @@ class Dockerd:
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
+
+    @property
+    def task_env(self) -> dict[str, str]:
+        """`env` for running a generated kit's `invoke` tasks (docker-compose and invoke come
+        from this venv) with builds on the host network: bridges have no egress here, and npm
+        inside builds needs the registry."""
+        return {
+            **self.env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "SHIPYARD_BUILD_NETWORK": "host",
+        }
 
     def client(self) -> DockerClient:
         # A fixed API version (dockerd 20.10 speaks 1.41) keeps the constructor from connecting,
