@@ -23,6 +23,13 @@ def _yaml(path: Path) -> Any:
     return YAML(typ="safe").load(path.read_text())
 
 
+# Two components in folders of their own: one install and build per folder.
+TWO_ROOTS = [
+    {"name": "api", "kind": "http", "port": 3001, "health_path": "/health", "path": "apps/api"},
+    {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
+]
+
+
 def _stages(dockerfile: Path) -> dict[str, list[str]]:
     """Instructions per named stage, continuation lines joined."""
     text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
@@ -181,16 +188,12 @@ def test_mirror_redirects_every_image(render: Render, tmp_path: Path) -> None:
 def test_every_package_manager_layout_passes(
     render: Render, tmp_path: Path, package_manager: str, workspaces: bool
 ) -> None:
-    components = [
-        {"name": "api", "kind": "http", "port": 3001, "health_path": "/health", "path": "apps/api"},
-        {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
-    ]
     root = render(
         {
             "project_name": "Layouts",
             "package_manager": package_manager,
             "workspaces": workspaces,
-            "components": components,
+            "components": TWO_ROOTS,
             "redis": True,
         },
         tmp_path / "kit",
@@ -219,11 +222,7 @@ def test_every_package_manager_layout_passes(
 def test_prisma_client_is_generated_from_the_migrating_components_schema(
     render: Render, tmp_path: Path, answers: dict[str, str], schema: str | None
 ) -> None:
-    components = [
-        {"name": "api", "kind": "http", "port": 3001, "health_path": "/health", "path": "apps/api"},
-        {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
-    ]
-    root = render({"project_name": "Schemas", "components": components, **answers}, tmp_path / "k")
+    root = render({"project_name": "Schemas", "components": TWO_ROOTS, **answers}, tmp_path / "k")
     stages = _stages(root / "Dockerfile")
     for name, lines in stages.items():
         text = " ".join(lines)
