@@ -1,9 +1,11 @@
-"""The package as a user installs it: the built wheel alone in a pristine venv.
+"""The package as a user installs it: a kit's own pin, alone, in a pristine venv.
 
 Development and test venvs carry copier, nox and their dependencies, so an import the package
-does not declare works there and breaks every user (it happened with `packaging`). This test
-builds the wheel, installs it with its declared dependencies only (no dependency group, no
-extra) into a venv made by the stdlib, and runs a kit's documented entry points from it.
+does not declare works there and breaks every user (it happened with `packaging`). Here the
+working tree is committed and tagged in a scratch repository, a kit is rendered from it, and
+the kit's `requirements-shipyard.txt` (a `git+file://localhost/...@v0.0.1` pin) is installed into a venv
+made by the stdlib: pip builds the wheel from that tag and installs it with its declared
+dependencies only (no dependency group). The kit's documented entry points then run from it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Render, init_repo
+from copier import run_copy
+
+from tests.conftest import git, init_repo
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -28,28 +32,42 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stdlib venv holding the built shipyard wheel and its declared dependencies only."""
-    work = tmp_path_factory.mktemp("install")
-    env_dir = work / "venv"
+def source(template_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository of the working tree, tagged v0.0.1."""
+    repo = tmp_path_factory.mktemp("source") / "shipyard"
+    shutil.copytree(template_dir, repo, symlinks=True)
+    init_repo(repo, "release 0.0.1")
+    git(repo, "tag", "v0.0.1")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def kit(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default kit, rendered from `source` as `copier copy` does."""
+    root = tmp_path_factory.mktemp("kit") / "shop-api"
+    run_copy(str(source), root, data={"project_name": "Shop API"}, defaults=True, unsafe=True)
+    init_repo(root, "kit")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pristine(source: Path, kit: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stdlib venv holding only what the kit's requirements-shipyard.txt installs."""
+    pins = [
+        line
+        for line in (kit / "requirements-shipyard.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    # The kit installs the template it came from, at its release tag.
+    assert pins == [f"shipyard[validate] @ git+file://localhost{source.resolve()}@v0.0.1"]
+    env_dir = tmp_path_factory.mktemp("install") / "venv"
     venv.create(env_dir, with_pip=True, clear=True)
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     # PIP_* from the caller (e.g. a constraint file) must not shape the user's install.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
-    dist = work / "dist"
-    built = run([*pip, "wheel", "--no-deps", "-w", str(dist), str(REPO)], work, clean)
-    assert built.returncode == 0, built.stderr
-    (wheel,) = dist.glob("shipyard-*.whl")
-    installed = run([*pip, "install", str(wheel)], work, clean)
+    installed = run([*pip, "install", "-r", "requirements-shipyard.txt"], kit, clean)
     assert installed.returncode == 0, installed.stderr
     return env_dir
-
-
-@pytest.fixture(scope="module")
-def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = render({"project_name": "Shop API"}, tmp_path_factory.mktemp("kit") / "shop-api")
-    init_repo(root, "kit")
-    return root
 
 
 @pytest.mark.parametrize(
@@ -59,7 +77,7 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["invoke", "deploy", "--env", "prod", "--dry-run"], "helm upgrade --install shop-api"),
         (["shipyard", "validate", "--help"], "usage: shipyard validate"),
         (["shipyard", "backup", "--help"], "usage: shipyard backup"),
-        (["shipyard", "--version"], "shipyard "),
+        (["shipyard", "--version"], "shipyard 0.0.1"),
     ],
 )
 def test_kit_entry_points_run_from_the_wheel_alone(
