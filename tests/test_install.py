@@ -3,8 +3,8 @@
 Development and test venvs carry copier, nox and their dependencies, so an import the package
 does not declare works there and breaks every user (it happened with `packaging`). Here the
 working tree is committed and tagged in a scratch repository, a kit is rendered from it, and
-the kit's `requirements-shipyard.txt` (a `git+file://localhost/...@v0.0.1` pin) is installed into a venv
-made by the stdlib: pip builds the wheel from that tag and installs it with its declared
+the kit's `requirements-shipyard.txt` (a `git+file://localhost/...@v0.0.1` pin) is installed
+into a venv made by the stdlib: pip builds the wheel from that tag and installs it with its declared
 dependencies only (no dependency group). The kit's documented entry points then run from it.
 """
 
@@ -17,7 +17,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from copier import run_copy
 
 from tests.conftest import git, init_repo
