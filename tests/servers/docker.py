@@ -311,11 +311,15 @@ def _rootfs() -> Path:
                 capture_output=True,
             )
             partial = ROOTFS.with_suffix(".part")
-            tar = subprocess.Popen(
+            # The context closes tar's stdout pipe in this process: left to the garbage
+            # collector it raised a ResourceWarning (an error here) on every cold machine.
+            with subprocess.Popen(
                 ["tar", "-C", str(work / "root"), "-c", "."], stdout=subprocess.PIPE
-            )
-            subprocess.run(["zstd", "-q", "-f", "-o", str(partial)], stdin=tar.stdout, check=True)
-            if tar.wait():
+            ) as tar:
+                subprocess.run(
+                    ["zstd", "-q", "-f", "-o", str(partial)], stdin=tar.stdout, check=True
+                )
+            if tar.returncode:
                 pytest.fail("tar of the debootstrap rootfs failed")
             partial.rename(ROOTFS)
         finally:
