@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.util
 import os
 import re
 import shutil
@@ -89,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"shipyard new: {exc}", file=sys.stderr)
         return 2
-    try:
-        import copier  # noqa: F401 - only to say which extra is missing
-    except ImportError:
+    if importlib.util.find_spec("copier") is None:
         print(f"shipyard new: {MISSING_COPIER}", file=sys.stderr)
         return 2
     return scaffold(args.template, args.vcs_ref, data, args.dest)
@@ -210,9 +209,9 @@ def answer_problems(worker: Worker, src: str) -> list[str]:
             else:
                 value = question.get_default()
                 if value is MISSING:
-                    raise ValueError("needs an answer")  # noqa: TRY301 - one report path
+                    raise ValueError("needs an answer")
             answers.user[name] = value
-        except Exception as exc:  # noqa: BLE001 - copier's refusals have no common base
+        except Exception as exc:  # copier refuses with several unrelated types
             # Later questions may read this one: keep what was given, parsed if it could be.
             if value is not MISSING:
                 answers.user[name] = value
@@ -240,7 +239,7 @@ def _refusal(question: Any, exc: Exception, value: Any) -> str:
     if isinstance(exc, TypeError | ValueError) and not message.startswith("needs"):
         try:
             kind = TYPE_WORDS.get(question.get_type_name(), "valid")
-        except Exception:  # noqa: BLE001 - the type itself could not be rendered
+        except Exception:  # the type itself did not render
             return message
         return f"{value!r} is not {kind}"
     return message
