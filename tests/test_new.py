@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from shipyard import copier_migrations, validate
 from shipyard.cli import main
 from tests.conftest import PRESETS, PRESETS_DIR, copier_cli, git, init_repo
-from tests.test_fuzz import CORE_CHECKS, answer_sets
+from tests.test_fuzz import answer_sets
 from tests.test_questionnaire import REJECTED
 
 EXISTING_APP = Path(__file__).parent / "existing_app"
@@ -152,9 +152,7 @@ def test_refuses_exactly_what_copier_refuses(
         else:
             refusal = None
         capsys.readouterr()
-        status, lines = shipyard_new(
-            capsys, template_dir, by_new, "--data-file", str(answers_file)
-        )
+        status, lines = shipyard_new(capsys, template_dir, by_new, "--data-file", str(answers_file))
         if refusal is None:
             assert status == 0, lines
             assert tree(by_new) == tree(by_copier)
@@ -221,7 +219,8 @@ def assert_app_kept(root: Path, before: dict[str, tuple[bytes, bool]]) -> None:
     assert added[0] == "", "the kit's block is set apart"
     assert added[1] == copier_migrations.IGNORE_HEADER
     kit = (root / ".gitignore").read_text().splitlines()
-    assert ".env.*" in added and "!.env.example" in added and "backups/" in added
+    for pattern in (".env.*", "!.env.example", "backups/"):
+        assert pattern in added
     assert "node_modules/" not in added, "already ignored by the app"
     assert "dist/" not in added, "the app's `dist` already covers it"
     assert kit.index("!.env.example") > kit.index(".env.*"), "the negation comes last"
@@ -302,7 +301,8 @@ def test_usage_errors_are_one_sentence(
     for args, message in cases:
         status, lines = shipyard_new(capsys, template_dir, tmp_path / "kit", *args)
         assert status == 2
-        assert len(lines) == 1 and message in lines[0], lines
+        assert len(lines) == 1, lines
+        assert message in lines[0]
     (tmp_path / "file").write_text("x")
     status, lines = shipyard_new(capsys, template_dir, tmp_path / "file")
     assert (status, lines) == (2, [f"shipyard new: {tmp_path / 'file'} exists and is not a folder"])

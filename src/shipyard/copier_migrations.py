@@ -23,7 +23,9 @@ import yaml
 
 HEADER = "# Changes here will be overwritten by Copier; NEVER EDIT MANUALLY\n"
 # Written above the kit's ignore lines when they join a repository's own .gitignore.
-IGNORE_HEADER = "# Added by the Shipyard deployment kit (copier re-adds any of these that go missing)"
+IGNORE_HEADER = (
+    "# Added by the Shipyard deployment kit (copier re-adds any of these that go missing)"
+)
 
 
 def rename_answer(answers_file: Path, old: str, new: str) -> bool:

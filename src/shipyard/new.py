@@ -216,14 +216,14 @@ def answer_problems(worker: Worker, src: str) -> list[str]:
             if value is not MISSING:
                 answers.user[name] = value
             inherited = not given and any(
-                re.search(rf"\b{re.escape(r)}\b", str(details.get("default", "")))
-                for r in refused
+                re.search(rf"\b{re.escape(r)}\b", str(details.get("default", ""))) for r in refused
             )
             refused.add(name)
             if not inherited:
                 problems.append(f"{name}: {_refusal(question, exc, value)}")
     # The schema mirrors the validators: it speaks only of answers copier had no word against.
-    problems += [line for name, line in _schema_problems(worker, answers, src) if name not in refused]
+    schema = _schema_problems(worker, answers, src)
+    problems += [line for name, line in schema if name not in refused]
     return problems
 
 
@@ -350,7 +350,7 @@ def _move_in(stage: Path, dest: Path, kept: set[Path]) -> int:
                     created.append(folder)
             if target.exists() and rel not in kept:
                 continue  # identical to what the kit renders
-            os.replace(stage / rel, target)
+            (stage / rel).replace(target)
             moved.append(rel)
     except OSError:
         for rel in moved:
