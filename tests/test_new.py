@@ -246,7 +246,7 @@ def test_adding_the_kit_to_an_existing_repo_keeps_the_apps_files(
     status, lines = shipyard_new(capsys, template_dir, app, "-d", "ci_provider=none")
     assert status == 0, lines
     assert_app_kept(app, before)
-    assert (app / "DEPLOYMENT.md").read_text().startswith("# Orders Api\n")
+    assert (app / "DEPLOYMENT.md").read_text().startswith("# Deploying Orders Api\n")
     findings = validate.validate(app)
     assert not findings, validate.report(findings)
 

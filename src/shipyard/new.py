@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("copier") is None:
         print(f"shipyard new: {MISSING_COPIER}", file=sys.stderr)
         return 2
-    return scaffold(args.template, args.vcs_ref, data, args.dest)
+    try:
+        return scaffold(args.template, args.vcs_ref, data, args.dest)
+    except KeyboardInterrupt:
+        # The render folder is gone with its `with`, and a move in progress was undone.
+        print(f"shipyard new: interrupted; {args.dest} is as it was", file=sys.stderr)
+        return 130
 
 
 def load_data(data_file: Path | None, pairs: Sequence[str]) -> dict[str, Any]:
@@ -123,7 +128,6 @@ def load_data(data_file: Path | None, pairs: Sequence[str]) -> dict[str, Any]:
 def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path) -> int:
     """Check the answers, render beside `dest`, move in; see the module's docstring."""
     from copier._main import Worker
-    from copier.errors import CopierError
 
     if dest.exists() and not dest.is_dir():
         print(f"shipyard new: {dest} exists and is not a folder", file=sys.stderr)
@@ -149,7 +153,7 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
                     return 2
                 kept = _seed_kept_files(worker, dest, stage)
                 worker.run_copy()
-        except (CopierError, OSError, ValueError) as exc:
+        except Exception as exc:  # copier's, git's, Jinja's: the command's one boundary
             # The template cannot be fetched or rendered, or one of its tasks failed.
             print(f"shipyard new: {src}: {_oneline(str(exc))}", file=sys.stderr)
             return 1
@@ -352,7 +356,7 @@ def _move_in(stage: Path, dest: Path, kept: set[Path]) -> int:
                 continue  # identical to what the kit renders
             (stage / rel).replace(target)
             moved.append(rel)
-    except OSError:
+    except BaseException:  # Ctrl-C too: DEST is put back before the exception goes on
         for rel in moved:
             if rel in originals:
                 (dest / rel).write_bytes(originals[rel])
