@@ -185,13 +185,13 @@ def test_release_tag_names_the_image(kit: Path) -> None:
 
 
 def test_dirty_tree_is_refused_for_staging_and_prod_only(kit: Path) -> None:
-    readme = kit / "README.md"
+    readme = kit / "DEPLOYMENT.md"
     readme.write_text(readme.read_text() + "\nuncommitted\n")
     try:
         staging = invoke(kit, "build", "--env", "staging", "--dry-run")
         dev = invoke(kit, "build", "--env", "dev", "--dry-run")
     finally:
-        git(kit, "checkout", "README.md")
+        git(kit, "checkout", "DEPLOYMENT.md")
     assert staging.returncode == 1
     assert "uncommitted changes; staging images must come from a commit" in staging.stderr
     assert dev.returncode == 0

@@ -255,3 +255,61 @@ def test_migration_steps_are_idempotent(tmp_path: Path) -> None:
     assert copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
     assert not copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
     assert (tmp_path / "sub" / "b.txt").read_text() == "a"
+
+
+@pytest.mark.usefixtures("on_path")
+def test_update_of_a_kit_added_to_an_existing_repo_keeps_the_apps_files(
+    versioned_template: Path, tmp_path: Path
+) -> None:
+    from shipyard.cli import main
+    from tests.test_new import APP_FILES, existing_app, tree
+
+    app = existing_app(tmp_path / "orders-api")
+    args = ["new", "--template", str(versioned_template), "--vcs-ref", "v1.0.0"]
+    assert main([*args, "-d", "ci_provider=none", str(app)]) == 0
+    git(app, "add", "-A")
+    git(app, "commit", "-qm", "add the Shipyard kit")
+    before = tree(app)
+
+    run_task(template_tasks.update, app, ref="v1.1.0")
+
+    after = tree(app)
+    for name in [*APP_FILES, ".gitignore"]:
+        assert after[name] == before[name], f"{name} changed"
+    assert "stop_grace_period: 30s" in (app / "compose.prod.yaml").read_text()
+    assert template_tasks.conflicted_files(app) == []
+    findings = validate.validate(app)
+    assert not findings, validate.report(findings)
+
+
+# copier.yml's migration of the guide (README.md -> DEPLOYMENT.md) names the release that made it.
+GUIDE_MIGRATION = "  - version: v0.1.0\n"
+
+
+@pytest.mark.usefixtures("on_path")
+def test_update_moves_the_guide_of_repos_generated_before_deployment_md(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """v1.0.0 rendered the guide as README.md; v1.1.0 renders DEPLOYMENT.md and moves it."""
+    repo = tmp_path / "shipyard"
+    shutil.copytree(template_dir, repo, symlinks=True)
+    _replace(repo / "copier.yml", GUIDE_MIGRATION, "  - version: v1.1.0\n")
+    (repo / "template" / "DEPLOYMENT.md.jinja").rename(repo / "template" / "README.md.jinja")
+    init_repo(repo, "release 1.0.0: the guide is README.md")
+    git(repo, "tag", "v1.0.0")
+    git(repo, "mv", "template/README.md.jinja", "template/DEPLOYMENT.md.jinja")
+    git(repo, "commit", "-qm", "release 1.1.0: the guide is DEPLOYMENT.md")
+    git(repo, "tag", "v1.1.0")
+
+    root = generate(repo, "minimal", tmp_path / "kit")
+    guide = (root / "README.md").read_text()
+    _user_edits(root)
+    git(root, "commit", "-qam", "team edits")
+
+    run_task(template_tasks.update, root, ref="v1.1.0")
+
+    assert not (root / "README.md").exists()
+    assert (root / "DEPLOYMENT.md").read_text() == guide
+    assert template_tasks.conflicted_files(root) == []
+    findings = validate.validate(root)
+    assert not findings, validate.report(findings)

@@ -496,11 +496,11 @@ def test_no_ci_provider_renders_no_workflows(rendered: Rendered) -> None:
     minimal = rendered("minimal")
     assert load_preset("minimal")["ci_provider"] == "none"
     assert not (minimal / ".github").exists()
-    assert "## CI pipelines" not in (minimal / "README.md").read_text()
+    assert "## CI pipelines" not in (minimal / "DEPLOYMENT.md").read_text()
 
 
 def test_service_readme_explains_the_pipeline(kit: Path) -> None:
-    readme = (kit / "README.md").read_text()
+    readme = (kit / "DEPLOYMENT.md").read_text()
     section = readme.split("## CI pipelines", 1)[1]
     for needle in ("release.yml", "deploy.yml", "required reviewers", "invoke deploy --env"):
         assert needle in section

@@ -1,4 +1,4 @@
-"""The `shipyard` command: checks a generated kit (`shipyard validate`)."""
+"""The `shipyard` command: scaffolds a kit (`shipyard new`) and checks one (`shipyard validate`)."""
 
 from __future__ import annotations
 
@@ -41,13 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The backup engine imports boto3 and psycopg (~0.7 s); `validate` runs often and needs
     # neither, so the backup command is only loaded for other command lines (and --help).
+    # `new` imports copier only when it runs.
     if argv[:1] != ["validate"]:
+        from shipyard import new
+
+        new.register(commands)
+    if argv[:1] not in (["validate"], ["new"]):
         from shipyard.backup import cli as backup_cli
 
         backup_cli.register(commands)
     args = parser.parse_args(argv)
     if args.command == "backup":
         return backup_cli.run(args)
+    if args.command == "new":
+        return new.run(args)
 
     only: list[str] | None = None
     if args.only or args.group:
