@@ -340,3 +340,20 @@ def test_move_only_a_file_holding_the_text(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text(f"# Kit\n\nThis repository's {mark}(...).\n")
     assert copier_migrations.move(tmp_path / "README.md", tmp_path / "DEPLOYMENT.md", mark)
     assert (tmp_path / "DEPLOYMENT.md").read_text().startswith("# Kit")
+
+
+def test_a_relative_local_template_is_recorded_by_its_absolute_path(
+    capsys: pytest.CaptureFixture[str],
+    template_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `copier update` and the kit's pin read _src_path later, from the kit's own folder.
+    monkeypatch.chdir(template_dir.parent)
+    status, lines = shipyard_new(capsys, Path(template_dir.name), tmp_path / "svc")
+    assert status == 0, lines
+    recorded = yaml.safe_load((tmp_path / "svc" / ".copier-answers.yml").read_text())
+    assert recorded["_src_path"] == str(template_dir.resolve())
+    pin = (tmp_path / "svc" / "requirements-shipyard.txt").read_text().splitlines()[-1]
+    # template_dir is a plain folder (no git): pip installs it as it is.
+    assert pin == f"shipyard[validate] @ file://{template_dir.resolve()}"

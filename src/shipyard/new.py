@@ -129,6 +129,10 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
     """Check the answers, render beside `dest`, move in; see the module's docstring."""
     from copier._main import Worker
 
+    # A local template is recorded (_src_path) by its absolute path: `copier update` and the
+    # kit's pin read it later from the kit's folder, where a relative path means nothing.
+    if Path(src).expanduser().is_dir():
+        src = str(Path(src).expanduser().resolve())
     if dest.exists() and not dest.is_dir():
         print(f"shipyard new: {dest} exists and is not a folder", file=sys.stderr)
         return 2
