@@ -431,7 +431,8 @@ def test_corrupt_records_are_one_clear_message(
         else:
             path.write_bytes(saved)
     assert result.returncode == 1
-    assert f"failed: .shipyard/{record} is not valid JSON (" in result.stderr
+    # The kit's root is resolved when shipyard.yaml is read, so records are named absolutely.
+    assert f"failed: {path.resolve()} is not valid JSON (" in result.stderr
     assert "fix or delete it (it is a local record)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
