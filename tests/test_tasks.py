@@ -137,6 +137,26 @@ def test_production_alias_and_missing_env(kit: Path) -> None:
     assert "choose an environment with --env" in result.stderr
 
 
+def test_every_task_requires_env_the_same_way(kit: Path) -> None:
+    """One rule (README, Tasks): a task that acts on an environment needs --env. `config`
+    only reads shipyard.yaml; its --env narrows the summary to one environment."""
+    from shipyard.tasks import ns
+
+    names = [
+        name
+        for name in ns.task_names
+        if name != "config" and "env" in [arg.name for arg in ns[name].get_arguments()]
+    ]
+    assert {"build", "push", "deploy", "rollback", "backup.run", "restore"} <= set(names)
+    for name in names:
+        dry = ["--dry-run"] if "dry_run" in [arg.name for arg in ns[name].get_arguments()] else []
+        result = invoke(kit, name, *dry)
+        assert (result.returncode, result.stdout) == (2, ""), (name, result.stderr)
+        assert result.stderr.strip() == (
+            "shipyard: choose an environment with --env (dev, staging, prod)"
+        ), name
+
+
 def test_missing_shipyard_yaml(kit: Path, tmp_path: Path) -> None:
     shutil.copy(kit / "tasks.py", tmp_path / "tasks.py")
     result = invoke(tmp_path, "build")
@@ -233,7 +253,7 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
 
 def test_backup_image_is_built_on_request_and_deployed_by_digest(kit: Path) -> None:
     sha = git(kit, "rev-parse", "HEAD").strip()
-    build = invoke(kit, "build", "--component", "backup", "--dry-run").stdout
+    build = invoke(kit, "build", "--env", "dev", "--component", "backup", "--dry-run").stdout
     assert "--file backup/Dockerfile --tag " in build
     assert f"--tag {REGISTRY}/shop-api-backup:{sha[:12]} " in build
     assert "--target" not in build
