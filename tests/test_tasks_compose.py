@@ -372,12 +372,27 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     second = release(kit)
     kit.invoke("deploy", "--env", "staging", "--yes")
     assert serving_image(dockerd) == second
-    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+    kit.edit("src/main.js", "release: 2", "release: 3")
+    kit.commit("a good third release")
+    third = release(kit)
+    kit.invoke("deploy", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == third
     plan = kit.invoke("rollback", "--env", "staging", "--dry-run")
-    assert f"SHOP_API_IMAGE={first}" in plan.stdout
+    assert f"SHOP_API_IMAGE={second}" in plan.stdout
+    kit.invoke("rollback", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == second
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+    # A second rollback goes one release further back, not forward to the third again.
     kit.invoke("rollback", "--env", "staging", "--yes")
     assert serving_image(dockerd) == first
     assert kit.health() == 200
+    none = kit.invoke("rollback", "--env", "staging", "--yes", check=False)
+    assert none.code == 1
+    assert none.stderr.strip() == (
+        "shipyard: staging has no healthy release before the current one recorded in "
+        ".shipyard/deploys-staging.json to roll back to; nothing was changed"
+    )
+    assert serving_image(dockerd) == first
     status = kit.invoke("status", "--env", "staging")
     assert "rolled-back" in status.stdout
 
