@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -339,6 +340,70 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     )
     services = YAML(typ="safe").load((compose_kit / "compose.backup.yaml").read_text())
     assert "backup" in services["services"]
+
+
+def test_compose_environments_back_up_through_the_backup_service(compose_kit: Path) -> None:
+    """The Compose database has no published port: `invoke backup/restore ...` run the engine
+    in compose.backup.yaml's service, on the stack's network, with no PGHOST to set."""
+    backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"
+    env = {**COMPOSE, "BACKUP_IMAGE": backup_ref}
+    service = f"BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod " + compose_line(
+        "--file", "compose.backup.yaml", "run", "--rm", "backup", "shipyard", "backup"
+    )
+    made = invoke(compose_kit, "backup", "--env", "prod", "--dry-run", env=env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == [
+        "backup of prod (in the Compose stack's backup service) (dry run: nothing is changed)",
+        f"  1. {service} run --target file:///backups --kind manual",
+    ]
+    back = invoke(
+        compose_kit, "restore", "--env", "prod", "--backup", "B1", "--dry-run", env=env
+    ).stdout.splitlines()
+    assert back[1] == f"  1. {service} restore --target file:///backups --backup B1 --yes"
+    # Without a terminal and without --yes, nothing runs.
+    refused = invoke(compose_kit, "restore", "--env", "prod", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "shipyard: Replace the database of prod (its Compose stack's) with the newest complete "
+        "backup? Refusing without a terminal: pass --yes."
+    )
+    assert "$ " not in refused.stdout
+    # PGHOST names a database this machine reaches: the engine runs here, on it.
+    direct = invoke(
+        compose_kit, "backup", "--env", "prod", "--dry-run", env={**env, "PGHOST": "db.example"}
+    )
+    assert "pg_dump --format=custom --compress=0 shop_api on db.example:5432 |" in direct.stdout
+    assert f"{(compose_kit / 'backups' / 'prod').resolve().as_uri()}/<id>/" in direct.stdout
+
+    # The generated README says exactly this, and asks for no PGHOST on Compose.
+    readme = (compose_kit / "README.md").read_text()
+    assert "invoke backup --env prod " in readme
+    assert "export PGHOST" not in readme
+    assert (
+        "`SHIPYARD_ENV=prod BACKUP_IMAGE=... docker compose -f compose.backup.yaml run --rm "
+        "backup\nshipyard backup ACTION --target file:///backups`"
+    ) in readme
+
+    (compose_kit / "compose.backup.yaml").unlink()
+    try:
+        missing = invoke(compose_kit, "backup.list", "--env", "prod", env=env)
+    finally:
+        git(compose_kit, "checkout", "compose.backup.yaml")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "shipyard: prod runs on Compose, where backups run in the `backup` service of "
+        "compose.backup.yaml, which is missing or has no such service; add it (see README.md, "
+        "Backups) or set PGHOST to reach the database from here"
+    )
+
+
+def test_s3_compose_environment_targets_its_bucket(rendered: Callable[[str], Path]) -> None:
+    repo = rendered("project-management")
+    plan = invoke(repo, "backup", "--env", "prod", "--dry-run", env=COMPOSE)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[1].endswith(
+        " run --rm backup shipyard backup run --target s3://pmtool-backups/prod --kind manual"
+    )
 
 
 @pytest.mark.parametrize(
