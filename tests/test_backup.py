@@ -529,3 +529,27 @@ def test_round_trip_keeps_every_byte_in_the_databases_encoding(
     # The test's own sessions read the bytes in the database's encoding.
     monkeypatch.delenv("PGCLIENTENCODING", raising=False)
     assert stored() == values
+
+
+def test_names_that_are_not_utf8_are_named_as_the_problem(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = f"enc_{os.urandom(4).hex()}"
+    with postgres_server.connect() as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING SQL_ASCII TEMPLATE template0"
+                " LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name))
+        )
+    with postgres_server.connect(name) as conn:
+        conn.execute(b'CREATE TABLE "caf\xe9" (id int)')  # a Latin-1 name
+    for key, setting in postgres_server.env(name).items():
+        monkeypatch.setenv(key, setting)
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(backup.LocalStorage(tmp_path), log=lambda _m: None)
+    assert str(failed.value) == (
+        f"reading table statistics failed: database {name} (SQL_ASCII) has schema, table or "
+        "column names that are not valid UTF-8; rename them to back it up"
+    )
+    assert backup.list_backups(backup.LocalStorage(tmp_path)) == []

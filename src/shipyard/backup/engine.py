@@ -356,6 +356,11 @@ class _DumpReader:
 
     def _check(self) -> None:
         dump_rc, zstd_rc = self.pg_dump.wait(), self.zstd.wait()
+        # A statistics query that failed ends the snapshot's transaction, so pg_dump cannot
+        # import the snapshot: then the statistics' error is the one that says why (it is
+        # recorded a moment after the server's error, hence the short wait).
+        if dump_rc != 0 and self.stats_done.wait(timeout=2) and self.stats_error:
+            raise BackupError(f"reading table statistics failed: {self.stats_error[0]}")
         if dump_rc != 0:
             self.dump_errors.seek(0)
             detail = self.dump_errors.read().decode(errors="replace").strip()
@@ -398,6 +403,17 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
             # Same transaction, same snapshot as pg_dump: the counts describe the dump exactly.
             try:
                 stats.update(table_stats(conn))
+            except (
+                psycopg.errors.CharacterNotInRepertoire,
+                psycopg.errors.UntranslatableCharacter,
+            ):
+                # The engine reads names in UTF-8; a SQL_ASCII database may hold other bytes.
+                stats_error.append(
+                    BackupError(
+                        f"database {database} ({settings['encoding']}) has schema, table or "
+                        "column names that are not valid UTF-8; rename them to back it up"
+                    )
+                )
             except BaseException as exc:  # reported through the reader, never lost
                 stats_error.append(exc)
             finally:
