@@ -2,8 +2,8 @@
 
 `images.json` holds the digest of each component's last push, so deploys use the digest and
 never a moving tag; `deploys-<env>.json` is the history `rollback` steps back through
-(`rollback_target`). The
-folder ignores itself in git, so recording a push never makes the tree dirty.
+(`rollback_target`). The folder ignores itself in git, so recording a push never makes the
+tree dirty.
 """
 
 from __future__ import annotations

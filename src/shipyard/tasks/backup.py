@@ -30,6 +30,7 @@ from invoke.tasks import task
 from shipyard import config
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import state
+from shipyard.engines.helm import BACKUP
 from shipyard.engines.proc import Command
 from shipyard.tasks._run import confirm, execute, failures, plan, setup
 
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
 HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_ID = "backup id from `invoke backup.list` (default: the newest complete one)"
 HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
-# The backup image is recorded beside the components under this name (`invoke push
-# --component backup`); compose.backup.yaml reads it from BACKUP_IMAGE.
-BACKUP = "backup"
 # Where compose.backup.yaml mounts the environment's backups folder (./backups/<env>).
 COMPOSE_FOLDER = "file:///backups"
 
