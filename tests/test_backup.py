@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from psycopg import sql
 
 from shipyard import backup, config
 from shipyard.backup import archive, engine
@@ -461,3 +462,94 @@ def test_every_column_type_moves_the_checksum(
         assert checksum() != original
         conn.execute("ROLLBACK")
         assert checksum() == original
+
+
+@pytest.mark.parametrize(
+    ("encoding", "values", "client_encoding"),
+    [
+        # Latin-1 "café" (0xe9 is no UTF-8), UTF-8 "été" and plain ASCII side by side, as
+        # legacy SQL_ASCII databases hold them; a caller's PGCLIENTENCODING must not change
+        # the dump's encoding.
+        ("SQL_ASCII", [b"caf\xe9", b"\xc3\xa9t\xc3\xa9", b"plain"], ""),
+        ("SQL_ASCII", [b"caf\xe9", b"\xc3\xa9t\xc3\xa9", b"plain"], "UTF8"),
+        ("UTF8", ["café".encode(), "日本語 ✓".encode(), b"plain"], ""),
+    ],
+    ids=["sql_ascii", "sql_ascii-pgclientencoding-utf8", "utf8"],
+)
+def test_round_trip_keeps_every_byte_in_the_databases_encoding(
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    encoding: str,
+    values: list[bytes],
+    client_encoding: str,
+) -> None:
+    name = f"enc_{os.urandom(4).hex()}"
+    with postgres_server.connect() as conn:
+        # createdb -E ENCODING -T template0 (C locale: the one SQL_ASCII goes with)
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING {} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name), sql.Literal(encoding))
+        )
+
+    def stored() -> list[bytes]:
+        """The rows' exact bytes (textsend), and the database still in its encoding."""
+        with postgres_server.connect(name) as conn:
+            rows = conn.execute("SELECT textsend(body) FROM notes ORDER BY id").fetchall()
+        with postgres_server.connect() as conn:  # a UTF-8 database: names come back as str
+            found = conn.execute(
+                "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+        assert found == (encoding,)
+        return [bytes(body) for (body,) in rows]
+
+    with postgres_server.connect(name) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        for number, value in enumerate(values):
+            # The bytes become text as they are, whatever psycopg's own encoding is.
+            conn.execute(
+                "INSERT INTO notes VALUES"
+                " (%s, convert_from(%s, current_setting('server_encoding')))",
+                (number, value),
+            )
+    assert stored() == values
+    for key, setting in postgres_server.env(name).items():
+        monkeypatch.setenv(key, setting)
+    if client_encoding:
+        monkeypatch.setenv("PGCLIENTENCODING", client_encoding)
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store, log=lambda _m: None)
+    assert made.manifest["database_settings"]["encoding"] == encoding
+    assert made.manifest["tables"]["public.notes"]["rows"] == len(values)
+    backup.verify(store, made.id, log=lambda _m: None)
+    with postgres_server.connect(name) as conn:
+        conn.execute("DELETE FROM notes")
+    backup.restore(store, made.id, safety_backup=False, log=lambda _m: None)
+    # The test's own sessions read the bytes in the database's encoding.
+    monkeypatch.delenv("PGCLIENTENCODING", raising=False)
+    assert stored() == values
+
+
+def test_names_that_are_not_utf8_are_named_as_the_problem(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = f"enc_{os.urandom(4).hex()}"
+    with postgres_server.connect() as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING SQL_ASCII TEMPLATE template0"
+                " LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name))
+        )
+    with postgres_server.connect(name) as conn:
+        conn.execute(b'CREATE TABLE "caf\xe9" (id int)')  # a Latin-1 name
+    for key, setting in postgres_server.env(name).items():
+        monkeypatch.setenv(key, setting)
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(backup.LocalStorage(tmp_path), log=lambda _m: None)
+    assert str(failed.value) == (
+        f"reading table statistics failed: database {name} (SQL_ASCII) has schema, table or "
+        "column names that are not valid UTF-8; rename them to back it up"
+    )
+    assert backup.list_backups(backup.LocalStorage(tmp_path)) == []

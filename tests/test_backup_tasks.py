@@ -3,6 +3,9 @@ environment for the database, confirmation, dry runs, and clear `Exit` messages.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +120,35 @@ def test_clear_exits(local_repo: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("PGPORT", "1")
     with pytest.raises(Exit, match="the backup of prod failed: cannot connect to PostgreSQL"):
         tasks.run(c, env="prod")
+
+
+def test_every_task_runs_from_the_repo_root_as_the_readme_says(
+    local_repo: Path, app_db: str, postgres_server: PostgresServer
+) -> None:
+    """`invoke ...` in the repo with nothing configured: shipyard.yaml's root is ".", so its
+    `backups/staging` is relative until resolved."""
+
+    def invoke(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=local_repo,
+            env=dict(os.environ),  # app_db's libpq variables
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stdout
+
+    folder = (local_repo / "backups" / "staging").resolve()
+    assert "backup of staging (dry run" in invoke("backup", "--env", "staging", "--dry-run")
+    assert f"complete in {folder.as_uri()}" in invoke("backup", "--env", "staging")
+    (made,) = backup.list_backups(backup.LocalStorage(folder))
+    assert made.id in invoke("backup.list", "--env", "staging")
+    assert "300 rows match its manifest" in invoke("backup.verify", "--env", "staging")
+    assert "would delete nothing" in invoke("backup.prune", "--env", "staging", "--dry-run")
+    with postgres_server.connect(app_db) as conn:
+        conn.execute("DELETE FROM notes")
+    assert f"from backup {made.id}" in invoke("restore", "--env", "staging", "--yes")
+    assert count(postgres_server, app_db) == 300

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from docker.client import DockerClient
 from ruamel.yaml import YAML
 
 from shipyard import config
-from shipyard.engines import EngineError, docker, helm
+from shipyard.engines import EngineError, docker, helm, state
 from shipyard.engines.proc import command, run
 from tests.conftest import Render, git, init_repo
 from tests.servers.registry import free_port
@@ -137,6 +138,26 @@ def test_production_alias_and_missing_env(kit: Path) -> None:
     assert "choose an environment with --env" in result.stderr
 
 
+def test_every_task_requires_env_the_same_way(kit: Path) -> None:
+    """One rule (README, Tasks): a task that acts on an environment needs --env. `config`
+    only reads shipyard.yaml; its --env narrows the summary to one environment."""
+    from shipyard.tasks import ns
+
+    names = [
+        name
+        for name in ns.task_names
+        if name != "config" and "env" in [arg.name for arg in ns[name].get_arguments()]
+    ]
+    assert {"build", "push", "deploy", "rollback", "backup.run", "restore"} <= set(names)
+    for name in names:
+        dry = ["--dry-run"] if "dry_run" in [arg.name for arg in ns[name].get_arguments()] else []
+        result = invoke(kit, name, *dry)
+        assert (result.returncode, result.stdout) == (2, ""), (name, result.stderr)
+        assert result.stderr.strip() == (
+            "shipyard: choose an environment with --env (dev, staging, prod)"
+        ), name
+
+
 def test_missing_shipyard_yaml(kit: Path, tmp_path: Path) -> None:
     shutil.copy(kit / "tasks.py", tmp_path / "tasks.py")
     result = invoke(tmp_path, "build")
@@ -227,13 +248,11 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
         f"--set-string components.shop-api.image.digest={DIGEST} --create-namespace "
         f"{flags} --wait-for-jobs --timeout 300s"
     )
-    rollback = invoke(kit, "rollback", "--env", "prod", "--dry-run").stdout
-    assert "helm rollback shop-api --namespace shop-api-prod --wait --timeout 300s" in rollback
 
 
 def test_backup_image_is_built_on_request_and_deployed_by_digest(kit: Path) -> None:
     sha = git(kit, "rev-parse", "HEAD").strip()
-    build = invoke(kit, "build", "--component", "backup", "--dry-run").stdout
+    build = invoke(kit, "build", "--env", "dev", "--component", "backup", "--dry-run").stdout
     assert "--file backup/Dockerfile --tag " in build
     assert f"--tag {REGISTRY}/shop-api-backup:{sha[:12]} " in build
     assert "--target" not in build
@@ -321,6 +340,70 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     )
     services = YAML(typ="safe").load((compose_kit / "compose.backup.yaml").read_text())
     assert "backup" in services["services"]
+
+
+def test_compose_environments_back_up_through_the_backup_service(compose_kit: Path) -> None:
+    """The Compose database has no published port: `invoke backup/restore ...` run the engine
+    in compose.backup.yaml's service, on the stack's network, with no PGHOST to set."""
+    backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"
+    env = {**COMPOSE, "BACKUP_IMAGE": backup_ref}
+    service = f"BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod " + compose_line(
+        "--file", "compose.backup.yaml", "run", "--rm", "backup", "shipyard", "backup"
+    )
+    made = invoke(compose_kit, "backup", "--env", "prod", "--dry-run", env=env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == [
+        "backup of prod (in the Compose stack's backup service) (dry run: nothing is changed)",
+        f"  1. {service} run --target file:///backups --kind manual",
+    ]
+    back = invoke(
+        compose_kit, "restore", "--env", "prod", "--backup", "B1", "--dry-run", env=env
+    ).stdout.splitlines()
+    assert back[1] == f"  1. {service} restore --target file:///backups --backup B1 --yes"
+    # Without a terminal and without --yes, nothing runs.
+    refused = invoke(compose_kit, "restore", "--env", "prod", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "shipyard: Replace the database of prod (its Compose stack's) with the newest complete "
+        "backup? Refusing without a terminal: pass --yes."
+    )
+    assert "$ " not in refused.stdout
+    # PGHOST names a database this machine reaches: the engine runs here, on it.
+    direct = invoke(
+        compose_kit, "backup", "--env", "prod", "--dry-run", env={**env, "PGHOST": "db.example"}
+    )
+    assert "pg_dump --format=custom --compress=0 shop_api on db.example:5432 |" in direct.stdout
+    assert f"{(compose_kit / 'backups' / 'prod').resolve().as_uri()}/<id>/" in direct.stdout
+
+    # The generated README says exactly this, and asks for no PGHOST on Compose.
+    readme = (compose_kit / "README.md").read_text()
+    assert "invoke backup --env prod " in readme
+    assert "export PGHOST" not in readme
+    assert (
+        "`SHIPYARD_ENV=prod BACKUP_IMAGE=... docker compose -f compose.backup.yaml run --rm "
+        "backup\nshipyard backup ACTION --target file:///backups`"
+    ) in readme
+
+    (compose_kit / "compose.backup.yaml").unlink()
+    try:
+        missing = invoke(compose_kit, "backup.list", "--env", "prod", env=env)
+    finally:
+        git(compose_kit, "checkout", "compose.backup.yaml")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "shipyard: prod runs on Compose, where backups run in the `backup` service of "
+        "compose.backup.yaml, which is missing or has no such service; add it (see README.md, "
+        "Backups) or set PGHOST to reach the database from here"
+    )
+
+
+def test_s3_compose_environment_targets_its_bucket(rendered: Callable[[str], Path]) -> None:
+    repo = rendered("project-management")
+    plan = invoke(repo, "backup", "--env", "prod", "--dry-run", env=COMPOSE)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[1].endswith(
+        " run --rm backup shipyard backup run --target s3://pmtool-backups/prod --kind manual"
+    )
 
 
 @pytest.mark.parametrize(
@@ -431,7 +514,8 @@ def test_corrupt_records_are_one_clear_message(
         else:
             path.write_bytes(saved)
     assert result.returncode == 1
-    assert f"failed: .shipyard/{record} is not valid JSON (" in result.stderr
+    # The kit's root is resolved when shipyard.yaml is read, so records are named absolutely.
+    assert f"failed: {path.resolve()} is not valid JSON (" in result.stderr
     assert "fix or delete it (it is a local record)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -558,3 +642,161 @@ def test_docker_sdk_failures_are_engine_errors() -> None:
             docker.running_images(gone, "shop-api")
         with pytest.raises(EngineError, match=r"^clearing the removed containers of shop-api"):
             docker.settle(gone, "shop-api", timeout=0)
+
+
+def deploy_entry(status: str, image: str) -> dict[str, object]:
+    return {"images": {"shop-api": image}, "status": status, "at": "2026-01-01T00:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("history", "target"),
+    [
+        ([], None),
+        ([("deployed", "a")], None),
+        ([("deployed", "a"), ("deployed", "b")], "a"),
+        # A second rollback goes one further back, never forward to what it left.
+        ([("deployed", "a"), ("deployed", "b"), ("deployed", "c"), ("rolled-back", "b")], "a"),
+        ([("deployed", "a"), ("deployed", "b"), ("rolled-back", "a")], None),
+        # Failed releases and the automatic rollback after them are not steps back.
+        ([("deployed", "a"), ("deployed", "b"), ("failed", "c"), ("rolled-back", "b")], "a"),
+        # A release rolled back away from (c) is skipped after a newer deploy (d).
+        (
+            [("deployed", s) for s in "abc"] + [("rolled-back", "b"), ("deployed", "d")],
+            "b",
+        ),
+        (
+            [("deployed", s) for s in "abc"]
+            + [("rolled-back", "b"), ("deployed", "d"), ("rolled-back", "b")],
+            "a",
+        ),
+        # A redeploy of an older release is a release of its own.
+        ([("deployed", "a"), ("deployed", "b"), ("deployed", "a")], "b"),
+    ],
+)
+def test_compose_rollback_steps_back_through_the_history(
+    history: list[tuple[str, str]], target: str | None
+) -> None:
+    entries = [deploy_entry(status, image) for status, image in history]
+    assert state.rollback_target(entries) == ({"shop-api": target} if target else None)
+
+
+def revision(number: int, status: str, description: str = "Upgrade complete") -> dict[str, object]:
+    """One entry of `helm history --output json`, as Helm 3 and 4 print it."""
+    return {
+        "revision": number,
+        "updated": f"2026-01-0{number}T10:00:00.000000+00:00",
+        "status": status,
+        "chart": "shop-api-0.1.0",
+        "app_version": "0.1.0",
+        "description": description,
+    }
+
+
+INSTALLED = revision(1, "superseded", "Install complete")
+
+
+@pytest.mark.parametrize(
+    ("revisions", "target"),
+    [
+        ([], None),
+        ([revision(1, "deployed", "Install complete")], None),
+        ([INSTALLED, revision(2, "superseded"), revision(3, "deployed")], 2),
+        # After `rollback` (4 restores 2), the next goes to 1, not back to 3.
+        (
+            [INSTALLED, revision(2, "superseded"), revision(3, "superseded"),
+             revision(4, "deployed", "Rollback to 2")],
+            1,
+        ),
+        (
+            [INSTALLED, revision(2, "superseded"), revision(3, "superseded"),
+             revision(4, "superseded", "Rollback to 2"), revision(5, "deployed", "Rollback to 1")],
+            None,
+        ),
+        # A failed upgrade that --atomic rolled back (4 restores 2) is skipped.
+        (
+            [INSTALLED, revision(2, "superseded"), revision(3, "failed"),
+             revision(4, "deployed", "Rollback to 2")],
+            1,
+        ),
+        # A newer upgrade after a rollback steps back to the rollback's revision first.
+        (
+            [INSTALLED, revision(2, "superseded"), revision(3, "superseded"),
+             revision(4, "superseded", "Rollback to 2"), revision(5, "deployed")],
+            4,
+        ),
+        # --history-max pruned the restored revision: the newest one left before it.
+        ([revision(7, "superseded"), revision(8, "deployed", "Rollback to 5")], 7),
+    ],
+)  # fmt: skip
+def test_helm_rollback_revision_steps_back_through_the_history(
+    revisions: list[dict[str, object]], target: int | None
+) -> None:
+    assert helm.rollback_revision(revisions) == target
+
+
+@pytest.fixture
+def fake_helm(tmp_path: Path) -> Path:
+    """A stand-in for the cluster behind `helm` (the one fake the rules allow): it logs its
+    arguments, prints the history in HELM_HISTORY for `helm history`, and succeeds."""
+    helm_bin = tmp_path / "helm"
+    helm_bin.write_text(
+        f"#!{sys.executable}\n"
+        + """import json, os, sys
+from pathlib import Path
+with Path(os.environ["FAKE_HELM_LOG"]).open("a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "history":
+    print(Path(os.environ["HELM_HISTORY"]).read_text())
+"""
+    )
+    helm_bin.chmod(0o755)
+    return helm_bin
+
+
+def test_helm_rollback_runs_the_computed_revision(kit: Path, fake_helm: Path) -> None:
+    log, history = fake_helm.parent / "calls", fake_helm.parent / "history.json"
+    env = {"SHIPYARD_HELM": str(fake_helm), "FAKE_HELM_LOG": str(log), "HELM_HISTORY": str(history)}
+    read = f"{fake_helm} history shop-api --namespace shop-api-prod --output json"
+    back = f"{fake_helm} rollback shop-api 2 --namespace shop-api-prod --wait --timeout 300s"
+    # Revision 3 is current: the previous healthy one is 2.
+    history.write_text(json.dumps([INSTALLED, revision(2, "superseded"), revision(3, "deployed")]))
+    plan = invoke(kit, "rollback", "--env", "prod", "--dry-run", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines() == [
+        "rollback shop-api on prod (helm) to revision 2 (dry run: nothing is changed)",
+        f"  1. {read}",
+        f"  2. {back}",
+    ]
+    done = invoke(kit, "rollback", "--env", "prod", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"$ {back}", "prod: rolled back to revision 2"]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        read.split()[1:],
+        read.split()[1:],
+        back.split()[1:],
+    ]
+
+    # As Helm records that rollback: a second one goes on to revision 1, and then there is none.
+    history.write_text(
+        json.dumps(
+            [INSTALLED, revision(2, "superseded"), revision(3, "superseded"),
+             revision(4, "deployed", "Rollback to 2")]
+        )
+    )  # fmt: skip
+    again = invoke(kit, "rollback", "--env", "prod", "--dry-run", env=env)
+    assert f"{fake_helm} rollback shop-api 1 --namespace" in again.stdout
+    history.write_text(
+        json.dumps(
+            [
+                revision(1, "superseded", "Install complete"),
+                revision(2, "deployed", "Rollback to 1"),
+            ]
+        )
+    )
+    none = invoke(kit, "rollback", "--env", "prod", "--yes", env=env)
+    assert none.returncode == 1
+    assert none.stderr.strip() == (
+        "shipyard: prod has no healthy revision before the current one in the Helm history of "
+        "release shop-api to roll back to; nothing was changed"
+    )
+    assert "rollback" not in [json.loads(line)[0] for line in log.read_text().splitlines()[3:]]

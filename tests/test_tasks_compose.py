@@ -12,19 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import requests
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from tests.conftest import Render, git
-from tests.servers.docker import Dockerd, MirrorImages
+from tests.conftest import REPO, Render, git
+from tests.servers.docker import POSTGRES_LOCAL, Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -372,12 +377,27 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     second = release(kit)
     kit.invoke("deploy", "--env", "staging", "--yes")
     assert serving_image(dockerd) == second
-    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+    kit.edit("src/main.js", "release: 2", "release: 3")
+    kit.commit("a good third release")
+    third = release(kit)
+    kit.invoke("deploy", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == third
     plan = kit.invoke("rollback", "--env", "staging", "--dry-run")
-    assert f"SHOP_API_IMAGE={first}" in plan.stdout
+    assert f"SHOP_API_IMAGE={second}" in plan.stdout
+    kit.invoke("rollback", "--env", "staging", "--yes")
+    assert serving_image(dockerd) == second
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+    # A second rollback goes one release further back, not forward to the third again.
     kit.invoke("rollback", "--env", "staging", "--yes")
     assert serving_image(dockerd) == first
     assert kit.health() == 200
+    none = kit.invoke("rollback", "--env", "staging", "--yes", check=False)
+    assert none.code == 1
+    assert none.stderr.strip() == (
+        "shipyard: staging has no healthy release before the current one recorded in "
+        ".shipyard/deploys-staging.json to roll back to; nothing was changed"
+    )
+    assert serving_image(dockerd) == first
     status = kit.invoke("status", "--env", "staging")
     assert "rolled-back" in status.stdout
 
@@ -431,3 +451,117 @@ def test_daemon_not_running_is_one_clear_message(kit: Kit) -> None:
     assert result.returncode == 1
     assert "the Docker daemon is not reachable" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# The backup engine's image as backup/Dockerfile makes it (PostgreSQL 15 client tools, zstd,
+# python3 and shipyard, uid 1000), built from the test PostgreSQL image: the generated file
+# installs shipyard from its git pin, which this machine cannot reach.
+BACKUP_DOCKERFILE = f"""\
+FROM {POSTGRES_LOCAL}
+USER root
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends python3 zstd; \\
+    rm -rf /var/lib/apt/lists/*; \\
+    useradd --system --uid 1000 --user-group --home-dir /nonexistent shipyard; \\
+    mkdir -p /backups; chown 1000:1000 /backups; \\
+    printf '#!/bin/sh\\nexec python3 -m shipyard.cli "$@"\\n' > /usr/local/bin/shipyard; \\
+    chmod 755 /usr/local/bin/shipyard
+COPY site/ /opt/shipyard/
+ENV PYTHONPATH=/opt/shipyard PYTHONUNBUFFERED=1
+USER 1000:1000
+WORKDIR /tmp
+ENTRYPOINT []
+"""
+
+
+def _runtime_distributions() -> list[metadata.Distribution]:
+    """shipyard's installed dependencies, with their own, as this test run has them."""
+    found: dict[str, metadata.Distribution] = {}
+    todo = [Requirement("shipyard")]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in found:
+            continue
+        dist = metadata.distribution(req.name)
+        found[name] = dist
+        for spec in dist.requires or []:
+            dep = Requirement(spec)
+            # Only what this requirement pulls in: its extras' markers, never optional ones.
+            if dep.marker is None or any(
+                dep.marker.evaluate({"extra": extra}) for extra in req.extras or {""}
+            ):
+                todo.append(dep)
+    del found["shipyard"]  # editable: copied from src/ instead
+    return list(found.values())
+
+
+@pytest.fixture(scope="session")
+def backup_image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
+    """The backup image, tagged locally (compose runs a local image without pulling)."""
+    tag = "shipyard-test/backup-engine:1"
+    with tempfile.TemporaryDirectory() as ctx:
+        site = Path(ctx, "site")
+        for dist in _runtime_distributions():
+            for file in dist.files or []:
+                source = Path(str(dist.locate_file(file)))
+                if file.parts[0] == ".." or "__pycache__" in file.parts or not source.is_file():
+                    continue  # console scripts and bytecode
+                (site / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, site / file)
+        shutil.copytree(
+            REPO / "src" / "shipyard",
+            site / "shipyard",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        Path(ctx, "Dockerfile").write_text(BACKUP_DOCKERFILE)
+        proc = subprocess.run(
+            [dockerd.cli, "build", "--network", "host", "--tag", tag, ctx],
+            env={**dockerd.env, "DOCKER_BUILDKIT": "1"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return tag
+
+
+def test_backup_tasks_run_in_the_compose_stack(
+    kit: Kit, dockerd: Dockerd, first: str, backup_image: str
+) -> None:
+    """As the generated README says: from the repo root, with DOCKER_HOST and the backup image
+    only; the database is on the stack's internal network, which no PGHOST could reach."""
+    env = {k: v for k, v in kit.env.items() if not k.startswith("PG")}
+    at = Kit(kit.root, {**env, "BACKUP_IMAGE": backup_image}, kit.port)
+    folder = kit.root / "backups" / "staging"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, 1000, 1000)  # the README's `install -d -o 1000 -g 1000 backups/staging`
+
+    def visits() -> int:
+        deadline = time.monotonic() + 90
+        while True:
+            # The restore ends the app's sessions; its pool (or its restarted container) reconnects.
+            with contextlib.suppress(requests.RequestException):
+                reply = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5)
+                if reply.status_code == 200:
+                    return int(reply.json()["visits"])
+            assert time.monotonic() < deadline, "the app did not serve again after the restore"
+            time.sleep(2)
+
+    counted = visits()
+    made = at.invoke("backup", "--env", "staging")
+    assert " run --rm backup shipyard backup run --target file:///backups --kind manual" in (
+        made.stdout
+    )
+    (backup_id,) = [p.name for p in folder.iterdir()]
+    assert (folder / backup_id / "manifest.json").is_file()
+    assert backup_id in at.invoke("backup.list", "--env", "staging").stdout
+    at.invoke("backup.verify", "--env", "staging")
+    assert (folder / backup_id / "verified.json").is_file()
+    assert visits() == counted + 1
+    assert visits() == counted + 2  # two rows the backup does not hold
+    at.invoke("restore", "--env", "staging", "--backup", backup_id, "--yes")
+    assert visits() == counted + 1
+    pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
+    assert "would delete 0" in pruned.output
+    assert kit.health() == 200

@@ -88,11 +88,15 @@ class Config:
 
 
 def load(root: Path | str = ".") -> Config:
-    """Read and validate `shipyard.yaml` in `root`; raise ConfigError with every problem."""
+    """Read and validate `shipyard.yaml` in `root`; raise ConfigError with every problem.
+
+    The Config's root is absolute (resolved here, once), so every path built from it (a
+    backup folder, a file URI, a command's cwd) means the same folder wherever it is used.
+    """
     path = Path(root) / CONFIG_FILE
     data = load_yaml(path)
     problems = schema_errors(data, "shipyard")
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path} does not match the shipyard.yaml schema:\n{listed}")
-    return Config(root=Path(root), data=data)
+    return Config(root=Path(root).resolve(), data=data)

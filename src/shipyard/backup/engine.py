@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from shipyard import __version__, config
 from shipyard.backup import archive as pg_archive
@@ -167,15 +168,19 @@ def tool_version(name: str) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
 
 
+# The engine's own sessions speak UTF-8 whatever the database's encoding or the caller's
+# PGCLIENTENCODING: left to libpq, a SQL_ASCII database would hand psycopg bytes for every text
+# value (the exported snapshot id among them). Only names, counts and checksums travel over
+# these sessions; the data itself goes through pg_dump/pg_restore in the database's encoding.
+CLIENT_ENCODING = "UTF8"
+
+
 @contextmanager
 def connect(dbname: str | None = None, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
     """A connection from libpq's environment, to `dbname` if given."""
+    params = {"client_encoding": CLIENT_ENCODING, **({"dbname": dbname} if dbname else {})}
     try:
-        conn = (
-            psycopg.connect(dbname=dbname, autocommit=autocommit)
-            if dbname
-            else (psycopg.connect(autocommit=autocommit))
-        )
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise BackupError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
     with conn:
@@ -351,6 +356,11 @@ class _DumpReader:
 
     def _check(self) -> None:
         dump_rc, zstd_rc = self.pg_dump.wait(), self.zstd.wait()
+        # A statistics query that failed ends the snapshot's transaction, so pg_dump cannot
+        # import the snapshot: then the statistics' error is the one that says why (it is
+        # recorded a moment after the server's error, hence the short wait).
+        if dump_rc != 0 and self.stats_done.wait(timeout=2) and self.stats_error:
+            raise BackupError(f"reading table statistics failed: {self.stats_error[0]}")
         if dump_rc != 0:
             self.dump_errors.seek(0)
             detail = self.dump_errors.read().decode(errors="replace").strip()
@@ -377,6 +387,9 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
             "SELECT pg_export_snapshot(), current_database(), current_setting('server_version')",
         )
         settings = _database_settings(conn, database)
+        # The dump is in the database's own encoding, never PGCLIENTENCODING's: bytes a
+        # SQL_ASCII database holds need not be valid in any other encoding.
+        dump_encoding = f"--encoding={settings['encoding']}"
         # The statistics run beside pg_dump, whose server process is the backup's critical
         # path: parallel scan workers would take CPU from it (measured: 10% slower backups on 2
         # cores). Local to this transaction.
@@ -390,6 +403,17 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
             # Same transaction, same snapshot as pg_dump: the counts describe the dump exactly.
             try:
                 stats.update(table_stats(conn))
+            except (
+                psycopg.errors.CharacterNotInRepertoire,
+                psycopg.errors.UntranslatableCharacter,
+            ):
+                # The engine reads names in UTF-8; a SQL_ASCII database may hold other bytes.
+                stats_error.append(
+                    BackupError(
+                        f"database {database} ({settings['encoding']}) has schema, table or "
+                        "column names that are not valid UTF-8; rename them to back it up"
+                    )
+                )
             except BaseException as exc:  # reported through the reader, never lost
                 stats_error.append(exc)
             finally:
@@ -397,7 +421,13 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
 
         with tempfile.TemporaryFile() as dump_errors:
             dumper = subprocess.Popen(
-                [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}"],
+                [
+                    pg_dump,
+                    "--format=custom",
+                    "--compress=0",
+                    dump_encoding,
+                    f"--snapshot={snapshot}",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=dump_errors,
             )

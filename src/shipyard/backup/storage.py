@@ -63,6 +63,10 @@ class LocalStorage:
     url: str = ""
 
     def __post_init__(self) -> None:
+        # Relative folders are resolved where the user's input is read (config.load, from_url);
+        # one reaching here would silently depend on the current directory.
+        if not self.root.is_absolute():
+            raise StorageError(f"{self.root}: a backup folder must be an absolute path")
         self.url = self.url or self.root.as_uri()
 
     def _path(self, key: str) -> Path:
@@ -232,7 +236,8 @@ def from_url(url: str, endpoint_url: str | None = None) -> Storage:
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"{url}: file URLs name a local folder, e.g. file:///backups")
-        return LocalStorage(Path(unquote(parsed.path)))
+        # `file:backups` names a relative folder: resolved here, where the URL is read.
+        return LocalStorage(Path(unquote(parsed.path)).resolve())
     if parsed.scheme == "" and url:
         return LocalStorage(Path(url).resolve())
     raise StorageError(f"{url}: use file:///folder or s3://bucket/prefix")

@@ -104,9 +104,10 @@ def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     return compose(root, file, "--profile", "migrate", "run", "--rm", "migrate", images=images)
 
 
-def backup(root: Path, env: str, image: str) -> Command:
-    """One backup by the standalone backup file's service (its command is `shipyard backup run`
-    with the target and retention); `image` is the pushed repo@digest, or '' for the file's
-    default."""
+def backup(root: Path, env: str, image: str, *engine: str) -> Command:
+    """The standalone backup file's service, on the running stack's network: its own command
+    (`shipyard backup run` with the target and retention: one backup) or `engine`, another
+    `shipyard backup ...` command line; `image` is the pushed repo@digest, or '' for the
+    file's default."""
     variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
-    return compose(root, BACKUP_FILE, "run", "--rm", "backup", env=variables)
+    return compose(root, BACKUP_FILE, "run", "--rm", "backup", *engine, env=variables)

@@ -215,12 +215,50 @@ def run_backup(job: BackupJob, echo: Callable[[Command], None]) -> bool:
         time.sleep(POLL)
 
 
-def rollback(cfg: Config, env: str, settings: dict[str, Any], timeout: int) -> Command:
-    """`helm rollback` to the previous revision, waiting for it."""
+def history(cfg: Config, env: str, settings: dict[str, Any]) -> Command:
+    """The release's revisions as JSON (what `rollback_revision` reads)."""
+    name, ns = release(cfg, env), settings["namespace"]
+    return command(binary(), "history", name, "--namespace", ns, "--output", "json")
+
+
+# Helm's description of a revision made by `helm rollback` (or --atomic after a failure).
+ROLLBACK_DESCRIPTION = re.compile(r"Rollback to (\d+)")
+# Statuses of revisions that were rolled out and served: the current one and those it replaced.
+SERVED = ("deployed", "superseded")
+
+
+def rollback_revision(revisions: list[dict[str, Any]]) -> int | None:
+    """The revision `rollback` goes to, from `helm history --output json`: the newest served
+    revision before the current one, or None when the history holds none.
+
+    `helm rollback` without a revision goes to the one just before the current, so a second
+    rollback would undo the first. Here a rollback's revision stands where the revision it
+    restored stands ("Rollback to N"): a second rollback goes one further back, and revisions
+    that were rolled back away from, or failed, are skipped.
+    """
+    by_number = {int(r["revision"]): r for r in revisions}
+    if not by_number:
+        return None
+    deployed = [n for n, r in by_number.items() if r.get("status") == "deployed"]
+    position = max(deployed or by_number)
+    while match := ROLLBACK_DESCRIPTION.fullmatch(str(by_number[position].get("description"))):
+        restored = int(match.group(1))
+        if restored not in by_number or restored >= position:
+            break
+        position = restored
+    earlier = [n for n, r in by_number.items() if n < position and r.get("status") in SERVED]
+    return max(earlier) if earlier else None
+
+
+def rollback(
+    cfg: Config, env: str, settings: dict[str, Any], timeout: int, revision: int
+) -> Command:
+    """`helm rollback` to `revision` (see `rollback_revision`), waiting for it."""
     return command(
         binary(),
         "rollback",
         release(cfg, env),
+        str(revision),
         "--namespace",
         settings["namespace"],
         "--wait",

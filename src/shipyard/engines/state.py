@@ -1,8 +1,9 @@
 """What was pushed and deployed, kept in `.shipyard/` beside shipyard.yaml.
 
 `images.json` holds the digest of each component's last push, so deploys use the digest and
-never a moving tag; `deploys-<env>.json` is the history `rollback` steps back through. The
-folder ignores itself in git, so recording a push never makes the tree dirty.
+never a moving tag; `deploys-<env>.json` is the history `rollback` steps back through
+(`rollback_target`). The folder ignores itself in git, so recording a push never makes the
+tree dirty.
 """
 
 from __future__ import annotations
@@ -90,3 +91,43 @@ def record_deploy(root: Path, env: str, entry: dict[str, Any]) -> None:
     data = _read_list(path)
     data.append({**entry, "at": now()})
     _write(path, data)
+
+
+# Outcomes after which the recorded images were serving and healthy.
+HEALTHY = ("deployed", "rolled-back")
+
+
+def rollback_target(history: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The images `rollback` goes to: the newest healthy release before the current one, or
+    None when the history holds none.
+
+    A rollback's entry stands where the release it went back to stands, so a second rollback
+    goes one release further back (not forward again), and a release that was rolled back
+    away from is never returned to.
+    """
+    healthy = [i for i, entry in enumerate(history) if entry.get("status") in HEALTHY]
+    if not healthy:
+        return None
+    current: dict[str, str] = history[healthy[-1]]["images"]
+    position = _origin(history, healthy[-1])
+    for entry in reversed(history[:position]):
+        if entry.get("status") in HEALTHY and entry["images"] != current:
+            images: dict[str, str] = entry["images"]
+            return images
+    return None
+
+
+def _origin(history: list[dict[str, Any]], position: int) -> int:
+    """Where a rolled-back entry's images were deployed: the newest earlier healthy entry with
+    the same images, followed back through earlier rollbacks (its own position otherwise)."""
+    while history[position].get("status") == "rolled-back":
+        images = history[position]["images"]
+        earlier = [
+            i
+            for i in range(position)
+            if history[i].get("status") in HEALTHY and history[i]["images"] == images
+        ]
+        if not earlier:
+            break
+        position = earlier[-1]
+    return position

@@ -38,7 +38,11 @@ def env_name(env: str) -> str:
 
 
 def setup(c: Context, env: str) -> tuple[config.Config, str, dict[str, Any]]:
-    """Load shipyard.yaml and the named environment, or Exit with the reason."""
+    """Load shipyard.yaml and the named environment, or Exit with the reason.
+
+    One rule for every task that acts on an environment: `--env` is required, never guessed,
+    so no task builds, deploys, backs up or restores a place the user did not name.
+    """
     cfg = load_config(c)
     if not env:
         known = ", ".join(cfg.data["environments"])

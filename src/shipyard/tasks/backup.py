@@ -1,11 +1,18 @@
 """Backups from a workstation or CI: `invoke backup`, `backup.list`, `backup.verify`,
 `backup.prune` and `restore`, all with `--env ENV`.
 
-The database is the one libpq's environment points at (PGHOST, PGPORT, PGUSER, PGPASSWORD or
-PGPASSFILE; PGDATABASE and PGUSER default to shipyard.yaml's `database.name`/`user`); where
-backups live comes from shipyard.yaml's `environments.<env>.backup` (a folder relative to this
-repo, or an S3 bucket/prefix/endpoint). The engine is the same one the compose `backup`
-service and the Kubernetes CronJob run (`shipyard backup ...`).
+The engine is the same one the compose `backup` service and the Kubernetes CronJob run
+(`shipyard backup ...`). Where it runs:
+
+- a Compose environment's database sits on the stack's internal network with no published
+  port, so there the engine runs in compose.backup.yaml's `backup` service, on that network,
+  with the file's own connection and storage (`docker compose -f compose.backup.yaml run --rm
+  backup shipyard backup ...`, through DOCKER_HOST like every Compose task): no PGHOST needed;
+- otherwise (a Helm environment, or PGHOST set: "I reach the database myself") it runs here,
+  on the database libpq's environment points at (PGHOST, PGPORT, PGUSER, PGPASSWORD or
+  PGPASSFILE; PGDATABASE and PGUSER default to shipyard.yaml's `database.name`/`user`), with
+  backups where shipyard.yaml's `environments.<env>.backup` says (a folder relative to this
+  repo, or an S3 bucket/prefix/endpoint).
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from shipyard import config
-from shipyard.tasks._run import confirm, plan, setup
+from shipyard.engines import compose as compose_engine
+from shipyard.engines import state
+from shipyard.engines.helm import BACKUP
+from shipyard.engines.proc import Command
+from shipyard.tasks._run import confirm, execute, failures, plan, setup
 
 if TYPE_CHECKING:
     from shipyard.backup.storage import Storage
@@ -32,6 +43,8 @@ if TYPE_CHECKING:
 HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_ID = "backup id from `invoke backup.list` (default: the newest complete one)"
 HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
+# Where compose.backup.yaml mounts the environment's backups folder (./backups/<env>).
+COMPOSE_FOLDER = "file:///backups"
 
 
 @contextlib.contextmanager
@@ -51,10 +64,8 @@ def _failures(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None
 
 
-def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], Storage]:
-    """Environment name, its backup settings and storage; libpq defaults from shipyard.yaml."""
-    from shipyard.backup import storage
-
+def _settings(c: Context, env: str) -> tuple[config.Config, str, dict[str, Any], dict[str, Any]]:
+    """shipyard.yaml, the environment's name, its settings and its backup settings."""
     cfg, env, settings = setup(c, env)
     settings_backup: dict[str, Any] | None = settings.get("backup")
     if not settings_backup:
@@ -63,6 +74,54 @@ def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], Storage]:
             f"{config.CONFIG_FILE} (storage, path or bucket, schedule, retention_days)",
             code=2,
         )
+    return cfg, env, settings, settings_backup
+
+
+def _in_compose(settings: dict[str, Any]) -> bool:
+    """Run the engine in the Compose stack's `backup` service (see the module's docstring)."""
+    return settings["target"] == "compose" and not os.environ.get("PGHOST")
+
+
+def _compose_engine(
+    cfg: config.Config, env: str, settings_backup: dict[str, Any], action: str, *args: str
+) -> Command:
+    """`shipyard backup ACTION --target T ARGS` in compose.backup.yaml's `backup` service.
+
+    T is where that service keeps the environment's backups: its /backups mount or the bucket.
+    The image is BACKUP_IMAGE, else the last pushed backup image (any commit's: the engine
+    reads every backup format it wrote), else the file's own requirement (e.g. from .env).
+    """
+    file = compose_engine.BACKUP_FILE
+    with failures(f"reading {file}"):
+        found = (cfg.root / file).is_file() and BACKUP in compose_engine.services(cfg.root / file)
+    if not found:
+        raise Exit(
+            f"shipyard: {env} runs on Compose, where backups run in the `backup` service of "
+            f"{file}, which is missing or has no such service; add it (see README.md, Backups) "
+            "or set PGHOST to reach the database from here",
+            code=1,
+        )
+    if settings_backup["storage"] == "s3":
+        prefix = str(settings_backup.get("prefix", "")).strip("/")
+        target = f"s3://{settings_backup['bucket']}/{prefix}".rstrip("/")
+    else:
+        target = COMPOSE_FOLDER
+    image = os.environ.get(compose_engine.image_var(BACKUP)) or state.pushed(cfg.root).get(
+        BACKUP, {}
+    ).get("ref", "")
+    engine_args = ("shipyard", "backup", action, "--target", target, *args)
+    return compose_engine.backup(cfg.root, env, image, *engine_args)
+
+
+def _run_compose(cmd: Command, doing: str) -> None:
+    with failures(doing):
+        execute(cmd, doing)
+
+
+def _storage(cfg: config.Config, settings_backup: dict[str, Any]) -> Storage:
+    """The environment's backup storage as seen from here; libpq defaults from shipyard.yaml."""
+    from shipyard.backup import storage
+
     database = cfg.data.get("database", {})
     # Only defaults: the operator's own PGDATABASE/PGUSER (and every credential) win.
     for var, key in (("PGDATABASE", "name"), ("PGUSER", "user")):
@@ -76,7 +135,7 @@ def _prepare(c: Context, env: str) -> tuple[str, dict[str, Any], Storage]:
         )
     else:
         target = storage.LocalStorage(cfg.root / settings_backup["path"])
-    return env, settings_backup, target
+    return target
 
 
 def _where() -> str:
@@ -91,7 +150,16 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     """Back up the environment's database now (a manual backup)."""
     from shipyard.backup import engine
 
-    env, _settings, target = _prepare(c, env)
+    cfg, env, settings, settings_backup = _settings(c, env)
+    if _in_compose(settings):
+        cmd = _compose_engine(cfg, env, settings_backup, "run", "--kind", "manual")
+        if dry_run:
+            plan(f"backup of {env} (in the Compose stack's backup service)", [cmd])
+            return
+        _run_compose(cmd, f"the backup of {env}")
+        print(f"{env}: backup complete (its id is in the engine's last line above)")
+        return
+    target = _storage(cfg, settings_backup)
     if dry_run:
         plan(
             f"backup of {env}",
@@ -113,7 +181,12 @@ def list_(c: Context, env: str = "") -> None:
     """List the environment's complete backups, oldest first."""
     from shipyard.backup import cli, engine
 
-    env, _settings, target = _prepare(c, env)
+    cfg, env, settings, settings_backup = _settings(c, env)
+    if _in_compose(settings):
+        cmd = _compose_engine(cfg, env, settings_backup, "list")
+        _run_compose(cmd, f"listing the backups of {env}")
+        return
+    target = _storage(cfg, settings_backup)
     with _failures(f"listing the backups of {env}"):
         print(cli.format_table(engine.list_backups(target)))
 
@@ -123,7 +196,17 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
     """Restore a backup into a scratch database, compare every table, drop it, report."""
     from shipyard.backup import engine
 
-    env, _settings, target = _prepare(c, env)
+    cfg, env, settings, settings_backup = _settings(c, env)
+    if _in_compose(settings):
+        chosen = [
+            *(["--backup", backup] if backup else []),
+            *(["--jobs", str(jobs)] if jobs else []),
+        ]
+        cmd = _compose_engine(cfg, env, settings_backup, "verify", *chosen)
+        _run_compose(cmd, f"verifying a backup of {env}")
+        print(f"{env}: backup verified: every table matches its manifest")
+        return
+    target = _storage(cfg, settings_backup)
     with _failures(f"verifying a backup of {env}"):
         checked = engine.verify(target, backup or None, jobs=jobs)
     record = checked.verified or {}
@@ -144,7 +227,21 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
     """Apply retention (retention_days in shipyard.yaml); the newest verified backup stays."""
     from shipyard.backup import engine
 
-    env, settings, target = _prepare(c, env)
+    cfg, env, settings_env, settings = _settings(c, env)
+    if _in_compose(settings_env):
+        days = str(settings["retention_days"])
+        if dry_run or not yes:
+            check = _compose_engine(
+                cfg, env, settings, "prune", "--retention-days", days, "--dry-run"
+            )
+            _run_compose(check, f"pruning the backups of {env}")
+            if dry_run:
+                return
+            confirm(f"Delete the backups of {env} listed above (retention: {days} days)?", yes)
+        cmd = _compose_engine(cfg, env, settings, "prune", "--retention-days", days)
+        _run_compose(cmd, f"pruning the backups of {env}")
+        return
+    target = _storage(cfg, settings)
     policy = engine.Retention(daily=settings["retention_days"])
     with _failures(f"pruning the backups of {env}"):
         doomed = engine.prune(target, policy, dry_run=True, log=lambda _m: None)
@@ -175,7 +272,11 @@ def restore(
     """Replace the environment's database with a backup (a safety backup is taken first)."""
     from shipyard.backup import engine
 
-    env, _settings, target = _prepare(c, env)
+    cfg, env, settings, settings_backup = _settings(c, env)
+    if _in_compose(settings):
+        _compose_restore(cfg, env, settings_backup, backup, yes, dry_run, jobs)
+        return
+    target = _storage(cfg, settings_backup)
     with _failures(f"finding the backup of {env}"):
         chosen = engine.find_backup(target, backup or None)
     manifest = chosen.manifest
@@ -200,6 +301,35 @@ def restore(
         safety = engine.restore(target, chosen.id, jobs=jobs)
     undo = f"; the previous data is backup {safety.id}" if safety else ""
     print(f"{env}: database {database} restored from backup {chosen.id}{undo}")
+
+
+def _compose_restore(
+    cfg: config.Config,
+    env: str,
+    settings_backup: dict[str, Any],
+    backup: str,
+    yes: bool,
+    dry_run: bool,
+    jobs: int,
+) -> None:
+    """`restore` through the Compose stack's backup service; the engine takes the same steps."""
+    chosen = backup or "the newest complete backup"
+    options = [*(["--backup", backup] if backup else []), *(["--jobs", str(jobs)] if jobs else [])]
+    cmd = _compose_engine(cfg, env, settings_backup, "restore", *options, "--yes")
+    if dry_run:
+        plan(
+            f"restore {env} from {chosen} (in the Compose stack's backup service)",
+            [
+                cmd,
+                "in it: download the backup and check its sha256, take a safety backup, "
+                "pg_restore into a new database, compare row counts with the manifest, end the "
+                "sessions, swap the restored database in, drop the old one",
+            ],
+        )
+        return
+    confirm(f"Replace the database of {env} (its Compose stack's) with {chosen}?", yes)
+    _run_compose(cmd, f"the restore of {env}")
+    print(f"{env}: database restored from {chosen} (the safety backup's id is above)")
 
 
 ns = Collection("backup")

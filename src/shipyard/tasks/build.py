@@ -49,7 +49,7 @@ def _images(cfg: config.Config, only: str) -> list[tuple[str, str, str]]:
     }
 )
 def build(
-    c: Context, env: str = "dev", component: str = "", network: str = "", dry_run: bool = False
+    c: Context, env: str = "", component: str = "", network: str = "", dry_run: bool = False
 ) -> None:
     """Build each component's image with BuildKit, tagged from git."""
     cfg, env, _ = setup(c, env)
@@ -96,7 +96,7 @@ def build(
     }
 )
 def push(
-    c: Context, env: str = "dev", component: str = "", retries: int = 3, dry_run: bool = False
+    c: Context, env: str = "", component: str = "", retries: int = 3, dry_run: bool = False
 ) -> None:
     """Push the built images and record their digests for deploys."""
     cfg, env, _ = setup(c, env)

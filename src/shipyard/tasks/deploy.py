@@ -8,6 +8,7 @@ running before back; a Helm rollout is `--atomic`, so Helm does the same.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from shipyard.engines import EngineError, state
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
 from shipyard.engines import helm as helm_engine
-from shipyard.engines.proc import Command
+from shipyard.engines.proc import Command, run
 from shipyard.tasks._run import RELEASE_ENVS, confirm, execute, failures, plan, revision, setup
 
 # The backup image is recorded beside the components under this name (contract: the image is
@@ -421,30 +422,15 @@ def rollback(
     cfg, env, settings = setup(c, env)
     with failures(f"rollback of {env}"):
         if settings["target"] == "helm":
-            cmd = helm_engine.rollback(cfg, env, settings, timeout)
-            if dry_run:
-                plan(f"rollback {cfg.service} on {env} (helm)", [cmd])
-                return
-            if settings.get("confirm"):
-                confirm(f"Roll {env} back to the previous Helm revision?", yes)
-            execute(cmd, "helm rollback")
-            print(f"{env}: rolled back")
+            _helm_rollback(cfg, env, settings, timeout, yes, dry_run)
             return
-        history = state.deploys(cfg.root, env)
-        good = [e for e in history if e["status"] in ("deployed", "rolled-back")]
-        if len(good) < 2:
+        target = state.rollback_target(state.deploys(cfg.root, env))
+        if target is None:
             raise Exit(
-                f"shipyard: {env} has no earlier healthy release recorded in "
-                f"{state.FOLDER}/deploys-{env}.json to roll back to",
+                f"shipyard: {env} has no healthy release before the current one recorded in "
+                f"{state.FOLDER}/deploys-{env}.json to roll back to; nothing was changed",
                 code=1,
             )
-        current, target = good[-1]["images"], None
-        for entry in reversed(good[:-1]):
-            if entry["images"] != current:
-                target = entry["images"]
-                break
-        if target is None:
-            raise Exit(f"shipyard: every recorded release of {env} runs the current images", code=1)
         cmd = compose_engine.up(cfg.root, _compose_file(settings), target, timeout)
         if dry_run:
             plan(f"rollback {cfg.service} on {env} (compose)", [cmd])
@@ -454,6 +440,33 @@ def rollback(
         execute(cmd, "the rollback")
         state.record_deploy(cfg.root, env, {"images": target, "status": "rolled-back"})
         print(f"{env}: rolled back to {', '.join(target.values())}")
+
+
+def _helm_rollback(
+    cfg: config.Config, env: str, settings: dict[str, Any], timeout: int, yes: bool, dry_run: bool
+) -> None:
+    """`helm rollback` to the revision `helm_engine.rollback_revision` picks from the history
+    (read even in a dry run: the plan names the revision)."""
+    read = helm_engine.history(cfg, env, settings)
+    revisions = json.loads(run(read, capture=True, what="helm history") or "[]")
+    if not isinstance(revisions, list):
+        raise Exit(f"shipyard: `{read}` printed no list of revisions; nothing was changed", code=1)
+    revision = helm_engine.rollback_revision(revisions)
+    if revision is None:
+        raise Exit(
+            f"shipyard: {env} has no healthy revision before the current one in the Helm "
+            f"history of release {helm_engine.release(cfg, env)} to roll back to; nothing was "
+            "changed",
+            code=1,
+        )
+    cmd = helm_engine.rollback(cfg, env, settings, timeout, revision)
+    if dry_run:
+        plan(f"rollback {cfg.service} on {env} (helm) to revision {revision}", [read, cmd])
+        return
+    if settings.get("confirm"):
+        confirm(f"Roll {env} back to Helm revision {revision}?", yes)
+    execute(cmd, "helm rollback")
+    print(f"{env}: rolled back to revision {revision}")
 
 
 @task(
