@@ -111,3 +111,11 @@ def init_repo(root: Path, message: str) -> None:
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", message)
+
+
+def released_template(template_dir: Path, repo: Path, tag: str) -> Path:
+    """`repo`: a git repository of the working tree's template, committed and tagged `tag`."""
+    shutil.copytree(template_dir, repo, symlinks=True)
+    init_repo(repo, f"release {tag.removeprefix('v')}")
+    git(repo, "tag", tag)
+    return repo

@@ -464,6 +464,19 @@ def test_every_column_type_moves_the_checksum(
         assert checksum() == original
 
 
+def encoded_database(postgres_server: PostgresServer, encoding: str) -> str:
+    """A new database in `encoding` (createdb -E ENCODING -T template0); returns its name.
+    C locale: the one SQL_ASCII goes with."""
+    name = f"enc_{os.urandom(4).hex()}"
+    with postgres_server.connect() as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING {} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name), sql.Literal(encoding))
+        )
+    return name
+
+
 @pytest.mark.parametrize(
     ("encoding", "values", "client_encoding"),
     [
@@ -484,14 +497,7 @@ def test_round_trip_keeps_every_byte_in_the_databases_encoding(
     values: list[bytes],
     client_encoding: str,
 ) -> None:
-    name = f"enc_{os.urandom(4).hex()}"
-    with postgres_server.connect() as conn:
-        # createdb -E ENCODING -T template0 (C locale: the one SQL_ASCII goes with)
-        conn.execute(
-            sql.SQL(
-                "CREATE DATABASE {} ENCODING {} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
-            ).format(sql.Identifier(name), sql.Literal(encoding))
-        )
+    name = encoded_database(postgres_server, encoding)
 
     def stored() -> list[bytes]:
         """The rows' exact bytes (textsend), and the database still in its encoding."""
@@ -534,14 +540,7 @@ def test_round_trip_keeps_every_byte_in_the_databases_encoding(
 def test_names_that_are_not_utf8_are_named_as_the_problem(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    name = f"enc_{os.urandom(4).hex()}"
-    with postgres_server.connect() as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE DATABASE {} ENCODING SQL_ASCII TEMPLATE template0"
-                " LC_COLLATE 'C' LC_CTYPE 'C'"
-            ).format(sql.Identifier(name))
-        )
+    name = encoded_database(postgres_server, "SQL_ASCII")
     with postgres_server.connect(name) as conn:
         conn.execute(b'CREATE TABLE "caf\xe9" (id int)')  # a Latin-1 name
     for key, setting in postgres_server.env(name).items():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from copier import run_copy
 
-from tests.conftest import git, init_repo
+from tests.conftest import init_repo, released_template
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -33,11 +33,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def source(template_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository of the working tree, tagged v0.0.1."""
-    repo = tmp_path_factory.mktemp("source") / "shipyard"
-    shutil.copytree(template_dir, repo, symlinks=True)
-    init_repo(repo, "release 0.0.1")
-    git(repo, "tag", "v0.0.1")
-    return repo
+    return released_template(template_dir, tmp_path_factory.mktemp("source") / "shipyard", "v0.0.1")
 
 
 @pytest.fixture(scope="module")

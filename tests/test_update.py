@@ -20,7 +20,14 @@ from invoke.exceptions import Exit
 
 from shipyard import copier_migrations, validate
 from shipyard.tasks import template as template_tasks
-from tests.conftest import GIT_IDENTITY, PRESETS, git, init_repo, load_preset
+from tests.conftest import (
+    GIT_IDENTITY,
+    PRESETS,
+    git,
+    init_repo,
+    load_preset,
+    released_template,
+)
 
 # What v1.1.0 changes in the template: (template file, anchor, replacement).
 TEMPLATE_CHANGES = [
@@ -49,10 +56,9 @@ def _replace(path: Path, anchor: str, replacement: str) -> None:
 @pytest.fixture(scope="module")
 def versioned_template(template_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A template repository with releases v1.0.0 (the working tree) and v1.1.0."""
-    repo = tmp_path_factory.mktemp("versioned") / "shipyard"
-    shutil.copytree(template_dir, repo, symlinks=True)
-    init_repo(repo, "release 1.0.0")
-    git(repo, "tag", "v1.0.0")
+    repo = released_template(
+        template_dir, tmp_path_factory.mktemp("versioned") / "shipyard", "v1.0.0"
+    )
     for file, anchor, replacement in TEMPLATE_CHANGES:
         _replace(repo / file, anchor, replacement)
     git(repo, "commit", "-qam", "release 1.1.0: graceful stops, vendor label")
