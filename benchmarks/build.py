@@ -35,9 +35,9 @@ from copier import run_copy  # noqa: E402 - needs the path above for the test se
 from tests.conftest import git, init_repo  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
-    NODE_LOCAL,
     Dockerd,
     import_base,
+    node_local,
     publish_mirror_images,
     running_dockerd,
 )
@@ -46,9 +46,10 @@ from tests.servers.registry import running_registry  # noqa: E402
 REBUILD_TARGET = 0.25
 SIZE_TARGET = 1.10
 SERVICE = "bench-api"
+NODE_VERSION = "22"
 
 
-def _kit(work: Path, registry: str, mirror: str) -> Path:
+def _kit(work: Path, registry: str, mirror_answers: dict[str, str | int]) -> Path:
     template = work / "template"
     shutil.copytree(REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "*cache*"))
     root = work / SERVICE
@@ -58,10 +59,9 @@ def _kit(work: Path, registry: str, mirror: str) -> Path:
         data={
             "project_name": "Bench API",
             "sample_app": True,
-            "postgres_version": 15,
+            **mirror_answers,
             "production_target": "compose",
             "image_registry": f"{registry}/bench",
-            "image_mirror": mirror,
             "ci_provider": "none",
         },
         defaults=True,
@@ -126,7 +126,7 @@ def main() -> None:
         running_registry(MIRROR_STORAGE) as mirror,
     ):
         images = publish_mirror_images(daemon, import_base(daemon), mirror)
-        root = _kit(Path(tmp), registry, mirror)
+        root = _kit(Path(tmp), registry, images.answers(NODE_VERSION))
         env = daemon.task_env
         cold: list[float] = []
         cached_base: list[float] = []
@@ -137,16 +137,16 @@ def main() -> None:
                 # pulled through the mirror. Also timed: no build cache, base image present.
                 # BuildKit's cache keeps the base image's layers until pruned, so prune last.
                 _forget_builds(daemon, registry)
-                daemon.run("rmi", NODE_LOCAL)
+                daemon.run("rmi", node_local(NODE_VERSION))
                 _prune(daemon)
                 cold.append(_build(root, env))
-                _restore_base(daemon, images.node)
+                _restore_base(daemon, images.node(NODE_VERSION))
                 _prune(daemon)
                 cached_base.append(_build(root, env))
                 _change_source(root, run)
                 warm.append(_build(root, env))
         finally:
-            _restore_base(daemon, images.node)
+            _restore_base(daemon, images.node(NODE_VERSION))
         sha = git(root, "rev-parse", "HEAD")[:12]
         ref = f"{registry}/bench/{SERVICE}-{SERVICE}:{sha}"
         final, base = _sizes(daemon, ref)
@@ -177,10 +177,10 @@ def main() -> None:
 def _restore_base(daemon: Dockerd, mirrored: str) -> None:
     """Put the base image back under its local name (later runs and sessions expect it)."""
     with contextlib.closing(daemon.client()) as client:
-        if any(NODE_LOCAL in image.tags for image in client.images.list()):
+        if any(node_local(NODE_VERSION) in image.tags for image in client.images.list()):
             return
     daemon.run("pull", mirrored)
-    daemon.run("tag", mirrored, NODE_LOCAL)
+    daemon.run("tag", mirrored, node_local(NODE_VERSION))
     daemon.run("rmi", mirrored)
 
 
@@ -221,7 +221,7 @@ def _sizes(daemon: Dockerd, ref: str) -> tuple[int, int]:
     """Sizes of the built image and of the runtime base (the image the mirror serves)."""
     with contextlib.closing(daemon.client()) as client:
         final = int(client.images.get(ref).attrs["Size"])
-        base = int(client.images.get(NODE_LOCAL).attrs["Size"])
+        base = int(client.images.get(node_local(NODE_VERSION)).attrs["Size"])
     return final, base
 
 

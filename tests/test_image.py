@@ -66,10 +66,9 @@ def test_image_ships_production_files_only_and_rebuilds_just_the_code(
         {
             "project_name": "Image API",
             "sample_app": True,
-            "postgres_version": mirror_images.postgres_version,
+            **mirror_images.answers(node_version="22"),
             "production_target": "compose",
             "image_registry": f"{registry}/acme",
-            "image_mirror": mirror_images.mirror,
             "ci_provider": "none",
         },
         tmp_path / SERVICE,

