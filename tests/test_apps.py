@@ -57,6 +57,9 @@ def test_generated_app_builds_with_the_kit_and_turns_healthy(
     component = {"kind": "http", "health_path": "/health", "path": ".", **spec["component"]}
     root = tmp_path / app
     shutil.copytree(FIXTURES / app, root)
+    readme = (root / "README.md").read_bytes()
+    ignore_file = root / ".gitignore"
+    ignores = ignore_file.read_text() if ignore_file.exists() else ""
     run_copy(
         str(template_dir),
         root,
@@ -73,10 +76,11 @@ def test_generated_app_builds_with_the_kit_and_turns_healthy(
         defaults=True,
         unsafe=True,
         quiet=True,
-        # The app's own README and .gitignore stay: what a user answers when copier asks
-        # whether to overwrite them.
-        skip_if_exists=["README.md", ".gitignore"],
     )
+    # Added to the app as it is: its own README and .gitignore are kept (the kit's guide is
+    # DEPLOYMENT.md; the ignore file only gains the kit's missing patterns at its end).
+    assert (root / "README.md").read_bytes() == readme
+    assert (root / ".gitignore").read_text().startswith(ignores)
     init_repo(root, f"{app} with the kit")
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "build", "--env", "staging"],

