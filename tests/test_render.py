@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import shutil
+import socket
+import socketserver
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +91,52 @@ def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset
         s for name, lines in stages.items() if name.startswith("build_") for s in lines
     )
     assert "--mount=type=cache" in install, "dependency downloads are cached between builds"
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """Answers /ok with 200 and anything else with 500."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ok" else 500)
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_healthcheck_says_why_it_fails(rendered: Rendered) -> None:
+    """The image's HEALTHCHECK, run by a real Node, prints the reason docker keeps in the
+    container's health log (and `invoke deploy` reports): a closed port or an HTTP status."""
+    steps = _stages(rendered("minimal") / "Dockerfile")
+    check = next(s for steps in steps.values() for s in steps if s.startswith("HEALTHCHECK "))
+    argv = json.loads(check[check.index("CMD ") + 4 :])
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH")
+    with socketserver.TCPServer(("127.0.0.1", 0), _Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        url = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)'", argv[2])
+        assert url is not None, argv
+        app_port, path = url.groups()
+
+        def run(script_port: int, script_path: str) -> subprocess.CompletedProcess[str]:
+            script = argv[2].replace(f":{app_port}{path}'", f":{script_port}{script_path}'")
+            return subprocess.run(
+                [node, *argv[1:2], script], capture_output=True, text=True, timeout=30, check=False
+            )
+
+        healthy = run(port, "/ok")
+        failing = run(port, "/health")
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = run(probe.getsockname()[1], "/ok")
+        server.shutdown()
+    assert (healthy.returncode, healthy.stdout) == (0, "")
+    assert failing.returncode == 1
+    assert failing.stdout.strip() == f"GET http://127.0.0.1:{port}/health answered HTTP 500"
+    assert closed.returncode == 1
+    assert "failed: ECONNREFUSED (the app must listen on PORT=" in closed.stdout
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -242,6 +242,10 @@ def test_failing_health_rolls_back_to_the_running_version(
     result = kit.invoke("deploy", "--env", "staging", "--yes", "--timeout", "40", check=False)
     assert result.code == 1
     assert "rolled back, the previous version is serving" in result.stderr
+    # Why, from the new container's health log, before the rollback replaced it.
+    assert (
+        f"; {SERVICE} unhealthy: GET http://127.0.0.1:{kit.port}/health answered HTTP 500"
+    ) in result.stderr
     assert "Traceback" not in result.output
     assert serving_image(dockerd) == first != broken
     assert kit.health() == 200

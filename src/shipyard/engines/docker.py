@@ -248,6 +248,31 @@ def running_images(cli: DockerClient, project: str) -> dict[str, str]:
     return images
 
 
+def health_failures(cli: DockerClient, project: str) -> dict[str, str]:
+    """Per Compose service whose container is not healthy, its last health check's output.
+
+    The kit's HEALTHCHECK prints why it failed (connection refused: the app does not listen on
+    its PORT; an HTTP status: it answers, but not 2xx), which a user needs before the rollback
+    replaces the container and its health log.
+    """
+    failures: dict[str, str] = {}
+    label = f"com.docker.compose.project={project}"
+    with _sdk_errors(f"reading the health of {project}"):
+        containers = cli.containers.list(all=True, filters={"label": label})
+    for container in containers:
+        labels: dict[str, str] = container.labels
+        service = labels.get("com.docker.compose.service", "")
+        health = container.attrs.get("State", {}).get("Health") or {}
+        if not service or labels.get("com.docker.compose.oneoff") == "True":
+            continue
+        if health.get("Status") in (None, "healthy"):
+            continue
+        log = health.get("Log") or [{}]
+        output = " ".join(str(log[-1].get("Output", "")).split())[:300]
+        failures[service] = f"{health['Status']}: {output or 'no health check has finished yet'}"
+    return failures
+
+
 def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
     """Wait until no container of the project is being removed, and clear dead ones.
 

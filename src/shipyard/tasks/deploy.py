@@ -227,6 +227,8 @@ def _compose_rollout(
         execute(up, f"the rollout of {env}")
     except (EngineError, KeyboardInterrupt) as exc:
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        if not isinstance(exc, KeyboardInterrupt):
+            reason += _health_detail(project)
         state.record_deploy(cfg.root, env, {"images": images, "status": "failed"})
         if not previous:
             raise Exit(
@@ -259,6 +261,16 @@ def _compose_rollout(
             code=130 if isinstance(exc, KeyboardInterrupt) else 1,
         ) from None
     state.record_deploy(cfg.root, env, {"images": images, "status": "deployed"})
+
+
+def _health_detail(project: str) -> str:
+    """Why the new containers are not healthy, from their health logs; empty if unknown."""
+    try:
+        with contextlib.closing(docker_engine.client()) as client:
+            failures = docker_engine.health_failures(client, project)
+    except EngineError:
+        return ""  # the rollout's own error already says what went wrong
+    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
 
 
 def _restore(up: Command, attempts: int = 3) -> None:
