@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shipyard import config
 from tests.conftest import Render, copier_cli
 
 HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
@@ -18,6 +19,10 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"service_slug": "My_Service"}, "is not a valid service slug"),
     ({"service_slug": "9lives"}, "is not a valid service slug"),
     ({"service_slug": "a" * 41}, "keep it at most 40"),
+    # Helm (and PyYAML) would read these as booleans or null, in Chart.yaml and values.yaml.
+    ({"service_slug": "on"}, "'on' cannot be a service slug: YAML reads it as a boolean"),
+    ({"project_name": "Yes"}, "'yes' cannot be a service slug: YAML reads it as a boolean"),
+    ({"components": [{**HTTP, "name": "y"}]}, "'y' cannot be used: YAML reads it as a boolean"),
     ({"description": "two\nlines"}, "one line of at most 200 characters"),
     ({"components": []}, "components must be a non-empty YAML list"),
     ({"components": "api"}, "components must be a non-empty YAML list"),
@@ -92,6 +97,29 @@ def test_invalid_answers_are_refused_and_nothing_is_written(
     with pytest.raises(ValueError, match=re.escape(message)):
         render({"project_name": "Orders API", **answers}, dst)
     assert not dst.exists()
+
+
+@pytest.mark.parametrize(
+    ("project_name", "slug", "component"),
+    [
+        # 45 characters: the slug is cut at 40, the default component's name at 20.
+        (
+            "Enterprise Resource Planning Backend Services",
+            "enterprise-resource-planning-backend-ser",
+            "enterprise-resource",
+        ),
+        ("日本のサービス", "service", "service"),  # no ASCII letter to make a slug of
+        ("Postgres", "postgres", "app"),  # a kit service's name cannot name a component
+    ],
+)
+def test_defaults_derived_from_any_project_name_pass_their_own_rules(
+    render: Render, tmp_path: Path, project_name: str, slug: str, component: str
+) -> None:
+    """`copier copy --defaults` with only a project name never refuses its own defaults."""
+    cfg = config.load(render({"project_name": project_name}, tmp_path / "kit"))
+
+    assert cfg.data["service"]["name"] == slug
+    assert [c["name"] for c in cfg.components] == [component]
 
 
 def test_cli_refusal_names_the_question_and_writes_nothing(
