@@ -32,6 +32,12 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"components": [{**HTTP, "port": 0}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": 65536}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": "3000"}]}, "needs a port between 1 and 65535"),
+    # `docker compose up` would fail: the dev stack publishes these ports for its services.
+    ({"components": [{**HTTP, "port": 5432}]}, "has port 5432, which compose.yaml publishes"),
+    (
+        {"components": [{**HTTP, "port": 6379}], "redis": True},
+        "has port 6379, which compose.yaml publishes",
+    ),
     (
         {"components": [HTTP, {**HTTP, "name": "web", "route": "/web"}]},
         "Components share port 3000",
@@ -120,6 +126,14 @@ def test_defaults_derived_from_any_project_name_pass_their_own_rules(
 
     assert cfg.data["service"]["name"] == slug
     assert [c["name"] for c in cfg.components] == [component]
+
+
+def test_a_kit_service_port_is_free_when_the_service_is_not_there(
+    render: Render, tmp_path: Path
+) -> None:
+    answers = {"components": [{**HTTP, "port": 6379}], "redis": False, "database": "none"}
+    root = render({"project_name": "Orders API", **answers}, tmp_path / "kit")
+    assert "127.0.0.1:6379:6379" in (root / "compose.yaml").read_text()
 
 
 def test_cli_refusal_names_the_question_and_writes_nothing(
