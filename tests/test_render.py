@@ -183,7 +183,9 @@ def test_mirror_redirects_every_image(render: Render, tmp_path: Path) -> None:
     assert "ARG IMAGE_MIRROR=mirror.internal:5000\n" in (root / "Dockerfile").read_text()
 
 
-def test_longest_answers_make_a_kit_that_passes_its_own_lint(render: Render, tmp_path: Path) -> None:
+def test_longest_answers_make_a_kit_that_passes_its_own_lint(
+    render: Render, tmp_path: Path
+) -> None:
     """The kit's `nox -s lint` right after `copier copy`: answers at their longest (a 40-character
     slug twice in DATABASE_URL, a 200-character description, a long app_env value) are data
     on one line, which the kit's line-length limit must not refuse."""
