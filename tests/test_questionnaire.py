@@ -24,6 +24,8 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"project_name": "Yes"}, "'yes' cannot be a service slug: YAML reads it as a boolean"),
     ({"components": [{**HTTP, "name": "y"}]}, "'y' cannot be used: YAML reads it as a boolean"),
     ({"description": "two\nlines"}, "one line of at most 200 characters"),
+    ({"description": "two\u2028lines"}, "one line of at most 200 characters"),
+    ({"project_name": "Two\u2029Lines"}, "Keep the project name to one line"),
     ({"components": []}, "components must be a non-empty YAML list"),
     ({"components": "api"}, "components must be a non-empty YAML list"),
     ({"components": [HTTP, HTTP]}, "Two components are named 'api'"),
