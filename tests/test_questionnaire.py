@@ -74,6 +74,14 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ),
     ({"backup_storage": "s3", "backup_s3_bucket": "ab"}, "is not a valid bucket name"),
     ({"backup_storage": "s3", "backup_s3_endpoint": "minio:9000"}, "is not an endpoint URL"),
+    (
+        {"backup_storage": "s3", "backup_s3_endpoint": "http://key:secret@minio:9000"},
+        "without user or password",
+    ),
+    (
+        {"backup_storage": "s3", "backup_s3_endpoint": "http://minio:99999"},
+        "has port 99999: use a port from 1 to 65535.",
+    ),
     ({"backup_schedule": "0 25 * * *"}, "is not a cron schedule"),
     ({"backup_schedule": "daily"}, "is not a cron schedule"),
     ({"backup_schedule": "*/15 * * * 8"}, "is not a cron schedule"),
