@@ -37,6 +37,8 @@ DEADLINE = timedelta(seconds=120)
 
 # Words YAML 1.1 (Helm, PyYAML) reads as booleans or null: copier.yml refuses them as names.
 YAML_WORDS = {"y", "yes", "n", "no", "on", "off", "true", "false", "null"}
+# Ports compose.yaml publishes for the kit's services (copier.yml keeps components off them).
+KIT_PORTS = {5432, 5050, 6379, 8081, 9200}
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=30)
 
 
@@ -60,8 +62,8 @@ def components(draw: st.DrawFn) -> list[dict[str, Any]]:
             comp["path"] = draw(st.sampled_from([".", "apps/api", "apps/web", "backend"]))
         if comp["kind"] == "http":
             port = draw(st.one_of(st.sampled_from([3000, 3001, 8080]), st.integers(1, 65535)))
-            if port in ports:
-                port = draw(st.integers(1, 65535).filter(lambda p: p not in ports))
+            if port in ports | KIT_PORTS:
+                port = draw(st.integers(1, 65535).filter(lambda p: p not in ports | KIT_PORTS))
             comp["port"] = port
             ports.add(port)
             comp["health_path"] = draw(st.sampled_from(["/health", "/api/v1/health", "/healthz"]))
@@ -87,7 +89,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "service_slug": st.from_regex(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", fullmatch=True).filter(
         lambda slug: slug not in YAML_WORDS
     ),
-    "description": text,
+    "description": st.one_of(text, st.just("word " * 39 + "last.")),  # or the longest allowed
     "node_version": st.sampled_from(["20", "22", "24"]),
     "package_manager": st.sampled_from(["npm", "pnpm", "yarn"]),
     "components": components(),
@@ -109,12 +111,15 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "production_host": st.sampled_from(["app.example.com", "example.org"]),
     "ci_provider": st.sampled_from(["github", "none"]),
     "backup_storage": st.sampled_from(["local", "s3"]),
-    "backup_s3_endpoint": st.sampled_from(["", "http://minio:9000", "https://s3.example.com"]),
+    "backup_s3_bucket": st.sampled_from(["orders-backups", "a.b.c"]),
+    "backup_s3_endpoint": st.sampled_from(
+        ["", "http://minio:9000", "https://s3.example.com/prefix", "http://[fd00::1]:9000"]
+    ),
     "backup_schedule": st.sampled_from(["0 3 * * *", "*/30 1-5 * * 1-5", "15 2 1,15 * 0"]),
     "backup_retention_days": st.integers(1, 3650),
     "app_env": st.dictionaries(
         st.sampled_from(["LOG_LEVEL", "FEATURE_X", "CORS_ORIGIN"]),
-        st.one_of(text, st.integers(), st.booleans()),
+        st.one_of(text, st.integers(), st.booleans(), st.just("default-src 'self'; " * 10)),
         max_size=3,
     ),
     "app_secrets": st.lists(
@@ -168,6 +173,11 @@ CLASHES: list[Clash] = [
         {"components"},
     ),
     ({"components": [{**WORKER, "port": 3000}]}, ("sample_app",), {"components"}),
+    (
+        {"components": [{**HTTP, "port": 5432}], "database": "postgres"},
+        ("sample_app",),
+        {"components"},
+    ),
     ({"components": [{**HTTP, "name": "nginx"}]}, ("sample_app",), {"components"}),
     ({"components": [{**HTTP, "path": "../up"}]}, ("sample_app",), {"components"}),
     ({"components": []}, ("sample_app",), {"components"}),
@@ -190,9 +200,9 @@ CLASHES: list[Clash] = [
 ]
 # One answer's own rule broken: answer -> values its validator (or copier's type) refuses.
 BAD: dict[str, list[Any]] = {
-    "project_name": ["  ", "two\nlines", "x" * 81],
-    "service_slug": ["Bad_Slug", "a" * 41, "-x", "x-"],
-    "description": ["two\nlines", "x" * 201],
+    "project_name": ["  ", "two\nlines", "two\u2029lines", "x" * 81],
+    "service_slug": ["Bad_Slug", "a" * 41, "-x", "x-", "on"],
+    "description": ["two\nlines", "two\u2028lines", "x" * 201],
     "node_version": ["18"],
     "package_manager": ["bun"],
     "database": ["mysql"],
@@ -207,7 +217,7 @@ BAD: dict[str, list[Any]] = {
     "ci_provider": ["gitlab"],
     "backup_storage": ["ftp"],
     "backup_s3_bucket": ["ab", "Bad_Bucket"],
-    "backup_s3_endpoint": ["minio:9000"],
+    "backup_s3_endpoint": ["minio:9000", "http://minio:99999", "http://key:secret@minio:9000"],
     "backup_schedule": ["61 * * * *", "daily", "0 3 * *"],
     "backup_retention_days": [0, 4000],
     "app_env": [{"lower": "x"}, {"PORT": "1"}, {"A": [1]}, ["A"]],
@@ -268,8 +278,11 @@ def test_valid_answers_render_kits_that_pass_shipyard_validate(
 ) -> None:
     comps = answers.get("components") or [{"kind": "http"}]
     event("worker-only" if all(c["kind"] == "worker" for c in comps) else "with http")
-    targets = answers.get("staging_target", "compose"), answers.get("production_target", "helm")
-    event("staging {}, prod {}".format(*targets))
+    staging, prod = (
+        answers.get("staging_target", "compose"),
+        answers.get("production_target", "helm"),
+    )
+    event(f"staging {staging}, prod {prod}")
     with tempfile.TemporaryDirectory() as tmp:
         dst = render(answers, Path(tmp) / "kit")  # a refusal of a valid set fails here
 
