@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from shipyard import validate
 from tests.conftest import PRESETS, REPO, Render, git, init_repo, load_preset
 
 HELMS = ("helm", "helm3")
@@ -603,6 +604,64 @@ def test_network_policies_default_deny(
         (rule,) = policy["ingress"]
         assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert "namespaceSelector" in rule["from"][0]
+
+
+# A worker-only service (no preset has one) on PostgreSQL with migrations, Helm everywhere.
+WORKER_ONLY = {
+    "project_name": "Queue Runner",
+    "components": [{"name": "jobs", "kind": "worker"}, {"name": "mailer", "kind": "worker"}],
+    "database": "postgres",
+    "migrations": "knex",
+    "staging_target": "helm",
+    "production_target": "helm",
+}
+
+
+@pytest.fixture(scope="module")
+def worker_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render(WORKER_ONLY, tmp_path_factory.mktemp("worker-only") / "queue-runner")
+
+
+def test_worker_only_service_has_no_route_and_migrates_in_its_first_image(
+    helm: Helm, worker_root: Path
+) -> None:
+    """Nothing serves requests: no Ingress, HTTPRoute, Service or ingress NetworkPolicy in any
+    environment, and the migration Job runs in the first component's image."""
+    chart = _chart(worker_root)
+    for values_file in _values_files(chart):
+        args = [*_values_args(values_file), *_deploy_args(worker_root)]
+        docs = _docs(helm("helm", "template", "rel", str(chart), *args).stdout)
+        kinds = {d["kind"] for d in docs}
+        assert not kinds & {"Ingress", "HTTPRoute", "Service"}, (values_file, kinds)
+        assert len(_by_kind(docs, "Deployment")) == 2
+        policies = [p["metadata"]["name"] for p in _by_kind(docs, "NetworkPolicy")]
+        assert not [n for n in policies if n.endswith("-ingress")], policies
+        (job,) = _by_kind(docs, "Job")
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == f"ghcr.io/example/queue-runner-jobs@{DIGEST}"
+    # Turning a route on anyway is refused with a sentence, not rendered with no paths.
+    for route in ("ingress.enabled=true", "gateway.enabled=true"):
+        args = ["--set", route, "--set", "host=q.example.com"]
+        result = helm("helm", "template", "rel", str(chart), *args, check=False)
+        assert result.returncode != 0
+        assert re.search(rf"{chart.name}: .*need a component of kind http", result.stderr)
+    findings = validate.validate(worker_root, only=["helm-lint", "kubernetes"])
+    assert not findings, validate.report(findings)
+
+
+def test_text_outside_the_basic_plane_reaches_the_pods_unchanged(
+    helm: Helm, render: Render, tmp_path: Path
+) -> None:
+    """JSON escapes 🚀 as a surrogate pair, which Helm's YAML parser refuses: values.yaml and
+    Chart.yaml carry such text literally."""
+    answers = {"description": "Orders 🚀", "app_env": {"GREETING": "héllo 🚀"}}
+    chart = _chart(render({**load_preset("minimal"), **answers}, tmp_path / "kit"))
+
+    docs = _docs(helm("helm", "template", "rel", str(chart)).stdout)
+
+    (configmap,) = _by_kind(docs, "ConfigMap")
+    assert configmap["data"]["GREETING"] == "héllo 🚀"
+    assert YAML(typ="safe").load((chart / "Chart.yaml").read_text())["description"] == "Orders 🚀"
 
 
 # A preset variant whose backups go to a MinIO inside the network, on a non-HTTPS port.

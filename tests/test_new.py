@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shipyard import copier_migrations, validate
 from shipyard.cli import main
 from tests.conftest import PRESETS, PRESETS_DIR, copier_cli, git, init_repo
-from tests.test_fuzz import answer_sets
+from tests.test_fuzz import invalid_answer_sets, valid_answer_sets
 from tests.test_questionnaire import REJECTED
 
 EXISTING_APP = Path(__file__).parent / "existing_app"
@@ -132,7 +133,7 @@ def test_all_problems_are_reported_at_once(
         HealthCheck.function_scoped_fixture,
     ],
 )
-@given(answers=answer_sets())
+@given(answers=st.one_of(valid_answer_sets(), invalid_answer_sets().map(lambda drawn: drawn[0])))
 def test_refuses_exactly_what_copier_refuses(
     capsys: pytest.CaptureFixture[str], template_dir: Path, answers: dict[str, Any]
 ) -> None:

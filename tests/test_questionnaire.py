@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shipyard import config
 from tests.conftest import Render, copier_cli
 
 HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
@@ -18,7 +19,13 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"service_slug": "My_Service"}, "is not a valid service slug"),
     ({"service_slug": "9lives"}, "is not a valid service slug"),
     ({"service_slug": "a" * 41}, "keep it at most 40"),
+    # Helm (and PyYAML) would read these as booleans or null, in Chart.yaml and values.yaml.
+    ({"service_slug": "on"}, "'on' cannot be a service slug: YAML reads it as a boolean"),
+    ({"project_name": "Yes"}, "'yes' cannot be a service slug: YAML reads it as a boolean"),
+    ({"components": [{**HTTP, "name": "y"}]}, "'y' cannot be used: YAML reads it as a boolean"),
     ({"description": "two\nlines"}, "one line of at most 200 characters"),
+    ({"description": "two\u2028lines"}, "one line of at most 200 characters"),
+    ({"project_name": "Two\u2029Lines"}, "Keep the project name to one line"),
     ({"components": []}, "components must be a non-empty YAML list"),
     ({"components": "api"}, "components must be a non-empty YAML list"),
     ({"components": [HTTP, HTTP]}, "Two components are named 'api'"),
@@ -27,6 +34,12 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"components": [{**HTTP, "port": 0}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": 65536}]}, "needs a port between 1 and 65535"),
     ({"components": [{**HTTP, "port": "3000"}]}, "needs a port between 1 and 65535"),
+    # `docker compose up` would fail: the dev stack publishes these ports for its services.
+    ({"components": [{**HTTP, "port": 5432}]}, "has port 5432, which compose.yaml publishes"),
+    (
+        {"components": [{**HTTP, "port": 6379}], "redis": True},
+        "has port 6379, which compose.yaml publishes",
+    ),
     (
         {"components": [HTTP, {**HTTP, "name": "web", "route": "/web"}]},
         "Components share port 3000",
@@ -66,6 +79,14 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ),
     ({"backup_storage": "s3", "backup_s3_bucket": "ab"}, "is not a valid bucket name"),
     ({"backup_storage": "s3", "backup_s3_endpoint": "minio:9000"}, "is not an endpoint URL"),
+    (
+        {"backup_storage": "s3", "backup_s3_endpoint": "http://key:secret@minio:9000"},
+        "without user or password",
+    ),
+    (
+        {"backup_storage": "s3", "backup_s3_endpoint": "http://minio:99999"},
+        "has port 99999: use a port from 1 to 65535.",
+    ),
     ({"backup_schedule": "0 25 * * *"}, "is not a cron schedule"),
     ({"backup_schedule": "daily"}, "is not a cron schedule"),
     ({"backup_schedule": "*/15 * * * 8"}, "is not a cron schedule"),
@@ -97,6 +118,37 @@ def test_invalid_answers_are_refused_and_nothing_is_written(
     with pytest.raises(ValueError, match=re.escape(message)):
         render({"project_name": "Orders API", **answers}, dst)
     assert not dst.exists()
+
+
+@pytest.mark.parametrize(
+    ("project_name", "slug", "component"),
+    [
+        # 45 characters: the slug is cut at 40, the default component's name at 20.
+        (
+            "Enterprise Resource Planning Backend Services",
+            "enterprise-resource-planning-backend-ser",
+            "enterprise-resource",
+        ),
+        ("日本のサービス", "service", "service"),  # no ASCII letter to make a slug of
+        ("Postgres", "postgres", "app"),  # a kit service's name cannot name a component
+    ],
+)
+def test_defaults_derived_from_any_project_name_pass_their_own_rules(
+    render: Render, tmp_path: Path, project_name: str, slug: str, component: str
+) -> None:
+    """`copier copy --defaults` with only a project name never refuses its own defaults."""
+    cfg = config.load(render({"project_name": project_name}, tmp_path / "kit"))
+
+    assert cfg.data["service"]["name"] == slug
+    assert [c["name"] for c in cfg.components] == [component]
+
+
+def test_a_kit_service_port_is_free_when_the_service_is_not_there(
+    render: Render, tmp_path: Path
+) -> None:
+    answers = {"components": [{**HTTP, "port": 6379}], "redis": False, "database": "none"}
+    root = render({"project_name": "Orders API", **answers}, tmp_path / "kit")
+    assert "127.0.0.1:6379:6379" in (root / "compose.yaml").read_text()
 
 
 def test_cli_refusal_names_the_question_and_writes_nothing(

@@ -245,6 +245,27 @@ def test_mirror_redirects_every_image(render: Render, tmp_path: Path) -> None:
     assert "ARG IMAGE_MIRROR=mirror.internal:5000\n" in (root / "Dockerfile").read_text()
 
 
+def test_longest_answers_make_a_kit_that_passes_its_own_lint(
+    render: Render, tmp_path: Path
+) -> None:
+    """The kit's `nox -s lint` right after `copier copy`: answers at their longest (a 40-character
+    slug twice in DATABASE_URL, a 200-character description, a long app_env value) are data
+    on one line, which the kit's line-length limit must not refuse."""
+    answers = {
+        "project_name": "Long",
+        "service_slug": "s" * 40,
+        "description": "word " * 39 + "last.",
+        "app_env": {"CONTENT_SECURITY_POLICY": "default-src 'self'; " * 10},
+        "production_target": "helm",
+    }
+    root = render(answers, tmp_path / "long")
+    assert len(answers["description"]) == 200
+
+    findings = validate.validate(root, only=["yaml"])
+
+    assert not findings, validate.report(findings)
+
+
 @pytest.mark.parametrize("package_manager", ["npm", "pnpm", "yarn"])
 @pytest.mark.parametrize("workspaces", [False, True])
 def test_every_package_manager_layout_passes(

@@ -107,6 +107,7 @@ def test_answers_schema_knows_every_question(template_dir: Path) -> None:
         ({"sample_app": True, "package_manager": "pnpm"}, "package_manager: 'npm' was expected"),
         ({"node_version": 18}, "node_version: 18 is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
+        ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
     ],
 )
 def test_answers_schema_refuses_what_copier_refuses(

@@ -84,6 +84,9 @@ Checks the schema cannot express; each failure says what to change.
 {{- if and (or .Values.ingress.enabled .Values.gateway.enabled) (not .Values.host) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "ingress.enabled / gateway.enabled need host: the public hostname (values-<env>.yaml sets it)") -}}
 {{- end }}
+{{- if and (or .Values.ingress.enabled .Values.gateway.enabled) (not (include "app.httpComponents" .)) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" "ingress.enabled / gateway.enabled need a component of kind http to route to; every component is a worker") -}}
+{{- end }}
 {{- if and .Values.secretEnv.keys (not .Values.secretEnv.existingSecret) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "secretEnv.keys need secretEnv.existingSecret: the name of the Secret holding them") -}}
 {{- end }}
@@ -100,6 +103,19 @@ Checks the schema cannot express; each failure says what to change.
 {{- include "shipyard-common.fail" (dict "context" $ "message" (printf "backup.target must be s3://BUCKET/PREFIX or file:///backups, got %q" .Values.backup.target)) -}}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Usage: {{ if include "app.httpComponents" . }}
+The names of the http components, space-separated; empty when every component is a worker
+(then nothing routes to the release: no Ingress, HTTPRoute or Service).
+*/}}
+{{- define "app.httpComponents" -}}
+{{- $names := list -}}
+{{- range $name, $c := .Values.components -}}
+{{- if eq $c.kind "http" -}}{{- $names = append $names $name -}}{{- end -}}
+{{- end -}}
+{{- join " " $names -}}
 {{- end -}}
 
 {{/*
