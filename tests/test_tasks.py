@@ -396,7 +396,8 @@ def test_compose_environments_back_up_through_the_backup_service(compose_kit: Pa
         "DEPLOYMENT.md, Backups) or set PGHOST to reach the database from here"
     )
     # No Compose on PATH (a venv run without activating it): one line, not a traceback.
-    no_compose = invoke(compose_kit, "backup.list", "--env", "prod", env={**env, "PATH": "/"})
+    bare = {k: v for k, v in env.items() if k != "SHIPYARD_COMPOSE"}
+    no_compose = invoke(compose_kit, "backup.list", "--env", "prod", env={**bare, "PATH": "/"})
     assert no_compose.returncode == 1
     assert no_compose.stderr.strip() == (
         "shipyard: preparing the compose.backup.yaml backup service failed: Docker Compose v2 "
@@ -807,3 +808,12 @@ def test_helm_rollback_runs_the_computed_revision(kit: Path, fake_helm: Path) ->
         "release shop-api to roll back to; nothing was changed"
     )
     assert "rollback" not in [json.loads(line)[0] for line in log.read_text().splitlines()[3:]]
+
+
+def test_a_missing_tool_is_named_with_what_needed_it() -> None:
+    with pytest.raises(EngineError) as raised:
+        run(command("shipyard-no-such-tool", "--version"), what="listing the backups of prod")
+    assert str(raised.value) == (
+        "shipyard-no-such-tool is not installed or not on PATH "
+        "(needed for: listing the backups of prod)"
+    )

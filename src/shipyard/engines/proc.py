@@ -52,9 +52,8 @@ def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
             stderr=subprocess.PIPE if capture else None,
         )
     except FileNotFoundError:
-        raise EngineError(
-            f"{cmd.argv[0]} is not installed (needed to {what or 'continue'})"
-        ) from None
+        needed = f" (needed for: {what})" if what else ""
+        raise EngineError(f"{cmd.argv[0]} is not installed or not on PATH{needed}") from None
     if proc.returncode in INTERRUPTED:
         # Ctrl-C reaches the whole process group; when the child dies of it before Python's
         # own handler runs, the interruption must still read as one, not as a failure.
