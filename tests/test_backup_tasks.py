@@ -22,6 +22,16 @@ from tests.servers.postgres import PostgresServer
 from tests.servers.s3 import S3Server
 
 
+@pytest.fixture(autouse=True)
+def libpq_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks set PGDATABASE/PGUSER in this process (defaults for pg_dump, from
+    shipyard.yaml); monkeypatch puts them back afterwards, so no later test inherits them."""
+    for var in ("PGDATABASE", "PGUSER"):
+        # setenv first: monkeypatch records (and so undoes) only a variable that was set.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+
+
 def context(repo: Path) -> Context:
     return Context(config=Config(overrides={"shipyard": {"root": str(repo)}}))
 
