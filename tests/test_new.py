@@ -358,3 +358,19 @@ def test_a_relative_local_template_is_recorded_by_its_absolute_path(
     pin = (tmp_path / "svc" / "requirements-shipyard.txt").read_text().splitlines()[-1]
     # template_dir is a plain folder (no git): pip installs it as it is.
     assert pin == f"shipyard[validate] @ file://{template_dir.resolve()}"
+
+
+def test_dest_dot_dot_takes_the_real_folder_name(
+    capsys: pytest.CaptureFixture[str],
+    template_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inner = tmp_path / "orders-api" / "docs"
+    inner.mkdir(parents=True)
+    monkeypatch.chdir(inner)
+    status, lines = shipyard_new(capsys, template_dir, Path(".."))
+    assert status == 0, lines
+    recorded = yaml.safe_load((tmp_path / "orders-api" / ".copier-answers.yml").read_text())
+    assert recorded["project_name"] == "Orders Api"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders-api"], "no staging leftovers"

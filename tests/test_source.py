@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from jinja2 import FileSystemLoader
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -80,6 +81,16 @@ def source(src: str, commit: str | None, vcs_hash: str | None) -> tuple[str, str
             ),
         ),
         (
+            # A token in the URL (CI clones) never reaches a committed file.
+            "https://x-access-token:ghp_SECRET@github.com/acme/shipyard.git",
+            "v1.2.0",
+            (
+                "git+https://github.com/acme/shipyard.git@v1.2.0",
+                f"{GH_RAW}/v1.2.0/schemas/shipyard.schema.json",
+                "https://github.com/acme/shipyard",
+            ),
+        ),
+        (
             # A self-hosted forge: installable, but no known public file URL.
             "https://git.example.com/platform/shipyard.git",
             "v3.1.0",
@@ -128,3 +139,25 @@ def test_no_rendered_file_names_a_placeholder_organisation(
         if path.is_file() and b"ourorg" in path.read_bytes()
     ]
     assert named == []
+
+
+def test_answers_file_records_the_source_without_credentials() -> None:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(REPO),
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+    )
+    template = env.get_template("template/{{_copier_conf.answers_file}}.jinja")
+    answers = {
+        "_commit": "v1.2.0",
+        "_src_path": "https://ci:ghp_SECRET@git.example.com/acme/shipyard.git",
+        "project_name": "Shop",
+    }
+    text = template.render(_copier_answers=answers, _copier_conf={"vcs_ref_hash": HASH})
+    assert "ghp_SECRET" not in text
+    assert yaml.safe_load(text) == {
+        **answers,
+        "_src_path": "https://git.example.com/acme/shipyard.git",
+    }
+    assert text.startswith(
+        "# Changes here will be overwritten by Copier; NEVER EDIT MANUALLY\n_commit"
+    )

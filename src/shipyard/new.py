@@ -101,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def _shown(src: str) -> str:
+    """`src` fit for a log line: without the user:password@ of an https URL (a CI token)."""
+    return re.sub(r"^((?:git\+)?https?://)[^/@]*@", r"\1", src)
+
+
 def load_data(data_file: Path | None, pairs: Sequence[str]) -> dict[str, Any]:
     """Answers as copier's CLI reads them: the file's mapping, then each -d key=value (text)."""
     import yaml
@@ -136,11 +141,18 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
     if dest.exists() and not dest.is_dir():
         print(f"shipyard new: {dest} exists and is not a folder", file=sys.stderr)
         return 2
+    # Resolved, so `.` and `..` have their real names (the project name defaults to it).
+    dest = dest.expanduser().resolve()
     # The render goes to a sibling folder (same filesystem: moving in is a rename) named like
     # DEST, since the project name defaults to the destination folder's name.
-    base = next(p for p in dest.absolute().parents if p.is_dir())
-    with tempfile.TemporaryDirectory(prefix=".shipyard-new-", dir=base) as tmp:
-        stage = Path(tmp) / dest.absolute().name
+    base = next(p for p in dest.parents if p.is_dir())
+    try:
+        staging = tempfile.TemporaryDirectory(prefix=".shipyard-new-", dir=base)
+    except OSError as exc:
+        print(f"shipyard new: cannot write in {base}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with staging as tmp:
+        stage = Path(tmp) / dest.name
         try:
             with Worker(
                 src_path=src,
@@ -159,9 +171,13 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
                 worker.run_copy()
         except Exception as exc:  # copier's, git's, Jinja's: the command's one boundary
             # The template cannot be fetched or rendered, or one of its tasks failed.
-            print(f"shipyard new: {src}: {_oneline(str(exc))}", file=sys.stderr)
+            print(f"shipyard new: {_shown(src)}: {_oneline(str(exc))}", file=sys.stderr)
             return 1
-        collisions = _collisions(stage, dest, kept)
+        try:
+            collisions = _collisions(stage, dest, kept)
+        except OSError as exc:
+            print(f"shipyard new: cannot read {dest}: {exc}", file=sys.stderr)
+            return 1
         if collisions:
             print("\n".join(collisions), file=sys.stderr)
             return 2
