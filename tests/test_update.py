@@ -305,12 +305,9 @@ def test_update_of_a_kit_added_to_an_existing_repo_keeps_the_apps_files(
 GUIDE_MIGRATION = "  - version: v0.1.0\n"
 
 
-@pytest.mark.usefixtures("on_path")
-def test_update_moves_the_guide_of_repos_generated_before_deployment_md(
-    template_dir: Path, tmp_path: Path
-) -> None:
-    """v1.0.0 rendered the guide as README.md; v1.1.0 renders DEPLOYMENT.md and moves it."""
-    repo = tmp_path / "shipyard"
+def _guide_release_repo(template_dir: Path, repo: Path) -> Path:
+    """A template repository whose v1.0.0 renders the guide as README.md, v1.1.0 as
+    DEPLOYMENT.md with the migration that moves it."""
     shutil.copytree(template_dir, repo, symlinks=True)
     _replace(repo / "copier.yml", GUIDE_MIGRATION, "  - version: v1.1.0\n")
     (repo / "template" / "DEPLOYMENT.md.jinja").rename(repo / "template" / "README.md.jinja")
@@ -319,14 +316,39 @@ def test_update_moves_the_guide_of_repos_generated_before_deployment_md(
     git(repo, "mv", "template/README.md.jinja", "template/DEPLOYMENT.md.jinja")
     git(repo, "commit", "-qm", "release 1.1.0: the guide is DEPLOYMENT.md")
     git(repo, "tag", "v1.1.0")
+    return repo
+
+
+@pytest.mark.usefixtures("on_path")
+def test_update_moves_the_guide_of_repos_generated_before_deployment_md(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """v1.0.0 rendered the guide as README.md; v1.1.0 renders DEPLOYMENT.md and moves it."""
+    repo = _guide_release_repo(template_dir, tmp_path / "shipyard")
 
     root = generate(repo, "minimal", tmp_path / "kit")
-    guide = (root / "README.md").read_text()
     _user_edits(root)
+    # The team's own note in the guide: it follows the move (copier alone would drop
+    # README.md and render a fresh DEPLOYMENT.md without it).
+    note = "On-call: #orders-oncall; staging resets every Monday.\n"
+    (root / "README.md").write_text((root / "README.md").read_text() + "\n" + note)
     git(root, "commit", "-qam", "team edits")
 
-    run_task(template_tasks.update, root, ref="v1.1.0")
+    # Copier merges the moved file against v1.0.0's (absent) DEPLOYMENT.md, so the team's
+    # edit comes back between conflict markers: kept, and reported, never lost.
+    with pytest.raises(Exit, match="DEPLOYMENT.md"):
+        run_task(template_tasks.update, root, ref="v1.1.0")
+    assert not (root / "README.md").exists()
+    assert note in (root / "DEPLOYMENT.md").read_text()
+    assert template_tasks.conflicted_files(root) == ["DEPLOYMENT.md"]
 
+
+@pytest.mark.usefixtures("on_path")
+def test_update_moves_an_unedited_guide_cleanly(template_dir: Path, tmp_path: Path) -> None:
+    repo = _guide_release_repo(template_dir, tmp_path / "shipyard")
+    root = generate(repo, "minimal", tmp_path / "kit")
+    guide = (root / "README.md").read_text()
+    run_task(template_tasks.update, root, ref="v1.1.0")
     assert not (root / "README.md").exists()
     assert (root / "DEPLOYMENT.md").read_text() == guide
     assert template_tasks.conflicted_files(root) == []
