@@ -22,6 +22,23 @@ from copier import run_copy
 from tests.conftest import init_repo, released_template
 
 DIGEST = "sha256:" + "ab" * 32
+SHAPING = {
+    f"PIP_{name}"
+    for name in (
+        "CONSTRAINT",
+        "REQUIREMENT",
+        "NO_DEPS",
+        "TARGET",
+        "PREFIX",
+        "ROOT",
+        "USER",
+        "REQUIRE_VIRTUALENV",
+        "NO_BUILD_ISOLATION",
+        "EDITABLE",
+        "UPGRADE_STRATEGY",
+        "PRE",
+    )
+}
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +75,9 @@ def pristine(source: Path, kit: Path, tmp_path_factory: pytest.TempPathFactory) 
     env_dir = tmp_path_factory.mktemp("install") / "venv"
     venv.create(env_dir, with_pip=True, clear=True)
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    # PIP_* from the caller (e.g. a constraint file) must not shape the user's install.
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    # What the caller's pip settings would add to or take from the user's install goes; where
+    # packages come from (index, mirror, proxy, certificates) stays, as on the user's machine.
+    clean = {k: v for k, v in os.environ.items() if k not in SHAPING and k != "VIRTUAL_ENV"}
     installed = run([*pip, "install", "-r", "requirements-shipyard.txt"], kit, clean)
     assert installed.returncode == 0, installed.stderr
     return env_dir
