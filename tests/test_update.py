@@ -336,7 +336,7 @@ def test_update_moves_the_guide_of_repos_generated_before_deployment_md(
 
     # Copier merges the moved file against v1.0.0's (absent) DEPLOYMENT.md, so the team's
     # edit comes back between conflict markers: kept, and reported, never lost.
-    with pytest.raises(Exit, match="DEPLOYMENT.md"):
+    with pytest.raises(Exit, match=r"DEPLOYMENT\.md"):
         run_task(template_tasks.update, root, ref="v1.1.0")
     assert not (root / "README.md").exists()
     assert note in (root / "DEPLOYMENT.md").read_text()
