@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from copier import run_copy
+from hypothesis import settings
 from ruamel.yaml import YAML
 
 # Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand.
@@ -21,6 +22,12 @@ pytest_plugins: list[str] = [
     "tests.servers.postgres",
     "tests.servers.s3",
 ]
+
+# Hypothesis draws the same examples on every default run, so CI cannot fail on a draw nobody
+# can reproduce; `--hypothesis-profile=hunt` (with --hypothesis-seed=N) draws new ones.
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("hunt", derandomize=False, print_blob=True)
+settings.load_profile("default")
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"
