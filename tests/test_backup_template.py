@@ -47,6 +47,13 @@ def test_backup_image_and_service_pass_their_tools(
     assert service["command"][5:] == ["--retention-days", str(answers["backup_retention_days"])]
     # Secrets are references to the host's environment, never values.
     assert service["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    # Restores stage the whole dump in TMPDIR: a disk volume the image's uid 1000 owns, never
+    # the tmpfs (memory) on /tmp.
+    assert service["environment"]["TMPDIR"] == "/scratch"
+    assert "scratch:/scratch" in service["volumes"]
+    assert "/scratch" not in service["tmpfs"]
+    assert "mkdir -p /backups /scratch" in dockerfile
+    assert "chown 1000:1000 /backups /scratch" in dockerfile
 
 
 def test_local_storage_mounts_the_folder_shipyard_yaml_names(
@@ -57,7 +64,7 @@ def test_local_storage_mounts_the_folder_shipyard_yaml_names(
     assert validate.validate(repo, only=["dockerfile", "compose"]) == []
     service = backup_service(repo)
     assert service["command"][4] == "file:///backups"
-    assert service["volumes"] == ["./backups/${SHIPYARD_ENV:-prod}:/backups"]
+    assert service["volumes"] == ["./backups/${SHIPYARD_ENV:-prod}:/backups", "scratch:/scratch"]
     shipyard_yaml = YAML(typ="safe").load((repo / "shipyard.yaml").read_text())
     assert shipyard_yaml["environments"]["prod"]["backup"]["path"] == "backups/prod"
 

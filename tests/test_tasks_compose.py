@@ -466,7 +466,7 @@ RUN set -eux; apt-get update; \\
     apt-get install -y --no-install-recommends python3 zstd; \\
     rm -rf /var/lib/apt/lists/*; \\
     useradd --system --uid 1000 --user-group --home-dir /nonexistent shipyard; \\
-    mkdir -p /backups; chown 1000:1000 /backups; \\
+    mkdir -p /backups /scratch; chown 1000:1000 /backups /scratch; \\
     printf '#!/bin/sh\\nexec python3 -m shipyard.cli "$@"\\n' > /usr/local/bin/shipyard; \\
     chmod 755 /usr/local/bin/shipyard
 COPY site/ /opt/shipyard/
