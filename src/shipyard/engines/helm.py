@@ -19,9 +19,7 @@ from typing import Any
 from shipyard.config import Config, ConfigError, load_yaml
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
-
-# The backup image is recorded beside the components under this name.
-BACKUP = "backup"
+from shipyard.engines.state import BACKUP
 
 
 def binary() -> str:

@@ -17,6 +17,10 @@ from typing import Any
 
 from shipyard.engines import EngineError
 
+# The backup engine's image (<registry>/<service>-backup): recorded beside the components under
+# this name, the Compose service and the chart's `backup` values are named the same.
+BACKUP = "backup"
+
 FOLDER = ".shipyard"
 
 

@@ -30,8 +30,8 @@ from invoke.tasks import task
 from shipyard import config
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import state
-from shipyard.engines.helm import BACKUP
 from shipyard.engines.proc import Command
+from shipyard.engines.state import BACKUP
 from shipyard.tasks._run import confirm, execute, failures, plan, setup
 
 if TYPE_CHECKING:

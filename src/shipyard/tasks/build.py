@@ -13,12 +13,12 @@ from shipyard import config
 from shipyard.engines import docker as engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
+from shipyard.engines.state import BACKUP
 from shipyard.tasks._run import components, execute, failures, plan, revision, setup
 
 HELP_ENV = "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
 HELP_COMPONENT = "only this component, or `backup` for the backup image (default: all components)"
-# The backup engine's image (<registry>/<service>-backup), built on request from its own file.
-BACKUP = "backup"
+# The backup engine's image (state.BACKUP) is built on request from its own file.
 BACKUP_DOCKERFILE = "backup/Dockerfile"
 HELP_DRY = "print the exact plan and change nothing"
 
