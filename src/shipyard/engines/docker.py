@@ -269,7 +269,9 @@ def health_failures(cli: DockerClient, project: str) -> dict[str, str]:
             continue
         log = health.get("Log") or [{}]
         output = " ".join(str(log[-1].get("Output", "")).split())[:300]
-        failures[service] = f"{health['Status']}: {output or 'no health check has finished yet'}"
+        # "starting": still in its start period when the wait ended, its checks failing so far.
+        status = "unhealthy" if health["Status"] == "unhealthy" else "not healthy in time"
+        failures[service] = f"{status}: {output or 'no health check has finished yet'}"
     return failures
 
 
