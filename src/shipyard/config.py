@@ -43,13 +43,18 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
-def schema_errors(document: Any, schema_name: str) -> list[str]:
-    """Every way `document` breaks the named schema, as 'path: reason' lines, sorted."""
-    validator = Draft202012Validator(
+def validator(schema_name: str) -> Draft202012Validator:
+    """The validator every check of the named schema uses (formats checked too)."""
+    return Draft202012Validator(
         schema(schema_name), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
+
+
+def schema_errors(document: Any, schema_name: str) -> list[str]:
+    """Every way `document` breaks the named schema, as 'path: reason' lines, sorted."""
+    validator_ = validator(schema_name)
     errors = []
-    for error in validator.iter_errors(document):
+    for error in validator_.iter_errors(document):
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         errors.append(f"{where}: {error.message}")
     return sorted(errors)

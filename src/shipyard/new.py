@@ -275,8 +275,6 @@ def _schema_problems(worker: Worker, answers: Any, src: str) -> list[tuple[str, 
     Copier ignores data that answers no question; here a misspelt answer name is refused,
     since the answer it meant would silently take its default.
     """
-    from jsonschema import Draft202012Validator
-
     from shipyard import config
 
     questions = worker.template.questions_data
@@ -289,7 +287,7 @@ def _schema_problems(worker: Worker, answers: Any, src: str) -> list[tuple[str, 
     document = {"_src_path": src, **recorded, **unknown}
     problems: list[tuple[str, str]] = []
     schema = config.schema("answers")
-    for error in Draft202012Validator(schema).iter_errors(document):
+    for error in config.validator("answers").iter_errors(document):
         if error.validator == "additionalProperties":
             problems += [
                 (key, f"{key}: not a question of this template; check the spelling")

@@ -620,8 +620,6 @@ def _schema_check(
     root: Path, file: str, schema: str, tool: str, load: Callable[[Path], Any]
 ) -> list[Finding]:
     """One of our own JSON Schemas (schemas/) on a YAML file, in process."""
-    from jsonschema import Draft202012Validator
-
     from shipyard import config
 
     path = root / file
@@ -637,11 +635,8 @@ def _schema_check(
         lines = re.findall(r"line (\d+)", message)
         return [Finding(file, int(lines[-1]) if lines else None, tool, "yaml", message)]
 
-    validator = Draft202012Validator(
-        config.schema(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
     findings = []
-    for error in validator.iter_errors(document):
+    for error in config.validator(schema).iter_errors(document):
         keys = list(error.absolute_path)
         where = ".".join(str(k) for k in keys) or "(top level)"
         line = _yaml_line(path, [*keys, *_unexpected_key(error.message)])

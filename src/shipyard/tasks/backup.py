@@ -115,6 +115,11 @@ def _compose_engine(
         return compose_engine.backup(cfg.root, env, image, *engine_args)
 
 
+def _choice(backup: str, jobs: int) -> list[str]:
+    """The engine's --backup/--jobs options for what the task was given (its defaults else)."""
+    return [*(["--backup", backup] if backup else []), *(["--jobs", str(jobs)] if jobs else [])]
+
+
 def _run_compose(cmd: Command, doing: str) -> None:
     with failures(doing):
         execute(cmd, doing)
@@ -200,11 +205,7 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
 
     cfg, env, settings, settings_backup = _settings(c, env)
     if _in_compose(settings):
-        chosen = [
-            *(["--backup", backup] if backup else []),
-            *(["--jobs", str(jobs)] if jobs else []),
-        ]
-        cmd = _compose_engine(cfg, env, settings_backup, "verify", *chosen)
+        cmd = _compose_engine(cfg, env, settings_backup, "verify", *_choice(backup, jobs))
         _run_compose(cmd, f"verifying a backup of {env}")
         print(f"{env}: backup verified: every table matches its manifest")
         return
@@ -229,7 +230,7 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
     """Apply retention (retention_days in shipyard.yaml); the newest verified backup stays."""
     from shipyard.backup import engine
 
-    cfg, env, settings_env, settings = _settings(c, env)
+    cfg, env, settings_env, settings = _settings(c, env)  # settings: the backup's
     if _in_compose(settings_env):
         days = str(settings["retention_days"])
         if dry_run or not yes:
@@ -316,8 +317,7 @@ def _compose_restore(
 ) -> None:
     """`restore` through the Compose stack's backup service; the engine takes the same steps."""
     chosen = backup or "the newest complete backup"
-    options = [*(["--backup", backup] if backup else []), *(["--jobs", str(jobs)] if jobs else [])]
-    cmd = _compose_engine(cfg, env, settings_backup, "restore", *options, "--yes")
+    cmd = _compose_engine(cfg, env, settings_backup, "restore", *_choice(backup, jobs), "--yes")
     if dry_run:
         plan(
             f"restore {env} from {chosen} (in the Compose stack's backup service)",

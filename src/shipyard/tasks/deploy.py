@@ -27,8 +27,6 @@ from shipyard.engines.proc import Command, run
 from shipyard.engines.state import BACKUP
 from shipyard.tasks._run import RELEASE_ENVS, confirm, execute, failures, plan, revision, setup
 
-# The backup image is recorded beside the components under this name (contract: the image is
-# <registry>/<service>-backup, built from backup/Dockerfile).
 HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_YES = "do not ask for confirmation (CI)"
 HELP_DRY = "print the exact plan and change nothing"
