@@ -140,7 +140,7 @@ def test_defaults_derived_from_any_project_name_pass_their_own_rules(
     cfg = config.load(render({"project_name": project_name}, tmp_path / "kit"))
 
     assert cfg.data["service"]["name"] == slug
-    assert [c["name"] for c in cfg.components] == [component]
+    assert [c.name for c in cfg.components] == [component]
 
 
 def test_a_kit_service_port_is_free_when_the_service_is_not_there(

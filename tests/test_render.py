@@ -76,15 +76,15 @@ def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset
     preamble = stages[""]
     assert any(line.startswith("ARG IMAGE_MIRROR=") for line in preamble), "mirror ARG first"
     for comp in config.load(root).components:
-        steps = stages[comp["name"]]
-        assert "USER 1000:1000" in steps, f"{comp['name']} must run as the non-root node user"
+        steps = stages[comp.name]
+        assert "USER 1000:1000" in steps, f"{comp.name} must run as the non-root node user"
         cmd = next(s for s in steps if s.startswith("CMD "))
-        assert json.loads(cmd[4:]) == comp["start"].split(), "exec-form CMD"
+        assert json.loads(cmd[4:]) == comp.start.split(), "exec-form CMD"
         health = [s for s in steps if s.startswith("HEALTHCHECK ")]
-        if comp["kind"] == "http":
-            assert f"ENV PORT={comp['port']}" in steps
+        if comp.kind == "http":
+            assert f"ENV PORT={comp.port}" in steps
             assert len(health) == 1
-            assert f"127.0.0.1:{comp['port']}{comp['health_path']}" in health[0]
+            assert f"127.0.0.1:{comp.port}{comp.health_path}" in health[0]
         else:
             assert not health
     install = " ".join(
@@ -146,8 +146,8 @@ def test_compose_dev_stack_is_health_gated(rendered: Rendered, preset: str) -> N
     services = _yaml(root / "compose.yaml")["services"]
     cfg = config.load(root)
     for comp in cfg.components:
-        service = services[comp["name"]]
-        assert service["build"]["target"] == comp["name"]
+        service = services[comp.name]
+        assert service["build"]["target"] == comp.name
         for dep in service.get("depends_on", {}).values():
             assert dep["condition"] in {"service_healthy", "service_completed_successfully"}
         for port in service.get("ports", []):
@@ -168,7 +168,7 @@ def test_compose_prod_keeps_secrets_out_and_limits_in(rendered: Rendered, preset
     cfg = config.load(root)
     prod = _yaml(root / "compose.prod.yaml")
     text = (root / "compose.prod.yaml").read_text()
-    for secret in cfg.data["secrets"]:
+    for secret in cfg.secrets:
         # Each secret is only ever an interpolation that fails when the variable is unset.
         assert re.findall(rf"\${{{secret}(?=[:}}])[^}}]*}}", text)
         assert all(
@@ -181,12 +181,10 @@ def test_compose_prod_keeps_secrets_out_and_limits_in(rendered: Rendered, preset
         assert service["deploy"]["resources"]["limits"]["memory"], name
         assert "no-new-privileges:true" in service["security_opt"], name
     for comp in cfg.components:
-        service = prod["services"][comp["name"]]
+        service = prod["services"][comp.name]
         assert service["read_only"] is True
         assert service["cap_drop"] == ["ALL"]
-        assert service["image"].startswith(
-            "${" + comp["name"].upper().replace("-", "_") + "_IMAGE:?"
-        )
+        assert service["image"].startswith("${" + comp.name.upper().replace("-", "_") + "_IMAGE:?")
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -210,15 +208,15 @@ def test_shipyard_yaml_mirrors_the_answers(rendered: Rendered, preset: str) -> N
     cfg = config.load(root)
     default = [cfg.service]
     expected = [c["name"] for c in answers["components"]] if "components" in answers else default
-    assert [c["name"] for c in cfg.components] == expected
+    assert [c.name for c in cfg.components] == expected
     envs = cfg.data["environments"]
     assert set(envs) == {"dev", "staging", "prod"}
     assert envs["staging"]["target"] == answers.get("staging_target", "compose")
     assert envs["prod"]["target"] == answers.get("production_target", "helm")
     assert envs["prod"]["confirm"] is True
-    assert cfg.environment("production") == envs["prod"], "production is an alias of prod"
+    assert cfg.environment("production") == cfg.environments["prod"], "production is prod"
     for secret in answers.get("app_secrets", []):
-        assert secret in cfg.data["secrets"]
+        assert secret in cfg.secrets
         assert secret not in (root / "shipyard.yaml").read_text().split("secrets:")[0]
     if answers.get("database", "postgres") == "postgres":
         backup = envs["prod"]["backup"]
@@ -338,6 +336,6 @@ def test_readme_main_command_scaffolds_from_defaults(template_dir: Path, tmp_pat
     root = tmp_path / "my-service"
     cfg = config.load(root)
     assert cfg.service == "my-service"
-    assert cfg.components[0]["port"] == 3000
+    assert cfg.components[0].port == 3000
     findings = validate.validate(root, only=CORE_CHECKS)
     assert not findings, validate.report(findings)

@@ -24,6 +24,7 @@ from ruamel.yaml import YAML
 from shipyard import config
 from shipyard.engines import EngineError, docker, helm, state
 from shipyard.engines.proc import command, run
+from shipyard.tasks.targets.helm import chart_release
 from tests.conftest import Render, git, init_repo
 from tests.servers.registry import free_port
 
@@ -278,9 +279,9 @@ def test_helm_release_renders_with_the_pushed_digest(kit: Path, helm_binary: str
     os.environ["SHIPYARD_HELM"] = path
     try:
         cfg = config.load(kit)
-        settings = cfg.environment("prod")
+        release = chart_release(cfg, cfg.environment("prod"))
         images = {"shop-api": f"{REGISTRY}/shop-api-shop-api@{DIGEST}"}
-        manifests = run(helm.render(cfg, "prod", settings, images, cluster=False), capture=True)
+        manifests = run(helm.render(release, images, cluster=False), capture=True)
     finally:
         del os.environ["SHIPYARD_HELM"]
     # `install --dry-run` prints HOOKS: and MANIFEST: sections and NOTES; `template` only YAML.
@@ -299,9 +300,9 @@ def test_helm_release_renders_with_the_pushed_digest(kit: Path, helm_binary: str
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="set KUBECONFIG to run on a cluster")
 def test_helm_upgrade_dry_run_against_a_real_cluster(kit: Path) -> None:
     cfg = config.load(kit)
-    settings = cfg.environment("prod")
+    release = chart_release(cfg, cfg.environment("prod"))
     images = {"shop-api": f"{REGISTRY}/shop-api-shop-api@{DIGEST}"}
-    out = run(helm.render(cfg, "prod", settings, images, cluster=True), capture=True)
+    out = run(helm.render(release, images, cluster=True), capture=True)
     assert f"shop-api-shop-api@{DIGEST}" in out
 
 
@@ -547,7 +548,7 @@ def test_helm_skip_backup_takes_no_backup(kit: Path) -> None:
     ],
 )
 def test_backup_job_names_fit_kubernetes(service: str, name: str) -> None:
-    job = helm.backup_job(service, {"namespace": "ns"}, 120, now=1_795_000_000)
+    job = helm.backup_job(service, "ns", 120, now=1_795_000_000)
     assert job.name == name
     assert len(job.name) <= 63
     assert str(job.create()) == (
@@ -597,8 +598,8 @@ def test_first_install_skips_the_backup(
     cluster: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("FAKE_KUBECTL", "absent")
-    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 60)
-    assert helm.run_backup(job, echo=print) is False
+    job = helm.backup_job("shop-api", "shop-api-prod", 60)
+    assert helm.run_backup(job, say=print) is False
     lookup = (
         "get cronjob shop-api-backup --namespace shop-api-prod --ignore-not-found --output name"
     )
@@ -612,9 +613,9 @@ def test_first_install_skips_the_backup(
 def test_failed_backup_job_stops_at_once(cluster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_KUBECTL", "failed")
     # A timeout far beyond the test: only the Failed condition can end the wait.
-    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 3600)
+    job = helm.backup_job("shop-api", "shop-api-prod", 3600)
     with pytest.raises(EngineError) as failed:
-        helm.run_backup(job, echo=print)
+        helm.run_backup(job, say=print)
     assert str(failed.value) == (
         f"the backup Job {job.name} failed (Job has reached the specified backoff limit); see "
         f"`kubectl logs --namespace shop-api-prod job/{job.name}`; nothing was migrated or "
@@ -629,8 +630,8 @@ def test_complete_backup_job_lets_the_deploy_go_on(
     cluster: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_KUBECTL", "complete")
-    job = helm.backup_job("shop-api", {"namespace": "shop-api-prod"}, 3600)
-    assert helm.run_backup(job, echo=print) is True
+    job = helm.backup_job("shop-api", "shop-api-prod", 3600)
+    assert helm.run_backup(job, say=print) is True
     assert [call[:2] for call in kubectl_calls(cluster)] == [
         ["get", "cronjob"],
         ["create", "job"],

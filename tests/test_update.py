@@ -141,7 +141,7 @@ def _user_edits(root: Path) -> dict[str, str]:
 def load_first_component(root: Path) -> str:
     from shipyard import config
 
-    return str(config.load(root).components[0]["name"])
+    return str(config.load(root).components[0].name)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

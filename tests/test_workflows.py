@@ -356,7 +356,7 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
         assert sign["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
         assert job["permissions"]["id-token"] == "write"
         assert job["outputs"]["image"].startswith(cfg.image_repository(name) + "@")
-    helm = "helm" in {cfg.environment(env)["target"] for env in ("staging", "prod")}
+    helm = "helm" in {cfg.environment(env).target for env in ("staging", "prod")}
     assert ("chart" in jobs) == helm
     if helm:
         script = next(s["run"] for s in _steps(jobs["chart"]) if "run" in s)
@@ -378,7 +378,7 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
         job = deploy["jobs"][env]
         assert job["if"] == f"inputs.environment == '{env}'"
         assert job["environment"]["name"] == env
-        assert job["environment"]["url"] == f"https://{cfg.environment(env)['host']}"
+        assert job["environment"]["url"] == f"https://{cfg.environment(env).host}"
         assert job["concurrency"] == {"group": f"deploy-{env}", "cancel-in-progress": False}
         runs = [s["run"] for s in _steps(job) if "run" in s]
         assert f"invoke deploy --env {env} --yes" in runs
@@ -386,7 +386,7 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
             guard = _steps(job)[0]
             assert guard["if"] == "!startsWith(github.ref, 'refs/tags/v')"
             assert "exit 1" in guard["run"]
-        has_http = any(c["kind"] == "http" for c in cfg.components)
+        has_http = any(c.kind == "http" for c in cfg.components)
         assert any("curl --fail" in run for run in runs) == has_http
         # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
         for secret in cfg.data["secrets"]:
@@ -567,9 +567,9 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
     cfg = config.load(repo)
     images = {}
     for number, component in enumerate(cfg.components):
-        var = component["name"].upper().replace("-", "_") + "_IMAGE"
+        var = component.name.upper().replace("-", "_") + "_IMAGE"
         assert var in deploy_step["env"], var
-        images[var] = f"{cfg.image_repository(component['name'])}@sha256:{number:064x}"
+        images[var] = f"{cfg.image_repository(component.name)}@sha256:{number:064x}"
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, **images, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])}
     result = subprocess.run(

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 CONFIG_FILE = "shipyard.yaml"
-ENVIRONMENTS = ("dev", "staging", "prod")
 # Spellings people type for an environment, mapped to the name shipyard.yaml uses.
 ENV_ALIASES = {"production": "prod", "stage": "staging", "development": "dev"}
 
@@ -61,35 +60,127 @@ def schema_errors(document: Any, schema_name: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Component:
+    """One deployable part of the service: an image built from its Dockerfile target."""
+
+    name: str
+    kind: Literal["http", "worker"]
+    path: str
+    start: str
+    # http components only (the schema requires them there and forbids them on workers).
+    port: int | None = None
+    health_path: str = ""
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """Where an environment's backups are kept and for how long."""
+
+    storage: Literal["local", "s3"]
+    schedule: str
+    retention_days: int
+    path: str = ""  # local storage: a folder relative to the repository
+    bucket: str = ""  # s3 storage
+    prefix: str = ""
+    endpoint: str = ""  # empty: AWS
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment of shipyard.yaml, named as the file names it (aliases resolved)."""
+
+    name: str
+    target: Literal["compose", "helm"]
+    host: str
+    replicas: int
+    migrate: bool
+    confirm: bool
+    backup_before_migrate: bool = False
+    health_url: str = ""
+    backup: BackupSettings | None = None
+    # compose targets
+    compose_file: str = "compose.prod.yaml"
+    # helm targets (the schema requires both there)
+    namespace: str = ""
+    values_file: str = ""
+
+    @property
+    def is_helm(self) -> bool:
+        return self.target == "helm"
+
+
+@dataclass(frozen=True)
+class Database:
+    """The PostgreSQL the service uses: the name and role libpq defaults to."""
+
+    name: str
+    user: str
+    version: int
+
+
+@dataclass(frozen=True)
 class Config:
-    """A validated shipyard.yaml and the folder it lives in."""
+    """A validated shipyard.yaml and the folder it lives in, as typed values.
+
+    `data` is the document as read (for tools that show it); the package reads the typed
+    fields, so each key of the file is interpreted here and nowhere else.
+    """
 
     root: Path
     data: dict[str, Any]
+    service: str
+    registry: str
+    mirror: str
+    dockerfile: str
+    components: tuple[Component, ...]
+    secrets: tuple[str, ...]
+    database: Database | None
+    environments: dict[str, Environment]
 
-    @property
-    def service(self) -> str:
-        name: str = self.data["service"]["name"]
-        return name
-
-    @property
-    def components(self) -> list[dict[str, Any]]:
-        components: list[dict[str, Any]] = self.data["components"]
-        return components
-
-    def environment(self, name: str) -> dict[str, Any]:
-        """The settings of environment `name` (aliases such as 'production' accepted)."""
+    def environment(self, name: str) -> Environment:
+        """Environment `name` (aliases such as 'production' accepted)."""
         env = ENV_ALIASES.get(name, name)
-        environments: dict[str, dict[str, Any]] = self.data["environments"]
-        if env not in environments:
-            known = ", ".join(environments)
+        if env not in self.environments:
+            known = ", ".join(self.environments)
             raise ConfigError(f"unknown environment '{name}': choose one of {known}")
-        return environments[env]
+        return self.environments[env]
+
+    def component(self, name: str) -> Component:
+        """The component called `name`; ConfigError listing the known ones."""
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        known = ", ".join(comp.name for comp in self.components)
+        raise ConfigError(f"unknown component '{name}': choose one of {known}")
 
     def image_repository(self, component: str) -> str:
         """Where `component`'s image is pushed: <registry>/<service>-<component>."""
-        registry: str = self.data["image"]["registry"]
-        return f"{registry}/{self.service}-{component}"
+        return f"{self.registry}/{self.service}-{component}"
+
+
+def _typed(root: Path, data: dict[str, Any]) -> Config:
+    """The typed view of a document that already passed the schema."""
+    db = data.get("database")
+    return Config(
+        root=root,
+        data=data,
+        service=data["service"]["name"],
+        registry=data["image"]["registry"],
+        mirror=data["image"]["mirror"],
+        dockerfile=data["image"]["dockerfile"],
+        components=tuple(Component(**comp) for comp in data["components"]),
+        secrets=tuple(data["secrets"]),
+        database=Database(db["name"], db["user"], db["version"]) if db else None,
+        environments={
+            name: Environment(
+                name=name,
+                **{key: value for key, value in env.items() if key != "backup"},
+                backup=BackupSettings(**env["backup"]) if env.get("backup") else None,
+            )
+            for name, env in data["environments"].items()
+        },
+    )
 
 
 def load(root: Path | str = ".") -> Config:
@@ -104,4 +195,4 @@ def load(root: Path | str = ".") -> Config:
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path} does not match the shipyard.yaml schema:\n{listed}")
-    return Config(root=Path(root).resolve(), data=data)
+    return _typed(Path(root).resolve(), data)

@@ -1,22 +1,24 @@
 """Helm and kubectl command lines for Kubernetes targets, and the rollout check.
 
-The release is named after the service and lives in the environment's namespace; the chart is
-charts/<service>/ with the environment's values file. Image digests and replicas come from
-the command line (values keys components.<name>.image.digest and replicaCount), so a
-values file never pins what `invoke push` produced.
+Every function takes the `Release` it acts on (plain values, no shipyard.yaml): the chart,
+its namespace and the environment's values file. Image digests and replicas come from the
+command line (values keys components.<name>.image.digest and replicaCount), so a values file
+never pins what `invoke push` produced. Progress is reported through the caller's `say`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-from shipyard.config import Config, ConfigError, load_yaml
+from shipyard.config import ConfigError, load_yaml
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
 from shipyard.engines.state import BACKUP
@@ -38,27 +40,36 @@ def major(helm: str) -> int:
     return int(match.group(1)) if match else 4
 
 
-def release(cfg: Config, env: str) -> str:
-    """The Helm release of the service (one per namespace, so the same name everywhere)."""
-    del env  # environments are told apart by namespace
-    return cfg.service
+@dataclass(frozen=True)
+class Release:
+    """One release of the service's chart: what every helm and kubectl command here targets.
+
+    The release is named after the service in every environment (environments are told apart
+    by namespace); replicas and host are set on the command line with the pushed digests.
+    """
+
+    name: str
+    namespace: str
+    chart: str  # the chart's folder, relative to root
+    values_file: str  # the environment's values file, relative to root
+    replicas: int
+    host: str
+    root: Path
 
 
-def _values(
-    cfg: Config, env: str, settings: dict[str, Any], images: dict[str, str], migrate: bool
-) -> list[str]:
-    """Chart, namespace, values file and the --set flags one release of `env` is made of."""
+def _values(release: Release, images: dict[str, str], migrate: bool) -> list[str]:
+    """Chart, namespace, values file and the --set flags one release is made of."""
     args = [
-        release(cfg, env),
-        f"charts/{cfg.service}",
+        release.name,
+        release.chart,
         "--namespace",
-        settings["namespace"],
+        release.namespace,
         "--values",
-        settings["values_file"],
+        release.values_file,
         "--set",
-        f"replicaCount={int(settings['replicas'])}",
+        f"replicaCount={release.replicas}",
         "--set-string",
-        f"host={settings['host']}",
+        f"host={release.host}",
     ]
     for name, ref in sorted(images.items()):
         digest = ref.rpartition("@")[2]
@@ -70,29 +81,21 @@ def _values(
 
 
 def upgrade(
-    cfg: Config,
-    env: str,
-    settings: dict[str, Any],
-    images: dict[str, str],
-    *,
-    timeout: int,
-    migrate: bool = True,
+    release: Release, images: dict[str, str], *, timeout: int, migrate: bool = True
 ) -> Command:
     """`helm upgrade --install` with the pushed digests; atomic, waits for pods and the hook."""
     helm = binary()
-    args = [helm, "upgrade", "--install", *_values(cfg, env, settings, images, migrate)]
+    args = [helm, "upgrade", "--install", *_values(release, images, migrate)]
     args.append("--create-namespace")
     if major(helm) >= 4:
         args += ["--rollback-on-failure", "--wait=watcher", "--wait-for-jobs"]
     else:
         args += ["--atomic", "--wait", "--wait-for-jobs"]
     args += ["--timeout", f"{timeout}s"]
-    return command(*args, cwd=cfg.root)
+    return command(*args, cwd=release.root)
 
 
-def render(
-    cfg: Config, env: str, settings: dict[str, Any], images: dict[str, str], *, cluster: bool
-) -> Command:
+def render(release: Release, images: dict[str, str], *, cluster: bool) -> Command:
     """The manifests a deploy would apply, without applying them.
 
     `helm upgrade --install --dry-run=client` still asks the cluster for the release history,
@@ -100,12 +103,12 @@ def render(
     Helm 3 (whose install also wants a cluster) with `helm template`.
     """
     helm = binary()
-    values = _values(cfg, env, settings, images, migrate=True)
+    values = _values(release, images, migrate=True)
     if cluster:
-        return command(helm, "upgrade", "--install", *values, "--dry-run=client", cwd=cfg.root)
+        return command(helm, "upgrade", "--install", *values, "--dry-run=client", cwd=release.root)
     if major(helm) >= 4:
-        return command(helm, "install", *values, "--dry-run=client", cwd=cfg.root)
-    return command(helm, "template", *values, cwd=cfg.root)
+        return command(helm, "install", *values, "--dry-run=client", cwd=release.root)
+    return command(helm, "template", *values, cwd=release.root)
 
 
 # Each true condition of a Job as "Type<TAB>message" lines (Complete or Failed end it).
@@ -160,13 +163,11 @@ class BackupJob:
 POLL = 2
 
 
-def backup_job(
-    service: str, settings: dict[str, Any], timeout: int, now: float | None = None
-) -> BackupJob:
+def backup_job(service: str, namespace: str, timeout: int, now: float | None = None) -> BackupJob:
     """The backup Job to take before migrating, named `<service>-backup-pre-<time>` (<= 63)."""
     stamp = _base36(int(time.time() if now is None else now))
     prefix = f"{service}-backup-pre"[: JOB_NAME_MAX - len(stamp) - 1].rstrip("-")
-    return BackupJob(f"{service}-backup", f"{prefix}-{stamp}", settings["namespace"], timeout)
+    return BackupJob(f"{service}-backup", f"{prefix}-{stamp}", namespace, timeout)
 
 
 def _base36(number: int) -> str:
@@ -179,20 +180,20 @@ def _base36(number: int) -> str:
             return out
 
 
-def run_backup(job: BackupJob, echo: Callable[[Command], None]) -> bool:
-    """Take the backup: False when there is no CronJob yet (first install), True once the Job
-    completed; EngineError when it failed or did not finish within its timeout."""
-    echo(job.lookup())
+def run_backup(job: BackupJob, say: Callable[[str], None]) -> bool:
+    """Take the backup, reporting each command through `say`: False when there is no CronJob
+    yet (first install), True once the Job completed; EngineError when it failed or did not
+    finish within its timeout."""
+    say(f"$ {job.lookup()}")
     if not run(job.lookup(), capture=True, what="looking up the backup CronJob").strip():
-        print(
+        say(
             f"no CronJob {job.cronjob} in namespace {job.namespace} yet (a first install): "
-            "nothing to back up, so no backup before migrating",
-            flush=True,
+            "nothing to back up, so no backup before migrating"
         )
         return False
-    echo(job.create())
+    say(f"$ {job.create()}")
     run(job.create(), what="creating the backup Job")
-    echo(job.conditions())
+    say(f"$ {job.conditions()}")
     deadline = time.monotonic() + job.timeout
     where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
     while True:
@@ -213,10 +214,23 @@ def run_backup(job: BackupJob, echo: Callable[[Command], None]) -> bool:
         time.sleep(POLL)
 
 
-def history(cfg: Config, env: str, settings: dict[str, Any]) -> Command:
-    """The release's revisions as JSON (what `rollback_revision` reads)."""
-    name, ns = release(cfg, env), settings["namespace"]
-    return command(binary(), "history", name, "--namespace", ns, "--output", "json")
+def history(release: Release) -> Command:
+    """The release's revisions as JSON (what `revisions` reads)."""
+    return command(
+        binary(), "history", release.name, "--namespace", release.namespace, "--output", "json"
+    )
+
+
+def revisions(release: Release) -> list[dict[str, Any]]:
+    """The release's revisions from `helm history` (EngineError when it prints no list)."""
+    read = history(release)
+    try:
+        found = json.loads(run(read, capture=True, what="helm history") or "[]")
+    except ValueError:
+        found = None
+    if not isinstance(found, list):
+        raise EngineError(f"`{read}` printed no list of revisions")
+    return found
 
 
 # Helm's description of a revision made by `helm rollback` (or --atomic after a failure).
@@ -248,57 +262,52 @@ def rollback_revision(revisions: list[dict[str, Any]]) -> int | None:
     return max(earlier) if earlier else None
 
 
-def rollback(
-    cfg: Config, env: str, settings: dict[str, Any], timeout: int, revision: int
-) -> Command:
+def rollback(release: Release, timeout: int, revision: int) -> Command:
     """`helm rollback` to `revision` (see `rollback_revision`), waiting for it."""
     return command(
         binary(),
         "rollback",
-        release(cfg, env),
+        release.name,
         str(revision),
         "--namespace",
-        settings["namespace"],
+        release.namespace,
         "--wait",
         "--timeout",
         f"{timeout}s",
     )
 
 
-def status(cfg: Config, env: str, settings: dict[str, Any]) -> list[Command]:
+def status(release: Release) -> list[Command]:
     """`helm status` and the last revisions of the release."""
-    ns = settings["namespace"]
-    name = release(cfg, env)
+    ns = release.namespace
     return [
-        command(binary(), "status", name, "--namespace", ns),
-        command(binary(), "history", name, "--namespace", ns, "--max", "5"),
+        command(binary(), "status", release.name, "--namespace", ns),
+        command(binary(), "history", release.name, "--namespace", ns, "--max", "5"),
     ]
 
 
-def logs(
-    cfg: Config, env: str, settings: dict[str, Any], component: str, tail: int, follow: bool
-) -> Command:
+def logs(release: Release, component: str, tail: int, follow: bool) -> Command:
     """kubectl logs of the release's pods (one component's with --component)."""
-    selector = f"app.kubernetes.io/instance={release(cfg, env)}"
+    selector = f"app.kubernetes.io/instance={release.name}"
     if component:
         selector += f",app.kubernetes.io/component={component}"
-    args = ["kubectl", "logs", "--namespace", settings["namespace"], "--selector", selector]
+    args = ["kubectl", "logs", "--namespace", release.namespace, "--selector", selector]
     args += ["--tail", str(tail), "--prefix", "--all-containers"]
     if follow:
         args.append("--follow")
     return command(*args)
 
 
-def missing_secret_keys(cfg: Config, settings: dict[str, Any]) -> tuple[str, list[str]]:
+def missing_secret_keys(release: Release) -> tuple[str, list[str]]:
     """The chart's existing Secret (secretEnv in the values) and the keys it lacks."""
     from kubernetes import client  # imported here: only Helm targets need it
     from urllib3.exceptions import HTTPError
 
     # The environment's values file may override the chart's defaults.
     secret_env: dict[str, Any] = {}
-    for name in (f"charts/{cfg.service}/values.yaml", settings["values_file"]):
+    for name in (f"{release.chart}/values.yaml", release.values_file):
         try:
-            loaded = load_yaml(cfg.root / name) or {}
+            loaded = load_yaml(release.root / name) or {}
         except ConfigError as exc:
             raise EngineError(str(exc)) from None
         secret_env.update(loaded.get("secretEnv") or {})
@@ -307,7 +316,7 @@ def missing_secret_keys(cfg: Config, settings: dict[str, Any]) -> tuple[str, lis
         return name, []
     _kubeconfig()
     try:
-        secret = client.CoreV1Api().read_namespaced_secret(name, settings["namespace"])
+        secret = client.CoreV1Api().read_namespaced_secret(name, release.namespace)
     except client.ApiException as exc:
         if exc.status == 404:
             return name, keys
@@ -328,7 +337,7 @@ def _kubeconfig() -> None:
         raise EngineError(f"cannot load the kubeconfig: {exc}") from None
 
 
-def check_rollout(name: str, namespace: str, timeout: int) -> None:
+def check_rollout(release: Release, timeout: int) -> None:
     """Every Deployment of the release has all its updated replicas available (kubernetes API)."""
     from kubernetes import client  # imported here: only Helm targets need it
     from urllib3.exceptions import HTTPError
@@ -336,11 +345,13 @@ def check_rollout(name: str, namespace: str, timeout: int) -> None:
     _kubeconfig()
     apps = client.AppsV1Api()
     deadline = time.monotonic() + timeout
-    selector = f"app.kubernetes.io/instance={name}"
+    selector = f"app.kubernetes.io/instance={release.name}"
     while True:
         pending = []
         try:
-            deployments = apps.list_namespaced_deployment(namespace, label_selector=selector)
+            deployments = apps.list_namespaced_deployment(
+                release.namespace, label_selector=selector
+            )
         except (client.ApiException, HTTPError) as exc:
             raise EngineError(f"cannot read the rollout from the cluster: {exc}") from None
         for dep in deployments.items:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -32,7 +32,16 @@ from shipyard.engines import compose as compose_engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
-from shipyard.tasks._run import confirm, execute, failures, plan, setup
+from shipyard.tasks.support import (
+    HELP_DRY,
+    HELP_ENV,
+    HELP_YES,
+    confirm,
+    execute,
+    failures,
+    plan,
+    setup,
+)
 
 if TYPE_CHECKING:
     from shipyard.backup.storage import Storage
@@ -40,7 +49,6 @@ if TYPE_CHECKING:
 # The backup engine (psycopg, boto3) is imported by the tasks that run it: every `invoke`
 # command loads this module, and a build or deploy should not wait for database drivers.
 
-HELP_ENV = "environment: dev, staging or prod ('production' works too)"
 HELP_ID = "backup id from `invoke backup.list` (default: the newest complete one)"
 HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
 # Where compose.backup.yaml mounts the environment's backups folder (./backups/<env>).
@@ -64,26 +72,28 @@ def _failures(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None
 
 
-def _settings(c: Context, env: str) -> tuple[config.Config, str, dict[str, Any], dict[str, Any]]:
-    """shipyard.yaml, the environment's name, its settings and its backup settings."""
-    cfg, env, settings = setup(c, env)
-    settings_backup: dict[str, Any] | None = settings.get("backup")
-    if not settings_backup:
+def _settings(
+    c: Context, env: str
+) -> tuple[config.Config, config.Environment, config.BackupSettings]:
+    """shipyard.yaml, the environment and its backup settings (Exit when it has none)."""
+    cfg, environment = setup(c, env)
+    if environment.backup is None:
+        name = environment.name
         raise Exit(
-            f"shipyard: {env} has no backup settings: add environments.{env}.backup to "
+            f"shipyard: {name} has no backup settings: add environments.{name}.backup to "
             f"{config.CONFIG_FILE} (storage, path or bucket, schedule, retention_days)",
             code=2,
         )
-    return cfg, env, settings, settings_backup
+    return cfg, environment, environment.backup
 
 
-def _in_compose(settings: dict[str, Any]) -> bool:
+def _in_compose(environment: config.Environment) -> bool:
     """Run the engine in the Compose stack's `backup` service (see the module's docstring)."""
-    return settings["target"] == "compose" and not os.environ.get("PGHOST")
+    return environment.target == "compose" and not os.environ.get("PGHOST")
 
 
 def _compose_engine(
-    cfg: config.Config, env: str, settings_backup: dict[str, Any], action: str, *args: str
+    cfg: config.Config, env: str, settings: config.BackupSettings, action: str, *args: str
 ) -> Command:
     """`shipyard backup ACTION --target T ARGS` in compose.backup.yaml's `backup` service.
 
@@ -101,9 +111,8 @@ def _compose_engine(
             "or set PGHOST to reach the database from here",
             code=1,
         )
-    if settings_backup["storage"] == "s3":
-        prefix = str(settings_backup.get("prefix", "")).strip("/")
-        target = f"s3://{settings_backup['bucket']}/{prefix}".rstrip("/")
+    if settings.storage == "s3":
+        target = f"s3://{settings.bucket}/{settings.prefix.strip('/')}".rstrip("/")
     else:
         target = COMPOSE_FOLDER
     image = os.environ.get(compose_engine.image_var(BACKUP)) or state.pushed(cfg.root).get(
@@ -125,24 +134,17 @@ def _run_compose(cmd: Command, doing: str) -> None:
         execute(cmd, doing)
 
 
-def _storage(cfg: config.Config, settings_backup: dict[str, Any]) -> Storage:
+def _storage(cfg: config.Config, settings: config.BackupSettings) -> Storage:
     """The environment's backup storage as seen from here; libpq defaults from shipyard.yaml."""
     from shipyard.backup import storage
 
-    database = cfg.data.get("database", {})
-    # Only defaults: the operator's own PGDATABASE/PGUSER (and every credential) win.
-    for var, key in (("PGDATABASE", "name"), ("PGUSER", "user")):
-        if key in database:
-            os.environ.setdefault(var, database[key])
-    if settings_backup["storage"] == "s3":
-        target: Storage = storage.S3Storage(
-            settings_backup["bucket"],
-            settings_backup.get("prefix", ""),
-            settings_backup.get("endpoint") or None,
-        )
-    else:
-        target = storage.LocalStorage(cfg.root / settings_backup["path"])
-    return target
+    if cfg.database:
+        # Only defaults: the operator's own PGDATABASE/PGUSER (and every credential) win.
+        os.environ.setdefault("PGDATABASE", cfg.database.name)
+        os.environ.setdefault("PGUSER", cfg.database.user)
+    if settings.storage == "s3":
+        return storage.S3Storage(settings.bucket, settings.prefix, settings.endpoint or None)
+    return storage.LocalStorage(cfg.root / settings.path)
 
 
 def _where() -> str:
@@ -157,16 +159,17 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     """Back up the environment's database now (a manual backup)."""
     from shipyard.backup import engine
 
-    cfg, env, settings, settings_backup = _settings(c, env)
-    if _in_compose(settings):
-        cmd = _compose_engine(cfg, env, settings_backup, "run", "--kind", "manual")
+    cfg, environment, settings = _settings(c, env)
+    env = environment.name
+    if _in_compose(environment):
+        cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual")
         if dry_run:
             plan(f"backup of {env} (in the Compose stack's backup service)", [cmd])
             return
         _run_compose(cmd, f"the backup of {env}")
         print(f"{env}: backup complete (its id is in the engine's last line above)")
         return
-    target = _storage(cfg, settings_backup)
+    target = _storage(cfg, settings)
     if dry_run:
         plan(
             f"backup of {env}",
@@ -188,12 +191,13 @@ def list_(c: Context, env: str = "") -> None:
     """List the environment's complete backups, oldest first."""
     from shipyard.backup import cli, engine
 
-    cfg, env, settings, settings_backup = _settings(c, env)
-    if _in_compose(settings):
-        cmd = _compose_engine(cfg, env, settings_backup, "list")
+    cfg, environment, settings = _settings(c, env)
+    env = environment.name
+    if _in_compose(environment):
+        cmd = _compose_engine(cfg, env, settings, "list")
         _run_compose(cmd, f"listing the backups of {env}")
         return
-    target = _storage(cfg, settings_backup)
+    target = _storage(cfg, settings)
     with _failures(f"listing the backups of {env}"):
         print(cli.format_table(engine.list_backups(target)))
 
@@ -203,13 +207,14 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
     """Restore a backup into a scratch database, compare every table, drop it, report."""
     from shipyard.backup import engine
 
-    cfg, env, settings, settings_backup = _settings(c, env)
-    if _in_compose(settings):
-        cmd = _compose_engine(cfg, env, settings_backup, "verify", *_choice(backup, jobs))
+    cfg, environment, settings = _settings(c, env)
+    env = environment.name
+    if _in_compose(environment):
+        cmd = _compose_engine(cfg, env, settings, "verify", *_choice(backup, jobs))
         _run_compose(cmd, f"verifying a backup of {env}")
         print(f"{env}: backup verified: every table matches its manifest")
         return
-    target = _storage(cfg, settings_backup)
+    target = _storage(cfg, settings)
     with _failures(f"verifying a backup of {env}"):
         checked = engine.verify(target, backup or None, jobs=jobs)
     record = checked.verified or {}
@@ -230,9 +235,10 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
     """Apply retention (retention_days in shipyard.yaml); the newest verified backup stays."""
     from shipyard.backup import engine
 
-    cfg, env, settings_env, settings = _settings(c, env)  # settings: the backup's
-    if _in_compose(settings_env):
-        days = str(settings["retention_days"])
+    cfg, environment, settings = _settings(c, env)
+    env = environment.name
+    if _in_compose(environment):
+        days = str(settings.retention_days)
         if dry_run or not yes:
             check = _compose_engine(
                 cfg, env, settings, "prune", "--retention-days", days, "--dry-run"
@@ -245,7 +251,7 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
         _run_compose(cmd, f"pruning the backups of {env}")
         return
     target = _storage(cfg, settings)
-    policy = engine.Retention(daily=settings["retention_days"])
+    policy = engine.Retention(daily=settings.retention_days)
     with _failures(f"pruning the backups of {env}"):
         doomed = engine.prune(target, policy, dry_run=True, log=lambda _m: None)
         if dry_run or not doomed:
@@ -259,8 +265,8 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
     help={
         "env": HELP_ENV,
         "backup": HELP_ID,
-        "yes": "do not ask for confirmation (CI)",
-        "dry_run": "print the exact plan and change nothing",
+        "yes": HELP_YES,
+        "dry_run": HELP_DRY,
         "jobs": HELP_JOBS,
     }
 )
@@ -275,11 +281,12 @@ def restore(
     """Replace the environment's database with a backup (a safety backup is taken first)."""
     from shipyard.backup import engine
 
-    cfg, env, settings, settings_backup = _settings(c, env)
-    if _in_compose(settings):
-        _compose_restore(cfg, env, settings_backup, backup, yes, dry_run, jobs)
+    cfg, environment, settings = _settings(c, env)
+    env = environment.name
+    if _in_compose(environment):
+        _compose_restore(cfg, env, settings, backup, yes, dry_run, jobs)
         return
-    target = _storage(cfg, settings_backup)
+    target = _storage(cfg, settings)
     with _failures(f"finding the backup of {env}"):
         chosen = engine.find_backup(target, backup or None)
     manifest = chosen.manifest
@@ -309,7 +316,7 @@ def restore(
 def _compose_restore(
     cfg: config.Config,
     env: str,
-    settings_backup: dict[str, Any],
+    settings: config.BackupSettings,
     backup: str,
     yes: bool,
     dry_run: bool,
@@ -317,7 +324,7 @@ def _compose_restore(
 ) -> None:
     """`restore` through the Compose stack's backup service; the engine takes the same steps."""
     chosen = backup or "the newest complete backup"
-    cmd = _compose_engine(cfg, env, settings_backup, "restore", *_choice(backup, jobs), "--yes")
+    cmd = _compose_engine(cfg, env, settings, "restore", *_choice(backup, jobs), "--yes")
     if dry_run:
         plan(
             f"restore {env} from {chosen} (in the Compose stack's backup service)",

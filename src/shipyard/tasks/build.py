@@ -14,20 +14,27 @@ from shipyard.engines import docker as engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
-from shipyard.tasks._run import components, execute, failures, plan, revision, setup
+from shipyard.tasks.support import (
+    HELP_DRY,
+    components,
+    execute,
+    failures,
+    plan,
+    revision,
+    setting,
+    setup,
+)
 
 HELP_ENV = "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
 HELP_COMPONENT = "only this component, or `backup` for the backup image (default: all components)"
 # The backup engine's image (state.BACKUP) is built on request from its own file.
 BACKUP_DOCKERFILE = "backup/Dockerfile"
-HELP_DRY = "print the exact plan and change nothing"
 
 
 def _network(c: Context, network: str) -> str:
     # Builds that reach npm through the host network (sandboxed builders) set this once in
     # invoke config or SHIPYARD_BUILD_NETWORK rather than on every call.
-    configured = str(c.config.get("shipyard", {}).get("build_network", ""))
-    return network or configured or os.environ.get("SHIPYARD_BUILD_NETWORK", "")
+    return network or setting(c, "build_network") or os.environ.get("SHIPYARD_BUILD_NETWORK", "")
 
 
 def _images(cfg: config.Config, only: str) -> list[tuple[str, str, str]]:
@@ -36,8 +43,7 @@ def _images(cfg: config.Config, only: str) -> list[tuple[str, str, str]]:
         if not (cfg.root / BACKUP_DOCKERFILE).exists():
             raise Exit(f"shipyard: there is no {BACKUP_DOCKERFILE} (the kit has no database)")
         return [(BACKUP, BACKUP_DOCKERFILE, "")]
-    dockerfile: str = cfg.data["image"]["dockerfile"]
-    return [(comp["name"], dockerfile, comp["name"]) for comp in components(cfg, only)]
+    return [(comp.name, cfg.dockerfile, comp.name) for comp in components(cfg, only)]
 
 
 @task(
@@ -52,10 +58,10 @@ def build(
     c: Context, env: str = "", component: str = "", network: str = "", dry_run: bool = False
 ) -> None:
     """Build each component's image with BuildKit, tagged from git."""
-    cfg, env, _ = setup(c, env)
+    cfg, environment = setup(c, env)
+    env = environment.name
     rev = revision(cfg.root, env)
-    image = cfg.data["image"]
-    build_args = {"IMAGE_MIRROR": image["mirror"]} if image["mirror"] else {}
+    build_args = {"IMAGE_MIRROR": cfg.mirror} if cfg.mirror else {}
     labels = {
         "org.opencontainers.image.source": rev.source,
         "org.opencontainers.image.revision": rev.sha,
@@ -99,7 +105,8 @@ def push(
     c: Context, env: str = "", component: str = "", retries: int = 3, dry_run: bool = False
 ) -> None:
     """Push the built images and record their digests for deploys."""
-    cfg, env, _ = setup(c, env)
+    cfg, environment = setup(c, env)
+    env = environment.name
     rev = revision(cfg.root, env)
     refs = {
         name: (cfg.image_repository(name), rev.image_tag) for name, _, _ in _images(cfg, component)

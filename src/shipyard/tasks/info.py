@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from shipyard.tasks.common import environment, load_config
+from shipyard import config
+from shipyard.tasks.support import load_config
 
 
 @task(help={"env": "environment to show (dev, staging, prod)"})
 def config_check(c: Context, env: str = "") -> None:
     """Validate shipyard.yaml and summarise the service or one environment."""
     cfg = load_config(c)
-    names = [env] if env else list(cfg.data["environments"])
+    try:
+        environments = [cfg.environment(env)] if env else list(cfg.environments.values())
+    except config.ConfigError as exc:
+        raise Exit(f"shipyard: {exc}", code=2) from None
     print(f"{cfg.service}: shipyard.yaml is valid")
     for comp in cfg.components:
-        where = f"port {comp['port']}" if comp["kind"] == "http" else "worker"
-        print(f"  component {comp['name']} ({where}) -> {cfg.image_repository(comp['name'])}")
-    for name in names:
-        settings = environment(cfg, name)
-        print(f"  env {name}: {settings['target']} on {settings['host']}")
+        where = f"port {comp.port}" if comp.kind == "http" else "worker"
+        print(f"  component {comp.name} ({where}) -> {cfg.image_repository(comp.name)}")
+    for environment in environments:
+        print(f"  env {env or environment.name}: {environment.target} on {environment.host}")

@@ -15,7 +15,7 @@ from packaging.version import InvalidVersion, Version
 from ruamel.yaml import YAML
 
 from shipyard.engines.proc import command, run
-from shipyard.tasks._run import failures
+from shipyard.tasks.support import failures
 
 ANSWERS_FILE = ".copier-answers.yml"
 # Copier's inline conflict markers (`--conflict inline`).

@@ -1,4 +1,9 @@
-"""Helpers the task families share: failures as one clear message, plans, confirmation."""
+"""What every task family shares: shipyard.yaml and the environment a task acts on, the help
+texts of the common options, and failures, plans and confirmations as one clear line each.
+
+The invoke configuration keys the tasks read are declared in `CONFIG` (added to the root
+collection with `ns.configure`), so `invoke --print-config`-style tools and users see them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -14,7 +18,16 @@ from invoke.exceptions import Exit
 from shipyard import config
 from shipyard.engines import EngineError, git
 from shipyard.engines.proc import Command, run
-from shipyard.tasks.common import environment, load_config
+
+# Invoke configuration the tasks read (invoke.yaml, INVOKE_SHIPYARD_* variables, -f FILE):
+# root: the folder holding shipyard.yaml; build_network: the network for RUN steps of builds.
+CONFIG = {"shipyard": {"root": ".", "build_network": ""}}
+
+# Help texts of options several tasks share.
+HELP_ENV = "environment: dev, staging or prod ('production' works too)"
+HELP_YES = "do not ask for confirmation (CI)"
+HELP_DRY = "print the exact plan and change nothing"
+HELP_TIMEOUT = "seconds to wait for the new version to become healthy"
 
 # Environments whose images must come from a clean, committed tree.
 RELEASE_ENVS = ("staging", "prod")
@@ -32,12 +45,21 @@ def failures(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None
 
 
-def env_name(env: str) -> str:
-    """The canonical environment name ('production' -> 'prod')."""
-    return config.ENV_ALIASES.get(env, env)
+def load_config(c: Context) -> config.Config:
+    """shipyard.yaml from the folder invoke runs in (or `shipyard.root` in invoke config)."""
+    try:
+        return config.load(Path(setting(c, "root") or "."))
+    except config.ConfigError as exc:
+        raise Exit(f"shipyard: {exc}", code=2) from None
 
 
-def setup(c: Context, env: str) -> tuple[config.Config, str, dict[str, Any]]:
+def setting(c: Context, key: str) -> str:
+    """One of the `CONFIG` keys, as invoke's configuration sets it (its default else)."""
+    section = c.config.get("shipyard") or {}
+    return str(section.get(key, CONFIG["shipyard"][key]))
+
+
+def setup(c: Context, env: str) -> tuple[config.Config, config.Environment]:
     """Load shipyard.yaml and the named environment, or Exit with the reason.
 
     One rule for every task that acts on an environment: `--env` is required, never guessed,
@@ -45,21 +67,22 @@ def setup(c: Context, env: str) -> tuple[config.Config, str, dict[str, Any]]:
     """
     cfg = load_config(c)
     if not env:
-        known = ", ".join(cfg.data["environments"])
+        known = ", ".join(cfg.environments)
         raise Exit(f"shipyard: choose an environment with --env ({known})", code=2)
-    settings = environment(cfg, env)
-    return cfg, env_name(env), settings
+    try:
+        return cfg, cfg.environment(env)
+    except config.ConfigError as exc:
+        raise Exit(f"shipyard: {exc}", code=2) from None
 
 
-def components(cfg: config.Config, only: str) -> list[dict[str, Any]]:
+def components(cfg: config.Config, only: str) -> list[config.Component]:
     """All components, or the one named by --component (Exit if unknown)."""
     if not only:
-        return cfg.components
-    chosen = [comp for comp in cfg.components if comp["name"] == only]
-    if not chosen:
-        names = ", ".join(comp["name"] for comp in cfg.components)
-        raise Exit(f"shipyard: unknown component '{only}': choose one of {names}", code=2)
-    return chosen
+        return list(cfg.components)
+    try:
+        return [cfg.component(only)]
+    except config.ConfigError as exc:
+        raise Exit(f"shipyard: {exc}", code=2) from None
 
 
 def revision(root: Path, env: str) -> git.Revision:
@@ -75,6 +98,11 @@ def revision(root: Path, env: str) -> git.Revision:
     return rev
 
 
+def say(message: str) -> None:
+    """The one channel tasks and the engines they drive report progress through."""
+    print(message, flush=True)
+
+
 def plan(title: str, steps: Sequence[Command | str]) -> None:
     """Print the exact plan: commands as they will run, other steps as sentences."""
     print(f"{title} (dry run: nothing is changed)")
@@ -84,7 +112,7 @@ def plan(title: str, steps: Sequence[Command | str]) -> None:
 
 def execute(cmd: Command, what: str, *, capture: bool = False) -> str:
     """Echo and run one command (streamed), raising EngineError when it fails."""
-    print(f"$ {cmd}", flush=True)
+    say(f"$ {cmd}")
     return run(cmd, capture=capture, what=what)
 
 

@@ -1,0 +1,79 @@
+"""The shape every deployment target has, and the checks a release passes on any of them."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from invoke.exceptions import Exit
+
+from shipyard import config
+from shipyard.engines import docker as docker_engine
+from shipyard.tasks.release import Release
+from shipyard.tasks.support import confirm, failures
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the user asked a release task to run (its command-line flags)."""
+
+    yes: bool = False
+    dry_run: bool = False
+    timeout: int = 300
+    skip_migrate: bool = False
+    skip_backup: bool = False
+
+
+class Target(Protocol):
+    """Where an environment runs (shipyard.yaml's `target`): a Compose host or a Kubernetes
+    namespace. Each target plans (dry run) or performs every release task its own way."""
+
+    def missing_secrets(self) -> tuple[list[str], str]:
+        """The secrets the environment lacks, and where they were looked for."""
+
+    def migrate(self, opts: Options) -> None:
+        """Apply the database migrations of this commit (or say how this target runs them)."""
+
+    def deploy(self, release: Release, opts: Options) -> None:
+        """Migrate, roll out `release`, wait for health; the old version keeps serving on
+        failure."""
+
+    def rollback(self, opts: Options) -> None:
+        """Go back to the previous healthy release."""
+
+    def status(self) -> None:
+        """Show what runs."""
+
+    def logs(self, component: str, tail: int, follow: bool) -> None:
+        """Show (or follow) the logs of every component, or of one."""
+
+
+def preflight(target: Target, release: Release) -> None:
+    """Refuse early: missing secrets, or images the registry does not have (the tree was
+    checked when the release was resolved)."""
+    env = release.env.name
+    missing, where = target.missing_secrets()
+    if missing:
+        raise Exit(
+            f"shipyard: {env} needs the secret(s) {', '.join(missing)} in {where}; "
+            "nothing was changed",
+            code=1,
+        )
+    with (
+        failures("checking the images in the registry"),
+        contextlib.closing(docker_engine.client()) as client,
+    ):
+        for name, ref in release.images.items():
+            if docker_engine.registry_digest(client, ref) is None:
+                raise Exit(
+                    f"shipyard: the registry has no {ref} ({name}): run `invoke push "
+                    f"--env {env}` again; nothing was changed",
+                    code=1,
+                )
+
+
+def ask(env: config.Environment, question: str, opts: Options) -> None:
+    """Ask `question` where the environment wants confirmation (`confirm: true`)."""
+    if env.confirm:
+        confirm(question, opts.yes)

@@ -1,0 +1,222 @@
+"""Compose hosts: `docker compose` with the pushed digests, a health-gated `up --wait`, and
+the images that ran before put back when a rollout fails (or Ctrl-C arrives)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from invoke.exceptions import Exit
+
+from shipyard import config
+from shipyard.engines import EngineError, state
+from shipyard.engines import compose as compose_engine
+from shipyard.engines import docker as docker_engine
+from shipyard.engines.proc import Command
+from shipyard.engines.state import BACKUP
+from shipyard.tasks.release import Release, resolve
+from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
+from shipyard.tasks.targets.base import Options, ask, preflight
+
+
+class ComposeTarget:
+    """An environment on one Docker host, driven through DOCKER_HOST like every Compose task."""
+
+    def __init__(self, cfg: config.Config, env: config.Environment) -> None:
+        self.cfg = cfg
+        self.env = env
+
+    def missing_secrets(self) -> tuple[list[str], str]:
+        """Secrets shipyard.yaml lists that neither the environment nor a local .env provides."""
+        provided = set(os.environ)
+        dotenv = self.cfg.root / ".env"
+        if dotenv.exists():
+            for line in dotenv.read_text("utf-8").splitlines():
+                name, sep, _ = line.partition("=")
+                if sep and not line.lstrip().startswith("#"):
+                    provided.add(name.strip().removeprefix("export "))
+        missing = [name for name in self.cfg.secrets if name not in provided]
+        return missing, "the environment (or the host's .env)"
+
+    def _backup_steps(self, release: Release) -> list[Command]:
+        """The backup taken before a production migration, by the backup engine's image."""
+        if not self.env.backup_before_migrate:
+            return []
+        file = compose_engine.BACKUP_FILE
+        path = self.cfg.root / file
+        if not path.is_file() or BACKUP not in compose_engine.services(path):
+            raise Exit(
+                f"shipyard: {self.env.name} takes a backup before migrating, but {file} is "
+                "missing or has no `backup` service; add it (see the backup docs) or pass "
+                "--skip-backup",
+                code=1,
+            )
+        return [compose_engine.backup(self.cfg.root, self.env.name, release.backup_image())]
+
+    def _migration_steps(self, release: Release, skip_backup: bool) -> list[Command]:
+        if not self.env.migrate:
+            return []
+        backup = [] if skip_backup else self._backup_steps(release)
+        migrate = compose_engine.migrate(self.cfg.root, self.env.compose_file, release.images)
+        return [*backup, migrate]
+
+    def migrate(self, opts: Options) -> None:
+        release = resolve(self.cfg, self.env)
+        steps = self._migration_steps(release, opts.skip_backup)
+        if opts.dry_run:
+            plan(f"migrate {self.cfg.service} on {self.env.name}", steps)
+            return
+        ask(self.env, f"Apply migrations to {self.env.name}?", opts)
+        _run_migrations(steps)
+        say(f"{self.env.name}: migrations applied")
+
+    def deploy(self, release: Release, opts: Options) -> None:
+        env = self.env.name
+        migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
+        rollout = compose_engine.up(
+            self.cfg.root, self.env.compose_file, release.images, opts.timeout
+        )
+        if opts.dry_run:
+            tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
+            plan(
+                f"deploy {self.cfg.service} to {env} (compose)",
+                [
+                    f"preflight: {tree}, "
+                    f"secrets {', '.join(self.cfg.secrets) or '(none)'} set, "
+                    f"images in the registry: {release.refs}",
+                    *migrations,
+                    rollout,
+                    "on failure or Ctrl-C: the same `up` with the images running before "
+                    "(components this release adds are stopped and removed)",
+                ],
+            )
+            return
+        preflight(self, release)
+        ask(self.env, f"Deploy {release.refs} to {env}?", opts)
+        _run_migrations(migrations)
+        self._rollout(release, opts.timeout)
+        say(f"{env}: deployed and healthy")
+
+    def _rollout(self, release: Release, timeout: int) -> None:
+        """`up --wait` with the new images; on failure or Ctrl-C, back to what was running."""
+        root, env, file, images = (
+            self.cfg.root,
+            self.env.name,
+            self.env.compose_file,
+            release.images,
+        )
+        project = compose_engine.project_name(root / file, self.cfg.service)
+        with contextlib.closing(docker_engine.client()) as client:
+            running = docker_engine.running_images(client, project)
+        previous = {name: running[name] for name in images if name in running}
+        # Components this release adds: a rollback removes them and restarts only the others.
+        added = [name for name in images if name not in running]
+        try:
+            execute(compose_engine.up(root, file, images, timeout), f"the rollout of {env}")
+        except (EngineError, KeyboardInterrupt) as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = "interrupted (Ctrl-C)" if interrupted else str(exc) + _health_detail(project)
+            code = 130 if interrupted else 1
+            state.record_deploy(root, env, {"images": images, "status": "failed"})
+            if not previous:
+                raise Exit(
+                    f"shipyard: the rollout of {env} failed: {reason}. There was no previous "
+                    f"version to roll back to; see `invoke logs --env {env}`",
+                    code=code,
+                ) from None
+            say(f"rollout failed ({reason}); rolling back to the previous images")
+            try:
+                with contextlib.closing(docker_engine.client()) as client:
+                    docker_engine.settle(client, project)
+                if added:
+                    # The file (this release's) still names every image, so all stay set.
+                    execute(compose_engine.remove(root, file, images, added), "the rollback")
+                only = list(previous) if added else []
+                _restore(compose_engine.up(root, file, {**images, **previous}, timeout, only))
+            except (EngineError, KeyboardInterrupt) as again:
+                raise Exit(
+                    f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
+                    f"({again}); see `invoke status --env {env}`",
+                    code=1,
+                ) from None
+            state.record_deploy(root, env, {"images": previous, "status": "rolled-back"})
+            raise Exit(
+                f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
+                "version is serving",
+                code=code,
+            ) from None
+        state.record_deploy(root, env, {"images": images, "status": "deployed"})
+
+    def rollback(self, opts: Options) -> None:
+        env = self.env.name
+        target = state.rollback_target(state.deploys(self.cfg.root, env))
+        if target is None:
+            raise Exit(
+                f"shipyard: {env} has no healthy release before the current one recorded in "
+                f"{state.FOLDER}/deploys-{env}.json to roll back to; nothing was changed",
+                code=1,
+            )
+        cmd = compose_engine.up(self.cfg.root, self.env.compose_file, target, opts.timeout)
+        if opts.dry_run:
+            plan(f"rollback {self.cfg.service} on {env} (compose)", [cmd])
+            return
+        ask(self.env, f"Roll {env} back to {', '.join(target.values())}?", opts)
+        execute(cmd, "the rollback")
+        state.record_deploy(self.cfg.root, env, {"images": target, "status": "rolled-back"})
+        say(f"{env}: rolled back to {', '.join(target.values())}")
+
+    def _current(self) -> dict[str, str]:
+        """The images of the last deploy, for Compose commands that only read (ps, logs): the
+        file requires every *_IMAGE to be set even when the value does not matter."""
+        history = state.deploys(self.cfg.root, self.env.name)
+        last: dict[str, str] = history[-1]["images"] if history else {}
+        return {comp.name: last.get(comp.name, "unknown") for comp in self.cfg.components}
+
+    def _read(self, *args: str) -> Command:
+        return compose_engine.compose(
+            self.cfg.root, self.env.compose_file, *args, images=self._current()
+        )
+
+    def status(self) -> None:
+        execute(self._read("ps"), "compose ps")
+
+    def logs(self, component: str, tail: int, follow: bool) -> None:
+        args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+        execute(self._read(*args, *([component] if component else [])), "reading logs")
+
+
+def _run_migrations(steps: list[Command]) -> None:
+    for step in steps:
+        what = "the backup before migrating" if BACKUP in step.argv else "the migration"
+        try:
+            execute(step, what)
+        except EngineError as exc:
+            raise Exit(
+                f"shipyard: {exc}; the deploy stopped before the rollout and the running "
+                "version keeps serving",
+                code=1,
+            ) from None
+
+
+def _health_detail(project: str) -> str:
+    """Why the new containers are not healthy, from their health logs; empty if unknown."""
+    try:
+        with contextlib.closing(docker_engine.client()) as client:
+            failures = docker_engine.health_failures(client, project)
+    except EngineError:
+        return ""  # the rollout's own error already says what went wrong
+    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
+
+
+def _restore(up: Command, attempts: int = 3) -> None:
+    """Run the rollback `up`, retrying briefly: an interrupted `up` can leave the daemon still
+    removing a container, which makes the next `up` fail for a few seconds."""
+    for attempt in range(1, attempts + 1):
+        try:
+            execute(up, "the rollback")
+            return
+        except EngineError:
+            if attempt == attempts:
+                raise
+            time.sleep(5 * attempt)

@@ -1,0 +1,123 @@
+"""Kubernetes namespaces: the service's chart, upgraded atomically with the pushed digests
+(Helm rolls a failed upgrade back itself), a backup Job before production migrations, and
+rollbacks to the revision `helm_engine.rollback_revision` picks."""
+
+from __future__ import annotations
+
+from invoke.exceptions import Exit
+
+from shipyard import config
+from shipyard.engines import helm as helm_engine
+from shipyard.engines import state
+from shipyard.engines.state import BACKUP
+from shipyard.tasks.release import Release
+from shipyard.tasks.support import execute, failures, plan, say
+from shipyard.tasks.targets.base import Options, ask, preflight
+
+
+def chart_release(cfg: config.Config, env: config.Environment) -> helm_engine.Release:
+    """The Helm release of the service in `env`'s namespace: charts/<service>, env's values."""
+    return helm_engine.Release(
+        name=cfg.service,
+        namespace=env.namespace,
+        chart=f"charts/{cfg.service}",
+        values_file=env.values_file,
+        replicas=env.replicas,
+        host=env.host,
+        root=cfg.root,
+    )
+
+
+class HelmTarget:
+    """An environment in a Kubernetes namespace, reached through the current kubeconfig."""
+
+    def __init__(self, cfg: config.Config, env: config.Environment) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.chart = chart_release(cfg, env)
+
+    def missing_secrets(self) -> tuple[list[str], str]:
+        # The pods read an existing Secret: check its keys (never its values).
+        with failures("checking the environment's Secret"):
+            secret, missing = helm_engine.missing_secret_keys(self.chart)
+        return missing, f"Secret {secret} in namespace {self.env.namespace}"
+
+    def migrate(self, opts: Options) -> None:
+        del opts  # nothing runs: the chart migrates
+        say(
+            f"{self.env.name}: on Helm the chart's migration Job runs before each upgrade; "
+            f"run `invoke deploy --env {self.env.name}`"
+        )
+
+    def deploy(self, release: Release, opts: Options) -> None:
+        env = self.env.name
+        backup_job = None
+        wanted = self.env.migrate and self.env.backup_before_migrate
+        if wanted and not (opts.skip_migrate or opts.skip_backup):
+            backup_job = helm_engine.backup_job(self.cfg.service, self.env.namespace, opts.timeout)
+        # The chart's backup CronJob runs the backup image pushed with this commit, if any.
+        backup = release.backup_image()
+        chart_images = {**release.images, **({BACKUP: backup} if backup else {})}
+        upgrade = helm_engine.upgrade(
+            self.chart, chart_images, timeout=opts.timeout, migrate=not opts.skip_migrate
+        )
+        if opts.dry_run:
+            plan(
+                f"deploy {self.cfg.service} to {env} (helm)",
+                [
+                    f"preflight: clean tree, images in the registry: {release.refs}",
+                    *(backup_job.plan() if backup_job else []),
+                    upgrade,
+                    f"rollout check: every Deployment of release {self.chart.name} in "
+                    f"namespace {self.env.namespace} has its new pods available",
+                ],
+            )
+            return
+        preflight(self, release)
+        ask(self.env, f"Deploy {release.refs} to {env}?", opts)
+        try:
+            with failures(f"deploy to {env}"):
+                if backup_job:
+                    helm_engine.run_backup(backup_job, say)
+                execute(upgrade, "helm upgrade")
+                helm_engine.check_rollout(self.chart, opts.timeout)
+        except Exit as exc:
+            if exc.code != 130:
+                raise
+            raise Exit(
+                f"shipyard: the deploy to {env} was interrupted (Ctrl-C); Helm may have left "
+                f"the release pending: check `invoke status --env {env}`, then `invoke "
+                f"rollback --env {env}` if it did",
+                code=130,
+            ) from None
+        state.record_deploy(self.cfg.root, env, {"images": release.images, "status": "deployed"})
+        say(f"{env}: deployed and healthy")
+
+    def rollback(self, opts: Options) -> None:
+        """`helm rollback` to the revision `helm_engine.rollback_revision` picks from the
+        history (read even in a dry run: the plan names the revision)."""
+        env = self.env.name
+        revision = helm_engine.rollback_revision(helm_engine.revisions(self.chart))
+        if revision is None:
+            raise Exit(
+                f"shipyard: {env} has no healthy revision before the current one in the Helm "
+                f"history of release {self.chart.name} to roll back to; nothing was changed",
+                code=1,
+            )
+        cmd = helm_engine.rollback(self.chart, opts.timeout, revision)
+        if opts.dry_run:
+            plan(
+                f"rollback {self.cfg.service} on {env} (helm) to revision {revision}",
+                [helm_engine.history(self.chart), cmd],
+            )
+            return
+        ask(self.env, f"Roll {env} back to Helm revision {revision}?", opts)
+        execute(cmd, "helm rollback")
+        say(f"{env}: rolled back to revision {revision}")
+
+    def status(self) -> None:
+        for cmd in helm_engine.status(self.chart):
+            execute(cmd, "helm status")
+
+    def logs(self, component: str, tail: int, follow: bool) -> None:
+        execute(helm_engine.logs(self.chart, component, tail, follow), "reading logs")
