@@ -14,6 +14,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 CONFIG_FILE = "shipyard.yaml"
+# Where copier records a generated repo's answers and template (read by `template.*` and
+# `shipyard validate`).
+ANSWERS_FILE = ".copier-answers.yml"
 # Spellings people type for an environment, mapped to the name shipyard.yaml uses.
 ENV_ALIASES = {"production": "prod", "stage": "staging", "development": "dev"}
 

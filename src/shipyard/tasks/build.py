@@ -25,7 +25,9 @@ from shipyard.tasks.support import (
     setup,
 )
 
-HELP_ENV = "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
+HELP_IMAGE_ENV = (
+    "environment the image is for (dev, staging, prod); staging/prod refuse a dirty tree"
+)
 HELP_COMPONENT = "only this component, or `backup` for the backup image (default: all components)"
 # The backup engine's image (state.BACKUP) is built on request from its own file.
 BACKUP_DOCKERFILE = "backup/Dockerfile"
@@ -48,7 +50,7 @@ def _images(cfg: config.Config, only: str) -> list[tuple[str, str, str]]:
 
 @task(
     help={
-        "env": HELP_ENV,
+        "env": HELP_IMAGE_ENV,
         "component": HELP_COMPONENT,
         "network": "network for RUN steps, e.g. host (default: the builder's)",
         "dry_run": HELP_DRY,
@@ -95,7 +97,7 @@ def build(
 
 @task(
     help={
-        "env": HELP_ENV,
+        "env": HELP_IMAGE_ENV,
         "component": HELP_COMPONENT,
         "retries": "attempts per image when the registry is unreachable",
         "dry_run": HELP_DRY,

@@ -14,10 +14,10 @@ from invoke.tasks import task
 from packaging.version import InvalidVersion, Version
 from ruamel.yaml import YAML
 
+from shipyard.config import ANSWERS_FILE
 from shipyard.engines.proc import command, run
 from shipyard.tasks.support import failures
 
-ANSWERS_FILE = ".copier-answers.yml"
 # Copier's inline conflict markers (`--conflict inline`).
 CONFLICT_MARKERS = ("<<<<<<< before updating", ">>>>>>> after updating")
 
