@@ -159,6 +159,27 @@ def test_every_task_requires_env_the_same_way(kit: Path) -> None:
         ), name
 
 
+def test_declared_config_keys_are_read_from_invoke_env_vars(kit: Path, tmp_path: Path) -> None:
+    """The invoke configuration the tasks read is declared (`ns.configure`), so invoke's own
+    INVOKE_SHIPYARD_* variables set it: a kit's tasks run against another folder's
+    shipyard.yaml, and builds get their network, without an invoke.yaml."""
+    shutil.copy(kit / "tasks.py", tmp_path / "tasks.py")
+    assert invoke(tmp_path, "config").returncode == 2, "no shipyard.yaml here"
+    shown = invoke(tmp_path, "config", env={"INVOKE_SHIPYARD_ROOT": str(kit)})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("shop-api: shipyard.yaml is valid")
+    built = invoke(
+        kit,
+        "build",
+        "--env",
+        "dev",
+        "--dry-run",
+        env={"INVOKE_SHIPYARD_BUILD_NETWORK": "host"},
+    )
+    assert built.returncode == 0, built.stderr
+    assert "--network host" in built.stdout
+
+
 def test_missing_shipyard_yaml(kit: Path, tmp_path: Path) -> None:
     shutil.copy(kit / "tasks.py", tmp_path / "tasks.py")
     result = invoke(tmp_path, "build")
