@@ -140,7 +140,7 @@ def test_production_alias_and_missing_env(kit: Path) -> None:
 
 
 def test_every_task_requires_env_the_same_way(kit: Path) -> None:
-    """One rule (README, Tasks): a task that acts on an environment needs --env. `config`
+    """One rule (docs/tasks.md): a task that acts on an environment needs --env. `config`
     only reads shipyard.yaml; its --env narrows the summary to one environment."""
     from shipyard.tasks import ns
 
