@@ -534,13 +534,13 @@ def backup_image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
 def test_backup_tasks_run_in_the_compose_stack(
     kit: Kit, dockerd: Dockerd, first: str, backup_image: str
 ) -> None:
-    """As the generated README says: from the repo root, with DOCKER_HOST and the backup image
+    """As the generated DEPLOYMENT.md says: from the repo root, with DOCKER_HOST and the backup image
     only; the database is on the stack's internal network, which no PGHOST could reach."""
     env = {k: v for k, v in kit.env.items() if not k.startswith("PG")}
     at = Kit(kit.root, {**env, "BACKUP_IMAGE": backup_image}, kit.port)
     folder = kit.root / "backups" / "staging"
     folder.mkdir(parents=True, exist_ok=True)
-    os.chown(folder, 1000, 1000)  # the README's `install -d -o 1000 -g 1000 backups/staging`
+    os.chown(folder, 1000, 1000)  # DEPLOYMENT.md's `install -d -o 1000 -g 1000 backups/staging`
 
     def visits() -> int:
         deadline = time.monotonic() + 90
