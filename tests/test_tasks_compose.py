@@ -534,8 +534,8 @@ def backup_image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
 def test_backup_tasks_run_in_the_compose_stack(
     kit: Kit, dockerd: Dockerd, first: str, backup_image: str
 ) -> None:
-    """As the generated DEPLOYMENT.md says: from the repo root, with DOCKER_HOST and the backup image
-    only; the database is on the stack's internal network, which no PGHOST could reach."""
+    """As the generated DEPLOYMENT.md says: from the repo root, with DOCKER_HOST and the backup
+    image only; the database is on the stack's internal network, which no PGHOST could reach."""
     env = {k: v for k, v in kit.env.items() if not k.startswith("PG")}
     at = Kit(kit.root, {**env, "BACKUP_IMAGE": backup_image}, kit.port)
     folder = kit.root / "backups" / "staging"
