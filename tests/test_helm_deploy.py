@@ -1,0 +1,286 @@
+"""The real (not dry-run) Helm deploy path, end to end, against a stand-in for the cluster.
+
+No machine here reaches a Kubernetes API server, so the cluster boundary is stood in for (the
+one fake the rules allow): `kubectl` and `helm` are scripts that log their arguments and answer
+as a cluster would, and the Kubernetes API the tasks read through the kubernetes client (the
+environment's Secret, the rollout) is a small HTTP server. Everything on our side runs for real:
+`invoke deploy --env prod --yes` in a generated kit, the registry check against the real
+registry, the backup Job before the upgrade, the upgrade, the rollout check, the records.
+Every call to the boundary goes into one ordered log, so the tests assert the exact sequence.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import docker
+import pytest
+
+from shipyard.engines import docker as docker_engine
+from tests.conftest import Render, init_repo
+from tests.servers.docker import Dockerd, MirrorImages
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+
+NAMESPACE = "shop-api-prod"
+# The chart's existingSecret (secretEnv), whose keys the deploy checks.
+ENV_OBJECT = "shop-api-env"
+# What each stand-in does, logged as one JSON line per call: [tool, args...].
+BOUNDARY = """import json, os, sys
+from pathlib import Path
+tool = Path(sys.argv[0]).name
+with Path(os.environ["BOUNDARY_LOG"]).open("a") as log:
+    log.write(json.dumps([tool, *sys.argv[1:]]) + "\\n")
+story = os.environ.get("BOUNDARY_STORY", "")
+if tool == "kubectl":
+    what = sys.argv[1:3]
+    if what == ["get", "cronjob"]:
+        print("cronjob.batch/" + sys.argv[3])
+    elif what == ["get", "job"]:
+        print("Failed\\tBackoffLimitExceeded" if story == "backup-fails" else "Complete\\t")
+elif tool == "helm":
+    if sys.argv[1] == "version":
+        print("v4.0.0+g0000000")
+    elif sys.argv[1] == "upgrade" and story == "upgrade-fails":
+        print("Error: UPGRADE FAILED: context deadline exceeded", file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+@dataclass
+class Cluster:
+    """The stand-in's log and how the API answers: which keys the Secret holds."""
+
+    log: Path
+    secret_keys: list[str]
+
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def record(self, call: list[str]) -> None:
+        with self.log.open("a") as log:
+            log.write(json.dumps(call) + "\n")
+
+
+def _api_handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            cluster.record(["api", "GET", url.path, *parse_qs(url.query).get("labelSelector", [])])
+            if url.path == f"/api/v1/namespaces/{NAMESPACE}/secrets/{ENV_OBJECT}":
+                data = {key: base64.b64encode(b"set").decode() for key in cluster.secret_keys}
+                self._send(200, {"kind": "Secret", "apiVersion": "v1", "data": data})
+            elif url.path == f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments":
+                self._send(200, _deployments())
+            else:
+                self._send(404, {"kind": "Status", "apiVersion": "v1", "code": 404})
+
+        def _send(self, code: int, body: dict[str, Any]) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            del format, args  # the log above is the record
+
+    return Handler
+
+
+def _deployments() -> dict[str, Any]:
+    """The release's one Deployment, rolled out: every updated replica available."""
+    deployment = {
+        "metadata": {"name": "shop-api", "generation": 2},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop-api"}},
+            "template": {"spec": {"containers": [{"name": "shop-api"}]}},
+        },
+        "status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2},
+    }
+    return {
+        "kind": "DeploymentList",
+        "apiVersion": "apps/v1",
+        "metadata": {},
+        "items": [deployment],
+    }
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, str]]]:
+    """The stand-in cluster and the environment variables that point a task at it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("kubectl", "helm"):
+        script = bin_dir / tool
+        script.write_text(f"#!{sys.executable}\n{BOUNDARY}")
+        script.chmod(0o755)
+    state = Cluster(tmp_path / "calls", secret_keys=["DATABASE_URL"])
+    state.log.touch()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _api_handler(state))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SHIPYARD_HELM": str(bin_dir / "helm"),
+        "KUBECONFIG": str(kubeconfig),
+        "BOUNDARY_LOG": str(state.log),
+    }
+    try:
+        yield state, env
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
+    """An image the real registry holds, by digest: what the kit's component deploys (the
+    stand-in cluster never runs it; the registry check before the deploy looks it up)."""
+    with contextlib.closing(docker.DockerClient(base_url=dockerd.task_env["DOCKER_HOST"])) as c:
+        digest = docker_engine.registry_digest(c, mirror_images.postgres)
+    assert digest, mirror_images.postgres
+    return f"{mirror_images.postgres.rsplit(':', 1)[0]}@{digest}"
+
+
+@pytest.fixture(scope="module")
+def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample service, prod on Helm with a backup before migrations, committed."""
+    root = render(
+        {"project_name": "Shop API", "sample_app": True, "ci_provider": "none"},
+        tmp_path_factory.mktemp("kit") / "shop-api",
+    )
+    init_repo(root, "kit")
+    return root
+
+
+def deploy(
+    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str, story: str
+) -> subprocess.CompletedProcess[str]:
+    _, env = cluster
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--env", "prod", "--yes", "--timeout", "30"],
+        cwd=kit,
+        env={
+            **os.environ,
+            **dockerd.task_env,
+            **env,
+            "SHOP_API_IMAGE": image,
+            "BOUNDARY_STORY": story,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def records(kit: Path) -> list[dict[str, Any]]:
+    path = kit / ".shipyard" / "deploys-prod.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
+    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+) -> None:
+    state, _ = cluster
+    before = len(records(kit))
+    result = deploy(kit, cluster, dockerd, image, story="")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("prod: deployed and healthy")
+    calls = [c for c in state.calls() if c[:2] != ["helm", "version"]]  # Helm 3 or 4?
+    # The order is the contract: the Secret is checked before anything changes, the backup Job
+    # completes before the upgrade, and the rollout is read after it.
+    kinds = [(c[0], c[1]) for c in calls]
+    assert kinds == [
+        ("api", "GET"),  # the Secret's keys
+        ("kubectl", "get"),  # the backup CronJob exists
+        ("kubectl", "create"),  # a Job from it
+        ("kubectl", "get"),  # its conditions: Complete
+        ("helm", "upgrade"),
+        ("api", "GET"),  # the Deployments of the release
+    ], calls
+    assert calls[0][2] == f"/api/v1/namespaces/{NAMESPACE}/secrets/{ENV_OBJECT}"
+    upgrade = next(c for c in calls if c[:2] == ["helm", "upgrade"])
+    digest = image.rpartition("@")[2]
+    assert ["--set-string", f"components.shop-api.image.digest={digest}"] == upgrade[
+        upgrade.index(f"components.shop-api.image.digest={digest}") - 1 :
+    ][:2]
+    assert {"--install", "--rollback-on-failure", "--wait-for-jobs"} <= set(upgrade)
+    assert calls[-1][2:] == [
+        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments",
+        "app.kubernetes.io/instance=shop-api",
+    ]
+    added = [(entry["images"], entry["status"]) for entry in records(kit)[before:]]
+    assert added == [({"shop-api": image}, "deployed")]
+
+
+def test_a_failed_backup_job_stops_before_the_upgrade(
+    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+) -> None:
+    state, _ = cluster
+    before = records(kit)
+    result = deploy(kit, cluster, dockerd, image, story="backup-fails")
+    assert result.returncode == 1
+    assert "the backup Job shop-api-backup-pre-" in result.stderr
+    assert "failed (BackoffLimitExceeded)" in result.stderr
+    assert "nothing was migrated or upgraded" in result.stderr
+    assert "upgrade" not in [c[1] for c in state.calls() if c[0] == "helm"]
+    assert records(kit) == before, "a deploy that changed nothing records nothing"
+
+
+def test_a_failed_upgrade_is_reported_and_not_recorded_as_deployed(
+    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+) -> None:
+    state, _ = cluster
+    before = records(kit)
+    result = deploy(kit, cluster, dockerd, image, story="upgrade-fails")
+    assert result.returncode == 1
+    # Helm's own error streams first; ours is the last line.
+    assert "Error: UPGRADE FAILED" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "shipyard: deploy to prod failed: helm upgrade failed (exit 1)"
+    # Helm's --rollback-on-failure restores the release itself; the rollout is not read.
+    assert [c[1] for c in state.calls() if c[0] == "api"] == ["GET"]
+    assert records(kit) == before
+
+
+def test_a_missing_secret_key_changes_nothing(
+    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+) -> None:
+    state, _ = cluster
+    state.secret_keys = []
+    result = deploy(kit, cluster, dockerd, image, story="")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"shipyard: prod needs the secret(s) DATABASE_URL in Secret {ENV_OBJECT} in namespace "
+        f"{NAMESPACE}; nothing was changed"
+    )
+    assert [c[0] for c in state.calls() if c[:2] != ["helm", "version"]] == ["api"]
