@@ -11,8 +11,9 @@ One implementation behind `shipyard backup ...` (compose service, Kubernetes Cro
 - the manifest (sizes, sha256, versions, tables) is written last: a backup without one is
   incomplete and is never listed, restored or counted by retention.
 
-The database connection comes only from libpq's environment (PGHOST, PGPORT, PGDATABASE,
-PGUSER, PGPASSWORD or PGPASSFILE): no credential is ever put on a command line or printed.
+The layout and listing live in `manifest`, the tools and connections in `db`, the table
+statistics in `checksums`, `BackupError` and the progress lines in `report`; this module
+re-exports the names its callers use from them (`__all__`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,291 +34,62 @@ from typing import IO, Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from shipyard import __version__, config
+from shipyard import __version__
 from shipyard.backup import archive as pg_archive
-from shipyard.backup.storage import CHUNK, Storage, StorageError
+from shipyard.backup.checksums import compare_stats, table_stats
+from shipyard.backup.db import MAINTENANCE_DB, connect, one, stabilise, tool, tool_version
+from shipyard.backup.manifest import (
+    DUMP,
+    FORMAT,
+    MANIFEST,
+    VERIFIED,
+    Backup,
+    find_backup,
+    id_time,
+    list_backups,
+    new_id,
+)
+from shipyard.backup.report import BackupError, Log, human_size, to_stderr
+from shipyard.backup.storage import CHUNK, Storage
 
-DUMP = "dump.pgc.zst"
-MANIFEST = "manifest.json"
-VERIFIED = "verified.json"
-FORMAT = "shipyard-backup/1"
 # Level 1: on 2 cores every cycle zstd spends is taken from pg_dump (measured at pgbench scale
 # 20: -3 makes the backup ~5% slower than -1 for a 25% smaller file).
 ZSTD_LEVEL = 1
-ID_TIME = "%Y%m%dT%H%M%SZ"
-# Where CREATE/DROP/ALTER DATABASE run from: every cluster has it.
-MAINTENANCE_DB = "postgres"
-# Row text must not depend on the session's locale settings, or checksums would differ
-# between the backup and the verifying session.
-STABLE_SESSION = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "postgres",
-    "extra_float_digits": "3",
-    "bytea_output": "hex",
-}
 # Restore sessions: bigger sort memory makes index builds (most of a restore) faster, and a
 # lost restore is simply rerun, so commits need not wait for the WAL flush.
 RESTORE_OPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
 # Leftovers of a crashed backup are removed by retention once they are this old.
 STALE_INCOMPLETE = timedelta(days=1)
 
-Log = Callable[[str], None]
 
-
-class BackupError(Exception):
-    """A backup, restore or verification failed; the message says what and why."""
-
-
-def _log(message: str) -> None:
-    print(f"shipyard backup: {message}", file=sys.stderr, flush=True)
-
-
-# --- the manifest ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backup:
-    """One complete backup: its manifest and whether a verification passed."""
-
-    id: str
-    manifest: dict[str, Any]
-    verified: dict[str, Any] | None
-
-    @property
-    def created(self) -> datetime:
-        return datetime.fromisoformat(self.manifest["created_at"])
-
-
-def new_id(now: datetime | None = None) -> str:
-    """Sortable and unique: UTC time plus a random suffix for backups in the same second."""
-    return f"{(now or datetime.now(UTC)).strftime(ID_TIME)}-{secrets.token_hex(3)}"
-
-
-def id_time(backup_id: str) -> datetime | None:
-    try:
-        return datetime.strptime(backup_id.split("-", 1)[0], ID_TIME).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def list_backups(storage: Storage) -> list[Backup]:
-    """Complete backups (those with a valid manifest), oldest first."""
-    keys = set(storage.list_keys())
-    found = []
-    for key in sorted(keys):
-        backup_id, _, name = key.partition("/")
-        if name != MANIFEST or f"{backup_id}/{DUMP}" not in keys:
-            continue
-        manifest = _read_json(storage, key)
-        if manifest is None or config.schema_errors(manifest, "backup-manifest"):
-            _log(f"ignoring {backup_id}: its manifest is unreadable or not a shipyard manifest")
-            continue
-        verified = (
-            _read_json(storage, f"{backup_id}/{VERIFIED}")
-            if (f"{backup_id}/{VERIFIED}" in keys)
-            else None
-        )
-        found.append(Backup(backup_id, manifest, verified))
-    # Creation time, not the id: ids made within one second differ only by a random suffix.
-    return sorted(found, key=lambda b: (b.created, b.id))
-
-
-def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(storage.get_bytes(key))
-    except (StorageError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def find_backup(storage: Storage, backup_id: str | None = None) -> Backup:
-    """The backup named `backup_id`, or the newest complete one."""
-    backups = list_backups(storage)
-    if not backups:
-        raise BackupError(f"no complete backup in {storage.url}")
-    if not backup_id:
-        return backups[-1]
-    for backup in backups:
-        if backup.id == backup_id:
-            return backup
-    raise BackupError(f"no complete backup '{backup_id}' in {storage.url}; see `backup list`")
-
-
-# --- tools and connections --------------------------------------------------------------
-
-
-def tool(name: str) -> str:
-    """A PostgreSQL or zstd binary on PATH, or a BackupError saying how to get it."""
-    found = shutil.which(name)
-    if found is None:
-        raise BackupError(
-            f"{name} is not installed: install the PostgreSQL client tools matching the server "
-            "(Debian: postgresql-client-<version>) and zstd"
-        )
-    return found
-
-
-def tool_version(name: str) -> str:
-    out = subprocess.run([tool(name), "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
-
-
-# The engine's own sessions speak UTF-8 whatever the database's encoding or the caller's
-# PGCLIENTENCODING: left to libpq, a SQL_ASCII database would hand psycopg bytes for every text
-# value (the exported snapshot id among them). Only names, counts and checksums travel over
-# these sessions; the data itself goes through pg_dump/pg_restore in the database's encoding.
-CLIENT_ENCODING = "UTF8"
-
-
-@contextmanager
-def connect(dbname: str | None = None, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
-    """A connection from libpq's environment, to `dbname` if given."""
-    params = {"client_encoding": CLIENT_ENCODING, **({"dbname": dbname} if dbname else {})}
-    try:
-        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        raise BackupError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
-    with conn:
-        yield conn
-
-
-def _stabilise(conn: psycopg.Connection) -> None:
-    for name, value in STABLE_SESSION.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-
-
-# How each column type is hashed by value: its default hash opclass's extended hash function
-# (pg_amproc), with the cast some of them need. Values hash the same in any database they are
-# restored into, and per-column hashing is about 4x cheaper than formatting the row as text.
-# Enums, oids and reg* types would hash their OIDs, which a restore renumbers: a table with any
-# type outside this map (or an array of one) is hashed through its row text instead.
-COLUMN_HASH = {
-    "bool": "hashint4extended({}::int, 0)",
-    "int2": "hashint2extended({}, 0)",
-    "int4": "hashint4extended({}, 0)",
-    "int8": "hashint8extended({}, 0)",
-    "numeric": "hash_numeric_extended({}, 0)",
-    "float4": "hashfloat4extended({}, 0)",
-    "float8": "hashfloat8extended({}, 0)",
-    "text": "hashtextextended({}, 0)",
-    "varchar": "hashtextextended({}::text, 0)",
-    "bpchar": "hashbpcharextended({}, 0)",
-    "bytea": "hashtextextended(encode({}, 'hex'), 0)",  # its own takes `internal`
-    "uuid": "uuid_hash_extended({}, 0)",
-    "jsonb": "jsonb_hash_extended({}, 0)",
-    "date": "hashint4extended({} - date '2000-01-01', 0)",
-    "time": "time_hash_extended({}, 0)",
-    "timetz": "timetz_hash_extended({}, 0)",
-    "timestamp": "timestamp_hash_extended({}, 0)",
-    "timestamptz": "timestamp_hash_extended({} AT TIME ZONE 'UTC', 0)",
-    "interval": "interval_hash_extended({}, 0)",
-    "inet": "hashinetextended({}, 0)",
-    "cidr": "hashinetextended({}::inet, 0)",
-    "macaddr": "hashmacaddrextended({}, 0)",
-}
-ARRAY_HASH = "hash_array_extended({}, 0)"
-TEXT_HASH = sql.SQL("hashtextextended(t::text, 0)")
-
-
-def _column_hash(columns: list[tuple[str, str, bool]]) -> sql.Composable | None:
-    """One row's hash from its columns' hashes (None when a type is not in COLUMN_HASH).
-
-    Each column's hash is shifted by its position before the XOR, so swapped values differ;
-    NULL hashes to -1.
-    """
-    parts: list[sql.Composable] = []
-    for position, (name, type_name, builtin) in enumerate(columns):
-        element = type_name.removeprefix("_")
-        if not builtin or element not in COLUMN_HASH:
-            return None
-        template = ARRAY_HASH if type_name.startswith("_") else COLUMN_HASH[type_name]
-        value = sql.SQL(template).format(sql.Identifier("t", name))
-        parts.append(sql.SQL("(coalesce({}, -1) << {})").format(value, position % 64))
-    return sql.SQL(" # ").join(parts) if parts else sql.SQL("0::bigint")
-
-
-def _count_and_hash(
-    conn: psycopg.Connection, table: sql.Identifier, row_hash: sql.Composable | None
-) -> tuple[Any, ...]:
-    """count(*) and the sum of row hashes (or '' without `row_hash`), in a savepoint so a
-    failure leaves the surrounding snapshot transaction usable (pg_dump imports it)."""
-    if row_hash is None:
-        query = sql.SQL("SELECT count(*), '' FROM {} AS t").format(table)
-    else:
-        query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} AS t").format(
-            row_hash, table
-        )
-    with conn.transaction():
-        return _row(conn.execute(query).fetchone())
-
-
-def table_stats(
-    conn: psycopg.Connection, *, checksums: bool = True, methods: Mapping[str, str] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Row count and an order-independent checksum of every user table's rows.
-
-    The checksum sums a 64-bit hash of each row, so it does not depend on the physical row
-    order a restore produces. `methods` (table -> "columns"/"text", from a manifest) makes a
-    verification hash each table exactly the way its backup did.
-    """
-    rows = conn.execute(
-        """
-        SELECT n.nspname, c.relname, a.attname, ty.typname,
-               ty.typnamespace = 'pg_catalog'::regnamespace
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-        LEFT JOIN pg_type ty ON ty.oid = a.atttypid
-        WHERE c.relkind = 'r' AND n.nspname <> 'information_schema'
-          AND n.nspname NOT LIKE 'pg\\_%'
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                          AND d.objid = c.oid AND d.deptype = 'e')
-        ORDER BY 1, 2, a.attnum
-        """
-    ).fetchall()
-    tables: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
-    for schema_name, table, column, type_name, builtin in rows:
-        columns = tables.setdefault((schema_name, table), [])
-        if column is not None:  # a table without columns has one row of NULLs here
-            columns.append((column, type_name, builtin))
-    stats = {}
-    for (schema_name, table), columns in tables.items():
-        name = f"{schema_name}.{table}"
-        by_column = _column_hash(columns)
-        method = (methods or {}).get(name) or ("columns" if by_column is not None else "text")
-        row_hash = by_column if method == "columns" and by_column is not None else TEXT_HASH
-        ident = sql.Identifier(schema_name, table)
-        try:
-            row = _count_and_hash(conn, ident, row_hash if checksums else None)
-        except psycopg.Error:
-            # A column hash this server lacks: the row text works everywhere. Only while
-            # choosing (a backup); a verification must hash exactly as its backup did.
-            if method != "columns" or methods:
-                raise
-            method = "text"
-            row = _count_and_hash(conn, ident, TEXT_HASH)
-        stats[name] = {"rows": row[0], "checksum": row[1], "hash": method}
-    return stats
-
-
-def compare_stats(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
-    """Every difference between the manifest's tables and a restored database's, readable.
-    Checksums are compared when `actual` has them (a restore counts rows; verify hashes)."""
-    problems = []
-    for name in sorted(set(expected) | set(actual)):
-        if name not in actual:
-            problems.append(f"{name}: missing after restore")
-        elif name not in expected:
-            problems.append(f"{name}: not in the backup's manifest")
-        elif expected[name]["rows"] != actual[name]["rows"]:
-            problems.append(
-                f"{name}: {actual[name]['rows']} rows, expected {expected[name]['rows']}"
-            )
-        elif actual[name]["checksum"] and expected[name]["checksum"] != actual[name]["checksum"]:
-            problems.append(f"{name}: row checksum differs from the backup's")
-    return problems
+__all__ = [
+    "DUMP",
+    "FORMAT",
+    "MANIFEST",
+    "VERIFIED",
+    "ZSTD_LEVEL",
+    "Backup",
+    "BackupError",
+    "Log",
+    "Retention",
+    "backup",
+    "compare_stats",
+    "connect",
+    "default_jobs",
+    "fetch",
+    "find_backup",
+    "id_time",
+    "list_backups",
+    "new_id",
+    "plan_retention",
+    "prune",
+    "restore",
+    "table_stats",
+    "tool",
+    "tool_version",
+    "verify",
+]
 
 
 # --- backup ------------------------------------------------------------------------------
@@ -373,16 +142,16 @@ class _DumpReader:
             raise BackupError(f"reading table statistics failed: {self.stats_error[0]}")
 
 
-def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup:
+def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> Backup:
     """Dump the database libpq's environment points at into `storage`; return the backup."""
     pg_dump, zstd = tool("pg_dump"), tool("zstd")
     started = time.monotonic()
     backup_id = new_id()
     created = datetime.now(UTC)
     with connect() as conn:
-        _stabilise(conn)
+        stabilise(conn)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snapshot, database, server = _one(
+        snapshot, database, server = one(
             conn,
             "SELECT pg_export_snapshot(), current_database(), current_setting('server_version')",
         )
@@ -491,21 +260,10 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = _log) -> Backup
     # Written last: its presence is what makes the backup complete.
     storage.put_bytes(f"{backup_id}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     log(
-        f"backup {backup_id} complete: {_size(reader.size)}, {len(stats)} tables, sha256 "
+        f"backup {backup_id} complete: {human_size(reader.size)}, {len(stats)} tables, sha256 "
         f"{reader.sha256.hexdigest()[:16]}..."
     )
     return Backup(backup_id, manifest, None)
-
-
-def _one(conn: psycopg.Connection, query: str) -> tuple[Any, ...]:
-    return _row(conn.execute(query).fetchone())
-
-
-def _row(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
-    # Only for queries that always return one row (aggregates, current_database()).
-    if row is None:
-        raise BackupError("PostgreSQL returned no row where one was certain")
-    return tuple(row)
 
 
 def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
@@ -516,7 +274,7 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
 
 
 def _database_settings(conn: psycopg.Connection, database: str) -> dict[str, str]:
-    owner, encoding, collate, ctype = _one(
+    owner, encoding, collate, ctype = one(
         conn,
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype"
         " FROM pg_database WHERE datname = current_database()",
@@ -524,19 +282,10 @@ def _database_settings(conn: psycopg.Connection, database: str) -> dict[str, str
     return {"owner": owner, "encoding": encoding, "collate": collate, "ctype": ctype}
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"
-
-
 # --- restore and verify ------------------------------------------------------------------
 
 
-def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = _log) -> Path:
+def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr) -> Path:
     """Download a backup, check its size and sha256 against the manifest, and return the
     decompressed archive (a seekable file, which parallel pg_restore needs)."""
     dump = backup.manifest["dump"]
@@ -553,7 +302,7 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = _log) -> P
             f"the manifest says {dump['size']} bytes with sha256 {dump['sha256']}; "
             "nothing was changed"
         )
-    log(f"backup {backup.id}: sha256 matches the manifest ({_size(size)})")
+    log(f"backup {backup.id}: sha256 matches the manifest ({human_size(size)})")
     archive = workdir / "dump.pgc"
     result = subprocess.run(
         [tool("zstd"), "-d", "-q", "-f", str(compressed), "-o", str(archive)],
@@ -635,7 +384,7 @@ def _restore_archive(
         log(f"restoring backup {backup.id} into database {dbname} ({jobs} parallel jobs)")
         _pg_restore(archive, dbname, jobs)
         with connect(dbname) as conn:
-            _stabilise(conn)
+            stabilise(conn)
             methods = {k: v.get("hash", "text") for k, v in backup.manifest["tables"].items()}
             return table_stats(conn, checksums=checksums, methods=methods)
     except BaseException:
@@ -644,7 +393,7 @@ def _restore_archive(
 
 
 def verify(
-    storage: Storage, backup_id: str | None = None, *, jobs: int = 0, log: Log = _log
+    storage: Storage, backup_id: str | None = None, *, jobs: int = 0, log: Log = to_stderr
 ) -> Backup:
     """Restore a backup into a scratch database, compare every table with the manifest, drop
     the scratch database, and record the result beside the backup."""
@@ -684,7 +433,7 @@ def restore(
     *,
     jobs: int = 0,
     safety_backup: bool = True,
-    log: Log = _log,
+    log: Log = to_stderr,
 ) -> Backup | None:
     """Replace the database PGDATABASE names with a backup; return the safety backup taken.
 
@@ -695,7 +444,7 @@ def restore(
     """
     chosen = find_backup(storage, backup_id)
     with connect() as conn:
-        current: str = _one(conn, "SELECT current_database()")[0]
+        current: str = one(conn, "SELECT current_database()")[0]
     staging = f"{current[:40]}_restore_{secrets.token_hex(3)}"
     safety = None
     with (
@@ -818,7 +567,7 @@ def _last_buckets(
 
 
 def prune(
-    storage: Storage, policy: Retention, *, dry_run: bool = False, log: Log = _log
+    storage: Storage, policy: Retention, *, dry_run: bool = False, log: Log = to_stderr
 ) -> list[str]:
     """Delete complete backups the policy does not keep and stale incomplete leftovers."""
     backups = list_backups(storage)
