@@ -101,7 +101,7 @@ def default_jobs() -> int:
 
 
 def _create_database(admin: psycopg.Connection, name: str, settings: Mapping[str, str]) -> None:
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _drop_database(admin, name)
     admin.execute(
         sql.SQL(
             "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}"
