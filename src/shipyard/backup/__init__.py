@@ -1,7 +1,8 @@
 """PostgreSQL backups that are proven restorable: dump, restore, verify, retention.
 
-`engine` does the work, `storage` keeps the files (local folder or S3), `cli` is the
-`shipyard backup ...` command the compose service and the Kubernetes CronJob run.
+`engine` is the engine's face (its docstring maps the modules that do the work), `storage`
+keeps the files (local folder or S3), `cli` is the `shipyard backup ...` command the compose
+service and the Kubernetes CronJob run.
 """
 
 from shipyard.backup.engine import (

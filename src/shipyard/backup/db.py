@@ -1,0 +1,82 @@
+"""The engine's tools and connections: PostgreSQL client binaries and zstd found on PATH, and
+sessions opened from libpq's environment.
+
+The database connection comes only from libpq's environment (PGHOST, PGPORT, PGDATABASE,
+PGUSER, PGPASSWORD or PGPASSFILE): no credential is ever put on a command line or printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from shipyard.backup.report import BackupError
+
+# Where CREATE/DROP/ALTER DATABASE run from: every cluster has it.
+MAINTENANCE_DB = "postgres"
+# Row text must not depend on the session's locale settings, or checksums would differ
+# between the backup and the verifying session.
+STABLE_SESSION = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+# The engine's own sessions speak UTF-8 whatever the database's encoding or the caller's
+# PGCLIENTENCODING: left to libpq, a SQL_ASCII database would hand psycopg bytes for every text
+# value (the exported snapshot id among them). Only names, counts and checksums travel over
+# these sessions; the data itself goes through pg_dump/pg_restore in the database's encoding.
+CLIENT_ENCODING = "UTF8"
+
+
+def tool(name: str) -> str:
+    """A PostgreSQL or zstd binary on PATH, or a BackupError saying how to get it."""
+    found = shutil.which(name)
+    if found is None:
+        raise BackupError(
+            f"{name} is not installed: install the PostgreSQL client tools matching the server "
+            "(Debian: postgresql-client-<version>) and zstd"
+        )
+    return found
+
+
+def tool_version(name: str) -> str:
+    out = subprocess.run([tool(name), "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
+
+
+@contextmanager
+def connect(dbname: str | None = None, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+    """A connection from libpq's environment, to `dbname` if given."""
+    params = {"client_encoding": CLIENT_ENCODING, **({"dbname": dbname} if dbname else {})}
+    try:
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise BackupError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    with conn:
+        yield conn
+
+
+def stabilise(conn: psycopg.Connection) -> None:
+    """Give `conn` the STABLE_SESSION settings, so row text is the same in every session."""
+    for name, value in STABLE_SESSION.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def one(conn: psycopg.Connection, query: str) -> tuple[Any, ...]:
+    """The single row of a query that always returns one."""
+    return row(conn.execute(query).fetchone())
+
+
+def row(found: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    # Only for queries that always return one row (aggregates, current_database()).
+    if found is None:
+        raise BackupError("PostgreSQL returned no row where one was certain")
+    return tuple(found)

@@ -1,0 +1,259 @@
+"""Recovery: a backup fetched, checked against its manifest, and restored (`verify`, `restore`).
+
+Both restore into a new database first and compare its tables with the manifest: `verify`
+into a scratch database it drops again (checksums too), `restore` into a staging database
+that replaces the current one only once it matches (row counts). A failure at any step leaves
+the current database untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shipyard import __version__
+from shipyard.backup import archive as pg_archive
+from shipyard.backup.checksums import compare_stats, table_stats
+from shipyard.backup.db import MAINTENANCE_DB, connect, one, stabilise, tool
+from shipyard.backup.dump import backup
+from shipyard.backup.manifest import DUMP, VERIFIED, Backup, find_backup
+from shipyard.backup.report import BackupError, Log, human_size, to_stderr
+from shipyard.backup.storage import CHUNK, Storage
+
+# Restore sessions: bigger sort memory makes index builds (most of a restore) faster, and a
+# lost restore is simply rerun, so commits need not wait for the WAL flush.
+RESTORE_OPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
+
+
+def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr) -> Path:
+    """Download a backup, check its size and sha256 against the manifest, and return the
+    decompressed archive (a seekable file, which parallel pg_restore needs)."""
+    dump = backup.manifest["dump"]
+    compressed = workdir / DUMP
+    digest, size = hashlib.sha256(), 0
+    with storage.open(dump["key"]) as source, compressed.open("wb") as out:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size != dump["size"] or digest.hexdigest() != dump["sha256"]:
+        raise BackupError(
+            f"backup {backup.id} is corrupted: {size} bytes with sha256 {digest.hexdigest()}, "
+            f"the manifest says {dump['size']} bytes with sha256 {dump['sha256']}; "
+            "nothing was changed"
+        )
+    log(f"backup {backup.id}: sha256 matches the manifest ({human_size(size)})")
+    archive = workdir / "dump.pgc"
+    result = subprocess.run(
+        [tool("zstd"), "-d", "-q", "-f", str(compressed), "-o", str(archive)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    compressed.unlink()
+    if result.returncode != 0:
+        raise BackupError(f"cannot decompress backup {backup.id}: {result.stderr.strip()}")
+    try:
+        # A streamed archive lacks data offsets; without them every parallel pg_restore worker
+        # rescans the file (measured: ~25% slower on pgbench scale 20).
+        pg_archive.add_offsets(archive)
+    except (pg_archive.ArchiveFormatError, OSError) as exc:
+        log(f"restoring without data offsets ({exc}); pg_restore will scan for them")
+    return archive
+
+
+def _pg_restore(archive: Path, dbname: str, jobs: int) -> None:
+    env = dict(os.environ)
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {RESTORE_OPTIONS}".strip()
+    result = subprocess.run(
+        [
+            tool("pg_restore"),
+            f"--jobs={jobs}",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={dbname}",
+            str(archive),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if result.returncode != 0:
+        raise BackupError(f"pg_restore into {dbname} failed: {result.stderr.strip()}")
+
+
+def default_jobs() -> int:
+    """Parallel pg_restore workers: the index builds that dominate a restore scale with them."""
+    return max(2, min(4, os.cpu_count() or 2))
+
+
+def _create_database(admin: psycopg.Connection, name: str, settings: Mapping[str, str]) -> None:
+    _drop_database(admin, name)
+    admin.execute(
+        sql.SQL(
+            "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}"
+        ).format(
+            sql.Identifier(name),
+            sql.Identifier(settings["owner"]),
+            sql.Literal(settings["encoding"]),
+            sql.Literal(settings["collate"]),
+            sql.Literal(settings["ctype"]),
+        )
+    )
+
+
+def _drop_database(admin: psycopg.Connection, name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _restore_archive(
+    admin: psycopg.Connection,
+    archive: Path,
+    backup: Backup,
+    dbname: str,
+    jobs: int,
+    log: Log,
+    *,
+    checksums: bool,
+) -> dict[str, Any]:
+    """Restore a checked archive into a new database `dbname`; return its table statistics.
+    On failure `dbname` is dropped again."""
+    _create_database(admin, dbname, backup.manifest["database_settings"])
+    try:
+        log(f"restoring backup {backup.id} into database {dbname} ({jobs} parallel jobs)")
+        _pg_restore(archive, dbname, jobs)
+        with connect(dbname) as conn:
+            stabilise(conn)
+            methods = {k: v.get("hash", "text") for k, v in backup.manifest["tables"].items()}
+            return table_stats(conn, checksums=checksums, methods=methods)
+    except BaseException:
+        _drop_database(admin, dbname)
+        raise
+
+
+def verify(
+    storage: Storage, backup_id: str | None = None, *, jobs: int = 0, log: Log = to_stderr
+) -> Backup:
+    """Restore a backup into a scratch database, compare every table with the manifest, drop
+    the scratch database, and record the result beside the backup."""
+    chosen = find_backup(storage, backup_id)
+    scratch = f"shipyard_verify_{secrets.token_hex(4)}"
+    with (
+        tempfile.TemporaryDirectory(prefix="shipyard-verify-") as work,
+        connect(MAINTENANCE_DB) as admin,
+    ):
+        archive = fetch(storage, chosen, Path(work), log)
+        try:
+            stats = _restore_archive(
+                admin, archive, chosen, scratch, jobs or default_jobs(), log, checksums=True
+            )
+        finally:
+            _drop_database(admin, scratch)
+    problems = compare_stats(chosen.manifest["tables"], stats)
+    if problems:
+        raise BackupError(
+            f"backup {chosen.id} does not restore to what was backed up:\n  "
+            + "\n  ".join(problems)
+        )
+    record = {
+        "verified_at": datetime.now(UTC).isoformat(),
+        "tables": len(stats),
+        "rows": sum(t["rows"] for t in stats.values()),
+        "shipyard": __version__,
+    }
+    storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
+    log(f"backup {chosen.id} verified: {record['tables']} tables, {record['rows']} rows match")
+    return Backup(chosen.id, chosen.manifest, record)
+
+
+def restore(
+    storage: Storage,
+    backup_id: str | None = None,
+    *,
+    jobs: int = 0,
+    safety_backup: bool = True,
+    log: Log = to_stderr,
+) -> Backup | None:
+    """Replace the database PGDATABASE names with a backup; return the safety backup taken.
+
+    Order matters: the archive's checksum is checked first, then the current database is
+    backed up, then the backup is restored into a new database and compared with its manifest;
+    only then is the old database swapped out and dropped. A failure at any step leaves the
+    current database untouched.
+    """
+    chosen = find_backup(storage, backup_id)
+    with connect() as conn:
+        current: str = one(conn, "SELECT current_database()")[0]
+    staging = f"{current[:40]}_restore_{secrets.token_hex(3)}"
+    safety = None
+    with (
+        tempfile.TemporaryDirectory(prefix="shipyard-restore-") as work,
+        connect(MAINTENANCE_DB) as admin,
+    ):
+        archive = fetch(storage, chosen, Path(work), log)
+        if safety_backup:
+            log(f"taking a safety backup of {current} before replacing it")
+            safety = backup(storage, kind="safety", log=log)
+        # Row counts only: the archive's sha256 already proved it is the backup, and checksums
+        # would add a full read of every table (`verify` does that, on a scratch copy).
+        stats = _restore_archive(
+            admin, archive, chosen, staging, jobs or default_jobs(), log, checksums=False
+        )
+        problems = compare_stats(chosen.manifest["tables"], stats)
+        if problems:
+            _drop_database(admin, staging)
+            raise BackupError(
+                f"restored data differs from backup {chosen.id}; {current} was not changed:\n  "
+                + "\n  ".join(problems)
+            )
+        _swap(admin, current, staging)
+    log(f"database {current} now holds backup {chosen.id} ({len(stats)} tables)")
+    return safety
+
+
+def _swap(admin: psycopg.Connection, current: str, replacement: str) -> None:
+    """Put `replacement` in place of `current` and drop the old database."""
+    old = f"{current[:40]}_old_{secrets.token_hex(3)}"
+    ident = sql.Identifier
+    # No new sessions while it is renamed; existing ones are ended (the app reconnects to the
+    # restored database under the same name).
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident(current)))
+    for attempt in range(10):
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (current,),
+        )
+        try:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(current), ident(old))
+            )
+            break
+        except psycopg.errors.ObjectInUse:
+            if attempt == 9:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(current))
+                )
+                _drop_database(admin, replacement)
+                raise BackupError(
+                    f"{current} is still in use after 10 attempts to end its sessions; "
+                    "it was not changed"
+                ) from None
+            time.sleep(0.5)
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(replacement), ident(current))
+    )
+    _drop_database(admin, old)
