@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import docker
 import pytest
 
 from shipyard.engines import docker as docker_engine
@@ -61,10 +60,24 @@ elif tool == "helm":
 
 @dataclass
 class Cluster:
-    """The stand-in's log and how the API answers: which keys the Secret holds."""
+    """The stand-in's log, how the API answers (which keys the Secret holds), and the
+    environment that points a task at it."""
 
     log: Path
     secret_keys: list[str]
+    env: dict[str, str]
+
+    def deploy(self, kit: Path, story: str = "") -> subprocess.CompletedProcess[str]:
+        """`invoke deploy --env prod --yes` in `kit`; `story` picks how the boundary answers."""
+        argv = ["deploy", "--env", "prod", "--yes", "--timeout", "30"]
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *argv],
+            cwd=kit,
+            env={**os.environ, **self.env, "BOUNDARY_STORY": story},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
@@ -121,16 +134,18 @@ def _deployments() -> dict[str, Any]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, str]]]:
-    """The stand-in cluster and the environment variables that point a task at it."""
+def cluster(tmp_path: Path, dockerd: Dockerd, image: str) -> Iterator[Cluster]:
+    """The stand-in cluster, with the real dockerd (for the registry check) and the image the
+    kit's component deploys."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("kubectl", "helm"):
         script = bin_dir / tool
         script.write_text(f"#!{sys.executable}\n{BOUNDARY}")
         script.chmod(0o755)
-    state = Cluster(tmp_path / "calls", secret_keys=["DATABASE_URL"])
-    state.log.touch()
+    log = tmp_path / "calls"
+    log.touch()
+    state = Cluster(log, secret_keys=["DATABASE_URL"], env={})
     server = ThreadingHTTPServer(("127.0.0.1", 0), _api_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path / "kubeconfig"
@@ -149,13 +164,16 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, str]]]:
         )
     )
     env = {
+        **dockerd.task_env,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "SHIPYARD_HELM": str(bin_dir / "helm"),
         "KUBECONFIG": str(kubeconfig),
-        "BOUNDARY_LOG": str(state.log),
+        "BOUNDARY_LOG": str(log),
+        "SHOP_API_IMAGE": image,
     }
+    state.env = env
     try:
-        yield state, env
+        yield state
     finally:
         server.shutdown()
         server.server_close()
@@ -165,8 +183,10 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, str]]]:
 def image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
     """An image the real registry holds, by digest: what the kit's component deploys (the
     stand-in cluster never runs it; the registry check before the deploy looks it up)."""
-    with contextlib.closing(docker.DockerClient(base_url=dockerd.task_env["DOCKER_HOST"])) as c:
-        digest = docker_engine.registry_digest(c, mirror_images.postgres)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DOCKER_HOST", dockerd.task_env["DOCKER_HOST"])
+        with contextlib.closing(docker_engine.client()) as client:
+            digest = docker_engine.registry_digest(client, mirror_images.postgres)
     assert digest, mirror_images.postgres
     return f"{mirror_images.postgres.rsplit(':', 1)[0]}@{digest}"
 
@@ -182,40 +202,19 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def deploy(
-    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str, story: str
-) -> subprocess.CompletedProcess[str]:
-    _, env = cluster
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "deploy", "--env", "prod", "--yes", "--timeout", "30"],
-        cwd=kit,
-        env={
-            **os.environ,
-            **dockerd.task_env,
-            **env,
-            "SHOP_API_IMAGE": image,
-            "BOUNDARY_STORY": story,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def records(kit: Path) -> list[dict[str, Any]]:
     path = kit / ".shipyard" / "deploys-prod.json"
     return json.loads(path.read_text()) if path.exists() else []
 
 
 def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
-    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+    kit: Path, cluster: Cluster, image: str
 ) -> None:
-    state, _ = cluster
     before = len(records(kit))
-    result = deploy(kit, cluster, dockerd, image, story="")
+    result = cluster.deploy(kit)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("prod: deployed and healthy")
-    calls = [c for c in state.calls() if c[:2] != ["helm", "version"]]  # Helm 3 or 4?
+    calls = [c for c in cluster.calls() if c[:2] != ["helm", "version"]]  # Helm 3 or 4?
     # The order is the contract: the Secret is checked before anything changes, the backup Job
     # completes before the upgrade, and the rollout is read after it.
     kinds = [(c[0], c[1]) for c in calls]
@@ -242,45 +241,38 @@ def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
     assert added == [({"shop-api": image}, "deployed")]
 
 
-def test_a_failed_backup_job_stops_before_the_upgrade(
-    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
-) -> None:
-    state, _ = cluster
+def test_a_failed_backup_job_stops_before_the_upgrade(kit: Path, cluster: Cluster) -> None:
     before = records(kit)
-    result = deploy(kit, cluster, dockerd, image, story="backup-fails")
+    result = cluster.deploy(kit, "backup-fails")
     assert result.returncode == 1
     assert "the backup Job shop-api-backup-pre-" in result.stderr
     assert "failed (BackoffLimitExceeded)" in result.stderr
     assert "nothing was migrated or upgraded" in result.stderr
-    assert "upgrade" not in [c[1] for c in state.calls() if c[0] == "helm"]
+    assert "upgrade" not in [c[1] for c in cluster.calls() if c[0] == "helm"]
     assert records(kit) == before, "a deploy that changed nothing records nothing"
 
 
 def test_a_failed_upgrade_is_reported_and_not_recorded_as_deployed(
-    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
+    kit: Path, cluster: Cluster
 ) -> None:
-    state, _ = cluster
     before = records(kit)
-    result = deploy(kit, cluster, dockerd, image, story="upgrade-fails")
+    result = cluster.deploy(kit, "upgrade-fails")
     assert result.returncode == 1
     # Helm's own error streams first; ours is the last line.
     assert "Error: UPGRADE FAILED" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == "shipyard: deploy to prod failed: helm upgrade failed (exit 1)"
     # Helm's --rollback-on-failure restores the release itself; the rollout is not read.
-    assert [c[1] for c in state.calls() if c[0] == "api"] == ["GET"]
+    assert [c[1] for c in cluster.calls() if c[0] == "api"] == ["GET"]
     assert records(kit) == before
 
 
-def test_a_missing_secret_key_changes_nothing(
-    kit: Path, cluster: tuple[Cluster, dict[str, str]], dockerd: Dockerd, image: str
-) -> None:
-    state, _ = cluster
-    state.secret_keys = []
-    result = deploy(kit, cluster, dockerd, image, story="")
+def test_a_missing_secret_key_changes_nothing(kit: Path, cluster: Cluster) -> None:
+    cluster.secret_keys = []
+    result = cluster.deploy(kit)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"shipyard: prod needs the secret(s) DATABASE_URL in Secret {ENV_OBJECT} in namespace "
         f"{NAMESPACE}; nothing was changed"
     )
-    assert [c[0] for c in state.calls() if c[:2] != ["helm", "version"]] == ["api"]
+    assert [c[0] for c in cluster.calls() if c[:2] != ["helm", "version"]] == ["api"]
