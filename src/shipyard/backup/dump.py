@@ -23,7 +23,7 @@ import psycopg
 from shipyard import __version__
 from shipyard.backup.checksums import table_stats
 from shipyard.backup.db import connect, one, stabilise, tool, tool_version
-from shipyard.backup.manifest import DUMP, FORMAT, MANIFEST, Backup, new_id
+from shipyard.backup.manifest import DUMP, FORMAT, MANIFEST, Backup, DatabaseSettings, new_id
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
 from shipyard.backup.storage import CHUNK, Storage
 
@@ -95,7 +95,7 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
         settings = _database_settings(conn, database)
         # The dump is in the database's own encoding, never PGCLIENTENCODING's: bytes a
         # SQL_ASCII database holds need not be valid in any other encoding.
-        dump_encoding = f"--encoding={settings['encoding']}"
+        dump_encoding = f"--encoding={settings.encoding}"
         # The statistics run beside pg_dump, whose server process is the backup's critical
         # path: parallel scan workers would take CPU from it (measured: 10% slower backups on 2
         # cores). Local to this transaction.
@@ -116,7 +116,7 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
                 # The engine reads names in UTF-8; a SQL_ASCII database may hold other bytes.
                 stats_error.append(
                     BackupError(
-                        f"database {database} ({settings['encoding']}) has schema, table or "
+                        f"database {database} ({settings.encoding}) has schema, table or "
                         "column names that are not valid UTF-8; rename them to back it up"
                     )
                 )
@@ -179,7 +179,7 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
         "duration_seconds": round(time.monotonic() - started, 3),
         "database": database,
         "server_version": server,
-        "database_settings": settings,
+        "database_settings": settings.as_json(),
         "dump": {
             "key": f"{backup_id}/{DUMP}",
             "format": "pg_dump custom archive (--format=custom --compress=0) compressed by zstd",
@@ -210,10 +210,10 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
     return stream
 
 
-def _database_settings(conn: psycopg.Connection, database: str) -> dict[str, str]:
+def _database_settings(conn: psycopg.Connection, database: str) -> DatabaseSettings:
     owner, encoding, collate, ctype = one(
         conn,
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype"
         " FROM pg_database WHERE datname = current_database()",
     )
-    return {"owner": owner, "encoding": encoding, "collate": collate, "ctype": ctype}
+    return DatabaseSettings(owner, encoding, collate, ctype)

@@ -25,6 +25,25 @@ ID_TIME = "%Y%m%dT%H%M%SZ"
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """What a restored database must be created with to hold the dump's bytes as they were
+    (the manifest's `database_settings`)."""
+
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "owner": self.owner,
+            "encoding": self.encoding,
+            "collate": self.collate,
+            "ctype": self.ctype,
+        }
+
+
+@dataclass(frozen=True)
 class Backup:
     """One complete backup: its manifest and whether a verification passed."""
 
@@ -35,6 +54,10 @@ class Backup:
     @property
     def created(self) -> datetime:
         return datetime.fromisoformat(self.manifest["created_at"])
+
+    @property
+    def database_settings(self) -> DatabaseSettings:
+        return DatabaseSettings(**self.manifest["database_settings"])
 
 
 def new_id(now: datetime | None = None) -> str:

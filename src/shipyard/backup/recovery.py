@@ -15,7 +15,6 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from shipyard.backup import archive as pg_archive
 from shipyard.backup.checksums import compare_stats, table_stats
 from shipyard.backup.db import MAINTENANCE_DB, connect, one, stabilise, tool
 from shipyard.backup.dump import backup
-from shipyard.backup.manifest import DUMP, VERIFIED, Backup, find_backup
+from shipyard.backup.manifest import DUMP, VERIFIED, Backup, DatabaseSettings, find_backup
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
 from shipyard.backup.storage import CHUNK, Storage
 
@@ -100,17 +99,17 @@ def default_jobs() -> int:
     return max(2, min(4, os.cpu_count() or 2))
 
 
-def _create_database(admin: psycopg.Connection, name: str, settings: Mapping[str, str]) -> None:
+def _create_database(admin: psycopg.Connection, name: str, settings: DatabaseSettings) -> None:
     _drop_database(admin, name)
     admin.execute(
         sql.SQL(
             "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}"
         ).format(
             sql.Identifier(name),
-            sql.Identifier(settings["owner"]),
-            sql.Literal(settings["encoding"]),
-            sql.Literal(settings["collate"]),
-            sql.Literal(settings["ctype"]),
+            sql.Identifier(settings.owner),
+            sql.Literal(settings.encoding),
+            sql.Literal(settings.collate),
+            sql.Literal(settings.ctype),
         )
     )
 
@@ -131,7 +130,7 @@ def _restore_archive(
 ) -> dict[str, Any]:
     """Restore a checked archive into a new database `dbname`; return its table statistics.
     On failure `dbname` is dropped again."""
-    _create_database(admin, dbname, backup.manifest["database_settings"])
+    _create_database(admin, dbname, backup.database_settings)
     try:
         log(f"restoring backup {backup.id} into database {dbname} ({jobs} parallel jobs)")
         _pg_restore(archive, dbname, jobs)
