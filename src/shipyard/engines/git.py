@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard.engines import EngineError
+from shipyard.engines.proc import capture, command
 
 # Release tags become image tags as they are; anything else tags by commit.
 RELEASE_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
@@ -32,10 +32,7 @@ class Revision:
 
 
 def _git(root: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise EngineError("git is not installed (images are tagged from git)") from None
+    proc = capture(command("git", *args, cwd=root), what="tagging images by git revision")
     if proc.returncode:
         raise EngineError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()}")
     return proc.stdout.strip()

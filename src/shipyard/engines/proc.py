@@ -1,4 +1,9 @@
-"""Running external commands: exact, printable command lines and errors without tracebacks."""
+"""Running external commands: exact, printable command lines and errors without tracebacks.
+
+The package starts its children here (`run` streams or returns output and fails on a non-zero
+exit, `capture` returns how a command ended, `succeeds` probes), so a missing tool and Ctrl-C
+read the same whichever part of shipyard ran the command.
+"""
 
 from __future__ import annotations
 
@@ -36,10 +41,20 @@ def command(*argv: str, env: Mapping[str, str] | None = None, cwd: Path | None =
     return Command(tuple(argv), dict(env or {}), cwd)
 
 
-def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
-    """Run `cmd`, streaming its output unless `capture`; return captured stdout.
+@dataclass(frozen=True)
+class Result:
+    """How a command ended: its exit status and what it printed."""
 
-    Raises EngineError naming the command when it is missing or exits non-zero.
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _spawn(cmd: Command, *, capture: bool, what: str) -> subprocess.CompletedProcess[str]:
+    """The one place the package starts a child and waits for it.
+
+    A missing or unrunnable program is an EngineError naming `what` it was needed for; a child
+    killed by Ctrl-C is a KeyboardInterrupt, whichever caller started it.
     """
     try:
         proc = subprocess.run(
@@ -48,16 +63,30 @@ def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
             cwd=cmd.cwd,
             check=False,
             text=True,
+            # A tool's stray non-UTF-8 byte must not turn its report into a traceback.
+            errors="replace",
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
         )
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError) as exc:
         needed = f" (needed for: {what})" if what else ""
-        raise EngineError(f"{cmd.argv[0]} is not installed or not on PATH{needed}") from None
+        problem = "is not installed or not on PATH"
+        if isinstance(exc, PermissionError):
+            problem = "is not executable (check its permissions)"
+        raise EngineError(f"{cmd.argv[0]} {problem}{needed}") from None
     if proc.returncode in INTERRUPTED:
         # Ctrl-C reaches the whole process group; when the child dies of it before Python's
         # own handler runs, the interruption must still read as one, not as a failure.
         raise KeyboardInterrupt
+    return proc
+
+
+def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
+    """Run `cmd`, streaming its output unless `capture`; return captured stdout.
+
+    Raises EngineError naming the command when it is missing or exits non-zero.
+    """
+    proc = _spawn(cmd, capture=capture, what=what)
     if proc.returncode:
         detail = ""
         if capture:
@@ -66,17 +95,19 @@ def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
     return proc.stdout or ""
 
 
+def capture(cmd: Command, *, what: str = "") -> Result:
+    """Run `cmd` quietly and return how it ended, whatever its exit status.
+
+    For callers that read a failing command's output (validators report it as findings, git
+    probes treat "no such ref" as an answer). Raises EngineError only when it cannot start.
+    """
+    proc = _spawn(cmd, capture=True, what=what)
+    return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
+
+
 def succeeds(argv: Sequence[str], env: Mapping[str, str] | None = None) -> bool:
     """True when `argv` runs and exits 0 (quietly): feature probes."""
     try:
-        return (
-            subprocess.run(
-                list(argv),
-                env={**os.environ, **(env or {})},
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        )
-    except (FileNotFoundError, PermissionError):
+        return capture(command(*argv, env=env)).returncode == 0
+    except EngineError:
         return False
