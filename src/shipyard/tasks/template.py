@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +76,11 @@ def release_tags(source: str) -> list[tuple[Version, str]]:
 
 def conflicted_files(root: Path) -> list[str]:
     """Files holding copier conflict markers, plus any .rej leftovers, relative to root."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    listed = run(
+        command("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=root),
+        capture=True,
+        what="list the files to look for conflicts in",
+    ).splitlines()
     found = []
     # A conflicted file is listed once per unmerged index stage.
     for name in sorted(set(listed)):
@@ -116,11 +113,11 @@ def update(c: Context, ref: str = "", dry_run: bool = False) -> None:
     if dry_run:
         print(command(*argv, cwd=root))
         return
-    if conflicted_files(root):
-        raise Exit("template: resolve the conflicts from the last update first", code=1)
     with failures("template update"):
+        if conflicted_files(root):
+            raise Exit("template: resolve the conflicts from the last update first", code=1)
         run(command(*argv, cwd=root), what="copier update")
-    conflicts = conflicted_files(root)
+        conflicts = conflicted_files(root)
     if conflicts:
         listed = "\n".join(f"  {name}" for name in conflicts)
         raise Exit(
