@@ -18,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from copier import run_copy
 from ruamel.yaml import YAML
 
 from shipyard import validate
+from shipyard.engines.proc import Command
 
 REPO = Path(__file__).resolve().parent.parent
 # Every kind of artifact: Dockerfile, Compose, a chart with two values files, workflows.
@@ -31,7 +33,15 @@ PRESET = "pe-investor-portal"
 TARGET = 1.0
 
 
-def _raw_commands(root: Path) -> list[validate.Command]:
+@dataclass(frozen=True)
+class RawRun:
+    """One raw tool command as a hand-written CI script would run it, with what it reads."""
+
+    command: Command
+    stdin: str | None = None
+
+
+def _raw_commands(root: Path) -> list[RawRun]:
     """The commands `validate` runs, with its batched kubernetes-validate calls unbatched.
 
     validate renders each chart into files and validates them per Kubernetes version in one
@@ -40,26 +50,30 @@ def _raw_commands(root: Path) -> list[validate.Command]:
     with validate.record_commands() as recorded:
         findings = validate.validate(root)
     assert not findings, validate.report(findings)
-    commands = []
+    runs = []
     for command in recorded:
         name = Path(command.argv[0]).name
         if name == "kubernetes-validate":
             continue
-        commands.append(command)
+        runs.append(RawRun(command))
         if name == "helm" and command.argv[1] == "template":
             rendered = subprocess.run(command.argv, cwd=command.cwd, capture_output=True, text=True)
             version = command.argv[command.argv.index("--kube-version") + 1]
             tool = validate.find_tool("kubernetes-validate")
             argv = (tool, "--strict", "--quiet", "-k", version, "-")
-            commands.append(validate.Command(argv, command.cwd, rendered.stdout))
-    return commands
+            runs.append(RawRun(Command(argv, cwd=command.cwd), rendered.stdout))
+    return runs
 
 
-def _time_raw(commands: list[validate.Command]) -> float:
+def _time_raw(runs: list[RawRun]) -> float:
     start = time.perf_counter()
-    for command in commands:
+    for run in runs:
         subprocess.run(
-            command.argv, cwd=command.cwd, input=command.input, capture_output=True, text=True
+            run.command.argv,
+            cwd=run.command.cwd,
+            input=run.stdin,
+            capture_output=True,
+            text=True,
         )
     return time.perf_counter() - start
 

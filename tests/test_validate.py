@@ -77,7 +77,7 @@ def test_every_preset_passes_every_check(rendered: Rendered, preset: str) -> Non
 
 
 def test_kubernetes_versions_are_the_oldest_supported_and_the_newest_known() -> None:
-    versions = [validate._kubernetes_version(v) for v in validate.KUBERNETES_VERSIONS]
+    versions = [validate.kubernetes_version(v) for v in validate.KUBERNETES_VERSIONS]
     newest = tuple(map(int, versions[1].split(".")))
     assert versions[0] == "1.28"
     assert newest >= (1, 33)
@@ -146,7 +146,7 @@ def _unknown_deployment_field(root: Path) -> list[Expected]:
     file = str(template.relative_to(root))
     return [
         Expected(file, None, "kubernetes-validate", f"k8s-{version}", "replicaCount")
-        for version in ("1.28", validate._kubernetes_version("latest"))
+        for version in ("1.28", validate.kubernetes_version("latest"))
     ]
 
 
@@ -332,7 +332,7 @@ def test_removed_kubernetes_api_is_reported_and_crds_are_not(kit: Callable[[str]
     file = str(template.relative_to(root))
     assert {(f.file, f.rule) for f in findings} == {
         (file, "k8s-1.28"),
-        (file, f"k8s-{validate._kubernetes_version('latest')}"),
+        (file, f"k8s-{validate.kubernetes_version('latest')}"),
     }, validate.report(findings)
     assert all(
         "HorizontalPodAutoscaler autoscaling/v2beta2 does not exist" in f.message for f in findings
