@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard import cli, validate
+from shipyard import cli, config, validate
 from tests.conftest import PRESETS, REPO, Render, load_preset
 
 Rendered = Callable[[str], Path]
@@ -116,7 +116,7 @@ def test_answers_schema_refuses_what_copier_refuses(
     import yaml
 
     root = kit("minimal")
-    path = root / validate.ANSWERS_FILE
+    path = root / config.ANSWERS_FILE
     answers = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**answers, **change}))
 

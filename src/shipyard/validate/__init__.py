@@ -26,7 +26,7 @@ from shipyard.validate.kubernetes import (
     kubernetes_version,
 )
 from shipyard.validate.linters import check_dockerfiles, check_shell_scripts, check_yaml
-from shipyard.validate.schemas import ANSWERS_FILE, check_answers, check_shipyard_yaml
+from shipyard.validate.schemas import check_answers, check_shipyard_yaml
 from shipyard.validate.tools import ToolMissingError, find_tool, record_commands
 from shipyard.validate.workflows import (
     check_dependabot_schema,
@@ -35,7 +35,6 @@ from shipyard.validate.workflows import (
 )
 
 __all__ = [
-    "ANSWERS_FILE",
     "CHECKS",
     "GROUPS",
     "KUBERNETES_VERSIONS",

@@ -1,7 +1,9 @@
 """JSON Schemas on YAML files: check-jsonschema's vendored schemas (Compose, GitHub) and our
 own (schemas/), for shipyard.yaml and the Copier answers file.
 
-A schema error names a path of keys; the finding points at that key's line.
+A schema error names a path of keys; the finding points at that key's line. `config` (with
+jsonschema, ~0.2 s to import) is imported inside the checks, so the command starts its tools
+without waiting for it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from shipyard.validate.files import rel
 from shipyard.validate.finding import Finding, oneline
 from shipyard.validate.tools import run_tool
 from shipyard.validate.yaml_lines import jsonpath_keys, unexpected_key, yaml_line
-
-ANSWERS_FILE = ".copier-answers.yml"
 
 
 def vendored_schema(root: Path, schema: str, paths: Sequence[Path]) -> list[Finding]:
@@ -86,7 +86,9 @@ def check_shipyard_yaml(root: Path) -> list[Finding]:
 
 def check_answers(root: Path) -> list[Finding]:
     """.copier-answers.yml against schemas/answers.schema.json (`copier update` replays it)."""
-    return _own_schema(root, ANSWERS_FILE, "answers", "answers", _load_like_copier)
+    from shipyard import config
+
+    return _own_schema(root, config.ANSWERS_FILE, "answers", "answers", _load_like_copier)
 
 
 def _load_like_copier(path: Path) -> object:
