@@ -1,8 +1,9 @@
 """Running external commands: exact, printable command lines and errors without tracebacks.
 
-The package starts its children here (`run` streams or returns output and fails on a non-zero
+The package runs its commands here (`run` streams or returns output and fails on a non-zero
 exit, `capture` returns how a command ended, `succeeds` probes), so a missing tool and Ctrl-C
-read the same whichever part of shipyard ran the command.
+read the same whichever part of shipyard ran the command. Only pipelines that stream one
+child into another (backup's pg_dump | zstd) start their processes themselves.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Result:
 
 
 def _spawn(cmd: Command, *, capture: bool, what: str) -> subprocess.CompletedProcess[str]:
-    """The one place the package starts a child and waits for it.
+    """Start `cmd` and wait for it: `run`, `capture` and `succeeds` all come through here.
 
     A missing or unrunnable program is an EngineError naming `what` it was needed for; a child
     killed by Ctrl-C is a KeyboardInterrupt, whichever caller started it.

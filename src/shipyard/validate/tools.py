@@ -80,7 +80,7 @@ def run_tool(argv: Sequence[str], cwd: Path) -> Result:
         for log in _recording:
             log.append(cmd)
     try:
-        return capture(cmd, what=f"shipyard validate: {argv[0]}")
+        return capture(cmd)
     except EngineError as exc:  # found a moment ago, yet it would not start
         raise ToolMissingError(f"{exc}: {_hint(argv[0])}") from None
 
