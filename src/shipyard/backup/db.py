@@ -8,8 +8,7 @@ PGUSER, PGPASSWORD or PGPASSFILE): no credential is ever put on a command line o
 from __future__ import annotations
 
 import shutil
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +16,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from shipyard.backup.report import BackupError
+from shipyard.engines import EngineError
+from shipyard.engines.proc import Result, capture, command
 
 # Where CREATE/DROP/ALTER DATABASE run from: every cluster has it.
 MAINTENANCE_DB = "postgres"
@@ -47,8 +48,17 @@ def tool(name: str) -> str:
     return found
 
 
+def run_tool(name: str, *args: str, env: Mapping[str, str] | None = None) -> Result:
+    """Run a PostgreSQL or zstd tool quietly (through engines.proc, like every command the
+    package runs, pipelines excepted) and return how it ended; BackupError if it cannot start."""
+    try:
+        return capture(command(tool(name), *args, env=env), what=name)
+    except EngineError as exc:
+        raise BackupError(str(exc)) from None
+
+
 def tool_version(name: str) -> str:
-    out = subprocess.run([tool(name), "--version"], capture_output=True, text=True, check=False)
+    out = run_tool(name, "--version")
     return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
 
 

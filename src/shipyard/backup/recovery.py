@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from psycopg import sql
 from shipyard import __version__
 from shipyard.backup import archive as pg_archive
 from shipyard.backup.checksums import compare_stats, table_stats
-from shipyard.backup.db import MAINTENANCE_DB, connect, one, stabilise, tool
+from shipyard.backup.db import MAINTENANCE_DB, connect, one, run_tool, stabilise
 from shipyard.backup.dump import backup
 from shipyard.backup.manifest import DUMP, VERIFIED, Backup, DatabaseSettings, find_backup
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
@@ -55,12 +54,7 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr)
         )
     log(f"backup {backup.id}: sha256 matches the manifest ({human_size(size)})")
     archive = workdir / "dump.pgc"
-    result = subprocess.run(
-        [tool("zstd"), "-d", "-q", "-f", str(compressed), "-o", str(archive)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_tool("zstd", "-d", "-q", "-f", str(compressed), "-o", str(archive))
     compressed.unlink()
     if result.returncode != 0:
         raise BackupError(f"cannot decompress backup {backup.id}: {result.stderr.strip()}")
@@ -74,21 +68,15 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr)
 
 
 def _pg_restore(archive: Path, dbname: str, jobs: int) -> None:
-    env = dict(os.environ)
-    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {RESTORE_OPTIONS}".strip()
-    result = subprocess.run(
-        [
-            tool("pg_restore"),
-            f"--jobs={jobs}",
-            "--exit-on-error",
-            "--no-password",
-            f"--dbname={dbname}",
-            str(archive),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
+    options = f"{os.environ.get('PGOPTIONS', '')} {RESTORE_OPTIONS}".strip()
+    result = run_tool(
+        "pg_restore",
+        f"--jobs={jobs}",
+        "--exit-on-error",
+        "--no-password",
+        f"--dbname={dbname}",
+        str(archive),
+        env={"PGOPTIONS": options},
     )
     if result.returncode != 0:
         raise BackupError(f"pg_restore into {dbname} failed: {result.stderr.strip()}")
