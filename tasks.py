@@ -1,14 +1,19 @@
 """This repository's own tasks: `invoke --list`.
 
 invoke render            render every preset into build/presets (what tests check)
+invoke render-diff       diff every preset's render from the last commit with the working tree's
 invoke release 0.2.0     tag a release; generated repos pin the package at that tag
 """
 
 from __future__ import annotations
 
+import difflib
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -26,22 +31,108 @@ PRESETS = REPO / "tests" / "presets"
 )
 def render(c: Context, preset: list[str], out: str = "build/presets") -> None:
     """Render presets from the working tree, replacing earlier renders."""
+    for name in _preset_names(preset, "render"):
+        dst = REPO / out / name
+        shutil.rmtree(dst, ignore_errors=True)  # a file the template dropped must not linger
+        # vcs_ref HEAD renders uncommitted template edits too.
+        _copy(name, dst, "HEAD")
+        print(f"rendered {name} -> {dst.relative_to(REPO)}")
+
+
+@task(
+    iterable=["preset"],
+    help={
+        "base": "the commit to compare with, e.g. main (default HEAD: the last commit)",
+        "preset": "a preset name, repeatable (default: all)",
+    },
+)
+def render_diff(c: Context, preset: list[str], base: str = "HEAD") -> None:
+    """Render presets from BASE and from the working tree; fail on any difference."""
+    names = _preset_names(preset, "render-diff")
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode:
+        raise Exit(f"render-diff: '{base}' is not a commit of {REPO}", code=2)
+    sha = found.stdout.strip()
+    diffs: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="render-diff-") as tmp:
+        for name in names:
+            # A commit, not the name HEAD: copier adds uncommitted edits to HEAD only.
+            old = _files(_copy(name, Path(tmp, "base", name), sha), Path(tmp, "base", name))
+            new = _files(_copy(name, Path(tmp, "work", name), "HEAD"), Path(tmp, "work", name))
+            diffs += _diff(name, old, new)
+    if diffs:
+        print("\n".join(diffs))
+        raise Exit(f"render-diff: the working tree renders differently from {base} (above)")
+    print(f"render-diff: {len(names)} preset(s) render identically to {base} ({sha[:12]})")
+
+
+def _preset_names(given: list[str], task_name: str) -> list[str]:
+    names = given or sorted(p.stem for p in PRESETS.glob("*.yml"))
+    for name in names:
+        if not (PRESETS / f"{name}.yml").is_file():
+            raise Exit(f"{task_name}: no preset {name} in {PRESETS}", code=2)
+    return names
+
+
+def _copy(name: str, dst: Path, vcs_ref: str) -> Any:
+    """`copier copy` of the preset NAME from this repository at vcs_ref; copier's Worker."""
     from copier import run_copy
     from ruamel.yaml import YAML
 
-    names = preset or sorted(p.stem for p in PRESETS.glob("*.yml"))
-    for name in names:
-        answers_file = PRESETS / f"{name}.yml"
-        if not answers_file.is_file():
-            raise Exit(f"render: no preset {name} in {PRESETS}", code=2)
-        dst = REPO / out / name
-        shutil.rmtree(dst, ignore_errors=True)  # a file the template dropped must not linger
-        answers = YAML(typ="safe").load(answers_file.read_text())
-        # vcs_ref HEAD renders uncommitted template edits too.
-        run_copy(
-            str(REPO), dst, data=answers, defaults=True, unsafe=True, quiet=True, vcs_ref="HEAD"
+    answers = YAML(typ="safe").load((PRESETS / f"{name}.yml").read_text())
+    return run_copy(
+        str(REPO), dst, data=answers, defaults=True, unsafe=True, quiet=True, vcs_ref=vcs_ref
+    )
+
+
+# The commit a render came from differs by construction: .copier-answers.yml records it
+# (`_commit`) and requirements-shipyard.txt pins the package at it. Each side's own commit
+# (copier's describe and full hash) is replaced by this mark in every file, so those lines still
+# compare how the commit is written, but not which commit it is.
+COMMIT_MARK = b"<commit>"
+
+
+def _files(worker: Any, root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a render: relative path -> (permission bits, content, commit masked)."""
+    commits = [c.encode() for c in (worker.template.commit_hash, worker.template.commit) if c]
+    files: dict[str, tuple[int, bytes]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        content = path.read_bytes()
+        for commit in commits:  # the full hash first: the describe may be its prefix
+            content = content.replace(commit, COMMIT_MARK)
+        files[path.relative_to(root).as_posix()] = (stat.S_IMODE(path.lstat().st_mode), content)
+    return files
+
+
+def _diff(
+    preset: str, old: dict[str, tuple[int, bytes]], new: dict[str, tuple[int, bytes]]
+) -> list[str]:
+    """A unified diff per file that differs in content, mode or presence (/dev/null)."""
+    out: list[str] = []
+    for rel in sorted(old.keys() | new.keys()):
+        if old.get(rel) == new.get(rel):
+            continue
+        a, b = f"a/{preset}/{rel}", f"b/{preset}/{rel}"
+        old_mode, old_text = old.get(rel, (None, b""))
+        new_mode, new_text = new.get(rel, (None, b""))
+        if old_mode is not None and new_mode is not None and old_mode != new_mode:
+            out.append(f"mode {a}: {old_mode:o} -> {new_mode:o}")
+        out += difflib.unified_diff(
+            old_text.decode(errors="replace").splitlines(),
+            new_text.decode(errors="replace").splitlines(),
+            a if rel in old else "/dev/null",
+            b if rel in new else "/dev/null",
+            lineterm="",
         )
-        print(f"rendered {name} -> {dst.relative_to(REPO)}")
+    return out
 
 
 @task(help={"version": "PEP 440 version, e.g. 0.2.0 (tagged as v0.2.0)"})
@@ -79,4 +170,4 @@ def _key(tag: str) -> Version:
     return Version(tag[1:])
 
 
-ns = Collection(render, release)
+ns = Collection(render, render_diff, release)
