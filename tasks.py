@@ -8,6 +8,7 @@ invoke release 0.2.0     tag a release; generated repos pin the package at that 
 from __future__ import annotations
 
 import difflib
+import re
 import shutil
 import stat
 import subprocess
@@ -92,9 +93,10 @@ def _copy(name: str, dst: Path, vcs_ref: str) -> Any:
 
 
 # The commit a render came from differs by construction: .copier-answers.yml records it
-# (`_commit`) and requirements-shipyard.txt pins the package at it. Each side's own commit
-# (copier's describe and full hash) is replaced by this mark in every file, so those lines still
-# compare how the commit is written, but not which commit it is.
+# (`_commit`, quoted when YAML would read that hash as a number) and requirements-shipyard.txt
+# pins the package at it. Each side's own commit (copier's describe and full hash, with any
+# quotes around it) is replaced by this mark in every file, so those lines still compare how
+# the commit is written, but not which commit it is.
 COMMIT_MARK = b"<commit>"
 
 
@@ -107,7 +109,7 @@ def _files(worker: Any, root: Path) -> dict[str, tuple[int, bytes]]:
             continue
         content = path.read_bytes()
         for commit in commits:  # the full hash first: the describe may be its prefix
-            content = content.replace(commit, COMMIT_MARK)
+            content = re.sub(rb"(['\"]?)" + re.escape(commit) + rb"\1", COMMIT_MARK, content)
         files[path.relative_to(root).as_posix()] = (stat.S_IMODE(path.lstat().st_mode), content)
     return files
 
