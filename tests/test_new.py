@@ -108,6 +108,8 @@ def test_all_problems_are_reported_at_once(
         "backup_schedule=daily",
         "-d",
         "projet_name=Orders",
+        "-d",
+        "uses_helm=false",
     )
     assert status == 2
     # The slug, hosts and bucket default from the empty name: fixing the name fixes them.
@@ -119,6 +121,7 @@ def test_all_problems_are_reported_at_once(
         "backup_schedule: 'daily' is not a cron schedule: give 5 fields (minute hour day month "
         "weekday) of numbers, ranges, lists, steps or '*', e.g. '0 3 * * *' for 03:00 daily.",
         "projet_name: not a question of this template; check the spelling",
+        "uses_helm: the template derives it from other answers; do not give it",
     ]
     assert not dest.exists()
 

@@ -283,14 +283,21 @@ def _schema_problems(worker: Worker, answers: Any, src: str) -> list[tuple[str, 
         for key, value in answers.user.items()
         if key not in answers.hidden and key in questions
     }
-    unknown = {key: value for key, value in answers.init.items() if key not in questions}
+    # The template's derived facts (`when: false`, e.g. uses_helm) are no questions either:
+    # copier would let given data override one, contradicting the answers it derives from.
+    facts = {key for key, details in questions.items() if details.get("when") is False}
+    unknown = {
+        key: value for key, value in answers.init.items() if key not in questions or key in facts
+    }
     document = {"_src_path": src, **recorded, **unknown}
     problems: list[tuple[str, str]] = []
     schema = config.schema("answers")
     for error in config.validator("answers").iter_errors(document):
         if error.validator == "additionalProperties":
             problems += [
-                (key, f"{key}: not a question of this template; check the spelling")
+                (key, f"{key}: the template derives it from other answers; do not give it")
+                if key in facts
+                else (key, f"{key}: not a question of this template; check the spelling")
                 for key in sorted(unknown)
             ]
             continue
