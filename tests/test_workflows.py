@@ -583,3 +583,28 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     for image in images.values():
         assert image.split("@")[1] in result.stdout
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_health_check_step_reads_the_url_shipyard_yaml_gives(kit: Path, env: str) -> None:
+    """The Health check step asks the shipyard package for the URL: its lookup, run as the step
+    runs it (up to the curl), prints the environment's health_url."""
+    job = _workflows(kit)["deploy.yml"]["jobs"][env]
+    if not any(c.kind == "http" for c in config.load(kit).components):
+        assert "Health check" not in [s.get("name") for s in _steps(job)], "nothing serves"
+        return
+    _, step = _step(job, "Health check")
+    lookup = re.search(r"url=\$\((python -c '[^']*')\)", step["run"])
+    assert lookup, step["run"]
+    bindir = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        ["bash", "-c", lookup.group(1)],
+        cwd=kit,
+        env={**os.environ, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == config.load(kit).environment(env).health_url
+    assert result.stdout.startswith("https://")
