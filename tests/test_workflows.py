@@ -388,9 +388,17 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
             assert "exit 1" in guard["run"]
         has_http = any(c.kind == "http" for c in cfg.components)
         assert any("curl --fail" in run for run in runs) == has_http
-        # Every secret shipyard.yaml names is handed to the task from the environment's secrets.
-        for secret in cfg.data["secrets"]:
-            assert job["env"][secret] == f"${{{{ secrets.{secret} }}}}"
+        # On Compose every secret shipyard.yaml names is handed to the task from the
+        # environment's secrets, in the Deploy step's env only; on Helm the pods read the
+        # cluster's Secret and the job never holds them.
+        _, deploy_step = _step(job, "Deploy")
+        compose = cfg.environment(env).target == "compose"
+        for secret in cfg.secrets:
+            given = deploy_step["env"].get(secret)
+            assert given == (f"${{{{ secrets.{secret} }}}}" if compose else None), secret
+            assert secret not in job.get("env", {})
+            others = [s for s in _steps(job) if s is not deploy_step]
+            assert not [s.get("name") for s in others if secret in str(s.get("env", {}))]
 
 
 def _image_vars(kit: Path) -> dict[str, str]:
