@@ -15,12 +15,14 @@ from copier import run_copy
 from hypothesis import settings
 from ruamel.yaml import YAML
 
-# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand.
+# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand; and
+# the backup tests' database and bucket on them.
 pytest_plugins: list[str] = [
     "tests.servers.registry",
     "tests.servers.docker",
     "tests.servers.postgres",
     "tests.servers.s3",
+    "tests.backup_data",
 ]
 
 # Hypothesis draws the same examples on every default run, so CI cannot fail on a draw nobody
