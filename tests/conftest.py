@@ -31,6 +31,15 @@ settings.register_profile("default", derandomize=True, print_blob=True)
 settings.register_profile("hunt", derandomize=False, print_blob=True)
 settings.load_profile("default")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under mutmut's stats run (`nox -s mutation`), child processes run the code unmutated and
+    record nothing: they may run in a rendered kit, where mutmut finds no configuration and
+    would fail. This process keeps its own copy of mutmut's mode and still records."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        del os.environ["MUTANT_UNDER_TEST"]
+
+
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yml"))
