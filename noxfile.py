@@ -72,7 +72,12 @@ def bench(session: nox.Session) -> None:
 # mutants. mutmut runs only the tests that reach a mutated function, in a fresh pytest session
 # per mutant (so the PostgreSQL and S3 servers start again each time).
 MUTATION_TESTS = {
-    "backup": ["tests/test_backup.py", "tests/test_backup_faults.py", "tests/test_backup_tasks.py"],
+    "backup": [
+        "tests/test_backup.py",
+        "tests/test_backup_faults.py",
+        "tests/test_backup_reports.py",
+        "tests/test_backup_tasks.py",
+    ],
     "tasks": ["tests/test_tasks.py", "tests/test_backup_tasks.py"],
     "validate": ["tests/test_validate_faults.py", "tests/test_validate.py"],
 }
