@@ -275,3 +275,62 @@ def clone(s3: Any, bucket: str, seed: backup.Backup, backup_id: str, when: datet
     body = json.dumps(manifest).encode()
     s3.put_object(Bucket=bucket, Key=f"prod/{backup_id}/{engine.MANIFEST}", Body=body)
     return backup_id
+
+
+# -- storage that fails mid-write ------------------------------------------------------------
+
+
+def test_a_local_write_that_cannot_start_is_a_storage_error(tmp_path: Path) -> None:
+    """The backup folder is not a folder (a mount gone wrong): one sentence, nothing left."""
+    root = tmp_path / "backups"
+    root.write_text("not a folder")
+    store = backup.LocalStorage(root)
+
+    with pytest.raises(backup.StorageError) as failed:
+        store.put_bytes("20260101T000000Z-aaaaaa/manifest.json", b"{}")
+
+    assert str(failed.value) == (
+        f"cannot write {root}/20260101T000000Z-aaaaaa/manifest.json: Not a directory"
+    )
+    assert root.read_text() == "not a folder"
+
+
+def test_a_stream_that_breaks_mid_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A dump that fails after its first chunk: the error goes up as it was, and neither the
+    object nor its `.partial` file is left to look like a backup."""
+
+    class Broken:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, _size: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise RuntimeError("pg_dump went away")
+            return b"x" * 1024
+
+    store = backup.LocalStorage(tmp_path)
+
+    with pytest.raises(RuntimeError, match="pg_dump went away"):
+        store.put_stream("20260101T000000Z-aaaaaa/dump.pgc.zst", Broken())  # type: ignore[arg-type]
+
+    assert list((tmp_path / "20260101T000000Z-aaaaaa").iterdir()) == []
+
+
+def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
+    """What S3 refuses reaches the operator as one sentence naming the object, never a
+    botocore traceback: a missing object, a bucket that does not exist."""
+    store = backup.from_url(f"s3://{bucket}/prod")
+    with pytest.raises(backup.StorageError) as missing:
+        store.get_bytes("20260101T000000Z-aaaaaa/manifest.json")
+    assert str(missing.value) == (
+        f"cannot read s3://{bucket}/prod/20260101T000000Z-aaaaaa/manifest.json: "
+        "NoSuchKey The specified key does not exist."
+    )
+    nowhere = backup.from_url(f"s3://{bucket}-gone/prod")
+    with pytest.raises(backup.StorageError) as gone:
+        nowhere.put_bytes("20260101T000000Z-aaaaaa/manifest.json", b"{}")
+    assert str(gone.value) == (
+        f"cannot upload to s3://{bucket}-gone/prod/20260101T000000Z-aaaaaa/manifest.json: "
+        "NoSuchBucket The specified bucket does not exist"
+    )

@@ -95,28 +95,34 @@ def _store(root: Path, *ages: timedelta) -> list[str]:
 
 
 def test_retention_says_what_it_would_delete_and_what_it_deletes(tmp_path: Path) -> None:
+    """A dry run says "would"; the real run says what it deletes. A backup whose manifest does
+    not read is kept and said so, and a crashed leftover listed after it still goes."""
     old, new = _store(tmp_path, timedelta(days=30), timedelta(minutes=5))
-    unreadable = "20200101T000000Z-0000bb"
+    unreadable, crashed = "20200101T000000Z-0000bb", "20200102T000000Z-0000cc"
     (tmp_path / unreadable).mkdir()
     (tmp_path / unreadable / engine.MANIFEST).write_text("{not json")
+    (tmp_path / crashed).mkdir()
+    (tmp_path / crashed / f"{engine.DUMP}.partial").write_bytes(b"half")
+    store = backup.LocalStorage(tmp_path)
     said: list[str] = []
 
-    assert backup.prune(
-        backup.LocalStorage(tmp_path), backup.Retention(daily=1), dry_run=True, log=said.append
-    ) == [old]
+    doomed = backup.prune(store, backup.Retention(daily=1), dry_run=True, log=said.append)
+
+    assert doomed == [old, crashed]
     assert said == [
         f"keeping {unreadable}: it has a manifest this run could not read",
         f"would delete {old}",
-        "retention kept 1 backup(s), would delete 1",
+        f"would delete {crashed}",
+        "retention kept 1 backup(s), would delete 2",
     ]
+    assert len(list(tmp_path.iterdir())) == 4
     said.clear()
-    assert backup.prune(
-        backup.LocalStorage(tmp_path), backup.Retention(daily=1), log=said.append
-    ) == [old]
+    assert backup.prune(store, backup.Retention(daily=1), log=said.append) == [old, crashed]
     assert said == [
         f"keeping {unreadable}: it has a manifest this run could not read",
         f"deleting {old}",
-        "retention kept 1 backup(s), deleted 1",
+        f"deleting {crashed}",
+        "retention kept 1 backup(s), deleted 2",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new, unreadable])
 
