@@ -68,6 +68,68 @@ def bench(session: nox.Session) -> None:
         session.run("python", str(script), *session.posargs)
 
 
+# Packages `nox -s mutation` mutates, each with the fast tests (not marked slow) that judge its
+# mutants. mutmut runs only the tests that reach a mutated function, in a fresh pytest session
+# per mutant (so the PostgreSQL and S3 servers start again each time).
+MUTATION_TESTS = {
+    "backup": [
+        "tests/test_backup.py",
+        "tests/test_backup_faults.py",
+        "tests/test_backup_reports.py",
+        "tests/test_backup_tasks.py",
+    ],
+    "tasks": ["tests/test_tasks.py", "tests/test_backup_tasks.py"],
+    "validate": ["tests/test_validate_faults.py", "tests/test_validate.py"],
+}
+# What the tests read from the repository besides src/ and tests/ (renders need the template).
+MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "README.md"]
+
+
+@nox.session(python=PYTHON, default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut): `nox -s mutation -- backup` mutates the named packages
+    (default: backup, tasks, validate) and prints every mutant that survived their fast tests.
+
+    Each set of packages gets a work folder, build/mutation/<names>, holding mutmut's config
+    and its copy of the tree (mutants/); a rerun resumes there. `mutmut show NAME` in that
+    folder (with this session's venv) prints a survivor's diff.
+    """
+    _install(session, "mutation")
+    packages = session.posargs or list(MUTATION_TESTS)
+    unknown = sorted(set(packages) - set(MUTATION_TESTS))
+    if unknown:
+        session.error(
+            f"unknown package(s) {', '.join(unknown)}; known: {', '.join(MUTATION_TESTS)}"
+        )
+    tests = list(dict.fromkeys(t for p in packages for t in MUTATION_TESTS[p]))
+    here = Path.cwd()
+    work = here / "build" / "mutation" / "-".join(packages)
+    work.mkdir(parents=True, exist_ok=True)
+    # mutmut works on relative paths from where it runs: the tree is linked in, never changed.
+    for name in ["src", "tests", "pyproject.toml", *MUTATION_COPY]:
+        if not (work / name).is_symlink():
+            (work / name).symlink_to(here / name)
+    lines = ["[mutmut]", "source_paths = src/shipyard", "only_mutate ="]
+    lines += [f"    src/shipyard/{p}/*" for p in packages]
+    lines += ["pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
+    lines += ["pytest_add_cli_args =", "    -m", "    not slow", "    -p", "    no:cacheprovider"]
+    lines += ["also_copy =", *(f"    {name}" for name in MUTATION_COPY)]
+    (work / "setup.cfg").write_text("\n".join(lines) + "\n")
+    # mutmut copies files, not the links in src/ (shipyard/schemas): link them in its copy. Its
+    # folder must exist before Python starts, or the import path below is never searched.
+    for link in (here / "src").rglob("*"):
+        copy = work / "mutants" / link.relative_to(here)
+        if link.is_symlink() and not copy.is_symlink():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.symlink_to(link.resolve())
+    with session.chdir(work):
+        # Tests that run `python -m shipyard.cli` in a child process import the mutated copy
+        # too (the child inherits which mutant is active from the environment).
+        env = {"PYTHONPATH": str(work / "mutants" / "src")}
+        session.run("mutmut", "run", env=env)
+        session.run("mutmut", "results")
+
+
 def _render_presets(session: nox.Session) -> list[Path]:
     """`invoke render` (tasks.py) of the named presets, or all; returns their folders."""
     names = session.posargs or sorted(p.stem for p in Path("tests/presets").glob("*.yml"))

@@ -3,11 +3,13 @@
 invoke render            render every preset into build/presets (what tests check)
 invoke render-diff       diff every preset's render from the last commit with the working tree's
 invoke release 0.2.0     tag a release; generated repos pin the package at that tag
+invoke action-pins       record the commit of each pinned action's tag (needs the network)
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import shutil
 import stat
@@ -24,6 +26,11 @@ from packaging.version import InvalidVersion, Version
 
 REPO = Path(__file__).resolve().parent
 PRESETS = REPO / "tests" / "presets"
+# The workflows' third-party actions, pinned as (repo, commit SHA, tag), and the independent
+# record of which commit each tag is that tests/test_workflows.py holds the pins to.
+ACTIONS = REPO / "template" / "includes" / "actions.jinja"
+ACTION_PINS = REPO / "tests" / "fixtures" / "action-pins.json"
+PINNED_TAG = re.compile(r"\('([^']+)', '[0-9a-f]{40}', '(v\d+\.\d+\.\d+)'\)")
 
 
 @task(
@@ -160,6 +167,36 @@ def release(c: Context, version: str) -> None:
     print(f"tagged {tag}; push it (git push origin {tag}) to publish the template and package")
 
 
+@task(help={"remote": "each action's repository URL, with {repo} for owner/name"})
+def action_pins(c: Context, remote: str = "https://github.com/{repo}") -> None:
+    """Record which commit each pinned action's tag is, asking the action's own repository.
+
+    Only the repository and tag are read from actions.jinja, never its SHA: the record is the
+    independent truth the pins are tested against. Run it after bumping a tag there.
+    """
+    pins = {
+        repo: {tag: tag_commit(remote.format(repo=repo), tag)}
+        for repo, tag in PINNED_TAG.findall(ACTIONS.read_text())
+    }
+    ACTION_PINS.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+    print(f"recorded {len(pins)} action tags in {ACTION_PINS.relative_to(REPO)}")
+
+
+def tag_commit(url: str, tag: str) -> str:
+    """The commit tag `tag` of the repository at `url` points to (an annotated tag peeled)."""
+    refs = [f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}"]
+    listed = subprocess.run(
+        ["git", "ls-remote", "--tags", url, *refs], capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:
+        raise Exit(f"action-pins: cannot list the tags of {url}: {listed.stderr.strip()}")
+    shas = {ref: sha for sha, ref in (line.split("\t") for line in listed.stdout.splitlines())}
+    commit = shas.get(refs[1]) or shas.get(refs[0])
+    if commit is None:
+        raise Exit(f"action-pins: {url} has no tag {tag}")
+    return commit
+
+
 def _is_version(text: str) -> bool:
     try:
         Version(text)
@@ -172,4 +209,4 @@ def _key(tag: str) -> Version:
     return Version(tag[1:])
 
 
-ns = Collection(render, render_diff, release)
+ns = Collection(render, render_diff, release, action_pins)

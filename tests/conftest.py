@@ -15,12 +15,14 @@ from copier import run_copy
 from hypothesis import settings
 from ruamel.yaml import YAML
 
-# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand.
+# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand; and
+# the backup tests' database and bucket on them.
 pytest_plugins: list[str] = [
     "tests.servers.registry",
     "tests.servers.docker",
     "tests.servers.postgres",
     "tests.servers.s3",
+    "tests.backup_data",
 ]
 
 # Hypothesis draws the same examples on every default run, so CI cannot fail on a draw nobody
@@ -28,6 +30,15 @@ pytest_plugins: list[str] = [
 settings.register_profile("default", derandomize=True, print_blob=True)
 settings.register_profile("hunt", derandomize=False, print_blob=True)
 settings.load_profile("default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under mutmut's stats run (`nox -s mutation`), child processes run the code unmutated and
+    record nothing: they may run in a rendered kit, where mutmut finds no configuration and
+    would fail. This process keeps its own copy of mutmut's mode and still records."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        del os.environ["MUTANT_UNDER_TEST"]
+
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"

@@ -17,13 +17,15 @@ import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import pytest
+import yaml
 from copier.errors import CopierError
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from shipyard import validate
+from shipyard import config, validate
 from tests.conftest import Render
 
 # One valid set costs a render and a full `shipyard validate` (helm template and
@@ -84,41 +86,53 @@ def components(draw: st.DrawFn) -> list[dict[str, Any]]:
     return result
 
 
+# answer -> every value of a finite pool that passes its own validator (each one renders in
+# test_every_valid_choice_renders; the fuzz tests draw from them)
+CHOICES: dict[str, list[Any]] = {
+    "project_name": [
+        "Orders API",
+        "Ünïcode Shop",
+        "x",
+        "Postgres",
+        "日本",
+        "A" * 22 + " " + "B" * 22,
+    ],
+    "node_version": ["20", "22", "24"],
+    "package_manager": ["npm", "pnpm", "yarn"],
+    "workspaces": [False, True],
+    "database": ["postgres", "none"],
+    "postgres_version": [13, 14, 15, 16, 17],
+    "migrations": ["prisma", "typeorm", "knex", "custom", "none"],
+    "migrate_command": ["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"'],
+    "redis": [False, True],
+    "elasticsearch": [False, True],
+    "reverse_proxy": [False, True],
+    "image_registry": ["ghcr.io/acme", "registry.local:5000/a/b", "docker.io/x"],
+    "image_mirror": ["", "mirror.local:5000"],
+    "staging_target": ["compose", "helm"],
+    "production_target": ["compose", "helm"],
+    "staging_host": ["staging.example.com", "s.a.io"],
+    "production_host": ["app.example.com", "example.org"],
+    "ci_provider": ["github", "none"],
+    "backup_storage": ["local", "s3"],
+    "backup_s3_bucket": ["orders-backups", "a.b.c"],
+    "backup_s3_endpoint": [
+        "",
+        "http://minio:9000",
+        "https://s3.example.com/prefix",
+        "http://[fd00::1]:9000",
+    ],
+    "backup_schedule": ["0 3 * * *", "*/30 1-5 * * 1-5", "15 2 1,15 * 0"],
+    "backup_retention_days": [1, 14, 3650],
+}
 # answer -> values that pass its own validator
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "project_name": st.sampled_from(
-        ["Orders API", "Ünïcode Shop", "x", "Postgres", "日本", "A" * 22 + " " + "B" * 22]
-    ),
+    **{key: st.sampled_from(values) for key, values in CHOICES.items()},
     "service_slug": st.from_regex(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", fullmatch=True).filter(
         lambda slug: slug not in YAML_WORDS
     ),
     "description": st.one_of(text, st.just("word " * 39 + "last.")),  # or the longest allowed
-    "node_version": st.sampled_from(["20", "22", "24"]),
-    "package_manager": st.sampled_from(["npm", "pnpm", "yarn"]),
     "components": components(),
-    "workspaces": st.booleans(),
-    "database": st.sampled_from(["postgres", "none"]),
-    "postgres_version": st.integers(13, 17),
-    "migrations": st.sampled_from(["prisma", "typeorm", "knex", "custom", "none"]),
-    "migrate_command": st.sampled_from(
-        ["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"']
-    ),
-    "redis": st.booleans(),
-    "elasticsearch": st.booleans(),
-    "reverse_proxy": st.booleans(),
-    "image_registry": st.sampled_from(["ghcr.io/acme", "registry.local:5000/a/b", "docker.io/x"]),
-    "image_mirror": st.sampled_from(["", "mirror.local:5000"]),
-    "staging_target": st.sampled_from(["compose", "helm"]),
-    "production_target": st.sampled_from(["compose", "helm"]),
-    "staging_host": st.sampled_from(["staging.example.com", "s.a.io"]),
-    "production_host": st.sampled_from(["app.example.com", "example.org"]),
-    "ci_provider": st.sampled_from(["github", "none"]),
-    "backup_storage": st.sampled_from(["local", "s3"]),
-    "backup_s3_bucket": st.sampled_from(["orders-backups", "a.b.c"]),
-    "backup_s3_endpoint": st.sampled_from(
-        ["", "http://minio:9000", "https://s3.example.com/prefix", "http://[fd00::1]:9000"]
-    ),
-    "backup_schedule": st.sampled_from(["0 3 * * *", "*/30 1-5 * * 1-5", "15 2 1,15 * 0"]),
     "backup_retention_days": st.integers(1, 3650),
     "app_env": st.dictionaries(
         st.sampled_from(["LOG_LEVEL", "FEATURE_X", "CORS_ORIGIN"]),
@@ -131,20 +145,27 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-@st.composite
-def valid_answer_sets(draw: st.DrawFn) -> dict[str, Any]:
-    """Each answer drawn or left to its default, then the cross-answer rules made to hold."""
-    answers = {key: draw(pool) for key, pool in FIELDS.items() if draw(st.integers(0, 9)) >= 3}
-    comps = answers.get("components")
-    names = [c["name"] for c in comps] if comps else None
+def consistent(answers: dict[str, Any]) -> dict[str, Any]:
+    """`answers` with the cross-answer rules of copier.yml made to hold, in place."""
     if answers.get("database", "postgres") == "none":
         answers.pop("migrations", None)  # the only answer it accepts is its default, none
     elif answers.get("migrations", "prisma") == "custom":
         answers.setdefault("migrate_command", "node dist/migrate.js")
-    if names and len(names) > 1 and draw(st.booleans()):
-        answers["migrate_component"] = draw(st.sampled_from(names))
+    comps = answers.get("components")
     if comps and not any(c["kind"] == "http" for c in comps):
         answers["reverse_proxy"] = False
+    return answers
+
+
+@st.composite
+def valid_answer_sets(draw: st.DrawFn) -> dict[str, Any]:
+    """Each answer drawn or left to its default, then the cross-answer rules made to hold."""
+    answers = {key: draw(pool) for key, pool in FIELDS.items() if draw(st.integers(0, 9)) >= 3}
+    consistent(answers)
+    comps = answers.get("components")
+    names = [c["name"] for c in comps] if comps else None
+    if names and len(names) > 1 and draw(st.booleans()):
+        answers["migrate_component"] = draw(st.sampled_from(names))
     if draw(st.integers(0, 9)) == 0:
         # The sample app: one http component at '.', npm, and its own SQL migration.
         answers["sample_app"] = True
@@ -157,98 +178,215 @@ def valid_answer_sets(draw: st.DrawFn) -> dict[str, Any]:
     return answers
 
 
-# Cross-answer rules, each broken on purpose: (answers to set, answers to drop, questions whose
-# validator may refuse it). Changing the components drops migrate_component and sample_app,
-# whose own rules would otherwise refuse first.
 WORKER = {"name": "jobs", "kind": "worker"}
 HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
-Clash = tuple[dict[str, Any], tuple[str, ...], set[str]]
-CLASHES: list[Clash] = [
-    ({"database": "none", "migrations": "prisma"}, (), {"database"}),
-    ({"components": [WORKER], "reverse_proxy": True}, ("sample_app",), {"reverse_proxy"}),
-    ({"sample_app": True, "package_manager": "pnpm"}, ("components",), {"sample_app"}),
-    ({"sample_app": True, "components": [HTTP, WORKER]}, (), {"sample_app"}),
-    ({"components": [HTTP, HTTP]}, ("sample_app",), {"components"}),
-    ({"components": [HTTP, {**HTTP, "name": "web"}]}, ("sample_app",), {"components"}),
-    (
+
+
+class Clash(NamedTuple):
+    """A cross-answer rule broken on purpose: the answers to set, those to drop first (changing
+    the components drops migrate_component and sample_app, whose own rules would otherwise
+    refuse first), the question whose validator must refuse it, and the words of its sentence
+    that name the clash."""
+
+    change: dict[str, Any]
+    drop: tuple[str, ...]
+    question: str
+    says: str
+
+
+CLASHES = [
+    Clash(
+        {"database": "none", "migrations": "prisma"}, (), "database", "Migrations need a database"
+    ),
+    Clash(
+        {"components": [WORKER], "reverse_proxy": True},
+        ("sample_app",),
+        "reverse_proxy",
+        "nginx needs an http component to route to",
+    ),
+    Clash(
+        {"sample_app": True, "package_manager": "pnpm"},
+        ("components",),
+        "sample_app",
+        "answer package_manager=npm",
+    ),
+    Clash(
+        {"sample_app": True, "components": [HTTP, WORKER]},
+        (),
+        "sample_app",
+        "The sample app is one HTTP component",
+    ),
+    Clash(
+        {"components": [HTTP, HTTP]},
+        ("sample_app",),
+        "components",
+        "Two components are named 'api'",
+    ),
+    Clash(
+        {"components": [HTTP, {**HTTP, "name": "web"}]},
+        ("sample_app",),
+        "components",
+        "Components share port 3000",
+    ),
+    Clash(
         {"components": [HTTP, {**HTTP, "name": "web", "port": 3001, "route": "/"}]},
         ("sample_app",),
-        {"components"},
+        "components",
+        "Two http components are served under route /;",
     ),
-    ({"components": [{**WORKER, "port": 3000}]}, ("sample_app",), {"components"}),
-    (
+    Clash(
+        {"components": [{**WORKER, "port": 3000}]},
+        ("sample_app",),
+        "components",
+        "Component 'jobs' is a worker: workers serve no port",
+    ),
+    Clash(
         {"components": [{**HTTP, "port": 5432}], "database": "postgres"},
         ("sample_app",),
-        {"components"},
+        "components",
+        "Component 'api' has port 5432, which compose.yaml publishes",
     ),
-    ({"components": [{**HTTP, "name": "nginx"}]}, ("sample_app",), {"components"}),
-    ({"components": [{**HTTP, "path": "../up"}]}, ("sample_app",), {"components"}),
-    ({"components": []}, ("sample_app",), {"components"}),
-    (
+    Clash(
+        {"components": [{**HTTP, "name": "nginx"}]},
+        ("sample_app",),
+        "components",
+        "Component name 'nginx' is taken by a service the kit runs",
+    ),
+    Clash(
+        {"components": [{**HTTP, "path": "../up"}]},
+        ("sample_app",),
+        "components",
+        "Component 'api' has path '../up'",
+    ),
+    Clash({"components": []}, ("sample_app",), "components", "must be a non-empty YAML list"),
+    Clash(
         {"components": [HTTP, WORKER], "database": "postgres", "migrations": "knex"},
         ("sample_app",),
-        {"migrate_component"},
+        "migrate_component",
+        "'nope' is not a component; choose one of api, jobs",
     ),
-    (
+    Clash(
         {"database": "postgres", "migrations": "custom", "migrate_command": " "},
         ("sample_app",),
-        {"migrate_command"},
+        "migrate_command",
+        "Give the command that applies migrations",
     ),
-    (
+    Clash(
         {"staging_host": "same.example.com", "production_host": "same.example.com"},
         (),
-        {"production_host"},
+        "production_host",
+        "need different hostnames; both are 'same.example.com'",
     ),
-    ({"app_env": {"API_KEY": "x"}, "app_secrets": ["API_KEY"]}, (), {"app_secrets"}),
+    Clash(
+        {"app_env": {"API_KEY": "x"}, "app_secrets": ["API_KEY"]},
+        (),
+        "app_secrets",
+        "API_KEY is both in app_env and app_secrets",
+    ),
 ]
-# One answer's own rule broken: answer -> values its validator (or copier's type) refuses.
-BAD: dict[str, list[Any]] = {
-    "project_name": ["  ", "two\nlines", "two\u2029lines", "x" * 81],
-    "service_slug": ["Bad_Slug", "a" * 41, "-x", "x-", "on"],
-    "description": ["two\nlines", "two\u2028lines", "x" * 201],
-    "node_version": ["18"],
-    "package_manager": ["bun"],
-    "database": ["mysql"],
-    "postgres_version": [12, 18],
-    "migrations": ["flyway"],
-    "image_registry": ["Bad/x", "https://ghcr.io/a"],
-    "image_mirror": ["http://m"],
-    "staging_target": ["k8s"],
-    "production_target": ["k8s"],
-    "staging_host": ["x", "Staging.Example.com"],
-    "production_host": ["a b", "https://example.com"],
-    "ci_provider": ["gitlab"],
-    "backup_storage": ["ftp"],
-    "backup_s3_bucket": ["ab", "Bad_Bucket"],
-    "backup_s3_endpoint": ["minio:9000", "http://minio:99999", "http://key:secret@minio:9000"],
-    "backup_schedule": ["61 * * * *", "daily", "0 3 * *"],
-    "backup_retention_days": [0, 4000],
-    "app_env": [{"lower": "x"}, {"PORT": "1"}, {"A": [1]}, ["A"]],
-    "app_secrets": [["bad-name"], ["API_KEY", "API_KEY"], ["POSTGRES_PASSWORD"], "JWT_SECRET"],
+# One answer's own rule broken: answer -> (a value its validator or copier's choices refuse,
+# the words of the refusal that name what is wrong with it).
+BAD: dict[str, list[tuple[Any, str]]] = {
+    "project_name": [
+        ("  ", "The project name cannot be empty"),
+        ("two\nlines", "Keep the project name to one line"),
+        ("two\u2029lines", "Keep the project name to one line"),
+        ("x" * 81, "Keep the project name under 80 characters"),
+    ],
+    "service_slug": [
+        ("Bad_Slug", "'Bad_Slug' is not a valid service slug"),
+        ("a" * 41, f"The service slug '{'a' * 41}' is 41 characters long"),
+        ("-x", "'-x' is not a valid service slug"),
+        ("x-", "'x-' is not a valid service slug"),
+        ("on", "'on' cannot be a service slug: YAML reads it as a boolean"),
+    ],
+    "description": [
+        ("two\nlines", "Keep the description to one line"),
+        ("two\u2028lines", "Keep the description to one line"),
+        ("x" * 201, "at most 200 characters"),
+    ],
+    "node_version": [("18", "'18' is not in")],
+    "package_manager": [("bun", "'bun' is not in")],
+    "database": [("mysql", "'mysql' is not in")],
+    "postgres_version": [(12, "PostgreSQL 12 is not supported"), (18, "PostgreSQL 18 is not")],
+    "migrations": [("flyway", "'flyway' is not in")],
+    "image_registry": [
+        ("Bad/x", "'Bad/x' is not a registry path"),
+        ("https://ghcr.io/a", "'https://ghcr.io/a' is not a registry path"),
+    ],
+    "image_mirror": [("http://m", "'http://m' is not a registry prefix")],
+    "staging_target": [("k8s", "'k8s' is not in")],
+    "production_target": [("k8s", "'k8s' is not in")],
+    "staging_host": [
+        ("x", "'x' is not a hostname"),
+        ("Staging.Example.com", "'Staging.Example.com' is not a hostname"),
+    ],
+    "production_host": [
+        ("a b", "'a b' is not a hostname"),
+        ("https://example.com", "'https://example.com' is not a hostname"),
+    ],
+    "ci_provider": [("gitlab", "'gitlab' is not in")],
+    "backup_storage": [("ftp", "'ftp' is not in")],
+    "backup_s3_bucket": [
+        ("ab", "'ab' is not a valid bucket name"),
+        ("Bad_Bucket", "'Bad_Bucket' is not a valid bucket name"),
+    ],
+    "backup_s3_endpoint": [
+        ("minio:9000", "'minio:9000' is not an endpoint URL"),
+        ("http://minio:99999", "has port 99999"),
+        ("http://key:secret@minio:9000", "without user or password"),
+    ],
+    "backup_schedule": [
+        ("61 * * * *", "'61 * * * *' is not a cron schedule"),
+        ("daily", "'daily' is not a cron schedule"),
+        ("0 3 * *", "'0 3 * *' is not a cron schedule"),
+    ],
+    "backup_retention_days": [(0, "got 0"), (4000, "got 4000")],
+    "app_env": [
+        ({"lower": "x"}, "'lower' is not an environment variable name"),
+        ({"PORT": "1"}, "PORT is set by the kit itself"),
+        ({"A": [1]}, "app_env.A must be a plain value"),
+        (["A"], "app_env must be a YAML mapping"),
+    ],
+    "app_secrets": [
+        (["bad-name"], "'bad-name' is not an environment variable name"),
+        (["API_KEY", "API_KEY"], "API_KEY is listed twice"),
+        (["POSTGRES_PASSWORD"], "POSTGRES_PASSWORD is managed by the kit itself"),
+        ("JWT_SECRET", "app_secrets must be a YAML list"),
+    ],
 }
 
 
+class Invalid(NamedTuple):
+    """A valid answer set with exactly one rule broken: which question must refuse it, and the
+    words of its refusal that name what was broken."""
+
+    answers: dict[str, Any]
+    question: str
+    says: str
+
+
 @st.composite
-def invalid_answer_sets(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
-    """A valid set with one rule broken, and the questions whose validator may say so."""
+def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
+    """A valid set with one rule broken (a clash between answers, or one bad answer)."""
     answers = draw(valid_answer_sets())
     if draw(st.booleans()):
-        change, drop, questions = draw(st.sampled_from(CLASHES))
-        for key in (*drop, *change):
+        clash = draw(st.sampled_from(CLASHES))
+        for key in (*clash.drop, *clash.change):
             answers.pop(key, None)
         if answers.get("migrations") == "custom":  # the sample app's own default is gone
             answers.setdefault("migrate_command", "node dist/migrate.js")
-        answers.update(change)
-        if "components" in change:
+        answers.update(clash.change)
+        if "components" in clash.change:
             answers.pop("migrate_component", None)
-        if "migrate_component" in questions:
+        if clash.question == "migrate_component":
             answers["migrate_component"] = "nope"
-        return answers, questions
+        return Invalid(answers, clash.question, clash.says)
     key = draw(st.sampled_from(sorted(BAD)))
-    answers[key] = draw(st.sampled_from(BAD[key]))
+    answers[key], says = draw(st.sampled_from(BAD[key]))
     if key == "migrations":  # without a database, database's own rule would refuse first
         answers["database"] = "postgres"
-    return answers, {key}
+    return Invalid(answers, key, says)
 
 
 # Combinations a sweep found broken, run on every test run.
@@ -287,7 +425,10 @@ def test_valid_answers_render_kits_that_pass_shipyard_validate(
     )
     event(f"staging {staging}, prod {prod}")
     with tempfile.TemporaryDirectory() as tmp:
-        dst = render(answers, Path(tmp) / "kit")  # a refusal of a valid set fails here
+        dst = Path(tmp) / "kit"
+        refusal = _refusal(lambda: render(answers, dst))
+        if refusal is not None:
+            pytest.fail(f"a valid answer set was refused: {refusal}\n{answers}")
 
         findings = validate.validate(dst)
 
@@ -306,15 +447,12 @@ CHOICE = re.compile(r"Invalid choice for '(\w+)': ")
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(case=invalid_answer_sets())
-def test_invalid_answers_are_refused_with_a_sentence(
-    render: Render, case: tuple[dict[str, Any], set[str]]
-) -> None:
-    answers, questions = case
+def test_invalid_answers_are_refused_with_a_sentence(render: Render, case: Invalid) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / "kit"
-        refusal = _refusal(lambda: render(answers, dst))
+        refusal = _refusal(lambda: render(case.answers, dst))
 
-        assert refusal is not None, f"rendered an invalid answer set: {answers}"
+        assert refusal is not None, f"rendered an invalid answer set: {case.answers}"
         assert not dst.exists(), "a refused answer set must write nothing"
     message = str(refusal)
     assert "Traceback" not in message, message
@@ -322,12 +460,41 @@ def test_invalid_answers_are_refused_with_a_sentence(
     match = VALIDATOR.fullmatch(message) or CHOICE.match(message)
     assert match, f"not copier's refusal of one question: {message!r}"
     question = match.group(1)
-    assert question in questions, f"refused for {question!r}, not {questions}: {message}"
+    assert question == case.question, f"refused for {question!r}, not {case.question!r}: {message}"
+    # The sentence names the clash itself, not merely some problem of that question.
+    assert case.says in message, f"{case.says!r} not in the refusal: {message}"
     if match.re is VALIDATOR:
         sentence = match.group(2).strip()
         assert "\n" not in sentence, f"not one sentence: {sentence!r}"
         assert sentence.endswith("."), f"not one sentence: {sentence!r}"
     event(f"refused: {question}")
+
+
+# Answers asked only in some context: the answers that make copier ask them.
+ASKED_WHEN: dict[str, dict[str, Any]] = {
+    "migrate_command": {"migrations": "custom"},
+    "workspaces": {"components": [{**HTTP, "path": "apps/api"}, {**WORKER, "path": "apps/jobs"}]},
+    "backup_s3_bucket": {"backup_storage": "s3"},
+    "backup_s3_endpoint": {"backup_storage": "s3"},
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key, values in CHOICES.items() for value in values],
+    ids=[f"{key}={value!r}"[:40] for key, values in CHOICES.items() for value in values],
+)
+def test_every_valid_choice_renders(render: Render, tmp_path: Path, key: str, value: Any) -> None:
+    """Every value of every finite pool renders (the fuzz tests draw only some of them): a
+    validator that refuses one, say every `redis: true`, fails here by name and sentence."""
+    answers = consistent({**ASKED_WHEN.get(key, {}), key: value})
+
+    refusal = _refusal(lambda: render(answers, tmp_path / "kit"))
+
+    if refusal is not None:
+        pytest.fail(f"the valid answer {key}={value!r} was refused: {refusal}")
+    recorded = yaml.safe_load((tmp_path / "kit" / config.ANSWERS_FILE).read_text())
+    assert recorded[key] == value, f"{key} was not asked with {answers}"
 
 
 def _refusal(action: Callable[[], object]) -> Exception | None:

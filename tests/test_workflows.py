@@ -4,6 +4,7 @@ their hardening rules are asserted on the parsed YAML so a later edit cannot qui
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from invoke.context import Context
+from invoke.exceptions import Exit
 from ruamel.yaml import YAML
 
+import tasks
 from shipyard import config, validate
-from tests.conftest import PRESETS, REPO, Render, init_repo, load_preset
+from tests.conftest import PRESETS, REPO, Render, git, init_repo, load_preset
 from tests.servers.postgres import PostgresServer
 
 Rendered = Callable[[str], Path]
@@ -120,6 +124,53 @@ def test_pins_file_is_well_formed() -> None:
     assert {"actions/checkout", "docker/build-push-action", "sigstore/cosign-installer"} <= set(
         pins
     )
+
+
+def test_each_pin_is_the_commit_of_its_tag() -> None:
+    """Network-free: each SHA actions.jinja pins is the commit its `# vX.Y.Z` tag names, as
+    recorded from the action's own repository by `invoke action-pins` (docs/contributing.md),
+    not as actions.jinja itself says."""
+    recorded = json.loads(tasks.ACTION_PINS.read_text())
+    for repo, (sha, version) in _pinned_actions().items():
+        tags = recorded.get(repo, {})
+        assert version in tags, f"{repo} {version} is not recorded: run `invoke action-pins`"
+        assert sha == tags[version], (
+            f"{repo}@{sha} is pinned as {version}, which is {tags[version]}"
+        )
+
+
+def test_action_pins_records_each_tags_commit_from_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`invoke action-pins` against local repositories: a lightweight tag is its commit, an
+    annotated one is peeled to its commit, and the SHA in actions.jinja is never read."""
+    action = tmp_path / "remote" / "acme" / "action"
+    action.mkdir(parents=True)
+    (action / "action.yml").write_text("name: one\n")
+    init_repo(action, "one")
+    git(action, "tag", "v1.0.0")
+    (action / "action.yml").write_text("name: two\n")
+    git(action, "commit", "-qam", "two")
+    git(action, "tag", "-a", "v2.0.0", "-m", "two")
+    first, second = (
+        git(action, "rev-parse", f"{t}^{{commit}}").strip() for t in ("v1.0.0", "v2.0.0")
+    )
+    pins = tmp_path / "actions.jinja"
+    pins.write_text(f"    'x': ('acme/action', '{'0' * 40}', 'v2.0.0'),\n")
+    monkeypatch.setattr(tasks, "ACTIONS", pins)
+    monkeypatch.setattr(tasks, "ACTION_PINS", tmp_path / "action-pins.json")
+    monkeypatch.setattr(tasks, "REPO", tmp_path)
+
+    tasks.action_pins(Context(), remote=str(tmp_path / "remote" / "{repo}"))
+
+    assert json.loads((tmp_path / "action-pins.json").read_text()) == {
+        "acme/action": {"v2.0.0": second}
+    }
+    assert tasks.tag_commit(str(action), "v1.0.0") == first
+    with pytest.raises(Exit, match=r"has no tag v3\.0\.0"):
+        tasks.tag_commit(str(action), "v3.0.0")
+    with pytest.raises(Exit, match="cannot list the tags of"):
+        tasks.tag_commit(str(tmp_path / "nowhere"), "v1.0.0")
 
 
 def test_pinned_majors_are_not_on_a_deprecated_runtime(tmp_path: Path) -> None:

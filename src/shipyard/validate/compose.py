@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from shipyard.validate.files import compose_files
-from shipyard.validate.finding import Finding, oneline
+from shipyard.validate.finding import Finding
 from shipyard.validate.schemas import vendored_schema
-from shipyard.validate.tools import each, run_tool
+from shipyard.validate.tools import each, no_report, run_tool
 from shipyard.validate.yaml_lines import yaml_line
 
 
@@ -27,8 +27,7 @@ def check_compose(root: Path) -> list[Finding]:
         result = run_tool([*argv, "config", "--quiet"], root)
         if result.returncode == 0:
             return []
-        message = oneline(result.stderr).replace(f"{root}{os.sep}", "")
-        message = message or f"exit status {result.returncode}"
+        message = no_report(result).replace(f"{root}{os.sep}", "")
         # "validating compose.yaml: services.db.healthchek ..." names the key; find its line.
         match = re.search(r"validating \S+: ([-\w.]+)", message)
         line = yaml_line(path, match.group(1).split(".")) if match else None

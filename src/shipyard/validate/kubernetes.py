@@ -12,7 +12,15 @@ from pathlib import Path
 from shipyard.engines.proc import Result
 from shipyard.validate.files import Chart, charts, rel
 from shipyard.validate.finding import Finding, oneline
-from shipyard.validate.tools import INSTALL_HINTS, ToolMissingError, each, find_tool, run_tool
+from shipyard.validate.tools import (
+    INSTALL_HINTS,
+    ToolMissingError,
+    each,
+    find_tool,
+    no_report,
+    run_failure,
+    run_tool,
+)
 
 # Kubernetes versions every chart is rendered for and validated against: the oldest we support
 # and the newest the installed kubernetes-validate knows ("latest" asks it for its newest).
@@ -72,9 +80,8 @@ def check_helm_lint(root: Path) -> list[Finding]:
             where = rel(root, chart.path / file.strip()) if message else rel(root, chart.path)
             message = f"{oneline(message or text)} (with {_values_name(values)})"
             findings.append(Finding(where, None, "helm-lint", level.lower(), message))
-        if result.returncode != 0 and not findings:
-            message = oneline(result.stderr or result.stdout) or f"exit {result.returncode}"
-            findings.append(Finding(rel(root, chart.path), None, "helm-lint", "error", message))
+        if problem := run_failure(result, reported=bool(findings)):
+            findings.append(Finding(rel(root, chart.path), None, "helm-lint", "error", problem))
         return findings
 
     return [f for found in each(one, runs) for f in found]
@@ -125,12 +132,16 @@ def check_kubernetes(root: Path) -> list[Finding]:
             chart, values, version = run
             argv = ["helm", "template", chart.name, str(chart.path), "--kube-version", version]
             result = run_tool([*argv, *_values_args(values)], root)
-            if result.returncode != 0:
-                message = f"helm template with {_values_name(values)}: {oneline(result.stderr)}"
-                return [Finding(rel(root, chart.path), None, "helm", "template", message)]
             values_name = _values_name(values)
+            documents = list(_split_sources(result.stdout)) if result.returncode == 0 else []
+            if not documents:
+                # An application chart that renders nothing would deploy nothing; and with
+                # nothing rendered, kubernetes-validate would have nothing to refuse.
+                why = no_report(result) if result.returncode else "rendered no manifests"
+                message = f"helm template with {values_name}: {why}"
+                return [Finding(rel(root, chart.path), None, "helm", "template", message)]
             folder = Path(tmp, chart.name, values_name.replace(" ", "-"), version)
-            for source, document in _split_sources(result.stdout):
+            for source, document in documents:
                 out = folder / source
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("a", encoding="utf-8") as handle:
@@ -183,6 +194,8 @@ def _kubernetes_findings(
     versions: Sequence[str],
     sources: dict[str, tuple[str, str]],
 ) -> list[Finding]:
+    # A problem not tied to one version (a file it cannot read, a crash) names them all.
+    every_version = f"k8s-{'/'.join(versions)}"
     findings = []
     for line in result.stdout.splitlines():
         error = re.match(
@@ -209,10 +222,14 @@ def _kubernetes_findings(
                 rule = f"k8s-{version}"
                 findings.append(Finding(template, None, "kubernetes-validate", rule, message))
         elif line.startswith(("ERROR", "FATAL")):
-            rule = f"k8s-{'/'.join(versions)}"
-            findings.append(Finding(".", None, "kubernetes-validate", rule, line))
-    if result.returncode != 0 and not findings:
-        message = oneline(result.stderr or result.stdout) or f"exit {result.returncode}"
-        rule = f"k8s-{'/'.join(versions)}"
-        findings.append(Finding(".", None, "kubernetes-validate", rule, message))
+            findings.append(Finding(".", None, "kubernetes-validate", every_version, line))
+    # Exit 1 and 2 come with ERROR lines; a failure without one (a document it cannot parse,
+    # a crash) is a finding, on the template it names when it names one.
+    if problem := run_failure(result, reported=bool(findings), ok=(0, 1, 2)):
+        file = "."
+        for rendered, (template, values) in sources.items():
+            if rendered in problem:
+                file, problem = template, problem.replace(rendered, f"{template} (with {values})")
+                break
+        findings.append(Finding(file, None, "kubernetes-validate", every_version, problem))
     return findings

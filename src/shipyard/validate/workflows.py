@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from shipyard.validate.files import action_files, dependabot_files, rel, workflow_files
-from shipyard.validate.finding import Finding, oneline
+from shipyard.validate.finding import Finding
 from shipyard.validate.schemas import vendored_schema
-from shipyard.validate.tools import find_tool, run_tool
+from shipyard.validate.tools import find_tool, no_report, run_failure, run_tool
 
 
 def check_workflows(root: Path) -> list[Finding]:
@@ -21,18 +21,17 @@ def check_workflows(root: Path) -> list[Finding]:
     shellcheck = find_tool("shellcheck")
     argv = ["actionlint", "-shellcheck", shellcheck, "-format", "{{json .}}"]
     result = run_tool([*argv, *(rel(root, w) for w in workflows)], root)
+    first = rel(root, workflows[0])
     try:
-        items = json.loads(result.stdout or "[]")
+        items = json.loads(result.stdout)  # `[]` when clean: no output is no report
     except json.JSONDecodeError:
-        message = oneline(result.stderr or result.stdout)
-        return [Finding(rel(root, workflows[0]), None, "actionlint", "error", message)]
+        return [Finding(first, None, "actionlint", "error", no_report(result))]
     findings = [
         Finding(rel(root, i["filepath"]), i["line"], "actionlint", i["kind"], i["message"])
         for i in items
     ]
-    if result.returncode not in (0, 1) or (result.returncode == 1 and not findings):
-        message = oneline(result.stderr) or f"exit status {result.returncode}"
-        findings.append(Finding(rel(root, workflows[0]), None, "actionlint", "error", message))
+    if problem := run_failure(result, reported=bool(findings)):
+        findings.append(Finding(first, None, "actionlint", "error", problem))
     return findings
 
 

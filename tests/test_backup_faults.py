@@ -1,0 +1,336 @@
+"""Each guard a restore passes through, faced with the damage only it can catch.
+
+A backup is checked in layers: its sha256 against the manifest, zstd's frame checksums,
+pg_restore's reading of the archive, the restored row counts against the manifest (restore),
+the restored rows' checksums (verify). Each test below damages a backup so that every layer
+before the one under test lets it through (a valid zstd frame, a manifest edited to match),
+then asserts that layer refuses it, by its own words, and that the current database is left
+as it was. Retention is run the way the CronJob runs it, over backups spread across weeks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from shipyard import backup
+from shipyard.backup import engine
+from tests.backup_data import contents, shipyard_cli
+from tests.servers.postgres import PostgresServer
+
+# A zstd skippable frame (magic 0x184D2A50, then the length of its payload): a decompressor
+# steps over it, so it pads a re-compressed dump to the original's size without changing what
+# it decompresses to.
+SKIPPABLE_MAGIC = bytes.fromhex("502a4d18")
+
+
+def zstd(*args: str, data: bytes) -> bytes:
+    return subprocess.run(["zstd", *args], input=data, capture_output=True, check=True).stdout
+
+
+def recompressed(original: bytes, archive: bytes) -> bytes:
+    """`archive` as a valid zstd file exactly as long as `original`: compressed harder than
+    the engine does, then padded with a skippable frame."""
+    packed = zstd("-19", "-q", "-c", data=archive)
+    padding = len(original) - len(packed) - 8
+    assert padding >= 0, "the re-compressed archive is larger than the original"
+    return packed + SKIPPABLE_MAGIC + padding.to_bytes(4, "little") + b"\0" * padding
+
+
+def changed_name(archive: bytes) -> bytes:
+    """The archive with one customer's name changed, byte for byte the same length: the row
+    count is the same, the data is not."""
+    old, new = b"Customer 1234\t", b"Customer 4321\t"
+    assert archive.count(old) == 1
+    return archive.replace(old, new)
+
+
+def edit_manifest(store: Path, backup_id: str, **dump: Any) -> None:
+    """Change fields of a backup's manifest `dump` section, as a forger who knows the format."""
+    path = store / backup_id / engine.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["dump"].update(dump)
+    path.write_text(json.dumps(manifest))
+
+
+def describe(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def untouched(server: PostgresServer, database: str) -> tuple[dict[str, Any], set[str]]:
+    """What a refused restore must leave as it was: the data and the set of databases."""
+    return contents(server, database), server.databases()
+
+
+@pytest.fixture
+def made(database: str, tmp_path: Path) -> tuple[backup.LocalStorage, backup.Backup]:
+    """A backup of the test database in a local folder."""
+    store = backup.LocalStorage(tmp_path / "store")
+    taken = backup.backup(store, log=lambda _m: None)
+    return store, taken
+
+
+def damaged(store: backup.LocalStorage, taken: backup.Backup) -> tuple[Path, bytes, bytes]:
+    """The backup's dump file, its compressed bytes and the archive inside them."""
+    dump = store.root / taken.id / engine.DUMP
+    compressed = dump.read_bytes()
+    return dump, compressed, zstd("-d", "-q", "-c", data=compressed)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_sha256_alone_refuses_a_dump_zstd_and_pg_restore_would_accept(
+    database: str,
+    postgres_server: PostgresServer,
+    bucket: str,
+    tmp_path: Path,
+    where: str,
+) -> None:
+    """A dump changed and re-compressed into a valid frame of the same size: zstd decompresses
+    it and pg_restore reads it, so only the manifest's sha256 stands between it and the
+    database."""
+    store: backup.Storage = (
+        backup.LocalStorage(tmp_path / "store")
+        if where == "local"
+        else backup.from_url(f"s3://{bucket}/prod")
+    )
+    taken = backup.backup(store, log=lambda _m: None)
+    with store.open(f"{taken.id}/{engine.DUMP}") as handle:
+        original = handle.read()
+    forged = recompressed(original, changed_name(zstd("-d", "-q", "-c", data=original)))
+    # Every other layer accepts it: same size, zstd's checksums hold, the archive reads.
+    assert len(forged) == len(original)
+    assert forged != original
+    archive = tmp_path / "forged.pgc"
+    archive.write_bytes(zstd("-d", "-q", "-c", data=forged))
+    listing = subprocess.run(["pg_restore", "-l", str(archive)], capture_output=True, check=False)
+    assert listing.returncode == 0, listing.stderr
+    store.put_bytes(f"{taken.id}/{engine.DUMP}", forged)
+    before = untouched(postgres_server, database)
+
+    with pytest.raises(backup.BackupError) as refused:
+        backup.restore(store, taken.id, log=lambda _m: None)
+
+    sha256 = hashlib.sha256(forged).hexdigest()
+    assert str(refused.value) == (
+        f"backup {taken.id} is corrupted: {len(forged)} bytes with sha256 {sha256}, the manifest "
+        f"says {len(original)} bytes with sha256 {taken.manifest['dump']['sha256']}; "
+        "nothing was changed"
+    )
+    with pytest.raises(backup.BackupError, match=f"sha256 {sha256}, the manifest says"):
+        backup.verify(store, taken.id, log=lambda _m: None)
+    assert untouched(postgres_server, database) == before
+    assert [b.id for b in backup.list_backups(store)] == [taken.id]  # no safety backup either
+
+
+def test_zstd_refuses_a_damaged_frame_the_manifest_was_edited_to_match(
+    database: str, postgres_server: PostgresServer, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    store, taken = made
+    dump, compressed, _archive = damaged(store, taken)
+    flipped = bytearray(compressed)
+    flipped[len(flipped) // 2] ^= 0xFF
+    dump.write_bytes(bytes(flipped))
+    edit_manifest(store.root, taken.id, **describe(bytes(flipped)))
+    before = untouched(postgres_server, database)
+
+    with pytest.raises(backup.BackupError, match=f"cannot decompress backup {taken.id}: "):
+        backup.restore(store, taken.id, log=lambda _m: None)
+
+    assert untouched(postgres_server, database) == before
+
+
+def test_pg_restore_refuses_a_cut_archive_and_the_database_is_kept(
+    database: str, postgres_server: PostgresServer, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    """An archive cut short, in a valid zstd frame that the manifest was edited to match."""
+    store, taken = made
+    dump, _compressed, archive = damaged(store, taken)
+    cut = zstd("-1", "-q", "-c", data=archive[: len(archive) * 3 // 4])
+    dump.write_bytes(cut)
+    edit_manifest(store.root, taken.id, **describe(cut))
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 100")
+    before = untouched(postgres_server, database)
+
+    with pytest.raises(backup.BackupError, match=r"pg_restore into \S+_restore_\w+ failed: "):
+        backup.restore(store, taken.id, safety_backup=False, log=lambda _m: None)
+
+    assert untouched(postgres_server, database) == before
+
+
+def test_restore_refuses_a_dump_whose_row_counts_differ_from_its_manifest(
+    database: str, postgres_server: PostgresServer, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    """A manifest pointing at the intact dump of another state (a mix-up, a forgery): sha256,
+    zstd and pg_restore all pass, and only the row-count comparison before the swap stops it."""
+    store, taken = made
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders WHERE id % 2 = 0; DELETE FROM audit.events")
+    other = backup.backup(store, log=lambda _m: None)
+    other_dump = store.root / other.id / engine.DUMP
+    (store.root / taken.id / engine.DUMP).write_bytes(other_dump.read_bytes())
+    edit_manifest(store.root, taken.id, size=other.manifest["dump"]["size"])
+    edit_manifest(store.root, taken.id, sha256=other.manifest["dump"]["sha256"])
+    with postgres_server.connect(database) as conn:
+        conn.execute("INSERT INTO customers (name) VALUES ('after both backups')")
+    before = untouched(postgres_server, database)
+
+    with pytest.raises(backup.BackupError) as refused:
+        backup.restore(store, taken.id, safety_backup=False, log=lambda _m: None)
+
+    assert str(refused.value) == (
+        f"restored data differs from backup {taken.id}; {database} was not changed:\n"
+        "  audit.events: 0 rows, expected 2\n"
+        "  public.orders: 2500 rows, expected 5000"
+    )
+    assert untouched(postgres_server, database) == before
+
+
+def test_verify_refuses_a_changed_value_whose_row_counts_still_match(
+    database: str, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    """One customer's name changed inside the archive, the manifest's sha256 and size edited to
+    match: only the row checksums see it, and the backup is not marked verified."""
+    store, taken = made
+    dump, _compressed, archive = damaged(store, taken)
+    forged = zstd("-1", "-q", "-c", data=changed_name(archive))
+    dump.write_bytes(forged)
+    edit_manifest(store.root, taken.id, **describe(forged))
+
+    with pytest.raises(backup.BackupError) as refused:
+        backup.verify(store, taken.id, log=lambda _m: None)
+
+    assert str(refused.value) == (
+        f"backup {taken.id} does not restore to what was backed up:\n"
+        "  public.customers: row checksum differs from the backup's"
+    )
+    assert backup.list_backups(store)[0].verified is None
+
+
+# -- retention, as the CronJob runs it -------------------------------------------------------
+
+
+def test_backup_run_prunes_backups_across_many_days_to_the_policy(
+    database: str, bucket: str
+) -> None:
+    """`shipyard backup run --retention-days 3` over forty backups made twice a day for twenty
+    days (ids and times in the past, as the engine names them): it keeps its own new backup,
+    the newest of yesterday and the day before, and the newest verified one; everything else
+    goes, object by object."""
+    url = f"s3://{bucket}/prod"
+    store = backup.from_url(url)
+    seed = backup.backup(store, log=lambda _m: None)
+    s3 = boto3.client("s3")
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    clones: dict[tuple[int, int], str] = {}  # (days ago, hour) -> backup id
+    for days in range(1, 21):
+        for hour in (10, 20):
+            when = midnight - timedelta(days=days) + timedelta(hours=hour)
+            clones[days, hour] = clone(s3, bucket, seed, engine.new_id(when), when)
+    # Two verified backups: only the newer one is kept for it, and it is outside every window.
+    for days, hour in ((18, 20), (15, 10)):
+        backup.verify(store, clones[days, hour], log=lambda _m: None)
+    kept = [clones[15, 10], clones[2, 20], clones[1, 20]]
+
+    # The engine's own plan, without deleting: everything but those and today's seed.
+    doomed = backup.prune(store, backup.Retention(daily=3), dry_run=True, log=lambda _m: None)
+    assert sorted(doomed) == sorted(set(clones.values()) - set(kept))
+    assert len(backup.list_backups(store)) == 41
+
+    run = shipyard_cli("backup", "run", "--target", url, "--retention-days", "3", env={})
+
+    assert run.returncode == 0, run.stderr
+    newest = backup.list_backups(store)[-1]
+    assert newest.id not in (*clones.values(), seed.id)
+    assert [b.id for b in backup.list_backups(store)] == [*kept, newest.id]
+    assert "retention kept 4 backup(s), deleted 38" in run.stderr
+    # Every object of a pruned backup is gone (the verified marker too), none of a kept one.
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="prod/")["Contents"]
+    assert {o["Key"].split("/")[1] for o in listed} == {*kept, newest.id}
+    assert len(listed) == 2 * 4 + 1  # dump and manifest each, and the verified marker
+
+
+def clone(s3: Any, bucket: str, seed: backup.Backup, backup_id: str, when: datetime) -> str:
+    """A copy of `seed` stored as backup `backup_id`, made at `when`: its dump copied, its
+    manifest naming it."""
+    key = f"{backup_id}/{engine.DUMP}"
+    s3.copy_object(
+        Bucket=bucket,
+        Key=f"prod/{key}",
+        CopySource={"Bucket": bucket, "Key": f"prod/{seed.id}/{engine.DUMP}"},
+    )
+    manifest = {
+        **seed.manifest,
+        "id": backup_id,
+        "created_at": when.isoformat(),
+        "dump": {**seed.manifest["dump"], "key": key},
+    }
+    body = json.dumps(manifest).encode()
+    s3.put_object(Bucket=bucket, Key=f"prod/{backup_id}/{engine.MANIFEST}", Body=body)
+    return backup_id
+
+
+# -- storage that fails mid-write ------------------------------------------------------------
+
+
+def test_a_local_write_that_cannot_start_is_a_storage_error(tmp_path: Path) -> None:
+    """The backup folder is not a folder (a mount gone wrong): one sentence, nothing left."""
+    root = tmp_path / "backups"
+    root.write_text("not a folder")
+    store = backup.LocalStorage(root)
+
+    with pytest.raises(backup.StorageError) as failed:
+        store.put_bytes("20260101T000000Z-aaaaaa/manifest.json", b"{}")
+
+    assert str(failed.value) == (
+        f"cannot write {root}/20260101T000000Z-aaaaaa/manifest.json: Not a directory"
+    )
+    assert root.read_text() == "not a folder"
+
+
+def test_a_stream_that_breaks_mid_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A dump that fails after its first chunk: the error goes up as it was, and neither the
+    object nor its `.partial` file is left to look like a backup."""
+
+    class Broken:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, _size: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise RuntimeError("pg_dump went away")
+            return b"x" * 1024
+
+    store = backup.LocalStorage(tmp_path)
+
+    with pytest.raises(RuntimeError, match="pg_dump went away"):
+        store.put_stream("20260101T000000Z-aaaaaa/dump.pgc.zst", Broken())  # type: ignore[arg-type]
+
+    assert list((tmp_path / "20260101T000000Z-aaaaaa").iterdir()) == []
+
+
+def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
+    """What S3 refuses reaches the operator as one sentence naming the object, never a
+    botocore traceback: a missing object, a bucket that does not exist."""
+    store = backup.from_url(f"s3://{bucket}/prod")
+    with pytest.raises(backup.StorageError) as missing:
+        store.get_bytes("20260101T000000Z-aaaaaa/manifest.json")
+    assert str(missing.value) == (
+        f"cannot read s3://{bucket}/prod/20260101T000000Z-aaaaaa/manifest.json: "
+        "NoSuchKey The specified key does not exist."
+    )
+    nowhere = backup.from_url(f"s3://{bucket}-gone/prod")
+    with pytest.raises(backup.StorageError) as gone:
+        nowhere.put_bytes("20260101T000000Z-aaaaaa/manifest.json", b"{}")
+    assert str(gone.value) == (
+        f"cannot upload to s3://{bucket}-gone/prod/20260101T000000Z-aaaaaa/manifest.json: "
+        "NoSuchBucket The specified bucket does not exist"
+    )

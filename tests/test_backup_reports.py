@@ -1,0 +1,150 @@
+"""What the backup engine tells its operator, to the letter: `shipyard backup list`'s table, the
+sizes in progress lines and what retention says it keeps and deletes (dry run or not).
+
+Gaps `nox -s mutation -- backup` found: every test read these lines loosely or not at all, so a
+changed header, a lost "would" in a dry run or a wrong unit went unnoticed. No database here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from shipyard import backup
+from shipyard.backup import cli, engine
+from shipyard.backup.report import human_size
+
+
+def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> dict[str, object]:
+    """A complete manifest, as the engine writes it, for a backup made at `created`."""
+    return {
+        "format": engine.FORMAT,
+        "id": backup_id,
+        "kind": kind,
+        "created_at": created.isoformat(),
+        "duration_seconds": 1.5,
+        "database": "shop",
+        "server_version": "15.8",
+        "database_settings": {"owner": "shop", "encoding": "UTF8", "collate": "C", "ctype": "C"},
+        "dump": {
+            "key": f"{backup_id}/{engine.DUMP}",
+            "format": "pg_dump custom archive (--format=custom --compress=0) compressed by zstd",
+            "compression": "zstd -1",
+            "size": 123456,
+            "sha256": "0" * 64,
+        },
+        "tools": {"pg_dump": "pg_dump 15.8", "zstd": "zstd 1.5", "shipyard": "0.1"},
+        "tables": {"public.orders": {"rows": 3, "checksum": "9", "hash": "columns"}},
+    }
+
+
+def test_list_prints_one_aligned_line_per_backup() -> None:
+    made = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    checked = {"verified_at": "2026-11-20T04:05:06.789+00:00", "tables": 1, "rows": 3}
+    backups = [
+        backup.Backup("20261120T030000Z-aaaaaa", manifest("20261120T030000Z-aaaaaa", made), None),
+        backup.Backup(
+            "20261121T030000Z-bbbbbb",
+            manifest("20261121T030000Z-bbbbbb", made + timedelta(days=1), kind="safety"),
+            checked,
+        ),
+    ]
+
+    assert cli.format_table(backups).split("\n") == [
+        "id                       kind      database                   size tables  verified",
+        "20261120T030000Z-aaaaaa  scheduled shop                     123456      1  -",
+        "20261121T030000Z-bbbbbb  safety    shop                     123456      1"
+        "  2026-11-20T04:05:06",
+    ]
+    assert cli.format_table([]) == "no complete backups"
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (1024**2 * 3 + 1024**2 // 5, "3.2 MiB"),
+        (1024**3 * 2, "2.0 GiB"),
+        (1024**4 * 3, "3072.0 GiB"),
+    ],
+)
+def test_sizes_read_in_binary_units(size: int, shown: str) -> None:
+    assert human_size(size) == shown
+
+
+def _store(root: Path, *ages: timedelta) -> list[str]:
+    """Complete backups made `ages` ago (a manifest and an empty dump each); their ids."""
+    store = backup.LocalStorage(root)
+    ids = []
+    for age in ages:
+        made = datetime.now(UTC) - age
+        backup_id = engine.new_id(made)
+        store.put_bytes(f"{backup_id}/{engine.DUMP}", b"")
+        store.put_bytes(
+            f"{backup_id}/{engine.MANIFEST}", json.dumps(manifest(backup_id, made)).encode()
+        )
+        ids.append(backup_id)
+    return ids
+
+
+def test_retention_says_what_it_would_delete_and_what_it_deletes(tmp_path: Path) -> None:
+    """A dry run says "would"; the real run says what it deletes. A backup whose manifest does
+    not read is kept and said so, and a crashed leftover listed after it still goes."""
+    old, new = _store(tmp_path, timedelta(days=30), timedelta(minutes=5))
+    unreadable, crashed = "20200101T000000Z-0000bb", "20200102T000000Z-0000cc"
+    (tmp_path / unreadable).mkdir()
+    (tmp_path / unreadable / engine.MANIFEST).write_text("{not json")
+    (tmp_path / crashed).mkdir()
+    (tmp_path / crashed / f"{engine.DUMP}.partial").write_bytes(b"half")
+    store = backup.LocalStorage(tmp_path)
+    said: list[str] = []
+
+    doomed = backup.prune(store, backup.Retention(daily=1), dry_run=True, log=said.append)
+
+    assert doomed == [old, crashed]
+    assert said == [
+        f"keeping {unreadable}: it has a manifest this run could not read",
+        f"would delete {old}",
+        f"would delete {crashed}",
+        "retention kept 1 backup(s), would delete 2",
+    ]
+    assert len(list(tmp_path.iterdir())) == 4
+    said.clear()
+    assert backup.prune(store, backup.Retention(daily=1), log=said.append) == [old, crashed]
+    assert said == [
+        f"keeping {unreadable}: it has a manifest this run could not read",
+        f"deleting {old}",
+        f"deleting {crashed}",
+        "retention kept 1 backup(s), deleted 2",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new, unreadable])
+
+
+def test_retention_counts_utc_days_whatever_the_hosts_time_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CronJob's container may carry any TZ: `--retention-days 2` still means today and
+    yesterday in UTC (the days backup ids and manifests are written in)."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    ages = [datetime.now(UTC) - (midnight - timedelta(days=d, hours=-12)) for d in (1, 2)]
+    today, yesterday, before = _store(tmp_path, timedelta(seconds=1), *ages)
+    # A zone whose date differs from UTC's right now: UTC-12 in the morning, UTC+14 after noon.
+    zone = "Etc/GMT+12" if datetime.now(UTC).hour < 12 else "Etc/GMT-14"
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert datetime.now().date() != datetime.now(UTC).date()
+        doomed = backup.prune(backup.LocalStorage(tmp_path), backup.Retention(daily=2), log=print)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+    assert doomed == [before]
+    assert [b.id for b in backup.list_backups(backup.LocalStorage(tmp_path))] == [yesterday, today]
