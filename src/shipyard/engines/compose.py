@@ -17,6 +17,8 @@ from shipyard.engines.proc import Command, command, succeeds
 # The backup service lives in its own file: Compose interpolates every `${X_IMAGE:?}` of a file
 # before running any one service, so in compose.prod.yaml a backup would need every image.
 BACKUP_FILE = "compose.backup.yaml"
+# compose.prod.yaml's one-off migration service (in a profile: `up` never starts it).
+MIGRATE = "migrate"
 
 
 def binary() -> tuple[str, ...]:
@@ -94,6 +96,29 @@ def up(
     )
 
 
+def scale_up(
+    root: Path, file: str, images: Mapping[str, str], service: str, count: int, timeout: int
+) -> Command:
+    """Start containers of `service` with `images` beside its running ones (kept as they are,
+    whatever their image) until it has `count`, and wait until they are healthy."""
+    return compose(
+        root,
+        file,
+        "up",
+        "--detach",
+        "--no-build",
+        "--no-deps",
+        "--no-recreate",
+        "--scale",
+        f"{service}={count}",
+        "--wait",
+        "--wait-timeout",
+        str(timeout),
+        service,
+        images=images,
+    )
+
+
 def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:
     """Stop and remove the containers of `services` (their volumes stay)."""
     return compose(root, file, "rm", "--stop", "--force", *services, images=images)
@@ -101,7 +126,7 @@ def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[
 
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     """The one-off migrate service of compose.prod.yaml, run with the new image."""
-    return compose(root, file, "--profile", "migrate", "run", "--rm", "migrate", images=images)
+    return compose(root, file, "--profile", MIGRATE, "run", "--rm", MIGRATE, images=images)
 
 
 def backup(root: Path, env: str, image: str, *engine: str) -> Command:

@@ -35,10 +35,10 @@ def check_compose(root: Path) -> list[Finding]:
         line = yaml_line(path, match.group(1).split(".")) if match else None
         return [Finding(path.name, line, "compose", "config", message)]
 
-    found = [f for found in each(one, compose_files(root)) for f in found]
-    # Part of this check, not one of its own: the Caddyfile is compose.prod.yaml's proxy
-    # config, and Compose accepts any file at that mount.
-    return found + [f for found in each(lambda p: _caddyfile(root, p), caddyfiles(root)) for f in found]
+    # The Caddyfile is part of this check, not one of its own: it is compose.prod.yaml's proxy
+    # config, and Compose itself accepts any file at that mount.
+    runs = each(one, compose_files(root)) + each(lambda p: _caddyfile(root, p), caddyfiles(root))
+    return [f for found in runs for f in found]
 
 
 def caddyfiles(root: Path) -> list[Path]:
