@@ -8,9 +8,10 @@ so that under `--dist loadgroup` one worker runs them all and the others never w
 
 Base images cannot be pulled here: `bookworm_base` is a debootstrap rootfs (tarball cached
 under ~/.cache/shipyard/images) imported into the daemon, and `mirror_images` builds
-node/postgres images on it and pushes them to the test registry under the names the
+node/postgres/caddy images on it and pushes them to the test registry under the names the
 generated Dockerfile and compose files ask for (<mirror>/library/node:<major>-bookworm-slim,
-<mirror>/library/postgres:<ver>-alpine, <mirror>/library/caddy:2-alpine), exactly as an air-gapped mirror would serve them.
+<mirror>/library/postgres:<ver>-alpine, <mirror>/library/caddy:2-alpine), exactly as an
+air-gapped mirror would serve them.
 Each Node major is a real Node.js release, built the first time a test asks for it.
 """
 
