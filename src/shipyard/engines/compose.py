@@ -81,19 +81,7 @@ def up(
 ) -> Command:
     """Roll the stack (or only `services` and what they depend on) to `images` and wait until
     every container with a healthcheck is healthy."""
-    return compose(
-        root,
-        file,
-        "up",
-        "--detach",
-        "--no-build",
-        "--remove-orphans",
-        "--wait",
-        "--wait-timeout",
-        str(timeout),
-        *services,
-        images=images,
-    )
+    return _up(root, file, images, timeout, ["--remove-orphans"], services)
 
 
 def scale_up(
@@ -101,22 +89,21 @@ def scale_up(
 ) -> Command:
     """Start containers of `service` with `images` beside its running ones (kept as they are,
     whatever their image) until it has `count`, and wait until they are healthy."""
-    return compose(
-        root,
-        file,
-        "up",
-        "--detach",
-        "--no-build",
-        "--no-deps",
-        "--no-recreate",
-        "--scale",
-        f"{service}={count}",
-        "--wait",
-        "--wait-timeout",
-        str(timeout),
-        service,
-        images=images,
-    )
+    flags = ["--no-deps", "--no-recreate", "--scale", f"{service}={count}"]
+    return _up(root, file, images, timeout, flags, [service])
+
+
+def _up(
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    timeout: int,
+    flags: Sequence[str],
+    services: Sequence[str],
+) -> Command:
+    wait = ["--wait", "--wait-timeout", str(timeout)]
+    args = ["up", "--detach", "--no-build", *flags, *wait, *services]
+    return compose(root, file, *args, images=images)
 
 
 def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:
