@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO, Render, git
+from tests.load import Load
 from tests.servers.docker import POSTGRES_LOCAL, Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -226,6 +227,10 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert f"SHOP_API_IMAGE={first}" in result.stdout
     assert "--profile migrate run --rm migrate" in result.stdout
     assert "up --detach --no-build --remove-orphans --wait" in result.stdout
+    # The switch: new containers beside the old, then the proxy pointed at them.
+    scale = f"up --detach --no-build --no-deps --no-recreate --scale {SERVICE}=2 --wait"
+    assert f"{scale} --wait-timeout 300 {SERVICE}\n" in result.stdout
+    assert f"point the proxy at the new {SERVICE} containers" in result.stdout
     assert serving_image(dockerd) == first
 
 
@@ -405,6 +410,58 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     assert serving_image(dockerd) == first
     status = kit.invoke("status", "--env", "staging")
     assert "rolled-back" in status.stdout
+
+
+def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    """~20 requests/s through the proxy during a release, a release whose health check fails
+    and a rollback, with an app that ignores SIGTERM (so stopping an old container that still
+    had requests would drop them): not one fails."""
+    assert serving_image(dockerd) == first
+    (kit.root / "migrations" / "002_broken.sql").unlink(missing_ok=True)
+    kit.ensure(
+        "src/main.js",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+        "return reply(res, 200, { status: 'ok' });",
+    )
+    kit.edit(
+        "src/main.js",
+        "process.on('SIGTERM', () => {",
+        "process.on('SIGTERM', () => {}); // ignored on purpose\nprocess.on('SIGUSR2', () => {",
+    )
+    kit.commit("a release that ignores SIGTERM")
+    deaf = release(kit)
+    kit.edit(
+        "src/main.js",
+        "return reply(res, 200, { status: 'ok' });",
+        "return reply(res, 500, { status: 'broken on purpose' });",
+    )
+    kit.commit("the same, with a health check that fails")
+    broken = release(kit)
+    git(kit.root, "reset", "-q", "--hard", "HEAD~2")
+
+    def deploy(ref: str) -> Result:
+        # The image by digest, as CI passes it.
+        named = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": ref}, kit.port)
+        return named.invoke(
+            "deploy", "--env", "staging", "--yes", "--skip-migrate", "--timeout", "40", check=False
+        )
+
+    with Load(f"http://127.0.0.1:{kit.port}/health") as load:
+        time.sleep(2)
+        assert deploy(deaf).code == 0
+        assert serving_image(dockerd) == deaf
+        failed = deploy(broken)
+        assert failed.code == 1, failed.output
+        assert "rolled back, the previous version is serving" in failed.stderr
+        assert serving_image(dockerd) == deaf
+        kit.invoke("rollback", "--env", "staging", "--yes")
+        assert serving_image(dockerd) == first
+        time.sleep(2)
+    report = load.report
+    assert report.requests > 200, report
+    assert report.failed == 0, (str(report), report.errors)
 
 
 def test_registry_down_fails_push_and_deploy_clearly(

@@ -8,9 +8,10 @@ so that under `--dist loadgroup` one worker runs them all and the others never w
 
 Base images cannot be pulled here: `bookworm_base` is a debootstrap rootfs (tarball cached
 under ~/.cache/shipyard/images) imported into the daemon, and `mirror_images` builds
-node/postgres images on it and pushes them to the test registry under the names the
+node/postgres/caddy images on it and pushes them to the test registry under the names the
 generated Dockerfile and compose files ask for (<mirror>/library/node:<major>-bookworm-slim,
-<mirror>/library/postgres:<ver>-alpine), exactly as an air-gapped mirror would serve them.
+<mirror>/library/postgres:<ver>-alpine, <mirror>/library/caddy:2-alpine), exactly as an
+air-gapped mirror would serve them.
 Each Node major is a real Node.js release, built the first time a test asks for it.
 """
 
@@ -46,6 +47,7 @@ MIRROR_STORAGE = CACHE / "mirror-registry"
 # The base images as built here; bump the tags when their Dockerfiles change.
 NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
 POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
+CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
@@ -121,6 +123,22 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off
+"""
+
+# Caddy with the official image's interface: the Caddyfile at /etc/caddy/Caddyfile, state in
+# /config and /data, `caddy` on PATH, wget for the health check. Debian's caddy 2.6 stands in
+# for caddy:2-alpine. The binary is copied so it carries no file capabilities, which a
+# container with no-new-privileges and no capabilities could not exec.
+CADDY_DOCKERFILE = """\
+FROM {base}
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends caddy wget; \\
+    cp /usr/bin/caddy /usr/local/bin/caddy; apt-get purge -y caddy; \\
+    rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man; \\
+    mkdir -p /config /data /etc/caddy
+ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data
+WORKDIR /srv
+CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
 """
 
 
@@ -273,7 +291,7 @@ def storage_driver() -> str:
 def _forget_old_images(daemon: Dockerd) -> None:
     """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
     registries and base images an older fixture built; the BuildKit cache stays."""
-    keep = {BASE_IMAGE, POSTGRES_LOCAL, *map(node_local, NODE_RELEASES)}
+    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, *map(node_local, NODE_RELEASES)}
     with contextlib.closing(daemon.client()) as client:
         for image in client.images.list():
             for tag in image.tags:
@@ -492,8 +510,8 @@ def publish_node(daemon: Dockerd, bookworm_base: str, registry: str, major: str)
 
 
 def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
-    """Build (once per data-root) and push the PostgreSQL image the generated files ask for;
-    Node images follow on demand (`MirrorImages.node`).
+    """Build (once per data-root) and push the PostgreSQL and Caddy images the generated files
+    ask for; Node images follow on demand (`MirrorImages.node`).
 
     Debian's PostgreSQL 15 stands in for the alpine image: the tag is what the generated files
     ask for. The local tag is removed after the push: builds take it from the registry.
@@ -505,9 +523,15 @@ def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -
             POSTGRES_DOCKERFILE.format(base=bookworm_base),
             {"entrypoint.sh": POSTGRES_ENTRYPOINT},
         )
+    if not _has_image(dockerd, CADDY_LOCAL):
+        build_image(dockerd, CADDY_LOCAL, CADDY_DOCKERFILE.format(base=bookworm_base), {})
     postgres = f"{registry}/library/postgres:15-alpine"
-    dockerd.run("tag", POSTGRES_LOCAL, postgres)
-    dockerd.run("push", postgres)
-    # Only the tag goes: the image stays under its shipyard-test/ name.
-    dockerd.run("rmi", postgres)
+    for local, tag in (
+        (POSTGRES_LOCAL, postgres),
+        (CADDY_LOCAL, f"{registry}/library/caddy:2-alpine"),
+    ):
+        dockerd.run("tag", local, tag)
+        dockerd.run("push", tag)
+        # Only the tag goes: the image stays under its shipyard-test/ name.
+        dockerd.run("rmi", tag)
     return MirrorImages(daemon=dockerd, base=bookworm_base, mirror=registry, postgres=postgres)

@@ -17,6 +17,8 @@ from shipyard.engines.proc import Command, command, succeeds
 # The backup service lives in its own file: Compose interpolates every `${X_IMAGE:?}` of a file
 # before running any one service, so in compose.prod.yaml a backup would need every image.
 BACKUP_FILE = "compose.backup.yaml"
+# compose.prod.yaml's one-off migration service (in a profile: `up` never starts it).
+MIGRATE = "migrate"
 
 
 def binary() -> tuple[str, ...]:
@@ -79,19 +81,29 @@ def up(
 ) -> Command:
     """Roll the stack (or only `services` and what they depend on) to `images` and wait until
     every container with a healthcheck is healthy."""
-    return compose(
-        root,
-        file,
-        "up",
-        "--detach",
-        "--no-build",
-        "--remove-orphans",
-        "--wait",
-        "--wait-timeout",
-        str(timeout),
-        *services,
-        images=images,
-    )
+    return _up(root, file, images, timeout, ["--remove-orphans"], services)
+
+
+def scale_up(
+    root: Path, file: str, images: Mapping[str, str], service: str, count: int, timeout: int
+) -> Command:
+    """Start containers of `service` with `images` beside its running ones (kept as they are,
+    whatever their image) until it has `count`, and wait until they are healthy."""
+    flags = ["--no-deps", "--no-recreate", "--scale", f"{service}={count}"]
+    return _up(root, file, images, timeout, flags, [service])
+
+
+def _up(
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    timeout: int,
+    flags: Sequence[str],
+    services: Sequence[str],
+) -> Command:
+    wait = ["--wait", "--wait-timeout", str(timeout)]
+    args = ["up", "--detach", "--no-build", *flags, *wait, *services]
+    return compose(root, file, *args, images=images)
 
 
 def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:
@@ -101,7 +113,7 @@ def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[
 
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     """The one-off migrate service of compose.prod.yaml, run with the new image."""
-    return compose(root, file, "--profile", "migrate", "run", "--rm", "migrate", images=images)
+    return compose(root, file, "--profile", MIGRATE, "run", "--rm", MIGRATE, images=images)
 
 
 def backup(root: Path, env: str, image: str, *engine: str) -> Command:

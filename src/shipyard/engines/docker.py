@@ -9,11 +9,14 @@ and registry digests go through the SDK, which talks to the same daemon (DOCKER_
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shipyard.engines import EngineError
@@ -299,3 +302,73 @@ def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
         if not busy or time.monotonic() > deadline:
             return
         time.sleep(1)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One container of a Compose service."""
+
+    id: str
+    name: str  # resolvable by the other containers of its networks
+    image: str
+
+
+def replicas(
+    cli: DockerClient, project: str, service: str, *, every: bool = False
+) -> list[Replica]:
+    """The containers of one service of the project: running ones, or `every` one (a container
+    a failed or interrupted `up` created and never started too); one-off runs excluded."""
+    labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+    with _sdk_errors(f"listing the containers of {service}"):
+        containers = cli.containers.list(all=every, filters={"label": labels})
+    return sorted(
+        (
+            Replica(c.id, c.name, str(c.attrs["Config"]["Image"]))
+            for c in containers
+            if c.labels.get("com.docker.compose.oneoff") != "True"
+        ),
+        key=lambda r: r.name,
+    )
+
+
+def write_file(cli: DockerClient, container: str, volume: str, path: str, text: str) -> None:
+    """Write `text` to `path` (relative, its folders made) under the `volume` mount point of a
+    running container, through the daemon's archive API: works through a remote DOCKER_HOST
+    and on a read-only root filesystem."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = tarfile.TarInfo("/".join(parts[:depth]))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(folder)
+        body = text.encode()
+        info = tarfile.TarInfo(path)
+        info.size, info.mode = len(body), 0o644
+        tar.addfile(info, io.BytesIO(body))
+    with _sdk_errors(f"writing {path} in {container}"):
+        if not cli.containers.get(container).put_archive(volume, data.getvalue()):
+            raise EngineError(f"the daemon refused to write {path} in {container}")
+
+
+def exec_checked(cli: DockerClient, container: str, argv: list[str]) -> str:
+    """Run `argv` in a running container; its output, or EngineError with it if it fails."""
+    with _sdk_errors(f"running {argv[0]} in {container}"):
+        code, out = cli.containers.get(container).exec_run(argv)
+    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    if code != 0:
+        raise EngineError(f"`{' '.join(argv)}` failed in {container}: {_short(Exception(text))}")
+    return text
+
+
+def retire(cli: DockerClient, ids: Iterable[str], *, graceful: bool) -> None:
+    """Remove containers: `graceful`ly (SIGTERM, then the container's own stop grace period,
+    compose's stop_grace_period) or at once (containers that never received traffic)."""
+    from docker.errors import NotFound
+
+    for ident in ids:
+        with _sdk_errors("removing a container"), contextlib.suppress(NotFound):
+            container = cli.containers.get(ident)
+            if graceful:
+                container.stop()
+            container.remove(force=True)

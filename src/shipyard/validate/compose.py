@@ -1,4 +1,5 @@
-"""The Compose checks: Compose itself on each file, and the Compose Specification's schema."""
+"""The Compose checks: Compose itself on each file (and Caddy on the proxy's Caddyfile the
+production file mounts), and the Compose Specification's schema."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from shipyard.validate.files import compose_files
-from shipyard.validate.finding import Finding
+from shipyard.validate.files import compose_files, matching, rel
+from shipyard.validate.finding import Finding, oneline
 from shipyard.validate.schemas import vendored_schema
 from shipyard.validate.tools import each, no_report, run_tool
 from shipyard.validate.yaml_lines import yaml_line
@@ -33,7 +34,32 @@ def check_compose(root: Path) -> list[Finding]:
         line = yaml_line(path, match.group(1).split(".")) if match else None
         return [Finding(path.name, line, "compose", "config", message)]
 
-    return [f for found in each(one, compose_files(root)) for f in found]
+    # The Caddyfile is part of this check, not one of its own: it is compose.prod.yaml's proxy
+    # config, and Compose itself accepts any file at that mount.
+    runs = each(one, compose_files(root)) + each(lambda p: _caddyfile(root, p), caddyfiles(root))
+    return [f for found in runs for f in found]
+
+
+def caddyfiles(root: Path) -> list[Path]:
+    """The Caddyfiles of the kit (proxy/Caddyfile)."""
+    return matching(root, ["Caddyfile"])
+
+
+# "Error: adapting config using caddyfile: Caddyfile:12 - Error during parsing: ..."
+_CADDY_LINE = re.compile(r"Caddyfile:(\d+)")
+
+
+def _caddyfile(root: Path, path: Path) -> list[Finding]:
+    """`caddy validate`: parses the Caddyfile and provisions every module as a reload would,
+    without binding a port (an import that matches no file yet is only a warning)."""
+    name = rel(root, path)
+    result = run_tool(["caddy", "validate", "--adapter", "caddyfile", "--config", name], root)
+    if result.returncode == 0:
+        return []
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    message = oneline(errors[-1] if errors else result.stderr) or f"exit {result.returncode}"
+    match = _CADDY_LINE.search(message)
+    return [Finding(name, int(match.group(1)) if match else None, "caddy", "validate", message)]
 
 
 def check_compose_schema(root: Path) -> list[Finding]:

@@ -1,11 +1,14 @@
-"""Compose hosts: `docker compose` with the pushed digests, a health-gated `up --wait`, and
-the images that ran before put back when a rollout fails (or Ctrl-C arrives)."""
+"""Compose hosts: `docker compose` with the pushed digests; each http component switched at the
+proxy once its new containers are healthy (tasks.targets.switch), workers replaced after, and
+what ran before put back when a rollout fails (or Ctrl-C arrives)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+from collections.abc import Mapping
+from typing import NoReturn
 
 from invoke.exceptions import Exit
 
@@ -17,6 +20,7 @@ from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
+from shipyard.tasks.targets import switch
 from shipyard.tasks.targets.base import Options, ask, preflight
 
 
@@ -74,9 +78,6 @@ class ComposeTarget:
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
-        rollout = compose_engine.up(
-            self.cfg.root, self.env.compose_file, release.images, opts.timeout
-        )
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
             plan(
@@ -86,67 +87,125 @@ class ComposeTarget:
                     f"secrets {', '.join(self.cfg.secrets) or '(none)'} set, "
                     f"images in the registry: {release.refs}",
                     *migrations,
-                    rollout,
-                    "on failure or Ctrl-C: the same `up` with the images running before "
-                    "(components this release adds are stopped and removed)",
+                    *self._plan(release.images, opts.timeout),
+                    "on failure or Ctrl-C: the new containers removed, the proxy left on (or "
+                    "switched back to) the containers running before, workers put back on "
+                    "their previous images (components this release adds are removed)",
                 ],
             )
             return
         preflight(self, release)
         ask(self.env, f"Deploy {release.refs} to {env}?", opts)
         _run_migrations(migrations)
-        self._rollout(release, opts.timeout)
+        self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
 
-    def _rollout(self, release: Release, timeout: int) -> None:
-        """`up --wait` with the new images; on failure or Ctrl-C, back to what was running."""
-        root, env, file, images = (
-            self.cfg.root,
-            self.env.name,
-            self.env.compose_file,
-            release.images,
-        )
-        project = compose_engine.project_name(root / file, self.cfg.service)
+    def _stack(self, timeout: int) -> switch.Stack:
+        file = self.env.compose_file
+        project = compose_engine.project_name(self.cfg.root / file, self.cfg.service)
+        return switch.Stack(self.cfg.root, file, project, timeout, self.env.replicas)
+
+    def _split(self, images: Mapping[str, str]) -> tuple[list[config.Component], list[str]]:
+        """The release's http components (switched at the proxy) and its workers."""
+        http = [c for c in self.cfg.components if c.name in images and c.kind == "http"]
+        return http, [name for name in images if name not in {c.name for c in http}]
+
+    def _services(self, images: Mapping[str, str]) -> list[str]:
+        """The stack's other services (proxy, databases): started first, never switched."""
+        declared = compose_engine.services(self.cfg.root / self.env.compose_file)
+        apps = {c.name for c in self.cfg.components} | set(images) | {compose_engine.MIGRATE}
+        return [name for name in declared if name not in apps]
+
+    def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
+        stack, (http, workers) = self._stack(timeout), self._split(images)
+        root, file = self.cfg.root, self.env.compose_file
+        return [
+            compose_engine.up(root, file, images, timeout, self._services(images)),
+            *switch.plan_steps(stack, images, http),
+            *([compose_engine.up(root, file, images, timeout, workers)] if workers else []),
+        ]
+
+    def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
+        """The other services up, each http component switched, then the workers replaced; on
+        failure or Ctrl-C, back to what was running."""
+        root, env, file = self.cfg.root, self.env.name, self.env.compose_file
+        stack, (http, workers) = self._stack(timeout), self._split(images)
         with contextlib.closing(docker_engine.client()) as client:
-            running = docker_engine.running_images(client, project)
+            running = docker_engine.running_images(client, stack.project)
         previous = {name: running[name] for name in images if name in running}
-        # Components this release adds: a rollback removes them and restarts only the others.
-        added = [name for name in images if name not in running]
+        switched: list[config.Component] = []
         try:
-            execute(compose_engine.up(root, file, images, timeout), f"the rollout of {env}")
+            execute(
+                compose_engine.up(root, file, images, timeout, self._services(images)),
+                f"starting the services of {env}",
+            )
+            with contextlib.closing(docker_engine.client()) as client:
+                for comp in http:
+                    switched.append(comp)
+                    switch.switch(client, stack, comp, images)
+            if workers:
+                try:
+                    execute(compose_engine.up(root, file, images, timeout, workers), "the workers")
+                except EngineError as exc:
+                    raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
         except (EngineError, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            reason = "interrupted (Ctrl-C)" if interrupted else str(exc) + _health_detail(project)
-            code = 130 if interrupted else 1
-            state.record_deploy(root, env, {"images": images, "status": "failed"})
-            if not previous:
-                raise Exit(
-                    f"shipyard: the rollout of {env} failed: {reason}. There was no previous "
-                    f"version to roll back to; see `invoke logs --env {env}`",
-                    code=code,
-                ) from None
-            say(f"rollout failed ({reason}); rolling back to the previous images")
-            try:
-                with contextlib.closing(docker_engine.client()) as client:
-                    docker_engine.settle(client, project)
-                if added:
-                    # The file (this release's) still names every image, so all stay set.
-                    execute(compose_engine.remove(root, file, images, added), "the rollback")
-                only = list(previous) if added else []
-                _restore(compose_engine.up(root, file, {**images, **previous}, timeout, only))
-            except (EngineError, KeyboardInterrupt) as again:
-                raise Exit(
-                    f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
-                    f"({again}); see `invoke status --env {env}`",
-                    code=1,
-                ) from None
-            state.record_deploy(root, env, {"images": previous, "status": "rolled-back"})
+            reason = "interrupted (Ctrl-C)" if interrupted else str(exc)
+            state.record_deploy(root, env, {"images": dict(images), "status": "failed"})
+            self._revert(
+                stack, images, previous, switched, workers, reason, 130 if interrupted else 1
+            )
+        state.record_deploy(root, env, {"images": dict(images), "status": status})
+
+    def _revert(
+        self,
+        stack: switch.Stack,
+        images: Mapping[str, str],
+        previous: dict[str, str],
+        switched: list[config.Component],
+        workers: list[str],
+        reason: str,
+        code: int,
+    ) -> NoReturn:
+        """Put back what ran before a failed rollout, then exit saying so."""
+        root, env, file = self.cfg.root, self.env.name, self.env.compose_file
+        if not previous:
             raise Exit(
-                f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
-                "version is serving",
+                f"shipyard: the rollout of {env} failed: {reason}. There was no previous "
+                f"version to roll back to; see `invoke logs --env {env}`",
                 code=code,
             ) from None
-        state.record_deploy(root, env, {"images": images, "status": "deployed"})
+        say(f"rollout failed ({reason}); rolling back to the previous images")
+        back = {**images, **previous}
+        try:
+            with contextlib.closing(docker_engine.client()) as client:
+                docker_engine.settle(client, stack.project)
+                # The component that failed removed its own new containers; the ones switched
+                # before it switch back, the same way.
+                for comp in switched:
+                    if comp.name in previous:
+                        switch.switch(client, stack, comp, back)
+                    else:
+                        switch.retire_component(client, stack, comp)
+            added = [name for name in workers if name not in previous]
+            if added:
+                # The file (this release's) still names every image, so all stay set.
+                execute(compose_engine.remove(root, file, images, added), "the rollback")
+            kept = [name for name in workers if name in previous]
+            if kept:
+                _restore(compose_engine.up(root, file, back, stack.timeout, kept))
+        except (EngineError, KeyboardInterrupt) as again:
+            raise Exit(
+                f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
+                f"({again}); see `invoke status --env {env}`",
+                code=1,
+            ) from None
+        state.record_deploy(root, env, {"images": previous, "status": "rolled-back"})
+        raise Exit(
+            f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
+            "version is serving",
+            code=code,
+        ) from None
 
     def rollback(self, opts: Options) -> None:
         env = self.env.name
@@ -157,13 +216,14 @@ class ComposeTarget:
                 f"{state.FOLDER}/deploys-{env}.json to roll back to; nothing was changed",
                 code=1,
             )
-        cmd = compose_engine.up(self.cfg.root, self.env.compose_file, target, opts.timeout)
         if opts.dry_run:
-            plan(f"rollback {self.cfg.service} on {env} (compose)", [cmd])
+            plan(
+                f"rollback {self.cfg.service} on {env} (compose)", self._plan(target, opts.timeout)
+            )
             return
         ask(self.env, f"Roll {env} back to {', '.join(target.values())}?", opts)
-        execute(cmd, "the rollback")
-        state.record_deploy(self.cfg.root, env, {"images": target, "status": "rolled-back"})
+        # The same switch as a release: the version serving now keeps serving if it fails.
+        self._rollout(target, opts.timeout, "rolled-back")
         say(f"{env}: rolled back to {', '.join(target.values())}")
 
     def _current(self) -> dict[str, str]:
@@ -203,10 +263,9 @@ def _health_detail(project: str) -> str:
     """Why the new containers are not healthy, from their health logs; empty if unknown."""
     try:
         with contextlib.closing(docker_engine.client()) as client:
-            failures = docker_engine.health_failures(client, project)
+            return switch.health_detail(client, project)
     except EngineError:
         return ""  # the rollout's own error already says what went wrong
-    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
 
 
 def _restore(up: Command, attempts: int = 3) -> None:

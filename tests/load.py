@@ -1,0 +1,78 @@
+"""A bounded request loop on loopback, counting what a release costs the users of a service.
+
+`Load(url)` in a `with` block sends ~20 requests a second from a thread (one keep-alive
+session, like a browser or a client's pool) until the block ends or `limit` seconds pass,
+whichever comes first, and reports how many were sent, how many failed (no answer, or not
+2xx) and the longest time between two successful answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+import requests
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    requests: int
+    failed: int
+    longest_gap: float
+    errors: tuple[str, ...]  # the first few failures, for the assertion message
+
+    def __str__(self) -> str:
+        return (
+            f"{self.requests} requests, {self.failed} failed, longest gap {self.longest_gap:.2f} s"
+        )
+
+
+class Load:
+    """~`rate` GETs a second to `url` for at most `limit` seconds, in a background thread."""
+
+    def __init__(self, url: str, rate: float = 20.0, limit: float = 900.0) -> None:
+        self.url, self.interval, self.limit = url, 1 / rate, limit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._sent = self._failed = 0
+        self._gap = 0.0
+        self._errors: list[str] = []
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def report(self) -> LoadReport:
+        return LoadReport(self._sent, self._failed, self._gap, tuple(self._errors[:5]))
+
+    def _loop(self) -> None:
+        start = last_ok = time.monotonic()
+        with requests.Session() as session:
+            while not self._stop.is_set() and time.monotonic() - start < self.limit:
+                began = time.monotonic()
+                self._sent += 1
+                try:
+                    status = session.get(self.url, timeout=10).status_code
+                    error = "" if 200 <= status < 300 else f"HTTP {status}"
+                except requests.RequestException as exc:
+                    error = type(exc).__name__
+                now = time.monotonic()
+                if error:
+                    self._failed += 1
+                    self._errors.append(f"{now - start:.1f}s {error}")
+                else:
+                    self._gap = max(self._gap, now - last_ok)
+                    last_ok = now
+                self._stop.wait(max(0.0, self.interval - (now - began)))
