@@ -334,3 +334,21 @@ def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
         f"cannot upload to s3://{bucket}-gone/prod/20260101T000000Z-aaaaaa/manifest.json: "
         "NoSuchBucket The specified bucket does not exist"
     )
+
+
+def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
+    """`s3://bucket` keeps backups at the bucket's top level (no leading '/'); `s3://bucket/p`
+    under p/, and lists only what is under it, however many other objects share the bucket."""
+    s3 = boto3.client("s3")
+    top, under = backup.from_url(f"s3://{bucket}"), backup.from_url(f"s3://{bucket}/prod/")
+    top.put_bytes("a/manifest.json", b"1")
+    under.put_bytes("b/manifest.json", b"2")
+    s3.put_object(Bucket=bucket, Key="prodx/c/manifest.json", Body=b"3")
+
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["a/manifest.json", "prod/b/manifest.json", "prodx/c/manifest.json"]
+    assert under.url == f"s3://{bucket}/prod"
+    assert top.url == f"s3://{bucket}"
+    assert under.list_keys() == ["b/manifest.json"]
+    assert top.list_keys() == keys
+    assert top.get_bytes("a/manifest.json") == b"1"
