@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,37 @@ def test_restore_refuses_a_dump_whose_row_counts_differ_from_its_manifest(
         "  public.orders: 2500 rows, expected 5000"
     )
     assert untouched(postgres_server, database) == before
+
+
+def test_a_database_that_stays_in_use_is_given_back_unchanged(
+    database: str, postgres_server: PostgresServer, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    """A prepared transaction holds the database through every session kill, so the swap can
+    never rename it: after ten attempts half a second apart the restore gives up, drops its
+    staging copy, lets clients connect again and changes nothing. (About a minute.)"""
+    store, taken = made
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 100")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO audit.events (what) VALUES ('held')")
+        conn.execute("PREPARE TRANSACTION 'shipyard_test_hold'")
+    before = untouched(postgres_server, database)
+    try:
+        started = time.monotonic()
+        with pytest.raises(backup.BackupError) as refused:
+            backup.restore(store, taken.id, safety_backup=False, log=lambda _m: None)
+        took = time.monotonic() - started
+
+        assert str(refused.value) == (
+            f"{database} is still in use after 10 attempts to end its sessions; it was not changed"
+        )
+        # PostgreSQL itself waits up to 5 s for a database's users to go before refusing a
+        # rename: ten attempts take about a minute, giving up at the first about 5 s.
+        assert took > 30, f"it gave up after {took:.0f} s, before its tenth attempt"
+        assert untouched(postgres_server, database) == before  # connects: clients are let in
+    finally:
+        with postgres_server.connect(database) as conn:
+            conn.execute("ROLLBACK PREPARED 'shipyard_test_hold'")
 
 
 def test_verify_refuses_a_changed_value_whose_row_counts_still_match(
