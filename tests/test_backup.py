@@ -83,7 +83,7 @@ def test_s3_round_trip_and_verify(
     assert backup.list_backups(store)[-1].verified is not None
     with postgres_server.connect(database) as conn:
         conn.execute("TRUNCATE orders")
-    backup.restore(store, made.id, safety_backup=False)
+    assert backup.restore(store, made.id, safety_backup=False) is None  # no safety backup taken
     assert contents(postgres_server, database) == before
 
 

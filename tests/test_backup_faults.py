@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,37 @@ def test_restore_refuses_a_dump_whose_row_counts_differ_from_its_manifest(
     assert untouched(postgres_server, database) == before
 
 
+def test_a_database_that_stays_in_use_is_given_back_unchanged(
+    database: str, postgres_server: PostgresServer, made: tuple[backup.LocalStorage, backup.Backup]
+) -> None:
+    """A prepared transaction holds the database through every session kill, so the swap can
+    never rename it: after ten attempts half a second apart the restore gives up, drops its
+    staging copy, lets clients connect again and changes nothing. (About a minute.)"""
+    store, taken = made
+    with postgres_server.connect(database) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 100")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO audit.events (what) VALUES ('held')")
+        conn.execute("PREPARE TRANSACTION 'shipyard_test_hold'")
+    before = untouched(postgres_server, database)
+    try:
+        started = time.monotonic()
+        with pytest.raises(backup.BackupError) as refused:
+            backup.restore(store, taken.id, safety_backup=False, log=lambda _m: None)
+        took = time.monotonic() - started
+
+        assert str(refused.value) == (
+            f"{database} is still in use after 10 attempts to end its sessions; it was not changed"
+        )
+        # PostgreSQL itself waits up to 5 s for a database's users to go before refusing a
+        # rename: ten attempts take about a minute, giving up at the first about 5 s.
+        assert took > 30, f"it gave up after {took:.0f} s, before its tenth attempt"
+        assert untouched(postgres_server, database) == before  # connects: clients are let in
+    finally:
+        with postgres_server.connect(database) as conn:
+            conn.execute("ROLLBACK PREPARED 'shipyard_test_hold'")
+
+
 def test_verify_refuses_a_changed_value_whose_row_counts_still_match(
     database: str, made: tuple[backup.LocalStorage, backup.Backup]
 ) -> None:
@@ -334,3 +366,21 @@ def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
         f"cannot upload to s3://{bucket}-gone/prod/20260101T000000Z-aaaaaa/manifest.json: "
         "NoSuchBucket The specified bucket does not exist"
     )
+
+
+def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
+    """`s3://bucket` keeps backups at the bucket's top level (no leading '/'); `s3://bucket/p`
+    under p/, and lists only what is under it, however many other objects share the bucket."""
+    s3 = boto3.client("s3")
+    top, under = backup.from_url(f"s3://{bucket}"), backup.from_url(f"s3://{bucket}/prod/")
+    top.put_bytes("a/manifest.json", b"1")
+    under.put_bytes("b/manifest.json", b"2")
+    s3.put_object(Bucket=bucket, Key="prodx/c/manifest.json", Body=b"3")
+
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["a/manifest.json", "prod/b/manifest.json", "prodx/c/manifest.json"]
+    assert under.url == f"s3://{bucket}/prod"
+    assert top.url == f"s3://{bucket}"
+    assert under.list_keys() == ["b/manifest.json"]
+    assert top.list_keys() == keys
+    assert top.get_bytes("a/manifest.json") == b"1"

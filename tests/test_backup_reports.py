@@ -1,13 +1,15 @@
 """What the backup engine tells its operator, to the letter: `shipyard backup list`'s table, the
-sizes in progress lines and what retention says it keeps and deletes (dry run or not).
+sizes and steps in progress lines (through the caller's log only) and what retention says it
+keeps and deletes (dry run or not).
 
 Gaps `nox -s mutation -- backup` found: every test read these lines loosely or not at all, so a
-changed header, a lost "would" in a dry run or a wrong unit went unnoticed. No database here.
+changed header, a lost "would" in a dry run or a line sent past the caller's log went unnoticed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from shipyard import backup
 from shipyard.backup import cli, engine
-from shipyard.backup.report import human_size
+from shipyard.backup.report import human_size, to_stderr
 
 
 def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> dict[str, object]:
@@ -148,3 +150,38 @@ def test_retention_counts_utc_days_whatever_the_hosts_time_zone(
 
     assert doomed == [before]
     assert [b.id for b in backup.list_backups(backup.LocalStorage(tmp_path))] == [yesterday, today]
+
+
+def test_progress_goes_to_stderr_with_the_commands_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The default log: what the compose service's and the CronJob's logs keep."""
+    to_stderr("backup 20260101T000000Z-aaaaaa complete")
+    assert capsys.readouterr() == ("", "shipyard backup: backup 20260101T000000Z-aaaaaa complete\n")
+
+
+def test_restore_reports_every_step_through_its_log_only(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A caller that passes its own log (the invoke tasks) gets every progress line, in
+    order, and nothing reaches stderr behind its back: not the fetch, not the safety backup."""
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store, log=lambda _m: None)
+    said: list[str] = []
+
+    safety = backup.restore(store, made.id, jobs=2, log=said.append)
+
+    assert safety is not None
+    assert capsys.readouterr().err == ""
+    expected = [
+        rf"backup {made.id}: sha256 matches the manifest \(\d+\.\d [KM]iB\)",
+        rf"taking a safety backup of {database} before replacing it",
+        rf"backing up database {database} \(\d+\.\d+.*\) to {store.url}/{safety.id}",
+        rf"backup {safety.id} complete: \d+\.\d [KM]iB, 4 tables, sha256 [0-9a-f]{{16}}\.\.\.",
+        rf"restoring backup {made.id} into database {database}_restore_[0-9a-f]{{6}}"
+        r" \(2 parallel jobs\)",
+        rf"database {database} now holds backup {made.id} \(4 tables\)",
+    ]
+    assert len(said) == len(expected), said
+    for line, pattern in zip(said, expected, strict=True):
+        assert re.fullmatch(pattern, line), f"{line!r} !~ {pattern!r}"

@@ -123,9 +123,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     port = 0
     for _attempt in range(5):
         port = free_port()
+        # Prepared transactions: one holds a database through every session kill, which is how
+        # a test makes a restore's swap find its database still in use.
         options = (
             f"-p {port} -k {state} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c full_page_writes=off -c synchronous_commit=off -c max_connections=60"
+            " -c max_prepared_transactions=4"
         )
         try:
             run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(state / "log"), "-w",
