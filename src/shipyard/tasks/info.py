@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from shipyard import config
-from shipyard.tasks.support import load_config
+from shipyard.tasks.support import config_errors, load_config
 
 
 @task(help={"env": "environment to show (dev, staging, prod)"})
 def config_check(c: Context, env: str = "") -> None:
     """Validate shipyard.yaml and summarise the service or one environment."""
     cfg = load_config(c)
-    try:
+    with config_errors():
         environments = [cfg.environment(env)] if env else list(cfg.environments.values())
-    except config.ConfigError as exc:
-        raise Exit(f"shipyard: {exc}", code=2) from None
     print(f"{cfg.service}: shipyard.yaml is valid")
     for comp in cfg.components:
         where = f"port {comp.port}" if comp.kind == "http" else "worker"

@@ -45,12 +45,20 @@ def failures(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} interrupted (Ctrl-C)", code=130) from None
 
 
-def load_config(c: Context) -> config.Config:
-    """shipyard.yaml from the folder invoke runs in (or `shipyard.root` in invoke config)."""
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """shipyard.yaml's problems (unreadable, off-schema, an unknown environment or component)
+    become one `Exit` line, exit 2: the user's input, not a failure of the task."""
     try:
-        return config.load(Path(setting(c, "root") or "."))
+        yield
     except config.ConfigError as exc:
         raise Exit(f"shipyard: {exc}", code=2) from None
+
+
+def load_config(c: Context) -> config.Config:
+    """shipyard.yaml from the folder invoke runs in (or `shipyard.root` in invoke config)."""
+    with config_errors():
+        return config.load(Path(setting(c, "root") or "."))
 
 
 def setting(c: Context, key: str) -> str:
@@ -69,20 +77,16 @@ def setup(c: Context, env: str) -> tuple[config.Config, config.Environment]:
     if not env:
         known = ", ".join(cfg.environments)
         raise Exit(f"shipyard: choose an environment with --env ({known})", code=2)
-    try:
+    with config_errors():
         return cfg, cfg.environment(env)
-    except config.ConfigError as exc:
-        raise Exit(f"shipyard: {exc}", code=2) from None
 
 
 def components(cfg: config.Config, only: str) -> list[config.Component]:
     """All components, or the one named by --component (Exit if unknown)."""
     if not only:
         return list(cfg.components)
-    try:
+    with config_errors():
         return [cfg.component(only)]
-    except config.ConfigError as exc:
-        raise Exit(f"shipyard: {exc}", code=2) from None
 
 
 def revision(root: Path, env: str) -> git.Revision:
