@@ -30,9 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from copier import run_copy  # noqa: E402 - needs the path above for the test servers
-
-from tests.conftest import git, init_repo  # noqa: E402
+from tests.conftest import copy_template, git, init_repo, render_kit  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
     Dockerd,
@@ -50,13 +48,9 @@ NODE_VERSION = "22"
 
 
 def _kit(work: Path, registry: str, mirror_answers: dict[str, str | int]) -> Path:
-    template = work / "template"
-    shutil.copytree(REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "*cache*"))
-    root = work / SERVICE
-    run_copy(
-        str(template),
-        root,
-        data={
+    root = render_kit(
+        copy_template(work / "template"),
+        {
             "project_name": "Bench API",
             "sample_app": True,
             **mirror_answers,
@@ -64,9 +58,7 @@ def _kit(work: Path, registry: str, mirror_answers: dict[str, str | int]) -> Pat
             "image_registry": f"{registry}/bench",
             "ci_provider": "none",
         },
-        defaults=True,
-        unsafe=True,
-        quiet=True,
+        work / SERVICE,
     )
     init_repo(root, "kit")
     return root

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from copier import run_copy  # noqa: E402 - needs the path above for the test servers
-
-from tests.conftest import git, init_repo  # noqa: E402
+from tests.conftest import copy_template, git, init_repo, render_kit  # noqa: E402
 from tests.load import Load, LoadReport  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
@@ -48,13 +45,9 @@ SETTLE = 10.0
 
 
 def _kit(work: Path, registry: str, answers: dict[str, str | int], port: int) -> Path:
-    template = work / "template"
-    shutil.copytree(REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "*cache*"))
-    root = work / SERVICE
-    run_copy(
-        str(template),
-        root,
-        data={
+    root = render_kit(
+        copy_template(work / "template"),
+        {
             "project_name": "Bench API",
             "sample_app": True,
             "components": [
@@ -72,9 +65,7 @@ def _kit(work: Path, registry: str, answers: dict[str, str | int], port: int) ->
             "image_registry": f"{registry}/bench",
             "ci_provider": "none",
         },
-        defaults=True,
-        unsafe=True,
-        quiet=True,
+        work / SERVICE,
     )
     init_repo(root, "kit")
     return root

@@ -7,7 +7,6 @@ counts for both). Runs are interleaved so machine noise hits both sides alike. T
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import copy_template  # noqa: E402
+
 PRESET = REPO / "tests" / "presets" / "project-management.yml"
 TARGET = 1.5
 
@@ -45,8 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Both templates as plain folders, so neither pays for a git clone.
-        ours = work / "shipyard"
-        shutil.copytree(REPO, ours, ignore=shutil.ignore_patterns(".git", ".nox", "*cache*"))
+        ours = copy_template(work / "shipyard")
         baseline = work / "one-file"
         baseline.mkdir()
         (baseline / "copier.yml").write_text("name:\n  type: str\n  default: demo\n")

@@ -12,7 +12,6 @@ the orchestration overhead).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,13 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from copier import run_copy
-from ruamel.yaml import YAML
-
 from shipyard import validate
 from shipyard.engines.proc import Command
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import copy_template, load_preset, render_kit  # noqa: E402
+
 # Every kind of artifact: Dockerfile, Compose, a chart with two values files, workflows.
 PRESET = "pe-investor-portal"
 TARGET = 1.0
@@ -93,13 +93,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        template = Path(tmp, "shipyard")
-        shutil.copytree(
-            REPO, template, ignore=shutil.ignore_patterns(".git", ".nox", "build", "*cache*")
-        )
-        answers = YAML(typ="safe").load((REPO / "tests" / "presets" / f"{PRESET}.yml").read_text())
-        root = Path(tmp, "kit")
-        run_copy(str(template), root, data=answers, defaults=True, unsafe=True, quiet=True)
+        template = copy_template(Path(tmp, "shipyard"))
+        root = render_kit(template, load_preset(PRESET), Path(tmp, "kit"))
         commands = _raw_commands(root)
 
         ours, raw = [], []

@@ -53,16 +53,26 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def copy_template(dst: Path) -> Path:
+    """The working tree's template files without .git (so renders see uncommitted edits) and
+    without what is never part of the template (caches, build/'s preset renders)."""
+    ignore = shutil.ignore_patterns(
+        ".git", ".nox", "build", "__pycache__", "*.egg-info", ".*_cache"
+    )
+    shutil.copytree(REPO, dst, ignore=ignore)
+    return dst
+
+
+def render_kit(template: Path, answers: Mapping[str, Any], dst: Path) -> Path:
+    """`copier copy --defaults` of `template` with the given answers into `dst`."""
+    run_copy(str(template), dst, data=dict(answers), defaults=True, unsafe=True, quiet=True)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working tree's template files without .git, so renders see uncommitted edits."""
-    dst = tmp_path_factory.mktemp("template") / "shipyard"
-    shutil.copytree(
-        REPO,
-        dst,
-        ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__", "*.egg-info", ".*_cache"),
-    )
-    return dst
+    """The working tree's template files (`copy_template`), once per session."""
+    return copy_template(tmp_path_factory.mktemp("template") / "shipyard")
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +80,7 @@ def render(template_dir: Path) -> Render:
     """render(answers, dst) -> dst: `copier copy --defaults` with the given answers."""
 
     def _render(answers: Mapping[str, Any], dst: Path) -> Path:
-        run_copy(
-            str(template_dir),
-            dst,
-            data=dict(answers),
-            defaults=True,
-            unsafe=True,
-            quiet=True,
-        )
-        return dst
+        return render_kit(template_dir, answers, dst)
 
     return _render
 
