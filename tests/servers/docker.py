@@ -249,6 +249,7 @@ def running_dockerd() -> Iterator[Dockerd]:
         daemon = Dockerd(host=f"unix://{sock_path}", cli=DOCKER_CLI)
         try:
             _wait_ready(daemon, proc)
+            _forget_old_state(daemon)
             _forget_old_images(daemon)
             yield daemon
         finally:
@@ -286,6 +287,18 @@ def storage_driver() -> str:
     for stale in (DATA_ROOT / "vfs", DATA_ROOT / "image" / "vfs"):
         shutil.rmtree(stale, ignore_errors=True)
     return "overlay2"
+
+
+def _forget_old_state(daemon: Dockerd) -> None:
+    """Start from no containers, volumes or networks: a session killed mid-run leaves its
+    stacks in the reused data-root, and a later kit with the same Compose project would
+    recreate their containers on top of stale volumes and networks."""
+    with contextlib.closing(daemon.client()) as client:
+        for container in client.containers.list(all=True):
+            container.remove(force=True, v=True)
+        for volume in client.volumes.list():
+            volume.remove(force=True)
+        client.networks.prune()
 
 
 def _forget_old_images(daemon: Dockerd) -> None:
