@@ -77,6 +77,7 @@ class ComposeTarget:
 
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
+        self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
@@ -103,7 +104,31 @@ class ComposeTarget:
     def _stack(self, timeout: int) -> switch.Stack:
         file = self.env.compose_file
         project = compose_engine.project_name(self.cfg.root / file, self.cfg.service)
-        return switch.Stack(self.cfg.root, file, project, timeout, self.env.replicas)
+        replicas = {comp.name: self.env.replicas_of(comp.name) for comp in self.cfg.components}
+        return switch.Stack(self.cfg.root, file, project, timeout, replicas)
+
+    def _refuse_unscalable(self, images: Mapping[str, str]) -> None:
+        """Stop before any change when the Compose file makes a component unable to run the
+        containers a release needs: an http component runs its new containers beside the old
+        ones, a worker its replicas side by side."""
+        file = self.env.compose_file
+        http, workers = self._split(images)
+        side_by_side = [c.name for c in http]
+        side_by_side += [w for w in workers if self.env.replicas_of(w) > 1]
+        try:
+            reasons = {
+                name: compose_engine.unscalable(self.cfg.root / file, name) for name in side_by_side
+            }
+        except EngineError as exc:
+            raise Exit(f"shipyard: {exc}; nothing was changed", code=1) from None
+        for name, why in reasons.items():
+            if why:
+                raise Exit(
+                    f"shipyard: {name} in {file} cannot run several containers side by side "
+                    f"(a release starts the new ones beside the old, and {self.env.name} asks "
+                    f"for {self.env.replicas_of(name)}): {why}. Nothing was changed",
+                    code=1,
+                )
 
     def _split(self, images: Mapping[str, str]) -> tuple[list[config.Component], list[str]]:
         """The release's http components (switched at the proxy) and its workers."""
@@ -122,7 +147,7 @@ class ComposeTarget:
         return [
             compose_engine.up(root, file, images, timeout, self._services(images)),
             *switch.plan_steps(stack, images, http),
-            *([compose_engine.up(root, file, images, timeout, workers)] if workers else []),
+            *([_workers_up(stack, images, workers)] if workers else []),
         ]
 
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
@@ -145,7 +170,7 @@ class ComposeTarget:
                     switch.switch(client, stack, comp, images)
             if workers:
                 try:
-                    execute(compose_engine.up(root, file, images, timeout, workers), "the workers")
+                    execute(_workers_up(stack, images, workers), "the workers")
                 except EngineError as exc:
                     raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
         except (EngineError, KeyboardInterrupt) as exc:
@@ -193,7 +218,7 @@ class ComposeTarget:
                 execute(compose_engine.remove(root, file, images, added), "the rollback")
             kept = [name for name in workers if name in previous]
             if kept:
-                _restore(compose_engine.up(root, file, back, stack.timeout, kept))
+                _restore(_workers_up(stack, back, kept))
         except (EngineError, KeyboardInterrupt) as again:
             raise Exit(
                 f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
@@ -216,6 +241,7 @@ class ComposeTarget:
                 f"{state.FOLDER}/deploys-{env}.json to roll back to; nothing was changed",
                 code=1,
             )
+        self._refuse_unscalable(target)
         if opts.dry_run:
             plan(
                 f"rollback {self.cfg.service} on {env} (compose)", self._plan(target, opts.timeout)
@@ -244,6 +270,13 @@ class ComposeTarget:
     def logs(self, component: str, tail: int, follow: bool) -> None:
         args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
         execute(self._read(*args, *([component] if component else [])), "reading logs")
+
+
+def _workers_up(stack: switch.Stack, images: Mapping[str, str], workers: list[str]) -> Command:
+    """Workers are recreated in place, each with its replica count: nothing routes to them, so
+    two generations never need to run side by side."""
+    scale = {name: stack.replicas.get(name, 1) for name in workers}
+    return compose_engine.up(stack.root, stack.file, images, stack.timeout, workers, scale)
 
 
 def _run_migrations(steps: list[Command]) -> None:

@@ -23,6 +23,7 @@ def chart_release(cfg: config.Config, env: config.Environment) -> helm_engine.Re
         chart=f"charts/{cfg.service}",
         values_file=env.values_file,
         replicas=env.replicas,
+        component_replicas=dict(env.component_replicas),
         host=env.host,
         root=cfg.root,
     )

@@ -46,7 +46,7 @@ class Stack:
     file: str
     project: str
     timeout: int
-    replicas: int
+    replicas: Mapping[str, int]  # containers each component runs (shipyard.yaml)
 
     def scale_up(self, images: Mapping[str, str], component: str, count: int) -> Command:
         return compose_engine.scale_up(self.root, self.file, images, component, count, self.timeout)
@@ -64,7 +64,7 @@ def plan_steps(
     steps: list[Command | str] = []
     for comp in http:
         steps += [
-            stack.scale_up(images, comp.name, 2 * stack.replicas),
+            stack.scale_up(images, comp.name, 2 * stack.replicas[comp.name]),
             f"point the proxy at the new {comp.name} containers ({upstreams_file(comp.name)} in "
             f"the proxy's {PROXY_VOLUME}, then `caddy reload`), drain {DRAIN:.0f} s, stop the "
             "old ones (SIGTERM, then their stop_grace_period)",
@@ -80,14 +80,14 @@ def switch(
     Raises EngineError (with the new containers' health logs) or KeyboardInterrupt after
     removing the new containers: the old ones keep serving.
     """
-    name, image = comp.name, images[comp.name]
+    name, image, count = comp.name, images[comp.name], stack.replicas[comp.name]
     old = docker_engine.replicas(client, stack.project, name)
-    if len(old) == stack.replicas and all(r.image == image for r in old):
+    if len(old) == count and all(r.image == image for r in old):
         point(client, stack, comp, old)  # already running: only make sure traffic goes there
         return
     kept = {r.id for r in old}
     try:
-        execute(stack.scale_up(images, name, len(old) + stack.replicas), f"starting the new {name}")
+        execute(stack.scale_up(images, name, len(old) + count), f"starting the new {name}")
         new = [r for r in docker_engine.replicas(client, stack.project, name) if r.id not in kept]
         point(client, stack, comp, new)
     except (EngineError, KeyboardInterrupt) as exc:
