@@ -502,6 +502,45 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     assert serving_image(dockerd) == first
 
 
+def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    assert serving_image(dockerd) == first
+    base = f"http://127.0.0.1:{kit.port}"
+    as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": first}, kit.port)
+    deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
+    kit.invoke("maintenance", "--env", "staging", "on", "--retry-after", "60")
+    try:
+        for path in ("/health", "/", "/any/thing?x=1"):
+            answer = requests.get(base + path, timeout=5)
+            assert answer.status_code == 503, path
+            assert answer.headers["Retry-After"] == "60"
+            assert "Shop API is down for maintenance" in answer.text
+        held = as_ci.invoke(*deploy, check=False)
+        assert held.code == 1
+        assert held.stderr.strip().startswith("shipyard: staging is in maintenance mode (since ")
+        assert held.stderr.strip().endswith(
+            "deploy with --during-maintenance, or first `invoke maintenance --env staging off`; "
+            "nothing was changed"
+        )
+        assert "in maintenance mode since" in kit.invoke("status", "--env", "staging").stdout
+        # Deploying during maintenance (to fix what it is for) leaves the page up.
+        as_ci.invoke(*deploy, "--during-maintenance")
+        assert requests.get(base + "/health", timeout=5).status_code == 503
+        # The proxy's own health check (its admin API) stays green: Compose keeps it running.
+        time.sleep(12)
+        with contextlib.closing(dockerd.client()) as client:
+            (proxy,) = client.containers.list(
+                filters={"label": ["com.docker.compose.service=proxy"]}
+            )
+            assert proxy.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        kit.invoke("maintenance", "--env", "staging", "off")
+    assert requests.get(base + "/health", timeout=5).status_code == 200
+    assert "maintenance" not in kit.invoke("status", "--env", "staging").stdout
+    assert serving_image(dockerd) == first
+
+
 def test_registry_down_fails_push_and_deploy_clearly(
     kit: Kit, dockerd: Dockerd, first: str
 ) -> None:

@@ -20,7 +20,7 @@ from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
-from shipyard.tasks.targets import switch
+from shipyard.tasks.targets import proxy, switch
 from shipyard.tasks.targets.base import Options, ask, preflight
 
 
@@ -95,15 +95,50 @@ class ComposeTarget:
                 ],
             )
             return
+        self._refuse_in_maintenance(opts)
         preflight(self, release)
         ask(self.env, f"Deploy {release.refs} to {env}?", opts)
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
 
+    def _project(self) -> str:
+        return compose_engine.project_name(self.cfg.root / self.env.compose_file, self.cfg.service)
+
+    def _refuse_in_maintenance(self, opts: Options) -> None:
+        if opts.during_maintenance:
+            return
+        with contextlib.closing(docker_engine.client()) as client:
+            since = proxy.maintenance_since(client, self._project())
+        if since:
+            raise Exit(
+                f"shipyard: {self.env.name} is in maintenance mode (since {since}); deploy with "
+                f"--during-maintenance, or first `invoke maintenance --env {self.env.name} "
+                "off`; nothing was changed",
+                code=1,
+            )
+
+    def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
+        env, project = self.env.name, self._project()
+        file = f"{proxy.VOLUME}/{proxy.MAINTENANCE}"
+        if opts.dry_run:
+            what = f"a 503 page (Retry-After: {retry_after})" if on else "no maintenance page"
+            plan(
+                f"maintenance {'on' if on else 'off'} for {self.cfg.service} on {env}",
+                [f"write {what} to {file} in {project}'s proxy, then `caddy reload`"],
+            )
+            return
+        if on:
+            ask(self.env, f"Answer every request to {env} with the maintenance page?", opts)
+        with contextlib.closing(docker_engine.client()) as client:
+            proxy.apply(client, project, proxy.MAINTENANCE, proxy.maintenance(on, retry_after))
+        if on:
+            say(f"{env}: in maintenance: every request gets the 503 page (proxy/maintenance/)")
+        else:
+            say(f"{env}: maintenance off: the service answers again")
+
     def _stack(self, timeout: int) -> switch.Stack:
-        file = self.env.compose_file
-        project = compose_engine.project_name(self.cfg.root / file, self.cfg.service)
+        file, project = self.env.compose_file, self._project()
         replicas = {comp.name: self.env.replicas_of(comp.name) for comp in self.cfg.components}
         return switch.Stack(self.cfg.root, file, project, timeout, replicas)
 
@@ -266,6 +301,10 @@ class ComposeTarget:
 
     def status(self) -> None:
         execute(self._read("ps"), "compose ps")
+        with contextlib.suppress(EngineError), contextlib.closing(docker_engine.client()) as client:
+            since = proxy.maintenance_since(client, self._project())
+            if since:
+                say(f"{self.env.name}: in maintenance mode since {since}")
 
     def logs(self, component: str, tail: int, follow: bool) -> None:
         args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]

@@ -116,6 +116,15 @@ class HelmTarget:
         execute(cmd, "helm rollback")
         say(f"{env}: rolled back to revision {revision}")
 
+    def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
+        del on, retry_after, opts
+        raise Exit(
+            f"shipyard: maintenance mode is served by the Compose proxy; on Kubernetes "
+            f"({self.env.name}) point the Ingress at a maintenance backend yourself for now. "
+            "Nothing was changed",
+            code=2,
+        )
+
     def status(self) -> None:
         for cmd in helm_engine.status(self.chart):
             execute(cmd, "helm status")

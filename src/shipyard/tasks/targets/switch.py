@@ -24,15 +24,11 @@ from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
 from shipyard.engines.proc import Command
 from shipyard.tasks.support import execute, say
+from shipyard.tasks.targets import proxy
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
-# compose.prod.yaml's Caddy service, the volume its upstream lists live on (proxy/Caddyfile
-# imports /config/upstreams/<component>/*.caddy) and its Caddyfile.
-PROXY = "proxy"
-PROXY_VOLUME = "/config"
-CADDYFILE = "/etc/caddy/Caddyfile"
 # After the reload, the time requests the old containers already had take to finish; the
 # app's stop_grace_period (30 s in compose.prod.yaml) covers any that take longer.
 DRAIN = 2.0
@@ -52,11 +48,6 @@ class Stack:
         return compose_engine.scale_up(self.root, self.file, images, component, count, self.timeout)
 
 
-def upstreams_file(component: str) -> str:
-    """The component's upstream list, relative to PROXY_VOLUME."""
-    return f"upstreams/{component}/upstreams.caddy"
-
-
 def plan_steps(
     stack: Stack, images: Mapping[str, str], http: Sequence[config.Component]
 ) -> list[Command | str]:
@@ -65,8 +56,9 @@ def plan_steps(
     for comp in http:
         steps += [
             stack.scale_up(images, comp.name, 2 * stack.replicas[comp.name]),
-            f"point the proxy at the new {comp.name} containers ({upstreams_file(comp.name)} in "
-            f"the proxy's {PROXY_VOLUME}, then `caddy reload`), drain {DRAIN:.0f} s, stop the "
+            f"point the proxy at the new {comp.name} containers "
+            f"({proxy.upstreams_file(comp.name)} in the proxy's {proxy.VOLUME}, then `caddy "
+            f"reload`), drain {DRAIN:.0f} s, stop the "
             "old ones (SIGTERM, then their stop_grace_period)",
         ]
     return steps
@@ -119,17 +111,10 @@ def point(
     `caddy reload` adapts and loads the whole config: if it does not load, the running one
     stays and this raises EngineError.
     """
-    proxies = docker_engine.replicas(client, stack.project, PROXY)
-    if not proxies:
-        raise EngineError(f"the {PROXY} service is not running, so no traffic can be switched")
     listed = " ".join(f"{r.name}:{comp.port}" for r in to)
     text = f"# Written by `invoke deploy`: the {comp.name} containers serving.\n"
     text += f"to {listed}\n" if listed else ""
-    for proxy in proxies:
-        docker_engine.write_file(client, proxy.name, PROXY_VOLUME, upstreams_file(comp.name), text)
-        docker_engine.exec_checked(
-            client, proxy.name, ["caddy", "reload", "--config", CADDYFILE, "--adapter", "caddyfile"]
-        )
+    proxy.apply(client, stack.project, proxy.upstreams_file(comp.name), text)
 
 
 def _discard(

@@ -1,6 +1,7 @@
-"""Replicas: how many containers (pods) each component runs, and what a Compose file that
-cannot run them side by side gets told. Plans only (dry runs); the real engine's switch with
-three replicas is in test_tasks_compose.py."""
+"""Compose options without a daemon: replicas (how many containers or pods each component
+runs, and what a Compose file that cannot run them side by side is told) and maintenance
+mode (its plan and refusals). Dry runs and bad input only; the real engine runs both in
+test_tasks_compose.py."""
 
 from __future__ import annotations
 
@@ -212,4 +213,46 @@ def test_helm_passes_component_replicas_after_the_default(render: Render, tmp_pa
     assert (
         "--set replicaCount=3 --set-string host=shop-api.example.com "
         "--set components.shop-api.replicaCount=5 " in result.stdout
+    )
+
+
+def test_maintenance_plan_names_the_file_and_the_reload(kit: Path) -> None:
+    on = invoke(kit, "maintenance", "--env", "prod", "on", "--retry-after", "120", "--dry-run")
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.splitlines() == [
+        "maintenance on for shop on prod (dry run: nothing is changed)",
+        "  1. write a 503 page (Retry-After: 120) to /config/maintenance/maintenance.caddy in "
+        "shop's proxy, then `caddy reload`",
+    ]
+    off = invoke(kit, "maintenance", "--env", "prod", "off", "--dry-run")
+    assert "write no maintenance page to /config/maintenance/maintenance.caddy" in off.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["maybe"], "shipyard: maintenance takes on or off, not 'maybe'"),
+        (
+            ["on", "--retry-after", "0"],
+            "shipyard: --retry-after takes a number of seconds, at least 1",
+        ),
+    ],
+)
+def test_maintenance_refuses_what_it_cannot_do(kit: Path, args: list[str], message: str) -> None:
+    result = invoke(kit, "maintenance", "--env", "prod", *args)
+    assert (result.returncode, result.stderr.strip()) == (2, message)
+
+
+def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
+    def to_helm(data: Any) -> None:
+        prod = data["environments"]["prod"]
+        prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
+        del prod["compose_file"]
+
+    edit_yaml(kit / "shipyard.yaml", to_helm)
+    result = invoke(kit, "maintenance", "--env", "prod", "on", "--yes")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "shipyard: maintenance mode is served by the Compose proxy; on Kubernetes (prod) point "
+        "the Ingress at a maintenance backend yourself for now. Nothing was changed"
     )
