@@ -370,7 +370,7 @@ def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
 
 def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     """`s3://bucket` keeps backups at the bucket's top level (no leading '/'); `s3://bucket/p`
-    under p/, and lists only what is under it, however many other objects share the bucket."""
+    under p/, and lists and deletes only what is under it, whatever else shares the bucket."""
     s3 = boto3.client("s3")
     top, under = backup.from_url(f"s3://{bucket}"), backup.from_url(f"s3://{bucket}/prod/")
     top.put_bytes("a/manifest.json", b"1")
@@ -384,3 +384,9 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     assert under.list_keys() == ["b/manifest.json"]
     assert top.list_keys() == keys
     assert top.get_bytes("a/manifest.json") == b"1"
+    # Deleting a backup removes its objects only: not a neighbour whose prefix starts alike.
+    under.delete_prefix("b/")
+    top.delete_prefix("a/")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "prodx/c/manifest.json"
+    ]
