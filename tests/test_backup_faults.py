@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -390,3 +391,29 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [
         "prodx/c/manifest.json"
     ]
+
+
+def test_a_pg_dump_that_fails_is_named_with_its_own_words(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump refusing (a permission, a lock timeout) fails the backup with pg_dump's own
+    sentence, and nothing lists as complete. (The real pg_dump cannot be made to fail on cue:
+    a stand-in takes its place on PATH.)"""
+    stand_in = tmp_path / "bin" / "pg_dump"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        "#!/bin/sh\necho 'pg_dump: error: query failed: ERROR:  permission denied for table"
+        " secrets' >&2\nexit 1\n"
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+    store = backup.LocalStorage(tmp_path / "store")
+
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(store, log=lambda _m: None)
+
+    assert str(failed.value) == (
+        "pg_dump exited 1: pg_dump: error: query failed: ERROR:  permission denied for table"
+        " secrets"
+    )
+    assert backup.list_backups(store) == []
