@@ -57,7 +57,7 @@ def _caddyfile(root: Path, path: Path) -> list[Finding]:
     if result.returncode == 0:
         return []
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    message = oneline(errors[-1] if errors else result.stderr) or f"exit {result.returncode}"
+    message = oneline(errors[-1]) if errors else no_report(result)
     match = _CADDY_LINE.search(message)
     return [Finding(name, int(match.group(1)) if match else None, "caddy", "validate", message)]
 
