@@ -123,24 +123,23 @@ def up(
     return _up(root, file, images, timeout, ["--remove-orphans", *counts], services)
 
 
-def scale_up(
-    root: Path, file: str, images: Mapping[str, str], service: str, count: int, timeout: int
-) -> Command:
+def scale_up(root: Path, file: str, images: Mapping[str, str], service: str, count: int) -> Command:
     """Start containers of `service` with `images` beside its running ones (kept as they are,
-    whatever their image) until it has `count`, and wait until they are healthy."""
+    whatever their image) until it has `count`; the caller waits for their health
+    (engines.readiness), faster than Compose's `--wait` can."""
     flags = ["--no-deps", "--no-recreate", "--scale", f"{service}={count}"]
-    return _up(root, file, images, timeout, flags, [service])
+    return _up(root, file, images, None, flags, [service])
 
 
 def _up(
     root: Path,
     file: str,
     images: Mapping[str, str],
-    timeout: int,
+    timeout: int | None,
     flags: Sequence[str],
     services: Sequence[str],
 ) -> Command:
-    wait = ["--wait", "--wait-timeout", str(timeout)]
+    wait = [] if timeout is None else ["--wait", "--wait-timeout", str(timeout)]
     args = ["up", "--detach", "--no-build", *flags, *wait, *services]
     return compose(root, file, *args, images=images)
 

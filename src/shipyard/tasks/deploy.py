@@ -54,8 +54,9 @@ def deploy(
     timeout: int = 300,
     skip_migrate: bool = False,
     skip_backup: bool = False,
-    during_maintenance: bool = False,
     dry_run: bool = False,
+    # After dry_run, so that -d stays --dry-run (invoke gives a letter to the first taker).
+    during_maintenance: bool = False,
 ) -> None:
     """Migrate, roll out the pushed images by digest, wait for health, roll back on failure."""
     cfg, environment = setup(c, env)
@@ -79,18 +80,20 @@ def deploy(
 )
 def maintenance(
     c: Context,
-    switch: str,
+    # None, not "": invoke fills a positional argument only while its value is None.
+    switch: str | None = None,
     env: str = "",
     retry_after: int = 300,
     yes: bool = False,
     dry_run: bool = False,
 ) -> None:
     """Put an environment in maintenance mode (`on`: a 503 page at the proxy) or out (`off`)."""
+    cfg, environment = setup(c, env)
     if switch not in ("on", "off"):
-        raise Exit(f"shipyard: maintenance takes on or off, not {switch!r}", code=2)
+        given = f", not {switch!r}" if switch else ""
+        raise Exit(f"shipyard: maintenance takes on or off{given}", code=2)
     if retry_after < 1:
         raise Exit("shipyard: --retry-after takes a number of seconds, at least 1", code=2)
-    cfg, environment = setup(c, env)
     with failures(f"maintenance {switch} on {environment.name}"):
         opts = targets.Options(yes=yes, dry_run=dry_run)
         targets.for_environment(cfg, environment).maintenance(switch == "on", retry_after, opts)

@@ -335,9 +335,10 @@ def _health_detail(project: str) -> str:
     """Why the new containers are not healthy, from their health logs; empty if unknown."""
     try:
         with contextlib.closing(docker_engine.client()) as client:
-            return switch.health_detail(client, project)
+            failures = docker_engine.health_failures(client, project)
     except EngineError:
         return ""  # the rollout's own error already says what went wrong
+    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
 
 
 def _restore(up: Command, attempts: int = 3) -> None:

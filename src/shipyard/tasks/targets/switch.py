@@ -1,7 +1,8 @@
 """The health-gated switch of a Compose release, Kamal 2's model with Caddy as the proxy.
 
 For each http component: start the new containers beside the old ones (`up --no-recreate
---scale C=2N`, the docker-rollout technique), wait for their health checks, point the proxy
+--scale C=2N`, the docker-rollout technique), wait for their health checks (run every second:
+engines.readiness), point the proxy
 at them (the upstream list written into the proxy's volume, then `caddy reload`, which loads
 it gracefully or not at all), let in-flight requests drain, then stop the old containers with
 SIGTERM and their stop grace period. Until the proxy is pointed, a failure or Ctrl-C removes
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipyard import config
-from shipyard.engines import EngineError
+from shipyard.engines import EngineError, readiness
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
 from shipyard.engines.proc import Command
@@ -45,7 +46,7 @@ class Stack:
     replicas: Mapping[str, int]  # containers each component runs (shipyard.yaml)
 
     def scale_up(self, images: Mapping[str, str], component: str, count: int) -> Command:
-        return compose_engine.scale_up(self.root, self.file, images, component, count, self.timeout)
+        return compose_engine.scale_up(self.root, self.file, images, component, count)
 
 
 def plan_steps(
@@ -56,10 +57,11 @@ def plan_steps(
     for comp in http:
         steps += [
             stack.scale_up(images, comp.name, 2 * stack.replicas[comp.name]),
-            f"point the proxy at the new {comp.name} containers "
+            f"once each new {comp.name} container passes its health check (run every second, "
+            f"at most {stack.timeout} s), point the proxy at them "
             f"({proxy.upstreams_file(comp.name)} in the proxy's {proxy.VOLUME}, then `caddy "
-            f"reload`), drain {DRAIN:.0f} s, stop the "
-            "old ones (SIGTERM, then their stop_grace_period)",
+            f"reload`), drain {DRAIN:.0f} s, stop the old ones (SIGTERM, then their "
+            "stop_grace_period)",
         ]
     return steps
 
@@ -81,12 +83,10 @@ def switch(
     try:
         execute(stack.scale_up(images, name, len(old) + count), f"starting the new {name}")
         new = [r for r in docker_engine.replicas(client, stack.project, name) if r.id not in kept]
+        readiness.wait_healthy(client, name, [r.id for r in new], stack.timeout)
         point(client, stack, comp, new)
-    except (EngineError, KeyboardInterrupt) as exc:
-        detail = "" if isinstance(exc, KeyboardInterrupt) else health_detail(client, stack.project)
+    except (EngineError, KeyboardInterrupt):
         _discard(client, stack, comp, old)
-        if detail:
-            raise EngineError(f"{exc}{detail}") from None
         raise
     time.sleep(DRAIN)
     say(f"{name}: serving {image}; stopping the previous containers")
@@ -131,12 +131,3 @@ def _discard(
     docker_engine.settle(client, stack.project)
     started = docker_engine.replicas(client, stack.project, comp.name, every=True)
     docker_engine.retire(client, [r.id for r in started if r.id not in kept], graceful=False)
-
-
-def health_detail(client: DockerClient, project: str) -> str:
-    """Why the new containers are not healthy, from their health logs; empty if unknown."""
-    try:
-        failures = docker_engine.health_failures(client, project)
-    except EngineError:
-        return ""  # the rollout's own error already says what went wrong
-    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
