@@ -107,6 +107,13 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         "nginx needs an http component",
     ),
     ({"package_manager": "bun"}, "Invalid choice"),
+    (
+        {"reverse_proxy": True, "tls": "acme"},
+        "nginx (reverse_proxy=true) already terminates TLS on ports 80 and 443",
+    ),
+    ({"tls": "acme", "acme_email": "nobody"}, "tls=acme needs an email"),
+    ({"tls": "acme", "acme_email": ""}, "tls=acme needs an email"),
+    ({"tls": "letsencrypt"}, "Invalid choice"),
 ]
 
 

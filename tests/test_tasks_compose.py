@@ -134,6 +134,8 @@ def kit(
             "production_target": "compose",
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
+            # Loopback ports, no certificates: the load loop talks plain HTTP to the proxy.
+            "tls": "none",
         },
         tmp_path_factory.mktemp("kit") / "shop-api",
     )

@@ -115,12 +115,13 @@ def up(
     timeout: int,
     services: Sequence[str] = (),
     scale: Mapping[str, int] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Command:
     """Roll the stack (or only `services` and what they depend on) to `images`, with `scale`
-    containers of the services it names, and wait until every container with a healthcheck
-    is healthy."""
+    containers of the services it names and `env` for the file's other variables, and wait
+    until every container with a healthcheck is healthy."""
     counts = [f"--scale={name}={count}" for name, count in sorted((scale or {}).items())]
-    return _up(root, file, images, timeout, ["--remove-orphans", *counts], services)
+    return _up(root, file, images, timeout, ["--remove-orphans", *counts], services, env)
 
 
 def scale_up(root: Path, file: str, images: Mapping[str, str], service: str, count: int) -> Command:
@@ -138,10 +139,11 @@ def _up(
     timeout: int | None,
     flags: Sequence[str],
     services: Sequence[str],
+    env: Mapping[str, str] | None = None,
 ) -> Command:
     wait = [] if timeout is None else ["--wait", "--wait-timeout", str(timeout)]
     args = ["up", "--detach", "--no-build", *flags, *wait, *services]
-    return compose(root, file, *args, images=images)
+    return compose(root, file, *args, images=images, env=env)
 
 
 def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:

@@ -176,11 +176,21 @@ class ComposeTarget:
         apps = {c.name for c in self.cfg.components} | set(images) | {compose_engine.MIGRATE}
         return [name for name in declared if name not in apps]
 
+    def _services_up(self, images: Mapping[str, str], timeout: int) -> Command:
+        """The proxy and databases up, the proxy told the host it serves (its HTTPS site)."""
+        return compose_engine.up(
+            self.cfg.root,
+            self.env.compose_file,
+            images,
+            timeout,
+            self._services(images),
+            env={"SHIPYARD_HOST": self.env.host},
+        )
+
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
-        root, file = self.cfg.root, self.env.compose_file
         return [
-            compose_engine.up(root, file, images, timeout, self._services(images)),
+            self._services_up(images, timeout),
             *switch.plan_steps(stack, images, http),
             *([_workers_up(stack, images, workers)] if workers else []),
         ]
@@ -188,7 +198,7 @@ class ComposeTarget:
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
         """The other services up, each http component switched, then the workers replaced; on
         failure or Ctrl-C, back to what was running."""
-        root, env, file = self.cfg.root, self.env.name, self.env.compose_file
+        root, env = self.cfg.root, self.env.name
         stack, (http, workers) = self._stack(timeout), self._split(images)
         with contextlib.closing(docker_engine.client()) as client:
             running = docker_engine.running_images(client, stack.project)
@@ -196,7 +206,7 @@ class ComposeTarget:
         switched: list[config.Component] = []
         try:
             execute(
-                compose_engine.up(root, file, images, timeout, self._services(images)),
+                self._services_up(images, timeout),
                 f"starting the services of {env}",
             )
             with contextlib.closing(docker_engine.client()) as client:
