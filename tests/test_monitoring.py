@@ -11,13 +11,12 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from shipyard import validate
@@ -138,8 +137,9 @@ def test_a_worker_with_a_metrics_port_gets_a_pod_monitor_and_its_own_tests(
     policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert {"shop-api-metrics", "shop-jobs-metrics"} <= policies
     assert "shop-cron-metrics" not in policies
-    tests = (chart / "monitoring" / "rules.test.yaml").read_text()
-    assert 'job="shop-jobs", instance="10.0.0.1:9464"' in tests
+    tests = yaml.safe_load((chart / "monitoring" / "rules.test.yaml").read_text())
+    series = [s["series"] for case in tests["tests"] for s in case["input_series"]]
+    assert 'up{namespace="default", job="shop-jobs", instance="10.0.0.1:9464"}' in series
     findings = validate.validate(root, only=CHART_CHECKS)
     assert findings == [], validate.report(findings)
 
@@ -201,21 +201,21 @@ def test_the_sample_app_serves_its_request_metrics(render: Render, tmp_path: Pat
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"{base}/health", timeout=1).read()
+                requests.get(f"{base}/health", timeout=1).raise_for_status()
                 break
-            except OSError:
+            except requests.RequestException:
                 time.sleep(0.1)
-        urllib.request.urlopen(f"{base}/", timeout=2).read()
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"{base}/no-such-page?id=1", timeout=2)
-        with urllib.request.urlopen(f"{base}/metrics", timeout=2) as response:
-            metrics = response.read().decode()
-            assert response.headers["content-type"].startswith("text/plain")
+        assert requests.get(f"{base}/", timeout=2).status_code == 200
+        assert requests.get(f"{base}/no-such-page?id=1", timeout=2).status_code == 404
+        response = requests.get(f"{base}/metrics", timeout=2)
+        assert response.headers["content-type"].startswith("text/plain")
+        metrics = response.text
     finally:
         app.terminate()
         app.wait(timeout=10)
     assert 'http_requests_total{method="GET",route="/",status="200"} 1' in metrics
     assert 'http_requests_total{method="GET",route="unmatched",status="404"} 1' in metrics
-    assert 'http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/",status="200"} 1' in metrics
+    bucket = 'http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/",status="200"}'
+    assert f"{bucket} 1" in metrics
     assert "process_resident_memory_bytes" in metrics
     assert "/metrics" not in metrics  # scrapes are not counted as requests

@@ -6,8 +6,8 @@ A missing tool is an error that says how to install it, never a silent skip.
 
 This module is the face: the registry of checks (`CHECKS`, `GROUPS`), `validate` and the
 reports. The checks live by domain (`linters`, `workflows`, `compose`, `kubernetes`,
-`monitoring`, `schemas`); `tools` finds and runs the binaries, `files` finds what each check looks at,
-`yaml_lines` maps a tool's key path to a line, `finding` is what they all return.
+`monitoring`, `schemas`); `tools` finds and runs the binaries, `files` finds what each check
+looks at, `yaml_lines` maps a tool's key path to a line, `finding` is what they all return.
 """
 
 from __future__ import annotations

@@ -45,9 +45,7 @@ def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[st
         return [], oneline(str(exc))
     if not any(documents):  # an application chart always renders something
         return [], "rendered no manifests"
-    found = [
-        d for d in documents if isinstance(d, dict) and d.get("apiVersion") == API_VERSION
-    ]
+    found = [d for d in documents if isinstance(d, dict) and d.get("apiVersion") == API_VERSION]
     return found, ""
 
 
@@ -70,6 +68,11 @@ def _values_name(values: Path | None) -> str:
     return values.name if values else "default values"
 
 
+def _render_failure(root: Path, chart: Chart, values: Path | None, why: str) -> Finding:
+    message = f"helm template --api-versions {API_VERSION} with {_values_name(values)}: {why}"
+    return Finding(rel(root, chart.path), None, "helm", "template", message)
+
+
 def check_prometheus_rules(root: Path) -> list[Finding]:
     """`promtool check rules` on each PrometheusRule the chart renders (per values file), and
     `promtool test rules` on the chart's monitoring/rules.test.yaml against the default render."""
@@ -79,8 +82,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
         objects, failed = _render(root, chart, values)
         where = rel(root, chart.path)
         if failed:
-            message = f"helm template --api-versions {API_VERSION} with {_values_name(values)}"
-            return [Finding(where, None, "helm", "template", f"{message}: {failed}")]
+            return [_render_failure(root, chart, values, failed)]
         groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
         tests = chart.path / RULE_TESTS
         if not groups:
@@ -145,15 +147,14 @@ def check_monitoring_crds(root: Path) -> list[Finding]:
         chart, values = run
         objects, failed = _render(root, chart, values)
         if failed:
-            message = f"helm template --api-versions {API_VERSION} with {_values_name(values)}"
-            return [Finding(rel(root, chart.path), None, "helm", "template", f"{message}: {failed}")]
+            return [_render_failure(root, chart, values, failed)]
         findings = []
         for obj in objects:
             kind = str(obj.get("kind"))
             name = f"{kind}/{(obj.get('metadata') or {}).get('name', '?')}"
             where = _where(root, chart, kind)
             if kind not in CRD_KINDS:
-                message = f"{name} (with {_values_name(values)}): no schema for {kind} {API_VERSION}"
+                message = f"{name} (with {_values_name(values)}): no schema for {API_VERSION}"
                 findings.append(Finding(where, None, "crd-schema", kind, message))
                 continue
             validator = Draft7Validator(_strict_schema(kind))
