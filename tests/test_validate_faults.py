@@ -38,6 +38,9 @@ STAND_INS = {
     "helm-lint": ("helm", "helm-lint"),
     "kubernetes": ("kubernetes-validate", "kubernetes-validate"),
     "kubernetes/helm-template": ("helm", "helm"),
+    "prometheus-rules": ("promtool", "promtool"),
+    "prometheus-rules/helm-template": ("helm", "helm"),
+    "monitoring-crds": ("helm", "helm"),
 }
 # How a run goes wrong: the stand-in's script, and what the finding must say.
 FAILURES = {
@@ -56,7 +59,10 @@ FAILURES = {
 # silence with exit 0 is the clean result, so only the others are asked about it.
 SILENT_WHEN_CLEAN = {"yaml", "compose", "compose/caddy", "helm-lint", "kubernetes"}
 # `helm template` printing nothing is a chart that renders nothing, and is said so.
-SAYS = {("kubernetes/helm-template", "silent-exit-0"): "rendered no manifests"}
+SAYS = {
+    (case, "silent-exit-0"): "rendered no manifests"
+    for case in ("kubernetes/helm-template", "prometheus-rules/helm-template", "monitoring-crds")
+}
 
 
 @pytest.fixture(scope="module")
