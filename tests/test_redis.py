@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -48,18 +49,22 @@ def dotenv(root: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-def compose_config(
-    root: Path, file: str, env: dict[str, str], base: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`docker compose config --format json` of `file`, interpolated from `env` alone."""
+def compose(root: Path, file: str, env: dict[str, str], *args: str) -> CompletedProcess[str]:
+    """docker compose -f FILE ARGS in the kit, with `env` as its whole environment."""
     return subprocess.run(
-        [DOCKER_COMPOSE, "-f", file, "config", "--format", "json"],
+        [DOCKER_COMPOSE, "-f", file, *args],
         cwd=root,
-        env={**(base or {"PATH": "/usr/bin:/bin"}), **env},
+        env=env,
         capture_output=True,
         text=True,
+        timeout=300,
         check=False,
     )
+
+
+def compose_config(root: Path, file: str, env: dict[str, str]) -> CompletedProcess[str]:
+    """`docker compose config --format json` of `file`, interpolated from `env` alone."""
+    return compose(root, file, {"PATH": "/usr/bin:/bin", **env}, "config", "--format", "json")
 
 
 def resolved(root: Path, file: str, env: dict[str, str]) -> dict[str, Any]:
@@ -118,8 +123,8 @@ def test_no_rendered_file_holds_a_redis_credential(
         # A URL with credentials takes them from the environment, required; the guide's
         # examples show placeholders.
         for userinfo in re.findall(r"redis://([^@\s\"']*)@", text):
-            placeholder = userinfo in {"default:PASSWORD", "default:..."}
-            assert placeholder or userinfo.startswith("default:${REDIS_PASSWORD:?"), (path, userinfo)
+            required = userinfo.startswith("default:${REDIS_PASSWORD:?")
+            assert required or userinfo in {"default:PASSWORD", "default:..."}, (path, userinfo)
         # REDIS_PASSWORD's only value anywhere is .env.example's placeholder.
         for value in re.findall(r"^\s*REDIS_PASSWORD\s*[=:]\s*(\S.*)$", text, re.MULTILINE):
             assert value in {"change-me", "${{ secrets.REDIS_PASSWORD }}"}, (path, value)
@@ -166,28 +171,17 @@ def redis_up(root: Path, file: str, env: dict[str, str]) -> Iterator[Callable[..
 
     Yields run(*argv) -> output of argv in the redis container."""
 
-    def compose(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [DOCKER_COMPOSE, "-f", file, *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-
     def run(*argv: str) -> str:
-        proc = compose("exec", "-T", "redis", *argv)
+        proc = compose(root, file, env, "exec", "-T", "redis", *argv)
         return proc.stdout + proc.stderr
 
     try:
-        up = compose("up", "--detach", "--wait", "redis")
-        logs = compose("logs", "redis").stdout
+        up = compose(root, file, env, "up", "--detach", "--wait", "redis")
+        logs = compose(root, file, env, "logs", "redis").stdout
         assert up.returncode == 0, f"redis did not become healthy:\n{up.stderr}\n{logs}"
         yield run
     finally:
-        compose("down", "--volumes", "--timeout", "5")
+        compose(root, file, env, "down", "--volumes", "--timeout", "5")
 
 
 @pytest.mark.slow
