@@ -161,3 +161,22 @@ def test_acme_certificate_is_issued_and_served(
     status, headers = get(80, "/health?x=1", None)
     assert status in (301, 308)
     assert headers["Location"] == f"https://{HOST}/health?x=1"
+
+
+def test_a_certificate_that_cannot_be_issued_is_reported_by_status(
+    kit: tuple[Path, dict[str, str]],
+) -> None:
+    """The CA cannot be reached: the release still goes out (issuance is Caddy's, in the
+    background), and `invoke status` says what the proxy's last attempts ran into."""
+    root, env = kit
+    env = {**env, "SHIPYARD_ACME_CA": f"https://{HOST_NAME}:{free_port()}/dir"}
+    invoke(root, env, "build", "--env", "staging")
+    invoke(root, env, "push", "--env", "staging")
+    invoke(root, env, "deploy", "--env", "staging", "--yes")
+    deadline, status = time.monotonic() + 60, ""
+    while "certificate errors" not in status and time.monotonic() < deadline:
+        time.sleep(2)
+        status = invoke(root, env, "status", "--env", "staging")
+    assert "staging: the proxy's last certificate errors (newest last):" in status, status
+    assert HOST in status.split("certificate errors", 1)[1]
+    assert "connection refused" in status, status

@@ -351,6 +351,13 @@ def write_file(cli: DockerClient, container: str, volume: str, path: str, text: 
             raise EngineError(f"the daemon refused to write {path} in {container}")
 
 
+def logs(cli: DockerClient, container: str, tail: int) -> str:
+    """The last `tail` lines a container wrote (stdout and stderr)."""
+    with sdk_errors(f"reading the logs of {container}"):
+        out = cli.containers.get(container).logs(tail=tail)
+    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+
+
 def exec_checked(cli: DockerClient, container: str, argv: list[str]) -> str:
     """Run `argv` in a running container; its output, or EngineError with it if it fails."""
     with sdk_errors(f"running {argv[0]} in {container}"):

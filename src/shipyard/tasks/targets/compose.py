@@ -315,6 +315,11 @@ class ComposeTarget:
             since = proxy.maintenance_since(client, self._project())
             if since:
                 say(f"{self.env.name}: in maintenance mode since {since}")
+            errors = proxy.certificate_errors(client, self._project())
+            if errors:
+                say(f"{self.env.name}: the proxy's last certificate errors (newest last):")
+                for error in errors[-3:]:
+                    print(f"  {error}")
 
     def logs(self, component: str, tail: int, follow: bool) -> None:
         args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]

@@ -10,6 +10,7 @@ gracefully (requests in flight finish) or not at all (the running config stays).
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,25 @@ def maintenance_since(client: DockerClient, project: str) -> str:
             if first.startswith(MAINTENANCE_MARK):
                 return first.removeprefix(MAINTENANCE_MARK)
     return ""
+
+
+def certificate_errors(client: DockerClient, project: str, tail: int = 500) -> list[str]:
+    """The proxy's recent certificate errors (issuance or renewal), oldest first, from its JSON
+    log: Caddy keeps serving the certificate it has and retries, so this is where a failing
+    ACME setup shows (DNS not pointing here, a rate limit, the CA unreachable)."""
+    errors: list[str] = []
+    for proxy in running(client, project):
+        for line in docker_engine.logs(client, proxy.name, tail).splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("level") == "error" and str(entry.get("logger", "")).startswith("tls"):
+                    when = datetime.fromtimestamp(float(entry.get("ts", 0)), UTC)
+                    what = entry.get("identifier") or entry.get("identifiers") or ""
+                    errors.append(
+                        f"{when.isoformat(timespec='seconds')} {entry.get('msg', '')} {what}: "
+                        f"{entry.get('error', '')}".strip()
+                    )
+    return errors
 
 
 def maintenance(on: bool, retry_after: int) -> str:
