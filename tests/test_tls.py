@@ -156,6 +156,7 @@ def test_acme_certificate_is_issued_and_served(
         context.wrap_socket(raw, server_hostname=HOST) as tls,
     ):
         cert = tls.getpeercert()
+    assert cert is not None
     assert ("DNS", HOST) in cert["subjectAltName"]
     # Plain HTTP is redirected to HTTPS (the ACME challenges stay on port 80).
     status, headers = get(80, "/health?x=1", None)
