@@ -256,3 +256,51 @@ def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
         "shipyard: maintenance mode is served by the Compose proxy; on Kubernetes (prod) point "
         "the Ingress at a maintenance backend yourself for now. Nothing was changed"
     )
+
+
+def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
+    def smoke(data: Any) -> None:
+        data["environments"]["prod"]["smoke"] = {"command": ["node", "smoke.js", "--quick"]}
+
+    edit_yaml(kit / "shipyard.yaml", smoke)
+    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run").stdout.splitlines()
+    runs = [line for line in plan if " run --rm --no-deps web node smoke.js --quick" in line]
+    assert len(runs) == 1, plan
+    # After the switch and the workers, with the new images.
+    assert plan.index(runs[0]) > max(i for i, line in enumerate(plan) if "--scale" in line)
+    assert f"WEB_IMAGE={REGISTRY}/shop-web@{DIGEST}" in runs[0]
+    assert "a failing smoke check rolls back like a failed health check" in plan[-2]
+
+
+@pytest.mark.parametrize(
+    ("smoke", "target", "message"),
+    [
+        (
+            {"command": ["true"], "component": "wbe"},
+            "compose",
+            "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
+        ),
+        (
+            {"command": ["true"]},
+            "helm",
+            "environments.prod.smoke: smoke checks run on Compose targets only so far; on Helm, "
+            "run yours in CI after `invoke deploy`",
+        ),
+        ({"command": []}, "compose", "environments.prod.smoke.command: [] should be non-empty"),
+    ],
+)
+def test_smoke_settings_are_checked(
+    kit: Path, smoke: dict[str, Any], target: str, message: str
+) -> None:
+    def change(data: Any) -> None:
+        prod = data["environments"]["prod"]
+        prod["smoke"] = smoke
+        if target == "helm":
+            prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
+            del prod["compose_file"]
+
+    edit_yaml(kit / "shipyard.yaml", change)
+    result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
