@@ -6,10 +6,8 @@ test_tasks_compose.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard.engines import compose as compose_engine
-from tests.conftest import Render, git, init_repo
+from tests.conftest import Render, git, init_repo, invoke_cli
 
 DIGEST = "sha256:" + "ab" * 32
 REGISTRY = "registry.example.com/acme"
@@ -80,14 +78,7 @@ def edit_yaml(path: Path, change: Any) -> None:
 
 
 def invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **COMPOSE},
-    )
+    return invoke_cli(root, *args, env=COMPOSE)
 
 
 def set_replicas(kit: Path, env: str, replicas: int, **per_component: int) -> None:
@@ -200,15 +191,8 @@ def test_helm_passes_component_replicas_after_the_default(render: Render, tmp_pa
     init_repo(root, "kit")
     set_replicas(root, "prod", 3, **{"shop-api": 5})
     ref = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
-    env = {**os.environ, "SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "deploy", "--env", "prod", "--dry-run"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    env = {"SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
+    result = invoke_cli(root, "deploy", "--env", "prod", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert (
         "--set replicaCount=3 --set-string host=shop-api.example.com "
