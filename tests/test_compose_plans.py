@@ -288,3 +288,15 @@ def test_smoke_settings_are_checked(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_environment_without_the_proxy_is_not_released(kit: Path) -> None:
+    """dev runs compose.yaml, which has no proxy to switch at: refused with what to run."""
+    for args in (("deploy", "--env", "dev", "--dry-run"), ("rollback", "--env", "dev", "-d")):
+        result = invoke(kit, *args)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip() == (
+            "shipyard: compose.yaml has no `proxy` service to switch releases at, so dev is not "
+            "deployed with `invoke deploy`: run `docker compose --file compose.yaml up --wait` "
+            "there. Nothing was changed"
+        )

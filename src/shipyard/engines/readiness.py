@@ -5,12 +5,13 @@ not hammered) and, before API 1.44's `start_interval`, at that pace during the s
 too: an app that is ready after one second would wait ten before a release could switch to
 it. So the switch runs the container's configured check itself, through `docker exec`, once
 a second until it passes, as kamal-proxy polls a new container before sending it traffic.
-Docker's own verdict still counts: a container it marks unhealthy, or that exits, fails at
-once.
+Docker's own verdict still counts: a container it marks unhealthy, that exits or that is
+restarted (its restart policy after a crash) fails at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,24 +56,53 @@ def _probe(cli: DockerClient, ident: str) -> tuple[str, str]:
     with sdk_errors("checking a new container's health"):
         container = cli.containers.get(ident)
         state: dict[str, Any] = container.attrs["State"]
-        if state.get("Status") in ("exited", "dead"):
-            logs = container.logs(tail=5).decode(errors="replace")
-            return "failed", f"it exited with code {state.get('ExitCode')}: {_one_line(logs)}"
+        # With `restart: unless-stopped`, an app that crashes at start comes back as a fresh
+        # container whose health starts over: a restart is the crash, not a retry to wait on.
+        if (
+            state.get("Status") in ("exited", "dead")
+            or state.get("Restarting")
+            or (container.attrs.get("RestartCount", 0) > 0)
+        ):
+            logs = _one_line(container.logs(tail=5).decode(errors="replace"))
+            return "failed", f"it exited with code {state.get('ExitCode')}: {logs}"
         health = state.get("Health") or {}
         if health.get("Status") == "healthy":
             return "ready", ""
         if health.get("Status") == "unhealthy":
             log = health.get("Log") or [{}]
             return "failed", _one_line(str(log[-1].get("Output", ""))) or "its check failed"
-        test = (container.attrs["Config"].get("Healthcheck") or {}).get("Test") or ["NONE"]
-        if state.get("Status") != "running":
-            return "waiting", f"it is {state.get('Status')}"
-        if test[0] == "NONE":
-            return "ready", ""
-        argv = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else list(test[1:])
-        code, out = container.exec_run(argv)
-    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-    return ("ready", "") if code == 0 else ("waiting", _one_line(text))
+        check = container.attrs["Config"].get("Healthcheck") or {}
+    test = check.get("Test") or ["NONE"]
+    if state.get("Status") != "running":
+        return "waiting", f"it is {state.get('Status')}"
+    if test[0] == "NONE":
+        return "ready", ""
+    argv = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else list(test[1:])
+    # Docker kills its own check after the HEALTHCHECK timeout; ours gets as long.
+    limit = check.get("Timeout", 0) / 1e9 or 30.0
+    code, out = _exec(container, argv, limit)
+    return ("ready", "") if code == 0 else ("waiting", _one_line(out))
+
+
+def _exec(container: Any, argv: list[str], limit: float) -> tuple[int, str]:
+    """Run `argv` in the container, giving up on it after `limit` seconds (an app that accepts
+    a connection and never answers must not stall the release past its own timeout)."""
+    from docker.errors import DockerException
+
+    result: list[tuple[int, str]] = []
+
+    def run() -> None:
+        try:
+            code, out = container.exec_run(argv)
+            text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+            result.append((int(code), text))
+        except DockerException as exc:  # stopped or restarting between two looks: wait on
+            result.append((-1, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    return result[0] if result else (-1, f"the check did not answer within {limit:.0f}s")
 
 
 def _one_line(text: str) -> str:

@@ -94,7 +94,7 @@ def maintenance(
         raise Exit(f"shipyard: maintenance takes on or off{given}", code=2)
     if retry_after < 1:
         raise Exit("shipyard: --retry-after takes a number of seconds, at least 1", code=2)
-    with failures(f"maintenance {switch} on {environment.name}"):
+    with failures(f"maintenance {switch} for {environment.name}"):
         opts = targets.Options(yes=yes, dry_run=dry_run)
         targets.for_environment(cfg, environment).maintenance(switch == "on", retry_after, opts)
 

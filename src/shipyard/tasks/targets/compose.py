@@ -77,6 +77,7 @@ class ComposeTarget:
 
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
+        self._refuse_without_proxy()
         self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
         if opts.dry_run:
@@ -141,6 +142,24 @@ class ComposeTarget:
         file, project = self.env.compose_file, self._project()
         replicas = {comp.name: self.env.replicas_of(comp.name) for comp in self.cfg.components}
         return switch.Stack(self.cfg.root, file, project, timeout, replicas)
+
+    def _refuse_without_proxy(self) -> None:
+        """A release switches http components at the proxy; a Compose file without one (the
+        dev stack, compose.yaml) is for `docker compose up`, not for releases."""
+        file = self.env.compose_file
+        if not any(c.kind == "http" for c in self.cfg.components):
+            return
+        try:
+            has_proxy = proxy.SERVICE in compose_engine.services(self.cfg.root / file)
+        except EngineError as exc:
+            raise Exit(f"shipyard: {exc}; nothing was changed", code=1) from None
+        if not has_proxy:
+            raise Exit(
+                f"shipyard: {file} has no `{proxy.SERVICE}` service to switch releases at, so "
+                f"{self.env.name} is not deployed with `invoke deploy`: run `docker compose "
+                f"--file {file} up --wait` there. Nothing was changed",
+                code=1,
+            )
 
     def _refuse_unscalable(self, images: Mapping[str, str]) -> None:
         """Stop before any change when the Compose file makes a component unable to run the
@@ -283,7 +302,7 @@ class ComposeTarget:
                 # before it switch back, the same way.
                 for comp in switched:
                     if comp.name in previous:
-                        switch.switch(client, stack, comp, back)
+                        switch.switch(client, stack, comp, back, keep_running=True)
                     else:
                         switch.retire_component(client, stack, comp)
             added = [name for name in workers if name not in previous]
@@ -308,6 +327,7 @@ class ComposeTarget:
 
     def rollback(self, opts: Options) -> None:
         env = self.env.name
+        self._refuse_without_proxy()
         target = state.rollback_target(state.deploys(self.cfg.root, env))
         if target is None:
             raise Exit(

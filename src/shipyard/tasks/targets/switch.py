@@ -67,17 +67,27 @@ def plan_steps(
 
 
 def switch(
-    client: DockerClient, stack: Stack, comp: config.Component, images: Mapping[str, str]
+    client: DockerClient,
+    stack: Stack,
+    comp: config.Component,
+    images: Mapping[str, str],
+    *,
+    keep_running: bool = False,
 ) -> None:
     """Replace the containers of http component `comp` by ones running images[comp.name].
+
+    A release always starts new containers, even of the image already running: the file's
+    environment may have changed (a rotated password, a new variable), and running ones keep
+    the old. A rollback to containers that never stopped serving (`keep_running`) only points
+    the proxy back at them.
 
     Raises EngineError (with the new containers' health logs) or KeyboardInterrupt after
     removing the new containers: the old ones keep serving.
     """
     name, image, count = comp.name, images[comp.name], stack.replicas[comp.name]
     old = docker_engine.replicas(client, stack.project, name)
-    if len(old) == count and all(r.image == image for r in old):
-        point(client, stack, comp, old)  # already running: only make sure traffic goes there
+    if keep_running and len(old) == count and all(r.image == image for r in old):
+        point(client, stack, comp, old)
         return
     kept = {r.id for r in old}
     try:
