@@ -300,3 +300,16 @@ def test_an_environment_without_the_proxy_is_not_released(kit: Path) -> None:
             "deployed with `invoke deploy`: run `docker compose --file compose.yaml up --wait` "
             "there. Nothing was changed"
         )
+
+
+def test_the_proxy_hides_metrics_paths_only_with_monitoring(
+    source: Path, render: Render, tmp_path: Path
+) -> None:
+    caddyfile = (source / "proxy" / "Caddyfile").read_text()
+    assert "@metrics path /metrics\n" in caddyfile
+    assert "handle @metrics {\n\t\t\trespond 404" in caddyfile
+    quiet = render(
+        {"project_name": "Shop", "production_target": "compose", "monitoring": "none"},
+        tmp_path / "quiet",
+    )
+    assert "@metrics" not in (quiet / "proxy" / "Caddyfile").read_text()

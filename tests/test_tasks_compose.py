@@ -511,6 +511,9 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
     base = f"http://127.0.0.1:{kit.port}"
     as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": first}, kit.port)
     deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
+    # Prometheus scrapes the containers; through the proxy the metrics path is not served.
+    assert requests.get(base + "/metrics", timeout=5).status_code == 404
+    assert requests.get(base + "/health", timeout=5).status_code == 200
     kit.invoke("maintenance", "--env", "staging", "on", "--retry-after", "60")
     try:
         for path in ("/health", "/", "/any/thing?x=1"):
