@@ -8,8 +8,9 @@ export SHIPYARD_CACHE
 mkdir -p "$SHIPYARD_CACHE/bin"
 
 # Debian packages: the Docker engine and registry, PostgreSQL, debootstrap for base images,
-# Caddy for validating the Compose proxy's Caddyfile.
-apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy)
+# Caddy for validating the Compose proxy's Caddyfile, Prometheus for promtool (alert rules and
+# their unit tests).
+apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus pebble)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -22,6 +22,7 @@ pytest_plugins: list[str] = [
     "tests.servers.docker",
     "tests.servers.postgres",
     "tests.servers.s3",
+    "tests.servers.acme",
     "tests.backup_data",
 ]
 

@@ -295,6 +295,11 @@ def test_verify_detects_data_that_differs_from_the_manifest(database: str, tmp_p
         backup.verify(store)
     assert "public.orders: row checksum differs" in str(failure.value)
     assert "public.customers: 2000 rows, expected 1999" in str(failure.value)
+    assert str(failure.value) == (
+        f"backup {made.id} does not restore to what was backed up:\n"
+        "  public.customers: 2000 rows, expected 1999\n"
+        "  public.orders: row checksum differs from the backup's"
+    )
     assert backup.list_backups(store)[0].verified is None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -370,7 +371,7 @@ def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
 
 def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     """`s3://bucket` keeps backups at the bucket's top level (no leading '/'); `s3://bucket/p`
-    under p/, and lists only what is under it, however many other objects share the bucket."""
+    under p/, and lists and deletes only what is under it, whatever else shares the bucket."""
     s3 = boto3.client("s3")
     top, under = backup.from_url(f"s3://{bucket}"), backup.from_url(f"s3://{bucket}/prod/")
     top.put_bytes("a/manifest.json", b"1")
@@ -384,3 +385,35 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     assert under.list_keys() == ["b/manifest.json"]
     assert top.list_keys() == keys
     assert top.get_bytes("a/manifest.json") == b"1"
+    # Deleting a backup removes its objects only: not a neighbour whose prefix starts alike.
+    under.delete_prefix("b/")
+    top.delete_prefix("a/")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "prodx/c/manifest.json"
+    ]
+
+
+def test_a_pg_dump_that_fails_is_named_with_its_own_words(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump refusing (a permission, a lock timeout) fails the backup with pg_dump's own
+    sentence, and nothing lists as complete. (The real pg_dump cannot be made to fail on cue:
+    a stand-in takes its place on PATH.)"""
+    stand_in = tmp_path / "bin" / "pg_dump"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        "#!/bin/sh\necho 'pg_dump: error: query failed: ERROR:  permission denied for table"
+        " secrets' >&2\nexit 1\n"
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+    store = backup.LocalStorage(tmp_path / "store")
+
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(store, log=lambda _m: None)
+
+    assert str(failed.value) == (
+        "pg_dump exited 1: pg_dump: error: query failed: ERROR:  permission denied for table"
+        " secrets"
+    )
+    assert backup.list_backups(store) == []

@@ -185,3 +185,57 @@ def test_restore_reports_every_step_through_its_log_only(
     assert len(said) == len(expected), said
     for line, pattern in zip(said, expected, strict=True):
         assert re.fullmatch(pattern, line), f"{line!r} !~ {pattern!r}"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("s3:///prod", "s3:///prod: name a bucket, e.g. s3://my-backups/prod"),
+        (
+            "file://nas/backups",
+            "file://nas/backups: file URLs name a local folder, e.g. file:///backups",
+        ),
+        ("ftp://host/backups", "ftp://host/backups: use file:///folder or s3://bucket/prefix"),
+        ("", ": use file:///folder or s3://bucket/prefix"),
+    ],
+)
+def test_a_target_that_names_no_storage_is_one_sentence(url: str, says: str) -> None:
+    with pytest.raises(backup.StorageError) as refused:
+        backup.from_url(url)
+    assert str(refused.value) == says
+
+
+def test_targets_name_folders_and_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("backups", "file:backups", "file://localhost" + str(tmp_path / "backups")):
+        store = backup.from_url(url)
+        assert isinstance(store, backup.LocalStorage)
+        assert store.root == tmp_path / "backups", url
+    s3 = backup.from_url("s3://orders/prod%20eu/", endpoint_url="http://127.0.0.1:9")
+    assert isinstance(s3, backup.S3Storage)
+    assert (s3.bucket, s3.prefix, s3.url) == ("orders", "prod eu", "s3://orders/prod eu")
+    assert s3.client.meta.endpoint_url == "http://127.0.0.1:9"
+
+
+def test_verify_records_when_and_what_it_checked_through_the_callers_log(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store, log=lambda _m: None)
+    said: list[str] = []
+
+    checked = backup.verify(store, made.id, jobs=2, log=said.append)
+
+    assert checked.id == made.id
+    record = json.loads((tmp_path / made.id / engine.VERIFIED).read_text())
+    assert record == checked.verified
+    assert set(record) == {"verified_at", "tables", "rows", "shipyard"}
+    assert datetime.fromisoformat(record["verified_at"]).utcoffset() == timedelta(0)
+    assert (record["tables"], record["rows"]) == (4, 2000 + 5000 + 2 + 300)
+    assert capsys.readouterr().err == ""
+    assert said[0].startswith(f"backup {made.id}: sha256 matches the manifest")
+    assert re.fullmatch(
+        rf"restoring backup {made.id} into database shipyard_verify_\w+ \(2 parallel jobs\)",
+        said[1],
+    )
+    assert said[2:] == [f"backup {made.id} verified: 4 tables, 7302 rows match"]

@@ -119,6 +119,8 @@ CHOICES: dict[str, list[Any]] = {
     "redis": [False, True],
     "elasticsearch": [False, True],
     "reverse_proxy": [False, True],
+    "tls": ["acme", "files", "none"],
+    "acme_email": ["ops@example.com", "a.b+certs@mail.example.org"],
     "image_registry": ["ghcr.io/acme", "registry.local:5000/a/b", "docker.io/x"],
     "image_mirror": ["", "mirror.local:5000"],
     "staging_target": ["compose", "helm"],
@@ -166,6 +168,8 @@ def consistent(answers: dict[str, Any]) -> dict[str, Any]:
     comps = answers.get("components")
     if comps and not any(c["kind"] == "http" for c in comps):
         answers["reverse_proxy"] = False
+    if answers.get("reverse_proxy"):
+        answers["tls"] = "none"  # nginx terminates TLS itself
     return answers
 
 
@@ -500,6 +504,7 @@ ASKED_WHEN: dict[str, dict[str, Any]] = {
     "workspaces": {"components": [{**HTTP, "path": "apps/api"}, {**WORKER, "path": "apps/jobs"}]},
     "backup_s3_bucket": {"backup_storage": "s3"},
     "backup_s3_endpoint": {"backup_storage": "s3"},
+    "acme_email": {"tls": "acme"},
 }
 
 

@@ -140,6 +140,43 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         "nginx needs an http component",
     ),
     ({"package_manager": "bun"}, "Invalid choice"),
+    (
+        {"reverse_proxy": True, "tls": "acme"},
+        "nginx (reverse_proxy=true) already terminates TLS on ports 80 and 443",
+    ),
+    ({"tls": "acme", "acme_email": "nobody"}, "tls=acme needs an email"),
+    ({"tls": "acme", "acme_email": ""}, "tls=acme needs an email"),
+    ({"tls": "letsencrypt"}, "Invalid choice"),
+    ({"components": [{**HTTP, "metrics_path": "metrics"}]}, "give a URL path starting with '/'"),
+    ({"components": [{**HTTP, "metrics_path": "/health"}]}, "on the same path /health"),
+    ({"components": [{**HTTP, "metrics_port": 9464}]}, "so remove metrics_port"),
+    (
+        {"components": [HTTP, {"name": "jobs", "kind": "worker", "metrics_port": 3000}]},
+        "has metrics_port 3000, which another component already uses",
+    ),
+    (
+        {
+            "components": [
+                {"name": "jobs", "kind": "worker", "metrics_port": 9464},
+                {**HTTP, "port": 9464},
+            ]
+        },
+        "Components share port 9464",
+    ),
+    (
+        {"components": [{"name": "jobs", "kind": "worker", "metrics_port": 5432}]},
+        "has metrics_port 5432, which compose.yaml publishes",
+    ),
+    (
+        {"components": [{"name": "jobs", "kind": "worker", "metrics_port": 0}]},
+        "needs a metrics_port between 1 and 65535",
+    ),
+    (
+        {"components": [{"name": "jobs", "kind": "worker", "metrics_path": "/metrics"}]},
+        "has a metrics_path but no metrics_port",
+    ),
+    ({"alert_latency_ms": 5}, "latency alert threshold from 10 to 60000 milliseconds"),
+    ({"monitoring": "datadog"}, "Invalid choice"),
 ]
 
 

@@ -151,8 +151,11 @@ def test_every_task_requires_env_the_same_way(kit: Path) -> None:
     ]
     assert {"build", "push", "deploy", "rollback", "backup.run", "restore"} <= set(names)
     for name in names:
-        dry = ["--dry-run"] if "dry_run" in [arg.name for arg in ns[name].get_arguments()] else []
-        result = invoke(kit, name, *dry)
+        args = ns[name].get_arguments()
+        dry = ["--dry-run"] if "dry_run" in [arg.name for arg in args] else []
+        # `maintenance on|off`: invoke itself refuses a missing positional before any task.
+        positional = ["on" for arg in args if arg.positional]
+        result = invoke(kit, name, *positional, *dry)
         assert (result.returncode, result.stdout) == (2, ""), (name, result.stderr)
         assert result.stderr.strip() == (
             "shipyard: choose an environment with --env (dev, staging, prod)"

@@ -27,6 +27,7 @@ import pytest
 import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from ruamel.yaml import YAML
 
 from tests.conftest import REPO, Render, git
 from tests.load import Load
@@ -133,6 +134,8 @@ def kit(
             "production_target": "compose",
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
+            # Loopback ports, no certificates: the load loop talks plain HTTP to the proxy.
+            "tls": "none",
         },
         tmp_path_factory.mktemp("kit") / "shop-api",
     )
@@ -168,14 +171,20 @@ def release(kit: Kit) -> str:
     return kit.pushed()["ref"]
 
 
-def serving_image(dockerd: Dockerd) -> str:
-    """The image reference the running app container was started from."""
+def serving_images(dockerd: Dockerd) -> list[str]:
+    """The image reference each running app container was started from."""
     with contextlib.closing(dockerd.client()) as client:
         containers = client.containers.list(
             filters={"label": [f"com.docker.compose.service={SERVICE}"]}
         )
-        assert len(containers) == 1, containers
-        return str(containers[0].attrs["Config"]["Image"])
+        return [str(c.attrs["Config"]["Image"]) for c in containers]
+
+
+def serving_image(dockerd: Dockerd) -> str:
+    """The image reference the one running app container was started from."""
+    images = serving_images(dockerd)
+    assert len(images) == 1, images
+    return images[0]
 
 
 @pytest.fixture(scope="session")
@@ -228,9 +237,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert "--profile migrate run --rm migrate" in result.stdout
     assert "up --detach --no-build --remove-orphans --wait" in result.stdout
     # The switch: new containers beside the old, then the proxy pointed at them.
-    scale = f"up --detach --no-build --no-deps --no-recreate --scale {SERVICE}=2 --wait"
-    assert f"{scale} --wait-timeout 300 {SERVICE}\n" in result.stdout
-    assert f"point the proxy at the new {SERVICE} containers" in result.stdout
+    scale = f"up --detach --no-build --no-deps --no-recreate --scale {SERVICE}=2 {SERVICE}\n"
+    assert scale in result.stdout
+    assert f"once each new {SERVICE} container passes its health check" in result.stdout
     assert serving_image(dockerd) == first
 
 
@@ -412,13 +421,10 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     assert "rolled-back" in status.stdout
 
 
-def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
-    kit: Kit, dockerd: Dockerd, first: str
-) -> None:
-    """~20 requests/s through the proxy during a release, a release whose health check fails
-    and a rollback, with an app that ignores SIGTERM (so stopping an old container that still
-    had requests would drop them): not one fails."""
-    assert serving_image(dockerd) == first
+@pytest.fixture(scope="session")
+def deaf_and_broken(kit: Kit, first: str) -> tuple[str, str]:
+    """Two releases of an app that ignores SIGTERM (so stopping an old container that still
+    had requests would drop them): a healthy one, and one whose health check fails."""
     (kit.root / "migrations" / "002_broken.sql").unlink(missing_ok=True)
     kit.ensure(
         "src/main.js",
@@ -443,6 +449,30 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     broken = release(kit)
     git(kit.root, "reset", "-q", "--hard", "HEAD~2")
     (kit.root / ".shipyard" / "images.json").write_text(pushes)
+    return deaf, broken
+
+
+def set_staging_replicas(kit: Kit, count: int) -> None:
+    yaml = YAML()
+    path = kit.root / "shipyard.yaml"
+    data = yaml.load(path.read_text())
+    data["environments"]["staging"]["replicas"] = count
+    with path.open("w") as out:
+        yaml.dump(data, out)
+    kit.commit(f"staging runs {count} replicas")
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
+    kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str], replicas: int
+) -> None:
+    """~20 requests/s through the proxy during a release, a release whose health check fails
+    and a rollback, with an app that ignores SIGTERM, on one and on three replicas: not one
+    request fails."""
+    assert serving_image(dockerd) == first
+    deaf, broken = deaf_and_broken
+    if replicas > 1:
+        set_staging_replicas(kit, replicas)
 
     def deploy(ref: str) -> Result:
         # The image by digest, as CI passes it.
@@ -451,20 +481,66 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
             "deploy", "--env", "staging", "--yes", "--skip-migrate", "--timeout", "40", check=False
         )
 
-    with Load(f"http://127.0.0.1:{kit.port}/health") as load:
-        time.sleep(2)
-        assert deploy(deaf).code == 0
-        assert serving_image(dockerd) == deaf
-        failed = deploy(broken)
-        assert failed.code == 1, failed.output
-        assert "rolled back, the previous version is serving" in failed.stderr
-        assert serving_image(dockerd) == deaf
-        kit.invoke("rollback", "--env", "staging", "--yes")
-        assert serving_image(dockerd) == first
-        time.sleep(2)
+    try:
+        with Load(f"http://127.0.0.1:{kit.port}/health") as load:
+            time.sleep(2)
+            assert deploy(deaf).code == 0
+            assert serving_images(dockerd) == [deaf] * replicas
+            failed = deploy(broken)
+            assert failed.code == 1, failed.output
+            assert "rolled back, the previous version is serving" in failed.stderr
+            assert serving_images(dockerd) == [deaf] * replicas
+            kit.invoke("rollback", "--env", "staging", "--yes")
+            assert serving_images(dockerd) == [first] * replicas
+            time.sleep(2)
+    finally:
+        if replicas > 1:
+            git(kit.root, "reset", "-q", "--hard", "HEAD~1")
+            # Back to one container of the first release, which the tests after expect.
+            assert deploy(first).code == 0
     report = load.report
     assert report.requests > 200, report
     assert report.failed == 0, (str(report), report.errors)
+    assert serving_image(dockerd) == first
+
+
+def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    assert serving_image(dockerd) == first
+    base = f"http://127.0.0.1:{kit.port}"
+    as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": first}, kit.port)
+    deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
+    kit.invoke("maintenance", "--env", "staging", "on", "--retry-after", "60")
+    try:
+        for path in ("/health", "/", "/any/thing?x=1"):
+            answer = requests.get(base + path, timeout=5)
+            assert answer.status_code == 503, path
+            assert answer.headers["Retry-After"] == "60"
+            assert "Shop API is down for maintenance" in answer.text
+        held = as_ci.invoke(*deploy, check=False)
+        assert held.code == 1
+        assert held.stderr.strip().startswith("shipyard: staging is in maintenance mode (since ")
+        assert held.stderr.strip().endswith(
+            "deploy with --during-maintenance, or first `invoke maintenance --env staging off`; "
+            "nothing was changed"
+        )
+        assert "in maintenance mode since" in kit.invoke("status", "--env", "staging").stdout
+        # Deploying during maintenance (to fix what it is for) leaves the page up.
+        as_ci.invoke(*deploy, "--during-maintenance")
+        assert requests.get(base + "/health", timeout=5).status_code == 503
+        # The proxy's own health check (its admin API) stays green: Compose keeps it running.
+        time.sleep(12)
+        with contextlib.closing(dockerd.client()) as client:
+            (proxy,) = client.containers.list(
+                filters={"label": ["com.docker.compose.service=proxy"]}
+            )
+            assert proxy.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        kit.invoke("maintenance", "--env", "staging", "off")
+    assert requests.get(base + "/health", timeout=5).status_code == 200
+    assert "maintenance" not in kit.invoke("status", "--env", "staging").stdout
+    assert serving_image(dockerd) == first
 
 
 def test_registry_down_fails_push_and_deploy_clearly(

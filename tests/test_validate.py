@@ -276,7 +276,23 @@ def _bad_answers(root: Path) -> list[Expected]:
     return [Expected(".copier-answers.yml", line, "answers", "schema", "components.0.port")]
 
 
+def _bad_alert_expression(root: Path) -> list[Expected]:
+    template = _helm_chart(root) / "templates" / "prometheusrule.yaml"
+    _replace(template, " == 0\n", " === 0\n")
+    file = str(template.relative_to(root))
+    return [Expected(file, None, "promtool", "check-rules", "could not parse expression")]
+
+
+def _unknown_monitor_field(root: Path) -> list[Expected]:
+    template = _helm_chart(root) / "templates" / "monitoring.yaml"
+    _replace(template, "      interval: ", "      intervall: ")
+    file = str(template.relative_to(root))
+    return [Expected(file, None, "crd-schema", "ServiceMonitor", "'intervall' was unexpected")]
+
+
 DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
+    "prometheus-rules": _bad_alert_expression,
+    "monitoring-crds": _unknown_monitor_field,
     "kubernetes": _unknown_deployment_field,
     "dockerfile": _latest_tag,
     "shellcheck": _unquoted_variable,

@@ -31,12 +31,16 @@ STAND_INS = {
     "actionlint": ("actionlint", "actionlint"),
     "yaml": ("yamllint", "yamllint"),
     "compose": ("docker-compose", "compose"),
+    "compose/caddy": ("caddy", "caddy"),
     "compose-schema": ("check-jsonschema", "check-jsonschema"),
     "workflow-schema": ("check-jsonschema", "check-jsonschema"),
     "dependabot-schema": ("check-jsonschema", "check-jsonschema"),
     "helm-lint": ("helm", "helm-lint"),
     "kubernetes": ("kubernetes-validate", "kubernetes-validate"),
     "kubernetes/helm-template": ("helm", "helm"),
+    "prometheus-rules": ("promtool", "promtool"),
+    "prometheus-rules/helm-template": ("helm", "helm"),
+    "monitoring-crds": ("helm", "helm"),
 }
 # How a run goes wrong: the stand-in's script, and what the finding must say.
 FAILURES = {
@@ -51,11 +55,14 @@ FAILURES = {
     "silent-exit-0": ("exit 0", "exited 0 without a report"),
 }
 # Tools that say nothing when clean (yamllint's parsable format, `compose config --quiet`,
-# `kubernetes-validate --quiet`; helm lint's summary is not read): for them silence with exit 0
-# is the clean result, so only the others are asked about it.
-SILENT_WHEN_CLEAN = {"yaml", "compose", "helm-lint", "kubernetes"}
+# `kubernetes-validate --quiet`; helm lint's and caddy's summaries are not read): for them
+# silence with exit 0 is the clean result, so only the others are asked about it.
+SILENT_WHEN_CLEAN = {"yaml", "compose", "compose/caddy", "helm-lint", "kubernetes"}
 # `helm template` printing nothing is a chart that renders nothing, and is said so.
-SAYS = {("kubernetes/helm-template", "silent-exit-0"): "rendered no manifests"}
+SAYS = {
+    (case, "silent-exit-0"): "rendered no manifests"
+    for case in ("kubernetes/helm-template", "prometheus-rules/helm-template", "monitoring-crds")
+}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -103,6 +104,8 @@ class Environment:
     replicas: int
     migrate: bool
     confirm: bool
+    # Components that run another number of replicas than `replicas`.
+    component_replicas: Mapping[str, int] = field(default_factory=dict)
     backup_before_migrate: bool = False
     health_url: str = ""
     backup: BackupSettings | None = None
@@ -115,6 +118,10 @@ class Environment:
     @property
     def is_helm(self) -> bool:
         return self.target == "helm"
+
+    def replicas_of(self, component: str) -> int:
+        """How many containers (pods) of `component` this environment runs."""
+        return self.component_replicas.get(component, self.replicas)
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,18 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
     )
 
 
+def _reference_errors(data: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: names that must be declared components."""
+    declared = {comp["name"] for comp in data["components"]}
+    return [
+        f"environments.{env}.component_replicas.{name}: '{name}' is not one of the "
+        f"components ({', '.join(sorted(declared))})"
+        for env, settings in data["environments"].items()
+        for name in settings.get("component_replicas", {})
+        if name not in declared
+    ]
+
+
 def load(root: Path | str = ".") -> Config:
     """Read and validate `shipyard.yaml` in `root`; raise ConfigError with every problem.
 
@@ -203,7 +222,7 @@ def load(root: Path | str = ".") -> Config:
     """
     path = Path(root) / CONFIG_FILE
     data = load_yaml(path)
-    problems = schema_errors(data, "shipyard")
+    problems = schema_errors(data, "shipyard") or _reference_errors(data)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path} does not match the shipyard.yaml schema:\n{listed}")

@@ -10,9 +10,9 @@ Base images cannot be pulled here: `bookworm_base` is a debootstrap rootfs (tarb
 under ~/.cache/shipyard/images) imported into the daemon, and `mirror_images` builds
 node/postgres/caddy images on it and pushes them to the test registry under the names the
 generated Dockerfile and compose files ask for (<mirror>/library/node:<major>-bookworm-slim,
-<mirror>/library/postgres:<ver>-alpine, <mirror>/library/caddy:2-alpine), exactly as an
-air-gapped mirror would serve them.
-Each Node major is a real Node.js release, built the first time a test asks for it.
+<mirror>/library/postgres:<ver>-alpine, <mirror>/library/caddy:2-alpine,
+<mirror>/library/redis:7.4-alpine), exactly as an air-gapped mirror would serve them.
+Each Node major is a real Node.js release, and Redis, built the first time a test asks for it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ MIRROR_STORAGE = CACHE / "mirror-registry"
 NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
 POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
+REDIS_LOCAL = "shipyard-test/redis:7.0-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
@@ -139,6 +140,19 @@ RUN set -eux; apt-get update; \\
 ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data
 WORKDIR /srv
 CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+"""
+
+# Redis with the official image's interface: redis-server and redis-cli on PATH, a `redis` user
+# owning /data, the working directory (where a new named volume takes its owner from). Debian's
+# Redis 7.0 stands in for redis:7.4-alpine; coreutils gives sha256sum, as busybox does there.
+REDIS_DOCKERFILE = """\
+FROM {base}
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends redis-server; \\
+    rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man; \\
+    mkdir /data; chown redis:redis /data
+WORKDIR /data
+CMD ["redis-server"]
 """
 
 
@@ -304,7 +318,7 @@ def _forget_old_state(daemon: Dockerd) -> None:
 def _forget_old_images(daemon: Dockerd) -> None:
     """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
     registries and base images an older fixture built; the BuildKit cache stays."""
-    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, *map(node_local, NODE_RELEASES)}
+    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, REDIS_LOCAL, *map(node_local, NODE_RELEASES)}
     with contextlib.closing(daemon.client()) as client:
         for image in client.images.list():
             for tag in image.tags:
@@ -440,7 +454,8 @@ class MirrorImages:
     """Base images served by the test registry, as a mirror (`image_mirror`) serves them.
 
     PostgreSQL is there from the start; each Node major is built and pushed the first time a
-    test asks for it (`answers`), since each costs a 50 MB download and a build once per machine.
+    test asks for it (`answers`), since each costs a 50 MB download and a build once per machine,
+    and so is Redis (`redis`), which few tests run.
     """
 
     daemon: Dockerd
@@ -448,14 +463,26 @@ class MirrorImages:
     mirror: str
     postgres: str
     postgres_version: int = 15
-    _node_served: set[str] = field(default_factory=set)
+    _served: set[str] = field(default_factory=set)
 
     def node(self, major: str) -> str:
         """<mirror>/library/node:<major>-bookworm-slim, published on first use."""
-        if major not in self._node_served:
+        if f"node:{major}" not in self._served:
             publish_node(self.daemon, self.base, self.mirror, major)
-            self._node_served.add(major)
+            self._served.add(f"node:{major}")
         return f"{self.mirror}/library/node:{major}-bookworm-slim"
+
+    def redis(self) -> str:
+        """<mirror>/library/redis:7.4-alpine (what the compose files ask for), published on
+        first use."""
+        tag = f"{self.mirror}/library/redis:7.4-alpine"
+        if tag not in self._served:
+            if not _has_image(self.daemon, REDIS_LOCAL):
+                dockerfile = REDIS_DOCKERFILE.format(base=self.base)
+                build_image(self.daemon, REDIS_LOCAL, dockerfile, {})
+            _push_as(self.daemon, REDIS_LOCAL, tag)
+            self._served.add(tag)
+        return tag
 
     def answers(self, node_version: str) -> dict[str, str | int]:
         """The answers that make a kit build and run on these images: Node `node_version`."""
@@ -516,10 +543,16 @@ def publish_node(daemon: Dockerd, bookworm_base: str, registry: str, major: str)
         dockerfile = NODE_DOCKERFILE.format(base=bookworm_base, version=version)
         build_image(daemon, local, dockerfile, files)
     tag = f"{registry}/library/node:{major}-bookworm-slim"
+    _push_as(daemon, local, tag)
+    return tag
+
+
+def _push_as(daemon: Dockerd, local: str, tag: str) -> None:
+    """Push the local image as `tag`; only the tag goes afterwards (the image stays under its
+    shipyard-test/ name), so builds and runs take it from the registry."""
     daemon.run("tag", local, tag)
     daemon.run("push", tag)
     daemon.run("rmi", tag)
-    return tag
 
 
 def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -> MirrorImages:
@@ -543,8 +576,5 @@ def publish_mirror_images(dockerd: Dockerd, bookworm_base: str, registry: str) -
         (POSTGRES_LOCAL, postgres),
         (CADDY_LOCAL, f"{registry}/library/caddy:2-alpine"),
     ):
-        dockerd.run("tag", local, tag)
-        dockerd.run("push", tag)
-        # Only the tag goes: the image stays under its shipyard-test/ name.
-        dockerd.run("rmi", tag)
+        _push_as(dockerd, local, tag)
     return MirrorImages(daemon=dockerd, base=bookworm_base, mirror=registry, postgres=postgres)

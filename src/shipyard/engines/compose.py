@@ -50,18 +50,50 @@ def project_name(file: Path, default: str) -> str:
     return str(name) if name else default
 
 
-def services(file: Path) -> list[str]:
-    """Service names declared in a Compose file (for checks such as 'is there a backup?').
-
-    Raises EngineError naming the file when it cannot be read or is not YAML.
-    """
+def _declared(file: Path) -> dict[str, Any]:
+    """The services of a Compose file, by name; EngineError naming the file when it cannot be
+    read or is not YAML."""
     try:
         data: Any = YAML(typ="safe", pure=True).load(file.read_text("utf-8"))
     except (OSError, ValueError, YAMLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
         raise EngineError(f"cannot read {file.name}: {reason}") from None
     found = data.get("services", {}) if isinstance(data, dict) else {}
-    return list(found) if isinstance(found, dict) else []
+    return found if isinstance(found, dict) else {}
+
+
+def services(file: Path) -> list[str]:
+    """Service names declared in a Compose file (for checks such as 'is there a backup?')."""
+    return list(_declared(file))
+
+
+def unscalable(file: Path, service: str) -> str:
+    """Why `service` of the file cannot run as several containers side by side, or ''.
+
+    A release starts the new containers beside the old ones, so this matters from one replica
+    up: two containers cannot have the same name or publish the same host port.
+    """
+    spec = _declared(file).get(service)
+    if not isinstance(spec, dict):
+        return ""
+    if spec.get("container_name"):
+        name = spec["container_name"]
+        return f"it sets container_name: {name}, which only one container can have; remove it"
+    fixed = [str(port) for port in spec.get("ports") or [] if _host_port(port)]
+    if fixed:
+        return (
+            f"it publishes host port(s) {', '.join(fixed)}, which only one container can bind; "
+            "remove `ports:` there (the proxy publishes the port)"
+        )
+    return ""
+
+
+def _host_port(port: Any) -> bool:
+    """A `ports:` entry that binds a fixed host port (short `[IP:]HOST:CONTAINER` or long form)."""
+    if isinstance(port, dict):
+        return bool(port.get("published"))
+    parts = str(port).rsplit("]", 1)[-1].split(":")  # an IPv6 address keeps its colons
+    return len(parts) >= 2 and bool(parts[-2])
 
 
 def compose(
@@ -77,33 +109,41 @@ def compose(
 
 
 def up(
-    root: Path, file: str, images: Mapping[str, str], timeout: int, services: Sequence[str] = ()
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    timeout: int,
+    services: Sequence[str] = (),
+    scale: Mapping[str, int] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Command:
-    """Roll the stack (or only `services` and what they depend on) to `images` and wait until
-    every container with a healthcheck is healthy."""
-    return _up(root, file, images, timeout, ["--remove-orphans"], services)
+    """Roll the stack (or only `services` and what they depend on) to `images`, with `scale`
+    containers of the services it names and `env` for the file's other variables, and wait
+    until every container with a healthcheck is healthy."""
+    counts = [f"--scale={name}={count}" for name, count in sorted((scale or {}).items())]
+    return _up(root, file, images, timeout, ["--remove-orphans", *counts], services, env)
 
 
-def scale_up(
-    root: Path, file: str, images: Mapping[str, str], service: str, count: int, timeout: int
-) -> Command:
+def scale_up(root: Path, file: str, images: Mapping[str, str], service: str, count: int) -> Command:
     """Start containers of `service` with `images` beside its running ones (kept as they are,
-    whatever their image) until it has `count`, and wait until they are healthy."""
+    whatever their image) until it has `count`; the caller waits for their health
+    (engines.readiness), faster than Compose's `--wait` can."""
     flags = ["--no-deps", "--no-recreate", "--scale", f"{service}={count}"]
-    return _up(root, file, images, timeout, flags, [service])
+    return _up(root, file, images, None, flags, [service])
 
 
 def _up(
     root: Path,
     file: str,
     images: Mapping[str, str],
-    timeout: int,
+    timeout: int | None,
     flags: Sequence[str],
     services: Sequence[str],
+    env: Mapping[str, str] | None = None,
 ) -> Command:
-    wait = ["--wait", "--wait-timeout", str(timeout)]
+    wait = [] if timeout is None else ["--wait", "--wait-timeout", str(timeout)]
     args = ["up", "--detach", "--no-build", *flags, *wait, *services]
-    return compose(root, file, *args, images=images)
+    return compose(root, file, *args, images=images, env=env)
 
 
 def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[str]) -> Command:

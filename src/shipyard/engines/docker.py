@@ -120,7 +120,7 @@ def client() -> DockerClient:
 
 
 @contextlib.contextmanager
-def _sdk_errors(doing: str) -> Iterator[None]:
+def sdk_errors(doing: str) -> Iterator[None]:
     """SDK failures as EngineError: the daemon's own errors and, when its socket goes away
     mid-call, the `requests` errors the SDK lets through."""
     from docker.errors import DockerException
@@ -240,7 +240,7 @@ def running_images(cli: DockerClient, project: str) -> dict[str, str]:
     """Image reference per Compose service of the project's running containers."""
     images: dict[str, str] = {}
     label = f"com.docker.compose.project={project}"
-    with _sdk_errors(f"listing the containers of {project}"):
+    with sdk_errors(f"listing the containers of {project}"):
         containers = cli.containers.list(filters={"label": label})
     for container in containers:
         labels: dict[str, str] = container.labels
@@ -260,7 +260,7 @@ def health_failures(cli: DockerClient, project: str) -> dict[str, str]:
     """
     failures: dict[str, str] = {}
     label = f"com.docker.compose.project={project}"
-    with _sdk_errors(f"reading the health of {project}"):
+    with sdk_errors(f"reading the health of {project}"):
         containers = cli.containers.list(all=True, filters={"label": label})
     for container in containers:
         labels: dict[str, str] = container.labels
@@ -290,7 +290,7 @@ def settle(cli: DockerClient, project: str, timeout: float = 120) -> None:
     label = f"com.docker.compose.project={project}"
     while True:
         busy = []
-        with _sdk_errors(f"clearing the removed containers of {project}"):
+        with sdk_errors(f"clearing the removed containers of {project}"):
             for container in cli.containers.list(all=True, filters={"label": label}):
                 if container.status == "dead":
                     try:
@@ -319,7 +319,7 @@ def replicas(
     """The containers of one service of the project: running ones, or `every` one (a container
     a failed or interrupted `up` created and never started too); one-off runs excluded."""
     labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
-    with _sdk_errors(f"listing the containers of {service}"):
+    with sdk_errors(f"listing the containers of {service}"):
         containers = cli.containers.list(all=every, filters={"label": labels})
     return sorted(
         (
@@ -346,14 +346,21 @@ def write_file(cli: DockerClient, container: str, volume: str, path: str, text: 
         info = tarfile.TarInfo(path)
         info.size, info.mode = len(body), 0o644
         tar.addfile(info, io.BytesIO(body))
-    with _sdk_errors(f"writing {path} in {container}"):
+    with sdk_errors(f"writing {path} in {container}"):
         if not cli.containers.get(container).put_archive(volume, data.getvalue()):
             raise EngineError(f"the daemon refused to write {path} in {container}")
 
 
+def logs(cli: DockerClient, container: str, tail: int) -> str:
+    """The last `tail` lines a container wrote (stdout and stderr)."""
+    with sdk_errors(f"reading the logs of {container}"):
+        out = cli.containers.get(container).logs(tail=tail)
+    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+
+
 def exec_checked(cli: DockerClient, container: str, argv: list[str]) -> str:
     """Run `argv` in a running container; its output, or EngineError with it if it fails."""
-    with _sdk_errors(f"running {argv[0]} in {container}"):
+    with sdk_errors(f"running {argv[0]} in {container}"):
         code, out = cli.containers.get(container).exec_run(argv)
     text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
     if code != 0:
@@ -367,7 +374,7 @@ def retire(cli: DockerClient, ids: Iterable[str], *, graceful: bool) -> None:
     from docker.errors import NotFound
 
     for ident in ids:
-        with _sdk_errors("removing a container"), contextlib.suppress(NotFound):
+        with sdk_errors("removing a container"), contextlib.suppress(NotFound):
             container = cli.containers.get(ident)
             if graceful:
                 container.stop()

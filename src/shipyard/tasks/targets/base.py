@@ -23,6 +23,7 @@ class Options:
     timeout: int = 300
     skip_migrate: bool = False
     skip_backup: bool = False
+    during_maintenance: bool = False
 
 
 class Target(Protocol):
@@ -44,6 +45,9 @@ class Target(Protocol):
 
     def status(self) -> None:
         """Show what runs."""
+
+    def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
+        """Serve a 503 maintenance page for every request (`on`), or the service again."""
 
     def logs(self, component: str, tail: int, follow: bool) -> None:
         """Show (or follow) the logs of every component, or of one."""

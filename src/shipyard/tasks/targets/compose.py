@@ -20,7 +20,7 @@ from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
-from shipyard.tasks.targets import switch
+from shipyard.tasks.targets import proxy, switch
 from shipyard.tasks.targets.base import Options, ask, preflight
 
 
@@ -77,6 +77,7 @@ class ComposeTarget:
 
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
+        self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
@@ -94,16 +95,75 @@ class ComposeTarget:
                 ],
             )
             return
+        self._refuse_in_maintenance(opts)
         preflight(self, release)
         ask(self.env, f"Deploy {release.refs} to {env}?", opts)
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
 
+    def _project(self) -> str:
+        return compose_engine.project_name(self.cfg.root / self.env.compose_file, self.cfg.service)
+
+    def _refuse_in_maintenance(self, opts: Options) -> None:
+        if opts.during_maintenance:
+            return
+        with contextlib.closing(docker_engine.client()) as client:
+            since = proxy.maintenance_since(client, self._project())
+        if since:
+            raise Exit(
+                f"shipyard: {self.env.name} is in maintenance mode (since {since}); deploy with "
+                f"--during-maintenance, or first `invoke maintenance --env {self.env.name} "
+                "off`; nothing was changed",
+                code=1,
+            )
+
+    def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
+        env, project = self.env.name, self._project()
+        file = f"{proxy.VOLUME}/{proxy.MAINTENANCE}"
+        if opts.dry_run:
+            what = f"a 503 page (Retry-After: {retry_after})" if on else "no maintenance page"
+            plan(
+                f"maintenance {'on' if on else 'off'} for {self.cfg.service} on {env}",
+                [f"write {what} to {file} in {project}'s proxy, then `caddy reload`"],
+            )
+            return
+        if on:
+            ask(self.env, f"Answer every request to {env} with the maintenance page?", opts)
+        with contextlib.closing(docker_engine.client()) as client:
+            proxy.apply(client, project, proxy.MAINTENANCE, proxy.maintenance(on, retry_after))
+        if on:
+            say(f"{env}: in maintenance: every request gets the 503 page (proxy/maintenance/)")
+        else:
+            say(f"{env}: maintenance off: the service answers again")
+
     def _stack(self, timeout: int) -> switch.Stack:
+        file, project = self.env.compose_file, self._project()
+        replicas = {comp.name: self.env.replicas_of(comp.name) for comp in self.cfg.components}
+        return switch.Stack(self.cfg.root, file, project, timeout, replicas)
+
+    def _refuse_unscalable(self, images: Mapping[str, str]) -> None:
+        """Stop before any change when the Compose file makes a component unable to run the
+        containers a release needs: an http component runs its new containers beside the old
+        ones, a worker its replicas side by side."""
         file = self.env.compose_file
-        project = compose_engine.project_name(self.cfg.root / file, self.cfg.service)
-        return switch.Stack(self.cfg.root, file, project, timeout, self.env.replicas)
+        http, workers = self._split(images)
+        side_by_side = [c.name for c in http]
+        side_by_side += [w for w in workers if self.env.replicas_of(w) > 1]
+        try:
+            reasons = {
+                name: compose_engine.unscalable(self.cfg.root / file, name) for name in side_by_side
+            }
+        except EngineError as exc:
+            raise Exit(f"shipyard: {exc}; nothing was changed", code=1) from None
+        for name, why in reasons.items():
+            if why:
+                raise Exit(
+                    f"shipyard: {name} in {file} cannot run several containers side by side "
+                    f"(a release starts the new ones beside the old, and {self.env.name} asks "
+                    f"for {self.env.replicas_of(name)}): {why}. Nothing was changed",
+                    code=1,
+                )
 
     def _split(self, images: Mapping[str, str]) -> tuple[list[config.Component], list[str]]:
         """The release's http components (switched at the proxy) and its workers."""
@@ -116,19 +176,29 @@ class ComposeTarget:
         apps = {c.name for c in self.cfg.components} | set(images) | {compose_engine.MIGRATE}
         return [name for name in declared if name not in apps]
 
+    def _services_up(self, images: Mapping[str, str], timeout: int) -> Command:
+        """The proxy and databases up, the proxy told the host it serves (its HTTPS site)."""
+        return compose_engine.up(
+            self.cfg.root,
+            self.env.compose_file,
+            images,
+            timeout,
+            self._services(images),
+            env={"SHIPYARD_HOST": self.env.host},
+        )
+
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
-        root, file = self.cfg.root, self.env.compose_file
         return [
-            compose_engine.up(root, file, images, timeout, self._services(images)),
+            self._services_up(images, timeout),
             *switch.plan_steps(stack, images, http),
-            *([compose_engine.up(root, file, images, timeout, workers)] if workers else []),
+            *([_workers_up(stack, images, workers)] if workers else []),
         ]
 
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
         """The other services up, each http component switched, then the workers replaced; on
         failure or Ctrl-C, back to what was running."""
-        root, env, file = self.cfg.root, self.env.name, self.env.compose_file
+        root, env = self.cfg.root, self.env.name
         stack, (http, workers) = self._stack(timeout), self._split(images)
         with contextlib.closing(docker_engine.client()) as client:
             running = docker_engine.running_images(client, stack.project)
@@ -136,7 +206,7 @@ class ComposeTarget:
         switched: list[config.Component] = []
         try:
             execute(
-                compose_engine.up(root, file, images, timeout, self._services(images)),
+                self._services_up(images, timeout),
                 f"starting the services of {env}",
             )
             with contextlib.closing(docker_engine.client()) as client:
@@ -145,7 +215,7 @@ class ComposeTarget:
                     switch.switch(client, stack, comp, images)
             if workers:
                 try:
-                    execute(compose_engine.up(root, file, images, timeout, workers), "the workers")
+                    execute(_workers_up(stack, images, workers), "the workers")
                 except EngineError as exc:
                     raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
         except (EngineError, KeyboardInterrupt) as exc:
@@ -193,7 +263,7 @@ class ComposeTarget:
                 execute(compose_engine.remove(root, file, images, added), "the rollback")
             kept = [name for name in workers if name in previous]
             if kept:
-                _restore(compose_engine.up(root, file, back, stack.timeout, kept))
+                _restore(_workers_up(stack, back, kept))
         except (EngineError, KeyboardInterrupt) as again:
             raise Exit(
                 f"shipyard: the rollout of {env} failed ({reason}) and so did the rollback "
@@ -216,6 +286,7 @@ class ComposeTarget:
                 f"{state.FOLDER}/deploys-{env}.json to roll back to; nothing was changed",
                 code=1,
             )
+        self._refuse_unscalable(target)
         if opts.dry_run:
             plan(
                 f"rollback {self.cfg.service} on {env} (compose)", self._plan(target, opts.timeout)
@@ -240,10 +311,26 @@ class ComposeTarget:
 
     def status(self) -> None:
         execute(self._read("ps"), "compose ps")
+        with contextlib.suppress(EngineError), contextlib.closing(docker_engine.client()) as client:
+            since = proxy.maintenance_since(client, self._project())
+            if since:
+                say(f"{self.env.name}: in maintenance mode since {since}")
+            errors = proxy.certificate_errors(client, self._project())
+            if errors:
+                say(f"{self.env.name}: the proxy's last certificate errors (newest last):")
+                for error in errors[-3:]:
+                    print(f"  {error}")
 
     def logs(self, component: str, tail: int, follow: bool) -> None:
         args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
         execute(self._read(*args, *([component] if component else [])), "reading logs")
+
+
+def _workers_up(stack: switch.Stack, images: Mapping[str, str], workers: list[str]) -> Command:
+    """Workers are recreated in place, each with its replica count: nothing routes to them, so
+    two generations never need to run side by side."""
+    scale = {name: stack.replicas.get(name, 1) for name in workers}
+    return compose_engine.up(stack.root, stack.file, images, stack.timeout, workers, scale)
 
 
 def _run_migrations(steps: list[Command]) -> None:
@@ -263,9 +350,10 @@ def _health_detail(project: str) -> str:
     """Why the new containers are not healthy, from their health logs; empty if unknown."""
     try:
         with contextlib.closing(docker_engine.client()) as client:
-            return switch.health_detail(client, project)
+            failures = docker_engine.health_failures(client, project)
     except EngineError:
         return ""  # the rollout's own error already says what went wrong
+    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))
 
 
 def _restore(up: Command, attempts: int = 3) -> None:

@@ -23,6 +23,7 @@ def chart_release(cfg: config.Config, env: config.Environment) -> helm_engine.Re
         chart=f"charts/{cfg.service}",
         values_file=env.values_file,
         replicas=env.replicas,
+        component_replicas=dict(env.component_replicas),
         host=env.host,
         root=cfg.root,
     )
@@ -114,6 +115,15 @@ class HelmTarget:
         ask(self.env, f"Roll {env} back to Helm revision {revision}?", opts)
         execute(cmd, "helm rollback")
         say(f"{env}: rolled back to revision {revision}")
+
+    def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
+        del on, retry_after, opts
+        raise Exit(
+            f"shipyard: maintenance mode is served by the Compose proxy; on Kubernetes "
+            f"({self.env.name}) point the Ingress at a maintenance backend yourself for now. "
+            "Nothing was changed",
+            code=2,
+        )
 
     def status(self) -> None:
         for cmd in helm_engine.status(self.chart):

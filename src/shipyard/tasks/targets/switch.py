@@ -1,7 +1,8 @@
 """The health-gated switch of a Compose release, Kamal 2's model with Caddy as the proxy.
 
 For each http component: start the new containers beside the old ones (`up --no-recreate
---scale C=2N`, the docker-rollout technique), wait for their health checks, point the proxy
+--scale C=2N`, the docker-rollout technique), wait for their health checks (run every second:
+engines.readiness), point the proxy
 at them (the upstream list written into the proxy's volume, then `caddy reload`, which loads
 it gracefully or not at all), let in-flight requests drain, then stop the old containers with
 SIGTERM and their stop grace period. Until the proxy is pointed, a failure or Ctrl-C removes
@@ -19,20 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipyard import config
-from shipyard.engines import EngineError
+from shipyard.engines import EngineError, readiness
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
 from shipyard.engines.proc import Command
 from shipyard.tasks.support import execute, say
+from shipyard.tasks.targets import proxy
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
-# compose.prod.yaml's Caddy service, the volume its upstream lists live on (proxy/Caddyfile
-# imports /config/upstreams/<component>/*.caddy) and its Caddyfile.
-PROXY = "proxy"
-PROXY_VOLUME = "/config"
-CADDYFILE = "/etc/caddy/Caddyfile"
 # After the reload, the time requests the old containers already had take to finish; the
 # app's stop_grace_period (30 s in compose.prod.yaml) covers any that take longer.
 DRAIN = 2.0
@@ -46,15 +43,10 @@ class Stack:
     file: str
     project: str
     timeout: int
-    replicas: int
+    replicas: Mapping[str, int]  # containers each component runs (shipyard.yaml)
 
     def scale_up(self, images: Mapping[str, str], component: str, count: int) -> Command:
-        return compose_engine.scale_up(self.root, self.file, images, component, count, self.timeout)
-
-
-def upstreams_file(component: str) -> str:
-    """The component's upstream list, relative to PROXY_VOLUME."""
-    return f"upstreams/{component}/upstreams.caddy"
+        return compose_engine.scale_up(self.root, self.file, images, component, count)
 
 
 def plan_steps(
@@ -64,10 +56,12 @@ def plan_steps(
     steps: list[Command | str] = []
     for comp in http:
         steps += [
-            stack.scale_up(images, comp.name, 2 * stack.replicas),
-            f"point the proxy at the new {comp.name} containers ({upstreams_file(comp.name)} in "
-            f"the proxy's {PROXY_VOLUME}, then `caddy reload`), drain {DRAIN:.0f} s, stop the "
-            "old ones (SIGTERM, then their stop_grace_period)",
+            stack.scale_up(images, comp.name, 2 * stack.replicas[comp.name]),
+            f"once each new {comp.name} container passes its health check (run every second, "
+            f"at most {stack.timeout} s), point the proxy at them "
+            f"({proxy.upstreams_file(comp.name)} in the proxy's {proxy.VOLUME}, then `caddy "
+            f"reload`), drain {DRAIN:.0f} s, stop the old ones (SIGTERM, then their "
+            "stop_grace_period)",
         ]
     return steps
 
@@ -80,21 +74,19 @@ def switch(
     Raises EngineError (with the new containers' health logs) or KeyboardInterrupt after
     removing the new containers: the old ones keep serving.
     """
-    name, image = comp.name, images[comp.name]
+    name, image, count = comp.name, images[comp.name], stack.replicas[comp.name]
     old = docker_engine.replicas(client, stack.project, name)
-    if len(old) == stack.replicas and all(r.image == image for r in old):
+    if len(old) == count and all(r.image == image for r in old):
         point(client, stack, comp, old)  # already running: only make sure traffic goes there
         return
     kept = {r.id for r in old}
     try:
-        execute(stack.scale_up(images, name, len(old) + stack.replicas), f"starting the new {name}")
+        execute(stack.scale_up(images, name, len(old) + count), f"starting the new {name}")
         new = [r for r in docker_engine.replicas(client, stack.project, name) if r.id not in kept]
+        readiness.wait_healthy(client, name, [r.id for r in new], stack.timeout)
         point(client, stack, comp, new)
-    except (EngineError, KeyboardInterrupt) as exc:
-        detail = "" if isinstance(exc, KeyboardInterrupt) else health_detail(client, stack.project)
+    except (EngineError, KeyboardInterrupt):
         _discard(client, stack, comp, old)
-        if detail:
-            raise EngineError(f"{exc}{detail}") from None
         raise
     time.sleep(DRAIN)
     say(f"{name}: serving {image}; stopping the previous containers")
@@ -119,17 +111,10 @@ def point(
     `caddy reload` adapts and loads the whole config: if it does not load, the running one
     stays and this raises EngineError.
     """
-    proxies = docker_engine.replicas(client, stack.project, PROXY)
-    if not proxies:
-        raise EngineError(f"the {PROXY} service is not running, so no traffic can be switched")
     listed = " ".join(f"{r.name}:{comp.port}" for r in to)
     text = f"# Written by `invoke deploy`: the {comp.name} containers serving.\n"
     text += f"to {listed}\n" if listed else ""
-    for proxy in proxies:
-        docker_engine.write_file(client, proxy.name, PROXY_VOLUME, upstreams_file(comp.name), text)
-        docker_engine.exec_checked(
-            client, proxy.name, ["caddy", "reload", "--config", CADDYFILE, "--adapter", "caddyfile"]
-        )
+    proxy.apply(client, stack.project, proxy.upstreams_file(comp.name), text)
 
 
 def _discard(
@@ -146,12 +131,3 @@ def _discard(
     docker_engine.settle(client, stack.project)
     started = docker_engine.replicas(client, stack.project, comp.name, every=True)
     docker_engine.retire(client, [r.id for r in started if r.id not in kept], graceful=False)
-
-
-def health_detail(client: DockerClient, project: str) -> str:
-    """Why the new containers are not healthy, from their health logs; empty if unknown."""
-    try:
-        failures = docker_engine.health_failures(client, project)
-    except EngineError:
-        return ""  # the rollout's own error already says what went wrong
-    return "".join(f"; {service} {why}" for service, why in sorted(failures.items()))

@@ -1,0 +1,206 @@
+"""The monitoring checks: the chart's prometheus-operator objects, rendered as on a cluster
+that serves monitoring.coreos.com/v1, checked by promtool (the alert rules and their unit
+tests) and against the operator's CRD schemas (vendored in schemas/crds/, offline).
+
+kubernetes-validate knows only Kubernetes' own APIs, and `helm template` without
+`--api-versions` renders none of these objects, so without these checks they would go unread.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from shipyard.validate.files import Chart, charts, rel
+from shipyard.validate.finding import Finding, oneline
+from shipyard.validate.tools import each, no_report, run_tool
+
+API_VERSION = "monitoring.coreos.com/v1"
+# Where a chart keeps the promtool unit tests of its rules (beside the dashboard).
+RULE_TESTS = Path("monitoring", "rules.test.yaml")
+# The rule file the tests name (rule_files: [rules.yaml]), written beside a copy of them.
+RULE_FILE = "rules.yaml"
+# Kinds checked against a vendored CRD schema: schemas/crds/<kind, lowercased>.json.
+CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """The chart's monitoring.coreos.com objects with `values`, or a reason it did not render.
+
+    Release name = chart name and namespace "default", as the unit tests expect."""
+    from ruamel.yaml import YAML
+
+    argv = ["helm", "template", chart.name, str(chart.path), "--api-versions", API_VERSION]
+    result = run_tool([*argv, *(["--values", str(values)] if values else [])], root)
+    if result.returncode != 0:
+        return [], no_report(result)
+    try:
+        documents = list(YAML(typ="safe", pure=True).load_all(result.stdout))
+    except Exception as exc:  # the kubernetes check names the template; say it here too
+        return [], oneline(str(exc))
+    if not any(documents):  # an application chart always renders something
+        return [], "rendered no manifests"
+    found = [d for d in documents if isinstance(d, dict) and d.get("apiVersion") == API_VERSION]
+    return found, ""
+
+
+def _runs(root: Path) -> list[tuple[Chart, Path | None]]:
+    return [
+        (chart, values)
+        for chart in charts(root)
+        if not chart.library and (chart.path / "templates").is_dir()
+        for values in chart.values
+    ]
+
+
+def _where(root: Path, chart: Chart, kind: str) -> str:
+    """The template a kind comes from, as a finding names it."""
+    name = "prometheusrule.yaml" if kind == "PrometheusRule" else "monitoring.yaml"
+    return rel(root, chart.path / "templates" / name)
+
+
+def _values_name(values: Path | None) -> str:
+    return values.name if values else "default values"
+
+
+def _render_failure(root: Path, chart: Chart, values: Path | None, why: str) -> Finding:
+    message = f"helm template --api-versions {API_VERSION} with {_values_name(values)}: {why}"
+    return Finding(rel(root, chart.path), None, "helm", "template", message)
+
+
+def check_prometheus_rules(root: Path) -> list[Finding]:
+    """`promtool check rules` on each PrometheusRule the chart renders (per values file), and
+    `promtool test rules` on the chart's monitoring/rules.test.yaml against the default render."""
+
+    def one(run: tuple[Chart, Path | None]) -> list[Finding]:
+        chart, values = run
+        objects, failed = _render(root, chart, values)
+        where = rel(root, chart.path)
+        if failed:
+            return [_render_failure(root, chart, values, failed)]
+        groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
+        tests = chart.path / RULE_TESTS
+        if not groups:
+            if tests.is_file() and values == chart.values[0]:
+                message = f"{RULE_TESTS} tests rules, but the chart renders no PrometheusRule"
+                return [Finding(where, None, "promtool", "test", message)]
+            return []
+        findings: list[Finding] = []
+        with tempfile.TemporaryDirectory(prefix="shipyard-rules-") as tmp:
+            rule_file = Path(tmp, RULE_FILE)
+            rule_file.write_text(json.dumps({"groups": groups}, indent=1), "utf-8")
+            source = _where(root, chart, "PrometheusRule")
+            result = run_tool(["promtool", "check", "rules", str(rule_file)], Path(tmp))
+            if result.returncode != 0 or "SUCCESS" not in result.stdout:
+                said = no_report(result).replace(str(rule_file), RULE_FILE)
+                message = f"with {_values_name(values)}: {said}"
+                findings.append(Finding(source, None, "promtool", "check-rules", message))
+            # The tests hold the default values' names and thresholds: run them once, on
+            # rules that parse (a parse error would repeat in every test).
+            if not findings and values == chart.values[0]:
+                findings += _unit_tests(root, chart, rule_file, values)
+        return findings
+
+    return [f for found in each(one, _runs(root)) for f in found]
+
+
+def _unit_tests(root: Path, chart: Chart, rule_file: Path, values: Path | None) -> list[Finding]:
+    tests = chart.path / RULE_TESTS
+    where = rel(root, tests)
+    if not tests.is_file():
+        message = "the chart renders a PrometheusRule but has no promtool unit tests here"
+        return [Finding(where, None, "promtool", "test", message)]
+    if values is not None:  # the first environment's render: tests need the defaults'
+        objects, failed = _render(root, chart, None)
+        groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
+        if failed or not groups:
+            return []  # the default render's own run reports it
+        rule_file.write_text(json.dumps({"groups": groups}, indent=1), "utf-8")
+    copy = rule_file.parent / "rules.test.yaml"
+    copy.write_text(tests.read_text("utf-8"), "utf-8")
+    result = run_tool(["promtool", "test", "rules", copy.name], rule_file.parent)
+    # promtool says SUCCESS when every test passed: a silent exit 0 proves nothing.
+    if result.returncode != 0 or "SUCCESS" not in result.stdout:
+        said = oneline(result.stdout + " " + result.stderr) if result.returncode > 0 else ""
+        return [Finding(where, None, "promtool", "test", said or no_report(result))]
+    return []
+
+
+def _groups(rule: dict[str, Any]) -> list[Any]:
+    spec = rule.get("spec")
+    groups = spec.get("groups") if isinstance(spec, dict) else None
+    return groups if isinstance(groups, list) else []
+
+
+def check_monitoring_crds(root: Path) -> list[Finding]:
+    """Each ServiceMonitor, PodMonitor and PrometheusRule the chart renders (per values file)
+    against its CRD's schema, strictly: an unknown field is an error, as the API server's
+    strict field validation makes it."""
+    from jsonschema import Draft7Validator
+
+    def one(run: tuple[Chart, Path | None]) -> list[Finding]:
+        chart, values = run
+        objects, failed = _render(root, chart, values)
+        if failed:
+            return [_render_failure(root, chart, values, failed)]
+        findings = []
+        for obj in objects:
+            kind = str(obj.get("kind"))
+            name = f"{kind}/{(obj.get('metadata') or {}).get('name', '?')}"
+            where = _where(root, chart, kind)
+            if kind not in CRD_KINDS:
+                message = f"{name} (with {_values_name(values)}): no schema for {API_VERSION}"
+                findings.append(Finding(where, None, "crd-schema", kind, message))
+                continue
+            validator = Draft7Validator(_strict_schema(kind))
+            for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
+                path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+                message = f"{name} (with {_values_name(values)}): {path}: {error.message}"
+                findings.append(Finding(where, None, "crd-schema", kind, message))
+        return findings
+
+    return [f for found in each(one, _runs(root)) for f in found]
+
+
+@cache
+def _strict_schema(kind: str) -> dict[str, Any]:
+    """The vendored openAPIV3Schema of `kind`, made strict (see schemas/crds/README.md)."""
+    text = files("shipyard").joinpath("schemas", "crds", f"{kind.lower()}.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    for node in _objects(schema):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+    # metadata is `type: object` alone in a CRD: the API server checks it, and so do we.
+    schema["properties"]["metadata"] = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"},
+            "namespace": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "additionalProperties": False,
+    }
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "spec"})
+    return schema
+
+
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object inside `node`, `node` included."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _objects(value)

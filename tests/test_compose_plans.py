@@ -1,0 +1,258 @@
+"""Compose options without a daemon: replicas (how many containers or pods each component
+runs, and what a Compose file that cannot run them side by side is told) and maintenance
+mode (its plan and refusals). Dry runs and bad input only; the real engine runs both in
+test_tasks_compose.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from shipyard.engines import compose as compose_engine
+from tests.conftest import Render, git, init_repo
+
+DIGEST = "sha256:" + "ab" * 32
+REGISTRY = "registry.example.com/acme"
+COMPOSE = {"SHIPYARD_COMPOSE": "docker-compose"}
+
+
+@pytest.fixture(scope="module")
+def source(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A web component and a worker, staging and prod on Compose, with pushes recorded."""
+    root = render(
+        {
+            "project_name": "Shop",
+            "components": [
+                {"name": "web", "kind": "http", "port": 8080, "health_path": "/health"},
+                {"name": "jobs", "kind": "worker", "path": ".", "start": "node jobs.js"},
+            ],
+            "database": "none",
+            "image_registry": REGISTRY,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "ci_provider": "none",
+        },
+        tmp_path_factory.mktemp("replicas") / "shop",
+    )
+    init_repo(root, "kit")
+    state = root / ".shipyard"
+    state.mkdir()
+    (state / ".gitignore").write_text("*\n")
+    record_pushes(root)
+    return root
+
+
+def record_pushes(root: Path) -> None:
+    """Both images pushed from HEAD, as `invoke push` records them."""
+    head = git(root, "rev-parse", "HEAD").strip()
+    records = {
+        name: {"ref": f"{REGISTRY}/shop-{name}@{DIGEST}", "digest": DIGEST, "revision": head}
+        for name in ("web", "jobs")
+    }
+    (root / ".shipyard" / "images.json").write_text(json.dumps(records))
+
+
+@pytest.fixture
+def kit(source: Path, tmp_path: Path) -> Path:
+    """A copy each test may edit."""
+    return Path(shutil.copytree(source, tmp_path / "shop", symlinks=True))
+
+
+def edit_yaml(path: Path, change: Any) -> None:
+    """Change a file of the kit and commit it, with pushes of the new HEAD recorded: prod
+    releases come from a commit."""
+    yaml = YAML()
+    data = yaml.load(path.read_text())
+    change(data)
+    with path.open("w") as out:
+        yaml.dump(data, out)
+    git(path.parent, "commit", "-qam", f"edit {path.name}")
+    if (path.parent / ".shipyard").is_dir():
+        record_pushes(path.parent)
+
+
+def invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **COMPOSE},
+    )
+
+
+def set_replicas(kit: Path, env: str, replicas: int, **per_component: int) -> None:
+    def change(data: Any) -> None:
+        data["environments"][env]["replicas"] = replicas
+        if per_component:
+            data["environments"][env]["component_replicas"] = per_component
+
+    edit_yaml(kit / "shipyard.yaml", change)
+
+
+def test_compose_plan_runs_each_component_with_its_replicas(kit: Path) -> None:
+    set_replicas(kit, "prod", 3, jobs=2)
+    result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # The new web containers start beside the three old ones, then the old ones stop.
+    assert any("--no-recreate --scale web=6 " in line and line.endswith(" web") for line in lines)
+    # The worker is recreated in place with its own count.
+    assert any("--scale=jobs=2 " in line and line.endswith(" jobs") for line in lines), lines
+
+
+def test_replicas_default_to_the_environment_for_components_not_named(kit: Path) -> None:
+    set_replicas(kit, "prod", 2, web=4)
+    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run").stdout
+    assert "--scale web=8 " in plan
+    assert "--scale=jobs=2 " in plan
+
+
+def test_component_replicas_must_name_a_component(kit: Path) -> None:
+    set_replicas(kit, "prod", 1, wbe=3)
+    result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
+    assert result.returncode == 2
+    assert (
+        "environments.prod.component_replicas.wbe: 'wbe' is not one of the components "
+        "(jobs, web)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("component", "setting", "why"),
+    [
+        (
+            "web",
+            {"ports": ["8080:8080"]},
+            "it publishes host port(s) 8080:8080, which only one container can bind; remove "
+            "`ports:` there (the proxy publishes the port)",
+        ),
+        (
+            "web",
+            {"container_name": "shop-web"},
+            "it sets container_name: shop-web, which only one container can have; remove it",
+        ),
+    ],
+)
+def test_an_http_component_that_cannot_run_twice_is_refused_before_anything(
+    kit: Path, component: str, setting: dict[str, Any], why: str
+) -> None:
+    """Even with one replica: a release starts the new container beside the old one."""
+    edit_yaml(kit / "compose.prod.yaml", lambda data: data["services"][component].update(setting))
+    for args in (("deploy", "--env", "prod", "--dry-run"), ("deploy", "--env", "prod", "--yes")):
+        result = invoke(kit, *args)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip() == (
+            f"shipyard: {component} in compose.prod.yaml cannot run several containers side by "
+            f"side (a release starts the new ones beside the old, and prod asks for 1): {why}. "
+            "Nothing was changed"
+        )
+        assert result.stdout == ""
+
+
+def test_a_worker_with_a_fixed_port_is_refused_only_with_more_than_one_replica(kit: Path) -> None:
+    worker_port = {"ports": ["9000:9000"]}
+    edit_yaml(kit / "compose.prod.yaml", lambda data: data["services"]["jobs"].update(worker_port))
+    assert invoke(kit, "deploy", "--env", "prod", "--dry-run").returncode == 0
+    set_replicas(kit, "prod", 1, jobs=2)
+    result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
+    assert result.returncode == 1
+    assert "shipyard: jobs in compose.prod.yaml cannot run several containers" in result.stderr
+    assert "prod asks for 2): it publishes host port(s) 9000:9000" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ports", "fixed"),
+    [
+        (["8080"], False),  # container port only: the host picks a free one
+        (["127.0.0.1::8080"], False),
+        ([{"target": 8080}], False),
+        (["8080:8080"], True),
+        (["127.0.0.1:8080:8080"], True),
+        (["[::1]:8080:8080"], True),
+        ([{"target": 8080, "published": "8080"}], True),
+        ([8080], False),
+    ],
+)
+def test_which_port_entries_bind_a_fixed_host_port(
+    tmp_path: Path, ports: list[Any], fixed: bool
+) -> None:
+    file = tmp_path / "compose.yaml"
+    file.write_text(json.dumps({"services": {"web": {"image": "x", "ports": ports}}}))
+    assert bool(compose_engine.unscalable(file, "web")) is fixed
+
+
+def test_helm_passes_component_replicas_after_the_default(render: Render, tmp_path: Path) -> None:
+    root = render(
+        {"project_name": "Shop API", "sample_app": True, "image_registry": REGISTRY},
+        tmp_path / "shop-api",
+    )
+    init_repo(root, "kit")
+    set_replicas(root, "prod", 3, **{"shop-api": 5})
+    ref = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
+    env = {**os.environ, "SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--env", "prod", "--dry-run"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "--set replicaCount=3 --set-string host=shop-api.example.com "
+        "--set components.shop-api.replicaCount=5 " in result.stdout
+    )
+
+
+def test_maintenance_plan_names_the_file_and_the_reload(kit: Path) -> None:
+    on = invoke(kit, "maintenance", "--env", "prod", "on", "--retry-after", "120", "--dry-run")
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.splitlines() == [
+        "maintenance on for shop on prod (dry run: nothing is changed)",
+        "  1. write a 503 page (Retry-After: 120) to /config/maintenance/maintenance.caddy in "
+        "shop's proxy, then `caddy reload`",
+    ]
+    off = invoke(kit, "maintenance", "--env", "prod", "off", "--dry-run")
+    assert "write no maintenance page to /config/maintenance/maintenance.caddy" in off.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["maybe"], "shipyard: maintenance takes on or off, not 'maybe'"),
+        (
+            ["on", "--retry-after", "0"],
+            "shipyard: --retry-after takes a number of seconds, at least 1",
+        ),
+    ],
+)
+def test_maintenance_refuses_what_it_cannot_do(kit: Path, args: list[str], message: str) -> None:
+    result = invoke(kit, "maintenance", "--env", "prod", *args)
+    assert (result.returncode, result.stderr.strip()) == (2, message)
+
+
+def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
+    def to_helm(data: Any) -> None:
+        prod = data["environments"]["prod"]
+        prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
+        del prod["compose_file"]
+
+    edit_yaml(kit / "shipyard.yaml", to_helm)
+    result = invoke(kit, "maintenance", "--env", "prod", "on", "--yes")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "shipyard: maintenance mode is served by the Compose proxy; on Kubernetes (prod) point "
+        "the Ingress at a maintenance backend yourself for now. Nothing was changed"
+    )
