@@ -94,6 +94,15 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         {"components": [{**HTTP, "health_port": 9000}]},
         "health_command and health_port are for workers",
     ),
+    # One server may serve both, on different paths.
+    (
+        {
+            "components": [
+                {**WORKER, "health_port": 9464, "health_path": "/metrics", "metrics_port": 9464}
+            ]
+        },
+        "serves its health check and its metrics on the same port and path /metrics",
+    ),
     ({"database": "none", "migrations": "prisma"}, "Migrations need a database"),
     ({"postgres_version": 12}, "PostgreSQL 12 is not supported"),
     ({"migrations": "custom"}, "Give the command that applies migrations"),
