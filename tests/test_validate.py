@@ -119,7 +119,7 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ),
         (
             {"components": [{**HTTP, "health_command": "true"}]},  # health is at its port
-            "{'anyOf': [{'required': ['health_port']}, {'required': ['health_command']}]}",
+            "valid under {'anyOf': [{'required': ['health_port']}, {'required': ['health_command']",
         ),
         (
             {
