@@ -174,12 +174,17 @@ def action_pins(c: Context, remote: str = "https://github.com/{repo}") -> None:
     Only the repository and tag are read from actions.jinja, never its SHA: the record is the
     independent truth the pins are tested against. Run it after bumping a tag there.
     """
-    pins = {
-        repo: {tag: tag_commit(remote.format(repo=repo), tag)}
-        for repo, tag in PINNED_TAG.findall(ACTIONS.read_text())
-    }
+    pins: dict[str, dict[str, str]] = {}
+    for action, tag in PINNED_TAG.findall(ACTIONS.read_text()):
+        repo = repository(action)
+        pins.setdefault(repo, {})[tag] = tag_commit(remote.format(repo=repo), tag)
     ACTION_PINS.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
     print(f"recorded {len(pins)} action tags in {ACTION_PINS.relative_to(REPO)}")
+
+
+def repository(action: str) -> str:
+    """owner/name of an action (github/codeql-action/init lives in github/codeql-action)."""
+    return "/".join(action.split("/")[:2])
 
 
 def tag_commit(url: str, tag: str) -> str:

@@ -106,6 +106,22 @@ def copier_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(copier), *args], capture_output=True, text=True, check=False)
 
 
+def invoke_cli(
+    root: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run `invoke ARGS` in a generated kit as a user would (a subprocess of this interpreter),
+    with `env` over this process's environment; never raises on its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=root,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 # A fixed identity, so tests commit on machines with no git user configured.
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Shipyard Tests",

@@ -6,10 +6,8 @@ test_tasks_compose.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard.engines import compose as compose_engine
-from tests.conftest import Render, git, init_repo
+from tests.conftest import Render, git, init_repo, invoke_cli
 
 DIGEST = "sha256:" + "ab" * 32
 REGISTRY = "registry.example.com/acme"
@@ -80,14 +78,7 @@ def edit_yaml(path: Path, change: Any) -> None:
 
 
 def invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **COMPOSE},
-    )
+    return invoke_cli(root, *args, env=COMPOSE)
 
 
 def set_replicas(kit: Path, env: str, replicas: int, **per_component: int) -> None:
@@ -200,15 +191,8 @@ def test_helm_passes_component_replicas_after_the_default(render: Render, tmp_pa
     init_repo(root, "kit")
     set_replicas(root, "prod", 3, **{"shop-api": 5})
     ref = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
-    env = {**os.environ, "SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "deploy", "--env", "prod", "--dry-run"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    env = {"SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
+    result = invoke_cli(root, "deploy", "--env", "prod", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert (
         "--set replicaCount=3 --set-string host=shop-api.example.com "
@@ -256,3 +240,51 @@ def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
         "shipyard: maintenance mode is served by the Compose proxy; on Kubernetes (prod) point "
         "the Ingress at a maintenance backend yourself for now. Nothing was changed"
     )
+
+
+def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
+    def smoke(data: Any) -> None:
+        data["environments"]["prod"]["smoke"] = {"command": ["node", "smoke.js", "--quick"]}
+
+    edit_yaml(kit / "shipyard.yaml", smoke)
+    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run").stdout.splitlines()
+    runs = [line for line in plan if " run --rm --no-deps web node smoke.js --quick" in line]
+    assert len(runs) == 1, plan
+    # After the switch and the workers, with the new images.
+    assert plan.index(runs[0]) > max(i for i, line in enumerate(plan) if "--scale" in line)
+    assert f"WEB_IMAGE={REGISTRY}/shop-web@{DIGEST}" in runs[0]
+    assert "a failing smoke check rolls back like a failed health check" in plan[-2]
+
+
+@pytest.mark.parametrize(
+    ("smoke", "target", "message"),
+    [
+        (
+            {"command": ["true"], "component": "wbe"},
+            "compose",
+            "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
+        ),
+        (
+            {"command": ["true"]},
+            "helm",
+            "environments.prod.smoke: smoke checks run on Compose targets only so far; on Helm, "
+            "run yours in CI after `invoke deploy`",
+        ),
+        ({"command": []}, "compose", "environments.prod.smoke.command: [] should be non-empty"),
+    ],
+)
+def test_smoke_settings_are_checked(
+    kit: Path, smoke: dict[str, Any], target: str, message: str
+) -> None:
+    def change(data: Any) -> None:
+        prod = data["environments"]["prod"]
+        prod["smoke"] = smoke
+        if target == "helm":
+            prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
+            del prod["compose_file"]
+
+    edit_yaml(kit / "shipyard.yaml", change)
+    result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,12 +12,11 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Render, git, init_repo
+from tests.conftest import Render, git, init_repo, invoke_cli
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -32,15 +31,7 @@ BUILD = (
 
 
 def _invoke(root: Path, env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = invoke_cli(root, *args, env=env)
     if proc.returncode:
         pytest.fail(
             f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"

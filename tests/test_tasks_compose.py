@@ -421,6 +421,16 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     assert "rolled-back" in status.stdout
 
 
+def set_staging(kit: Kit, key: str, value: object) -> None:
+    yaml = YAML()
+    path = kit.root / "shipyard.yaml"
+    data = yaml.load(path.read_text())
+    data["environments"]["staging"][key] = value
+    with path.open("w") as out:
+        yaml.dump(data, out)
+    kit.commit(f"staging {key}: {value}")
+
+
 @pytest.fixture(scope="session")
 def deaf_and_broken(kit: Kit, first: str) -> tuple[str, str]:
     """Two releases of an app that ignores SIGTERM (so stopping an old container that still
@@ -452,16 +462,6 @@ def deaf_and_broken(kit: Kit, first: str) -> tuple[str, str]:
     return deaf, broken
 
 
-def set_staging_replicas(kit: Kit, count: int) -> None:
-    yaml = YAML()
-    path = kit.root / "shipyard.yaml"
-    data = yaml.load(path.read_text())
-    data["environments"]["staging"]["replicas"] = count
-    with path.open("w") as out:
-        yaml.dump(data, out)
-    kit.commit(f"staging runs {count} replicas")
-
-
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str], replicas: int
@@ -472,7 +472,7 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     assert serving_image(dockerd) == first
     deaf, broken = deaf_and_broken
     if replicas > 1:
-        set_staging_replicas(kit, replicas)
+        set_staging(kit, "replicas", replicas)
 
     def deploy(ref: str) -> Result:
         # The image by digest, as CI passes it.
@@ -540,6 +540,39 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
         kit.invoke("maintenance", "--env", "staging", "off")
     assert requests.get(base + "/health", timeout=5).status_code == 200
     assert "maintenance" not in kit.invoke("status", "--env", "staging").stdout
+    assert serving_image(dockerd) == first
+
+
+def test_a_failing_smoke_check_rolls_the_release_back(
+    kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str]
+) -> None:
+    """The smoke check runs in the new image after the switch: failing, the release is rolled
+    back as for a failed health check; passing (here: a request through the proxy, by its
+    service name), the release stays."""
+    assert serving_image(dockerd) == first
+    deaf, _ = deaf_and_broken
+    as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": deaf}, kit.port)
+    deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
+    health = f"http://proxy:{kit.port}/health"
+    try:
+        set_staging(kit, "smoke", {"command": ["node", "-e", "process.exit(3)"]})
+        failed = as_ci.invoke(*deploy, check=False)
+        assert failed.code == 1, failed.output
+        assert "the smoke check failed (exit 3)" in failed.stderr
+        assert "rolled back, the previous version is serving" in failed.stderr
+        assert serving_image(dockerd) == first
+        script = f"fetch('{health}').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(2))"
+        set_staging(kit, "smoke", {"command": ["node", "-e", script], "timeout": 60})
+        as_ci.invoke(*deploy)
+        assert serving_image(dockerd) == deaf
+        with contextlib.closing(dockerd.client()) as client:
+            one_offs = client.containers.list(
+                all=True, filters={"label": ["com.docker.compose.oneoff=True"]}
+            )
+        assert one_offs == []
+    finally:
+        git(kit.root, "reset", "-q", "--hard", "HEAD~2")
+        Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": first}, kit.port).invoke(*deploy)
     assert serving_image(dockerd) == first
 
 

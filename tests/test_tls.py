@@ -9,7 +9,6 @@ import http.client
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import Render, init_repo
+from tests.conftest import Render, init_repo, invoke_cli
 from tests.servers.acme import HOST_NAME, Acme
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
@@ -28,15 +27,7 @@ HOST = "staging.cert-api.example.net"
 
 
 def invoke(root: Path, env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = invoke_cli(root, *args, env=env)
     assert proc.returncode == 0, f"invoke {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
     return proc.stdout
 
@@ -156,6 +147,7 @@ def test_acme_certificate_is_issued_and_served(
         context.wrap_socket(raw, server_hostname=HOST) as tls,
     ):
         cert = tls.getpeercert()
+    assert cert is not None
     assert ("DNS", HOST) in cert["subjectAltName"]
     # Plain HTTP is redirected to HTTPS (the ACME challenges stay on port 80).
     status, headers = get(80, "/health?x=1", None)

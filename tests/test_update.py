@@ -270,6 +270,9 @@ def test_migration_steps_are_idempotent(tmp_path: Path) -> None:
     assert copier_migrations.rename_answer(answers, "old", "new")
     assert not copier_migrations.rename_answer(answers, "old", "new")
     assert answers.read_text().splitlines()[1:] == ["_commit: v1.0.0", "new: 3", "keep: x"]
+    assert copier_migrations.keep_answer(answers, "tls", "none")
+    assert not copier_migrations.keep_answer(answers, "tls", "acme")
+    assert answers.read_text().splitlines()[-1] == "tls: none"
     (tmp_path / "a.txt").write_text("a")
     assert copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
     assert not copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
@@ -354,3 +357,39 @@ def test_update_moves_an_unedited_guide_cleanly(template_dir: Path, tmp_path: Pa
     assert template_tasks.conflicted_files(root) == []
     findings = validate.validate(root)
     assert not findings, validate.report(findings)
+
+
+def test_an_update_that_brings_the_tls_question_keeps_the_loopback_proxy(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """A kit generated before `tls` existed runs its proxy on loopback behind the host's own TLS
+    proxy; the update that brings the question (v0.1.0) keeps it there through `_migrations`
+    (`acme` would take ports 80 and 443, which that proxy holds), while a new kit gets `acme`."""
+    repo = released_template(template_dir, tmp_path / "shipyard", "v0.1.0")
+    questions = (repo / "copier.yml").read_text()
+    start, end = questions.index("\ntls:\n"), questions.index("\nci_provider:\n")
+    (repo / "copier.yml").write_text(questions[:start] + questions[end:])
+    git(repo, "commit", "-qam", "before tls")
+    git(repo, "tag", "v0.0.9")
+    answers = {"project_name": "Shop", "staging_target": "compose", "production_target": "compose"}
+
+    def copy(ref: str, dst: Path) -> Path:
+        run_copy(str(repo), dst, data=answers, vcs_ref=ref, defaults=True, unsafe=True, quiet=True)
+        return dst
+
+    old = copy("v0.0.9", tmp_path / "shop")
+    assert "tls" not in (old / ".copier-answers.yml").read_text()
+    init_repo(old, "generated before tls")
+    copier = str(Path(sys.executable).with_name("copier"))
+    with _env(GIT_IDENTITY):
+        subprocess.run(
+            [copier, "update", "--trust", "--defaults", "--vcs-ref", "v0.1.0"],
+            cwd=old,
+            check=True,
+            capture_output=True,
+        )
+    assert "tls: none" in (old / ".copier-answers.yml").read_text()
+    assert '"127.0.0.1:' in (old / "compose.prod.yaml").read_text()
+    fresh = copy("v0.1.0", tmp_path / "fresh")
+    assert "tls: acme" in (fresh / ".copier-answers.yml").read_text()
+    assert '- "443:443"' in (fresh / "compose.prod.yaml").read_text()

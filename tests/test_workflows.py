@@ -71,11 +71,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 KITS = CI_PRESETS + list(VARIANTS)
 
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
-PINNED = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)@(?P<sha>[0-9a-f]{40})$")
+# owner/name, or owner/name/path for an action in a folder (github/codeql-action/init).
+PINNED = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+)@(?P<sha>[0-9a-f]{40})$")
 VERSION_COMMENT = re.compile(r"^\s+#\s(?P<version>v\d+\.\d+\.\d+)$")
-# The only write scopes any job may hold, and only in release.yml: pushing to GitHub Packages
-# and an OIDC token for keyless signing.
-RELEASE_WRITE_SCOPES = {"packages", "id-token"}
+# The only write scopes any job may hold: in release.yml, pushing to GitHub Packages, an OIDC
+# token for keyless signing and the image scans' reports to code scanning; in codeql.yml, its
+# results.
+WRITE_SCOPES = {
+    "release.yml": {"packages", "id-token", "security-events"},
+    "codeql.yml": {"security-events"},
+}
 
 
 def _yaml(path: Path) -> Any:
@@ -131,7 +136,8 @@ def test_each_pin_is_the_commit_of_its_tag() -> None:
     recorded from the action's own repository by `invoke action-pins` (docs/contributing.md),
     not as actions.jinja itself says."""
     recorded = json.loads(tasks.ACTION_PINS.read_text())
-    for repo, (sha, version) in _pinned_actions().items():
+    for action, (sha, version) in _pinned_actions().items():
+        repo = tasks.repository(action)
         tags = recorded.get(repo, {})
         assert version in tags, f"{repo} {version} is not recorded: run `invoke action-pins`"
         assert sha == tags[version], (
@@ -156,7 +162,11 @@ def test_action_pins_records_each_tags_commit_from_the_repository(
         git(action, "rev-parse", f"{t}^{{commit}}").strip() for t in ("v1.0.0", "v2.0.0")
     )
     pins = tmp_path / "actions.jinja"
-    pins.write_text(f"    'x': ('acme/action', '{'0' * 40}', 'v2.0.0'),\n")
+    # Two actions of one repository (as github/codeql-action/init and .../analyze) and tags.
+    pins.write_text(
+        f"    'x': ('acme/action', '{'0' * 40}', 'v2.0.0'),\n"
+        f"    'y': ('acme/action/sub', '{'0' * 40}', 'v1.0.0'),\n"
+    )
     monkeypatch.setattr(tasks, "ACTIONS", pins)
     monkeypatch.setattr(tasks, "ACTION_PINS", tmp_path / "action-pins.json")
     monkeypatch.setattr(tasks, "REPO", tmp_path)
@@ -164,7 +174,7 @@ def test_action_pins_records_each_tags_commit_from_the_repository(
     tasks.action_pins(Context(), remote=str(tmp_path / "remote" / "{repo}"))
 
     assert json.loads((tmp_path / "action-pins.json").read_text()) == {
-        "acme/action": {"v2.0.0": second}
+        "acme/action": {"v1.0.0": first, "v2.0.0": second}
     }
     assert tasks.tag_commit(str(action), "v1.0.0") == first
     with pytest.raises(Exit, match=r"has no tag v3\.0\.0"):
@@ -199,10 +209,11 @@ def test_pinned_majors_are_not_on_a_deprecated_runtime(tmp_path: Path) -> None:
     assert 'runtime "node20" is deprecated' in result.stdout
 
 
-def test_kit_renders_the_four_files(kit: Path) -> None:
+def test_kit_renders_the_five_files(kit: Path) -> None:
     github = kit / ".github"
     assert sorted(p.name for p in (github / "workflows").iterdir()) == [
         "ci.yml",
+        "codeql.yml",
         "deploy.yml",
         "release.yml",
     ]
@@ -281,7 +292,7 @@ def test_token_has_least_privilege(kit: Path) -> None:
             assert permissions.get("contents") == "read", where
             writes = {scope for scope, level in permissions.items() if level == "write"}
             assert set(permissions.values()) <= {"read", "write"}, where
-            allowed = RELEASE_WRITE_SCOPES if name == "release.yml" else set()
+            allowed = WRITE_SCOPES.get(name, set())
             assert writes <= allowed, f"{where}: may not write {writes - allowed}"
 
 
@@ -384,7 +395,7 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
     assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
     images = _images(_answers(kit))
     assert {job_id for job_id in jobs if job_id.startswith("image-")} == {
-        f"image-{name}" for name, _, _ in images
+        job for name, _, _ in images for job in (f"image-{name}", f"image-{name}-scan")
     }
     for name, dockerfile, target in images:
         job = jobs[f"image-{name}"]
@@ -407,6 +418,21 @@ def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
         assert sign["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
         assert job["permissions"]["id-token"] == "write"
         assert job["outputs"]["image"].startswith(cfg.image_repository(name) + "@")
+        # Each pushed image is scanned by digest; a fixable critical finding stops the release
+        # before any deploy, and the report goes to code scanning.
+        scan_job = jobs[f"image-{name}-scan"]
+        assert scan_job["needs"] == f"image-{name}"
+        assert scan_job["permissions"]["security-events"] == "write"
+        assert "id-token" not in scan_job["permissions"]
+        scan = {s.get("id"): s for s in _steps(scan_job)}["scan"]["with"]
+        assert scan["image"] == f"${{{{ needs.image-{name}.outputs.image }}}}"
+        assert (scan["fail-build"], scan["severity-cutoff"], scan["only-fixed"]) == (
+            True,
+            "critical",
+            True,
+        )
+        for deploy in ("deploy-staging", "deploy-prod"):
+            assert f"image-{name}-scan" in jobs[deploy]["needs"]
     helm = "helm" in {cfg.environment(env).target for env in ("staging", "prod")}
     assert ("chart" in jobs) == helm
     if helm:

@@ -95,6 +95,15 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class Smoke:
+    """A check run in a one-off container of a new image after each rollout."""
+
+    command: tuple[str, ...]
+    component: str = ""  # empty: the first http component, else the first component
+    timeout: int = 120
+
+
+@dataclass(frozen=True)
 class Environment:
     """One environment of shipyard.yaml, named as the file names it (aliases resolved)."""
 
@@ -109,6 +118,7 @@ class Environment:
     backup_before_migrate: bool = False
     health_url: str = ""
     backup: BackupSettings | None = None
+    smoke: Smoke | None = None
     # compose targets
     compose_file: str = "compose.prod.yaml"
     # helm targets (the schema requires both there)
@@ -178,6 +188,10 @@ def _component(data: dict[str, Any]) -> Component:
     return Component(**{**data, "health_command": tuple(data.get("health_command", ()))})
 
 
+def _smoke(data: dict[str, Any]) -> Smoke:
+    return Smoke(**{**data, "command": tuple(data["command"])})
+
+
 def _typed(root: Path, data: dict[str, Any]) -> Config:
     """The typed view of a document that already passed the schema."""
     db = data.get("database")
@@ -194,8 +208,9 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
         environments={
             name: Environment(
                 name=name,
-                **{key: value for key, value in env.items() if key != "backup"},
+                **{key: value for key, value in env.items() if key not in ("backup", "smoke")},
                 backup=BackupSettings(**env["backup"]) if env.get("backup") else None,
+                smoke=_smoke(env["smoke"]) if env.get("smoke") else None,
             )
             for name, env in data["environments"].items()
         },
@@ -203,15 +218,24 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
 
 
 def _reference_errors(data: dict[str, Any]) -> list[str]:
-    """What the schema cannot say: names that must be declared components."""
+    """What the schema cannot say: names that must be declared components, and settings the
+    environment's target does not run."""
     declared = {comp["name"] for comp in data["components"]}
-    return [
-        f"environments.{env}.component_replicas.{name}: '{name}' is not one of the "
-        f"components ({', '.join(sorted(declared))})"
-        for env, settings in data["environments"].items()
-        for name in settings.get("component_replicas", {})
-        if name not in declared
-    ]
+    known = f"is not one of the components ({', '.join(sorted(declared))})"
+    errors: list[str] = []
+    for env, settings in data["environments"].items():
+        for name in settings.get("component_replicas", {}):
+            if name not in declared:
+                errors.append(f"environments.{env}.component_replicas.{name}: '{name}' {known}")
+        smoke = settings.get("smoke", {})
+        if smoke and settings["target"] != "compose":
+            errors.append(
+                f"environments.{env}.smoke: smoke checks run on Compose targets only so far; "
+                "on Helm, run yours in CI after `invoke deploy`"
+            )
+        if "component" in smoke and smoke["component"] not in declared:
+            errors.append(f"environments.{env}.smoke.component: '{smoke['component']}' {known}")
+    return errors
 
 
 def load(root: Path | str = ".") -> Config:

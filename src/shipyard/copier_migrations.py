@@ -6,6 +6,7 @@ file), `_tasks` after every copy and update. It may use only the standard librar
 (a dependency of copier). Each step is idempotent: replaying an update changes nothing twice.
 
     python copier_migrations.py rename-answer OLD NEW [--answers-file .copier-answers.yml]
+    python copier_migrations.py keep-answer NAME VALUE [--answers-file .copier-answers.yml]
     python copier_migrations.py move OLD_PATH NEW_PATH [--if-contains TEXT]
     python copier_migrations.py merge-ignore .gitignore KIT_LINES
 """
@@ -36,6 +37,20 @@ def rename_answer(answers_file: Path, old: str, new: str) -> bool:
     renamed = {(new if key == old else key): value for key, value in answers.items()}
     answers_file.write_text(
         HEADER + yaml.safe_dump(renamed, sort_keys=False, allow_unicode=True), "utf-8"
+    )
+    return True
+
+
+def keep_answer(answers_file: Path, name: str, value: str) -> bool:
+    """Record `name: value` unless the file has that answer; True if changed. For a question a
+    release adds whose default would change what an existing kit does: the kit keeps
+    behaving as it did, and a new kit gets the new default."""
+    answers = yaml.safe_load(answers_file.read_text("utf-8")) or {}
+    if name in answers:
+        return False
+    answers[name] = value
+    answers_file.write_text(
+        HEADER + yaml.safe_dump(answers, sort_keys=False, allow_unicode=True), "utf-8"
     )
     return True
 
@@ -96,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rename.add_argument("old")
     rename.add_argument("new")
     rename.add_argument("--answers-file", type=Path, default=Path(".copier-answers.yml"))
+    keep = steps.add_parser("keep-answer", help="record an answer the kit does not have yet")
+    keep.add_argument("name")
+    keep.add_argument("value")
+    keep.add_argument("--answers-file", type=Path, default=Path(".copier-answers.yml"))
     relocate = steps.add_parser("move", help="move a generated file or folder")
     relocate.add_argument("old", type=Path)
     relocate.add_argument("new", type=Path)
@@ -112,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.step == "rename-answer":
         changed = rename_answer(args.answers_file, args.old, args.new)
         what = f"answer {args.old} -> {args.new}"
+    elif args.step == "keep-answer":
+        changed = keep_answer(args.answers_file, args.name, args.value)
+        what = f"answer {args.name}: {args.value}"
     else:
         changed = move(args.old, args.new, args.if_contains)
         what = f"{args.old} -> {args.new}"

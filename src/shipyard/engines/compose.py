@@ -151,6 +151,14 @@ def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[
     return compose(root, file, "rm", "--stop", "--force", *services, images=images)
 
 
+def run_once(
+    root: Path, file: str, images: Mapping[str, str], service: str, argv: Sequence[str]
+) -> Command:
+    """`argv` in a one-off container of `service` (its image, environment and networks), with
+    the stack already running, removed afterwards."""
+    return compose(root, file, "run", "--rm", "--no-deps", service, *argv, images=images)
+
+
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     """The one-off migrate service of compose.prod.yaml, run with the new image."""
     return compose(root, file, "--profile", MIGRATE, "run", "--rm", MIGRATE, images=images)

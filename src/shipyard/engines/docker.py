@@ -331,6 +331,14 @@ def replicas(
     )
 
 
+def remove_one_offs(cli: DockerClient, project: str) -> None:
+    """Remove the project's one-off containers (`compose run`) that are still there."""
+    labels = [f"com.docker.compose.project={project}", "com.docker.compose.oneoff=True"]
+    with sdk_errors(f"removing the one-off containers of {project}"):
+        for container in cli.containers.list(all=True, filters={"label": labels}):
+            container.remove(force=True)
+
+
 def write_file(cli: DockerClient, container: str, volume: str, path: str, text: str) -> None:
     """Write `text` to `path` (relative, its folders made) under the `volume` mount point of a
     running container, through the daemon's archive API: works through a remote DOCKER_HOST

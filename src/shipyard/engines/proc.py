@@ -51,7 +51,9 @@ class Result:
     stderr: str
 
 
-def _spawn(cmd: Command, *, capture: bool, what: str) -> subprocess.CompletedProcess[str]:
+def _spawn(
+    cmd: Command, *, capture: bool, what: str, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
     """Start `cmd` and wait for it: `run`, `capture` and `succeeds` all come through here.
 
     A missing or unrunnable program is an EngineError naming `what` it was needed for; a child
@@ -68,7 +70,10 @@ def _spawn(cmd: Command, *, capture: bool, what: str) -> subprocess.CompletedPro
             errors="replace",
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{what or cmd.argv[0]} did not finish within {timeout:.0f}s") from None
     except (FileNotFoundError, PermissionError) as exc:
         needed = f" (needed for: {what})" if what else ""
         problem = "is not installed or not on PATH"
@@ -82,12 +87,15 @@ def _spawn(cmd: Command, *, capture: bool, what: str) -> subprocess.CompletedPro
     return proc
 
 
-def run(cmd: Command, *, capture: bool = False, what: str = "") -> str:
+def run(
+    cmd: Command, *, capture: bool = False, what: str = "", timeout: float | None = None
+) -> str:
     """Run `cmd`, streaming its output unless `capture`; return captured stdout.
 
-    Raises EngineError naming the command when it is missing or exits non-zero.
+    Raises EngineError naming the command when it is missing, exits non-zero or runs longer
+    than `timeout` seconds (then it is killed).
     """
-    proc = _spawn(cmd, capture=capture, what=what)
+    proc = _spawn(cmd, capture=capture, what=what, timeout=timeout)
     if proc.returncode:
         detail = ""
         if capture:

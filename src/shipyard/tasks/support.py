@@ -114,10 +114,11 @@ def plan(title: str, steps: Sequence[Command | str]) -> None:
         print(f"  {number}. {step}")
 
 
-def execute(cmd: Command, what: str, *, capture: bool = False) -> str:
-    """Echo and run one command (streamed), raising EngineError when it fails."""
+def execute(cmd: Command, what: str, *, capture: bool = False, timeout: float | None = None) -> str:
+    """Echo and run one command (streamed), raising EngineError when it fails (or outlives
+    `timeout` seconds)."""
     say(f"$ {cmd}")
-    return run(cmd, capture=capture, what=what)
+    return run(cmd, capture=capture, what=what, timeout=timeout)
 
 
 def confirm(question: str, yes: bool) -> None:

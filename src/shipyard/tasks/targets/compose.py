@@ -187,13 +187,41 @@ class ComposeTarget:
             env={"SHIPYARD_HOST": self.env.host},
         )
 
+    def _smoke(self, images: Mapping[str, str]) -> Command | None:
+        """The environment's smoke check, in a one-off container of the new image of its
+        component (the first http component unless it names one)."""
+        smoke = self.env.smoke
+        if smoke is None:
+            return None
+        http = [c.name for c in self.cfg.components if c.kind == "http"]
+        component = smoke.component or (http or [self.cfg.components[0].name])[0]
+        file = self.env.compose_file
+        return compose_engine.run_once(self.cfg.root, file, images, component, smoke.command)
+
+    def _run_smoke(self, images: Mapping[str, str], project: str) -> None:
+        smoke, check = self.env.smoke, self._smoke(images)
+        if smoke is None or check is None:
+            return
+        try:
+            execute(check, "the smoke check", timeout=smoke.timeout)
+        except EngineError:
+            # A check killed at its timeout leaves its container behind: remove it.
+            with contextlib.closing(docker_engine.client()) as client:
+                docker_engine.remove_one_offs(client, project)
+            raise
+
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
-        return [
+        steps: list[Command | str] = [
             self._services_up(images, timeout),
             *switch.plan_steps(stack, images, http),
-            *([_workers_up(stack, images, workers)] if workers else []),
         ]
+        if workers:
+            steps.append(_workers_up(stack, images, workers))
+        smoke = self._smoke(images)
+        if smoke:
+            steps += [smoke, "a failing smoke check rolls back like a failed health check"]
+        return steps
 
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
         """The other services up, each http component switched, then the workers replaced; on
@@ -218,6 +246,7 @@ class ComposeTarget:
                     execute(_workers_up(stack, images, workers), "the workers")
                 except EngineError as exc:
                     raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
+            self._run_smoke(images, stack.project)
         except (EngineError, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted (Ctrl-C)" if interrupted else str(exc)
