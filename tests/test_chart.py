@@ -48,6 +48,13 @@ def _helm_envs(preset: str) -> list[str]:
 
 HELM_PRESETS = [p for p in PRESETS if _helm_envs(p)]
 PROD_HELM_PRESETS = [p for p in PRESETS if "prod" in _helm_envs(p)]
+# Helm presets with something to route to (queue-worker has workers only: no Ingress or route);
+# a preset without components has copier.yml's default, one http component.
+ROUTED_HELM_PRESETS = [
+    p
+    for p in HELM_PRESETS
+    if any(c["kind"] == "http" for c in load_preset(p).get("components", [{"kind": "http"}]))
+]
 
 
 def _tool(name: str) -> str:
@@ -221,7 +228,7 @@ def test_older_kubernetes_is_refused(helm: Helm, rendered: Callable[[str], Path]
     assert ">=1.28.0-0" in result.stderr
 
 
-@pytest.mark.parametrize("preset", HELM_PRESETS)
+@pytest.mark.parametrize("preset", ROUTED_HELM_PRESETS)
 def test_httproute_alternative(preset: str, template: Callable[..., list[Doc]]) -> None:
     root_args = ["--set", "host=app.example.org", "--set", "gateway.enabled=true"]
     docs = template(preset, *root_args)
@@ -404,8 +411,21 @@ def test_deployments_follow_shipyard_yaml(
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert container[probe]["httpGet"] == {"path": c["health_path"], "port": "http"}
         else:
-            assert "ports" not in container
-            assert "readinessProbe" not in container
+            # A worker serves nothing but, with a metrics_port, its metrics.
+            assert [port["name"] for port in container.get("ports", [])] in ([], ["metrics"])
+            # A worker is probed by what it declares (shipyard.yaml), else not at all.
+            check = (
+                {"exec": {"command": c["health_command"]}}
+                if "health_command" in c
+                else {"httpGet": {"path": c["health_path"], "port": c["health_port"]}}
+                if "health_port" in c
+                else None
+            )
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if check is None:
+                    assert probe not in container
+                else:
+                    assert {k: container[probe][k] for k in check} == check, probe
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
@@ -552,7 +572,7 @@ def test_local_backups_get_a_kept_volume(preset: str, template: Callable[..., li
     assert {"name": "backups", "mountPath": "/backups"} in pod["containers"][0]["volumeMounts"]
 
 
-@pytest.mark.parametrize("preset", HELM_PRESETS)
+@pytest.mark.parametrize("preset", ROUTED_HELM_PRESETS)
 def test_ingress_routes_each_http_component(
     preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
 ) -> None:
@@ -606,7 +626,8 @@ def test_network_policies_default_deny(
         assert "namespaceSelector" in rule["from"][0]
 
 
-# A worker-only service (no preset has one) on PostgreSQL with migrations, Helm everywhere.
+# A worker-only service on PostgreSQL with migrations, Helm in staging too (the queue-worker
+# preset stages on Compose, where a worker-only chart once rendered an Ingress with no paths).
 WORKER_ONLY = {
     "project_name": "Queue Runner",
     "components": [{"name": "jobs", "kind": "worker"}, {"name": "mailer", "kind": "worker"}],
@@ -647,6 +668,73 @@ def test_worker_only_service_has_no_route_and_migrates_in_its_first_image(
         assert re.search(rf"{chart.name}: .*need a component of kind http", result.stderr)
     findings = validate.validate(worker_root, only=["helm-lint", "kubernetes"])
     assert not findings, validate.report(findings)
+
+
+def _probes(docs: list[Doc], component: str) -> Doc:
+    """The probes of the component's container, by name."""
+    (dep,) = [
+        d
+        for d in _by_kind(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return {k: v for k, v in container.items() if k.endswith("Probe")}
+
+
+def test_worker_probes_take_shared_timings_and_their_own_overrides(
+    template: Callable[..., list[Doc]],
+) -> None:
+    """A component's own `probes` override the shared timings for it alone; a worker that
+    declares health gets all three probes, like an http component."""
+    docs = template(
+        "queue-worker",
+        "--set",
+        "components.consumer.probes.liveness.failureThreshold=7",
+        "--set",
+        "probes.readiness.periodSeconds=9",
+    )
+    consumer, scheduler = _probes(docs, "consumer"), _probes(docs, "scheduler")
+    assert set(consumer) == set(scheduler) == {"startupProbe", "readinessProbe", "livenessProbe"}
+    assert consumer["livenessProbe"]["failureThreshold"] == 7
+    assert consumer["livenessProbe"]["periodSeconds"] == 10  # the rest stays shared
+    assert scheduler["livenessProbe"]["failureThreshold"] == 3
+    assert consumer["readinessProbe"]["periodSeconds"] == 9
+    assert scheduler["readinessProbe"]["periodSeconds"] == 9
+    assert consumer["startupProbe"]["failureThreshold"] == 60
+    # Values alone can give a worker a probe the answers did not.
+    docs = template("monorepo", "--set-json", 'components.worker.healthCommand=["true"]')
+    assert _probes(docs, "worker")["livenessProbe"]["exec"] == {"command": ["true"]}
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        # A command beside a port and path: one kind of health check.
+        ('components.consumer.healthCommand=["true"]', "/components/consumer': 'not' failed"),
+        # A port without a path.
+        ("components.consumer.healthPath=null", "'healthPath' required, if 'healthPort' exists"),
+        ("components.scheduler.healthPort=9000", "'healthPath' required, if 'healthPort' exists"),
+        ('components.consumer.probes={"liveness": {"periodSeconds": 0}}', "/periodSeconds"),
+        ('components.consumer.probes={"liveness": {"period": 5}}', "additional properties"),
+    ],
+)
+def test_schema_refuses_bad_worker_health(
+    helm: Helm, rendered: Callable[[str], Path], values: str, where: str
+) -> None:
+    chart = _chart(rendered("queue-worker"))
+    result = helm("helm", "template", "rel", str(chart), "--set-json", values, check=False)
+    assert result.returncode != 0
+    assert where in result.stderr, result.stderr
+
+
+def test_schema_refuses_worker_health_on_an_http_component(
+    helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered("monorepo"))
+    for values in ('components.api.healthCommand=["true"]', "components.api.healthPort=9000"):
+        result = helm("helm", "template", "rel", str(chart), "--set-json", values, check=False)
+        assert result.returncode != 0, values
+        assert "at '/components/api'" in result.stderr, result.stderr
 
 
 def test_text_outside_the_basic_plane_reaches_the_pods_unchanged(

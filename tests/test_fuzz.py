@@ -80,6 +80,18 @@ def components(draw: st.DrawFn) -> list[dict[str, Any]]:
             if route in routes:  # an explicit route clashed: one of this component's own
                 route = comp["route"] = f"/{name}-svc"
             routes.add(route)
+        else:
+            # A worker declares a health check, of either kind, or none.
+            health = draw(st.sampled_from(["none", "command", "port"]))
+            if health == "command":
+                comp["health_command"] = draw(
+                    st.sampled_from(
+                        ['test -n "$(find /tmp/beat -newermt -60seconds)"', ["node", "health.js"]]
+                    )
+                )
+            elif health == "port":
+                comp["health_port"] = draw(st.integers(1, 65535))
+                comp["health_path"] = draw(st.sampled_from(["/health", "/healthz/live"]))
         if draw(st.booleans()):
             comp["start"] = draw(st.sampled_from(["node dist/main.js", "node server.js"]))
         result.append(comp)
@@ -243,6 +255,18 @@ CLASHES = [
         ("sample_app",),
         "components",
         "Component 'jobs' is a worker: workers serve no port",
+    ),
+    Clash(
+        {"components": [{**WORKER, "health_port": 9000}]},
+        ("sample_app",),
+        "components",
+        "Component 'jobs' has health_port but no health_path",
+    ),
+    Clash(
+        {"components": [{**HTTP, "health_command": "true"}]},
+        ("sample_app",),
+        "components",
+        "health_command and health_port are for workers",
     ),
     Clash(
         {"components": [{**HTTP, "port": 5432}], "database": "postgres"},

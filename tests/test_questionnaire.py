@@ -12,6 +12,7 @@ from shipyard import config
 from tests.conftest import Render, copier_cli
 
 HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
+WORKER = {"name": "jobs", "kind": "worker"}
 
 # (answers, the sentence copier must show): each answer set breaks exactly one rule.
 REJECTED: list[tuple[dict[str, Any], str]] = [
@@ -60,6 +61,47 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     (
         {"components": [{"name": "jobs", "kind": "worker", "output": "next-standalone"}]},
         "output next-standalone is a Next.js server",
+    ),
+    # A worker's health: a command, or a port and path; never both, never on an http component.
+    ({"components": [{**WORKER, "health_port": 9000}]}, "has health_port but no health_path"),
+    ({"components": [{**WORKER, "health_path": "/health"}]}, "has health_path but no health_port"),
+    (
+        {"components": [{**WORKER, "health_port": 9000, "health_path": "health"}]},
+        "needs a health_path starting with '/'",
+    ),
+    (
+        {"components": [{**WORKER, "health_port": 70000, "health_path": "/health"}]},
+        "needs a health_port between 1 and 65535; got '70000'",
+    ),
+    (
+        {"components": [{**WORKER, "health_port": True, "health_path": "/health"}]},
+        "needs a health_port between 1 and 65535",
+    ),
+    (
+        {"components": [{**WORKER, "health_command": "true", "health_port": 9000}]},
+        "has both health_command and health_port/health_path: give one kind",
+    ),
+    ({"components": [{**WORKER, "health_command": " "}]}, "give a command that exits 0"),
+    ({"components": [{**WORKER, "health_command": []}]}, "give a command that exits 0"),
+    ({"components": [{**WORKER, "health_command": ["node", 1]}]}, "give a command that exits 0"),
+    ({"components": [{**WORKER, "health_command": ["node", ""]}]}, "give a command that exits 0"),
+    ({"components": [{**WORKER, "health_command": {"a": 1}}]}, "give a command that exits 0"),
+    (
+        {"components": [{**HTTP, "health_command": "true"}]},
+        "health_command and health_port are for workers",
+    ),
+    (
+        {"components": [{**HTTP, "health_port": 9000}]},
+        "health_command and health_port are for workers",
+    ),
+    # One server may serve both, on different paths.
+    (
+        {
+            "components": [
+                {**WORKER, "health_port": 9464, "health_path": "/metrics", "metrics_port": 9464}
+            ]
+        },
+        "serves its health check and its metrics on the same port and path /metrics",
     ),
     ({"database": "none", "migrations": "prisma"}, "Migrations need a database"),
     ({"postgres_version": 12}, "PostgreSQL 12 is not supported"),

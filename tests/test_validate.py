@@ -101,6 +101,9 @@ def test_answers_schema_knows_every_question(template_dir: Path) -> None:
     assert known <= questions, f"drop {sorted(known - questions)} from schemas/answers.schema.json"
 
 
+HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
@@ -110,6 +113,22 @@ def test_answers_schema_knows_every_question(template_dir: Path) -> None:
         ({"node_version": 18}, "node_version: 18 is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
+        (
+            {"components": [{"name": "jobs", "kind": "worker", "health_port": 9000}]},
+            "components.0: 'health_path' is a dependency of 'health_port'",
+        ),
+        (
+            {"components": [{**HTTP, "health_command": "true"}]},  # health is at its port
+            "valid under {'anyOf': [{'required': ['health_port']}, {'required': ['health_command']",
+        ),
+        (
+            {
+                "components": [
+                    {"name": "jobs", "kind": "worker", "health_command": "x", "health_port": 1}
+                ]
+            },
+            "{'required': ['health_command', 'health_port']}",
+        ),
     ],
 )
 def test_answers_schema_refuses_what_copier_refuses(

@@ -73,8 +73,12 @@ class Component:
     start: str
     # http components only (the schema requires them there and forbids them on workers).
     port: int | None = None
-    health_path: str = ""
     route: str = ""
+    # Where health is checked: an http component's port, else a worker's health_port (with
+    # health_path) or its health_command; a worker may declare neither.
+    health_path: str = ""
+    health_port: int | None = None
+    health_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,11 @@ class Config:
         return f"{self.registry}/{self.service}-{component}"
 
 
+def _component(data: dict[str, Any]) -> Component:
+    """One component of shipyard.yaml (its lists as tuples, so the Component is hashable)."""
+    return Component(**{**data, "health_command": tuple(data.get("health_command", ()))})
+
+
 def _smoke(data: dict[str, Any]) -> Smoke:
     return Smoke(**{**data, "command": tuple(data["command"])})
 
@@ -193,7 +202,7 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
         registry=data["image"]["registry"],
         mirror=data["image"]["mirror"],
         dockerfile=data["image"]["dockerfile"],
-        components=tuple(Component(**comp) for comp in data["components"]),
+        components=tuple(_component(comp) for comp in data["components"]),
         secrets=tuple(data["secrets"]),
         database=Database(db["name"], db["user"], db["version"]) if db else None,
         environments={

@@ -119,6 +119,31 @@ The names of the http components, space-separated; empty when every component is
 {{- end -}}
 
 {{/*
+Usage: {{ with include "app.probes" (dict "context" $ "component" $c) | trim }}{{ . | nindent 10 }}{{ end }}
+The component's startupProbe, readinessProbe and livenessProbe: an http component GETs its
+healthPath on its port, a worker runs its healthCommand or GETs healthPath on healthPort; empty
+for a worker that declares neither. Timings: `probes`, overridden by the component's own.
+*/}}
+{{- define "app.probes" -}}
+{{- $c := .component -}}
+{{- $check := dict -}}
+{{- if eq $c.kind "http" -}}
+{{- $check = dict "httpGet" (dict "path" $c.healthPath "port" "http") -}}
+{{- else if $c.healthCommand -}}
+{{- $check = dict "exec" (dict "command" $c.healthCommand) -}}
+{{- else if $c.healthPort -}}
+{{- $check = dict "httpGet" (dict "path" $c.healthPath "port" $c.healthPort) -}}
+{{- end -}}
+{{- if $check -}}
+{{- $timings := mergeOverwrite (deepCopy .context.Values.probes) (deepCopy (default (dict) $c.probes)) -}}
+{{- range $probe := list "startup" "readiness" "liveness" }}
+{{ $probe }}Probe:
+  {{- toYaml (merge (deepCopy $check) (get $timings $probe)) | nindent 2 }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Usage: {{ include "app.tmpVolume" . }}
 Writable scratch space: the root filesystem is read-only.
 */}}
