@@ -42,8 +42,15 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite against real tools and servers; extra arguments go to pytest."""
     _install(session, "test")
-    # loadgroup: tests marked xdist_group("docker") share one worker, so one dockerd serves them.
-    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
+    # Two runs. The tests marked xdist_group("docker") share one dockerd, which a machine-wide
+    # lock guards: they run in a pytest of their own, in one process (`-n 0` last, so it wins
+    # over a -n in the arguments). Under xdist a few of them could land on a second worker,
+    # which would then wait on that lock until it timed out. Everything else runs on every
+    # core. Exit code 5 (nothing selected: the arguments named only one kind) is not a failure.
+    session.run(
+        "pytest", "-n", "auto", "-m", "not xdist_group", *session.posargs, success_codes=[0, 5]
+    )
+    session.run("pytest", "-m", "xdist_group", *session.posargs, "-n", "0", success_codes=[0, 5])
 
 
 @nox.session(python=PYTHON)
