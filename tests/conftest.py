@@ -131,6 +131,15 @@ GIT_IDENTITY = {
 }
 
 
+def edit_yaml(path: Path, change: Callable[[Any], None]) -> None:
+    """Apply `change` to a YAML file of a kit, comments and order kept (ruamel round trip)."""
+    yaml = YAML()
+    data = yaml.load(path.read_text())
+    change(data)
+    with path.open("w") as out:
+        yaml.dump(data, out)
+
+
 def git(root: Path, *args: str) -> str:
     """Run git in `root` as the test identity; return its stdout (raises on failure)."""
     return subprocess.run(

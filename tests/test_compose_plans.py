@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from shipyard.engines import compose as compose_engine
-from tests.conftest import Render, git, init_repo, invoke_cli
+from tests.conftest import Render, edit_yaml, git, init_repo, invoke_cli
 
 DIGEST = "sha256:" + "ab" * 32
 REGISTRY = "registry.example.com/acme"
@@ -64,14 +64,10 @@ def kit(source: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(source, tmp_path / "shop", symlinks=True))
 
 
-def edit_yaml(path: Path, change: Any) -> None:
+def edit_kit(path: Path, change: Callable[[Any], None]) -> None:
     """Change a file of the kit and commit it, with pushes of the new HEAD recorded: prod
     releases come from a commit."""
-    yaml = YAML()
-    data = yaml.load(path.read_text())
-    change(data)
-    with path.open("w") as out:
-        yaml.dump(data, out)
+    edit_yaml(path, change)
     git(path.parent, "commit", "-qam", f"edit {path.name}")
     if (path.parent / ".shipyard").is_dir():
         record_pushes(path.parent)
@@ -87,7 +83,7 @@ def set_replicas(kit: Path, env: str, replicas: int, **per_component: int) -> No
         if per_component:
             data["environments"][env]["component_replicas"] = per_component
 
-    edit_yaml(kit / "shipyard.yaml", change)
+    edit_kit(kit / "shipyard.yaml", change)
 
 
 def test_compose_plan_runs_each_component_with_its_replicas(kit: Path) -> None:
@@ -139,7 +135,7 @@ def test_an_http_component_that_cannot_run_twice_is_refused_before_anything(
     kit: Path, component: str, setting: dict[str, Any], why: str
 ) -> None:
     """Even with one replica: a release starts the new container beside the old one."""
-    edit_yaml(kit / "compose.prod.yaml", lambda data: data["services"][component].update(setting))
+    edit_kit(kit / "compose.prod.yaml", lambda data: data["services"][component].update(setting))
     for args in (("deploy", "--env", "prod", "--dry-run"), ("deploy", "--env", "prod", "--yes")):
         result = invoke(kit, *args)
         assert result.returncode == 1, result.stdout
@@ -153,7 +149,7 @@ def test_an_http_component_that_cannot_run_twice_is_refused_before_anything(
 
 def test_a_worker_with_a_fixed_port_is_refused_only_with_more_than_one_replica(kit: Path) -> None:
     worker_port = {"ports": ["9000:9000"]}
-    edit_yaml(kit / "compose.prod.yaml", lambda data: data["services"]["jobs"].update(worker_port))
+    edit_kit(kit / "compose.prod.yaml", lambda data: data["services"]["jobs"].update(worker_port))
     assert invoke(kit, "deploy", "--env", "prod", "--dry-run").returncode == 0
     set_replicas(kit, "prod", 1, jobs=2)
     result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
@@ -233,7 +229,7 @@ def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
         prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
         del prod["compose_file"]
 
-    edit_yaml(kit / "shipyard.yaml", to_helm)
+    edit_kit(kit / "shipyard.yaml", to_helm)
     result = invoke(kit, "maintenance", "--env", "prod", "on", "--yes")
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -246,7 +242,7 @@ def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
     def smoke(data: Any) -> None:
         data["environments"]["prod"]["smoke"] = {"command": ["node", "smoke.js", "--quick"]}
 
-    edit_yaml(kit / "shipyard.yaml", smoke)
+    edit_kit(kit / "shipyard.yaml", smoke)
     plan = invoke(kit, "deploy", "--env", "prod", "--dry-run").stdout.splitlines()
     runs = [line for line in plan if " run --rm --no-deps web node smoke.js --quick" in line]
     assert len(runs) == 1, plan
@@ -283,7 +279,7 @@ def test_smoke_settings_are_checked(
             prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
             del prod["compose_file"]
 
-    edit_yaml(kit / "shipyard.yaml", change)
+    edit_kit(kit / "shipyard.yaml", change)
     result = invoke(kit, "deploy", "--env", "prod", "--dry-run")
     assert result.returncode == 2
     assert message in result.stderr
@@ -313,3 +309,26 @@ def test_the_proxy_hides_metrics_paths_only_with_monitoring(
         tmp_path / "quiet",
     )
     assert "@metrics" not in (quiet / "proxy" / "Caddyfile").read_text()
+
+
+def test_deploy_puts_the_proxy_files_in_before_starting_it(kit: Path) -> None:
+    """No bind mounts (a remote DOCKER_HOST has no checkout): the proxy is created, the files
+    put into its volume, then the stack started."""
+    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run").stdout.splitlines()
+    create = next(i for i, line in enumerate(plan) if "up --no-start --no-build --no-deps" in line)
+    assert plan[create].endswith(" proxy")
+    assert "put proxy/Caddyfile, proxy/maintenance into the volumes of proxy" in plan[create + 1]
+    started = next(i for i, line in enumerate(plan) if "--remove-orphans" in line)
+    assert create < started
+
+
+def test_a_missing_proxy_file_is_refused_before_anything(kit: Path) -> None:
+    (kit / "proxy" / "Caddyfile").unlink()
+    git(kit, "commit", "-qam", "lose the Caddyfile")
+    record_pushes(kit)
+    for args in (["deploy", "--env", "prod", "--dry-run"], ["deploy", "--env", "prod", "--yes"]):
+        result = invoke(kit, *args)
+        assert result.returncode == 1
+        assert "proxy/Caddyfile missing" in result.stderr
+        assert "Nothing was changed" in result.stderr
+        assert "Traceback" not in result.stderr

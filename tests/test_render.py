@@ -188,6 +188,22 @@ def test_compose_prod_keeps_secrets_out_and_limits_in(rendered: Rendered, preset
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_compose_prod_mounts_nothing_from_the_checkout(rendered: Rendered, preset: str) -> None:
+    """deploy.yml deploys with DOCKER_HOST=ssh://…, where a bind mount resolves on the server,
+    which has no checkout: the files services read are listed in x-shipyard-files instead, and
+    each is in the render (certificates excepted: never committed)."""
+    root = rendered(preset)
+    prod = _yaml(root / "compose.prod.yaml")
+    for name, service in prod["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
+            assert not source.startswith((".", "/", "~")), f"{name} bind mounts {source}"
+        for target, source in service.get("x-shipyard-files", {}).items():
+            assert target.startswith("/"), (name, target)
+            assert (root / source).exists() or source.split("/")[1] == "certs", (name, source)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_env_example_declares_every_variable(rendered: Rendered, preset: str) -> None:
     root = rendered(preset)
     declared = {

@@ -22,14 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from ruamel.yaml import YAML
 
-from tests.conftest import REPO, Render, git
+from tests.conftest import REPO, Render, edit_yaml, git
 from tests.load import Load
 from tests.servers.docker import POSTGRES_LOCAL, Dockerd, MirrorImages
 from tests.servers.registry import free_port
@@ -422,12 +422,10 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
 
 
 def set_staging(kit: Kit, key: str, value: object) -> None:
-    yaml = YAML()
-    path = kit.root / "shipyard.yaml"
-    data = yaml.load(path.read_text())
-    data["environments"]["staging"][key] = value
-    with path.open("w") as out:
-        yaml.dump(data, out)
+    def change(data: Any) -> None:
+        data["environments"]["staging"][key] = value
+
+    edit_yaml(kit.root / "shipyard.yaml", change)
     kit.commit(f"staging {key}: {value}")
 
 
@@ -529,9 +527,15 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
             "nothing was changed"
         )
         assert "in maintenance mode since" in kit.invoke("status", "--env", "staging").stdout
-        # Deploying during maintenance (to fix what it is for) leaves the page up.
+        # Deploying during maintenance (to fix what it is for) leaves the page up, and puts the
+        # repository's proxy files in again: an edited page is served.
+        page = kit.root / "proxy" / "maintenance" / "index.html"
+        page.write_text(page.read_text().replace("</body>", "<p>Back at noon.</p></body>"))
+        kit.commit("the maintenance page says when")
         as_ci.invoke(*deploy, "--during-maintenance")
-        assert requests.get(base + "/health", timeout=5).status_code == 503
+        answer = requests.get(base + "/health", timeout=5)
+        assert answer.status_code == 503
+        assert "Back at noon." in answer.text
         # The proxy's own health check (its admin API) stays green: Compose keeps it running.
         time.sleep(12)
         with contextlib.closing(dockerd.client()) as client:
@@ -539,6 +543,9 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
                 filters={"label": ["com.docker.compose.service=proxy"]}
             )
             assert proxy.attrs["State"]["Health"]["Status"] == "healthy"
+            # Its files came through the API: nothing is mounted from the checkout, which a
+            # remote DOCKER_HOST does not have.
+            assert {m["Type"] for m in proxy.attrs["Mounts"]} == {"volume"}
     finally:
         kit.invoke("maintenance", "--env", "staging", "off")
     assert requests.get(base + "/health", timeout=5).status_code == 200

@@ -1,6 +1,7 @@
-"""HTTPS on a Compose host from a real ACME server: with `tls: acme`, the proxy gets its
-certificate from pebble over a real HTTP-01/TLS-ALPN-01 challenge on the ports it publishes,
-serves the environment's host with it, and redirects plain HTTP."""
+"""HTTPS on a Compose host. With `tls: acme`, the proxy gets its certificate from a real ACME
+server (pebble) over a real HTTP-01/TLS-ALPN-01 challenge on the ports it publishes, serves
+the environment's host with it, and redirects plain HTTP. With `tls: files`, it serves the
+certificate in proxy/certs/, put into its volume by each deploy (a renewed one included)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
+import trustme
+from cryptography import x509
 
-from tests.conftest import Render, init_repo, invoke_cli
+from tests.conftest import Render, edit_yaml, init_repo, invoke_cli
 from tests.servers.acme import HOST_NAME, Acme
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
@@ -32,17 +35,11 @@ def invoke(root: Path, env: dict[str, str], *args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture
-def kit(
-    render: Render,
-    tmp_path: Path,
-    dockerd: Dockerd,
-    registry: str,
-    mirror_images: MirrorImages,
-    acme: Acme,
-) -> Iterator[tuple[Path, dict[str, str]]]:
-    """The sample service with tls=acme, staging on Compose, its proxy pointed at pebble."""
-    root = render(
+def render_kit(
+    render: Render, root: Path, registry: str, mirror_images: MirrorImages, **tls: str
+) -> Path:
+    """The sample service, staging on Compose at HOST, with the `tls` answers given."""
+    return render(
         {
             "project_name": "Cert API",
             "sample_app": True,
@@ -57,24 +54,15 @@ def kit(
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
             "monitoring": "none",
-            "tls": "acme",
-            "acme_email": "ops@example.net",
+            **tls,
         },
-        tmp_path / "cert-api",
+        root,
     )
-    # What differs from a real host: the CA's API is on this machine, under a name its own
-    # certificate carries, and only the proxy trusts that certificate.
-    yaml = YAML()
-    path = root / "compose.prod.yaml"
-    data = yaml.load(path.read_text())
-    proxy = data["services"]["proxy"]
-    proxy["extra_hosts"] = [f"{HOST_NAME}:host-gateway"]
-    proxy["volumes"].append(f"{acme.ca_file}:/etc/test-acme-ca.pem:ro")
-    proxy["environment"]["SSL_CERT_FILE"] = "/etc/test-acme-ca.pem"
-    with path.open("w") as out:
-        yaml.dump(data, out)
-    init_repo(root, "kit")
-    env = {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}
+
+
+@contextlib.contextmanager
+def torn_down(root: Path, env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The kit and its environment, its stack and volumes removed afterwards."""
     try:
         yield root, env
     finally:
@@ -93,6 +81,33 @@ def kit(
             capture_output=True,
             check=False,
         )
+
+
+@pytest.fixture
+def kit(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    acme: Acme,
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The sample service with tls=acme, its proxy pointed at pebble."""
+    answers = {"tls": "acme", "acme_email": "ops@example.net"}
+    root = render_kit(render, tmp_path / "cert-api", registry, mirror_images, **answers)
+
+    # What differs from a real host: the CA's API is on this machine, under a name its own
+    # certificate carries, and only the proxy trusts that certificate.
+    def trust_pebble(data: Any) -> None:
+        proxy = data["services"]["proxy"]
+        proxy["extra_hosts"] = [f"{HOST_NAME}:host-gateway"]
+        proxy["volumes"].append(f"{acme.ca_file}:/etc/test-acme-ca.pem:ro")
+        proxy["environment"]["SSL_CERT_FILE"] = "/etc/test-acme-ca.pem"
+
+    edit_yaml(root / "compose.prod.yaml", trust_pebble)
+    init_repo(root, "kit")
+    with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
+        yield kit
 
 
 def get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[int, dict[str, str]]:
@@ -172,3 +187,54 @@ def test_a_certificate_that_cannot_be_issued_is_reported_by_status(
     assert "staging: the proxy's last certificate errors (newest last):" in status, status
     assert HOST in status.split("certificate errors", 1)[1]
     assert "connection refused" in status, status
+
+
+def install_certificate(root: Path, ca: trustme.CA) -> int:
+    """A certificate for HOST from `ca` in proxy/certs/, the key readable by its owner only;
+    its serial number."""
+    issued = ca.issue_cert(HOST)
+    certs = root / "proxy" / "certs"
+    certs.mkdir(exist_ok=True)
+    (certs / "fullchain.pem").write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    key = certs / "privkey.pem"
+    key.write_bytes(issued.private_key_pem.bytes())
+    key.chmod(0o600)
+    return x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes()).serial_number
+
+
+def served_serial(context: ssl.SSLContext) -> int:
+    """The serial number of the certificate the proxy serves for HOST (verified)."""
+    with (
+        contextlib.closing(socket.create_connection(("127.0.0.1", 443), timeout=10)) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_certificate_files_are_served_and_a_renewed_one_too(
+    render: Render, tmp_path: Path, dockerd: Dockerd, registry: str, mirror_images: MirrorImages
+) -> None:
+    """tls=files: the certificate in proxy/certs/ (never committed) reaches the proxy through
+    the deploy, not a bind mount; replacing the files and deploying again serves the new one."""
+    root = render_kit(render, tmp_path / "cert-api", registry, mirror_images, tls="files")
+    init_repo(root, "kit")
+    ca = trustme.CA()
+    context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    with torn_down(root, dockerd.task_env) as (root, env):
+        missing = invoke_cli(root, "deploy", "--env", "staging", "--yes", env=env)
+        assert missing.returncode == 1
+        assert "proxy/certs/fullchain.pem, proxy/certs/privkey.pem missing" in missing.stderr
+        first = install_certificate(root, ca)
+        # Builds for staging refuse a dirty tree: this one passes as .gitignore keeps them out.
+        invoke(root, env, "build", "--env", "staging")
+        invoke(root, env, "push", "--env", "staging")
+        invoke(root, env, "deploy", "--env", "staging", "--yes")
+        assert get(443, "/health", context)[0] == 200
+        assert served_serial(context) == first
+        renewed = install_certificate(root, ca)
+        assert renewed != first
+        invoke(root, env, "deploy", "--env", "staging", "--yes")
+        assert served_serial(context) == renewed
+        assert get(443, "/health", context)[0] == 200

@@ -67,6 +67,31 @@ def services(file: Path) -> list[str]:
     return list(_declared(file))
 
 
+# A service's files from the repository, `path in the container: path in the repository`,
+# copied into its volumes through the API instead of bind mounted (tasks.targets.files).
+FILES_KEY = "x-shipyard-files"
+
+
+def copied_files(file: Path) -> dict[str, dict[str, str]]:
+    """Each service's FILES_KEY mapping, for the services that have one; EngineError naming
+    the service when the mapping is not one of paths."""
+    found: dict[str, dict[str, str]] = {}
+    for name, spec in _declared(file).items():
+        files = spec.get(FILES_KEY) if isinstance(spec, dict) else None
+        if files is None:
+            continue
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and k.startswith("/") and isinstance(v, str) and v
+            for k, v in files.items()
+        ):
+            raise EngineError(
+                f"{file.name}: {name}'s {FILES_KEY} must map absolute paths in the container "
+                "to paths in the repository"
+            )
+        found[name] = dict(files)
+    return found
+
+
 def unscalable(file: Path, service: str) -> str:
     """Why `service` of the file cannot run as several containers side by side, or ''.
 
@@ -122,6 +147,20 @@ def up(
     until every container with a healthcheck is healthy."""
     counts = [f"--scale={name}={count}" for name, count in sorted((scale or {}).items())]
     return _up(root, file, images, timeout, ["--remove-orphans", *counts], services, env)
+
+
+def create(
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    services: Sequence[str],
+    env: Mapping[str, str],
+) -> Command:
+    """Create the containers of `services` (and their volumes) without starting them, so files
+    can be put in before they start; running ones whose definition is unchanged stay as they
+    are."""
+    args = ["up", "--no-start", "--no-build", "--no-deps", *services]
+    return compose(root, file, *args, images=images, env=env)
 
 
 def scale_up(root: Path, file: str, images: Mapping[str, str], service: str, count: int) -> Command:

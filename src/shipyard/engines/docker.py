@@ -251,6 +251,22 @@ def running_images(cli: DockerClient, project: str) -> dict[str, str]:
     return images
 
 
+def one_line(text: str) -> str:
+    """Output for a message: on one line, at most 300 characters."""
+    return " ".join(text.split())[:300]
+
+
+def last_health_output(health: Mapping[str, Any]) -> str:
+    """What the last finished health check printed (State.Health of an inspect), one line."""
+    log = health.get("Log") or [{}]
+    return one_line(str(log[-1].get("Output", "")))
+
+
+def decoded(out: object) -> str:
+    """The SDK's exec or log output as text (bytes, or already a string)."""
+    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+
+
 def health_failures(cli: DockerClient, project: str) -> dict[str, str]:
     """Per Compose service whose container is not healthy, its last health check's output.
 
@@ -270,8 +286,7 @@ def health_failures(cli: DockerClient, project: str) -> dict[str, str]:
             continue
         if health.get("Status") in (None, "healthy"):
             continue
-        log = health.get("Log") or [{}]
-        output = " ".join(str(log[-1].get("Output", "")).split())[:300]
+        output = last_health_output(health)
         # "starting": still in its start period when the wait ended, its checks failing so far.
         status = "unhealthy" if health["Status"] == "unhealthy" else "not healthy in time"
         failures[service] = f"{status}: {output or 'no health check has finished yet'}"
@@ -339,38 +354,80 @@ def remove_one_offs(cli: DockerClient, project: str) -> None:
             container.remove(force=True)
 
 
+@dataclass(frozen=True)
+class File:
+    """A file to put in a container: its absolute path there, its bytes and its mode."""
+
+    path: str
+    body: bytes
+    mode: int = 0o644
+
+
 def write_file(cli: DockerClient, container: str, volume: str, path: str, text: str) -> None:
-    """Write `text` to `path` (relative, its folders made) under the `volume` mount point of a
-    running container, through the daemon's archive API: works through a remote DOCKER_HOST
-    and on a read-only root filesystem."""
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            folder = tarfile.TarInfo("/".join(parts[:depth]))
-            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+    """Write `text` to `path` (relative, its folders made) under the `volume` mount point."""
+    put_files(cli, container, [File(f"{volume}/{path}", text.encode())])
+
+
+def put_files(cli: DockerClient, container: str, files: Iterable[File]) -> None:
+    """Write `files` into the volumes of a container, running or only created, through the
+    daemon's archive API: works through a remote DOCKER_HOST (no path on this machine is
+    involved) and under a read-only root filesystem, which the daemon only lets volumes past.
+    Folders are made as needed; everything is owned by the image's user when it is numeric
+    (else root), so a key can stay 0600 and still be read."""
+    with sdk_errors(f"writing files in {container}"):
+        target = cli.containers.get(container)
+        mounts = sorted(
+            (str(m["Destination"]) for m in target.attrs.get("Mounts", []) if m.get("RW", True)),
+            key=len,
+            reverse=True,
+        )
+        user = str(target.attrs["Config"].get("User") or "0").split(":")[0]
+        owner = int(user) if user.isdigit() else 0
+        grouped: dict[str, list[tuple[str, File]]] = {}
+        for file in files:
+            mount = next((m for m in mounts if file.path.startswith(m.rstrip("/") + "/")), None)
+            if mount is None:
+                raise EngineError(
+                    f"{file.path} is not on a writable volume of {container}: "
+                    "it cannot be written there"
+                )
+            grouped.setdefault(mount, []).append((file.path[len(mount.rstrip("/")) + 1 :], file))
+        for mount, entries in grouped.items():
+            data = io.BytesIO()
+            with tarfile.open(fileobj=data, mode="w") as tar:
+                for path, file in entries:
+                    _add(tar, path, file, owner)
+            if not target.put_archive(mount, data.getvalue()):
+                raise EngineError(f"the daemon refused to write in {mount} of {container}")
+
+
+def _add(tar: tarfile.TarFile, path: str, file: File, owner: int) -> None:
+    """`file` at `path` in `tar`, after the folders above it (once each)."""
+    parts = path.split("/")
+    names = set(tar.getnames())
+    for depth in range(1, len(parts)):
+        name = "/".join(parts[:depth])
+        if name not in names:
+            folder = tarfile.TarInfo(name)
+            folder.type, folder.mode, folder.uid, folder.gid = tarfile.DIRTYPE, 0o755, owner, owner
             tar.addfile(folder)
-        body = text.encode()
-        info = tarfile.TarInfo(path)
-        info.size, info.mode = len(body), 0o644
-        tar.addfile(info, io.BytesIO(body))
-    with sdk_errors(f"writing {path} in {container}"):
-        if not cli.containers.get(container).put_archive(volume, data.getvalue()):
-            raise EngineError(f"the daemon refused to write {path} in {container}")
+    info = tarfile.TarInfo(path)
+    info.size, info.mode, info.uid, info.gid = len(file.body), file.mode, owner, owner
+    tar.addfile(info, io.BytesIO(file.body))
 
 
 def logs(cli: DockerClient, container: str, tail: int) -> str:
     """The last `tail` lines a container wrote (stdout and stderr)."""
     with sdk_errors(f"reading the logs of {container}"):
         out = cli.containers.get(container).logs(tail=tail)
-    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    return decoded(out)
 
 
 def exec_checked(cli: DockerClient, container: str, argv: list[str]) -> str:
     """Run `argv` in a running container; its output, or EngineError with it if it fails."""
     with sdk_errors(f"running {argv[0]} in {container}"):
         code, out = cli.containers.get(container).exec_run(argv)
-    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    text = decoded(out)
     if code != 0:
         raise EngineError(f"`{' '.join(argv)}` failed in {container}: {_short(Exception(text))}")
     return text

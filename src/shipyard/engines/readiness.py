@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from shipyard.engines import EngineError
+from shipyard.engines import docker as docker_engine
 from shipyard.engines.docker import sdk_errors
 
 if TYPE_CHECKING:
@@ -63,14 +64,13 @@ def _probe(cli: DockerClient, ident: str) -> tuple[str, str]:
             or state.get("Restarting")
             or (container.attrs.get("RestartCount", 0) > 0)
         ):
-            logs = _one_line(container.logs(tail=5).decode(errors="replace"))
+            logs = docker_engine.one_line(docker_engine.decoded(container.logs(tail=5)))
             return "failed", f"it exited with code {state.get('ExitCode')}: {logs}"
         health = state.get("Health") or {}
         if health.get("Status") == "healthy":
             return "ready", ""
         if health.get("Status") == "unhealthy":
-            log = health.get("Log") or [{}]
-            return "failed", _one_line(str(log[-1].get("Output", ""))) or "its check failed"
+            return "failed", docker_engine.last_health_output(health) or "its check failed"
         check = container.attrs["Config"].get("Healthcheck") or {}
     test = check.get("Test") or ["NONE"]
     if state.get("Status") != "running":
@@ -81,7 +81,7 @@ def _probe(cli: DockerClient, ident: str) -> tuple[str, str]:
     # Docker kills its own check after the HEALTHCHECK timeout; ours gets as long.
     limit = check.get("Timeout", 0) / 1e9 or 30.0
     code, out = _exec(container, argv, limit)
-    return ("ready", "") if code == 0 else ("waiting", _one_line(out))
+    return ("ready", "") if code == 0 else ("waiting", docker_engine.one_line(out))
 
 
 def _exec(container: Any, argv: list[str], limit: float) -> tuple[int, str]:
@@ -94,8 +94,7 @@ def _exec(container: Any, argv: list[str], limit: float) -> tuple[int, str]:
     def run() -> None:
         try:
             code, out = container.exec_run(argv)
-            text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-            result.append((int(code), text))
+            result.append((int(code), docker_engine.decoded(out)))
         except DockerException as exc:  # stopped or restarting between two looks: wait on
             result.append((-1, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
@@ -103,7 +102,3 @@ def _exec(container: Any, argv: list[str], limit: float) -> tuple[int, str]:
     worker.start()
     worker.join(limit)
     return result[0] if result else (-1, f"the check did not answer within {limit:.0f}s")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]

@@ -20,7 +20,7 @@ from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
-from shipyard.tasks.targets import proxy, switch
+from shipyard.tasks.targets import files, proxy, switch
 from shipyard.tasks.targets.base import Options, ask, preflight
 
 
@@ -78,6 +78,7 @@ class ComposeTarget:
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
         self._refuse_without_proxy()
+        self._copies()  # a missing file is refused before anything changes
         self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
         if opts.dry_run:
@@ -203,8 +204,37 @@ class ComposeTarget:
             images,
             timeout,
             self._services(images),
-            env={"SHIPYARD_HOST": self.env.host},
+            env=self._variables(),
         )
+
+    def _variables(self) -> dict[str, str]:
+        # Part of the services' definitions: every `up` of them passes the same, or Compose
+        # would see a change and recreate the proxy.
+        return {"SHIPYARD_HOST": self.env.host}
+
+    def _copies(self) -> list[files.Copy]:
+        return files.required(self.cfg.root, self.env.compose_file, self.env.name)
+
+    def _files_steps(self, images: Mapping[str, str]) -> list[Command | str]:
+        """Create the services that read the repository's files, and put the files in."""
+        copies = self._copies()
+        if not copies:
+            return []
+        root, file = self.cfg.root, self.env.compose_file
+        create = files.create(root, file, images, copies, self._variables())
+        return [create, files.describe(root, copies)]
+
+    def _put_files(self, images: Mapping[str, str], project: str) -> None:
+        copies = self._copies()
+        if not copies:
+            return
+        root, file = self.cfg.root, self.env.compose_file
+        execute(
+            files.create(root, file, images, copies, self._variables()),
+            f"creating the services of {self.env.name}",
+        )
+        with contextlib.closing(docker_engine.client()) as client:
+            files.put(client, project, copies)
 
     def _smoke(self, images: Mapping[str, str]) -> Command | None:
         """The environment's smoke check, in a one-off container of the new image of its
@@ -232,6 +262,7 @@ class ComposeTarget:
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
         steps: list[Command | str] = [
+            *self._files_steps(images),
             self._services_up(images, timeout),
             *switch.plan_steps(stack, images, http),
         ]
@@ -252,6 +283,7 @@ class ComposeTarget:
         previous = {name: running[name] for name in images if name in running}
         switched: list[config.Component] = []
         try:
+            self._put_files(images, stack.project)
             execute(
                 self._services_up(images, timeout),
                 f"starting the services of {env}",
@@ -328,6 +360,7 @@ class ComposeTarget:
     def rollback(self, opts: Options) -> None:
         env = self.env.name
         self._refuse_without_proxy()
+        self._copies()  # a missing file is refused before anything changes
         target = state.rollback_target(state.deploys(self.cfg.root, env))
         if target is None:
             raise Exit(

@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 
 SERVICE = "proxy"
 VOLUME = "/config"
-CADDYFILE = "/etc/caddy/Caddyfile"
+# Put there from proxy/Caddyfile by each release (tasks.targets.files), with the page below.
+CADDYFILE = "/config/Caddyfile"
 # --force: a reload whose Caddyfile text is unchanged is otherwise skipped, and certificate
 # files replaced on disk (tls=files) would never be read again. Still graceful, and a config
 # that does not load still leaves the running one in place.
 RELOAD = ["caddy", "reload", "--config", CADDYFILE, "--adapter", "caddyfile", "--force"]
 # Imported first by every site block of proxy/Caddyfile (`import /config/maintenance/*.caddy`).
 MAINTENANCE = "maintenance/maintenance.caddy"
-# Where compose.prod.yaml mounts the repository's proxy/maintenance/ folder (index.html).
-PAGE_ROOT = "/srv/maintenance"
+# Where the repository's proxy/maintenance/ folder (index.html) is put.
+PAGE_ROOT = "/config/maintenance-page"
 MAINTENANCE_MARK = "# maintenance: on since "
 
 
