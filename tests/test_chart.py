@@ -9,21 +9,26 @@ only when KUBECONFIG is set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from ruamel.yaml import YAML
 
 from shipyard import validate
 from tests.conftest import PRESETS, REPO, Render, git, init_repo, load_preset
+from tests.servers.docker import CADDY_LOCAL, Dockerd, MirrorImages
+from tests.servers.registry import free_port
 
 HELMS = ("helm", "helm3")
 # Oldest and newest Kubernetes the chart supports (Chart.yaml kubeVersion is >=1.28).
@@ -55,6 +60,20 @@ ROUTED_HELM_PRESETS = [
     for p in HELM_PRESETS
     if any(c["kind"] == "http" for c in load_preset(p).get("components", [{"kind": "http"}]))
 ]
+
+
+# Maintenance mode as `invoke maintenance --env ENV on` sets it.
+MAINTENANCE_ON = [
+    "--set",
+    "maintenance.enabled=true",
+    "--set",
+    "maintenance.retryAfter=120",
+    "--set-string",
+    "maintenance.since=2026-12-04T10:00:00+00:00",
+]
+# Both kinds of route (kubernetes-validate has no HTTPRoute schema: rendered, not validated).
+ROUTES = ["--set", "host=app.example.org", "--set", "ingress.enabled=true"]
+ROUTES += ["--set", "gateway.enabled=true"]
 
 
 def _tool(name: str) -> str:
@@ -202,12 +221,16 @@ def test_templates_pass_kubernetes_validate(
     root = rendered(preset)
     chart = _chart(root)
     validator = _kubernetes_validate()
-    for values_file in _values_files(chart):
-        args = [*_values_args(values_file), *_deploy_args(root)]
+    cases: list[tuple[str, list[str]]] = [(f, []) for f in _values_files(chart)]
+    if preset in ROUTED_HELM_PRESETS:
+        cases.append((_values_files(chart)[-1], MAINTENANCE_ON))
+    for values_file, extra in cases:
+        args = [*_values_args(values_file), *_deploy_args(root), *extra]
         for version in KUBE_VERSIONS:
             # Rendered for that version (.Capabilities, Chart.yaml kubeVersion), then checked.
             out = helm("helm", "template", "rel", str(chart), *args, "--kube-version", version)
-            manifest = tmp_path / f"{Path(values_file).name or 'values'}-{version}.yaml"
+            name = f"{Path(values_file).name or 'values'}{'-maintenance' if extra else ''}"
+            manifest = tmp_path / f"{name}-{version}.yaml"
             manifest.write_text(out.stdout)
             result = subprocess.run(
                 [validator, "--strict", "--quiet", "-k", version, str(manifest)],
@@ -433,9 +456,16 @@ def test_restricted_pod_security_everywhere(
     preset: str, template: Callable[..., list[Doc]]
 ) -> None:
     docs = template(
-        preset, "--set", "backup.enabled=true", "--set", "backup.target=file:///backups"
+        preset,
+        "--set",
+        "backup.enabled=true",
+        "--set",
+        "backup.target=file:///backups",
+        *(MAINTENANCE_ON if preset in ROUTED_HELM_PRESETS else []),
     )
     specs = dict(_pod_specs(docs))
+    if preset in ROUTED_HELM_PRESETS:
+        assert any(name.endswith("-maintenance") for name in specs)
     assert len(specs) >= len(_by_kind(docs, "Deployment")) + 1  # + the backup CronJob
     for name, pod in specs.items():
         assert pod["automountServiceAccountToken"] is False, name
@@ -1058,3 +1088,117 @@ def test_vendored_library_survives_copier_update(
     helm("helm", "lint", "--strict", str(chart))
     docs = _docs(helm("helm", "template", "rel", str(chart)).stdout)
     assert all(d["metadata"]["labels"]["shipyard.dev/kit"] == "shipyard" for d in docs)
+
+
+@pytest.mark.parametrize("preset", ROUTED_HELM_PRESETS)
+def test_maintenance_mode_sends_every_route_to_the_page(
+    preset: str, template: Callable[..., list[Doc]]
+) -> None:
+    """Every Ingress path and HTTPRoute rule goes to the maintenance Service, which only the
+    ingress controller reaches; the components keep their Deployments (so `off` is instant)."""
+    normal = template(preset, *ROUTES)
+    docs = template(preset, *ROUTES, *MAINTENANCE_ON)
+    (page,) = [
+        d["metadata"]["name"]
+        for d in _by_kind(docs, "Service")
+        if d["metadata"]["name"].endswith("-maintenance")
+    ]
+    (ingress,) = _by_kind(docs, "Ingress")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths
+    assert {p["backend"]["service"]["name"] for p in paths} == {page}
+    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
+    (route,) = _by_kind(docs, "HTTPRoute")
+    refs = [ref for rule in route["spec"]["rules"] for ref in rule["backendRefs"]]
+    assert {(r["name"], r["port"]) for r in refs} == {(page, 8080)}
+    (service,) = [s for s in _by_kind(docs, "Service") if s["metadata"]["name"] == page]
+    assert service["spec"]["ports"][0]["port"] == 8080
+    deployments = {d["metadata"]["name"] for d in _by_kind(docs, "Deployment")}
+    assert deployments == {d["metadata"]["name"] for d in _by_kind(normal, "Deployment")} | {page}
+    (config,) = [c for c in _by_kind(docs, "ConfigMap") if c["metadata"]["name"] == page]
+    assert "header Retry-After 120" in config["data"]["Caddyfile"]
+    assert config["metadata"]["annotations"]["shipyard.dev/maintenance-since"].startswith("2026")
+    policies = {p["metadata"]["name"]: p["spec"] for p in _by_kind(docs, "NetworkPolicy")}
+    (rule,) = policies[f"{page}-ingress"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    # Off (the default), nothing of it renders and the routes go to the components.
+    assert not [d for d in normal if d["metadata"]["name"] == page]
+
+
+def test_maintenance_needs_something_to_route(helm: Helm, rendered: Callable[[str], Path]) -> None:
+    chart = _chart(rendered("queue-worker"))
+    result = helm("helm", "template", "rel", str(chart), *MAINTENANCE_ON, check=False)
+    assert result.returncode != 0
+    assert "maintenance.enabled needs a component of kind http" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("docker")
+def test_maintenance_page_is_served_as_the_chart_runs_it(
+    helm: Helm,
+    rendered: Callable[[str], Path],
+    dockerd: Dockerd,
+    mirror_images: MirrorImages,
+    tmp_path: Path,
+) -> None:
+    """The Caddyfile and page the chart renders, run by Caddy the way its Deployment runs it
+    (its args and env, non-root, read-only root, the ConfigMap mounted read-only, /tmp only
+    writable): every path answers 503 with Retry-After and the page, /healthz 200."""
+    del mirror_images  # builds CADDY_LOCAL, Caddy 2.6 standing in for caddy:2-alpine
+    page = tmp_path / "index.html"
+    page.write_text("<!doctype html><p>Back at noon.</p>\n")
+    chart = _chart(rendered("minimal"))
+    flags = [*MAINTENANCE_ON, "--set", "maintenance.retryAfter=90"]
+    out = helm(
+        "helm", "template", "rel", str(chart), *flags, "--set-file", f"maintenance.page={page}"
+    )
+    docs = _docs(out.stdout)
+    (config,) = [
+        d for d in _by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-maintenance")
+    ]
+    (deployment,) = [
+        d for d in _by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-maintenance")
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "site"]
+    site = tmp_path / "site"
+    site.mkdir(mode=0o755)
+    for name, text in config["data"].items():
+        (site / name).write_text(text)
+        (site / name).chmod(0o644)
+    port = free_port()
+    with contextlib.closing(dockerd.client()) as client:
+        caddy = client.containers.run(
+            CADDY_LOCAL,
+            command=container["args"],
+            environment={e["name"]: e["value"] for e in container["env"]},
+            user=f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}",
+            read_only=True,
+            tmpfs={"/tmp": ""},  # noqa: S108 (a path inside the container)
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            volumes={str(site): {"bind": mount["mountPath"], "mode": "ro"}},
+            ports={"8080/tcp": ("127.0.0.1", port)},
+            detach=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    health = requests.get(base + "/healthz", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(caddy.logs().decode(errors="replace"))
+                    time.sleep(0.5)
+            assert health.status_code == 200
+            for path in ("/", "/api/orders?page=2", "/index.html"):
+                answer = requests.get(base + path, timeout=5)
+                assert answer.status_code == 503, path
+                assert answer.headers["Retry-After"] == "90"
+                assert answer.headers["Cache-Control"] == "no-store"
+                assert "Back at noon." in answer.text
+        finally:
+            caddy.remove(force=True)

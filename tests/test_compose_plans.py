@@ -223,19 +223,29 @@ def test_maintenance_refuses_what_it_cannot_do(kit: Path, args: list[str], messa
     assert (result.returncode, result.stderr.strip()) == (2, message)
 
 
-def test_maintenance_on_helm_says_what_to_do_instead(kit: Path) -> None:
+def test_maintenance_on_helm_switches_the_deployed_release(kit: Path) -> None:
+    """On Helm, maintenance is the chart's: the release upgraded with every value it was
+    deployed with (images, replicas) and only maintenance switched, the page from the repo."""
+
     def to_helm(data: Any) -> None:
         prod = data["environments"]["prod"]
         prod.update(target="helm", namespace="shop-prod", values_file="values-prod.yaml")
         del prod["compose_file"]
 
     edit_kit(kit / "shipyard.yaml", to_helm)
-    result = invoke(kit, "maintenance", "--env", "prod", "on", "--yes")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "shipyard: maintenance mode is served by the Compose proxy; on Kubernetes (prod) point "
-        "the Ingress at a maintenance backend yourself for now. Nothing was changed"
+    on = invoke(kit, "maintenance", "--env", "prod", "on", "--retry-after", "60", "--dry-run")
+    assert on.returncode == 0, on.stderr
+    (line,) = [line for line in on.stdout.splitlines() if " upgrade " in line]
+    assert line.split(" upgrade ", 1)[1].startswith(
+        "shop charts/shop --namespace shop-prod --reset-then-reuse-values "
+        "--set maintenance.enabled=true --set maintenance.retryAfter=60 "
+        "--set-string maintenance.since=20"
     )
+    assert "--set-file maintenance.page=proxy/maintenance/index.html " in line
+    off = invoke(kit, "maintenance", "--env", "prod", "off", "--dry-run")
+    (line,) = [line for line in off.stdout.splitlines() if " upgrade " in line]
+    assert " --reset-then-reuse-values --set maintenance.enabled=false " in line
+    assert "--set-file" not in line
 
 
 def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:

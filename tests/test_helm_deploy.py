@@ -52,6 +52,10 @@ if tool == "kubectl":
 elif tool == "helm":
     if sys.argv[1] == "version":
         print("v4.0.0+g0000000")
+    elif sys.argv[1:3] == ["get", "values"]:
+        # The values the release was deployed with (`null` when none were given).
+        maintenance = {"enabled": True, "retryAfter": 60, "since": "2026-12-04T09:00:00+00:00"}
+        print(json.dumps({"maintenance": maintenance} if story == "maintenance-on" else None))
     elif sys.argv[1] == "upgrade" and story == "upgrade-fails":
         print("Error: UPGRADE FAILED: context deadline exceeded", file=sys.stderr)
         sys.exit(1)
@@ -67,9 +71,11 @@ class Cluster:
     secret_keys: list[str]
     env: dict[str, str]
 
-    def deploy(self, kit: Path, story: str = "") -> subprocess.CompletedProcess[str]:
+    def deploy(self, kit: Path, story: str = "", *args: str) -> subprocess.CompletedProcess[str]:
         """`invoke deploy --env prod --yes` in `kit`; `story` picks how the boundary answers."""
-        argv = ["deploy", "--env", "prod", "--yes", "--timeout", "30"]
+        return self.invoke(kit, story, "deploy", "--env", "prod", "--yes", "--timeout", "30", *args)
+
+    def invoke(self, kit: Path, story: str, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *argv],
             cwd=kit,
@@ -219,6 +225,7 @@ def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
     # completes before the upgrade, and the rollout is read after it.
     kinds = [(c[0], c[1]) for c in calls]
     assert kinds == [
+        ("helm", "get"),  # the deployed values: is it in maintenance mode?
         ("api", "GET"),  # the Secret's keys
         ("kubectl", "get"),  # the backup CronJob exists
         ("kubectl", "create"),  # a Job from it
@@ -226,7 +233,7 @@ def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
         ("helm", "upgrade"),
         ("api", "GET"),  # the Deployments of the release
     ], calls
-    assert calls[0][2] == f"/api/v1/namespaces/{NAMESPACE}/secrets/{ENV_OBJECT}"
+    assert calls[1][2] == f"/api/v1/namespaces/{NAMESPACE}/secrets/{ENV_OBJECT}"
     upgrade = next(c for c in calls if c[:2] == ["helm", "upgrade"])
     digest = image.rpartition("@")[2]
     assert ["--set-string", f"components.shop-api.image.digest={digest}"] == upgrade[
@@ -275,4 +282,48 @@ def test_a_missing_secret_key_changes_nothing(kit: Path, cluster: Cluster) -> No
         f"shipyard: prod needs the secret(s) DATABASE_URL in Secret {ENV_OBJECT} in namespace "
         f"{NAMESPACE}; nothing was changed"
     )
-    assert [c[0] for c in cluster.calls() if c[:2] != ["helm", "version"]] == ["api"]
+    assert [c[0] for c in cluster.calls() if c[:2] != ["helm", "version"]] == ["helm", "api"]
+
+
+def test_maintenance_mode_holds_deploys_and_a_deploy_during_it_keeps_it(
+    kit: Path, cluster: Cluster
+) -> None:
+    before = records(kit)
+    held = cluster.deploy(kit, "maintenance-on")
+    assert held.returncode == 1
+    assert held.stderr.strip() == (
+        "shipyard: prod is in maintenance mode (since 2026-12-04T09:00:00+00:00); deploy with "
+        "--during-maintenance, or first `invoke maintenance --env prod off`; nothing was changed"
+    )
+    assert "upgrade" not in [c[1] for c in cluster.calls() if c[0] == "helm"]
+    assert records(kit) == before
+    kept = cluster.deploy(kit, "maintenance-on", "--during-maintenance")
+    assert kept.returncode == 0, kept.stderr
+    upgrade = next(c for c in cluster.calls() if c[:2] == ["helm", "upgrade"])
+    flags = " ".join(upgrade)
+    assert "--install" in upgrade
+    assert (
+        "--set maintenance.enabled=true --set maintenance.retryAfter=60 "
+        "--set-string maintenance.since=2026-12-04T09:00:00+00:00 "
+        "--set-file maintenance.page=proxy/maintenance/index.html"
+    ) in flags
+
+
+def test_maintenance_on_and_off_upgrade_the_release_as_deployed(
+    kit: Path, cluster: Cluster
+) -> None:
+    on = cluster.invoke(kit, "", "maintenance", "--env", "prod", "on", "--yes")
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.strip().endswith(
+        "prod: in maintenance: the Ingress/HTTPRoute send every request to the 503 page"
+    )
+    off = cluster.invoke(kit, "", "maintenance", "--env", "prod", "off", "--yes")
+    assert off.returncode == 0, off.stderr
+    upgrades = [c for c in cluster.calls() if c[:2] == ["helm", "upgrade"]]
+    assert [c[2:6] for c in upgrades] == [
+        ["shop-api", "charts/shop-api", "--namespace", NAMESPACE]
+    ] * 2
+    assert "--reset-then-reuse-values" in upgrades[0]
+    assert "--install" not in upgrades[0]
+    assert "maintenance.page=proxy/maintenance/index.html" in upgrades[0]
+    assert upgrades[1][upgrades[1].index("--set") + 1] == "maintenance.enabled=false"

@@ -532,7 +532,11 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
         page = kit.root / "proxy" / "maintenance" / "index.html"
         page.write_text(page.read_text().replace("</body>", "<p>Back at noon.</p></body>"))
         kit.commit("the maintenance page says when")
-        as_ci.invoke(*deploy, "--during-maintenance")
+        try:
+            as_ci.invoke(*deploy, "--during-maintenance")
+        finally:
+            # Later tests expect HEAD to be the commit whose images were pushed.
+            git(kit.root, "reset", "-q", "--hard", "HEAD~1")
         answer = requests.get(base + "/health", timeout=5)
         assert answer.status_code == 503
         assert "Back at noon." in answer.text

@@ -4,6 +4,9 @@ The SDK's build API only drives the legacy builder (no `RUN --mount`), so builds
 `docker buildx build` when the plugin is there, else a client whose `docker build` is
 BuildKit's built-in builder (`DOCKER_BUILDKIT=1`, clients before 23.0). Inspect, tag, push
 and registry digests go through the SDK, which talks to the same daemon (DOCKER_HOST).
+
+Longer than most modules on purpose: every call into the Docker SDK is here, so the SDK is
+imported (lazily) and its errors turned into EngineError in one place.
 """
 
 from __future__ import annotations
@@ -399,6 +402,23 @@ def put_files(cli: DockerClient, container: str, files: Iterable[File]) -> None:
                     _add(tar, path, file, owner)
             if not target.put_archive(mount, data.getvalue()):
                 raise EngineError(f"the daemon refused to write in {mount} of {container}")
+
+
+def read_file(cli: DockerClient, container: str, path: str) -> bytes | None:
+    """A file of a container (running or only created) through the archive API; None when it
+    is not there."""
+    from docker.errors import NotFound
+
+    with sdk_errors(f"reading {path} in {container}"):
+        try:
+            stream, _ = cli.containers.get(container).get_archive(path)
+        except NotFound:
+            return None
+        data = io.BytesIO(b"".join(stream))
+    with tarfile.open(fileobj=data) as tar:
+        member = tar.next()
+        body = tar.extractfile(member) if member else None
+        return body.read() if body else None
 
 
 def _add(tar: tarfile.TarFile, path: str, file: File, owner: int) -> None:

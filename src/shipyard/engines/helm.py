@@ -4,6 +4,9 @@ Every function takes the `Release` it acts on (plain values, no shipyard.yaml): 
 its namespace and the environment's values file. Image digests and replicas come from the
 command line (values keys components.<name>.image.digest and replicaCount), so a values file
 never pins what `invoke push` produced. Progress is reported through the caller's `say`.
+
+Longer than most modules on purpose: every helm and kubectl command line the tasks run is
+built here, so the exact commands can be read, and are tested, side by side.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from shipyard.config import ConfigError, load_yaml
 from shipyard.engines import EngineError
-from shipyard.engines.proc import Command, command, run
+from shipyard.engines.proc import Command, capture, command, run
 from shipyard.engines.state import BACKUP
 
 
@@ -58,6 +61,24 @@ class Release:
     component_replicas: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Maintenance:
+    """Maintenance mode as the chart's `maintenance` values hold it: on since `since`, asking
+    clients to come back after `retry_after` seconds, with the page in the file `page` (relative
+    to the release's root; '' keeps the chart's own page)."""
+
+    retry_after: int
+    since: str
+    page: str = ""
+
+    def flags(self) -> list[str]:
+        """The --set flags that switch it on."""
+        args = ["--set", "maintenance.enabled=true", "--set"]
+        args += [f"maintenance.retryAfter={self.retry_after}", "--set-string"]
+        args.append(f"maintenance.since={self.since}")
+        return args + (["--set-file", f"maintenance.page={self.page}"] if self.page else [])
+
+
 def _values(release: Release, images: dict[str, str], migrate: bool) -> list[str]:
     """Chart, namespace, values file and the --set flags one release is made of."""
     args = [
@@ -84,18 +105,72 @@ def _values(release: Release, images: dict[str, str], migrate: bool) -> list[str
 
 
 def upgrade(
-    release: Release, images: dict[str, str], *, timeout: int, migrate: bool = True
+    release: Release,
+    images: dict[str, str],
+    *,
+    timeout: int,
+    migrate: bool = True,
+    maintenance: Maintenance | None = None,
 ) -> Command:
-    """`helm upgrade --install` with the pushed digests; atomic, waits for pods and the hook."""
+    """`helm upgrade --install` with the pushed digests; atomic, waits for pods and the hook.
+    With `maintenance`, the release keeps serving the maintenance page."""
     helm = binary()
     args = [helm, "upgrade", "--install", *_values(release, images, migrate)]
+    args += maintenance.flags() if maintenance else []
     args.append("--create-namespace")
+    return command(*args, *_atomic(helm, timeout), cwd=release.root)
+
+
+def _atomic(helm: str, timeout: int) -> list[str]:
+    """Wait for the pods (and hooks); on failure, Helm rolls the release back itself."""
     if major(helm) >= 4:
-        args += ["--rollback-on-failure", "--wait=watcher", "--wait-for-jobs"]
-    else:
-        args += ["--atomic", "--wait", "--wait-for-jobs"]
-    args += ["--timeout", f"{timeout}s"]
-    return command(*args, cwd=release.root)
+        return [
+            "--rollback-on-failure",
+            "--wait=watcher",
+            "--wait-for-jobs",
+            "--timeout",
+            f"{timeout}s",
+        ]
+    return ["--atomic", "--wait", "--wait-for-jobs", "--timeout", f"{timeout}s"]
+
+
+def switch_maintenance(release: Release, maintenance: Maintenance | None, timeout: int) -> Command:
+    """`helm upgrade` of the release as it is deployed with only maintenance mode switched (on
+    with `maintenance`, else off): --reset-then-reuse-values keeps every value it was deployed
+    with (images, replicas, host) and takes the chart's defaults for keys it did not have."""
+    helm = binary()
+    args = [helm, "upgrade", release.name, release.chart, "--namespace", release.namespace]
+    args.append("--reset-then-reuse-values")
+    args += maintenance.flags() if maintenance else ["--set", "maintenance.enabled=false"]
+    return command(*args, *_atomic(helm, timeout), cwd=release.root)
+
+
+def deployed_maintenance(release: Release) -> Maintenance | None:
+    """Maintenance mode of the deployed release (from `helm get values`), None when it is off
+    or nothing is deployed yet."""
+    get = command(
+        binary(),
+        "get",
+        "values",
+        release.name,
+        "--namespace",
+        release.namespace,
+        "--output",
+        "json",
+    )
+    result = capture(get, what="helm get values")
+    if result.returncode:
+        if "not found" in result.stderr:
+            return None
+        raise EngineError(f"helm get values failed: {result.stderr.strip()[-500:]}")
+    try:
+        values = json.loads(result.stdout or "{}") or {}
+    except ValueError as exc:
+        raise EngineError(f"helm get values printed no JSON: {exc}") from None
+    found = values.get("maintenance") or {} if isinstance(values, dict) else {}
+    if not isinstance(found, dict) or found.get("enabled") is not True:
+        return None
+    return Maintenance(int(found.get("retryAfter", 300)), str(found.get("since", "")))
 
 
 def render(release: Release, images: dict[str, str], *, cluster: bool) -> Command:

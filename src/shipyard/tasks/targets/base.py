@@ -81,3 +81,15 @@ def ask(env: config.Environment, question: str, opts: Options) -> None:
     """Ask `question` where the environment wants confirmation (`confirm: true`)."""
     if env.confirm:
         confirm(question, opts.yes)
+
+
+def refuse_in_maintenance(env: config.Environment, since: str, opts: Options) -> None:
+    """A deploy to an environment in maintenance mode (`since` not empty) needs
+    --during-maintenance: the release the maintenance is for."""
+    if since and not opts.during_maintenance:
+        raise Exit(
+            f"shipyard: {env.name} is in maintenance mode (since {since}); deploy with "
+            f"--during-maintenance, or first `invoke maintenance --env {env.name} off`; nothing "
+            "was changed",
+            code=1,
+        )

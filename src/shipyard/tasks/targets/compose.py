@@ -1,6 +1,10 @@
 """Compose hosts: `docker compose` with the pushed digests; each http component switched at the
 proxy once its new containers are healthy (tasks.targets.switch), workers replaced after, and
-what ran before put back when a rollout fails (or Ctrl-C arrives)."""
+what ran before put back when a rollout fails (or Ctrl-C arrives).
+
+Longer than most modules on purpose: the whole Compose release (plan, rollout, revert,
+rollback, maintenance, status) reads top to bottom in one class; the switch, the proxy and
+the files services read are modules of their own."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
 from shipyard.tasks.targets import files, proxy, switch
-from shipyard.tasks.targets.base import Options, ask, preflight
+from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
 
 
 class ComposeTarget:
@@ -112,13 +116,7 @@ class ComposeTarget:
             return
         with contextlib.closing(docker_engine.client()) as client:
             since = proxy.maintenance_since(client, self._project())
-        if since:
-            raise Exit(
-                f"shipyard: {self.env.name} is in maintenance mode (since {since}); deploy with "
-                f"--during-maintenance, or first `invoke maintenance --env {self.env.name} "
-                "off`; nothing was changed",
-                code=1,
-            )
+        refuse_in_maintenance(self.env, since, opts)
 
     def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
         env, project = self.env.name, self._project()

@@ -11,6 +11,8 @@ the containers, puts the files in, then starts them, and tells running ones to r
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,9 @@ from shipyard.tasks.targets import proxy
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
+# Beside a service's first file: the digest of what was last put there (files unchanged since
+# are neither put again nor reloaded).
+MARK = ".shipyard-files"
 # How a running service applies files that changed; a service without one reads them at start.
 RELOAD = {
     proxy.SERVICE: proxy.RELOAD,
@@ -116,17 +121,34 @@ def _file(path: Path, target: str) -> docker_engine.File:
 
 
 def put(client: DockerClient, project: str, copies: list[Copy]) -> None:
-    """Put the copies into every container of their services (created or running), then
-    reload the running ones; EngineError when a reload refuses the new files (the running
-    config stays in place)."""
+    """Put the copies into every container of their services (created or running) whose files
+    differ, then reload the running ones that changed; EngineError when a reload refuses the
+    new files (the running config stays in place). Unchanged containers are not touched, so a
+    release that changes none of these files never reloads them."""
     for service in dict.fromkeys(c.service for c in copies):
-        files = [f for c in copies if c.service == service for f in contents(c)]
+        mine = [c for c in copies if c.service == service]
+        files = [f for c in mine for f in contents(c)]
+        mark = f"{posixpath.dirname(mine[0].target)}/{MARK}"
+        digest = _digest(files)
         replicas = docker_engine.replicas(client, project, service, every=True)
         if not replicas:
             raise EngineError(f"{project} has no {service} container to put its files in")
-        for replica in replicas:
-            docker_engine.put_files(client, replica.name, files)
+        running = {r.name for r in docker_engine.replicas(client, project, service)}
         reload = RELOAD.get(service)
-        if reload:
-            for replica in docker_engine.replicas(client, project, service):
+        for replica in replicas:
+            if docker_engine.read_file(client, replica.name, mark) == digest:
+                continue
+            docker_engine.put_files(client, replica.name, files)
+            if reload and replica.name in running:
                 docker_engine.exec_checked(client, replica.name, reload)
+            # Only once applied: files a reload refused are put and reloaded again next time.
+            docker_engine.put_files(client, replica.name, [docker_engine.File(mark, digest)])
+
+
+def _digest(files: list[docker_engine.File]) -> bytes:
+    """What the files are (paths, modes, contents), as one line."""
+    total = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.path):
+        total.update(f"{file.path}\0{file.mode:o}\0{len(file.body)}\0".encode())
+        total.update(file.body)
+    return f"sha256:{total.hexdigest()}\n".encode()

@@ -4,6 +4,8 @@ rollbacks to the revision `helm_engine.rollback_revision` picks."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from invoke.exceptions import Exit
 
 from shipyard import config
@@ -12,7 +14,10 @@ from shipyard.engines import state
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release
 from shipyard.tasks.support import execute, failures, plan, say
-from shipyard.tasks.targets.base import Options, ask, preflight
+from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
+
+# The page maintenance mode serves, shared with the Compose proxy (proxy/maintenance/).
+PAGE = "proxy/maintenance/index.html"
 
 
 def chart_release(cfg: config.Config, env: config.Environment) -> helm_engine.Release:
@@ -59,8 +64,13 @@ class HelmTarget:
         # The chart's backup CronJob runs the backup image pushed with this commit, if any.
         backup = release.backup_image()
         chart_images = {**release.images, **({BACKUP: backup} if backup else {})}
+        kept = None if opts.dry_run else self._maintenance_kept(opts)
         upgrade = helm_engine.upgrade(
-            self.chart, chart_images, timeout=opts.timeout, migrate=not opts.skip_migrate
+            self.chart,
+            chart_images,
+            timeout=opts.timeout,
+            migrate=not opts.skip_migrate,
+            maintenance=kept,
         )
         if opts.dry_run:
             plan(
@@ -94,6 +104,17 @@ class HelmTarget:
         state.record_deploy(self.cfg.root, env, {"images": release.images, "status": "deployed"})
         say(f"{env}: deployed and healthy")
 
+    def _maintenance_kept(self, opts: Options) -> helm_engine.Maintenance | None:
+        """Maintenance mode of the deployed release, kept on by a deploy made during it (with
+        the repository's page); a deploy without --during-maintenance is refused then."""
+        with failures("reading maintenance mode"):
+            kept = helm_engine.deployed_maintenance(self.chart)
+        refuse_in_maintenance(self.env, kept.since if kept else "", opts)
+        if kept is None:
+            return None
+        page = PAGE if (self.cfg.root / PAGE).is_file() else ""
+        return helm_engine.Maintenance(kept.retry_after, kept.since, page)
+
     def rollback(self, opts: Options) -> None:
         """`helm rollback` to the revision `helm_engine.rollback_revision` picks from the
         history (read even in a dry run: the plan names the revision)."""
@@ -117,17 +138,40 @@ class HelmTarget:
         say(f"{env}: rolled back to revision {revision}")
 
     def maintenance(self, on: bool, retry_after: int, opts: Options) -> None:
-        del on, retry_after, opts
-        raise Exit(
-            f"shipyard: maintenance mode is served by the Compose proxy; on Kubernetes "
-            f"({self.env.name}) point the Ingress at a maintenance backend yourself for now. "
-            "Nothing was changed",
-            code=2,
-        )
+        """The chart's maintenance mode switched on the deployed release (every value it was
+        deployed with kept), with the repository's page when there is one."""
+        env = self.env.name
+        if not any(c.kind == "http" for c in self.cfg.components):
+            raise Exit(
+                f"shipyard: {self.cfg.service} runs workers only: no request reaches it to be "
+                "answered with the maintenance page. Nothing was changed",
+                code=1,
+            )
+        switched = None
+        if on:
+            since = datetime.now(UTC).isoformat(timespec="seconds")
+            page = PAGE if (self.cfg.root / PAGE).is_file() else ""
+            switched = helm_engine.Maintenance(retry_after, since, page)
+        cmd = helm_engine.switch_maintenance(self.chart, switched, opts.timeout)
+        if opts.dry_run:
+            plan(f"maintenance {'on' if on else 'off'} for {self.cfg.service} on {env}", [cmd])
+            return
+        if on:
+            ask(self.env, f"Answer every request to {env} with the maintenance page?", opts)
+        with failures(f"maintenance {'on' if on else 'off'} for {env}"):
+            execute(cmd, "helm upgrade")
+        if on:
+            say(f"{env}: in maintenance: the Ingress/HTTPRoute send every request to the 503 page")
+        else:
+            say(f"{env}: maintenance off: the service answers again")
 
     def status(self) -> None:
         for cmd in helm_engine.status(self.chart):
             execute(cmd, "helm status")
+        with failures("reading maintenance mode"):
+            kept = helm_engine.deployed_maintenance(self.chart)
+        if kept:
+            say(f"{self.env.name}: in maintenance mode since {kept.since}")
 
     def logs(self, component: str, tail: int, follow: bool) -> None:
         execute(helm_engine.logs(self.chart, component, tail, follow), "reading logs")

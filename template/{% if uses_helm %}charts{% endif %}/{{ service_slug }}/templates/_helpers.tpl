@@ -87,6 +87,9 @@ Checks the schema cannot express; each failure says what to change.
 {{- if and (or .Values.ingress.enabled .Values.gateway.enabled) (not (include "app.httpComponents" .)) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "ingress.enabled / gateway.enabled need a component of kind http to route to; every component is a worker") -}}
 {{- end }}
+{{- if and .Values.maintenance.enabled (not (include "app.httpComponents" .)) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" "maintenance.enabled needs a component of kind http: every component is a worker, and no request reaches a worker") -}}
+{{- end }}
 {{- if and .Values.secretEnv.keys (not .Values.secretEnv.existingSecret) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "secretEnv.keys need secretEnv.existingSecret: the name of the Secret holding them") -}}
 {{- end }}
@@ -165,4 +168,22 @@ The root filesystem is read-only: temporary files, HOME and npm's cache and logs
   value: /tmp
 - name: npm_config_cache
   value: /tmp/.npm
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.backendName" (dict "context" $ "component" $name) }}
+The Service the Ingress and the HTTPRoute send a component's requests to: its own, or in
+maintenance mode (maintenance.enabled) the maintenance page's, for every component.
+*/}}
+{{- define "app.backendName" -}}
+{{- $component := ternary "maintenance" .component .context.Values.maintenance.enabled -}}
+{{- include "shipyard-common.componentName" (dict "context" .context "component" $component) -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.backendPort" (dict "context" $ "port" $c.port) }}
+That Service's port (templates/maintenance.yaml listens on 8080).
+*/}}
+{{- define "app.backendPort" -}}
+{{- ternary 8080 .port .context.Values.maintenance.enabled -}}
 {{- end -}}
