@@ -14,11 +14,13 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config, validate
+from tests import test_chart
 from tests.conftest import Render
 from tests.test_chart import DIGEST, Helm, _by_kind, _chart, _docs, _values_files
 
-# The chart tests' helm fixtures (real helm 4 and 3, their state in a temp dir).
-from tests.test_chart import helm, helm_env  # noqa: F401  (fixtures, used by name)
+# The chart tests' fixtures, by name: the real helm 4 and 3, their state in a temp dir.
+helm = test_chart.helm
+helm_env = test_chart.helm_env
 
 Doc = dict[str, Any]
 
@@ -130,7 +132,8 @@ def test_chart_gives_each_data_path_a_kept_claim_mounted_whole(
         claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
         expected = {f"rel-files-service-{v}" for volumes in VOLUMES.values() for v in volumes}
         # The backup CronJob's claim is the only other one (file:// backups).
-        assert expected <= set(claims) and len(set(claims) - expected) <= 1, claims
+        assert expected <= set(claims), claims
+        assert len(set(claims) - expected) <= 1, claims
         for name in expected:
             claim = claims[name]
             assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from shipyard import __version__
 from shipyard.backup import archive as pg_archive
+from shipyard.backup import files as data_files
 from shipyard.backup.checksums import compare_stats, table_stats
 from shipyard.backup.db import MAINTENANCE_DB, connect, one, run_tool, stabilise
 from shipyard.backup.dump import backup
@@ -155,10 +156,12 @@ def verify(
             f"backup {chosen.id} does not restore to what was backed up:\n  "
             + "\n  ".join(problems)
         )
+    archives = data_files.verify(storage, chosen.manifest, log)
     record = {
         "verified_at": datetime.now(UTC).isoformat(),
         "tables": len(stats),
         "rows": sum(t["rows"] for t in stats.values()),
+        **({"files": archives} if archives else {}),
         "shipyard": __version__,
     }
     storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
@@ -244,3 +247,30 @@ def _swap(admin: psycopg.Connection, current: str, replacement: str) -> None:
         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(replacement), ident(current))
     )
     _drop_database(admin, old)
+
+
+def restore_files(
+    storage: Storage,
+    wanted: list[data_files.DataPath],
+    backup_id: str | None = None,
+    *,
+    safety_backup: bool = True,
+    log: Log = to_stderr,
+) -> Backup | None:
+    """Replace the content of the `wanted` data paths with a backup's archives of them; return
+    the safety backup taken first (the database and these data paths as they were)."""
+    if not wanted:
+        raise BackupError("name the data paths to restore (--data-path COMPONENT:/PATH)")
+    chosen = find_backup(storage, backup_id)
+    archived = {(e["component"], e["path"]) for e in chosen.manifest.get(data_files.FILES, [])}
+    missing = [d.name for d in wanted if (d.component, d.path) not in archived]
+    if missing:
+        raise BackupError(
+            f"backup {chosen.id} holds no files of {', '.join(missing)}; nothing was changed"
+        )
+    safety = None
+    if safety_backup:
+        log("taking a safety backup of the database and the data paths before replacing them")
+        safety = backup(storage, kind="safety", files=wanted, log=log)
+    data_files.restore(storage, chosen.manifest, wanted, log)
+    return safety
