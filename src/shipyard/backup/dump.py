@@ -9,7 +9,6 @@ dump exactly, and the manifest is written last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tempfile
@@ -27,16 +26,16 @@ from shipyard.backup.checksums import table_stats
 from shipyard.backup.db import connect, one, pipe, stabilise, tool, tool_version
 from shipyard.backup.manifest import DUMP, FORMAT, MANIFEST, Backup, DatabaseSettings, new_id
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
-from shipyard.backup.storage import CHUNK, Storage
+from shipyard.backup.storage import HashingReader, Storage
 
 # Level 1: on 2 cores every cycle zstd spends is taken from pg_dump (measured at pgbench scale
 # 20: -3 makes the backup ~5% slower than -1 for a 25% smaller file).
 ZSTD_LEVEL = 1
 
 
-class _DumpReader:
-    """zstd's output as a file object; hashes and counts it, and at its end fails the upload
-    unless pg_dump, zstd and the table statistics all succeeded."""
+class _DumpReader(HashingReader):
+    """zstd's output as a file object; at its end it fails the upload unless pg_dump, zstd and
+    the table statistics all succeeded."""
 
     def __init__(
         self,
@@ -49,20 +48,9 @@ class _DumpReader:
         self.pg_dump, self.zstd = pg_dump, zstd
         self.dump_errors = dump_errors
         self.stats_done, self.stats_error = stats_done, stats_error
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.source = pipe(zstd.stdout)
+        super().__init__(pipe(zstd.stdout))
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size if size and size > 0 else CHUNK)
-        if data:
-            self.sha256.update(data)
-            self.size += len(data)
-            return data
-        self._check()
-        return b""
-
-    def _check(self) -> None:
+    def finish(self) -> None:
         dump_rc, zstd_rc = self.pg_dump.wait(), self.zstd.wait()
         # A statistics query that failed ends the snapshot's transaction, so pg_dump cannot
         # import the snapshot: then the statistics' error is the one that says why (it is

@@ -15,7 +15,6 @@ leaves every data path as it was.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from typing import IO, Any
 
 from shipyard.backup.db import pipe, tool
 from shipyard.backup.report import BackupError, Log, human_size
-from shipyard.backup.storage import CHUNK, Storage
+from shipyard.backup.storage import HashingReader, Storage, download
 
 FILES = "files"
 # Where compose.backup.yaml mounts the data paths: /data/<component><path>.
@@ -65,14 +64,12 @@ def key(backup_id: str, data: DataPath) -> str:
     return f"{backup_id}/{FILES}/{data.component}{data.path}.tar.zst"
 
 
-class _Archive:
-    """zstd's output of tar's as a file object: hashed and counted as the storage reads it; at
-    its end the upload fails unless tar and zstd both succeeded."""
+class _Archive(HashingReader):
+    """zstd's output of tar's as a file object; at its end the upload fails unless tar and
+    zstd both succeeded."""
 
     def __init__(self, data: DataPath, index: IO[bytes], log: Log) -> None:
         self.data, self.index, self.log = data, index, log
-        self.sha256 = hashlib.sha256()
-        self.size = 0
         self.tar = subprocess.Popen(
             [
                 tool("tar"),
@@ -100,18 +97,9 @@ class _Archive:
             stdout=subprocess.PIPE,
         )
         tar_out.close()  # only zstd reads it, so a dying zstd stops tar
-        self.source = pipe(self.zstd.stdout)
+        super().__init__(pipe(self.zstd.stdout))
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size if size and size > 0 else CHUNK)
-        if data:
-            self.sha256.update(data)
-            self.size += len(data)
-            return data
-        self._check()
-        return b""
-
-    def _check(self) -> None:
+    def finish(self) -> None:
         zstd_rc = self.zstd.wait()
         tar_rc = self.tar.wait()
         errors = self.tar.stderr.read().decode(errors="replace").strip() if self.tar.stderr else ""
@@ -166,16 +154,11 @@ def archive(storage: Storage, backup_id: str, data: DataPath, log: Log) -> dict[
 def _fetch(storage: Storage, entry: dict[str, Any], workdir: Path, backup_id: str) -> Path:
     """Download an archive and check its size and sha256 against the manifest."""
     local = workdir / f"{secrets.token_hex(4)}.tar.zst"
-    digest, size = hashlib.sha256(), 0
-    with storage.open(entry["key"]) as source, local.open("wb") as out:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+    size, sha256 = download(storage, entry["key"], local)
+    if size != entry["size"] or sha256 != entry["sha256"]:
         raise BackupError(
             f"backup {backup_id}: the archive of {entry['component']}:{entry['path']} is "
-            f"corrupted: {size} bytes with sha256 {digest.hexdigest()}, the manifest says "
+            f"corrupted: {size} bytes with sha256 {sha256}, the manifest says "
             f"{entry['size']} bytes with sha256 {entry['sha256']}; nothing was changed"
         )
     return local

@@ -8,7 +8,6 @@ the current database untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -29,7 +28,7 @@ from shipyard.backup.db import MAINTENANCE_DB, connect, one, run_tool, stabilise
 from shipyard.backup.dump import backup
 from shipyard.backup.manifest import DUMP, VERIFIED, Backup, DatabaseSettings, find_backup
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
-from shipyard.backup.storage import CHUNK, Storage
+from shipyard.backup.storage import Storage, download
 
 # Restore sessions: bigger sort memory makes index builds (most of a restore) faster, and a
 # lost restore is simply rerun, so commits need not wait for the WAL flush.
@@ -41,15 +40,10 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr)
     decompressed archive (a seekable file, which parallel pg_restore needs)."""
     dump = backup.manifest["dump"]
     compressed = workdir / DUMP
-    digest, size = hashlib.sha256(), 0
-    with storage.open(dump["key"]) as source, compressed.open("wb") as out:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    if size != dump["size"] or digest.hexdigest() != dump["sha256"]:
+    size, sha256 = download(storage, dump["key"], compressed)
+    if size != dump["size"] or sha256 != dump["sha256"]:
         raise BackupError(
-            f"backup {backup.id} is corrupted: {size} bytes with sha256 {digest.hexdigest()}, "
+            f"backup {backup.id} is corrupted: {size} bytes with sha256 {sha256}, "
             f"the manifest says {dump['size']} bytes with sha256 {dump['sha256']}; "
             "nothing was changed"
         )
