@@ -823,7 +823,8 @@ def test_files_backup_and_restore_through_the_compose_stack(
     assert app_exec(dockerd, "/bin/sh", "-c", damage)[0] == 0
     assert app_exec(dockerd, "/bin/sh", "-c", listing)[1] != before
     plan = at.invoke("restore", "--env", "staging", "--files", "--backup", backup_id, "--dry-run")
-    assert "run --rm files-restore shipyard backup restore --files" in plan.stdout
+    assert "run --rm files-restore shipyard backup restore --target file:///backups" in plan.stdout
+    assert f"--files --backup {backup_id} --yes --data-path {SERVICE}:{DATA}" in plan.stdout
     at.invoke("restore", "--env", "staging", "--files", "--backup", backup_id, "--yes")
     assert app_exec(dockerd, "/bin/sh", "-c", listing) == (0, before)
     assert kit.health() == 200
