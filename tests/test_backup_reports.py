@@ -47,19 +47,20 @@ def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> d
 def test_list_prints_one_aligned_line_per_backup() -> None:
     made = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
     checked = {"verified_at": "2026-11-20T04:05:06.789+00:00", "tables": 1, "rows": 3}
+    # The second holds an archive of a data path: its size counts in the backup's.
+    with_files = {
+        **manifest("20261121T030000Z-bbbbbb", made + timedelta(days=1), kind="safety"),
+        "files": [{"component": "api", "path": "/app/uploads", "size": 1000}],
+    }
     backups = [
         backup.Backup("20261120T030000Z-aaaaaa", manifest("20261120T030000Z-aaaaaa", made), None),
-        backup.Backup(
-            "20261121T030000Z-bbbbbb",
-            manifest("20261121T030000Z-bbbbbb", made + timedelta(days=1), kind="safety"),
-            checked,
-        ),
+        backup.Backup("20261121T030000Z-bbbbbb", with_files, checked),
     ]
 
     assert cli.format_table(backups).split("\n") == [
-        "id                       kind      database                   size tables  verified",
-        "20261120T030000Z-aaaaaa  scheduled shop                     123456      1  -",
-        "20261121T030000Z-bbbbbb  safety    shop                     123456      1"
+        "id                       kind      database                   size tables files  verified",
+        "20261120T030000Z-aaaaaa  scheduled shop                     123456      1     0  -",
+        "20261121T030000Z-bbbbbb  safety    shop                     124456      1     1"
         "  2026-11-20T04:05:06",
     ]
     assert cli.format_table([]) == "no complete backups"

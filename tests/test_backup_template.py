@@ -44,7 +44,18 @@ def test_backup_image_and_service_pass_their_tools(
     bucket = answers.get("backup_s3_bucket")
     if answers.get("backup_storage") == "s3" and bucket:
         assert service["command"][4].startswith(f"s3://{bucket}/")
-    assert service["command"][5:] == ["--retention-days", str(answers["backup_retention_days"])]
+    # Then each component's data paths, whose files it archives with the database.
+    data = [
+        arg
+        for c in answers.get("components", [])
+        for path in c.get("data_paths", [])
+        for arg in ("--data-path", f"{c['name']}:{path}")
+    ]
+    assert service["command"][5:] == [
+        "--retention-days",
+        str(answers["backup_retention_days"]),
+        *data,
+    ]
     # Secrets are references to the host's environment, never values.
     assert service["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     # Restores stage the whole dump in TMPDIR: a disk volume the image's uid 1000 owns, never

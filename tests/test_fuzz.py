@@ -94,6 +94,15 @@ def components(draw: st.DrawFn) -> list[dict[str, Any]]:
                 comp["health_path"] = draw(st.sampled_from(["/health", "/healthz/live"]))
         if draw(st.booleans()):
             comp["start"] = draw(st.sampled_from(["node dist/main.js", "node server.js"]))
+        if draw(st.integers(0, 3)) == 0:
+            # Folders that persist: volumes on Compose, claims (one pod) on Kubernetes.
+            comp["data_paths"] = draw(
+                st.lists(
+                    st.sampled_from(["/app/uploads", "/srv/media", "/var/lib/app", "/data"]),
+                    unique=True,
+                    max_size=3,
+                )
+            )
         result.append(comp)
     return result
 

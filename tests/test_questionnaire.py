@@ -185,6 +185,42 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         "has a metrics_path but no metrics_port",
     ),
     ({"alert_latency_ms": 5}, "latency alert threshold from 10 to 60000 milliseconds"),
+    # data_paths: absolute folders of the app, each once, each its own volume.
+    ({"components": [{**HTTP, "data_paths": "/app/uploads"}]}, "give a YAML list of absolute"),
+    ({"components": [{**HTTP, "data_paths": ["uploads"]}]}, "give an absolute folder in the"),
+    ({"components": [{**HTTP, "data_paths": [7]}]}, "give an absolute folder in the"),
+    ({"components": [{**HTTP, "data_paths": ["/"]}]}, "the whole filesystem cannot persist"),
+    ({"components": [{**HTTP, "data_paths": ["/app/../etc"]}]}, "without '.' or '..' segments"),
+    ({"components": [{**HTTP, "data_paths": ["/app/./x"]}]}, "without '.' or '..' segments"),
+    ({"components": [{**HTTP, "data_paths": ["/app/up loads"]}]}, "with no spaces and no trailing"),
+    ({"components": [{**HTTP, "data_paths": ["/app/uploads/"]}]}, "with no spaces and no trailing"),
+    # Paths inside the container, never opened here.
+    ({"components": [{**HTTP, "data_paths": ["/tmp/uploads"]}]}, "/tmp is scratch"),  # noqa: S108
+    ({"components": [{**HTTP, "data_paths": ["/tmp"]}]}, "/tmp is scratch space"),  # noqa: S108
+    ({"components": [{**HTTP, "data_paths": ["/etc/app"]}]}, "it is a system folder of the image"),
+    ({"components": [{**HTTP, "data_paths": ["/var/run/x"]}]}, "it is a system folder"),
+    ({"components": [{**HTTP, "data_paths": ["/app"]}]}, "it holds the application's code"),
+    (
+        {"components": [{**HTTP, "path": "api", "data_paths": ["/app/api"]}]},
+        "it holds the application's code",
+    ),
+    (
+        {"components": [{**HTTP, "data_paths": ["/data", "/data"]}]},
+        "has data path '/data' twice; list each folder once.",
+    ),
+    (
+        {"components": [{**HTTP, "data_paths": ["/data", "/data/x"]}]},
+        "has data path '/data/x' nested with another of its data paths",
+    ),
+    (
+        {"components": [{**HTTP, "data_paths": ["/data/a", "/data"]}]},
+        "has data path '/data' nested with another of its data paths",
+    ),
+    (
+        {"components": [{**HTTP, "data_paths": ["/srv/a-b", "/srv-a/b"]}]},
+        "gives the same volume name (api-data-srv-a-b) as another of its data paths",
+    ),
+    ({"components": [{**HTTP, "data_paths": ["/" + "a" * 41]}]}, "at most 40 letters and digits"),
     ({"monitoring": "datadog"}, "Invalid choice"),
 ]
 
@@ -246,3 +282,38 @@ def test_cli_refusal_names_the_question_and_writes_nothing(
         "65535; got '0'." in result.stderr
     )
     assert not dst.exists()
+
+
+def test_data_paths_reach_shipyard_yaml_typed_and_another_component_may_reuse_a_path(
+    render: Render, tmp_path: Path
+) -> None:
+    """The same folder in two components is two volumes; the typed config carries each list."""
+    components = [
+        {**HTTP, "data_paths": ["/app/uploads", "/srv/cache"]},
+        {**WORKER, "data_paths": ["/app/uploads"]},
+        {**HTTP, "name": "web", "port": 3001},
+    ]
+    cfg = config.load(render({"project_name": "Orders API", "components": components}, tmp_path))
+
+    assert [c.data_paths for c in cfg.components] == [
+        ("/app/uploads", "/srv/cache"),
+        ("/app/uploads",),
+        (),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["uploads", "/", "/tmp/x", "/proc/x", "/app/../etc", "/app/up loads", "/app/x/"],  # noqa: S108
+)
+def test_shipyard_yaml_refuses_a_data_path_the_answers_refuse(
+    render: Render, tmp_path: Path, path: str
+) -> None:
+    """A hand-edited shipyard.yaml is held to the answers' rules before any task acts on it."""
+    root = render({"project_name": "Orders API", "components": [HTTP]}, tmp_path / "kit")
+    text = (root / config.CONFIG_FILE).read_text()
+    edited = text.replace("    start: ", f"    data_paths: [{path!r}]\n    start: ", 1)
+    (root / config.CONFIG_FILE).write_text(edited)
+
+    with pytest.raises(config.ConfigError, match=r"components\.0\.data_paths\.0"):
+        config.load(root)

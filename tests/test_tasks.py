@@ -436,6 +436,7 @@ def test_s3_compose_environment_targets_its_bucket(rendered: Callable[[str], Pat
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[1].endswith(
         " run --rm backup shipyard backup run --target s3://pmtool-backups/prod --kind manual"
+        " --data-path backend:/app/uploads"  # its data path's files, with the database
     )
 
 

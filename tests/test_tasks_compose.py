@@ -37,6 +37,7 @@ from tests.servers.registry import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 SERVICE = "shop-api"
+DATA = "/app/data"
 
 
 @dataclass
@@ -127,6 +128,8 @@ def kit(
                     "port": port,
                     "health_path": "/health",
                     "path": ".",
+                    # Files the app keeps: a named volume that outlives its containers.
+                    "data_paths": [DATA],
                 }
             ],
             **mirror_images.answers(node_version="22"),
@@ -460,6 +463,42 @@ def deaf_and_broken(kit: Kit, first: str) -> tuple[str, str]:
     return deaf, broken
 
 
+def app_exec(dockerd: Dockerd, *command: str) -> tuple[int, str]:
+    """Run a command in the one app container as the image's user; its exit code and output."""
+    with contextlib.closing(dockerd.client()) as client:
+        (container,) = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
+        )
+        code, output = container.exec_run(list(command), user="1000:1000")
+    return int(code), output.decode()
+
+
+def test_files_in_a_data_path_survive_releases(
+    kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str]
+) -> None:
+    """The app writes its data path (the only writable place besides /tmp under its read-only
+    root, owned by its user), and a release of another image finds the files there."""
+    assert serving_image(dockerd) == first
+    deaf, _ = deaf_and_broken
+    write = f"mkdir -p {DATA}/photos && printf kept > {DATA}/photos/a.txt && stat -c %u:%g {DATA}"
+    assert app_exec(dockerd, "/bin/sh", "-c", write) == (0, "1000:1000\n")
+    code, _ = app_exec(dockerd, "/bin/sh", "-c", "touch /app/elsewhere")
+    assert code != 0  # the rest of the container stays read-only
+
+    def deploy(ref: str) -> None:
+        named = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": ref}, kit.port)
+        named.invoke("deploy", "--env", "staging", "--yes", "--skip-migrate")
+        assert serving_image(dockerd) == ref
+
+    try:
+        deploy(deaf)
+        assert app_exec(dockerd, "cat", f"{DATA}/photos/a.txt") == (0, "kept")
+    finally:
+        deploy(first)  # the tests after expect the first release
+    assert app_exec(dockerd, "cat", f"{DATA}/photos/a.txt") == (0, "kept")
+    assert kit.health() == 200
+
+
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str], replicas: int
@@ -752,4 +791,51 @@ def test_backup_tasks_run_in_the_compose_stack(
     assert visits() == counted + 1
     pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
     assert "would delete 0" in pruned.output
+    assert kit.health() == 200
+
+
+def test_files_backup_and_restore_through_the_compose_stack(
+    kit: Kit, dockerd: Dockerd, first: str, backup_image: str
+) -> None:
+    """`invoke backup` archives the data path beside the dump (the backup service mounts its
+    volume read-only); `invoke restore --files` puts the same tree back, modes and times."""
+    env = {k: v for k, v in kit.env.items() if not k.startswith("PG")}
+    at = Kit(kit.root, {**env, "BACKUP_IMAGE": backup_image}, kit.port)
+    folder = kit.root / "backups" / "staging"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, 1000, 1000)
+    make = (
+        f"mkdir -p {DATA}/docs/2026 && head -c 200000 /dev/urandom > {DATA}/docs/2026/scan.pdf"
+        f" && printf 'private' > {DATA}/docs/key && chmod 600 {DATA}/docs/key"
+        f" && chmod 750 {DATA}/docs/2026 && ln -sf docs/key {DATA}/current"
+    )
+    assert app_exec(dockerd, "/bin/sh", "-c", make)[0] == 0
+    # Type, mode, owner, size, time (to the nanosecond) and checksum of every entry; the data
+    # path's own mode and owner (a restore moves entries in and out of it: its time changes).
+    listing = (
+        f"cd {DATA} && stat -c '%a %u:%g' . && find . -mindepth 1 \\( -type d -printf"
+        " '%y %m %U:%G %T@ %p\\n' \\) -o -printf '%y %m %U:%G %s %T@ %p %l\\n' | sort"
+        " && find . -type f -exec sha256sum {} + | sort"
+    )
+    code, before = app_exec(dockerd, "/bin/sh", "-c", listing)
+    assert code == 0, before
+    existing = {p.name for p in folder.iterdir()}
+
+    made = at.invoke("backup", "--env", "staging")
+    assert f"--data-path {SERVICE}:{DATA}" in made.stdout
+    (backup_id,) = {p.name for p in folder.iterdir()} - existing
+    manifest = json.loads((folder / backup_id / "manifest.json").read_text())
+    (entry,) = manifest["files"]
+    assert (entry["component"], entry["path"]) == (SERVICE, DATA)
+    assert (folder / entry["key"]).stat().st_size == entry["size"]
+    at.invoke("backup.verify", "--env", "staging", "--backup", backup_id)
+
+    damage = f"rm -r {DATA}/docs/2026 && printf changed > {DATA}/docs/key && touch {DATA}/new"
+    assert app_exec(dockerd, "/bin/sh", "-c", damage)[0] == 0
+    assert app_exec(dockerd, "/bin/sh", "-c", listing)[1] != before
+    plan = at.invoke("restore", "--env", "staging", "--files", "--backup", backup_id, "--dry-run")
+    assert "run --rm files-restore shipyard backup restore --target file:///backups" in plan.stdout
+    assert f"--files --backup {backup_id} --yes --data-path {SERVICE}:{DATA}" in plan.stdout
+    at.invoke("restore", "--env", "staging", "--files", "--backup", backup_id, "--yes")
+    assert app_exec(dockerd, "/bin/sh", "-c", listing) == (0, before)
     assert kit.health() == 200

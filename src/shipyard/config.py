@@ -79,6 +79,9 @@ class Component:
     health_path: str = ""
     health_port: int | None = None
     health_command: tuple[str, ...] = ()
+    # Absolute folders in the container that persist across releases (a named volume or claim
+    # each) and that `invoke backup` archives.
+    data_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,13 @@ class Config:
 
 def _component(data: dict[str, Any]) -> Component:
     """One component of shipyard.yaml (its lists as tuples, so the Component is hashable)."""
-    return Component(**{**data, "health_command": tuple(data.get("health_command", ()))})
+    return Component(
+        **{
+            **data,
+            "health_command": tuple(data.get("health_command", ())),
+            "data_paths": tuple(data.get("data_paths", ())),
+        }
+    )
 
 
 def _smoke(data: dict[str, Any]) -> Smoke:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import psycopg
 
-from shipyard.backup import engine, storage
+from shipyard.backup import engine, files, storage
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     run = action("run", "dump the database into the target, then apply retention")
     run.add_argument("--kind", choices=["scheduled", "manual"], default="scheduled")
+    _data_arguments(run)
     _retention_arguments(run, required=False)
     action("list", "list complete backups, oldest first")
     check = action("verify", "restore a backup into a scratch database and compare every table")
@@ -39,6 +41,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
     back = action("restore", "replace PGDATABASE with a backup (a safety backup is taken first)")
     back.add_argument("--backup", help="backup id (default: the newest)")
+    back.add_argument(
+        "--files",
+        action="store_true",
+        help="restore the --data-path folders instead of the database",
+    )
+    _data_arguments(back)
     back.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
     back.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"
@@ -46,6 +54,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     prune = action("prune", "delete backups the retention policy does not keep")
     _retention_arguments(prune, required=True)
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-path",
+        action="append",
+        default=[],
+        metavar="COMPONENT:/PATH",
+        help="a component's data path (repeatable), mounted at DATA_ROOT/COMPONENT/PATH",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=str(files.DEFAULT_ROOT),
+        help="where the data paths are mounted (default: %(default)s)",
+    )
 
 
 def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -65,13 +88,15 @@ def run(args: argparse.Namespace) -> int:
         target = storage.from_url(args.target)
         command = args.backup_command
         if command == "run":
-            engine.backup(target, kind=args.kind)
+            engine.backup(target, kind=args.kind, files=_data_paths(args))
             if args.retention_days:
                 engine.prune(target, _policy(args))
         elif command == "list":
             print(format_table(engine.list_backups(target)))
         elif command == "verify":
             engine.verify(target, args.backup, jobs=args.jobs)
+        elif command == "restore" and args.files:
+            engine.restore_files(target, _data_paths(args), args.backup)
         elif command == "restore":
             engine.restore(target, args.backup, jobs=args.jobs)
         elif command == "prune":
@@ -80,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"shipyard backup: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:
+    root = Path(args.data_root)
+    return [engine.data_path(spec, root) for spec in args.data_path]
 
 
 def _policy(args: argparse.Namespace) -> engine.Retention:
@@ -93,12 +123,15 @@ def format_table(backups: list[engine.Backup]) -> str:
     """One line per backup: id, kind, database, size, tables, verified."""
     if not backups:
         return "no complete backups"
-    lines = [f"{'id':<24} {'kind':<9} {'database':<20} {'size':>10} {'tables':>6}  verified"]
+    lines = [
+        f"{'id':<24} {'kind':<9} {'database':<20} {'size':>10} {'tables':>6} {'files':>5}  verified"
+    ]
     for b in backups:
         m = b.manifest
         verified = b.verified["verified_at"][:19] if b.verified else "-"
+        size = m["dump"]["size"] + sum(f["size"] for f in m.get(files.FILES, []))
         lines.append(
-            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {m['dump']['size']:>10}"
-            f" {len(m['tables']):>6}  {verified}"
+            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {size:>10}"
+            f" {len(m['tables']):>6} {len(m.get(files.FILES, [])):>5}  {verified}"
         )
     return "\n".join(lines)

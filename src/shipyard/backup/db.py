@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -46,6 +46,13 @@ def tool(name: str) -> str:
             "(Debian: postgresql-client-<version>) and zstd"
         )
     return found
+
+
+def pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A child's stdout/stdin that Popen was given PIPE for (this narrows the type for mypy)."""
+    if stream is None:
+        raise BackupError("a pipe to a child process is missing")
+    return stream
 
 
 def run_tool(name: str, *args: str, env: Mapping[str, str] | None = None) -> Result:

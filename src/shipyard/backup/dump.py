@@ -9,32 +9,33 @@ dump exactly, and the manifest is written last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import psycopg
 
 from shipyard import __version__
+from shipyard.backup import files as data_files
 from shipyard.backup.checksums import table_stats
-from shipyard.backup.db import connect, one, stabilise, tool, tool_version
+from shipyard.backup.db import connect, one, pipe, stabilise, tool, tool_version
 from shipyard.backup.manifest import DUMP, FORMAT, MANIFEST, Backup, DatabaseSettings, new_id
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
-from shipyard.backup.storage import CHUNK, Storage
+from shipyard.backup.storage import HashingReader, Storage
 
 # Level 1: on 2 cores every cycle zstd spends is taken from pg_dump (measured at pgbench scale
 # 20: -3 makes the backup ~5% slower than -1 for a 25% smaller file).
 ZSTD_LEVEL = 1
 
 
-class _DumpReader:
-    """zstd's output as a file object; hashes and counts it, and at its end fails the upload
-    unless pg_dump, zstd and the table statistics all succeeded."""
+class _DumpReader(HashingReader):
+    """zstd's output as a file object; at its end it fails the upload unless pg_dump, zstd and
+    the table statistics all succeeded."""
 
     def __init__(
         self,
@@ -47,20 +48,9 @@ class _DumpReader:
         self.pg_dump, self.zstd = pg_dump, zstd
         self.dump_errors = dump_errors
         self.stats_done, self.stats_error = stats_done, stats_error
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.source = _pipe(zstd.stdout)
+        super().__init__(pipe(zstd.stdout))
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size if size and size > 0 else CHUNK)
-        if data:
-            self.sha256.update(data)
-            self.size += len(data)
-            return data
-        self._check()
-        return b""
-
-    def _check(self) -> None:
+    def finish(self) -> None:
         dump_rc, zstd_rc = self.pg_dump.wait(), self.zstd.wait()
         # A statistics query that failed ends the snapshot's transaction, so pg_dump cannot
         # import the snapshot: then the statistics' error is the one that says why (it is
@@ -79,8 +69,15 @@ class _DumpReader:
             raise BackupError(f"reading table statistics failed: {self.stats_error[0]}")
 
 
-def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> Backup:
-    """Dump the database libpq's environment points at into `storage`; return the backup."""
+def backup(
+    storage: Storage,
+    *,
+    kind: str = "manual",
+    files: Sequence[data_files.DataPath] = (),
+    log: Log = to_stderr,
+) -> Backup:
+    """Dump the database libpq's environment points at into `storage`, with an archive of
+    each data path in `files`; return the backup."""
     pg_dump, zstd = tool("pg_dump"), tool("zstd")
     started = time.monotonic()
     backup_id = new_id()
@@ -137,7 +134,7 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
                 stdout=subprocess.PIPE,
                 stderr=dump_errors,
             )
-            dump_out = _pipe(dumper.stdout)
+            dump_out = pipe(dumper.stdout)
             compressor = subprocess.Popen(
                 [zstd, f"-{ZSTD_LEVEL}", "-T0", "-q", "-c"],
                 stdin=dump_out,
@@ -163,13 +160,17 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
-                _pipe(compressor.stdout).close()
+                pipe(compressor.stdout).close()
                 if worker.is_alive():
                     # The dump failed; do not wait for the statistics of a backup that is gone.
                     conn.cancel_safe()
                 worker.join()
                 versioner.join()
         conn.execute("ROLLBACK")
+    # After the dump: the files are as of a moment after the database's snapshot, so a restore
+    # of both never has rows pointing at files that are missing (only, at worst, files newer
+    # than the rows).
+    archived = [data_files.archive(storage, backup_id, data, log) for data in files]
 
     manifest = {
         "format": FORMAT,
@@ -193,21 +194,17 @@ def backup(storage: Storage, *, kind: str = "manual", log: Log = to_stderr) -> B
             "shipyard": __version__,
         },
         "tables": stats,
+        **({data_files.FILES: archived} if archived else {}),
     }
     # Written last: its presence is what makes the backup complete.
     storage.put_bytes(f"{backup_id}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     log(
-        f"backup {backup_id} complete: {human_size(reader.size)}, {len(stats)} tables, sha256 "
+        f"backup {backup_id} complete: {human_size(reader.size)}, {len(stats)} tables"
+        + (f", {len(archived)} data path(s)" if archived else "")
+        + ", sha256 "
         f"{reader.sha256.hexdigest()[:16]}..."
     )
     return Backup(backup_id, manifest, None)
-
-
-def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
-    # Popen was given stdout=PIPE, so the stream exists; this narrows the type for mypy.
-    if stream is None:
-        raise BackupError("a pipe to a child process is missing")
-    return stream
 
 
 def _database_settings(conn: psycopg.Connection, database: str) -> DatabaseSettings:

@@ -1,6 +1,7 @@
 """The backup engine's face: the API behind `shipyard backup ...` (compose service, Kubernetes
 CronJob) and the `invoke backup/restore` tasks, re-exported from the modules that own each
-part. A backup is `<id>/dump.pgc.zst` plus `<id>/manifest.json`:
+part. A backup is `<id>/dump.pgc.zst`, `<id>/files/...` (the data paths) and
+`<id>/manifest.json`:
 
 - `manifest`: that layout, backup ids, listing and finding complete backups;
 - `db`: the PostgreSQL client tools and zstd on PATH, and sessions from libpq's environment
@@ -8,8 +9,11 @@ part. A backup is `<id>/dump.pgc.zst` plus `<id>/manifest.json`:
 - `checksums`: per-table row counts and checksums, read in the very snapshot pg_dump dumps, so
   `verify` can prove a restore reproduces the data;
 - `dump`: `backup`, pg_dump piped through zstd into the storage, the manifest written last;
+- `files`: the components' data paths, archived (tar | zstd) beside the dump, checked by
+  `verify` and put back by `restore_files`;
 - `recovery`: `verify` and `restore`, each through a new database compared with the manifest
-  (not `restore.py`: a module of that name would clash with the function on the package);
+  (not `restore.py`: a module of that name would clash with the function on the package), and
+  `restore_files`, after a safety backup;
 - `retention`: which backups a policy keeps, and `prune`;
 - `report`: `BackupError` and the progress lines.
 
@@ -20,6 +24,7 @@ in the module that owns it.
 from shipyard.backup.checksums import compare_stats, table_stats
 from shipyard.backup.db import connect, tool, tool_version
 from shipyard.backup.dump import ZSTD_LEVEL, backup
+from shipyard.backup.files import DataPath, data_path
 from shipyard.backup.manifest import (
     DUMP,
     FORMAT,
@@ -31,7 +36,7 @@ from shipyard.backup.manifest import (
     list_backups,
     new_id,
 )
-from shipyard.backup.recovery import default_jobs, fetch, restore, verify
+from shipyard.backup.recovery import default_jobs, fetch, restore, restore_files, verify
 from shipyard.backup.report import BackupError, Log
 from shipyard.backup.retention import Retention, plan_retention, prune
 
@@ -43,11 +48,13 @@ __all__ = [
     "ZSTD_LEVEL",
     "Backup",
     "BackupError",
+    "DataPath",
     "Log",
     "Retention",
     "backup",
     "compare_stats",
     "connect",
+    "data_path",
     "default_jobs",
     "fetch",
     "find_backup",
@@ -57,6 +64,7 @@ __all__ = [
     "plan_retention",
     "prune",
     "restore",
+    "restore_files",
     "table_stats",
     "tool",
     "tool_version",

@@ -8,7 +8,6 @@ the current database untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -23,12 +22,13 @@ from psycopg import sql
 
 from shipyard import __version__
 from shipyard.backup import archive as pg_archive
+from shipyard.backup import files as data_files
 from shipyard.backup.checksums import compare_stats, table_stats
 from shipyard.backup.db import MAINTENANCE_DB, connect, one, run_tool, stabilise
 from shipyard.backup.dump import backup
 from shipyard.backup.manifest import DUMP, VERIFIED, Backup, DatabaseSettings, find_backup
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
-from shipyard.backup.storage import CHUNK, Storage
+from shipyard.backup.storage import Storage, download
 
 # Restore sessions: bigger sort memory makes index builds (most of a restore) faster, and a
 # lost restore is simply rerun, so commits need not wait for the WAL flush.
@@ -40,15 +40,10 @@ def fetch(storage: Storage, backup: Backup, workdir: Path, log: Log = to_stderr)
     decompressed archive (a seekable file, which parallel pg_restore needs)."""
     dump = backup.manifest["dump"]
     compressed = workdir / DUMP
-    digest, size = hashlib.sha256(), 0
-    with storage.open(dump["key"]) as source, compressed.open("wb") as out:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    if size != dump["size"] or digest.hexdigest() != dump["sha256"]:
+    size, sha256 = download(storage, dump["key"], compressed)
+    if size != dump["size"] or sha256 != dump["sha256"]:
         raise BackupError(
-            f"backup {backup.id} is corrupted: {size} bytes with sha256 {digest.hexdigest()}, "
+            f"backup {backup.id} is corrupted: {size} bytes with sha256 {sha256}, "
             f"the manifest says {dump['size']} bytes with sha256 {dump['sha256']}; "
             "nothing was changed"
         )
@@ -155,10 +150,12 @@ def verify(
             f"backup {chosen.id} does not restore to what was backed up:\n  "
             + "\n  ".join(problems)
         )
+    archives = data_files.verify(storage, chosen.manifest, log)
     record = {
         "verified_at": datetime.now(UTC).isoformat(),
         "tables": len(stats),
         "rows": sum(t["rows"] for t in stats.values()),
+        **({"files": archives} if archives else {}),
         "shipyard": __version__,
     }
     storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
@@ -244,3 +241,30 @@ def _swap(admin: psycopg.Connection, current: str, replacement: str) -> None:
         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(replacement), ident(current))
     )
     _drop_database(admin, old)
+
+
+def restore_files(
+    storage: Storage,
+    wanted: list[data_files.DataPath],
+    backup_id: str | None = None,
+    *,
+    safety_backup: bool = True,
+    log: Log = to_stderr,
+) -> Backup | None:
+    """Replace the content of the `wanted` data paths with a backup's archives of them; return
+    the safety backup taken first (the database and these data paths as they were)."""
+    if not wanted:
+        raise BackupError("name the data paths to restore (--data-path COMPONENT:/PATH)")
+    chosen = find_backup(storage, backup_id)
+    archived = {(e["component"], e["path"]) for e in chosen.manifest.get(data_files.FILES, [])}
+    missing = [d.name for d in wanted if (d.component, d.path) not in archived]
+    if missing:
+        raise BackupError(
+            f"backup {chosen.id} holds no files of {', '.join(missing)}; nothing was changed"
+        )
+    safety = None
+    if safety_backup:
+        log("taking a safety backup of the database and the data paths before replacing them")
+        safety = backup(storage, kind="safety", files=wanted, log=log)
+    data_files.restore(storage, chosen.manifest, wanted, log)
+    return safety

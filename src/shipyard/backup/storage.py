@@ -7,6 +7,7 @@ becomes visible under its final name once every byte is stored (local: rename of
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -53,6 +54,39 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with `prefix`."""
+
+
+class HashingReader:
+    """A child process's output as the file object `put_stream` reads: hashed and counted as it
+    goes; at its end `finish()` runs, where a subclass fails the upload if the child failed."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size if size and size > 0 else CHUNK)
+        if data:
+            self.sha256.update(data)
+            self.size += len(data)
+            return data
+        self.finish()
+        return b""
+
+    def finish(self) -> None:
+        """Raise if what wrote the stream failed; called once the stream has ended."""
+
+
+def download(storage: Storage, key: str, path: Path) -> tuple[int, str]:
+    """Copy an object to a local file; its size and sha256, to check against a manifest."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open(key) as source, path.open("wb") as out:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
 
 
 @dataclass

@@ -203,10 +203,10 @@ def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     return compose(root, file, "--profile", MIGRATE, "run", "--rm", MIGRATE, images=images)
 
 
-def backup(root: Path, env: str, image: str, *engine: str) -> Command:
+def backup(root: Path, env: str, image: str, *engine: str, service: str = "backup") -> Command:
     """The standalone backup file's service, on the running stack's network: its own command
     (`shipyard backup run` with the target and retention: one backup) or `engine`, another
     `shipyard backup ...` command line; `image` is the pushed repo@digest, or '' for the
-    file's default."""
+    file's default. `service` is `files-restore` to write the data paths."""
     variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
-    return compose(root, BACKUP_FILE, "run", "--rm", "backup", *engine, env=variables)
+    return compose(root, BACKUP_FILE, "run", "--rm", service, *engine, env=variables)

@@ -53,6 +53,8 @@ HELP_ID = "backup id from `invoke backup.list` (default: the newest complete one
 HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
 # Where compose.backup.yaml mounts the environment's backups folder (./backups/<env>).
 COMPOSE_FOLDER = "file:///backups"
+# compose.backup.yaml's service with the data paths writable (`restore --files`).
+FILES_RESTORE = "files-restore"
 
 
 @contextlib.contextmanager
@@ -92,10 +94,25 @@ def _in_compose(environment: config.Environment) -> bool:
     return environment.target == "compose" and not os.environ.get("PGHOST")
 
 
+def _data_args(cfg: config.Config) -> list[str]:
+    """The engine's --data-path options: every component's data paths (shipyard.yaml)."""
+    return [
+        arg
+        for comp in cfg.components
+        for path in comp.data_paths
+        for arg in ("--data-path", f"{comp.name}:{path}")
+    ]
+
+
 def _compose_engine(
-    cfg: config.Config, env: str, settings: config.BackupSettings, action: str, *args: str
+    cfg: config.Config,
+    env: str,
+    settings: config.BackupSettings,
+    action: str,
+    *args: str,
+    service: str = BACKUP,
 ) -> Command:
-    """`shipyard backup ACTION --target T ARGS` in compose.backup.yaml's `backup` service.
+    """`shipyard backup ACTION --target T ARGS` in a compose.backup.yaml service (`backup`).
 
     T is where that service keeps the environment's backups: its /backups mount or the bucket.
     The image is BACKUP_IMAGE, else the last pushed backup image (any commit's: the engine
@@ -103,11 +120,12 @@ def _compose_engine(
     """
     file = compose_engine.BACKUP_FILE
     with failures(f"reading {file}"):
-        found = (cfg.root / file).is_file() and BACKUP in compose_engine.services(cfg.root / file)
+        found = (cfg.root / file).is_file() and service in compose_engine.services(cfg.root / file)
     if not found:
         raise Exit(
-            f"shipyard: {env} runs on Compose, where backups run in the `backup` service of "
-            f"{file}, which is missing or has no such service; add it (see DEPLOYMENT.md, Backups) "
+            f"shipyard: {env} runs on Compose, where backups run in the `{service}` service of "
+            f"{file}, which is missing or has no such service; add it (see DEPLOYMENT.md, Backups"
+            f"{'; `copier update` adds it for data paths' if service != BACKUP else ''}) "
             "or set PGHOST to reach the database from here",
             code=1,
         )
@@ -121,7 +139,7 @@ def _compose_engine(
     engine_args = ("shipyard", "backup", action, "--target", target, *args)
     # Finding Compose itself can fail (not installed): one line, not a traceback.
     with failures(f"preparing the {file} backup service"):
-        return compose_engine.backup(cfg.root, env, image, *engine_args)
+        return compose_engine.backup(cfg.root, env, image, *engine_args, service=service)
 
 
 def _choice(backup: str, jobs: int) -> list[str]:
@@ -162,7 +180,7 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     cfg, environment, settings = _settings(c, env)
     env = environment.name
     if _in_compose(environment):
-        cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual")
+        cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual", *_data_args(cfg))
         if dry_run:
             plan(f"backup of {env} (in the Compose stack's backup service)", [cmd])
             return
@@ -170,6 +188,12 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
         print(f"{env}: backup complete (its id is in the engine's last line above)")
         return
     target = _storage(cfg, settings)
+    if _data_args(cfg):
+        # The data volumes live in the cluster (or on the Compose host), not here.
+        print(
+            f"{env}: the data paths' files are not reachable from here and are not in this "
+            "backup; on Compose, `invoke backup` archives them in the stack's backup service"
+        )
     if dry_run:
         plan(
             f"backup of {env}",
@@ -268,6 +292,7 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
         "yes": HELP_YES,
         "dry_run": HELP_DRY,
         "jobs": HELP_JOBS,
+        "files": "restore the components' data paths (their files) instead of the database",
     }
 )
 def restore(
@@ -277,12 +302,16 @@ def restore(
     yes: bool = False,
     dry_run: bool = False,
     jobs: int = 0,
+    files: bool = False,
 ) -> None:
-    """Replace the environment's database with a backup (a safety backup is taken first)."""
+    """Replace the environment's database (or, with --files, its data paths) with a backup."""
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
     env = environment.name
+    if files:
+        _restore_files(cfg, environment, settings, backup, yes, dry_run)
+        return
     if _in_compose(environment):
         _compose_restore(cfg, env, settings, backup, yes, dry_run, jobs)
         return
@@ -339,6 +368,60 @@ def _compose_restore(
     confirm(f"Replace the database of {env} (its Compose stack's) with {chosen}?", yes)
     _run_compose(cmd, f"the restore of {env}")
     print(f"{env}: database restored from {chosen} (the safety backup's id is above)")
+
+
+def _restore_files(
+    cfg: config.Config,
+    environment: config.Environment,
+    settings: config.BackupSettings,
+    backup: str,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """`restore --files`: in compose.backup.yaml's files-restore service, the only place the
+    data volumes are mounted writable for the engine."""
+    env = environment.name
+    data = _data_args(cfg)
+    if not data:
+        raise Exit(
+            f"shipyard: no component of {config.CONFIG_FILE} has data_paths: there are no files "
+            "to restore",
+            code=2,
+        )
+    if environment.target != "compose":
+        raise Exit(
+            f"shipyard: {env} runs on {environment.target}: files backups and restores run on "
+            "Compose targets so far (the data paths are the stack's named volumes)",
+            code=2,
+        )
+    chosen = backup or "the newest complete backup"
+    paths = ", ".join(data[1::2])
+    cmd = _compose_engine(
+        cfg,
+        env,
+        settings,
+        "restore",
+        "--files",
+        *_choice(backup, 0),
+        "--yes",
+        *data,
+        service=FILES_RESTORE,
+    )
+    if dry_run:
+        plan(
+            f"restore the files of {env} from {chosen} (in the Compose stack's "
+            f"{FILES_RESTORE} service)",
+            [
+                cmd,
+                "in it: take a safety backup (database and data paths), download each archive "
+                "and check its sha256, extract every one beside its data path, then swap each "
+                "data path's content for the restored one",
+            ],
+        )
+        return
+    confirm(f"Replace the files of {paths} ({env}) with {chosen}?", yes)
+    _run_compose(cmd, f"the files restore of {env}")
+    print(f"{env}: {paths} restored from {chosen} (the safety backup's id is above)")
 
 
 ns = Collection("backup")

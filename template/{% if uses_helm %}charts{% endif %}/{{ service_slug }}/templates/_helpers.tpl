@@ -76,6 +76,9 @@ Checks the schema cannot express; each failure says what to change.
 {{- if and $c.autoscaling.enabled (not $c.resources.requests.cpu) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s.autoscaling needs resources.requests.cpu: the HPA scales on CPU use relative to it" $name)) -}}
 {{- end }}
+{{- if and (include "app.exclusiveData" $c) (or $c.autoscaling.enabled (gt (int (include "app.replicas" (dict "context" $ "component" $c))) 1)) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s keeps files on claims only one pod can mount (dataPaths with persistence.accessModes %v): run 1 replica without autoscaling, or set persistence.accessModes to [ReadWriteMany] with a storageClass that offers it" $name $c.persistence.accessModes)) -}}
+{{- end }}
 {{- if and $c.autoscaling.enabled (lt (int $c.autoscaling.maxReplicas) (int (include "app.minReplicas" (dict "context" $ "component" $c)))) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s.autoscaling.maxReplicas (%v) is below its minimum replica count (%s)" $name $c.autoscaling.maxReplicas (include "app.minReplicas" (dict "context" $ "component" $c)))) -}}
 {{- end }}
@@ -186,4 +189,21 @@ That Service's port (templates/maintenance.yaml listens on 8080).
 */}}
 {{- define "app.backendPort" -}}
 {{- ternary 8080 .port .context.Values.maintenance.enabled -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.dataClaim" (dict "context" $ "component" $name "key" $key) }}
+The PersistentVolumeClaim of a component's data path: <component's name>-data-<key>.
+*/}}
+{{- define "app.dataClaim" -}}
+{{- include "shipyard-common.componentName" (dict "context" .context "component" .component) }}-data-{{ .key }}
+{{- end -}}
+
+{{/*
+Usage: {{ if include "app.exclusiveData" $c }}
+Non-empty when the component has data claims that only one pod can mount (no ReadWriteMany):
+it then runs one replica and is replaced, not rolled.
+*/}}
+{{- define "app.exclusiveData" -}}
+{{- if and .dataPaths (not (has "ReadWriteMany" .persistence.accessModes)) -}}true{{- end -}}
 {{- end -}}

@@ -1,0 +1,252 @@
+"""Files: the components' data paths archived beside the dump, checked and restored.
+
+Each data path is `tar` (modes, times, numeric owners) piped through `zstd` into the storage
+as `<id>/files/<component><path>.tar.zst`, hashed as it streams; the manifest written last
+lists each archive with its size, sha256 and entry count, so a backup whose archives are not
+all stored is never complete. The engine sees a data path where its container mounts it:
+`<root>/<component><path>` (compose.backup.yaml mounts them under /data, read-only for
+backups, writable in its `files-restore` service).
+
+A restore extracts every archive into a staging folder inside its data path first (same
+filesystem, so the swap is renames); only when all extracted does each path's content move
+aside, the restored content move in, and the old content go. A failure before the swap
+leaves every data path as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from shipyard.backup.db import pipe, tool
+from shipyard.backup.report import BackupError, Log, human_size
+from shipyard.backup.storage import HashingReader, Storage, download
+
+FILES = "files"
+# Where compose.backup.yaml mounts the data paths: /data/<component><path>.
+DEFAULT_ROOT = Path("/data")
+# Folders a restore stages in, inside the data path; never archived.
+STAGING = ".shipyard-restore-"
+ASIDE = ".shipyard-old-"
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """A component's data path and the folder it is mounted at here."""
+
+    component: str
+    path: str  # as in the component's container, e.g. /app/uploads
+    source: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.component}:{self.path}"
+
+
+def data_path(spec: str, root: Path = DEFAULT_ROOT) -> DataPath:
+    """`COMPONENT:/ABSOLUTE/PATH` (the engine's --data-path) mounted under `root`."""
+    component, sep, path = spec.partition(":")
+    pure = PurePosixPath(path)
+    if not sep or not component or not pure.is_absolute() or ".." in pure.parts:
+        raise BackupError(
+            f"--data-path {spec!r}: give COMPONENT:/absolute/path, e.g. api:/app/uploads"
+        )
+    return DataPath(component, str(pure), root / component / str(pure).lstrip("/"))
+
+
+def key(backup_id: str, data: DataPath) -> str:
+    return f"{backup_id}/{FILES}/{data.component}{data.path}.tar.zst"
+
+
+class _Archive(HashingReader):
+    """zstd's output of tar's as a file object; at its end the upload fails unless tar and
+    zstd both succeeded."""
+
+    def __init__(self, data: DataPath, index: IO[bytes], log: Log) -> None:
+        self.data, self.index, self.log = data, index, log
+        self.tar = subprocess.Popen(
+            [
+                tool("tar"),
+                "--create",
+                "--file=-",
+                # POSIX (pax) headers: exact modification times, long names, any bytes.
+                "--format=posix",
+                f"--directory={data.source}",
+                "--numeric-owner",
+                "--verbose",
+                f"--index-file=/dev/fd/{index.fileno()}",
+                # A restore's leftovers, should one have been killed mid-way.
+                f"--exclude={STAGING}*",
+                f"--exclude={ASIDE}*",
+                ".",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(index.fileno(),),
+        )
+        tar_out = pipe(self.tar.stdout)
+        self.zstd = subprocess.Popen(
+            [tool("zstd"), f"-{ZSTD_LEVEL}", "-T0", "-q", "-c"],
+            stdin=tar_out,
+            stdout=subprocess.PIPE,
+        )
+        tar_out.close()  # only zstd reads it, so a dying zstd stops tar
+        super().__init__(pipe(self.zstd.stdout))
+
+    def finish(self) -> None:
+        zstd_rc = self.zstd.wait()
+        tar_rc = self.tar.wait()
+        errors = self.tar.stderr.read().decode(errors="replace").strip() if self.tar.stderr else ""
+        # GNU tar exits 1 when a file changed while it was read (the app kept writing): the
+        # archive is whole and holds the file as it was read; 2 is a real failure.
+        if tar_rc == 1:
+            self.log(f"{self.data.name}: files changed while archived: {errors}")
+        elif tar_rc != 0:
+            raise BackupError(f"archiving {self.data.name} failed (tar exited {tar_rc}): {errors}")
+        if zstd_rc != 0:
+            raise BackupError(f"archiving {self.data.name} failed: zstd exited {zstd_rc}")
+
+    def close(self) -> None:
+        for proc in (self.tar, self.zstd):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self.source.close()
+        if self.tar.stderr:
+            self.tar.stderr.close()
+
+
+def archive(storage: Storage, backup_id: str, data: DataPath, log: Log) -> dict[str, Any]:
+    """Stream one data path into the storage; its manifest entry."""
+    if not data.source.is_dir():
+        raise BackupError(
+            f"{data.name} is not mounted at {data.source}: the backup service mounts each data "
+            "path (compose.backup.yaml); re-render the kit after adding one"
+        )
+    stored = key(backup_id, data)
+    with tempfile.TemporaryFile() as index:
+        stream = _Archive(data, index, log)
+        try:
+            storage.put_stream(stored, stream)  # type: ignore[arg-type]
+        finally:
+            stream.close()
+        index.seek(0)
+        entries = sum(1 for _ in index)
+    log(f"{data.name}: {entries} entries, {human_size(stream.size)}")
+    return {
+        "component": data.component,
+        "path": data.path,
+        "key": stored,
+        "format": "tar (GNU, numeric owners) compressed by zstd",
+        "compression": f"zstd -{ZSTD_LEVEL}",
+        "entries": entries,
+        "size": stream.size,
+        "sha256": stream.sha256.hexdigest(),
+    }
+
+
+def _fetch(storage: Storage, entry: dict[str, Any], workdir: Path, backup_id: str) -> Path:
+    """Download an archive and check its size and sha256 against the manifest."""
+    local = workdir / f"{secrets.token_hex(4)}.tar.zst"
+    size, sha256 = download(storage, entry["key"], local)
+    if size != entry["size"] or sha256 != entry["sha256"]:
+        raise BackupError(
+            f"backup {backup_id}: the archive of {entry['component']}:{entry['path']} is "
+            f"corrupted: {size} bytes with sha256 {sha256}, the manifest says "
+            f"{entry['size']} bytes with sha256 {entry['sha256']}; nothing was changed"
+        )
+    return local
+
+
+def _untar(archive_file: Path, *tar_args: str) -> str:
+    """zstd -d | tar ARGS; tar's stdout. BackupError when either fails."""
+    with archive_file.open("rb") as compressed:
+        unzstd = subprocess.Popen(
+            [tool("zstd"), "-d", "-q", "-c"], stdin=compressed, stdout=subprocess.PIPE
+        )
+        unzstd_out = pipe(unzstd.stdout)
+        tar = subprocess.run(
+            [tool("tar"), "--file=-", *tar_args],
+            stdin=unzstd_out,
+            capture_output=True,
+            check=False,
+        )
+        unzstd_out.close()
+        zstd_rc = unzstd.wait()
+    if zstd_rc != 0 or tar.returncode != 0:
+        detail = tar.stderr.decode(errors="replace").strip()
+        raise BackupError(
+            f"cannot read an archive: zstd exited {zstd_rc}, tar {tar.returncode}: {detail}"
+        )
+    return tar.stdout.decode(errors="replace")
+
+
+def verify(storage: Storage, manifest: dict[str, Any], log: Log) -> int:
+    """Check every archive of a backup: sha256, a full read, and its entry count; how many."""
+    entries = manifest.get(FILES, [])
+    with tempfile.TemporaryDirectory(prefix="shipyard-files-") as work:
+        for entry in entries:
+            local = _fetch(storage, entry, Path(work), manifest["id"])
+            listed = _untar(local, "--list").count("\n")
+            local.unlink()
+            if listed != entry["entries"]:
+                raise BackupError(
+                    f"backup {manifest['id']}: the archive of {entry['component']}:"
+                    f"{entry['path']} holds {listed} entries, the manifest says {entry['entries']}"
+                )
+            log(f"{entry['component']}:{entry['path']}: sha256 and {listed} entries match")
+    return len(entries)
+
+
+def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], log: Log) -> None:
+    """Replace each wanted data path's content with the backup's archive of it (the caller
+    checked the backup holds one of each)."""
+    archived = {(e["component"], e["path"]): e for e in manifest.get(FILES, [])}
+    staged: list[tuple[DataPath, Path]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="shipyard-files-") as work:
+            for data in wanted:
+                if not data.source.is_dir():
+                    raise BackupError(f"{data.name} is not mounted at {data.source}")
+                entry = archived[(data.component, data.path)]
+                local = _fetch(storage, entry, Path(work), manifest["id"])
+                staging = data.source / f"{STAGING}{secrets.token_hex(3)}"
+                staging.mkdir()
+                staged.append((data, staging))
+                _untar(
+                    local,
+                    "--extract",
+                    f"--directory={staging}",
+                    "--numeric-owner",
+                    "--preserve-permissions",
+                )
+                local.unlink()
+                log(f"{data.name}: extracted, checked against the manifest's sha256")
+    except BaseException:
+        for _data, staging in staged:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for data, staging in staged:
+        _swap(data.source, staging)
+        log(f"{data.name}: now holds backup {manifest['id']}")
+
+
+def _swap(target: Path, staging: Path) -> None:
+    """Move target's content aside, staging's content in, then drop the old content."""
+    aside = target / f"{ASIDE}{secrets.token_hex(3)}"
+    aside.mkdir()
+    for entry in target.iterdir():
+        if entry not in (staging, aside):
+            entry.rename(aside / entry.name)
+    for entry in staging.iterdir():
+        entry.rename(target / entry.name)
+    # The folder's own mode, as archived ('.').
+    target.chmod(staging.stat().st_mode & 0o7777)
+    staging.rmdir()
+    shutil.rmtree(aside)
