@@ -111,6 +111,13 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ({"database": "none", "migrations": "prisma"}, "migrations: 'none' was expected"),
         ({"sample_app": True, "package_manager": "pnpm"}, "package_manager: 'npm' was expected"),
         ({"node_version": 18}, "node_version: 18 is not one of"),
+        (
+            {"runtime": "python", "migrations": "prisma"},
+            "migrations: 'prisma' is not one of ['alembic', 'django', 'custom', 'none']",
+        ),
+        ({"migrations": "alembic"}, "'alembic' is not one of ['prisma', 'typeorm', 'knex',"),
+        ({"runtime": "python", "workspaces": True}, "workspaces: False was expected"),
+        ({"runtime": "python", "python_package_manager": "poetry"}, "'poetry' is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
         (
