@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Render, git
+from tests.conftest import Render, git, init_repo, invoke_cli
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -40,21 +39,12 @@ class Kit:
     env: dict[str, str]
     port: int
 
-    def invoke(self, *args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "invoke", *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
+    def invoke(self, *args: str) -> None:
+        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
         if proc.returncode:
             pytest.fail(
                 f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
             )
-        return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +80,7 @@ def python_kit(
         },
         tmp_path_factory.mktemp("pykit") / SERVICE,
     )
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "kit")
+    init_repo(root, "kit")
     env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
     yield Kit(root, env, port)
     subprocess.run(
@@ -191,9 +179,7 @@ def test_pip_image_is_healthy_on_a_read_only_root(
         },
         tmp_path / "pip-api",
     )
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "kit")
+    init_repo(root, "kit")
     kit = Kit(root, dockerd.task_env, 0)
     kit.invoke("build", "--env", "staging")
     image = f"{registry}/acme/pip-api-pip-api:{git(root, 'rev-parse', 'HEAD')[:12]}"

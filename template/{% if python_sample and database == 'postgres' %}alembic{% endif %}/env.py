@@ -21,7 +21,10 @@ def database_url() -> str:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    # UTF-8 text whatever the database's encoding, as the app connects (app/main.py).
+    engine = create_engine(
+        database_url(), poolclass=pool.NullPool, connect_args={"client_encoding": "utf8"}
+    )
     with engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
