@@ -153,6 +153,29 @@ def test_answers_schema_refuses_what_copier_refuses(
     assert any(says in f.message for f in findings), validate.report(findings)
 
 
+@pytest.mark.parametrize(
+    ("preset", "manager", "says"),
+    [
+        ("python-api", "npm", "service.package_manager: 'npm' is not one of ['uv', 'pip']"),
+        ("minimal", "uv", "service.package_manager: 'uv' is not one of ['npm', 'pnpm', 'yarn']"),
+    ],
+)
+def test_shipyard_schema_refuses_another_runtimes_package_manager(
+    kit: Callable[[str], Path], preset: str, manager: str, says: str
+) -> None:
+    import yaml
+
+    root = kit(preset)
+    path = root / "shipyard.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["service"]["package_manager"] = manager
+    path.write_text(yaml.safe_dump(data))
+
+    findings = validate.validate(root, only=["shipyard"])
+
+    assert any(says in f.message for f in findings), validate.report(findings)
+
+
 # -- each tool catches its defect ---------------------------------------------------------
 
 
