@@ -613,8 +613,7 @@ def test_ci_test_job_runs_on_the_sample_app(
     env = {
         **os.environ,
         **job["env"],
-        "DATABASE_URL": f"postgresql://{postgres_server.user}:{postgres_server.password}"
-        f"@{postgres_server.host}:{postgres_server.port}/{database}",
+        "DATABASE_URL": _database_url(postgres_server, database),
     }
     ran = _run_steps(job, kit, env)
     assert ran == [
@@ -654,8 +653,7 @@ def test_ci_test_job_runs_on_the_python_sample_app(
         **os.environ,
         **job["env"],
         "PATH": os.pathsep.join([str(runner / "bin"), os.environ["PATH"]]),
-        "DATABASE_URL": f"postgresql://{postgres_server.user}:{postgres_server.password}"
-        f"@{postgres_server.host}:{postgres_server.port}/{database}",
+        "DATABASE_URL": _database_url(postgres_server, database),
     }
     # As on a runner, no virtualenv is active: nox's own (VIRTUAL_ENV, and
     # UV_PROJECT_ENVIRONMENT, which `uv sync` would fill instead of the kit's .venv) must not leak.
@@ -676,6 +674,11 @@ def test_ci_test_job_runs_on_the_python_sample_app(
     with postgres_server.connect(database) as conn:
         applied = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
     assert applied == ["0001"]
+
+
+def _database_url(server: PostgresServer, database: str) -> str:
+    """The test cluster's address for `database`, where a runner has its job service."""
+    return f"postgresql://{server.user}:{server.password}@{server.host}:{server.port}/{database}"
 
 
 def _run_steps(job: dict[str, Any], kit: Path, env: dict[str, str]) -> list[str]:
