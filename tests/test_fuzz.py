@@ -118,12 +118,15 @@ CHOICES: dict[str, list[Any]] = {
         "日本",
         "A" * 22 + " " + "B" * 22,
     ],
+    "runtime": ["node", "python"],
     "node_version": ["20", "22", "24"],
     "package_manager": ["npm", "pnpm", "yarn"],
+    "python_version": ["3.11", "3.12", "3.13"],
+    "python_package_manager": ["uv", "pip"],
     "workspaces": [False, True],
     "database": ["postgres", "none"],
     "postgres_version": [13, 14, 15, 16, 17],
-    "migrations": ["prisma", "typeorm", "knex", "custom", "none"],
+    "migrations": ["prisma", "typeorm", "knex", "alembic", "django", "custom", "none"],
     "migrate_command": ["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"'],
     "redis": [False, True],
     "elasticsearch": [False, True],
@@ -168,8 +171,20 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+# Migration tools of one runtime only (copier.yml refuses them on the other).
+RUNTIME_MIGRATIONS = {"node": {"prisma", "typeorm", "knex"}, "python": {"alembic", "django"}}
+
+
 def consistent(answers: dict[str, Any]) -> dict[str, Any]:
     """`answers` with the cross-answer rules of copier.yml made to hold, in place."""
+    if "runtime" not in answers and answers.get("migrations") in RUNTIME_MIGRATIONS["python"]:
+        answers["runtime"] = "python"  # a Python tool alone means a Python service
+    runtime = answers.get("runtime", "node")
+    other = "python" if runtime == "node" else "node"
+    if answers.get("migrations") in RUNTIME_MIGRATIONS[other]:
+        answers.pop("migrations")  # the runtime's own default instead
+    if runtime == "python":
+        answers.pop("workspaces", None)  # each Python component installs from its own folder
     if answers.get("database", "postgres") == "none":
         answers.pop("migrations", None)  # the only answer it accepts is its default, none
     elif answers.get("migrations", "prisma") == "custom":
@@ -192,13 +207,16 @@ def valid_answer_sets(draw: st.DrawFn) -> dict[str, Any]:
     if names and len(names) > 1 and draw(st.booleans()):
         answers["migrate_component"] = draw(st.sampled_from(names))
     if draw(st.integers(0, 9)) == 0:
-        # The sample app: one http component at '.', npm, and its own SQL migration.
+        # The sample app: one http component at '.' and its own migration: SQL run by node
+        # (installed with npm), or alembic for Python.
+        python = answers.get("runtime", "node") == "python"
         answers["sample_app"] = True
-        answers["package_manager"] = "npm"
+        if not python:
+            answers["package_manager"] = "npm"
         answers.pop("components", None)
         answers.pop("migrate_component", None)
         if answers.get("database", "postgres") == "postgres":
-            answers["migrations"] = "custom"
+            answers["migrations"] = "alembic" if python else "custom"
             answers.pop("migrate_command", None)
     return answers
 
@@ -230,7 +248,31 @@ CLASHES = [
         "nginx needs an http component to route to",
     ),
     Clash(
-        {"sample_app": True, "package_manager": "pnpm"},
+        {"runtime": "python", "database": "postgres", "migrations": "prisma"},
+        ("sample_app",),
+        "migrations",
+        "prisma migrates Node.js projects; for Python answer migrations=alembic",
+    ),
+    Clash(
+        {"runtime": "node", "database": "postgres", "migrations": "alembic"},
+        ("sample_app",),
+        "migrations",
+        "alembic migrates Python projects; for Node.js answer",
+    ),
+    Clash(
+        {"runtime": "python", "workspaces": True},
+        ("sample_app",),
+        "runtime",
+        "Python components each install from their own folder's lockfile",
+    ),
+    Clash(
+        {"runtime": "python", "sample_app": True, "database": "postgres", "migrations": "custom"},
+        ("components", "migrate_command"),
+        "migrations",
+        "The Python sample app brings its own alembic migration",
+    ),
+    Clash(
+        {"runtime": "node", "sample_app": True, "package_manager": "pnpm"},
         ("components",),
         "sample_app",
         "answer package_manager=npm",
@@ -297,7 +339,12 @@ CLASHES = [
     ),
     Clash({"components": []}, ("sample_app",), "components", "must be a non-empty YAML list"),
     Clash(
-        {"components": [HTTP, WORKER], "database": "postgres", "migrations": "knex"},
+        {
+            "runtime": "node",
+            "components": [HTTP, WORKER],
+            "database": "postgres",
+            "migrations": "knex",
+        },
         ("sample_app",),
         "migrate_component",
         "'nope' is not a component; choose one of api, jobs",
@@ -321,6 +368,14 @@ CLASHES = [
         "API_KEY is both in app_env and app_secrets",
     ),
 ]
+# Questions asked only for one runtime.
+RUNTIME_QUESTIONS = {
+    "node_version": "node",
+    "package_manager": "node",
+    "python_version": "python",
+    "python_package_manager": "python",
+}
+
 # One answer's own rule broken: answer -> (a value its validator or copier's choices refuse,
 # the words of the refusal that name what is wrong with it).
 BAD: dict[str, list[tuple[Any, str]]] = {
@@ -344,6 +399,8 @@ BAD: dict[str, list[tuple[Any, str]]] = {
     ],
     "node_version": [("18", "'18' is not in")],
     "package_manager": [("bun", "'bun' is not in")],
+    "python_version": [("3.10", "'3.10' is not in")],
+    "python_package_manager": [("poetry", "'poetry' is not in")],
     "database": [("mysql", "'mysql' is not in")],
     "postgres_version": [(12, "PostgreSQL 12 is not supported"), (18, "PostgreSQL 18 is not")],
     "migrations": [("flyway", "'flyway' is not in")],
@@ -414,6 +471,8 @@ def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
         if answers.get("migrations") == "custom":  # the sample app's own default is gone
             answers.setdefault("migrate_command", "node dist/migrate.js")
         answers.update(clash.change)
+        if clash.question != "runtime" and answers.get("runtime") == "python":
+            answers.pop("workspaces", None)  # the runtime's own refusal would come first
         if "components" in clash.change:
             answers.pop("migrate_component", None)
         if clash.question == "migrate_component":
@@ -421,6 +480,10 @@ def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
         return Invalid(answers, clash.question, clash.says)
     key = draw(st.sampled_from(sorted(BAD)))
     answers[key], says = draw(st.sampled_from(BAD[key]))
+    if key in RUNTIME_QUESTIONS:  # asked (and so checked) only for its runtime
+        answers["runtime"] = RUNTIME_QUESTIONS[key]
+        answers.pop("sample_app", None)  # its migration and package manager follow the runtime
+        consistent(answers)
     if key == "migrations":  # without a database, database's own rule would refuse first
         answers["database"] = "postgres"
     return Invalid(answers, key, says)
@@ -509,6 +572,8 @@ def test_invalid_answers_are_refused_with_a_sentence(render: Render, case: Inval
 
 # Answers asked only in some context: the answers that make copier ask them.
 ASKED_WHEN: dict[str, dict[str, Any]] = {
+    "python_version": {"runtime": "python"},
+    "python_package_manager": {"runtime": "python"},
     "migrate_command": {"migrations": "custom"},
     "workspaces": {"components": [{**HTTP, "path": "apps/api"}, {**WORKER, "path": "apps/jobs"}]},
     "backup_s3_bucket": {"backup_storage": "s3"},

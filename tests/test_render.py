@@ -77,7 +77,7 @@ def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset
     assert any(line.startswith("ARG IMAGE_MIRROR=") for line in preamble), "mirror ARG first"
     for comp in config.load(root).components:
         steps = stages[comp.name]
-        assert "USER 1000:1000" in steps, f"{comp.name} must run as the non-root node user"
+        assert "USER 1000:1000" in steps, f"{comp.name} must run as the non-root user 1000"
         cmd = next(s for s in steps if s.startswith("CMD "))
         assert json.loads(cmd[4:]) == comp.start.split(), "exec-form CMD"
         health = [s for s in steps if s.startswith("HEALTHCHECK ")]
@@ -88,7 +88,7 @@ def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset
         else:
             assert not health
     install = " ".join(
-        s for name, lines in stages.items() if name.startswith("build_") for s in lines
+        s for name, lines in stages.items() if name.startswith(("build_", "deps_")) for s in lines
     )
     assert "--mount=type=cache" in install, "dependency downloads are cached between builds"
 

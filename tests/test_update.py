@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from copier import run_copy
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -42,6 +43,12 @@ TEMPLATE_CHANGES = [
         "template/Dockerfile.jinja",
         "FROM ${IMAGE_MIRROR}/library/node:${NODE_VERSION}-bookworm-slim AS node_base\n",
         "FROM ${IMAGE_MIRROR}/library/node:${NODE_VERSION}-bookworm-slim AS node_base\n"
+        'LABEL org.opencontainers.image.vendor="{{ project_name }}"\n',
+    ),
+    (
+        "template/includes/dockerfile-python.jinja",
+        "FROM ${IMAGE_MIRROR}/library/python:${PYTHON_VERSION}-slim-bookworm AS python_base\n",
+        "FROM ${IMAGE_MIRROR}/library/python:${PYTHON_VERSION}-slim-bookworm AS python_base\n"
         'LABEL org.opencontainers.image.vendor="{{ project_name }}"\n',
     ),
 ]
@@ -119,16 +126,16 @@ class _env:
 def _user_edits(root: Path) -> dict[str, str]:
     """Typical team edits; returns file -> a line that must survive the update."""
     first = load_first_component(root)
-    _replace(
-        root / "compose.yaml",
-        "      NODE_ENV: development\n",
-        '      NODE_ENV: development\n      FEATURE_PAYMENTS: "on"\n',
-    )
+    python = yaml.safe_load((root / ".copier-answers.yml").read_text())["runtime"] == "python"
+    # The lines each runtime's files have: its environment variable and its images' stage.
+    env_line = '      PYTHONDEVMODE: "1"\n' if python else "      NODE_ENV: development\n"
+    base = "runtime" if python else "node_base"
+    _replace(root / "compose.yaml", env_line, env_line + '      FEATURE_PAYMENTS: "on"\n')
     survivors = {"compose.yaml": 'FEATURE_PAYMENTS: "on"'}
     _replace(
         root / "Dockerfile",
-        f"FROM node_base AS {first}\n",
-        f"FROM node_base AS {first}\n# Team: keep the timezone database for reports.\n",
+        f"FROM {base} AS {first}\n",
+        f"FROM {base} AS {first}\n# Team: keep the timezone database for reports.\n",
     )
     survivors["Dockerfile"] = "# Team: keep the timezone database for reports."
     for values in sorted(root.glob("charts/*/values-prod.yaml")):

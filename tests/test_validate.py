@@ -111,6 +111,13 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ({"database": "none", "migrations": "prisma"}, "migrations: 'none' was expected"),
         ({"sample_app": True, "package_manager": "pnpm"}, "package_manager: 'npm' was expected"),
         ({"node_version": 18}, "node_version: 18 is not one of"),
+        (
+            {"runtime": "python", "migrations": "prisma"},
+            "migrations: 'prisma' is not one of ['alembic', 'django', 'custom', 'none']",
+        ),
+        ({"migrations": "alembic"}, "'alembic' is not one of ['prisma', 'typeorm', 'knex',"),
+        ({"runtime": "python", "workspaces": True}, "workspaces: False was expected"),
+        ({"runtime": "python", "python_package_manager": "poetry"}, "'poetry' is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
         (
@@ -142,6 +149,29 @@ def test_answers_schema_refuses_what_copier_refuses(
     path.write_text(yaml.safe_dump({**answers, **change}))
 
     findings = validate.validate(root, only=["answers"])
+
+    assert any(says in f.message for f in findings), validate.report(findings)
+
+
+@pytest.mark.parametrize(
+    ("preset", "manager", "says"),
+    [
+        ("python-api", "npm", "service.package_manager: 'npm' is not one of ['uv', 'pip']"),
+        ("minimal", "uv", "service.package_manager: 'uv' is not one of ['npm', 'pnpm', 'yarn']"),
+    ],
+)
+def test_shipyard_schema_refuses_another_runtimes_package_manager(
+    kit: Callable[[str], Path], preset: str, manager: str, says: str
+) -> None:
+    import yaml
+
+    root = kit(preset)
+    path = root / "shipyard.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["service"]["package_manager"] = manager
+    path.write_text(yaml.safe_dump(data))
+
+    findings = validate.validate(root, only=["shipyard"])
 
     assert any(says in f.message for f in findings), validate.report(findings)
 

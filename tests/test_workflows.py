@@ -383,7 +383,7 @@ def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Pat
     build = next(s for s in _steps(image) if "build-push-action" in s.get("uses", ""))
     assert build["with"]["push"] is False
     assert build["with"]["cache-from"].startswith("type=gha")
-    audits = [s["run"] for s in _steps(jobs["audit"]) if " audit " in s.get("run", "")]
+    audits = [s for s in _steps(jobs["audit"]) if s.get("name", "").startswith("Audit")]
     assert len(audits) == len(_roots(answers))
 
 
@@ -573,9 +573,12 @@ def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> 
     dependabot = _yaml(kit / ".github" / "dependabot.yml")
     answers = _answers(kit)
     updates = {u["package-ecosystem"]: u for u in dependabot["updates"]}
-    assert {"github-actions", "docker", "npm"} <= set(updates)
+    ecosystem = (
+        answers.get("python_package_manager", "uv") if answers["runtime"] == "python" else "npm"
+    )
+    assert {"github-actions", "docker", ecosystem} <= set(updates)
     expected = ["/" + ("" if root == "." else root) for root in _roots(answers)]
-    assert updates["npm"]["directories"] == expected
+    assert updates[ecosystem]["directories"] == expected
 
 
 def test_no_ci_provider_renders_no_workflows(rendered: Rendered) -> None:
@@ -610,24 +613,9 @@ def test_ci_test_job_runs_on_the_sample_app(
     env = {
         **os.environ,
         **job["env"],
-        "DATABASE_URL": f"postgresql://{postgres_server.user}:{postgres_server.password}"
-        f"@{postgres_server.host}:{postgres_server.port}/{database}",
+        "DATABASE_URL": _database_url(postgres_server, database),
     }
-    default_dir = job.get("defaults", {}).get("run", {}).get("working-directory", ".")
-    ran = []
-    for step in _steps(job):
-        if "run" not in step:
-            continue
-        result = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-            cwd=kit / step.get("working-directory", default_dir),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, f"{step['run']}\n{result.stdout}\n{result.stderr}"
-        ran.append(step.get("name", step["run"]))
+    ran = _run_steps(job, kit, env)
     assert ran == [
         "Install dependencies (exactly the lockfile)",
         "Lint",
@@ -638,6 +626,87 @@ def test_ci_test_job_runs_on_the_sample_app(
     with postgres_server.connect(database) as conn:
         applied = [row[0] for row in conn.execute("SELECT name FROM schema_migrations")]
     assert applied == ["001_create_visits.sql"]
+
+
+@pytest.mark.slow
+def test_ci_test_job_runs_on_the_python_sample_app(
+    render: Render, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The Python test job's `run:` steps as a runner runs them, on a runner Python of its own
+    (a venv first on PATH, as setup-python gives) and with $GITHUB_PATH honoured: uv from the
+    index, `uv lock --check`, the locked install, compileall and alembic against a real
+    PostgreSQL."""
+    kit = render(
+        {
+            "project_name": "Py Shop",
+            "runtime": "python",
+            "sample_app": True,
+            "ci_provider": "github",
+        },
+        tmp_path / "kit",
+    )
+    job = _workflows(kit)["ci.yml"]["jobs"]["test"]
+    database = postgres_server.create_database("pyci")
+    runner = tmp_path / "runner"
+    subprocess.run([sys.executable, "-m", "venv", runner], check=True, capture_output=True)
+    env = {
+        **os.environ,
+        **job["env"],
+        "PATH": os.pathsep.join([str(runner / "bin"), os.environ["PATH"]]),
+        "DATABASE_URL": _database_url(postgres_server, database),
+    }
+    # As on a runner, no virtualenv is active: nox's own (VIRTUAL_ENV, and
+    # UV_PROJECT_ENVIRONMENT, which `uv sync` would fill instead of the kit's .venv) must not leak.
+    for name in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"):
+        env.pop(name, None)
+
+    ran = _run_steps(job, kit, env)
+
+    assert ran == [
+        "Install uv",
+        "Check that uv.lock matches pyproject.toml",
+        "Install dependencies (exactly the lockfile, development ones included)",
+        "Lint (ruff, when the project depends on it)",
+        "Compile every module (syntax errors fail here)",
+        "Apply migrations",
+        "Test",
+    ]
+    with postgres_server.connect(database) as conn:
+        applied = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+    assert applied == ["0001"]
+
+
+def _database_url(server: PostgresServer, database: str) -> str:
+    """The test cluster's address for `database`, where a runner has its job service."""
+    return f"postgresql://{server.user}:{server.password}@{server.host}:{server.port}/{database}"
+
+
+def _run_steps(job: dict[str, Any], kit: Path, env: dict[str, str]) -> list[str]:
+    """Run the job's `run:` steps in order as a runner would (bash -eo pipefail, the working
+    directories, $GITHUB_PATH added to PATH for the later steps); the names of those run."""
+    default_dir = job.get("defaults", {}).get("run", {}).get("working-directory", ".")
+    github_path = kit.parent / "github_path"
+    github_path.write_text("")
+    ran = []
+    for step in _steps(job):
+        if "run" not in step:
+            continue
+        added = github_path.read_text().split()
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            cwd=kit / step.get("working-directory", default_dir),
+            env={
+                **env,
+                "GITHUB_PATH": str(github_path),
+                "PATH": os.pathsep.join([*reversed(added), env["PATH"]]),
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{step['run']}\n{result.stdout}\n{result.stderr}"
+        ran.append(step.get("name", step["run"]))
+    return ran
 
 
 def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_path: Path) -> None:

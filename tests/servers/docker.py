@@ -49,6 +49,7 @@ NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
 POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 REDIS_LOCAL = "shipyard-test/redis:7.0-1"
+PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
@@ -88,6 +89,22 @@ HOST_CAS = Path("/usr/local/share/ca-certificates")
 NODE_RELEASES = {"20": "20.8.0", "22": "22.23.5", "24": "24.22.3"}
 # npm 10.9 runs on every release above (engines: ^18.17 || >=20.5).
 NPM_VERSION = "10.9.2"
+
+# Python with the official image's interface: `python`, `python3` and `pip` on PATH (pip
+# installs into the system, no externally-managed marker), venv, no user of its own. Debian
+# bookworm's CPython 3.11 stands in for python:3.11-slim-bookworm. Like NODE_DOCKERFILE it
+# trusts the host's extra CAs, and points uv and pip at the system store that holds them.
+PYTHON_DOCKERFILE = """\
+FROM {base}
+COPY ca/ /usr/local/share/ca-certificates/
+RUN set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends ca-certificates python3 python3-pip python3-venv; \\
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc /usr/share/man; \\
+    rm -f /usr/lib/python3.11/EXTERNALLY-MANAGED; \\
+    ln -s /usr/bin/python3 /usr/local/bin/python; ln -s /usr/bin/pip3 /usr/local/bin/pip
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+CMD ["python3"]
+"""
 
 # PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
 # /var/lib/postgresql/data, pg_isready on PATH. JIT is turned off, so LLVM (a third of the
@@ -318,7 +335,8 @@ def _forget_old_state(daemon: Dockerd) -> None:
 def _forget_old_images(daemon: Dockerd) -> None:
     """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
     registries and base images an older fixture built; the BuildKit cache stays."""
-    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, REDIS_LOCAL, *map(node_local, NODE_RELEASES)}
+    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, REDIS_LOCAL, PYTHON_LOCAL}
+    keep |= set(map(node_local, NODE_RELEASES))
     with contextlib.closing(daemon.client()) as client:
         for image in client.images.list():
             for tag in image.tags:
@@ -481,6 +499,21 @@ class MirrorImages:
                 dockerfile = REDIS_DOCKERFILE.format(base=self.base)
                 build_image(self.daemon, REDIS_LOCAL, dockerfile, {})
             _push_as(self.daemon, REDIS_LOCAL, tag)
+            self._served.add(tag)
+        return tag
+
+    def python(self) -> str:
+        """<mirror>/library/python:3.11-slim-bookworm, published on first use."""
+        tag = f"{self.mirror}/library/python:3.11-slim-bookworm"
+        if tag not in self._served:
+            if not _has_image(self.daemon, PYTHON_LOCAL):
+                files: dict[str, str | bytes | Path] = {"ca/.keep": ""}
+                files.update(
+                    {f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))}
+                )
+                dockerfile = PYTHON_DOCKERFILE.format(base=self.base)
+                build_image(self.daemon, PYTHON_LOCAL, dockerfile, files)
+            _push_as(self.daemon, PYTHON_LOCAL, tag)
             self._served.add(tag)
         return tag
 

@@ -1,0 +1,1 @@
+"""The sample service (Shipyard `sample_app`): replace it with yours."""

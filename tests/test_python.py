@@ -1,0 +1,219 @@
+"""A Python service on the real engine: the sample app (uvicorn, PostgreSQL, alembic) built
+with uv, pushed, migrated and deployed on a Compose host by the kit's own tasks.
+
+The image must hold the production dependencies and the code, and none of the build's tools
+(no uv, no pip in its venv, no caches, no compiler); it runs as the numeric non-root user with
+a read-only root filesystem, which works only because the bytecode was compiled at build time,
+and becomes healthy through the image's own HEALTHCHECK. The base image is Debian bookworm's
+CPython 3.11, served by the test registry as python:3.11-slim-bookworm; uv and the packages
+come from PyPI through the build's host network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import Render, git, init_repo, invoke_cli
+from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.registry import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+
+SERVICE = "py-api"
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A generated Python repo under git, and how to run its `invoke` tasks on the engines."""
+
+    root: Path
+    env: dict[str, str]
+    port: int
+
+    def invoke(self, *args: str) -> None:
+        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
+        if proc.returncode:
+            pytest.fail(
+                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+            )
+
+
+@pytest.fixture(scope="session")
+def python_kit(
+    render: Render,
+    tmp_path_factory: pytest.TempPathFactory,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> Iterator[Kit]:
+    """The Python sample service rendered and committed; its stack removed at the end."""
+    mirror_images.python()
+    port = free_port()
+    root = render(
+        {
+            "project_name": "Py API",
+            "runtime": "python",
+            "python_version": "3.11",
+            "python_package_manager": "uv",
+            "sample_app": True,
+            "components": [
+                {"name": SERVICE, "kind": "http", "port": port, "health_path": "/healthz"}
+            ],
+            "database": "postgres",
+            "postgres_version": mirror_images.postgres_version,
+            "migrations": "alembic",
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+            "tls": "none",
+        },
+        tmp_path_factory.mktemp("pykit") / SERVICE,
+    )
+    init_repo(root, "kit")
+    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
+    yield Kit(root, env, port)
+    subprocess.run(
+        [
+            *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate", "down"),
+            *("--volumes", "--remove-orphans", "--timeout", "5"),
+        ],
+        cwd=root,
+        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
+        capture_output=True,
+        check=False,
+    )
+
+
+def test_python_sample_builds_migrates_and_deploys_without_build_tools(
+    python_kit: Kit, dockerd: Dockerd
+) -> None:
+    kit = python_kit
+    kit.invoke("build", "--env", "staging")
+    kit.invoke("push", "--env", "staging")
+    kit.invoke("deploy", "--env", "staging", "--yes")
+
+    ref = json.loads((kit.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
+    health = requests.get(f"http://127.0.0.1:{kit.port}/healthz", timeout=5)
+    assert health.status_code == 200, health.text
+    # "/" writes a row to the table alembic's migration created.
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["visits"] >= 1
+
+    with contextlib.closing(dockerd.client()) as client:
+        image = client.images.get(ref)
+        (container,) = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
+        )
+        state = container.attrs
+    assert image.attrs["Config"]["User"] == "1000:1000"
+    assert state["Config"]["Image"] == ref
+    assert state["HostConfig"]["ReadonlyRootfs"] is True
+    # The image's own HEALTHCHECK passes (the deploy's readiness check does not wait for it).
+    assert _health(dockerd, container.id) == "healthy"
+    # Prometheus scrapes the container itself (the proxy answers 404 on metrics paths).
+    scrape = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{kit.port}/metrics').read())"
+    metrics = dockerd.run("exec", container.id, "python", "-c", scrape).stdout.decode()
+    assert 'http_requests_total{method="GET",route="/",status="200"}' in metrics, metrics
+    assert (
+        "alembic_version"
+        in dockerd.run(
+            "exec",
+            container.id,
+            "python",
+            "-c",
+            "import sqlalchemy as sa; from app.main import engine; "
+            "print(sa.inspect(engine).get_table_names())",
+        ).stdout.decode()
+    )
+
+    # What the image holds: the venv's packages with their bytecode and the compiled code;
+    # none of uv, pip (in the venv), download caches or a compiler.
+    probe = (
+        "for tool in uv gcc cc; do command -v $tool && echo found-$tool; done; "
+        "ls /app/.venv/bin; ls -A /root/.cache 2>&1; ls /app/app/__pycache__; "
+        "python -c 'import uvicorn, sqlalchemy, alembic, psycopg'; echo imports-ok"
+    )
+    # As root, who could read a cache the build left in its home.
+    listing = dockerd.run(
+        "run", "--rm", "--user", "0", "--entrypoint", "sh", ref, "-c", probe
+    ).stdout.decode()
+    lines = set(listing.splitlines())
+    assert not {line for line in lines if line.startswith("found-")}, listing
+    assert {"uvicorn", "alembic", "python"} <= lines, listing
+    assert not {"pip", "pip3", "uv"} & lines, listing
+    assert "ls: cannot access '/root/.cache': No such file or directory" in lines, listing
+    assert "main.cpython-311.pyc" in lines, listing
+    assert "imports-ok" in lines, listing
+
+
+def test_pip_image_is_healthy_on_a_read_only_root(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> None:
+    """pip's image: the pinned requirements in a venv without pip, healthy with nothing
+    writable but a tmpfs, as the non-root user."""
+    mirror_images.python()
+    root = render(
+        {
+            "project_name": "Pip API",
+            "runtime": "python",
+            "python_version": "3.11",
+            "python_package_manager": "pip",
+            "sample_app": True,
+            "database": "none",
+            "monitoring": "none",
+            "image_mirror": mirror_images.mirror,
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+        },
+        tmp_path / "pip-api",
+    )
+    init_repo(root, "kit")
+    kit = Kit(root, dockerd.task_env, 0)
+    kit.invoke("build", "--env", "staging")
+    image = f"{registry}/acme/pip-api-pip-api:{git(root, 'rev-parse', 'HEAD')[:12]}"
+
+    listing = dockerd.run(
+        "run", "--rm", "--entrypoint", "sh", image, "-c", "ls /app/.venv/bin"
+    ).stdout.decode()
+    assert "uvicorn" in listing.split(), listing
+    assert not {"pip", "pip3"} & set(listing.split()), listing
+    # /tmp is the container's own tmpfs, as compose.prod.yaml gives it.
+    container = (
+        dockerd.run("run", "-d", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", image)  # noqa: S108
+        .stdout.decode()
+        .strip()
+    )
+    try:
+        assert _health(dockerd, container) == "healthy", dockerd.run("logs", container).stderr
+    finally:
+        dockerd.run("rm", "-f", container)
+
+
+def _health(dockerd: Dockerd, container: str) -> str:
+    """The container's health status once it leaves `starting` (within two minutes)."""
+    deadline = time.monotonic() + 120
+    status = "starting"
+    while status == "starting" and time.monotonic() < deadline:
+        status = (
+            dockerd.run("inspect", "--format", "{{.State.Health.Status}}", container)
+            .stdout.decode()
+            .strip()
+        )
+        if status == "starting":
+            time.sleep(2)
+    return status
