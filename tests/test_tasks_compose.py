@@ -288,6 +288,10 @@ def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) ->
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell starts background jobs with SIGINT ignored, which a child inherits, and then
+        # Python never turns Ctrl-C into KeyboardInterrupt: the task gets the signal a terminal
+        # would give it however this test was started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     for line in proc.stdout:
