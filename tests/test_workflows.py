@@ -458,7 +458,13 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
         assert job["environment"]["url"] == f"https://{cfg.environment(env).host}"
         assert job["concurrency"] == {"group": f"deploy-{env}", "cancel-in-progress": False}
         runs = [s["run"] for s in _steps(job) if "run" in s]
-        assert f"invoke deploy --env {env} --yes" in runs
+        (run,) = [r for r in runs if r.splitlines()[-1] == f"invoke deploy --env {env} --yes"]
+        if "\n" in run:
+            # The Compose edge's certificate, from the environment's secrets, readable by the
+            # job only (compose.prod.yaml's x-shipyard-files reads it there).
+            assert run.startswith("set -euo pipefail\n"), run
+            assert "umask 077" in run
+            assert '"${TLS_PRIVKEY_PEM:?set the TLS_PRIVKEY_PEM secret' in run
         if env == "prod":
             guard = _steps(job)[0]
             assert guard["if"] == "!startsWith(github.ref, 'refs/tags/v')"
@@ -522,7 +528,7 @@ def test_deploy_verifies_exactly_the_digests_it_deploys(kit: Path) -> None:
         assert "--certificate-identity-regexp" in script
         for escape in ("return", "exit", "continue", "break", "|| true", "||:", "if "):
             assert escape not in script, f"{env}: the verify step may not skip ({escape!r})"
-        assert deploy["run"] == f"invoke deploy --env {env} --yes"
+        assert deploy["run"].splitlines()[-1] == f"invoke deploy --env {env} --yes"
 
 
 def _run_resolve(kit: Path, inputs: dict[str, str], tmp_path: Path) -> tuple[int, str, str]:
@@ -726,8 +732,11 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
         images[var] = f"{cfg.image_repository(component.name)}@sha256:{number:064x}"
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, **images, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])}
+    # The step's whole script as the runner runs it (with a Compose edge's certificate written
+    # from its secrets first), the deploy as a dry run.
+    env |= {"TLS_FULLCHAIN_PEM": "test certificate", "TLS_PRIVKEY_PEM": "test key"}
     result = subprocess.run(
-        [*deploy_step["run"].split(), "--dry-run"],
+        ["bash", "-e", "-c", deploy_step["run"].rstrip("\n") + " --dry-run"],
         cwd=repo,
         env=env,
         capture_output=True,
