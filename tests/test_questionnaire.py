@@ -51,7 +51,7 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ),
     # A subdomain is one DNS label, on an http component, and no two components meet on one
     # host and route.
-    ({"components": [{**HTTP, "subdomain": "API"}]}, "has subdomain 'API', which is not a DNS label"),
+    ({"components": [{**HTTP, "subdomain": "API"}]}, "subdomain 'API', which is not a DNS label"),
     ({"components": [{**HTTP, "subdomain": "-api"}]}, "which is not a DNS label"),
     ({"components": [{**HTTP, "subdomain": "api.v2"}]}, "which is not a DNS label"),
     ({"components": [{**HTTP, "subdomain": "a" * 64}]}, "which is not a DNS label"),
