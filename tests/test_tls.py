@@ -13,13 +13,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import trustme
 from cryptography import x509
 
-from tests.conftest import Render, edit_yaml, init_repo, invoke_cli
+from tests.conftest import Render, edit_yaml, init_repo, invoke_cli, script_package
 from tests.servers.acme import HOST_NAME, Acme
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
@@ -96,18 +96,36 @@ def kit(
     answers = {"tls": "acme", "acme_email": "ops@example.net"}
     root = render_kit(render, tmp_path / "cert-api", registry, mirror_images, **answers)
 
-    # What differs from a real host: the CA's API is on this machine, under a name its own
-    # certificate carries, and only the proxy trusts that certificate.
-    def trust_pebble(data: Any) -> None:
+    trust_pebble(root, acme)
+    init_repo(root, "kit")
+    with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
+        yield kit
+
+
+def trust_pebble(root: Path, acme: Acme) -> None:
+    """What differs from a real host: the CA's API is on this machine, under a name its own
+    certificate carries, and only the proxy trusts that certificate."""
+
+    def change(data: Any) -> None:
         proxy = data["services"]["proxy"]
         proxy["extra_hosts"] = [f"{HOST_NAME}:host-gateway"]
         proxy["volumes"].append(f"{acme.ca_file}:/etc/test-acme-ca.pem:ro")
         proxy["environment"]["SSL_CERT_FILE"] = "/etc/test-acme-ca.pem"
 
-    edit_yaml(root / "compose.prod.yaml", trust_pebble)
-    init_repo(root, "kit")
-    with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
-        yield kit
+    edit_yaml(root / "compose.prod.yaml", change)
+
+
+def no_certificate(root: Path, env: dict[str, str], host: str, last: str) -> NoReturn:
+    """Fail the test: the proxy got no certificate for `host` in time; its logs say why."""
+    logs = subprocess.run(
+        ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    pytest.fail(f"no certificate for {host} in 90 s ({last}):\n{logs.stdout[-3000:]}")
 
 
 def get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[int, dict[str, str]]:
@@ -145,15 +163,7 @@ def test_acme_certificate_is_issued_and_served(
             # Until issuance finishes Caddy has no certificate for HOST yet.
             last = str(exc)
         if time.monotonic() > deadline:
-            logs = subprocess.run(
-                ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
-                cwd=root,
-                env={**env, "CERT_API_IMAGE": "unused"},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            pytest.fail(f"no certificate for {HOST} in 90 s ({last}):\n{logs.stdout[-3000:]}")
+            no_certificate(root, {**env, "CERT_API_IMAGE": "unused"}, HOST, last)
         time.sleep(2)
     assert status == 200
     assert "max-age=63072000" in headers.get("Strict-Transport-Security", "")
@@ -297,28 +307,12 @@ def test_each_component_is_served_on_its_own_host_with_its_own_certificate(
         },
         tmp_path / "two-hosts",
     )
-    (root / "package.json").write_text(
-        '{"name": "two", "version": "1.0.0", "private": true,'
-        ' "scripts": {"build": "mkdir -p dist && cp src/server.js dist/"}}\n'
-    )
-    (root / "package-lock.json").write_text(
-        '{"name": "two", "version": "1.0.0", "lockfileVersion": 3, "requires": true,'
-        ' "packages": {"": {"name": "two", "version": "1.0.0"}}}\n'
-    )
-    (root / "src").mkdir()
-    (root / "src" / "server.js").write_text(SERVER_JS)
-
-    def trust_pebble(data: Any) -> None:
-        proxy = data["services"]["proxy"]
-        proxy["extra_hosts"] = [f"{HOST_NAME}:host-gateway"]
-        proxy["volumes"].append(f"{acme.ca_file}:/etc/test-acme-ca.pem:ro")
-        proxy["environment"]["SSL_CERT_FILE"] = "/etc/test-acme-ca.pem"
-
-    edit_yaml(root / "compose.prod.yaml", trust_pebble)
+    script_package(root, "server.js", SERVER_JS)
+    trust_pebble(root, acme)
     init_repo(root, "kit")
     env = {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}
     images = {"WEB_IMAGE": "unused", "API_IMAGE": "unused"}
-    try:
+    with torn_down(root, {**env, **images}):
         invoke(root, env, "build", "--env", "staging")
         invoke(root, env, "push", "--env", "staging")
         invoke(root, env, "deploy", "--env", "staging", "--yes")
@@ -331,14 +325,6 @@ def test_each_component_is_served_on_its_own_host_with_its_own_certificate(
         status = invoke(root, env, "status", "--env", "staging")
         assert f"web: https://{HOST}/health" in status, status
         assert f"api: https://{API_HOST}/health" in status, status
-    finally:
-        subprocess.run(
-            ["docker-compose", "--file", "compose.prod.yaml", "down", "--volumes", "-t", "5"],
-            cwd=root,
-            env={**env, **images},
-            capture_output=True,
-            check=False,
-        )
 
 
 def _fetch_on(
@@ -365,13 +351,5 @@ def _fetch_on(
         except (OSError, ssl.SSLError) as exc:
             last = str(exc)  # until issuance finishes Caddy has no certificate for the host
         if time.monotonic() > deadline:
-            logs = subprocess.run(
-                ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
-                cwd=root,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            pytest.fail(f"no certificate for {host} in 90 s ({last}):\n{logs.stdout[-3000:]}")
+            no_certificate(root, env, host, last)
         time.sleep(2)
