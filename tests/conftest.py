@@ -140,6 +140,21 @@ def edit_yaml(path: Path, change: Callable[[Any], None]) -> None:
         yaml.dump(data, out)
 
 
+def script_package(root: Path, script: str, text: str) -> None:
+    """Make `root` a Node package with no dependencies whose build copies src/<script> (with
+    `text`) to dist/, which .dockerignore keeps out: a kit builds it in seconds."""
+    (root / "package.json").write_text(
+        '{"name": "w", "version": "1.0.0", "private": true,'
+        f' "scripts": {{"build": "mkdir -p dist && cp src/{script} dist/"}}}}\n'
+    )
+    (root / "package-lock.json").write_text(
+        '{"name": "w", "version": "1.0.0", "lockfileVersion": 3, "requires": true,'
+        ' "packages": {"": {"name": "w", "version": "1.0.0"}}}\n'
+    )
+    (root / "src").mkdir()
+    (root / "src" / script).write_text(text)
+
+
 def git(root: Path, *args: str) -> str:
     """Run git in `root` as the test identity; return its stdout (raises on failure)."""
     return subprocess.run(

@@ -318,6 +318,9 @@ SCHEMA_ERRORS = [
         ["--set", "components.web.image.digest=latest"], r"digest", id="digest-not-sha256"
     ),
     pytest.param(
+        ["--set", "components.api.subdomain=API"], r"subdomain", id="subdomain-not-a-dns-label"
+    ),
+    pytest.param(
         ["--set", "migrations.component=nope"], r"migrations.component", id="unknown-migrator"
     ),
 ]
@@ -341,6 +344,21 @@ TEMPLATE_ERRORS = [
         ],
         r"maxReplicas \(1\) is below its minimum replica count \(3\)",
         id="hpa-max-below-min",
+    ),
+    pytest.param(
+        [
+            "--set",
+            "components.api.subdomain=api",
+            "--set",
+            "components.web.subdomain=api",
+            "--set",
+            "components.api.route=/",
+            "--set",
+            "host=app.example.org",
+        ],
+        r"components.api and components.web are both routed to api.app.example.org/: give one "
+        r"another route or subdomain",
+        id="two-components-on-one-host-and-route",
     ),
 ]
 
@@ -614,16 +632,85 @@ def test_ingress_routes_each_http_component(
         (ingress,) = _by_kind(docs, "Ingress")
         host = cfg["environments"][env]["host"]
         assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
-        assert ingress["spec"]["tls"][0]["hosts"] == [host]
-        (rule,) = ingress["spec"]["rules"]
-        assert rule["host"] == host
-        routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
-        expected = {
-            c["route"]: f"rel-{cfg['service']['name']}-{c['name']}"
-            for c in cfg["components"]
-            if c["kind"] == "http"
-        }
-        assert routes == expected
+        expected = _expected_routes(cfg, host)
+        assert ingress["spec"]["tls"][0]["hosts"] == sorted(expected)
+        assert _ingress_routes(ingress) == expected
+
+
+def _expected_routes(cfg: Doc, host: str) -> dict[str, dict[str, str]]:
+    """{host: {route: Service}} as shipyard.yaml says: each http component on its own host."""
+    expected: dict[str, dict[str, str]] = {}
+    for c in cfg["components"]:
+        if c["kind"] == "http":
+            own = f"{c['subdomain']}.{host}" if c.get("subdomain") else host
+            expected.setdefault(own, {})[c["route"]] = f"rel-{cfg['service']['name']}-{c['name']}"
+    return expected
+
+
+def _ingress_routes(ingress: Doc) -> dict[str, dict[str, str]]:
+    return {
+        rule["host"]: {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+        for rule in ingress["spec"]["rules"]
+    }
+
+
+def test_each_subdomain_gets_its_own_host_in_ingress_tls_and_httproutes(
+    template: Callable[..., list[Doc]],
+    helm: Helm,
+    rendered: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    """monorepo with its API on api.<host>: an Ingress rule per host and every host in the one
+    certificate; an HTTPRoute per host (Gateway API matches hostnames per route), each with
+    only its components; the objects pass kubernetes-validate."""
+    root = rendered("monorepo")
+    subdomain = ["--set", "components.api.subdomain=api"]
+    routed = ["--set", "host=app.example.org", "--set", "ingress.enabled=true"]
+    docs = template("monorepo", *subdomain, *routed, "--set", "gateway.enabled=true")
+    (ingress,) = _by_kind(docs, "Ingress")
+    assert _ingress_routes(ingress) == {
+        "api.app.example.org": {"/api": "rel-mustache-api"},
+        "app.example.org": {"/": "rel-mustache-web"},
+    }
+    assert ingress["spec"]["tls"][0]["hosts"] == ["api.app.example.org", "app.example.org"]
+    routes = {r["metadata"]["name"]: r["spec"] for r in _by_kind(docs, "HTTPRoute")}
+    assert {name: spec["hostnames"] for name, spec in routes.items()} == {
+        "rel-mustache-api": ["api.app.example.org"],
+        "rel-mustache": ["app.example.org"],
+    }
+    backends = {
+        name: [
+            (match["path"]["value"], ref["name"], ref["port"])
+            for rule in spec["rules"]
+            for match in rule["matches"]
+            for ref in rule["backendRefs"]
+        ]
+        for name, spec in routes.items()
+    }
+    assert backends == {
+        "rel-mustache-api": [("/api", "rel-mustache-api", 3001)],
+        "rel-mustache": [("/", "rel-mustache-web", 3000)],
+    }
+    # Without subdomains everything stays on host: one rule, one HTTPRoute named as before.
+    plain = template("monorepo", *routed, "--set", "gateway.enabled=true")
+    assert list(_ingress_routes(_by_kind(plain, "Ingress")[0])) == ["app.example.org"]
+    assert [r["metadata"]["name"] for r in _by_kind(plain, "HTTPRoute")] == ["rel-mustache"]
+    # The Ingress with its rules and TLS hosts passes Kubernetes' own schemas (kubernetes-validate
+    # has none for the Gateway API, whose shape is asserted above).
+    chart = _chart(root)
+    args = [*subdomain, *routed, *_deploy_args(root)]
+    helm("helm", "lint", "--strict", str(chart), *args)
+    manifest = tmp_path / "subdomains.yaml"
+    manifest.write_text(helm("helm", "template", "rel", str(chart), *args).stdout)
+    for version in KUBE_VERSIONS:
+        result = subprocess.run(
+            [_kubernetes_validate(), "--strict", "--quiet", "-k", version, str(manifest)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == "", result.stdout
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
@@ -1107,9 +1194,12 @@ def test_maintenance_mode_sends_every_route_to_the_page(
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert paths
     assert {p["backend"]["service"]["name"] for p in paths} == {page}
-    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
-    (route,) = _by_kind(docs, "HTTPRoute")
-    refs = [ref for rule in route["spec"]["rules"] for ref in rule["backendRefs"]]
+    assert {p["backend"]["service"]["port"]["number"] for p in paths} == {8080}
+    routes = _by_kind(docs, "HTTPRoute")
+    assert routes
+    refs = [
+        ref for route in routes for rule in route["spec"]["rules"] for ref in rule["backendRefs"]
+    ]
     assert {(r["name"], r["port"]) for r in refs} == {(page, 8080)}
     (service,) = [s for s in _by_kind(docs, "Service") if s["metadata"]["name"] == page]
     assert service["spec"]["ports"][0]["port"] == 8080

@@ -299,7 +299,7 @@ CLASHES = [
         {"components": [HTTP, {**HTTP, "name": "web", "port": 3001, "route": "/"}]},
         ("sample_app",),
         "components",
-        "Two http components are served under route /;",
+        "Two http components are served under route /, where they would collide",
     ),
     Clash(
         {"components": [{**WORKER, "port": 3000}]},

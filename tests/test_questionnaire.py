@@ -49,6 +49,26 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         {"components": [HTTP, {**HTTP, "name": "web", "port": 3001, "route": "/"}]},
         "Two http components are served under route /",
     ),
+    # A subdomain is one DNS label, on an http component, and no two components meet on one
+    # host and route.
+    ({"components": [{**HTTP, "subdomain": "API"}]}, "subdomain 'API', which is not a DNS label"),
+    ({"components": [{**HTTP, "subdomain": "-api"}]}, "which is not a DNS label"),
+    ({"components": [{**HTTP, "subdomain": "api.v2"}]}, "which is not a DNS label"),
+    ({"components": [{**HTTP, "subdomain": "a" * 64}]}, "which is not a DNS label"),
+    ({"components": [{**HTTP, "subdomain": True}]}, "which is not a DNS label"),
+    (
+        {"components": [HTTP, {**WORKER, "subdomain": "jobs"}]},
+        "Component 'jobs' is a worker: nothing routes to a worker, so it takes no subdomain",
+    ),
+    (
+        {
+            "components": [
+                {**HTTP, "subdomain": "api"},
+                {**HTTP, "name": "web", "port": 3001, "subdomain": "api", "route": "/"},
+            ]
+        },
+        "Two http components are served under route / of subdomain api, where they would collide",
+    ),
     ({"components": [{**HTTP, "health_path": "health"}]}, "health_path starting with '/'"),
     ({"components": [{**HTTP, "kind": "cron"}]}, "needs kind http"),
     ({"components": [{**HTTP, "kind": "worker"}]}, "is a worker"),

@@ -13,13 +13,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import trustme
 from cryptography import x509
 
-from tests.conftest import Render, edit_yaml, init_repo, invoke_cli
+from tests.conftest import Render, edit_yaml, init_repo, invoke_cli, script_package
 from tests.servers.acme import HOST_NAME, Acme
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
@@ -96,18 +96,36 @@ def kit(
     answers = {"tls": "acme", "acme_email": "ops@example.net"}
     root = render_kit(render, tmp_path / "cert-api", registry, mirror_images, **answers)
 
-    # What differs from a real host: the CA's API is on this machine, under a name its own
-    # certificate carries, and only the proxy trusts that certificate.
-    def trust_pebble(data: Any) -> None:
+    trust_pebble(root, acme)
+    init_repo(root, "kit")
+    with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
+        yield kit
+
+
+def trust_pebble(root: Path, acme: Acme) -> None:
+    """What differs from a real host: the CA's API is on this machine, under a name its own
+    certificate carries, and only the proxy trusts that certificate."""
+
+    def change(data: Any) -> None:
         proxy = data["services"]["proxy"]
         proxy["extra_hosts"] = [f"{HOST_NAME}:host-gateway"]
         proxy["volumes"].append(f"{acme.ca_file}:/etc/test-acme-ca.pem:ro")
         proxy["environment"]["SSL_CERT_FILE"] = "/etc/test-acme-ca.pem"
 
-    edit_yaml(root / "compose.prod.yaml", trust_pebble)
-    init_repo(root, "kit")
-    with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
-        yield kit
+    edit_yaml(root / "compose.prod.yaml", change)
+
+
+def no_certificate(root: Path, env: dict[str, str], host: str, last: str) -> NoReturn:
+    """Fail the test: the proxy got no certificate for `host` in time; its logs say why."""
+    logs = subprocess.run(
+        ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    pytest.fail(f"no certificate for {host} in 90 s ({last}):\n{logs.stdout[-3000:]}")
 
 
 def get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[int, dict[str, str]]:
@@ -145,15 +163,7 @@ def test_acme_certificate_is_issued_and_served(
             # Until issuance finishes Caddy has no certificate for HOST yet.
             last = str(exc)
         if time.monotonic() > deadline:
-            logs = subprocess.run(
-                ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
-                cwd=root,
-                env={**env, "CERT_API_IMAGE": "unused"},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            pytest.fail(f"no certificate for {HOST} in 90 s ({last}):\n{logs.stdout[-3000:]}")
+            no_certificate(root, {**env, "CERT_API_IMAGE": "unused"}, HOST, last)
         time.sleep(2)
     assert status == 200
     assert "max-age=63072000" in headers.get("Strict-Transport-Security", "")
@@ -238,3 +248,108 @@ def test_certificate_files_are_served_and_a_renewed_one_too(
         invoke(root, env, "deploy", "--env", "staging", "--yes")
         assert served_serial(context) == renewed
         assert get(443, "/health", context)[0] == 200
+
+
+# Two http components on their own hosts: `web` on the environment's host, `api` on api.<host>.
+# One dependency-free server (the build copies it to dist/) answers with the component's name.
+SERVER_JS = """\
+const http = require('http');
+const name = process.argv[2];
+process.on('SIGTERM', () => process.exit(0));
+http.createServer((req, res) => res.writeHead(200).end(name)).listen(process.env.PORT);
+"""
+API_HOST = f"api.{HOST}"
+
+
+def test_each_component_is_served_on_its_own_host_with_its_own_certificate(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    acme: Acme,
+) -> None:
+    """subdomain: api puts a component on api.<host>: the proxy has a site per host, gets a
+    certificate for each from pebble (the challenges for both names reach it), and a request
+    reaches the component of the host it names, both on the route /. `invoke status` lists
+    each component's health URL on its own host."""
+    start = "node dist/server.js"
+    root = render(
+        {
+            "project_name": "Two Hosts",
+            "database": "none",
+            "components": [
+                {
+                    "name": "web",
+                    "kind": "http",
+                    "port": free_port(),
+                    "health_path": "/health",
+                    "start": f"{start} web",
+                },
+                {
+                    "name": "api",
+                    "kind": "http",
+                    "port": free_port(),
+                    "health_path": "/health",
+                    "start": f"{start} api",
+                    "subdomain": "api",
+                },
+            ],
+            **mirror_images.answers(node_version="22"),
+            "staging_target": "compose",
+            "production_target": "compose",
+            "staging_host": HOST,
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+            "monitoring": "none",
+            "tls": "acme",
+            "acme_email": "ops@example.net",
+        },
+        tmp_path / "two-hosts",
+    )
+    script_package(root, "server.js", SERVER_JS)
+    trust_pebble(root, acme)
+    init_repo(root, "kit")
+    env = {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}
+    images = {"WEB_IMAGE": "unused", "API_IMAGE": "unused"}
+    with torn_down(root, {**env, **images}):
+        invoke(root, env, "build", "--env", "staging")
+        invoke(root, env, "push", "--env", "staging")
+        invoke(root, env, "deploy", "--env", "staging", "--yes")
+        context = ssl.create_default_context(cadata=acme.issuing_root())
+        for host, component in ((HOST, "web"), (API_HOST, "api")):
+            code, body, names = _fetch_on(host, "/", context, root, {**env, **images})
+            assert (code, body) == (200, component), host
+            # A certificate per host: each names its own host only.
+            assert names == [host], names
+        status = invoke(root, env, "status", "--env", "staging")
+        assert f"web: https://{HOST}/health" in status, status
+        assert f"api: https://{API_HOST}/health" in status, status
+
+
+def _fetch_on(
+    host: str, path: str, context: ssl.SSLContext, root: Path, env: dict[str, str]
+) -> tuple[int, str, list[str]]:
+    """GET https://host/path through the proxy on port 443 once its certificate for `host` is
+    issued: the status, the body and the DNS names of the certificate served."""
+    deadline, last = time.monotonic() + 90, ""
+    while True:
+        try:
+            with (
+                contextlib.closing(socket.create_connection(("127.0.0.1", 443), timeout=10)) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                cert = tls.getpeercert()
+                assert cert is not None
+                request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                tls.sendall(request.encode())
+                answer = http.client.HTTPResponse(tls)
+                answer.begin()
+                body = answer.read().decode()
+                names = [str(entry[1]) for entry in cert["subjectAltName"] if entry[0] == "DNS"]
+                return answer.status, body, names
+        except (OSError, ssl.SSLError) as exc:
+            last = str(exc)  # until issuance finishes Caddy has no certificate for the host
+        if time.monotonic() > deadline:
+            no_certificate(root, env, host, last)
+        time.sleep(2)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Render
+from tests.conftest import Render, script_package
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -117,17 +117,7 @@ def stack(
         },
         tmp_path_factory.mktemp("workers") / PROJECT,
     )
-    # No dependencies; the build copies src/ to dist/ (which .dockerignore keeps out).
-    (root / "package.json").write_text(
-        '{"name": "w", "version": "1.0.0", "private": true,'
-        ' "scripts": {"build": "mkdir -p dist && cp src/worker.js dist/"}}\n'
-    )
-    (root / "package-lock.json").write_text(
-        '{"name": "w", "version": "1.0.0", "lockfileVersion": 3, "requires": true,'
-        ' "packages": {"": {"name": "w", "version": "1.0.0"}}}\n'
-    )
-    (root / "src").mkdir()
-    (root / "src" / "worker.js").write_text(WORKER_JS)
+    script_package(root, "worker.js", WORKER_JS)
     env = dict(dockerd.env)
     for comp in COMPONENTS:
         tag = f"{PROJECT}-{comp['name']}:test"

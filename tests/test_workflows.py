@@ -750,14 +750,14 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
 
 @pytest.mark.parametrize("env", ["staging", "prod"])
 def test_health_check_step_reads_the_url_shipyard_yaml_gives(kit: Path, env: str) -> None:
-    """The Health check step asks the shipyard package for the URL: its lookup, run as the step
-    runs it (up to the curl), prints the environment's health_url."""
+    """The Health check step asks the shipyard package for the URLs: its lookup, run as the step
+    runs it (up to the curls), prints the environment's health_urls, one per http component."""
     job = _workflows(kit)["deploy.yml"]["jobs"][env]
     if not any(c.kind == "http" for c in config.load(kit).components):
         assert "Health check" not in [s.get("name") for s in _steps(job)], "nothing serves"
         return
     _, step = _step(job, "Health check")
-    lookup = re.search(r"url=\$\((python -c '[^']*')\)", step["run"])
+    lookup = re.search(r"urls=\$\((python -c '[^']*')\)", step["run"])
     assert lookup, step["run"]
     bindir = str(Path(sys.executable).parent)
     result = subprocess.run(
@@ -769,5 +769,10 @@ def test_health_check_step_reads_the_url_shipyard_yaml_gives(kit: Path, env: str
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == config.load(kit).environment(env).health_url
-    assert result.stdout.startswith("https://")
+    cfg = config.load(kit)
+    urls = result.stdout.split()
+    assert urls == list(cfg.environment(env).health_urls.values())
+    assert sorted(cfg.environment(env).health_urls) == sorted(
+        c.name for c in cfg.components if c.kind == "http"
+    )
+    assert all(url.startswith("https://") for url in urls), urls

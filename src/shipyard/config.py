@@ -74,6 +74,8 @@ class Component:
     # http components only (the schema requires them there and forbids them on workers).
     port: int | None = None
     route: str = ""
+    # The DNS label it is served under (api: api.<environment host>); empty: the host itself.
+    subdomain: str = ""
     # Where health is checked: an http component's port, else a worker's health_port (with
     # health_path) or its health_command; a worker may declare neither.
     health_path: str = ""
@@ -119,7 +121,8 @@ class Environment:
     # Components that run another number of replicas than `replicas`.
     component_replicas: Mapping[str, int] = field(default_factory=dict)
     backup_before_migrate: bool = False
-    health_url: str = ""
+    # Each http component's health URL on its own host, checked after each deploy.
+    health_urls: Mapping[str, str] = field(default_factory=dict)
     backup: BackupSettings | None = None
     smoke: Smoke | None = None
     # compose targets
@@ -201,6 +204,19 @@ def _smoke(data: dict[str, Any]) -> Smoke:
     return Smoke(**{**data, "command": tuple(data["command"])})
 
 
+# Environment keys that are not passed to Environment as they are written.
+_NOT_TYPED_AS_IS = ("backup", "smoke", "health_url", "health_urls")
+
+
+def _health_urls(components: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, str]:
+    """The environment's health URLs by component; a file from before `health_urls` has one
+    `health_url`, the first http component's."""
+    if "health_urls" in env:
+        return dict(env["health_urls"])
+    first = next((comp["name"] for comp in components if comp["kind"] == "http"), None)
+    return {first: env["health_url"]} if first and "health_url" in env else {}
+
+
 def _typed(root: Path, data: dict[str, Any]) -> Config:
     """The typed view of a document that already passed the schema."""
     db = data.get("database")
@@ -217,7 +233,8 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
         environments={
             name: Environment(
                 name=name,
-                **{key: value for key, value in env.items() if key not in ("backup", "smoke")},
+                **{key: value for key, value in env.items() if key not in _NOT_TYPED_AS_IS},
+                health_urls=_health_urls(data["components"], env),
                 backup=BackupSettings(**env["backup"]) if env.get("backup") else None,
                 smoke=_smoke(env["smoke"]) if env.get("smoke") else None,
             )
@@ -231,11 +248,18 @@ def _reference_errors(data: dict[str, Any]) -> list[str]:
     environment's target does not run."""
     declared = {comp["name"] for comp in data["components"]}
     known = f"is not one of the components ({', '.join(sorted(declared))})"
+    served = {comp["name"] for comp in data["components"] if comp["kind"] == "http"}
     errors: list[str] = []
     for env, settings in data["environments"].items():
         for name in settings.get("component_replicas", {}):
             if name not in declared:
                 errors.append(f"environments.{env}.component_replicas.{name}: '{name}' {known}")
+        for name in settings.get("health_urls", {}):
+            if name not in served:
+                errors.append(
+                    f"environments.{env}.health_urls.{name}: '{name}' is not one of the http "
+                    f"components ({', '.join(sorted(served)) or 'there is none'})"
+                )
         smoke = settings.get("smoke", {})
         if smoke and settings["target"] != "compose":
             errors.append(

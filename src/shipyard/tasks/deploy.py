@@ -105,6 +105,10 @@ def status(c: Context, env: str = "") -> None:
     cfg, environment = setup(c, env)
     with failures(f"status of {environment.name}"):
         targets.for_environment(cfg, environment).status()
+        if environment.health_urls:
+            print(f"{environment.name}: health checked at (each component on its own host)")
+            for name, url in environment.health_urls.items():
+                print(f"  {name}: {url}")
         for entry in state.deploys(cfg.root, environment.name)[-5:]:
             print(f"  {entry['at']} {entry['status']}: {', '.join(entry['images'].values())}")
 

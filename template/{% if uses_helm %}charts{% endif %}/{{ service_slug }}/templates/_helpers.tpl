@@ -93,6 +93,16 @@ Checks the schema cannot express; each failure says what to change.
 {{- if and .Values.maintenance.enabled (not (include "app.httpComponents" .)) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "maintenance.enabled needs a component of kind http: every component is a worker, and no request reaches a worker") -}}
 {{- end }}
+{{- $seen := dict }}
+{{- range $name, $c := .Values.components }}
+{{- if eq $c.kind "http" }}
+{{- $where := printf "%s%s" (include "app.host" (dict "context" $ "component" $c)) $c.route }}
+{{- if hasKey $seen $where }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s and components.%s are both routed to %s: give one another route or subdomain" (get $seen $where) $name $where)) -}}
+{{- end }}
+{{- $_ := set $seen $where $name }}
+{{- end }}
+{{- end }}
 {{- if and .Values.secretEnv.keys (not .Values.secretEnv.existingSecret) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "secretEnv.keys need secretEnv.existingSecret: the name of the Secret holding them") -}}
 {{- end }}
@@ -122,6 +132,66 @@ The names of the http components, space-separated; empty when every component is
 {{- if eq $c.kind "http" -}}{{- $names = append $names $name -}}{{- end -}}
 {{- end -}}
 {{- join " " $names -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.host" (dict "context" $ "component" $c) }}
+The host an http component is served on: <subdomain>.<host>, or host itself without one.
+*/}}
+{{- define "app.host" -}}
+{{- if .component.subdomain -}}
+{{- printf "%s.%s" .component.subdomain .context.Values.host -}}
+{{- else -}}
+{{- .context.Values.host -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ range $host, $names := include "app.routedHosts" . | fromJson }}
+Every public host and the http components it serves (names in order), as JSON: the Ingress has
+a rule per host and lists them all for TLS; the Gateway API gets an HTTPRoute per host.
+*/}}
+{{- define "app.routedHosts" -}}
+{{- $hosts := dict -}}
+{{- range $name, $c := .Values.components -}}
+{{- if eq $c.kind "http" -}}
+{{- $host := include "app.host" (dict "context" $ "component" $c) -}}
+{{- $_ := set $hosts $host (append (get $hosts $host | default list) $name) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $hosts -}}
+{{- end -}}
+
+{{/*
+Usage: {{ $backend := include "app.backend" (dict "context" $ "component" $name) | fromJson }}
+The Service (name, port) a route sends a component's requests to, decided here for the Ingress
+and the HTTPRoute alike: the component's own, or in maintenance mode (maintenance.enabled) the
+maintenance page's (templates/maintenance.yaml, port 8080), for every component.
+*/}}
+{{- define "app.backend" -}}
+{{- if .context.Values.maintenance.enabled -}}
+{{- toJson (dict "name" (include "shipyard-common.componentName" (dict "context" .context "component" "maintenance")) "port" 8080) -}}
+{{- else -}}
+{{- $c := get .context.Values.components .component -}}
+{{- toJson (dict "name" (include "shipyard-common.componentName" (dict "context" .context "component" .component)) "port" (int $c.port)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.hostRouteName" (dict "context" $ "subdomain" $c.subdomain) }}
+The name of the HTTPRoute of a host: <fullname> for host itself, <fullname>-<subdomain> for a
+subdomain (a long label is cut and given a hash, so the name stays unique within 63).
+*/}}
+{{- define "app.hostRouteName" -}}
+{{- if not .subdomain -}}
+{{- include "shipyard-common.fullname" .context -}}
+{{- else -}}
+{{- $suffix := .subdomain -}}
+{{- if gt (len $suffix) 30 -}}
+{{- $suffix = printf "%s-%s" ($suffix | trunc 23 | trimSuffix "-") (sha256sum .subdomain | trunc 6) -}}
+{{- end -}}
+{{- include "shipyard-common.componentName" (dict "context" .context "component" $suffix) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -171,24 +241,6 @@ The root filesystem is read-only: temporary files, HOME and npm's cache and logs
   value: /tmp
 - name: npm_config_cache
   value: /tmp/.npm
-{{- end -}}
-
-{{/*
-Usage: {{ include "app.backendName" (dict "context" $ "component" $name) }}
-The Service the Ingress and the HTTPRoute send a component's requests to: its own, or in
-maintenance mode (maintenance.enabled) the maintenance page's, for every component.
-*/}}
-{{- define "app.backendName" -}}
-{{- $component := ternary "maintenance" .component .context.Values.maintenance.enabled -}}
-{{- include "shipyard-common.componentName" (dict "context" .context "component" $component) -}}
-{{- end -}}
-
-{{/*
-Usage: {{ include "app.backendPort" (dict "context" $ "port" $c.port) }}
-That Service's port (templates/maintenance.yaml listens on 8080).
-*/}}
-{{- define "app.backendPort" -}}
-{{- ternary 8080 .port .context.Values.maintenance.enabled -}}
 {{- end -}}
 
 {{/*
