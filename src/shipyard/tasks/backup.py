@@ -13,6 +13,9 @@ The engine is the same one the compose `backup` service and the Kubernetes CronJ
   PGPASSFILE; PGDATABASE and PGUSER default to shipyard.yaml's `database.name`/`user`), with
   backups where shipyard.yaml's `environments.<env>.backup` says (a folder relative to this
   repo, or an S3 bucket/prefix/endpoint).
+
+Longer than most modules on purpose: the five tasks share how they find where the engine
+runs (the two cases above), and each one's plan and refusals read best beside the others.
 """
 
 from __future__ import annotations
