@@ -87,7 +87,7 @@ def maintenance(
     yes: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """Put an environment in maintenance mode (`on`: a 503 page at the proxy) or out (`off`)."""
+    """Put an environment in maintenance mode (`on`: every request gets a 503 page) or not."""
     cfg, environment = setup(c, env)
     if switch not in ("on", "off"):
         given = f", not {switch!r}" if switch else ""
