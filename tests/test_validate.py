@@ -296,8 +296,14 @@ def _broken_shipyard_yaml(root: Path) -> list[Expected]:
 
 
 def _unparsable_shipyard_yaml(root: Path) -> list[Expected]:
-    line = _set_replicas(root / "shipyard.yaml", "[2")
-    return [Expected("shipyard.yaml", line + 1, "shipyard", "yaml", "not valid YAML")]
+    path = root / "shipyard.yaml"
+    line = _set_replicas(path, "[2")
+    # The parser notices the unclosed `[` at the next key, past any comment lines.
+    lines = path.read_text().splitlines()
+    after = next(
+        n for n in range(line + 1, len(lines) + 1) if lines[n - 1].strip().partition("#")[0]
+    )
+    return [Expected("shipyard.yaml", after, "shipyard", "yaml", "not valid YAML")]
 
 
 def _bad_answers(root: Path) -> list[Expected]:
