@@ -3,7 +3,9 @@
 `Load(url)` in a `with` block sends ~20 requests a second from a thread (one keep-alive
 session, like a browser or a client's pool) until the block ends or `limit` seconds pass,
 whichever comes first, and reports how many were sent, how many failed (no answer, or not
-2xx) and the longest time between two successful answers.
+2xx) and the longest time between two successful answers. Like a browser, it sends a request
+again once when the keep-alive connection it went out on was closed under it before any answer
+(a proxy reload closes its idle connections; the race is the client's, not a dropped request).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Load:
         self._sent = self._failed = 0
         self._gap = 0.0
         self._errors: list[str] = []
+        self.retried = 0  # requests retried after their keep-alive connection was closed
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -64,7 +67,7 @@ class Load:
                 began = time.monotonic()
                 self._sent += 1
                 try:
-                    status = session.get(self.url, timeout=10).status_code
+                    status = self._get(session)
                     error = "" if 200 <= status < 300 else f"HTTP {status}"
                 except requests.RequestException as exc:
                     error = type(exc).__name__
@@ -76,3 +79,28 @@ class Load:
                     self._gap = max(self._gap, now - last_ok)
                     last_ok = now
                 self._stop.wait(max(0.0, self.interval - (now - began)))
+
+    def _get(self, session: requests.Session) -> int:
+        """One GET's status. A keep-alive connection the server closed just as the request
+        left it (a proxy reload closes its idle ones) is retried once on a new connection, as
+        browsers and HTTP client pools do; a refused connection, a timeout or a second failure
+        counts."""
+        try:
+            return session.get(self.url, timeout=10).status_code
+        except requests.ConnectionError as exc:
+            if not _closed_under_us(exc):
+                raise
+            self.retried += 1
+            return session.get(self.url, timeout=10).status_code
+
+
+def _closed_under_us(exc: BaseException) -> bool:
+    """The connection was closed or reset by the other end before any answer came (requests
+    wraps urllib3's error, which carries http.client's RemoteDisconnected, a reset)."""
+    pending: list[BaseException] = [exc]
+    while pending:
+        seen = pending.pop()
+        if isinstance(seen, (ConnectionResetError, BrokenPipeError)):
+            return True
+        pending += [a for a in (*seen.args, seen.__cause__) if isinstance(a, BaseException)]
+    return False
