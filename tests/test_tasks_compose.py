@@ -587,7 +587,13 @@ def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
         time.sleep(12)
         with contextlib.closing(dockerd.client()) as client:
             (proxy,) = client.containers.list(
-                filters={"label": ["com.docker.compose.service=proxy"]}
+                # This kit's proxy: other tests' stacks (test_python's) run in the same dockerd.
+                filters={
+                    "label": [
+                        f"com.docker.compose.project={SERVICE}",
+                        "com.docker.compose.service=proxy",
+                    ]
+                },
             )
             assert proxy.attrs["State"]["Health"]["Status"] == "healthy"
             # Its files came through the API: nothing is mounted from the checkout, which a
