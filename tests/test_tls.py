@@ -318,7 +318,8 @@ def test_acme_certificate_is_renewed_with_no_failed_request(
         time.sleep(5)
     report = load.report
     print(
-        f"renewed after {renewal:.1f} s of load; {handshakes} handshakes,"
+        f"renewed {renewed.not_valid_before_utc - first.not_valid_before_utc} after issuance,"
+        f" {renewal:.1f} s into the load; {handshakes} handshakes,"
         f" {len(failed_handshakes)} failed; load: {report}"
     )
     assert not failed_handshakes, f"new connections failed: {failed_handshakes[:5]}"
