@@ -6,6 +6,8 @@ whichever comes first, and reports how many were sent, how many failed (no answe
 2xx) and the longest time between two successful answers. Like a browser, it sends a request
 again once when the keep-alive connection it went out on was closed under it before any answer
 (a proxy reload closes its idle connections; the race is the client's, not a dropped request).
+With `tls=Tls(name, ca_file)` it speaks HTTPS to the URL's address as if it were `name`
+(SNI, Host and the certificate check), for a host whose DNS would point here.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,31 @@ class LoadReport:
         )
 
 
+@dataclass(frozen=True)
+class Tls:
+    server_name: str  # the name the client asks for and checks the certificate against
+    ca_file: Path  # the only root it trusts
+
+
+class _NamedHost(HTTPAdapter):
+    """Connects to the URL's address, sends `name` as SNI and checks the certificate for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # before super().__init__, which builds the pool manager
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(server_hostname=self.name, assert_hostname=self.name)
+        super().init_poolmanager(*args, **kwargs)
+
+
 class Load:
     """~`rate` GETs a second to `url` for at most `limit` seconds, in a background thread."""
 
-    def __init__(self, url: str, rate: float = 20.0, limit: float = 900.0) -> None:
-        self.url, self.interval, self.limit = url, 1 / rate, limit
+    def __init__(
+        self, url: str, rate: float = 20.0, limit: float = 900.0, tls: Tls | None = None
+    ) -> None:
+        self.url, self.interval, self.limit, self.tls = url, 1 / rate, limit, tls
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._sent = self._failed = 0
@@ -63,6 +88,12 @@ class Load:
     def _loop(self) -> None:
         start = last_ok = time.monotonic()
         with requests.Session() as session:
+            if self.tls is not None:
+                session.mount("https://", _NamedHost(self.tls.server_name))
+                session.verify = str(self.tls.ca_file)
+                # Else REQUESTS_CA_BUNDLE, if set, would replace that root.
+                session.trust_env = False
+                session.headers["Host"] = self.tls.server_name
             while not self._stop.is_set() and time.monotonic() - start < self.limit:
                 began = time.monotonic()
                 self._sent += 1

@@ -1,6 +1,7 @@
 """HTTPS on a Compose host. With `tls: acme`, the proxy gets its certificate from a real ACME
 server (pebble) over a real HTTP-01/TLS-ALPN-01 challenge on the ports it publishes, serves
-the environment's host with it, and redirects plain HTTP. With `tls: files`, it serves the
+the environment's host with it, redirects plain HTTP, and renews it in the background while
+requests keep being answered. With `tls: files`, it serves the
 certificate in proxy/certs/, put into its volume by each deploy (a renewed one included)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,7 +22,8 @@ import trustme
 from cryptography import x509
 
 from tests.conftest import Render, edit_yaml, init_repo, invoke_cli, script_package
-from tests.servers.acme import HOST_NAME, Acme
+from tests.load import Load, Tls
+from tests.servers.acme import HOST_NAME, SHORT_VALIDITY, Acme
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -83,20 +86,29 @@ def torn_down(root: Path, env: dict[str, str]) -> Iterator[tuple[Path, dict[str,
         )
 
 
-@pytest.fixture
-def kit(
+@contextlib.contextmanager
+def pebble_kit(
     render: Render,
-    tmp_path: Path,
+    root: Path,
     dockerd: Dockerd,
     registry: str,
     mirror_images: MirrorImages,
     acme: Acme,
+    renew_interval: str = "",
 ) -> Iterator[tuple[Path, dict[str, str]]]:
-    """The sample service with tls=acme, its proxy pointed at pebble."""
+    """The sample service with tls=acme, its proxy pointed at pebble; with `renew_interval`,
+    Caddy checks its certificates that often (instead of every 10 minutes)."""
     answers = {"tls": "acme", "acme_email": "ops@example.net"}
-    root = render_kit(render, tmp_path / "cert-api", registry, mirror_images, **answers)
+    root = render_kit(render, root, registry, mirror_images, **answers)
 
     trust_pebble(root, acme)
+    if renew_interval:
+        caddyfile = root / "proxy" / "Caddyfile"
+        admin = "\tadmin 127.0.0.1:2019\n"
+        assert admin in caddyfile.read_text(), "the Caddyfile's global options moved"
+        caddyfile.write_text(
+            caddyfile.read_text().replace(admin, f"{admin}\trenew_interval {renew_interval}\n")
+        )
     init_repo(root, "kit")
     with torn_down(root, {**dockerd.task_env, "SHIPYARD_ACME_CA": acme.directory}) as kit:
         yield kit
@@ -117,15 +129,63 @@ def trust_pebble(root: Path, acme: Acme) -> None:
 
 def no_certificate(root: Path, env: dict[str, str], host: str, last: str) -> NoReturn:
     """Fail the test: the proxy got no certificate for `host` in time; its logs say why."""
+    pytest.fail(f"no certificate for {host} in 90 s ({last}):\n{proxy_log(root, env)}")
+
+
+@pytest.fixture
+def kit(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    acme: Acme,
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    with pebble_kit(render, tmp_path / "cert-api", dockerd, registry, mirror_images, acme) as kit:
+        yield kit
+
+
+@pytest.fixture
+def renewing_kit(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    acme_short_lived: Acme,
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """As `kit`, with certificates valid for SHORT_VALIDITY seconds and Caddy looking for
+    ones to renew every few seconds (its default, 10 minutes, outlasts such a certificate)."""
+    with pebble_kit(
+        render,
+        tmp_path / "cert-api",
+        dockerd,
+        registry,
+        mirror_images,
+        acme_short_lived,
+        renew_interval="5s",
+    ) as kit:
+        yield kit
+
+
+def deploy(root: Path, env: dict[str, str]) -> None:
+    """Build, push and deploy the kit to staging."""
+    invoke(root, env, "build", "--env", "staging")
+    invoke(root, env, "push", "--env", "staging")
+    invoke(root, env, "deploy", "--env", "staging", "--yes")
+
+
+def proxy_log(root: Path, env: dict[str, str]) -> str:
+    """The end of the proxy's log, for a failure message."""
     logs = subprocess.run(
         ["docker-compose", "--file", "compose.prod.yaml", "logs", "proxy"],
         cwd=root,
-        env=env,
+        env={**env, "CERT_API_IMAGE": "unused"},
         capture_output=True,
         text=True,
         check=False,
     )
-    pytest.fail(f"no certificate for {host} in 90 s ({last}):\n{logs.stdout[-3000:]}")
+    return logs.stdout[-3000:]
 
 
 def get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[int, dict[str, str]]:
@@ -146,25 +206,30 @@ def get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[int, dict
         return answer.status, dict(answer.getheaders())
 
 
-def test_acme_certificate_is_issued_and_served(
-    kit: tuple[Path, dict[str, str]], acme: Acme
-) -> None:
-    root, env = kit
-    invoke(root, env, "build", "--env", "staging")
-    invoke(root, env, "push", "--env", "staging")
-    invoke(root, env, "deploy", "--env", "staging", "--yes")
-    context = ssl.create_default_context(cadata=acme.issuing_root())
+def first_https_answer(
+    root: Path, env: dict[str, str], context: ssl.SSLContext
+) -> tuple[int, dict[str, str]]:
+    """GET https://HOST/health once the proxy has a certificate `context` trusts (90 s at
+    most): its status and headers."""
     deadline, last = time.monotonic() + 90, ""
     while True:
         try:
-            status, headers = get(443, "/health", context)
-            break
+            return get(443, "/health", context)
         except (OSError, ssl.SSLError) as exc:
             # Until issuance finishes Caddy has no certificate for HOST yet.
             last = str(exc)
         if time.monotonic() > deadline:
-            no_certificate(root, {**env, "CERT_API_IMAGE": "unused"}, HOST, last)
+            no_certificate(root, env, HOST, last)
         time.sleep(2)
+
+
+def test_acme_certificate_is_issued_and_served(
+    kit: tuple[Path, dict[str, str]], acme: Acme
+) -> None:
+    root, env = kit
+    deploy(root, env)
+    context = ssl.create_default_context(cadata=acme.issuing_root())
+    status, headers = first_https_answer(root, env, context)
     assert status == 200
     assert "max-age=63072000" in headers.get("Strict-Transport-Security", "")
     with (
@@ -187,9 +252,7 @@ def test_a_certificate_that_cannot_be_issued_is_reported_by_status(
     background), and `invoke status` says what the proxy's last attempts ran into."""
     root, env = kit
     env = {**env, "SHIPYARD_ACME_CA": f"https://{HOST_NAME}:{free_port()}/dir"}
-    invoke(root, env, "build", "--env", "staging")
-    invoke(root, env, "push", "--env", "staging")
-    invoke(root, env, "deploy", "--env", "staging", "--yes")
+    deploy(root, env)
     deadline, status = time.monotonic() + 60, ""
     while "certificate errors" not in status and time.monotonic() < deadline:
         time.sleep(2)
@@ -212,15 +275,71 @@ def install_certificate(root: Path, ca: trustme.CA) -> int:
     return x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes()).serial_number
 
 
-def served_serial(context: ssl.SSLContext) -> int:
-    """The serial number of the certificate the proxy serves for HOST (verified)."""
+def served_certificate(context: ssl.SSLContext) -> x509.Certificate:
+    """The certificate the proxy serves for HOST, over a new connection (verified)."""
     with (
         contextlib.closing(socket.create_connection(("127.0.0.1", 443), timeout=10)) as raw,
         context.wrap_socket(raw, server_hostname=HOST) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def served_serial(context: ssl.SSLContext) -> int:
+    """The serial number of the certificate the proxy serves for HOST (verified)."""
+    return served_certificate(context).serial_number
+
+
+def test_acme_certificate_is_renewed_with_no_failed_request(
+    renewing_kit: tuple[Path, dict[str, str]], acme_short_lived: Acme, tmp_path: Path
+) -> None:
+    """Caddy renews a certificate a third of its lifetime before it expires, in the
+    background: with requests running through the proxy on a kept-alive connection, and a new
+    TLS handshake every second, the served certificate changes and no request fails."""
+    root, env = renewing_kit
+    deploy(root, env)
+    root_pem = acme_short_lived.issuing_root()
+    context = ssl.create_default_context(cadata=root_pem)
+    assert first_https_answer(root, env, context)[0] == 200
+    first = served_certificate(context)
+    ca_file = tmp_path / "pebble-root.pem"
+    ca_file.write_text(root_pem)
+    # The renewal is due at 2/3 of the lifetime, found by a check every 5 s: well within 3.
+    limit = 3 * SHORT_VALIDITY
+    handshakes, failed_handshakes = 0, []
+    started = time.monotonic()
+    with Load("https://127.0.0.1:443/health", tls=Tls(HOST, ca_file)) as load:
+        renewed = first
+        while renewed.serial_number == first.serial_number:
+            if time.monotonic() - started > limit:
+                pytest.fail(
+                    f"the certificate for {HOST} (valid {SHORT_VALIDITY} s) was not renewed in"
+                    f" {limit} s; load: {load.report}:\n{proxy_log(root, env)}"
+                )
+            time.sleep(1)
+            handshakes += 1
+            try:
+                renewed = served_certificate(context)
+            except (OSError, ssl.SSLError) as exc:
+                failed_handshakes.append(f"{time.monotonic() - started:.1f}s {exc}")
+        renewal = time.monotonic() - started
+        # Requests keep being answered once the new certificate is in use too.
+        time.sleep(5)
+    report = load.report
+    print(
+        f"renewed {renewed.not_valid_before_utc - first.not_valid_before_utc} after issuance,"
+        f" {renewal:.1f} s into the load; {handshakes} handshakes,"
+        f" {len(failed_handshakes)} failed; load: {report}"
+    )
+    assert not failed_handshakes, f"new connections failed: {failed_handshakes[:5]}"
+    assert report.failed == 0, f"{report}: {report.errors}\n{proxy_log(root, env)}"
+    assert report.requests >= 20 * renewal / 2, f"the load loop barely ran: {report}"
+    # The new certificate is for the host, verified against pebble's root, and current.
+    names = renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert HOST in names.get_values_for_type(x509.DNSName)
+    assert renewed.not_valid_after_utc > first.not_valid_after_utc
+    assert renewed.not_valid_before_utc <= datetime.now(UTC) < renewed.not_valid_after_utc
 
 
 def test_certificate_files_are_served_and_a_renewed_one_too(

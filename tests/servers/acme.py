@@ -45,10 +45,30 @@ class Acme:
 
 @pytest.fixture(scope="session")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    """pebble issuing certificates valid for its default 5 years."""
+    with _pebble(tmp_path_factory.mktemp("acme"), validity=None) as server:
+        yield server
+
+
+# Long enough to be issued and served, short enough that Caddy renews it (a third of its
+# lifetime before it expires) within a test: at about 60 s.
+SHORT_VALIDITY = 90
+
+
+@pytest.fixture(scope="session")
+def acme_short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
+    """pebble issuing certificates valid for SHORT_VALIDITY seconds, for renewal tests."""
+    with _pebble(tmp_path_factory.mktemp("acme-short"), validity=SHORT_VALIDITY) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _pebble(work: Path, validity: int | None) -> Iterator[Acme]:
+    """pebble and its DNS server, running in `work` until the block ends; certificates valid
+    for `validity` seconds (pebble's default if None)."""
     missing = [tool for tool in ("pebble", "pebble-challtestsrv") if not shutil.which(tool)]
     if missing:
         pytest.fail(f"{', '.join(missing)} missing: run `. .ci/setup.sh` (apt install pebble)")
-    work = tmp_path_factory.mktemp("acme")
     ca = trustme.CA()
     listener = ca.issue_cert(HOST_NAME, "127.0.0.1")
     ca_file, cert_file, key_file = work / "ca.pem", work / "cert.pem", work / "key.pem"
@@ -70,6 +90,7 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
                     "tlsPort": 443,
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": False,
+                    **({"certificateValidityPeriod": validity} if validity else {}),
                 }
             }
         )
