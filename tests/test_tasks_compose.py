@@ -545,6 +545,51 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     assert serving_image(dockerd) == first
 
 
+DEPLOY = ("deploy", "--env", "staging", "--yes")
+
+
+def test_ctrl_c_during_the_drain_leaves_the_old_version_serving(
+    kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str]
+) -> None:
+    """Ctrl-C after the proxy was pointed at the new containers, while the old ones drain:
+    nothing had stopped yet, so the proxy goes back to the old containers, the new ones are
+    removed, and not one request of the load running through it all fails."""
+    assert serving_image(dockerd) == first
+    deaf, _ = deaf_and_broken
+    with Load(f"http://127.0.0.1:{kit.port}/health") as load:
+        time.sleep(2)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", *DEPLOY, "--skip-migrate", "--timeout", "40"],
+            cwd=kit.root,
+            env={**kit.env, "SHOP_API_IMAGE": deaf},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            # As in test_ctrl_c_mid_deploy_rolls_back: the signal a terminal would give.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "draining the old ones" in line:
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        stdout, stderr = proc.communicate(timeout=300)
+        time.sleep(2)
+    output = "".join(seen) + stdout + stderr
+    assert "draining the old ones" in output, output
+    assert proc.returncode == 130, output
+    assert "interrupted (Ctrl-C)" in stderr
+    assert "rolled back, the previous version is serving" in stderr
+    assert "Traceback" not in output
+    assert serving_image(dockerd) == first != deaf
+    report = load.report
+    assert report.failed == 0, (str(report), report.errors)
+    assert kit.health() == 200
+
+
 def test_maintenance_mode_answers_503_everywhere_and_holds_deploys(
     kit: Kit, dockerd: Dockerd, first: str
 ) -> None:

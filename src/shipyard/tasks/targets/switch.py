@@ -2,12 +2,12 @@
 
 For each http component: start the new containers beside the old ones (`up --no-recreate
 --scale C=2N`, the docker-rollout technique), wait for their health checks (run every second:
-engines.readiness), point the proxy
-at them (the upstream list written into the proxy's volume, then `caddy reload`, which loads
-it gracefully or not at all), let in-flight requests drain, then stop the old containers with
-SIGTERM and their stop grace period. Until the proxy is pointed, a failure or Ctrl-C removes
-the new containers and the old ones never stop serving. Rollback is the same switch with the
-previous images.
+engines.readiness), point the proxy at them (the upstream list written into the proxy's
+volume, then `caddy reload`, which loads it gracefully or not at all), let in-flight requests
+drain, then stop the old containers with SIGTERM and their stop grace period. Until the old
+containers are stopped (the drain included), a failure or Ctrl-C points the proxy back at them
+and removes the new ones: the old version never stops serving. Rollback is the same switch
+with the previous images.
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ class Stack:
     project: str
     timeout: int
     replicas: Mapping[str, int]  # containers each component runs (shipyard.yaml)
+    # The file's variables besides the images (the environment's host), the same for every
+    # command: Compose recreates a container whose resolved definition changed.
+    variables: Mapping[str, str]
 
     def scale_up(self, images: Mapping[str, str], component: str, count: int) -> Command:
-        return compose_engine.scale_up(self.root, self.file, images, component, count)
+        return compose_engine.scale_up(
+            self.root, self.file, images, component, count, self.variables
+        )
 
 
 def plan_steps(
@@ -96,9 +101,16 @@ def switch(
         readiness.wait_healthy(client, name, [r.id for r in new], stack.timeout)
         point(client, stack, comp, new)
     except (EngineError, KeyboardInterrupt):
-        _discard(client, stack, comp, old)
+        _discard(client, stack, comp, old, served=False)
         raise
-    time.sleep(DRAIN)
+    say(f"{name}: the proxy sends to the new containers; draining the old ones {DRAIN:.0f} s")
+    try:
+        time.sleep(DRAIN)
+    except KeyboardInterrupt:
+        # Nothing has stopped yet, so Ctrl-C here still leaves the old version serving; the
+        # new containers had requests, so they stop gracefully.
+        _discard(client, stack, comp, old, served=True)
+        raise
     say(f"{name}: serving {image}; stopping the previous containers")
     docker_engine.retire(client, [r.id for r in old], graceful=True)
 
@@ -132,12 +144,15 @@ def _discard(
     stack: Stack,
     comp: config.Component,
     old: Sequence[docker_engine.Replica],
+    *,
+    served: bool,
 ) -> None:
-    """After a failed start: the proxy back on the old containers, the new ones removed."""
+    """After a failed start or Ctrl-C: the proxy back on the old containers, the new ones
+    removed (gracefully if they `served` requests)."""
     kept = {r.id for r in old}
     with contextlib.suppress(EngineError):
         # The reload may have been the step that failed; the old list loads either way.
         point(client, stack, comp, old)
     docker_engine.settle(client, stack.project)
     started = docker_engine.replicas(client, stack.project, comp.name, every=True)
-    docker_engine.retire(client, [r.id for r in started if r.id not in kept], graceful=False)
+    docker_engine.retire(client, [r.id for r in started if r.id not in kept], graceful=served)
