@@ -161,6 +161,11 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"app_secrets": ["jwt"]}, "is not an environment variable name"),
     ({"app_secrets": ["POSTGRES_PASSWORD"]}, "managed by the kit itself"),
     (
+        {"components": [HTTP], "app_env": {"API_PUBLIC_URL": "x"}},
+        "API_PUBLIC_URL is set by the kit itself",
+    ),
+    ({"components": [HTTP], "app_secrets": ["API_PUBLIC_URL"]}, "managed by the kit itself"),
+    (
         {"app_env": {"API_KEY": "x"}, "app_secrets": ["API_KEY"]},
         "is both in app_env and app_secrets",
     ),

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
 from shipyard import config
 from tests.conftest import Render, edit_yaml, load_preset
@@ -121,3 +123,71 @@ def test_health_urls_must_name_http_components(rendered: Any, tmp_path: Path) ->
     )
     with pytest.raises(config.ConfigError, match=r"health_urls.backnd: 'backnd' is not one of"):
         config.load(root)
+
+
+PROFILE = ("--profile", "migrate")  # with the migration job
+
+
+def _compose_environment(root: Path, host: str) -> dict[str, dict[str, str]]:
+    """Each service's environment in compose.prod.yaml as `docker compose config` resolves it
+    for an environment whose host is `host` (every required variable set to a placeholder)."""
+    text = (root / "compose.prod.yaml").read_text()
+    required = dict.fromkeys(re.findall(r"\$\{([A-Z0-9_]+):\?", text), "x")
+    result = subprocess.run(
+        ["docker-compose", "--file", "compose.prod.yaml", *PROFILE, "config", "--format", "json"],
+        cwd=root,
+        env={"PATH": os.environ["PATH"], **required, "SHIPYARD_HOST": host},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    return {name: s.get("environment", {}) for name, s in services.items()}
+
+
+def test_each_component_is_told_where_browsers_reach_every_http_component(
+    render: Render, tmp_path: Path
+) -> None:
+    """<NAME>_PUBLIC_URL, per http component, on its own host: on Compose from the deploy's
+    SHIPYARD_HOST (the dev stack: the published ports), on Kubernetes from the chart's host
+    and each component's subdomain and route; the migration job does without."""
+    root = _kit(render, tmp_path, production_target="helm")
+    urls = {
+        "BACKEND_PUBLIC_URL": "https://api.staging.yourcompany.com",
+        "FRONTEND_PUBLIC_URL": "https://staging.yourcompany.com",
+    }
+    environment = _compose_environment(root, "staging.yourcompany.com")
+    for app in ("backend", "frontend"):
+        assert urls.items() <= environment[app].items(), environment[app]
+    assert "BACKEND_PUBLIC_URL" not in environment["migrate"]
+
+    chart = root / "charts" / "pmtool"
+    result = subprocess.run(
+        ["helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (config_map,) = (
+        doc
+        for doc in YAML(typ="safe").load_all(result.stdout)
+        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-env")
+    )
+    assert config_map["data"]["BACKEND_PUBLIC_URL"] == "https://api.yourcompany.com"
+    assert config_map["data"]["FRONTEND_PUBLIC_URL"] == "https://yourcompany.com"
+
+
+def test_a_component_under_a_route_has_it_in_its_public_url(render: Render, tmp_path: Path) -> None:
+    root = _kit(
+        render,
+        tmp_path,
+        components=[
+            *load_preset(PRESET)["components"],
+            {"name": "admin", "kind": "http", "port": 3002, "health_path": "/health"},
+        ],
+    )
+    environment = _compose_environment(root, "example.org")
+    assert environment["admin"]["ADMIN_PUBLIC_URL"] == "https://example.org/admin"
+    assert environment["backend"]["ADMIN_PUBLIC_URL"] == "https://example.org/admin"

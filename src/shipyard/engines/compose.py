@@ -163,12 +163,19 @@ def create(
     return compose(root, file, *args, images=images, env=env)
 
 
-def scale_up(root: Path, file: str, images: Mapping[str, str], service: str, count: int) -> Command:
-    """Start containers of `service` with `images` beside its running ones (kept as they are,
-    whatever their image) until it has `count`; the caller waits for their health
-    (engines.readiness), faster than Compose's `--wait` can."""
+def scale_up(
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    service: str,
+    count: int,
+    env: Mapping[str, str] | None = None,
+) -> Command:
+    """Start containers of `service` with `images` (and `env` for the file's other variables)
+    beside its running ones (kept as they are, whatever their image) until it has `count`; the
+    caller waits for their health (engines.readiness), faster than Compose's `--wait` can."""
     flags = ["--no-deps", "--no-recreate", "--scale", f"{service}={count}"]
-    return _up(root, file, images, None, flags, [service])
+    return _up(root, file, images, None, flags, [service], env)
 
 
 def _up(
@@ -191,11 +198,17 @@ def remove(root: Path, file: str, images: Mapping[str, str], services: Sequence[
 
 
 def run_once(
-    root: Path, file: str, images: Mapping[str, str], service: str, argv: Sequence[str]
+    root: Path,
+    file: str,
+    images: Mapping[str, str],
+    service: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
 ) -> Command:
     """`argv` in a one-off container of `service` (its image, environment and networks), with
     the stack already running, removed afterwards."""
-    return compose(root, file, "run", "--rm", "--no-deps", service, *argv, images=images)
+    args = ["run", "--rm", "--no-deps", service, *argv]
+    return compose(root, file, *args, images=images, env=env)
 
 
 def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:

@@ -140,7 +140,7 @@ class ComposeTarget:
     def _stack(self, timeout: int) -> switch.Stack:
         file, project = self.env.compose_file, self._project()
         replicas = {comp.name: self.env.replicas_of(comp.name) for comp in self.cfg.components}
-        return switch.Stack(self.cfg.root, file, project, timeout, replicas)
+        return switch.Stack(self.cfg.root, file, project, timeout, replicas, self._variables())
 
     def _refuse_without_proxy(self) -> None:
         """A release switches http components at the proxy; a Compose file without one (the
@@ -206,8 +206,9 @@ class ComposeTarget:
         )
 
     def _variables(self) -> dict[str, str]:
-        # Part of the services' definitions: every `up` of them passes the same, or Compose
-        # would see a change and recreate the proxy.
+        # Part of the services' definitions (the proxy's site, the apps' <NAME>_PUBLIC_URL):
+        # every command creating containers passes the same, or Compose would see a change and
+        # recreate the proxy, or start an app with another host.
         return {"SHIPYARD_HOST": self.env.host}
 
     def _copies(self) -> list[files.Copy]:
@@ -243,7 +244,9 @@ class ComposeTarget:
         http = [c.name for c in self.cfg.components if c.kind == "http"]
         component = smoke.component or (http or [self.cfg.components[0].name])[0]
         file = self.env.compose_file
-        return compose_engine.run_once(self.cfg.root, file, images, component, smoke.command)
+        return compose_engine.run_once(
+            self.cfg.root, file, images, component, smoke.command, self._variables()
+        )
 
     def _run_smoke(self, images: Mapping[str, str], project: str) -> None:
         smoke, check = self.env.smoke, self._smoke(images)
@@ -410,7 +413,9 @@ def _workers_up(stack: switch.Stack, images: Mapping[str, str], workers: list[st
     """Workers are recreated in place, each with its replica count: nothing routes to them, so
     two generations never need to run side by side."""
     scale = {name: stack.replicas.get(name, 1) for name in workers}
-    return compose_engine.up(stack.root, stack.file, images, stack.timeout, workers, scale)
+    return compose_engine.up(
+        stack.root, stack.file, images, stack.timeout, workers, scale, stack.variables
+    )
 
 
 def _run_migrations(steps: list[Command]) -> None:
