@@ -572,6 +572,29 @@ def test_migration_hook(
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_the_runtime_is_told_it_runs_in_production(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    """Node.js gets NODE_ENV=production, Python faulthandler's tracebacks (and no NODE_ENV):
+    in every component's ConfigMap and in the migration job, which runs without it."""
+    expected = (
+        ("PYTHONFAULTHANDLER", "1")
+        if load_preset(preset).get("runtime") == "python"
+        else ("NODE_ENV", "production")
+    )
+    docs = template(preset, *_deploy_args(rendered(preset)))
+    (configmap,) = [
+        c for c in _by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-env")
+    ]
+    runtime = {"NODE_ENV", "PYTHONFAULTHANDLER"} & configmap["data"].keys()
+    assert {(k, configmap["data"][k]) for k in runtime} == {expected}
+    for job in _by_kind(docs, "Job"):
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert {(k, env[k]) for k in {"NODE_ENV", "PYTHONFAULTHANDLER"} & env.keys()} == {expected}
+
+
+@pytest.mark.parametrize("preset", HELM_PRESETS)
 def test_backup_cronjob_runs_the_backup_engine(
     preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
 ) -> None:
