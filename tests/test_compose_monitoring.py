@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -121,8 +122,13 @@ def test_the_task_plans_the_files_then_the_stack_and_refuses_kubernetes(
 
     root = rendered("saas-checklist")  # staging on Compose, prod on Kubernetes
 
-    planned = invoke_cli(root, "monitoring.up", "--env", "staging", "--dry-run")
-    refused = invoke_cli(root, "monitoring.up", "--env", "prod")
+    # Compose as the package installs it, beside this interpreter.
+    path = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    planned = invoke_cli(root, "monitoring.up", "--env", "staging", "--dry-run", env=path)
+    refused = invoke_cli(root, "monitoring.up", "--env", "prod", env=path)
+    without_compose = invoke_cli(
+        root, "monitoring.up", "--env", "staging", "--dry-run", env={"PATH": "/nonexistent"}
+    )
 
     assert planned.returncode == 0, planned.stderr
     steps = planned.stdout.splitlines()
@@ -133,6 +139,9 @@ def test_the_task_plans_the_files_then_the_stack_and_refuses_kubernetes(
     assert refused.returncode == 1
     assert "runs on Kubernetes" in refused.stderr
     assert "Traceback" not in refused.stderr
+    assert without_compose.returncode == 1
+    assert "Docker Compose v2 is not installed" in without_compose.stderr
+    assert "Traceback" not in without_compose.stderr
 
 
 def test_each_compose_alert_test_fails_when_its_rule_moves(

@@ -53,13 +53,15 @@ def up(c: Context, env: str = "", dry_run: bool = False, timeout: int = 180) -> 
         )
     copies = files.required(root, FILE, environment.name)
     project = compose_engine.project_name(root / FILE, f"{cfg.service}-monitoring")
-    create = files.create(root, FILE, {}, copies, {})
-    start = compose_engine.up(root, FILE, {}, timeout)
+    doing = f"starting the monitoring stack of {environment.name}"
+    with failures(doing):  # no Compose installed is said, not a traceback
+        create = files.create(root, FILE, {}, copies, {})
+        start = compose_engine.up(root, FILE, {}, timeout)
     if dry_run:
         title = f"start or update the monitoring stack of {environment.name} ({FILE})"
         plan(title, [create, files.describe(root, copies), start])
         return
-    with failures(f"starting the monitoring stack of {environment.name}"):
+    with failures(doing):
         execute(create, f"creating the services of {FILE}")
         with contextlib.closing(docker_engine.client()) as client:
             files.put(client, project, copies)
