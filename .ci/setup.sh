@@ -9,8 +9,11 @@ mkdir -p "$SHIPYARD_CACHE/bin"
 
 # Debian packages: the Docker engine and registry, PostgreSQL, debootstrap for base images,
 # Caddy for validating the Compose proxy's Caddyfile, Prometheus for promtool (alert rules and
-# their unit tests).
-apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus pebble)
+# their unit tests, the Compose hosts' prometheus.yml) and as a real server in tests,
+# Alertmanager for amtool (alertmanager.yml) and as a real server, the PostgreSQL exporter as
+# a real scrape target, the Pushgateway as a real one (its facts kept with honor_labels).
+apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus
+  prometheus-alertmanager prometheus-postgres-exporter prometheus-pushgateway pebble)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

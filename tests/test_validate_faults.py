@@ -21,6 +21,8 @@ from shipyard import validate
 
 # The preset with every kind of artifact (tests/test_validate.py checks its defects).
 FULL = "pe-investor-portal"
+# A preset with a Compose host's monitoring stack (monitoring/).
+COMPOSE_MONITORING = "project-management"
 # A shell script, clean, so the shellcheck check has something to run on (the kit has none).
 SCRIPT = "scripts/rotate-backups.sh"
 
@@ -41,6 +43,8 @@ STAND_INS = {
     "prometheus-rules": ("promtool", "promtool"),
     "prometheus-rules/helm-template": ("helm", "helm"),
     "monitoring-crds": ("helm", "helm"),
+    "prometheus-config": ("promtool", "promtool"),
+    "alertmanager-config": ("amtool", "amtool"),
 }
 # How a run goes wrong: the stand-in's script, and what the finding must say.
 FAILURES = {
@@ -67,8 +71,10 @@ SAYS = {
 
 @pytest.fixture(scope="module")
 def clean_kit(rendered: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The full preset plus a clean shell script: every check has something to run on."""
+    """The full preset plus a clean shell script and a Compose host's monitoring files (its
+    environments run on Kubernetes): every check has something to run on."""
     root = Path(shutil.copytree(rendered(FULL), tmp_path_factory.mktemp("faults") / "kit"))
+    shutil.copytree(rendered(COMPOSE_MONITORING) / "monitoring", root / "monitoring")
     script = root / SCRIPT
     script.parent.mkdir()
     script.write_text('#!/bin/sh\nset -eu\nrm -f -- "${BACKUP_DIR:-/backups}"/*.partial\n')

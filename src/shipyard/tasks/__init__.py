@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from shipyard.tasks import backup, build, deploy, info, template
+from shipyard.tasks import backup, build, deploy, info, monitoring, template
 from shipyard.tasks.support import CONFIG
 
 ns = Collection()
@@ -21,5 +21,7 @@ for _task in (*build.ns.tasks.values(), *deploy.ns.tasks.values()):
 # `invoke backup --env E`, `backup.list`, `backup.verify`, `backup.prune`; `invoke restore`.
 ns.add_collection(backup.ns)
 ns.add_task(backup.restore)
+# `invoke monitoring.up --env E`: a Compose host's monitoring stack.
+ns.add_collection(monitoring.ns)
 # `invoke template.update` / `template.check`: follow the template's releases.
 ns.add_collection(template.ns)

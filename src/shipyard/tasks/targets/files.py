@@ -1,5 +1,6 @@
 """Files of the repository that services read at run time (proxy/Caddyfile, the maintenance
-page, TLS certificates, nginx/nginx.conf), put into their volumes through the Docker API.
+page, TLS certificates, nginx/nginx.conf, the monitoring stack's monitoring/), put into their
+volumes through the Docker API.
 
 Not bind mounts: deploy.yml deploys with DOCKER_HOST=ssh://…, where a relative bind mount
 resolves on the remote host, which has no checkout, and Docker mounts empty folders there.
@@ -43,6 +44,14 @@ RELOAD = {
         'nginx -t -q -c "$0" && nginx -s reload -c "$0"',
         "/etc/nginx/shipyard/nginx.conf",
     ],
+    # compose.monitoring.yaml's: check first too, then SIGHUP (each is PID 1 of its container).
+    "prometheus": [
+        "sh",
+        "-c",
+        'promtool check config "$0" >/dev/null && kill -HUP 1',
+        "/config/prometheus.yml",
+    ],
+    "alertmanager": ["sh", "/config/alertmanager.sh", "reload"],
 }
 
 
