@@ -180,3 +180,12 @@ def released_template(template_dir: Path, repo: Path, tag: str) -> Path:
     init_repo(repo, f"release {tag.removeprefix('v')}")
     git(repo, "tag", tag)
     return repo
+
+
+def chart_digests(chart: Path) -> list[str]:
+    """`--set` of a placeholder digest for each image of `chart`, as `shipyard validate`
+    renders it: a release (and `helm template`) refuses an image without one."""
+    from shipyard.validate.files import charts
+
+    (found,) = [c for c in charts(chart.parent.parent) if c.path == chart]
+    return found.release_args()

@@ -26,7 +26,7 @@ import requests
 from ruamel.yaml import YAML
 
 from shipyard import validate
-from tests.conftest import PRESETS, REPO, Render, git, init_repo, load_preset
+from tests.conftest import PRESETS, REPO, Render, chart_digests, git, init_repo, load_preset
 from tests.servers.docker import CADDY_LOCAL, Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -160,7 +160,8 @@ def template(helm: Helm, rendered: Callable[[str], Path]) -> Callable[..., list[
 
     def _template(preset: str, *args: str, release: str = "rel") -> list[Doc]:
         chart = _chart(rendered(preset))
-        result = helm("helm", "template", release, str(chart), "--namespace", "ns", *args)
+        argv = ["template", release, str(chart), "--namespace", "ns", *chart_digests(chart), *args]
+        result = helm("helm", *argv)
         return _docs(result.stdout)
 
     return _template
@@ -228,7 +229,16 @@ def test_templates_pass_kubernetes_validate(
         args = [*_values_args(values_file), *_deploy_args(root), *extra]
         for version in KUBE_VERSIONS:
             # Rendered for that version (.Capabilities, Chart.yaml kubeVersion), then checked.
-            out = helm("helm", "template", "rel", str(chart), *args, "--kube-version", version)
+            out = helm(
+                "helm",
+                "template",
+                "rel",
+                str(chart),
+                *chart_digests(chart),
+                *args,
+                "--kube-version",
+                version,
+            )
             name = f"{Path(values_file).name or 'values'}{'-maintenance' if extra else ''}"
             manifest = tmp_path / f"{name}-{version}.yaml"
             manifest.write_text(out.stdout)
@@ -246,7 +256,16 @@ def test_templates_pass_kubernetes_validate(
 
 def test_older_kubernetes_is_refused(helm: Helm, rendered: Callable[[str], Path]) -> None:
     chart = _chart(rendered("minimal"))
-    result = helm("helm", "template", "rel", str(chart), "--kube-version", "1.27.0", check=False)
+    result = helm(
+        "helm",
+        "template",
+        "rel",
+        str(chart),
+        *chart_digests(chart),
+        "--kube-version",
+        "1.27.0",
+        check=False,
+    )
     assert result.returncode != 0
     assert ">=1.28.0-0" in result.stderr
 
@@ -374,7 +393,7 @@ def test_schema_rejects_bad_values(
     assert lint.returncode != 0
     assert "schema" in lint.stdout + lint.stderr
     assert re.search(message, lint.stdout + lint.stderr)
-    result = helm(binary, "template", "rel", str(chart), *args, check=False)
+    result = helm(binary, "template", "rel", str(chart), *chart_digests(chart), *args, check=False)
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr
 
@@ -385,7 +404,7 @@ def test_validate_values_fails_clearly(
     args: list[str], message: str, binary: str, helm: Helm, rendered: Callable[[str], Path]
 ) -> None:
     chart = _chart(rendered("monorepo"))
-    result = helm(binary, "template", "rel", str(chart), *args, check=False)
+    result = helm(binary, "template", "rel", str(chart), *chart_digests(chart), *args, check=False)
     assert result.returncode != 0
     # "<chart>: <what to change>" on a line of its own, after helm's template location.
     assert re.search(rf"(^|\\n|\n){chart.name}: .*{message}", result.stderr), result.stderr
@@ -724,7 +743,9 @@ def test_each_subdomain_gets_its_own_host_in_ingress_tls_and_httproutes(
     args = [*subdomain, *routed, *_deploy_args(root)]
     helm("helm", "lint", "--strict", str(chart), *args)
     manifest = tmp_path / "subdomains.yaml"
-    manifest.write_text(helm("helm", "template", "rel", str(chart), *args).stdout)
+    manifest.write_text(
+        helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args).stdout
+    )
     for version in KUBE_VERSIONS:
         result = subprocess.run(
             [_kubernetes_validate(), "--strict", "--quiet", "-k", version, str(manifest)],
@@ -791,7 +812,9 @@ def test_worker_only_service_has_no_route_and_migrates_in_its_first_image(
     chart = _chart(worker_root)
     for values_file in _values_files(chart):
         args = [*_values_args(values_file), *_deploy_args(worker_root)]
-        docs = _docs(helm("helm", "template", "rel", str(chart), *args).stdout)
+        docs = _docs(
+            helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args).stdout
+        )
         kinds = {d["kind"] for d in docs}
         assert not kinds & {"Ingress", "HTTPRoute", "Service"}, (values_file, kinds)
         assert len(_by_kind(docs, "Deployment")) == 2
@@ -803,7 +826,9 @@ def test_worker_only_service_has_no_route_and_migrates_in_its_first_image(
     # Turning a route on anyway is refused with a sentence, not rendered with no paths.
     for route in ("ingress.enabled=true", "gateway.enabled=true"):
         args = ["--set", route, "--set", "host=q.example.com"]
-        result = helm("helm", "template", "rel", str(chart), *args, check=False)
+        result = helm(
+            "helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=False
+        )
         assert result.returncode != 0
         assert re.search(rf"{chart.name}: .*need a component of kind http", result.stderr)
     findings = validate.validate(worker_root, only=["helm-lint", "kubernetes"])
@@ -862,7 +887,16 @@ def test_schema_refuses_bad_worker_health(
     helm: Helm, rendered: Callable[[str], Path], values: str, where: str
 ) -> None:
     chart = _chart(rendered("queue-worker"))
-    result = helm("helm", "template", "rel", str(chart), "--set-json", values, check=False)
+    result = helm(
+        "helm",
+        "template",
+        "rel",
+        str(chart),
+        *chart_digests(chart),
+        "--set-json",
+        values,
+        check=False,
+    )
     assert result.returncode != 0
     assert where in result.stderr, result.stderr
 
@@ -872,7 +906,16 @@ def test_schema_refuses_worker_health_on_an_http_component(
 ) -> None:
     chart = _chart(rendered("monorepo"))
     for values in ('components.api.healthCommand=["true"]', "components.api.healthPort=9000"):
-        result = helm("helm", "template", "rel", str(chart), "--set-json", values, check=False)
+        result = helm(
+            "helm",
+            "template",
+            "rel",
+            str(chart),
+            *chart_digests(chart),
+            "--set-json",
+            values,
+            check=False,
+        )
         assert result.returncode != 0, values
         assert "at '/components/api'" in result.stderr, result.stderr
 
@@ -885,7 +928,7 @@ def test_text_outside_the_basic_plane_reaches_the_pods_unchanged(
     answers = {"description": "Orders 🚀", "app_env": {"GREETING": "héllo 🚀"}}
     chart = _chart(render({**load_preset("minimal"), **answers}, tmp_path / "kit"))
 
-    docs = _docs(helm("helm", "template", "rel", str(chart)).stdout)
+    docs = _docs(helm("helm", "template", "rel", str(chart), *chart_digests(chart)).stdout)
 
     (configmap,) = _by_kind(docs, "ConfigMap")
     assert configmap["data"]["GREETING"] == "héllo 🚀"
@@ -905,7 +948,16 @@ def minio_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _policies(helm: Helm, chart: Path, *args: str) -> dict[str, Doc]:
-    out = helm("helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml"), *args)
+    out = helm(
+        "helm",
+        "template",
+        "rel",
+        str(chart),
+        *chart_digests(chart),
+        "-f",
+        str(chart / "values-prod.yaml"),
+        *args,
+    )
     return {p["metadata"]["name"]: p["spec"] for p in _by_kind(_docs(out.stdout), "NetworkPolicy")}
 
 
@@ -948,7 +1000,16 @@ def test_custom_s3_endpoint_passes_kubernetes_validate(
     chart = _chart(minio_root)
     args = ["-f", str(chart / "values-prod.yaml"), *_deploy_args(minio_root)]
     for version in KUBE_VERSIONS:
-        out = helm("helm", "template", "rel", str(chart), *args, "--kube-version", version)
+        out = helm(
+            "helm",
+            "template",
+            "rel",
+            str(chart),
+            *chart_digests(chart),
+            *args,
+            "--kube-version",
+            version,
+        )
         assert "backup-s3-egress" in out.stdout
         manifest = tmp_path / f"minio-{version}.yaml"
         manifest.write_text(out.stdout)
@@ -982,12 +1043,35 @@ def test_config_change_rolls_pods(preset: str, template: Callable[..., list[Doc]
         assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == "abc"
 
 
-def test_image_mirror_and_tag_fallback(template: Callable[..., list[Doc]]) -> None:
+def test_image_mirror_replaces_the_registry(template: Callable[..., list[Doc]]) -> None:
     docs = template("monorepo", "--set", "image.mirror=mirror.internal:5000")
     for dep in _by_kind(docs, "Deployment"):
         image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
-        # No digest given: the chart's appVersion is the tag.
-        assert re.fullmatch(r"mirror\.internal:5000/[-a-z0-9]+:0\.1\.0", image), image
+        assert re.fullmatch(r"mirror\.internal:5000/[-a-z0-9]+@sha256:0{64}", image), image
+
+
+@pytest.mark.parametrize("binary", ["helm", "helm3"])
+def test_an_image_without_a_digest_is_refused_unless_a_tag_is_set(
+    binary: str, helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    """A chart installed by hand without the digests `invoke deploy` passes would run a moving
+    tag: refused, naming the value to set; with image.tag set on purpose, the tag runs and the
+    install notes warn. `helm lint` of the defaults (which carry no digest) still passes."""
+    chart = _chart(rendered("monorepo"))
+    refused = helm(binary, "template", "rel", str(chart), check=False)
+    assert refused.returncode != 0
+    assert re.search(r"components\.\w+\.image\.digest is empty", refused.stderr), refused.stderr
+    assert "set image.tag explicitly" in refused.stderr
+    helm(binary, "lint", "--strict", str(chart))
+    docs = _docs(helm(binary, "template", "rel", str(chart), "--set", "image.tag=v1.2.3").stdout)
+    for dep in _by_kind(docs, "Deployment"):
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert re.fullmatch(r"ghcr\.io/[-a-z0-9/]+:v1\.2\.3", image), image
+    if binary == "helm":  # Helm 3's client-side install contacts the cluster (see above)
+        notes = helm(
+            binary, "install", "rel", str(chart), "--dry-run=client", "--set", "image.tag=v1.2.3"
+        ).stdout
+        assert "WARNING: api, web, worker run the tag v1.2.3, not a digest" in notes, notes
 
 
 def test_long_release_names_are_truncated(template: Callable[..., list[Doc]]) -> None:
@@ -1118,7 +1202,7 @@ def test_package_and_push_to_oci_registry(
     (got,) = pulled.glob("*.tgz")
     assert got.read_bytes() == archive.read_bytes()
     # The archive carries the vendored library chart: installs need no repository.
-    shown = helm(binary, "template", "rel", str(got)).stdout
+    shown = helm(binary, "template", "rel", str(got), *chart_digests(chart)).stdout
     assert _by_kind(_docs(shown), "Deployment")
 
 
@@ -1196,7 +1280,7 @@ def test_vendored_library_survives_copier_update(
     assert not vendored.is_symlink()
     assert "shipyard.dev/kit" in (vendored / "templates" / "_labels.tpl").read_text()
     helm("helm", "lint", "--strict", str(chart))
-    docs = _docs(helm("helm", "template", "rel", str(chart)).stdout)
+    docs = _docs(helm("helm", "template", "rel", str(chart), *chart_digests(chart)).stdout)
     assert all(d["metadata"]["labels"]["shipyard.dev/kit"] == "shipyard" for d in docs)
 
 
@@ -1240,7 +1324,9 @@ def test_maintenance_mode_sends_every_route_to_the_page(
 
 def test_maintenance_needs_something_to_route(helm: Helm, rendered: Callable[[str], Path]) -> None:
     chart = _chart(rendered("queue-worker"))
-    result = helm("helm", "template", "rel", str(chart), *MAINTENANCE_ON, check=False)
+    result = helm(
+        "helm", "template", "rel", str(chart), *chart_digests(chart), *MAINTENANCE_ON, check=False
+    )
     assert result.returncode != 0
     assert "maintenance.enabled needs a component of kind http" in result.stderr
 
@@ -1263,7 +1349,14 @@ def test_maintenance_page_is_served_as_the_chart_runs_it(
     chart = _chart(rendered("minimal"))
     flags = [*MAINTENANCE_ON, "--set", "maintenance.retryAfter=90"]
     out = helm(
-        "helm", "template", "rel", str(chart), *flags, "--set-file", f"maintenance.page={page}"
+        "helm",
+        "template",
+        "rel",
+        str(chart),
+        *chart_digests(chart),
+        *flags,
+        "--set-file",
+        f"maintenance.page={page}",
     )
     docs = _docs(out.stdout)
     (config,) = [

@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 
 from shipyard import config, validate
 from tests import test_chart
-from tests.conftest import Render
+from tests.conftest import Render, chart_digests
 from tests.test_chart import DIGEST, Helm, _by_kind, _chart, _docs, _values_files
 
 # The chart tests' fixtures, by name: the real helm 4 and 3, their state in a temp dir.
@@ -112,7 +112,10 @@ def _deploy(root: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def template(helm: Helm, root: Path) -> Callable[..., list[Doc]]:
     def _template(*args: str, check: bool = True) -> list[Doc]:
-        result = helm("helm", "template", "rel", str(_chart(root)), *args, check=check)
+        chart = _chart(root)
+        result = helm(
+            "helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=check
+        )
         return _docs(result.stdout)
 
     return _template
@@ -205,7 +208,8 @@ def test_chart_takes_a_storage_class_and_shared_access_for_more_pods(
 def test_chart_refuses_more_pods_than_a_read_write_once_claim_holds(
     root: Path, helm: Helm, binary: str, args: list[str]
 ) -> None:
-    result = helm(binary, "template", "rel", str(_chart(root)), *args, check=False)
+    chart = _chart(root)
+    result = helm(binary, "template", "rel", str(chart), *chart_digests(chart), *args, check=False)
     assert result.returncode != 0
     assert re.search(
         r"files-service: components\.(api|jobs) keeps files on claims only one pod can mount "

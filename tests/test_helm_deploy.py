@@ -176,6 +176,8 @@ def cluster(tmp_path: Path, dockerd: Dockerd, image: str) -> Iterator[Cluster]:
         "KUBECONFIG": str(kubeconfig),
         "BOUNDARY_LOG": str(log),
         "SHOP_API_IMAGE": image,
+        # The backup CronJob's image (CI passes the one release.yml pushed).
+        "BACKUP_IMAGE": image,
     }
     state.env = env
     try:
@@ -271,6 +273,28 @@ def test_a_failed_upgrade_is_reported_and_not_recorded_as_deployed(
     assert last == "shipyard: deploy to prod failed: helm upgrade failed (exit 1)"
     # Helm's --rollback-on-failure restores the release itself; the rollout is not read.
     assert [c[1] for c in cluster.calls() if c[0] == "api"] == ["GET"]
+    assert records(kit) == before
+
+
+def test_a_release_without_a_backup_image_changes_nothing(kit: Path, cluster: Cluster) -> None:
+    """The chart runs each image by digest: with no backup image pushed for this commit (and
+    no BACKUP_IMAGE), the deploy says how to get one before it touches the cluster."""
+    before = records(kit)
+    env = cluster.env
+    cluster.env = {k: v for k, v in env.items() if k != "BACKUP_IMAGE"}
+    try:
+        result = cluster.deploy(kit)
+    finally:
+        cluster.env = env
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "shipyard: prod's backup CronJob runs the backup image, and none was pushed for this "
+        "commit: run `invoke build --component backup` and `invoke push --component backup` "
+        "(CI's release.yml pushes it), or set BACKUP_IMAGE to its repo@digest; nothing was "
+        "changed"
+    )
+    touched = cluster.calls() if cluster.log.exists() else []
+    assert [c for c in touched if c[:2] != ["helm", "version"]] == []
     assert records(kit) == before
 
 

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from shipyard import validate
-from tests.conftest import PRESETS, Render, load_preset
+from tests.conftest import PRESETS, Render, chart_digests, load_preset
 
 API = "monitoring.coreos.com/v1"
 # The checks a chart's monitoring can break (the Compose and CI checks do not read it).
@@ -34,7 +34,7 @@ def _chart(root: Path) -> Path:
 
 def _template(chart: Path, *args: str) -> list[dict[str, Any]]:
     result = subprocess.run(
-        ["helm", "template", chart.name, str(chart), *args],
+        ["helm", "template", chart.name, str(chart), *chart_digests(chart), *args],
         capture_output=True,
         text=True,
         check=True,

@@ -16,7 +16,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config
-from tests.conftest import Render, edit_yaml, load_preset
+from tests.conftest import Render, chart_digests, edit_yaml, load_preset
 
 # project-management serves its backend on api.<host> and its frontend on the host itself.
 PRESET = "project-management"
@@ -164,7 +164,15 @@ def test_each_component_is_told_where_browsers_reach_every_http_component(
 
     chart = root / "charts" / "pmtool"
     result = subprocess.run(
-        ["helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml")],
+        [
+            "helm",
+            "template",
+            "rel",
+            str(chart),
+            *chart_digests(chart),
+            "-f",
+            str(chart / "values-prod.yaml"),
+        ],
         capture_output=True,
         text=True,
         check=False,

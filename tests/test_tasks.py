@@ -72,6 +72,10 @@ def compose_kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return committed(root)
 
 
+# The backup image CI pushes with every release: the chart's CronJob runs it by digest.
+WITH_BACKUP = {"BACKUP_IMAGE": f"{REGISTRY}/shop-api-backup@{DIGEST}"}
+
+
 def committed(root: Path) -> Path:
     """`root` under git, with a push of HEAD recorded in .shipyard/images.json."""
     init_repo(root, "kit")
@@ -133,7 +137,8 @@ def test_unknown_environment_is_refused(kit: Path) -> None:
 
 
 def test_production_alias_and_missing_env(kit: Path) -> None:
-    assert "helm upgrade --install" in invoke(kit, "deploy", "--env", "production", "-d").stdout
+    plan = invoke(kit, "deploy", "--env", "production", "-d", env=WITH_BACKUP).stdout
+    assert "helm upgrade --install" in plan
     result = invoke(kit, "deploy")
     assert result.returncode == 2
     assert "choose an environment with --env" in result.stderr
@@ -245,7 +250,9 @@ def test_dirty_tree_is_refused_for_staging_and_prod_only(kit: Path) -> None:
 
 
 def test_helm_deploy_plan_is_exact(kit: Path) -> None:
-    result = invoke(kit, "deploy", "--env", "prod", "--dry-run", env={"SHIPYARD_HELM": "helm"})
+    result = invoke(
+        kit, "deploy", "--env", "prod", "--dry-run", env={**WITH_BACKUP, "SHIPYARD_HELM": "helm"}
+    )
     assert result.returncode == 0, result.stderr
     steps = result.stdout.splitlines()
     assert steps[0] == "deploy shop-api to prod (helm) (dry run: nothing is changed)"
@@ -270,6 +277,7 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
         "  5. helm upgrade --install shop-api charts/shop-api --namespace shop-api-prod "
         "--values charts/shop-api/values-prod.yaml --set replicaCount=3 "
         "--set-string host=shop-api.example.com "
+        f"--set-string backup.image.digest={DIGEST} "
         f"--set-string components.shop-api.image.digest={DIGEST} --create-namespace "
         f"{flags} --wait-for-jobs --timeout 300s"
     )
@@ -288,7 +296,9 @@ def test_backup_image_is_built_on_request_and_deployed_by_digest(kit: Path) -> N
 
 def test_ci_passes_digests_through_the_environment(kit: Path) -> None:
     ci_ref = f"{REGISTRY}/shop-api-shop-api@sha256:{'cd' * 32}"
-    plan = invoke(kit, "deploy", "--env", "prod", "--dry-run", env={"SHOP_API_IMAGE": ci_ref})
+    plan = invoke(
+        kit, "deploy", "--env", "prod", "--dry-run", env={**WITH_BACKUP, "SHOP_API_IMAGE": ci_ref}
+    )
     assert f"components.shop-api.image.digest=sha256:{'cd' * 32}" in plan.stdout
     tag = invoke(kit, "deploy", "--env", "prod", "-d", env={"SHOP_API_IMAGE": f"{REGISTRY}/x:v1"})
     assert tag.returncode == 2
@@ -304,7 +314,10 @@ def test_helm_release_renders_with_the_pushed_digest(kit: Path, helm_binary: str
     try:
         cfg = config.load(kit)
         release = chart_release(cfg, cfg.environment("prod"))
-        images = {"shop-api": f"{REGISTRY}/shop-api-shop-api@{DIGEST}"}
+        images = {
+            "shop-api": f"{REGISTRY}/shop-api-shop-api@{DIGEST}",
+            "backup": f"{REGISTRY}/shop-api-backup@{DIGEST}",
+        }
         manifests = run(helm.render(release, images, cluster=False), capture=True)
     finally:
         del os.environ["SHIPYARD_HELM"]
@@ -555,7 +568,7 @@ def test_corrupt_records_are_one_clear_message(
 
 
 def test_helm_skip_backup_takes_no_backup(kit: Path) -> None:
-    result = invoke(kit, "deploy", "--env", "prod", "-d", "--skip-backup")
+    result = invoke(kit, "deploy", "--env", "prod", "-d", "--skip-backup", env=WITH_BACKUP)
     assert result.returncode == 0, result.stderr
     steps = result.stdout.splitlines()
     assert "kubectl" not in result.stdout

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Folders that hold other people's files, never the kit's.
+# What a chart is rendered with in place of each pushed image's digest.
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 SKIP_DIRS = {"node_modules", ".git", ".nox", ".venv", "venv", "dist", "build", "__pycache__"}
 # Shells shellcheck understands, as named on a script's #! line.
 SHELLS = {"sh", "bash", "dash", "ksh", "busybox"}
@@ -95,10 +98,17 @@ class Chart:
     path: Path
     library: bool
     values: tuple[Path | None, ...]  # None: the chart's defaults alone
+    # Values paths of the image digests in values.yaml (components.api.image.digest, ...).
+    digests: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def release_args(self) -> list[str]:
+        """`--set` of a placeholder digest for each image, as a deploy gives the pushed ones:
+        a chart may refuse to render a release whose images have none (Shipyard's does)."""
+        return [arg for path in self.digests for arg in ("--set", f"{path}={PLACEHOLDER_DIGEST}")]
 
 
 def charts(root: Path) -> list[Chart]:
@@ -113,5 +123,27 @@ def charts(root: Path) -> list[Chart]:
             meta = {}
         envs = tuple(sorted(chart_yaml.parent.glob("values-*.yaml")))
         library = isinstance(meta, dict) and meta.get("type") == "library"
-        found.append(Chart(chart_yaml.parent, library, envs or (None,)))
+        digests = tuple(sorted(_digest_paths(chart_yaml.parent / "values.yaml")))
+        found.append(Chart(chart_yaml.parent, library, envs or (None,), digests))
     return found
+
+
+def _digest_paths(values: Path) -> Iterator[str]:
+    """The path of each `image.digest` in a values file (none when it does not parse: helm
+    lint says why)."""
+    from ruamel.yaml import YAML
+
+    try:
+        data = YAML(typ="safe", pure=True).load(values.read_text("utf-8"))
+    except Exception:
+        return
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        prefix, node = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if key == "image" and isinstance(value, dict) and "digest" in value:
+                yield f"{path}.digest"
+            pending.append((f"{path}.", value))

@@ -131,7 +131,7 @@ def check_kubernetes(root: Path) -> list[Finding]:
         def render(run: tuple[Chart, Path | None, str]) -> list[Finding]:
             chart, values, version = run
             argv = ["helm", "template", chart.name, str(chart.path), "--kube-version", version]
-            result = run_tool([*argv, *_values_args(values)], root)
+            result = run_tool([*argv, *chart.release_args(), *_values_args(values)], root)
             values_name = _values_name(values)
             documents = list(_split_sources(result.stdout)) if result.returncode == 0 else []
             if not documents:

@@ -36,6 +36,7 @@ def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[st
     from ruamel.yaml import YAML
 
     argv = ["helm", "template", chart.name, str(chart.path), "--api-versions", API_VERSION]
+    argv += chart.release_args()
     result = run_tool([*argv, *(["--values", str(values)] if values else [])], root)
     if result.returncode != 0:
         return [], no_report(result)

@@ -61,9 +61,18 @@ class HelmTarget:
         wanted = self.env.migrate and self.env.backup_before_migrate
         if wanted and not (opts.skip_migrate or opts.skip_backup):
             backup_job = helm_engine.backup_job(self.cfg.service, self.env.namespace, opts.timeout)
-        # The chart's backup CronJob runs the backup image pushed with this commit, if any.
+        # The chart's backup CronJob runs the backup image pushed with this commit: the chart
+        # refuses an image without a digest, so say what to do before anything changes.
         backup = release.backup_image()
-        chart_images = {**release.images, **({BACKUP: backup} if backup else {})}
+        if self.cfg.database is not None and not backup:
+            raise Exit(
+                f"shipyard: {env}'s backup CronJob runs the backup image, and none was pushed "
+                "for this commit: run `invoke build --component backup` and `invoke push "
+                "--component backup` (CI's release.yml pushes it), or set BACKUP_IMAGE to its "
+                "repo@digest; nothing was changed",
+                code=1,
+            )
+        chart_images = {**release.images, BACKUP: backup} if backup else dict(release.images)
         kept = None if opts.dry_run else self._maintenance_kept(opts)
         upgrade = helm_engine.upgrade(
             self.chart,

@@ -28,11 +28,18 @@ Fewest pods the component runs: the HPA's minReplicas when autoscaling, else its
 {{- end -}}
 
 {{/*
-Usage: {{ include "app.image" (dict "context" $ "image" $c.image) }}
-A component's (or the backup's) image reference from image.registry/mirror/tag.
+Usage: {{ include "app.image" (dict "context" $ "image" $c.image "path" "components.api.image") }}
+A component's (or the backup's) image reference from image.registry/mirror/tag. A release
+(install or upgrade, and `helm template`, which renders one) refuses an image without a digest
+unless image.tag is set: a chart installed by hand must not silently run a moving tag.
+`helm lint` (neither an install nor an upgrade) renders the defaults, which carry no digest.
 */}}
 {{- define "app.image" -}}
 {{- $v := .context.Values.image -}}
+{{- $release := .context.Release -}}
+{{- if and (not .image.digest) (not $v.tag) (or $release.IsInstall $release.IsUpgrade) -}}
+{{- fail (printf "%s.digest is empty: each image runs by digest (`invoke deploy` passes the pushed ones: --set %s.digest=sha256:...); to run a tag instead, set image.tag explicitly" .path .path) -}}
+{{- end -}}
 {{- include "shipyard-common.image" (dict "registry" $v.registry "mirror" $v.mirror "repository" .image.repository "digest" .image.digest "tag" (default .context.Chart.AppVersion $v.tag)) -}}
 {{- end -}}
 
