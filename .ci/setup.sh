@@ -9,8 +9,8 @@ mkdir -p "$SHIPYARD_CACHE/bin"
 
 # Debian packages: the Docker engine and registry, PostgreSQL, debootstrap for base images,
 # Caddy for validating the Compose proxy's Caddyfile, Prometheus for promtool (alert rules and
-# their unit tests).
-apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus pebble)
+# their unit tests), the Pushgateway the backup engine's metrics are pushed to in its tests.
+apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus pebble prometheus-pushgateway)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
