@@ -1,0 +1,152 @@
+"""Backups report themselves: `shipyard backup run` and `verify` (the restore drill), run as the
+CronJob runs them against the real PostgreSQL, push their outcome to a real Pushgateway, and the
+values read back from its /metrics page (what Prometheus scrapes) are the backup's own. A push
+that fails never changes the command's exit status."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from shipyard import backup
+from shipyard.backup import metrics
+from tests.backup_data import shipyard_cli
+from tests.servers.postgres import PostgresServer, free_port
+from tests.servers.pushgateway import Pushgateway
+
+SUCCESS = "shipyard_backup_last_success_timestamp_seconds"
+FAILURE = "shipyard_backup_last_failure_timestamp_seconds"
+VERIFY_SUCCESS = "shipyard_backup_verify_last_success_timestamp_seconds"
+VERIFY_FAILURE = "shipyard_backup_verify_last_failure_timestamp_seconds"
+
+
+def push_env(url: str, service: str) -> dict[str, str]:
+    return {metrics.URL_VARIABLE: url, "SHIPYARD_SERVICE": service, "SHIPYARD_ENV": "prod"}
+
+
+def group(service: str) -> dict[str, str]:
+    """The labels of one kit's group, as Prometheus sees them (honor_labels)."""
+    return {"job": metrics.JOB, "service": service, "environment": "prod"}
+
+
+def test_run_and_verify_push_the_facts_of_the_backup(
+    database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
+) -> None:
+    service = f"shop-{secrets.token_hex(3)}"
+    env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
+    target = (tmp_path / "store").as_uri()
+
+    made = shipyard_cli("backup", "run", "--target", target, "--retention-days", "7", env=env)
+    assert made.returncode == 0, made.stderr
+    assert "warning" not in made.stderr
+    newest = backup.list_backups(backup.from_url(target))[-1]
+    pushed = pushgateway.values(**group(service))
+    assert pushed[SUCCESS] == newest.created.timestamp()
+    archive = tmp_path / "store" / newest.id / backup.engine.DUMP
+    assert pushed["shipyard_backup_size_bytes"] == archive.stat().st_size
+    assert pushed["shipyard_backup_duration_seconds"] == newest.manifest["duration_seconds"]
+    assert FAILURE not in pushed
+    assert not any(name.startswith("shipyard_backup_verify") for name in pushed)
+
+    before = time.time()
+    checked = shipyard_cli("backup", "verify", "--target", target, env=env)
+    after = time.time()
+    assert checked.returncode == 0, checked.stderr
+    drilled = pushgateway.values(**group(service))
+    assert drilled["shipyard_backup_verify_success"] == 1
+    assert before <= drilled[VERIFY_SUCCESS] <= after
+    assert 0 < drilled["shipyard_backup_verify_duration_seconds"] <= after - before
+    assert VERIFY_FAILURE not in drilled
+    # The drill's push left the backup's facts as the run pushed them.
+    for name in (SUCCESS, "shipyard_backup_size_bytes", "shipyard_backup_duration_seconds"):
+        assert drilled[name] == pushed[name]
+
+
+def test_a_failed_backup_stamps_its_failure_keeps_the_last_success_and_exits_1(
+    database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
+) -> None:
+    service = f"shop-{secrets.token_hex(3)}"
+    env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
+    target = (tmp_path / "store").as_uri()
+    assert shipyard_cli("backup", "run", "--target", target, env=env).returncode == 0
+    good = pushgateway.values(**group(service))
+
+    before = time.time()
+    failed = shipyard_cli(
+        "backup", "run", "--target", target, env={**env, "PGDATABASE": "no_such_database"}
+    )
+    after = time.time()
+    assert failed.returncode == 1
+    assert "no_such_database" in failed.stderr
+    pushed = pushgateway.values(**group(service))
+    assert before <= pushed[FAILURE] <= after
+    assert pushed[FAILURE] > pushed[SUCCESS]
+    assert pushed[SUCCESS] == good[SUCCESS]
+    assert pushed["shipyard_backup_size_bytes"] == good["shipyard_backup_size_bytes"]
+
+
+def test_a_failed_drill_pushes_result_0_and_its_time(
+    database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
+) -> None:
+    service = f"shop-{secrets.token_hex(3)}"
+    env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
+    target = (tmp_path / "store").as_uri()
+    assert shipyard_cli("backup", "run", "--target", target, env=env).returncode == 0
+    newest = backup.list_backups(backup.from_url(target))[-1]
+    dump = tmp_path / "store" / newest.id / backup.engine.DUMP
+    dump.write_bytes(dump.read_bytes()[:-1] + b"\0")  # same size, other sha256
+
+    before = time.time()
+    checked = shipyard_cli("backup", "verify", "--target", target, env=env)
+    after = time.time()
+    assert checked.returncode == 1
+    assert "is corrupted" in checked.stderr
+    pushed = pushgateway.values(**group(service))
+    assert pushed["shipyard_backup_verify_success"] == 0
+    assert before <= pushed[VERIFY_FAILURE] <= after
+    assert VERIFY_SUCCESS not in pushed
+
+
+def test_an_unreachable_pushgateway_leaves_a_good_backup_good(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    env = {**postgres_server.env(database), **push_env(nobody, "shop")}
+    target = (tmp_path / "store").as_uri()
+
+    made = shipyard_cli("backup", "run", "--target", target, env=env)
+    assert made.returncode == 0, made.stderr
+    assert f"shipyard backup: warning: could not push the metrics to {nobody} (" in made.stderr
+    assert made.stderr.rstrip().endswith("; the command's own result stands.")
+    assert "Traceback" not in made.stderr
+    assert len(backup.list_backups(backup.from_url(target))) == 1
+
+
+@pytest.mark.parametrize(
+    ("unset", "named"),
+    [("SHIPYARD_SERVICE", "SHIPYARD_SERVICE"), ("SHIPYARD_ENV", "SHIPYARD_ENV")],
+)
+def test_a_push_without_its_labels_is_a_warning_not_a_failure(
+    pushgateway: Pushgateway, unset: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = f"shop-{secrets.token_hex(3)}"
+    environ = {k: v for k, v in push_env(pushgateway.url, service).items() if k != unset}
+    report = metrics.verify_report(passed=True, started=1.0, ended=2.0)
+
+    assert metrics.push(report, environ) is False
+    assert f"SHIPYARD_PUSHGATEWAY_URL is set but {named} is not" in capsys.readouterr().err
+    assert pushgateway.values(service=service) == {}
+    # Without a URL nothing is pushed, and nothing said.
+    assert metrics.push(report, {}) is False
+    assert capsys.readouterr().err == ""
+
+
+def test_a_url_with_credentials_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    environ = push_env(f"http://user:s3cret@127.0.0.1:{free_port()}/", "shop")
+    assert metrics.push(metrics.run_report(None, failed_at=1.0), environ) is False
+    said = capsys.readouterr().err
+    assert "could not push the metrics to http://127.0.0.1:" in said
+    assert "s3cret" not in said
