@@ -5,15 +5,20 @@ that fails never changes the command's exit status."""
 
 from __future__ import annotations
 
+import re
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
+import jinja2
 import pytest
+import yaml
 
 from shipyard import backup
 from shipyard.backup import metrics
 from tests.backup_data import shipyard_cli
+from tests.conftest import REPO
 from tests.servers.postgres import PostgresServer, free_port
 from tests.servers.pushgateway import Pushgateway
 
@@ -150,3 +155,95 @@ def test_a_url_with_credentials_is_never_printed(capsys: pytest.CaptureFixture[s
     said = capsys.readouterr().err
     assert "could not push the metrics to http://127.0.0.1:" in said
     assert "s3cret" not in said
+
+
+# Where kube-state-metrics does not exist (Compose hosts) the pushed series are the only record
+# of backup runs too: the rules and their promtool tests as a Compose host's rule file has them.
+COMPOSE_RULES = """
+{%- import 'template/includes/monitoring.jinja' as mon with context -%}
+groups:
+{{ mon.rules(s) }}
+"""
+COMPOSE_TESTS = """
+{%- import 'template/includes/monitoring.jinja' as mon with context -%}
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+{{ mon.backup_tests(t) }}
+"""
+
+
+def _compose_rules(tmp_path: Path, max_age_hours: int = 30, drill_days: int = 8) -> Path:
+    """rules.yaml (rendered with these thresholds) and rules.test.yaml (tests that expect 30
+    hours and 8 days) in a new folder."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO), undefined=jinja2.StrictUndefined
+    )
+    labels = {"job": metrics.JOB, "service": "shop", "environment": "prod"}
+    matchers = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    s = {
+        "o": "{{",
+        "c": "}}",
+        "runbook": "",
+        "app": 'job=~"shop-api"',
+        "http": "",
+        # No kube-state-metrics or kubelet series on a Compose host.
+        **dict.fromkeys(("pod", "hpa", "cronjob", "job", "pvc"), ""),
+        "backups": matchers,
+        "backup_runs": True,
+        "backup_max_age_seconds": max_age_hours * 3600,
+        "backup_max_age": f"{max_age_hours}h",
+        "drill_max_age_seconds": drill_days * 86400,
+    }
+    t = {"labels": labels, "runs": True, "max_age_hours": 30, "drill_max_age_days": 8}
+    folder = tmp_path / f"rules-{max_age_hours}-{drill_days}"
+    folder.mkdir()
+    context = {"service_slug": "shop", "s": s, "t": t}
+    (folder / "rules.yaml").write_text(env.from_string(COMPOSE_RULES).render(context))
+    (folder / "rules.test.yaml").write_text(env.from_string(COMPOSE_TESTS).render(context))
+    return folder
+
+
+def _promtool(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], cwd=folder, capture_output=True, text=True, check=False
+    )
+
+
+def test_compose_backup_alerts_fire_on_pushed_series_and_their_tests_have_teeth(
+    tmp_path: Path,
+) -> None:
+    folder = _compose_rules(tmp_path)
+    checked = _promtool(folder, "check", "rules", "rules.yaml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = _promtool(folder, "test", "rules", "rules.test.yaml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+    rules = yaml.safe_load((folder / "rules.yaml").read_text())
+    [backups] = [g for g in rules["groups"] if g["name"] == "shop.backups"]
+    names = sorted(r["alert"] for r in backups["rules"])
+    assert names == [
+        "BackupDrillFailed",
+        "BackupDrillStale",
+        "BackupJobFailed",
+        "BackupMissing",
+    ]
+    cases = yaml.safe_load((folder / "rules.test.yaml").read_text())["tests"]
+    assert {a["alertname"] for c in cases for a in c["alert_rule_test"]} == set(names)
+    # A threshold moved far away fails the tests of the alerts that read it, and only those.
+    for moved, alerts in (
+        (_compose_rules(tmp_path, max_age_hours=300), {"BackupMissing"}),
+        (_compose_rules(tmp_path, drill_days=80), {"BackupDrillStale"}),
+    ):
+        failed = _promtool(moved, "test", "rules", "rules.test.yaml")
+        assert failed.returncode == 1
+        said = failed.stdout + failed.stderr
+        assert {a for a in names if f"alertname: {a}," in said} == alerts, said
+
+
+def test_the_rules_read_only_metrics_the_engine_pushes() -> None:
+    source = (REPO / "template" / "includes" / "monitoring.jinja").read_text()
+    read = set(re.findall(r"\bshipyard_backup_[a-z_]+", source))
+    assert read <= set(metrics.METRICS), read - set(metrics.METRICS)
+    # Each alert's and panel's fact: a metric renamed on one side only fails here.
+    assert len(read) >= 7
