@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -177,7 +181,10 @@ def _compose_rules(tmp_path: Path, max_age_hours: int = 30, drill_days: int = 8)
     """rules.yaml (rendered with these thresholds) and rules.test.yaml (tests that expect 30
     hours and 8 days) in a new folder."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPO), undefined=jinja2.StrictUndefined
+        loader=jinja2.FileSystemLoader(REPO),
+        undefined=jinja2.StrictUndefined,
+        # YAML, not HTML: rendered as copier renders the template, without escaping.
+        autoescape=jinja2.select_autoescape(default_for_string=False),
     )
     labels = {"job": metrics.JOB, "service": "shop", "environment": "prod"}
     matchers = ", ".join(f'{k}="{v}"' for k, v in labels.items())
@@ -247,3 +254,85 @@ def test_the_rules_read_only_metrics_the_engine_pushes() -> None:
     assert read <= set(metrics.METRICS), read - set(metrics.METRICS)
     # Each alert's and panel's fact: a metric renamed on one side only fails here.
     assert len(read) >= 7
+
+
+def _chart_docs(chart: Path, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["helm", "template", "shop", str(chart), "-f", str(chart / "values-prod.yaml"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_chart_pushes_and_opens_egress_only_when_a_pushgateway_is_set(
+    rendered: Callable[[str], Path], tmp_path: Path
+) -> None:
+    [chart] = (rendered("python-api") / "charts").iterdir()
+    url = "http://prometheus-pushgateway.monitoring:9091"
+
+    def backup_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+        [cron] = [d for d in docs if d["kind"] == "CronJob"]
+        [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    def push_policies(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            d
+            for d in docs
+            if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-push-egress")
+        ]
+
+    quiet = _chart_docs(chart, "--namespace", "shop-prod")
+    assert not any(k.startswith("SHIPYARD_") for k in backup_env(quiet))
+    assert push_policies(quiet) == []
+
+    docs = _chart_docs(chart, "--namespace", "shop-prod", "--set", f"backup.pushgateway.url={url}")
+    env = backup_env(docs)
+    assert {k: v for k, v in env.items() if k.startswith("SHIPYARD_")} == {
+        "SHIPYARD_PUSHGATEWAY_URL": url,
+        "SHIPYARD_SERVICE": chart.name,
+        "SHIPYARD_ENV": "shop-prod",
+    }
+    [policy] = push_policies(docs)
+    component = {"app.kubernetes.io/component": "backup"}
+    assert component.items() <= policy["spec"]["podSelector"]["matchLabels"].items()
+    assert policy["spec"]["egress"] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    },
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/name": "prometheus-pushgateway"}
+                    },
+                }
+            ],
+            "ports": [{"port": 9091, "protocol": "TCP"}],
+        }
+    ]
+    https = _chart_docs(chart, "--set", "backup.pushgateway.url=https://push.example.internal")
+    assert push_policies(https)[0]["spec"]["egress"][0]["ports"][0]["port"] == 443
+    # What a cluster's API server would accept, strictly.
+    manifest = tmp_path / "pushing.yaml"
+    manifest.write_text("---\n".join(yaml.safe_dump(d) for d in docs))
+    validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert validator is not None
+    checked = subprocess.run(
+        [validator, "--strict", "--quiet", "-k", "1.33.0", str(manifest)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A URL that is not one is refused by the values schema, with the key named.
+    bad = subprocess.run(
+        ["helm", "lint", "--strict", str(chart), "--set", "backup.pushgateway.url=pushgateway"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "at '/backup/pushgateway/url': 'pushgateway' does not match" in bad.stdout
