@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,30 +42,51 @@ def group(service: str) -> dict[str, str]:
     return {"job": metrics.JOB, "service": service, "environment": "prod"}
 
 
-def test_run_and_verify_push_the_facts_of_the_backup(
+@dataclass(frozen=True)
+class Kit:
+    """One kit's backups: its own `service` label (so tests' groups never meet), the engine's
+    environment (database and Pushgateway) and its storage."""
+
+    service: str
+    env: dict[str, str]
+    target: str
+    store: Path
+
+    def shipyard(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """`shipyard backup ACTION --target ...` as the CronJob runs it."""
+        action, *rest = args
+        argv = ["backup", action, "--target", self.target, *rest]
+        return shipyard_cli(*argv, env={**self.env, **env})
+
+
+@pytest.fixture
+def kit(
     database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
-) -> None:
+) -> Kit:
     service = f"shop-{secrets.token_hex(3)}"
     env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
-    target = (tmp_path / "store").as_uri()
+    store = tmp_path / "store"
+    return Kit(service, env, store.as_uri(), store)
 
-    made = shipyard_cli("backup", "run", "--target", target, "--retention-days", "7", env=env)
+
+def test_run_and_verify_push_the_facts_of_the_backup(kit: Kit, pushgateway: Pushgateway) -> None:
+    made = kit.shipyard("run", "--retention-days", "7")
     assert made.returncode == 0, made.stderr
     assert "warning" not in made.stderr
-    newest = backup.list_backups(backup.from_url(target))[-1]
-    pushed = pushgateway.values(**group(service))
+    newest = backup.list_backups(backup.from_url(kit.target))[-1]
+    pushed = pushgateway.values(**group(kit.service))
     assert pushed[SUCCESS] == newest.created.timestamp()
-    archive = tmp_path / "store" / newest.id / backup.engine.DUMP
+    archive = kit.store / newest.id / backup.engine.DUMP
     assert pushed["shipyard_backup_size_bytes"] == archive.stat().st_size
     assert pushed["shipyard_backup_duration_seconds"] == newest.manifest["duration_seconds"]
     assert FAILURE not in pushed
     assert not any(name.startswith("shipyard_backup_verify") for name in pushed)
 
     before = time.time()
-    checked = shipyard_cli("backup", "verify", "--target", target, env=env)
+    checked = kit.shipyard("verify")
     after = time.time()
     assert checked.returncode == 0, checked.stderr
-    drilled = pushgateway.values(**group(service))
+    drilled = pushgateway.values(**group(kit.service))
     assert drilled["shipyard_backup_verify_success"] == 1
     assert before <= drilled[VERIFY_SUCCESS] <= after
     assert 0 < drilled["shipyard_backup_verify_duration_seconds"] <= after - before
@@ -75,45 +97,35 @@ def test_run_and_verify_push_the_facts_of_the_backup(
 
 
 def test_a_failed_backup_stamps_its_failure_keeps_the_last_success_and_exits_1(
-    database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
+    kit: Kit, pushgateway: Pushgateway
 ) -> None:
-    service = f"shop-{secrets.token_hex(3)}"
-    env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
-    target = (tmp_path / "store").as_uri()
-    assert shipyard_cli("backup", "run", "--target", target, env=env).returncode == 0
-    good = pushgateway.values(**group(service))
+    assert kit.shipyard("run").returncode == 0
+    good = pushgateway.values(**group(kit.service))
 
     before = time.time()
-    failed = shipyard_cli(
-        "backup", "run", "--target", target, env={**env, "PGDATABASE": "no_such_database"}
-    )
+    failed = kit.shipyard("run", PGDATABASE="no_such_database")
     after = time.time()
     assert failed.returncode == 1
     assert "no_such_database" in failed.stderr
-    pushed = pushgateway.values(**group(service))
+    pushed = pushgateway.values(**group(kit.service))
     assert before <= pushed[FAILURE] <= after
     assert pushed[FAILURE] > pushed[SUCCESS]
     assert pushed[SUCCESS] == good[SUCCESS]
     assert pushed["shipyard_backup_size_bytes"] == good["shipyard_backup_size_bytes"]
 
 
-def test_a_failed_drill_pushes_result_0_and_its_time(
-    database: str, postgres_server: PostgresServer, pushgateway: Pushgateway, tmp_path: Path
-) -> None:
-    service = f"shop-{secrets.token_hex(3)}"
-    env = {**postgres_server.env(database), **push_env(pushgateway.url, service)}
-    target = (tmp_path / "store").as_uri()
-    assert shipyard_cli("backup", "run", "--target", target, env=env).returncode == 0
-    newest = backup.list_backups(backup.from_url(target))[-1]
-    dump = tmp_path / "store" / newest.id / backup.engine.DUMP
+def test_a_failed_drill_pushes_result_0_and_its_time(kit: Kit, pushgateway: Pushgateway) -> None:
+    assert kit.shipyard("run").returncode == 0
+    newest = backup.list_backups(backup.from_url(kit.target))[-1]
+    dump = kit.store / newest.id / backup.engine.DUMP
     dump.write_bytes(dump.read_bytes()[:-1] + b"\0")  # same size, other sha256
 
     before = time.time()
-    checked = shipyard_cli("backup", "verify", "--target", target, env=env)
+    checked = kit.shipyard("verify")
     after = time.time()
     assert checked.returncode == 1
     assert "is corrupted" in checked.stderr
-    pushed = pushgateway.values(**group(service))
+    pushed = pushgateway.values(**group(kit.service))
     assert pushed["shipyard_backup_verify_success"] == 0
     assert before <= pushed[VERIFY_FAILURE] <= after
     assert VERIFY_SUCCESS not in pushed

@@ -8,8 +8,6 @@ its own `service` label, so their groups never meet.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,8 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import stop
-from tests.servers.postgres import free_port
+from tests.servers import start, stop
 
 BINARY = "prometheus-pushgateway"
 
@@ -45,27 +42,11 @@ def pushgateway() -> Iterator[Pushgateway]:
     binary = shutil.which(BINARY)
     if binary is None:
         pytest.fail(f"{BINARY} missing: run `. .ci/setup.sh` (apt install prometheus-pushgateway)")
-    for _attempt in range(5):
-        port = free_port()
-        proc = subprocess.Popen(
-            [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        if proc.poll() is None and time.monotonic() < deadline:
-            break
-        stop(proc, timeout=10)
-    else:
-        pytest.fail(f"{BINARY} did not start on 127.0.0.1")
+    proc, url = start(
+        lambda port: [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        "/-/ready",
+        BINARY,
+    )
     try:
         yield Pushgateway(url)
     finally:
