@@ -19,11 +19,15 @@ from typing import Any
 import jinja2
 import pytest
 import yaml
+from invoke.config import Config
+from invoke.context import Context
+from invoke.exceptions import Exit
 
 from shipyard import backup
 from shipyard.backup import metrics
+from shipyard.tasks import backup as backup_tasks
 from tests.backup_data import shipyard_cli
-from tests.conftest import REPO
+from tests.conftest import REPO, Render, load_preset
 from tests.servers.postgres import PostgresServer, free_port
 from tests.servers.pushgateway import Pushgateway
 
@@ -348,3 +352,36 @@ def test_the_chart_pushes_and_opens_egress_only_when_a_pushgateway_is_set(
     )
     assert bad.returncode != 0
     assert "at '/backup/pushgateway/url': 'pushgateway' does not match" in bad.stdout
+
+
+def test_a_drill_run_by_invoke_from_here_reports_itself(
+    render: Render,
+    postgres_server: PostgresServer,
+    pushgateway: Pushgateway,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """On Kubernetes `invoke backup.verify` runs the engine on the operator's machine: with the
+    same variables there, its drill is pushed like the image's."""
+    answers = {**load_preset("minimal"), "database": "postgres", "migrations": "none"}
+    repo = render({**answers, "backup_storage": "local"}, tmp_path / "repo")
+    service = f"shop-{secrets.token_hex(3)}"
+    database = postgres_server.create_database("svc")
+    with postgres_server.connect(database) as conn:
+        conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+    for key, value in {
+        **postgres_server.env(database),
+        **push_env(pushgateway.url, service),
+    }.items():
+        monkeypatch.setenv(key, value)
+    c = Context(config=Config(overrides={"shipyard": {"root": str(repo)}}))
+    with pytest.raises(Exit, match="no complete backup"):
+        backup_tasks.verify(c, env="staging")
+    assert pushgateway.values(**group(service))["shipyard_backup_verify_success"] == 0
+
+    backup_tasks.run(c, env="staging")
+    before = time.time()
+    backup_tasks.verify(c, env="staging")
+    pushed = pushgateway.values(**group(service))
+    assert pushed["shipyard_backup_verify_success"] == 1
+    assert before <= pushed[VERIFY_SUCCESS] <= time.time()
