@@ -11,7 +11,8 @@ mkdir -p "$SHIPYARD_CACHE/bin"
 # Caddy for validating the Compose proxy's Caddyfile, Prometheus for promtool (alert rules and
 # their unit tests, the Compose hosts' prometheus.yml) and as a real server in tests,
 # Alertmanager for amtool (alertmanager.yml) and as a real server, the PostgreSQL exporter as
-# a real scrape target, the Pushgateway as a real one (its facts kept with honor_labels).
+# a real scrape target, the Pushgateway as a real one (the backup engine pushes its outcome
+# there in its tests; Prometheus keeps the pushed labels with honor_labels).
 apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus
   prometheus-alertmanager prometheus-postgres-exporter prometheus-pushgateway pebble)
 missing=()

@@ -15,14 +15,15 @@ from copier import run_copy
 from hypothesis import settings
 from ruamel.yaml import YAML
 
-# Real servers (registry, dockerd, PostgreSQL, S3), one module each, started on demand; and
-# the backup tests' database and bucket on them.
+# Real servers (registry, dockerd, PostgreSQL, S3, ACME, Pushgateway), one module each, started
+# on demand; and the backup tests' database and bucket on them.
 pytest_plugins: list[str] = [
     "tests.servers.registry",
     "tests.servers.docker",
     "tests.servers.postgres",
     "tests.servers.s3",
     "tests.servers.acme",
+    "tests.servers.pushgateway",
     "tests.backup_data",
 ]
 

@@ -166,6 +166,7 @@ def test_every_alert_has_a_unit_test_that_fails_when_its_threshold_moves(
         "latencySeconds": ("50", "ServiceHighLatency"),
         "restartsPerHour": ("100", "ServicePodRestarting"),
         "backupMaxAgeHours": ("1000", "BackupMissing"),
+        "drillMaxAgeDays": ("100", "BackupDrillStale"),
         "volumeFreeRatio": ("0.01", "VolumeAlmostFull"),
     }
     values = chart / "values.yaml"

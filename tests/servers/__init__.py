@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import requests
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -13,3 +18,26 @@ def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def start(
+    argv: Callable[[int], list[str]], ready_path: str, name: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `argv(port)` on a free loopback port, retried on another port if it does not come
+    up; return it and its base URL once GET `ready_path` answers 2xx (within 30 s)."""
+    from tests.servers.postgres import free_port
+
+    for _attempt in range(5):
+        port = free_port()
+        proc = subprocess.Popen(argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}{ready_path}", timeout=1).ok:
+                    return proc, url
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        stop(proc, timeout=10)
+    pytest.fail(f"{name} did not start on 127.0.0.1")

@@ -8,18 +8,14 @@ it. Clients reach it the way users reach MinIO or R2: boto3 with an endpoint URL
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.servers import stop
-from tests.servers.postgres import free_port
+from tests.servers import start, stop
 
 # moto accepts any credentials; these are what the clients present.
 CREDENTIALS = {
@@ -51,27 +47,9 @@ def _moto_server() -> str:
 def s3_server() -> Iterator[S3Server]:
     """A running moto S3 server on 127.0.0.1, stopped at the end of the session."""
     binary = _moto_server()
-    for _attempt in range(5):
-        port = free_port()
-        proc = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                requests.get(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        if proc.poll() is None and time.monotonic() < deadline:
-            break
-        proc.kill()
-        proc.wait()
-    else:
-        pytest.fail("moto_server did not start on 127.0.0.1")
+    proc, endpoint = start(
+        lambda port: [binary, "-H", "127.0.0.1", "-p", str(port)], "/moto-api/", "moto_server"
+    )
     try:
         yield S3Server(endpoint)
     finally:

@@ -3,18 +3,23 @@
 The Helm CronJob and the compose `backup` service run `shipyard backup run --target URL
 --retention-days N`. The database comes only from libpq's environment (PGHOST, PGPORT,
 PGDATABASE, PGUSER, PGPASSWORD or PGPASSFILE), S3 credentials from AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY and the endpoint from AWS_ENDPOINT_URL; none is ever an argument.
+AWS_SECRET_ACCESS_KEY and the endpoint from AWS_ENDPOINT_URL; none is ever an argument. With
+SHIPYARD_PUSHGATEWAY_URL (and SHIPYARD_SERVICE, SHIPYARD_ENV), `run` and `verify` push their
+outcome to that Pushgateway (`metrics`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
 
-from shipyard.backup import engine, files, storage
+from shipyard.backup import engine, files, metrics, storage
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,13 +87,17 @@ def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
     parser.add_argument("--keep-monthly", type=int, default=0, help="... and of the last N months")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed `shipyard backup ...` command; 0 on success, 1 on failure."""
+def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    """Run a parsed `shipyard backup ...` command; 0 on success, 1 on failure. `run` and
+    `verify` then push their outcome to the Pushgateway `environ` names, if any (metrics)."""
+    started = time.time()
+    made: list[engine.Backup] = []  # the backup `run` completed, even if retention then failed
+    status = 0
     try:
         target = storage.from_url(args.target)
         command = args.backup_command
         if command == "run":
-            engine.backup(target, kind=args.kind, files=_data_paths(args))
+            made.append(engine.backup(target, kind=args.kind, files=_data_paths(args)))
             if args.retention_days:
                 engine.prune(target, _policy(args))
         elif command == "list":
@@ -103,8 +112,15 @@ def run(args: argparse.Namespace) -> int:
             engine.prune(target, _policy(args), dry_run=args.dry_run)
     except (engine.BackupError, storage.StorageError, psycopg.Error) as exc:
         print(f"shipyard backup: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    ended = time.time()
+    if args.backup_command == "run":
+        failed_at = ended if status else None
+        metrics.push(metrics.run_report(made[0] if made else None, failed_at=failed_at), environ)
+    elif args.backup_command == "verify":
+        report = metrics.verify_report(passed=status == 0, started=started, ended=ended)
+        metrics.push(report, environ)
+    return status
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:
@@ -129,9 +145,8 @@ def format_table(backups: list[engine.Backup]) -> str:
     for b in backups:
         m = b.manifest
         verified = b.verified["verified_at"][:19] if b.verified else "-"
-        size = m["dump"]["size"] + sum(f["size"] for f in m.get(files.FILES, []))
         lines.append(
-            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {size:>10}"
+            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {b.size:>10}"
             f" {len(m['tables']):>6} {len(m.get(files.FILES, [])):>5}  {verified}"
         )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shipyard import config
+from shipyard.backup.files import FILES
 from shipyard.backup.report import BackupError, to_stderr
 from shipyard.backup.storage import Storage, StorageError
 
@@ -58,6 +59,12 @@ class Backup:
     @property
     def database_settings(self) -> DatabaseSettings:
         return DatabaseSettings(**self.manifest["database_settings"])
+
+    @property
+    def size(self) -> int:
+        """Bytes in storage: the compressed dump and the archives of the data paths."""
+        archives = self.manifest.get(FILES, [])
+        return int(self.manifest["dump"]["size"]) + sum(int(f["size"]) for f in archives)
 
 
 def new_id(now: datetime | None = None) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -232,7 +233,7 @@ def list_(c: Context, env: str = "") -> None:
 @task(help={"env": HELP_ENV, "backup": HELP_ID, "jobs": HELP_JOBS})
 def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
     """Restore a backup into a scratch database, compare every table, drop it, report."""
-    from shipyard.backup import engine
+    from shipyard.backup import engine, metrics
 
     cfg, environment, settings = _settings(c, env)
     env = environment.name
@@ -242,8 +243,18 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
         print(f"{env}: backup verified: every table matches its manifest")
         return
     target = _storage(cfg, settings)
-    with _failures(f"verifying a backup of {env}"):
-        checked = engine.verify(target, backup or None, jobs=jobs)
+    # A drill run from here reports itself like one in the backup image (SHIPYARD_PUSHGATEWAY_URL,
+    # SHIPYARD_SERVICE, SHIPYARD_ENV in this environment; nothing pushed without them).
+    started = time.time()
+    try:
+        with _failures(f"verifying a backup of {env}"):
+            checked = engine.verify(target, backup or None, jobs=jobs)
+    except Exit:
+        metrics.push(
+            metrics.verify_report(passed=False, started=started, ended=time.time()), os.environ
+        )
+        raise
+    metrics.push(metrics.verify_report(passed=True, started=started, ended=time.time()), os.environ)
     record = checked.verified or {}
     print(
         f"{env}: backup {checked.id} verified: {record.get('tables')} tables and "

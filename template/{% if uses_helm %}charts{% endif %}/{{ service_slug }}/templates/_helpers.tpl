@@ -44,6 +44,15 @@ unless image.tag is set: a chart installed by hand must not silently run a movin
 {{- end -}}
 
 {{/*
+Usage: {{ include "app.urlPort" "http://minio:9000" }}
+The port of a URL's host ("minio:9000", "[fd00::1]:9000"), else its scheme's (443, 80).
+*/}}
+{{- define "app.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- trimPrefix ":" (regexFind ":[0-9]+$" $url.host) | default (ternary "443" "80" (eq $url.scheme "https")) -}}
+{{- end -}}
+
+{{/*
 Usage: {{ include "app.serviceAccountName" . }}
 */}}
 {{- define "app.serviceAccountName" -}}
