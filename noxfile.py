@@ -82,6 +82,7 @@ MUTATION_TESTS = {
     "backup": [
         "tests/test_backup.py",
         "tests/test_backup_faults.py",
+        "tests/test_backup_files.py",
         "tests/test_backup_reports.py",
         "tests/test_backup_tasks.py",
     ],
