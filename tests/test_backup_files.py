@@ -166,3 +166,24 @@ def test_a_bad_data_path_argument_is_one_sentence(spec: str, tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "give COMPONENT:/absolute/path, e.g. api:/app/uploads" in result.stderr
+
+
+def test_prune_keeps_every_archive_of_a_backup_it_keeps(database: str, tmp_path: Path) -> None:
+    """An archive's key has folders of its own (ID/files/api/app/uploads.tar.zst): retention
+    reads the backup id from the key's first part only, so a kept backup older than a day loses
+    nothing (read from its last folder, the archive looked like a stale crashed leftover)."""
+    root = tmp_path / "data"
+    make_tree(root)
+    store = backup.LocalStorage(tmp_path / "store")
+    made = engine.backup(store, files=[engine.data_path(SPEC, root)], log=print)
+    old_id = "20200101T000000Z-0000dd"
+    # The same backup, as if taken years ago: its folder and every key its manifest names.
+    (tmp_path / "store" / made.id).rename(tmp_path / "store" / old_id)
+    manifest = tmp_path / "store" / old_id / engine.MANIFEST
+    manifest.write_text(manifest.read_text().replace(made.id, old_id))
+    kept = sorted(store.list_keys())
+    assert f"{old_id}/files/api/app/uploads.tar.zst" in kept
+
+    assert backup.prune(store, backup.Retention(daily=1), log=print) == []
+    assert sorted(store.list_keys()) == kept
+    assert engine.verify(store, old_id, log=print).verified is not None
