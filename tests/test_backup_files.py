@@ -187,3 +187,19 @@ def test_prune_keeps_every_archive_of_a_backup_it_keeps(database: str, tmp_path:
     assert backup.prune(store, backup.Retention(daily=1), log=print) == []
     assert sorted(store.list_keys()) == kept
     assert engine.verify(store, old_id, log=print).verified is not None
+
+
+def test_restoring_files_without_naming_a_data_path_is_one_sentence(tmp_path: Path) -> None:
+    """`restore --files` with no --data-path: nothing to restore is said, before any backup is
+    read or any safety backup taken."""
+    said = "name the data paths to restore (--data-path COMPONENT:/PATH)"
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(backup.LocalStorage(tmp_path), [], log=print)
+    assert str(refused.value) == said
+    result = shipyard_cli(
+        "backup", "restore", "--files", "--yes", "--target", tmp_path.as_uri(), env={}
+    )
+    assert result.returncode == 1
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
