@@ -203,3 +203,45 @@ def test_restoring_files_without_naming_a_data_path_is_one_sentence(tmp_path: Pa
     assert said in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_files_brings_back_the_backup_it_is_asked_for(
+    database: str, tmp_path: Path
+) -> None:
+    """An older backup named by id is restored, not the newest; the safety backup is taken
+    (and said) only when asked; a backup that holds none of the asked data paths, or not all,
+    is refused naming each, and nothing changes."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    wanted = [engine.data_path(SPEC, root)]
+    store = backup.LocalStorage(tmp_path / "store")
+    plain = engine.backup(store, log=print)  # the database only
+    first = engine.backup(store, files=wanted, log=print)
+    before = snapshot(top)
+    damage(top)
+    engine.backup(store, files=wanted, log=print)  # newer: holds the damaged tree
+
+    said: list[str] = []
+    assert engine.restore_files(store, wanted, first.id, safety_backup=False, log=print) is None
+    assert snapshot(top) == before
+    (top / "run.sh").chmod(0o777)
+    safety = engine.restore_files(store, wanted, first.id, log=said.append)
+    assert said[0] == (
+        "taking a safety backup of the database and the data paths before replacing them"
+    )
+    assert safety is not None
+    assert safety.manifest["kind"] == "safety"
+    assert snapshot(top) == before
+
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, wanted, plain.id, log=print)
+    assert str(refused.value) == (
+        f"backup {plain.id} holds no files of {SPEC}; nothing was changed"
+    )
+    others = [engine.data_path("jobs:/srv/x", root), *wanted, engine.data_path("web:/y", root)]
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, others, first.id, log=print)
+    assert str(refused.value) == (
+        f"backup {first.id} holds no files of jobs:/srv/x, web:/y; nothing was changed"
+    )
+    assert snapshot(top) == before
