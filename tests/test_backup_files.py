@@ -206,7 +206,7 @@ def test_restoring_files_without_naming_a_data_path_is_one_sentence(tmp_path: Pa
 
 
 def test_restore_files_brings_back_the_backup_it_is_asked_for(
-    database: str, tmp_path: Path
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An older backup named by id is restored, not the newest; the safety backup is taken
     (and said) only when asked; a backup that holds none of the asked data paths, or not all,
@@ -231,6 +231,9 @@ def test_restore_files_brings_back_the_backup_it_is_asked_for(
     )
     assert safety is not None
     assert safety.manifest["kind"] == "safety"
+    # The safety backup reports through the caller's log too, not behind its back on stderr.
+    assert f"backup {safety.id} complete" in " ".join(said)
+    assert capsys.readouterr().err == ""
     assert snapshot(top) == before
 
     with pytest.raises(engine.BackupError) as refused:

@@ -225,7 +225,8 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     made = backup.backup(store, log=lambda _m: None)
     said: list[str] = []
 
-    checked = backup.verify(store, made.id, jobs=2, log=said.append)
+    # No --jobs: as many parallel jobs as default_jobs() says (never fewer than 2).
+    checked = backup.verify(store, made.id, log=said.append)
 
     assert checked.id == made.id
     record = json.loads((tmp_path / made.id / engine.VERIFIED).read_text())
@@ -236,7 +237,8 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     assert capsys.readouterr().err == ""
     assert said[0].startswith(f"backup {made.id}: sha256 matches the manifest")
     assert re.fullmatch(
-        rf"restoring backup {made.id} into database shipyard_verify_\w+ \(2 parallel jobs\)",
+        rf"restoring backup {made.id} into database shipyard_verify_[0-9a-f]{{8}}"
+        rf" \({engine.default_jobs()} parallel jobs\)",
         said[1],
     )
     assert said[2:] == [f"backup {made.id} verified: 4 tables, 7302 rows match"]
