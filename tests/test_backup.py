@@ -77,13 +77,18 @@ def test_s3_round_trip_and_verify(
     assert manifest["tables"]["public.customers"]["hash"] == "text"
     assert manifest["tables"]["public.orders"]["hash"] == "columns"
     assert manifest["tables"]["public.kinds"]["hash"] == "columns"
-    checked = backup.verify(store)
+    said: list[str] = []
+    checked = backup.verify(store, jobs=3, log=said.append)
+    assert said[1].endswith(" (3 parallel jobs)")  # --jobs as given
     assert checked.verified is not None
     assert checked.verified["rows"] == 2000 + 5000 + 2 + 300
     assert backup.list_backups(store)[-1].verified is not None
     with postgres_server.connect(database) as conn:
         conn.execute("TRUNCATE orders")
-    assert backup.restore(store, made.id, safety_backup=False) is None  # no safety backup taken
+    said.clear()
+    # No safety backup taken; no --jobs: as many as default_jobs() says.
+    assert backup.restore(store, made.id, safety_backup=False, log=said.append) is None
+    assert said[1].endswith(f" ({engine.default_jobs()} parallel jobs)")
     assert contents(postgres_server, database) == before
 
 

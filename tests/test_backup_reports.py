@@ -170,7 +170,7 @@ def test_restore_reports_every_step_through_its_log_only(
     made = backup.backup(store, log=lambda _m: None)
     said: list[str] = []
 
-    safety = backup.restore(store, made.id, jobs=2, log=said.append)
+    safety = backup.restore(store, made.id, jobs=3, log=said.append)
 
     assert safety is not None
     assert capsys.readouterr().err == ""
@@ -180,7 +180,7 @@ def test_restore_reports_every_step_through_its_log_only(
         rf"backing up database {database} \(\d+\.\d+.*\) to {store.url}/{safety.id}",
         rf"backup {safety.id} complete: \d+\.\d [KM]iB, 4 tables, sha256 [0-9a-f]{{16}}\.\.\.",
         rf"restoring backup {made.id} into database {database}_restore_[0-9a-f]{{6}}"
-        r" \(2 parallel jobs\)",
+        r" \(3 parallel jobs\)",
         rf"database {database} now holds backup {made.id} \(4 tables\)",
     ]
     assert len(said) == len(expected), said
