@@ -233,8 +233,11 @@ def test_restore_files_brings_back_the_backup_it_is_asked_for(
     assert safety.manifest["kind"] == "safety"
     # The safety backup reports through the caller's log too, not behind its back on stderr.
     assert f"backup {safety.id} complete" in " ".join(said)
-    assert capsys.readouterr().err == ""
     assert snapshot(top) == before
+    said.clear()
+    assert engine.verify(store, first.id, log=said.append).verified["files"] == 1  # type: ignore[index]
+    assert f"{SPEC}: sha256 and {len(before)} entries match" in said
+    assert capsys.readouterr().err == ""
 
     with pytest.raises(engine.BackupError) as refused:
         engine.restore_files(store, wanted, plain.id, log=print)
