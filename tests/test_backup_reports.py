@@ -229,6 +229,7 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     checked = backup.verify(store, made.id, log=said.append)
 
     assert checked.id == made.id
+    assert checked.manifest == made.manifest
     record = json.loads((tmp_path / made.id / engine.VERIFIED).read_text())
     assert record == checked.verified
     assert set(record) == {"verified_at", "tables", "rows", "shipyard"}
