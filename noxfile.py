@@ -82,6 +82,7 @@ MUTATION_TESTS = {
     "backup": [
         "tests/test_backup.py",
         "tests/test_backup_faults.py",
+        "tests/test_backup_files.py",
         "tests/test_backup_reports.py",
         "tests/test_backup_tasks.py",
     ],
@@ -95,18 +96,24 @@ MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "REA
 @nox.session(python=PYTHON, default=False)
 def mutation(session: nox.Session) -> None:
     """Mutation testing (mutmut): `nox -s mutation -- backup` mutates the named packages
-    (default: backup, tasks, validate) and prints every mutant that survived their fast tests.
+    (default: backup, tasks, validate) and prints every mutant that survived their fast tests;
+    `-- backup/recovery backup/retention` mutates only those modules of a package.
 
     Each set of packages gets a work folder, build/mutation/<names>, holding mutmut's config
-    and its copy of the tree (mutants/); a rerun resumes there. `mutmut show NAME` in that
-    folder (with this session's venv) prints a survivor's diff.
+    and its copy of the tree (mutants/); a rerun resumes there, also with fewer modules.
+    `mutmut show NAME` in that folder (with this session's venv) prints a survivor's diff.
     """
     _install(session, "mutation")
-    packages = session.posargs or list(MUTATION_TESTS)
+    wanted = session.posargs or list(MUTATION_TESTS)
+    # "backup/recovery" -> package "backup", files "backup/recovery.py"; "backup" -> all of it.
+    only = [f"{w}.py" if "/" in w else f"{w}/*" for w in wanted]
+    packages = list(dict.fromkeys(w.partition("/")[0] for w in wanted))
     unknown = sorted(set(packages) - set(MUTATION_TESTS))
+    unknown += [w for w in wanted if "/" in w and not Path("src/shipyard", f"{w}.py").is_file()]
     if unknown:
         session.error(
-            f"unknown package(s) {', '.join(unknown)}; known: {', '.join(MUTATION_TESTS)}"
+            f"unknown package(s) or module(s) {', '.join(unknown)}; known packages:"
+            f" {', '.join(MUTATION_TESTS)} (a module: backup/recovery)"
         )
     tests = list(dict.fromkeys(t for p in packages for t in MUTATION_TESTS[p]))
     here = Path.cwd()
@@ -117,7 +124,7 @@ def mutation(session: nox.Session) -> None:
         if not (work / name).is_symlink():
             (work / name).symlink_to(here / name)
     lines = ["[mutmut]", "source_paths = src/shipyard", "only_mutate ="]
-    lines += [f"    src/shipyard/{p}/*" for p in packages]
+    lines += [f"    src/shipyard/{o}" for o in only]
     lines += ["pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
     lines += ["pytest_add_cli_args =", "    -m", "    not slow", "    -p", "    no:cacheprovider"]
     lines += ["also_copy =", *(f"    {name}" for name in MUTATION_COPY)]

@@ -77,13 +77,18 @@ def test_s3_round_trip_and_verify(
     assert manifest["tables"]["public.customers"]["hash"] == "text"
     assert manifest["tables"]["public.orders"]["hash"] == "columns"
     assert manifest["tables"]["public.kinds"]["hash"] == "columns"
-    checked = backup.verify(store)
+    said: list[str] = []
+    checked = backup.verify(store, jobs=3, log=said.append)
+    assert said[1].endswith(" (3 parallel jobs)")  # --jobs as given
     assert checked.verified is not None
     assert checked.verified["rows"] == 2000 + 5000 + 2 + 300
     assert backup.list_backups(store)[-1].verified is not None
     with postgres_server.connect(database) as conn:
         conn.execute("TRUNCATE orders")
-    assert backup.restore(store, made.id, safety_backup=False) is None  # no safety backup taken
+    said.clear()
+    # No safety backup taken; no --jobs: as many as default_jobs() says.
+    assert backup.restore(store, made.id, safety_backup=False, log=said.append) is None
+    assert said[1].endswith(f" ({engine.default_jobs()} parallel jobs)")
     assert contents(postgres_server, database) == before
 
 
@@ -457,3 +462,22 @@ def test_names_that_are_not_utf8_are_named_as_the_problem(
         "column names that are not valid UTF-8; rename them to back it up"
     )
     assert backup.list_backups(backup.LocalStorage(tmp_path)) == []
+
+
+def test_restore_keeps_the_users_own_session_options(
+    database: str, postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGOPTIONS the user sets reach pg_restore's sessions beside the restore's own options:
+    here lz4 for the values a restore writes to TOAST (the server's default is pglz)."""
+    with postgres_server.connect(database) as conn:
+        conn.execute("CREATE TABLE docs (body text)")
+        conn.execute("INSERT INTO docs SELECT repeat('shipyard ', 2000) FROM generate_series(1, 3)")
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store, log=lambda _m: None)
+    monkeypatch.setenv("PGOPTIONS", "-c default_toast_compression=lz4")
+
+    backup.restore(store, made.id, safety_backup=False, log=lambda _m: None)
+
+    with postgres_server.connect(database) as conn:
+        rows = conn.execute("SELECT DISTINCT pg_column_compression(body) FROM docs").fetchall()
+    assert rows == [("lz4",)]

@@ -417,3 +417,22 @@ def test_a_pg_dump_that_fails_is_named_with_its_own_words(
         " secrets"
     )
     assert backup.list_backups(store) == []
+
+
+def test_verify_needs_only_the_server_not_the_apps_database(
+    made: tuple[backup.LocalStorage, backup.Backup],
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restore drill on a spare server: PGDATABASE names a database that is not there, and
+    verify still restores into its scratch database and checks it (its admin session is on the
+    maintenance database, never on the app's)."""
+    store, taken = made
+    monkeypatch.setenv("PGDATABASE", "not_here_at_all")
+    before = postgres_server.databases()
+
+    checked = backup.verify(store, taken.id, log=lambda _m: None)
+
+    assert checked.verified is not None
+    assert checked.verified["rows"] == 2000 + 5000 + 2 + 300
+    assert postgres_server.databases() == before

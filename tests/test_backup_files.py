@@ -166,3 +166,88 @@ def test_a_bad_data_path_argument_is_one_sentence(spec: str, tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "give COMPONENT:/absolute/path, e.g. api:/app/uploads" in result.stderr
+
+
+def test_prune_keeps_every_archive_of_a_backup_it_keeps(database: str, tmp_path: Path) -> None:
+    """An archive's key has folders of its own (ID/files/api/app/uploads.tar.zst): retention
+    reads the backup id from the key's first part only, so a kept backup older than a day loses
+    nothing (read from its last folder, the archive looked like a stale crashed leftover)."""
+    root = tmp_path / "data"
+    make_tree(root)
+    store = backup.LocalStorage(tmp_path / "store")
+    made = engine.backup(store, files=[engine.data_path(SPEC, root)], log=print)
+    old_id = "20200101T000000Z-0000dd"
+    # The same backup, as if taken years ago: its folder and every key its manifest names.
+    (tmp_path / "store" / made.id).rename(tmp_path / "store" / old_id)
+    manifest = tmp_path / "store" / old_id / engine.MANIFEST
+    manifest.write_text(manifest.read_text().replace(made.id, old_id))
+    kept = sorted(store.list_keys())
+    assert f"{old_id}/files/api/app/uploads.tar.zst" in kept
+
+    assert backup.prune(store, backup.Retention(daily=1), log=print) == []
+    assert sorted(store.list_keys()) == kept
+    assert engine.verify(store, old_id, log=print).verified is not None
+
+
+def test_restoring_files_without_naming_a_data_path_is_one_sentence(tmp_path: Path) -> None:
+    """`restore --files` with no --data-path: nothing to restore is said, before any backup is
+    read or any safety backup taken."""
+    said = "name the data paths to restore (--data-path COMPONENT:/PATH)"
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(backup.LocalStorage(tmp_path), [], log=print)
+    assert str(refused.value) == said
+    result = shipyard_cli(
+        "backup", "restore", "--files", "--yes", "--target", tmp_path.as_uri(), env={}
+    )
+    assert result.returncode == 1
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_files_brings_back_the_backup_it_is_asked_for(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older backup named by id is restored, not the newest; the safety backup is taken
+    (and said) only when asked; a backup that holds none of the asked data paths, or not all,
+    is refused naming each, and nothing changes."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    wanted = [engine.data_path(SPEC, root)]
+    store = backup.LocalStorage(tmp_path / "store")
+    plain = engine.backup(store, log=print)  # the database only
+    first = engine.backup(store, files=wanted, log=print)
+    before = snapshot(top)
+    damage(top)
+    engine.backup(store, files=wanted, log=print)  # newer: holds the damaged tree
+
+    said: list[str] = []
+    assert engine.restore_files(store, wanted, first.id, safety_backup=False, log=print) is None
+    assert snapshot(top) == before
+    (top / "run.sh").chmod(0o777)
+    safety = engine.restore_files(store, wanted, first.id, log=said.append)
+    assert said[0] == (
+        "taking a safety backup of the database and the data paths before replacing them"
+    )
+    assert safety is not None
+    assert safety.manifest["kind"] == "safety"
+    # The safety backup reports through the caller's log too, not behind its back on stderr.
+    assert f"backup {safety.id} complete" in " ".join(said)
+    assert snapshot(top) == before
+    said.clear()
+    assert engine.verify(store, first.id, log=said.append).verified["files"] == 1  # type: ignore[index]
+    assert f"{SPEC}: sha256 and {len(before)} entries match" in said
+    assert capsys.readouterr().err == ""
+
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, wanted, plain.id, log=print)
+    assert str(refused.value) == (
+        f"backup {plain.id} holds no files of {SPEC}; nothing was changed"
+    )
+    others = [engine.data_path("jobs:/srv/x", root), *wanted, engine.data_path("web:/y", root)]
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, others, first.id, log=print)
+    assert str(refused.value) == (
+        f"backup {first.id} holds no files of jobs:/srv/x, web:/y; nothing was changed"
+    )
+    assert snapshot(top) == before

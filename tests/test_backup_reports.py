@@ -170,7 +170,7 @@ def test_restore_reports_every_step_through_its_log_only(
     made = backup.backup(store, log=lambda _m: None)
     said: list[str] = []
 
-    safety = backup.restore(store, made.id, jobs=2, log=said.append)
+    safety = backup.restore(store, made.id, jobs=3, log=said.append)
 
     assert safety is not None
     assert capsys.readouterr().err == ""
@@ -180,7 +180,7 @@ def test_restore_reports_every_step_through_its_log_only(
         rf"backing up database {database} \(\d+\.\d+.*\) to {store.url}/{safety.id}",
         rf"backup {safety.id} complete: \d+\.\d [KM]iB, 4 tables, sha256 [0-9a-f]{{16}}\.\.\.",
         rf"restoring backup {made.id} into database {database}_restore_[0-9a-f]{{6}}"
-        r" \(2 parallel jobs\)",
+        r" \(3 parallel jobs\)",
         rf"database {database} now holds backup {made.id} \(4 tables\)",
     ]
     assert len(said) == len(expected), said
@@ -225,9 +225,11 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     made = backup.backup(store, log=lambda _m: None)
     said: list[str] = []
 
-    checked = backup.verify(store, made.id, jobs=2, log=said.append)
+    # No --jobs: as many parallel jobs as default_jobs() says (never fewer than 2).
+    checked = backup.verify(store, made.id, log=said.append)
 
     assert checked.id == made.id
+    assert checked.manifest == made.manifest
     record = json.loads((tmp_path / made.id / engine.VERIFIED).read_text())
     assert record == checked.verified
     assert set(record) == {"verified_at", "tables", "rows", "shipyard"}
@@ -236,7 +238,8 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     assert capsys.readouterr().err == ""
     assert said[0].startswith(f"backup {made.id}: sha256 matches the manifest")
     assert re.fullmatch(
-        rf"restoring backup {made.id} into database shipyard_verify_\w+ \(2 parallel jobs\)",
+        rf"restoring backup {made.id} into database shipyard_verify_[0-9a-f]{{8}}"
+        rf" \({engine.default_jobs()} parallel jobs\)",
         said[1],
     )
     assert said[2:] == [f"backup {made.id} verified: 4 tables, 7302 rows match"]
