@@ -87,8 +87,9 @@ def test_the_frontend_gets_no_service_url_nor_password_on_compose(
             assert app["environment"]["JWT_SECRET"] == _placeholder("JWT_SECRET"), file
         # The migration job keeps the database.
         assert "DATABASE_URL" in services["migrate"]["environment"], file
-    assert set(services["frontend"]["networks"]) == {"edge"}
-    assert set(services["backend"]["networks"]) == {"edge", "backend"}
+    prod = _compose_services(root, "compose.prod.yaml")
+    assert set(prod["frontend"]["networks"]) == {"edge"}
+    assert set(prod["backend"]["networks"]) == {"edge", "backend"}
 
 
 def test_a_components_own_variables_reach_it_alone_on_compose(
