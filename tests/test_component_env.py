@@ -119,7 +119,9 @@ def test_a_components_own_variables_reach_it_alone_on_compose(
 
 def _helm_template(root: Path, tmp_path: Path) -> list[dict[str, Any]]:
     chart = root / "charts" / "pmtool"
-    home = {f"HELM_{d}_HOME": str(tmp_path / "helm" / d.lower()) for d in ("CACHE", "CONFIG", "DATA")}
+    home = {
+        f"HELM_{d}_HOME": str(tmp_path / "helm" / d.lower()) for d in ("CACHE", "CONFIG", "DATA")
+    }
     result = subprocess.run(
         ["helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml")],
         env={**os.environ, **home},
@@ -164,8 +166,11 @@ def test_on_kubernetes_each_pod_reads_only_its_own_and_its_services_keys(
     assert not {"NEXT_TELEMETRY_DISABLED", "SESSION_COOKIE_SECRET"} & backend.keys()
     assert not {"QUEUE_NAME", "STRIPE_API_KEY"} & frontend.keys()
     # The shared secrets reach both; the shared ConfigMap holds no component's own variable.
-    assert backend["JWT_SECRET"] == frontend["JWT_SECRET"] == "JWT_SECRET"
-    (shared,) = (d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-pmtool-env")
+    shared_key = "JWT_SECRET"  # a name: the Secret key each pod reads
+    assert backend[shared_key] == frontend[shared_key] == shared_key
+    (shared,) = (
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-pmtool-env"
+    )
     assert shared["data"]["LOG_LEVEL"] == "info"
     assert not {"QUEUE_NAME", "NEXT_TELEMETRY_DISABLED"} & shared["data"].keys()
     # The migration job runs the backend's image with the backend's configuration.
