@@ -247,6 +247,46 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ),
     ({"components": [{**HTTP, "data_paths": ["/" + "a" * 41]}]}, "at most 40 letters and digits"),
     ({"monitoring": "datadog"}, "Invalid choice"),
+    # A component's own configuration: env (values), secrets (names), uses (services answered).
+    ({"components": [{**HTTP, "uses": ["redis"]}]}, "Component 'api' uses redis, but redis is not"),
+    (
+        {"components": [{**HTTP, "uses": ["elasticsearch"]}]},
+        "Component 'api' uses elasticsearch, but elasticsearch is not answered",
+    ),
+    (
+        {"components": [{**HTTP, "uses": ["postgres"]}], "database": "none"},
+        "Component 'api' uses postgres, but database is none",
+    ),
+    ({"components": [{**HTTP, "uses": ["mysql"]}]}, "uses 'mysql', which is not a backing service"),
+    ({"components": [{**HTTP, "uses": "postgres"}]}, "give a YAML list of the backing services"),
+    ({"components": [{**HTTP, "uses": ["postgres", "postgres"]}]}, "lists postgres twice in uses"),
+    ({"components": [{**HTTP, "env": ["LOG_LEVEL"]}]}, "give a YAML mapping of NAME: value"),
+    ({"components": [{**HTTP, "env": {"log_level": "info"}}]}, "is not an environment variable"),
+    ({"components": [{**HTTP, "env": {"DATABASE_URL": "x"}}]}, "sets DATABASE_URL in env, which"),
+    ({"components": [{**HTTP, "env": {"API_PUBLIC_URL": "x"}}]}, "sets API_PUBLIC_URL in env"),
+    ({"components": [{**HTTP, "env": {"A": {"b": 1}}}]}, "must be a plain value"),
+    (
+        {"components": [{**HTTP, "env": {"LOG_LEVEL": "debug"}}], "app_env": {"LOG_LEVEL": "info"}},
+        "LOG_LEVEL is in app_env and in the env or secrets of component 'api'",
+    ),
+    (
+        {"components": [{**HTTP, "secrets": ["JWT_SECRET"]}], "app_secrets": ["JWT_SECRET"]},
+        "JWT_SECRET is in app_secrets and in the env or secrets of component 'api'",
+    ),
+    (
+        {"components": [{**HTTP, "secrets": ["JWT_SECRET"]}], "app_env": {"JWT_SECRET": "x"}},
+        "JWT_SECRET is in app_env and in the env or secrets of component 'api'",
+    ),
+    (
+        {"components": [{**HTTP, "secrets": {"STRIPE_API_KEY": "sk_live_x"}}]},
+        "give secret names only, never values",
+    ),
+    ({"components": [{**HTTP, "secrets": ["STRIPE_API_KEY=sk"]}]}, "names only, never values"),
+    ({"components": [{**HTTP, "secrets": "STRIPE_API_KEY"}]}, "give a YAML list of names"),
+    ({"components": [{**HTTP, "secrets": ["REDIS_PASSWORD"]}]}, "which the kit manages itself"),
+    ({"components": [{**HTTP, "secrets": ["A", "A"]}]}, "lists A twice in secrets"),
+    ({"components": [{**HTTP, "env": {"A": "1"}, "secrets": ["A"]}]}, "has A in both env and"),
+    ({"app_env": {"POSTGRES_PASSWORD": "x"}}, "POSTGRES_PASSWORD is set by the kit itself"),
 ]
 
 

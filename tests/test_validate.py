@@ -120,6 +120,8 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ({"runtime": "python", "python_package_manager": "poetry"}, "'poetry' is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
+        ({"components": [{**HTTP, "uses": ["mysql"]}]}, "'mysql' is not one of ['postgres', "),
+        ({"components": [{**HTTP, "secrets": {"A": "x"}}]}, "components.0.secrets: {'A': 'x'} is"),
         (
             {"components": [{"name": "jobs", "kind": "worker", "health_port": 9000}]},
             "components.0: 'health_path' is a dependency of 'health_port'",

@@ -64,16 +64,22 @@ Usage: {{ include "app.serviceAccountName" . }}
 {{- end -}}
 
 {{/*
-Usage: {{ include "app.secretEnv" . | nindent 12 }}
-The secret variables, each read from the existing Secret: a missing key stops the pod
+Usage: {{ include "app.secretEnv" (dict "context" $ "component" $c) | nindent 12 }}
+A component's variables beside the shared ConfigMap: its own env, then the shared secret keys
+and its own (secretEnv), each read from the existing Secret: a missing key stops the pod
 from starting (CreateContainerConfigError) instead of running half-configured.
 */}}
 {{- define "app.secretEnv" -}}
-{{- range .Values.secretEnv.keys }}
+{{- $secret := .context.Values.secretEnv.existingSecret }}
+{{- range $k, $v := .component.env }}
+- name: {{ $k }}
+  value: {{ toString $v | quote }}
+{{- end }}
+{{- range concat .context.Values.secretEnv.keys (default (list) .component.secretEnv) }}
 - name: {{ . }}
   valueFrom:
     secretKeyRef:
-      name: {{ $.Values.secretEnv.existingSecret }}
+      name: {{ $secret }}
       key: {{ . }}
 {{- end }}
 {{- end -}}
@@ -121,6 +127,11 @@ Checks the schema cannot express; each failure says what to change.
 {{- end }}
 {{- if and .Values.secretEnv.keys (not .Values.secretEnv.existingSecret) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" "secretEnv.keys need secretEnv.existingSecret: the name of the Secret holding them") -}}
+{{- end }}
+{{- range $name, $c := .Values.components }}
+{{- if and $c.secretEnv (not $.Values.secretEnv.existingSecret) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "components.%s.secretEnv needs secretEnv.existingSecret: the name of the Secret holding them" $name)) -}}
+{{- end }}
 {{- end }}
 {{- if .Values.migrations.enabled }}
 {{- if not (hasKey .Values.components .Values.migrations.component) }}
