@@ -190,3 +190,16 @@ def chart_digests(chart: Path) -> list[str]:
 
     (found,) = [c for c in charts(chart.parent.parent) if c.path == chart]
     return found.release_args()
+
+
+def template_chart(chart: Path, *args: str, env: Mapping[str, str] | None = None) -> list[Any]:
+    """The objects `helm template` renders of `chart` with a digest per image, then `args`."""
+    result = subprocess.run(
+        ["helm", "template", "rel", str(chart), *chart_digests(chart), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in YAML(typ="safe").load_all(result.stdout) if doc]

@@ -141,6 +141,11 @@ def _values_args(values_file: str) -> list[str]:
     return ["-f", values_file] if values_file else []
 
 
+def _template_chart(helm: Helm, chart: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`helm template` of `chart` (Helm 4) with a digest per image, then `args`."""
+    return helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args)
+
+
 def _deploy_args(root: Path, env: str = "prod") -> list[str]:
     """What `invoke deploy` passes: replicas from shipyard.yaml, a digest per image."""
     cfg = _config(root)
@@ -229,16 +234,7 @@ def test_templates_pass_kubernetes_validate(
         args = [*_values_args(values_file), *_deploy_args(root), *extra]
         for version in KUBE_VERSIONS:
             # Rendered for that version (.Capabilities, Chart.yaml kubeVersion), then checked.
-            out = helm(
-                "helm",
-                "template",
-                "rel",
-                str(chart),
-                *chart_digests(chart),
-                *args,
-                "--kube-version",
-                version,
-            )
+            out = _template_chart(helm, chart, *args, "--kube-version", version)
             name = f"{Path(values_file).name or 'values'}{'-maintenance' if extra else ''}"
             manifest = tmp_path / f"{name}-{version}.yaml"
             manifest.write_text(out.stdout)
@@ -948,16 +944,7 @@ def minio_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _policies(helm: Helm, chart: Path, *args: str) -> dict[str, Doc]:
-    out = helm(
-        "helm",
-        "template",
-        "rel",
-        str(chart),
-        *chart_digests(chart),
-        "-f",
-        str(chart / "values-prod.yaml"),
-        *args,
-    )
+    out = _template_chart(helm, chart, "-f", str(chart / "values-prod.yaml"), *args)
     return {p["metadata"]["name"]: p["spec"] for p in _by_kind(_docs(out.stdout), "NetworkPolicy")}
 
 
@@ -1000,16 +987,7 @@ def test_custom_s3_endpoint_passes_kubernetes_validate(
     chart = _chart(minio_root)
     args = ["-f", str(chart / "values-prod.yaml"), *_deploy_args(minio_root)]
     for version in KUBE_VERSIONS:
-        out = helm(
-            "helm",
-            "template",
-            "rel",
-            str(chart),
-            *chart_digests(chart),
-            *args,
-            "--kube-version",
-            version,
-        )
+        out = _template_chart(helm, chart, *args, "--kube-version", version)
         assert "backup-s3-egress" in out.stdout
         manifest = tmp_path / f"minio-{version}.yaml"
         manifest.write_text(out.stdout)

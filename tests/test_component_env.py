@@ -15,7 +15,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from shipyard import validate
-from tests.conftest import Render, load_preset
+from tests.conftest import Render, load_preset, template_chart
 
 # project-management: a NestJS backend and a Next.js frontend, on PostgreSQL, Redis and
 # Elasticsearch; its frontend uses none of them (tests/presets/project-management.yml).
@@ -122,15 +122,7 @@ def _helm_template(root: Path, tmp_path: Path) -> list[dict[str, Any]]:
     home = {
         f"HELM_{d}_HOME": str(tmp_path / "helm" / d.lower()) for d in ("CACHE", "CONFIG", "DATA")
     }
-    result = subprocess.run(
-        ["helm", "template", "rel", str(chart), "-f", str(chart / "values-prod.yaml")],
-        env={**os.environ, **home},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in YAML(typ="safe").load_all(result.stdout) if doc]
+    return template_chart(chart, "-f", str(chart / "values-prod.yaml"), env=home)
 
 
 def _container_env(doc: dict[str, Any]) -> dict[str, Any]:

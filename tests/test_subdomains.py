@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from shipyard import config
-from tests.conftest import Render, chart_digests, edit_yaml, load_preset
+from tests.conftest import Render, edit_yaml, load_preset, template_chart
 
 # project-management serves its backend on api.<host> and its frontend on the host itself.
 PRESET = "project-management"
@@ -163,25 +162,10 @@ def test_each_component_is_told_where_browsers_reach_every_http_component(
     assert "BACKEND_PUBLIC_URL" not in environment["migrate"]
 
     chart = root / "charts" / "pmtool"
-    result = subprocess.run(
-        [
-            "helm",
-            "template",
-            "rel",
-            str(chart),
-            *chart_digests(chart),
-            "-f",
-            str(chart / "values-prod.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
     (config_map,) = (
         doc
-        for doc in YAML(typ="safe").load_all(result.stdout)
-        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-env")
+        for doc in template_chart(chart, "-f", str(chart / "values-prod.yaml"))
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-env")
     )
     assert config_map["data"]["BACKEND_PUBLIC_URL"] == "https://api.yourcompany.com"
     assert config_map["data"]["FRONTEND_PUBLIC_URL"] == "https://yourcompany.com"

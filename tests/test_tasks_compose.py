@@ -270,6 +270,24 @@ def test_failing_health_rolls_back_to_the_running_version(
     assert kit.health() == 200
 
 
+def deploy_in_terminal(kit: Kit, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`invoke deploy --env staging --yes ARGS` started as from a terminal, in its own process
+    group (a terminal's Ctrl-C reaches the whole group: os.killpg), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", "--env", "staging", "--yes", *args],
+        cwd=kit.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # A shell starts background jobs with SIGINT ignored, which a child inherits, and then
+        # Python never turns Ctrl-C into KeyboardInterrupt: the task gets the signal a terminal
+        # would give it however this test was started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) -> None:
     # A release whose health check fails (the previous test's, or made here when run alone),
     # so the rollout hangs in `up --wait` until Ctrl-C arrives.
@@ -280,19 +298,7 @@ def test_ctrl_c_mid_deploy_rolls_back(kit: Kit, dockerd: Dockerd, first: str) ->
     ):
         kit.commit("a release whose health check fails")
         release(kit)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy", "--env", "staging", "--yes", "--timeout", "120"],
-        cwd=kit.root,
-        env=kit.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        # A shell starts background jobs with SIGINT ignored, which a child inherits, and then
-        # Python never turns Ctrl-C into KeyboardInterrupt: the task gets the signal a terminal
-        # would give it however this test was started.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = deploy_in_terminal(kit, kit.env, "--timeout", "120")
     assert proc.stdout is not None
     for line in proc.stdout:
         if " up --detach" in line:
@@ -545,9 +551,6 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
     assert serving_image(dockerd) == first
 
 
-DEPLOY = ("deploy", "--env", "staging", "--yes")
-
-
 def test_ctrl_c_during_the_drain_leaves_the_old_version_serving(
     kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str]
 ) -> None:
@@ -558,17 +561,8 @@ def test_ctrl_c_during_the_drain_leaves_the_old_version_serving(
     deaf, _ = deaf_and_broken
     with Load(f"http://127.0.0.1:{kit.port}/health") as load:
         time.sleep(2)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", *DEPLOY, "--skip-migrate", "--timeout", "40"],
-            cwd=kit.root,
-            env={**kit.env, "SHOP_API_IMAGE": deaf},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            # As in test_ctrl_c_mid_deploy_rolls_back: the signal a terminal would give.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        env = {**kit.env, "SHOP_API_IMAGE": deaf}
+        proc = deploy_in_terminal(kit, env, "--skip-migrate", "--timeout", "40")
         assert proc.stdout is not None
         seen = []
         for line in proc.stdout:

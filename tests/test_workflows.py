@@ -387,6 +387,22 @@ def test_ci_tests_against_health_checked_services_and_validates_the_kit(kit: Pat
     assert len(audits) == len(_roots(answers))
 
 
+def test_the_kit_job_installs_the_validators_pip_cannot(kit: Path) -> None:
+    """`shipyard validate` fails without promtool (alert rules) and, for a Compose host's
+    monitoring stack, amtool: neither is on PyPI nor on the runner, so the job installs them."""
+    answers = _answers(kit)
+    monitoring = answers.get("monitoring", "prometheus") == "prometheus"
+    compose = "compose" in (answers["staging_target"], answers["production_target"])
+    runs = [s.get("run", "") for s in _steps(_workflows(kit)["ci.yml"]["jobs"]["kit"])]
+    install = [r for r in runs if "apt-get install" in r]
+    assert bool(install) == monitoring
+    if monitoring:
+        (line,) = install
+        assert " prometheus" in line
+        assert ("prometheus-alertmanager" in line) == compose
+    assert runs.index(next(r for r in runs if r == "nox -s lint validate")) == len(runs) - 1
+
+
 def test_release_builds_signs_and_pushes_every_component(kit: Path) -> None:
     release = _workflows(kit)["release.yml"]
     cfg = config.load(kit)
