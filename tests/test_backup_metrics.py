@@ -27,7 +27,7 @@ from shipyard import backup
 from shipyard.backup import metrics
 from shipyard.tasks import backup as backup_tasks
 from tests.backup_data import shipyard_cli
-from tests.conftest import REPO, Render, load_preset
+from tests.conftest import REPO, Render, chart_digests, load_preset
 from tests.servers.postgres import PostgresServer, free_port
 from tests.servers.pushgateway import Pushgateway
 
@@ -185,11 +185,11 @@ groups:
 {{ mon.rules(s) }}
 """
 COMPOSE_TESTS = """
-{%- import 'template/includes/monitoring.jinja' as mon with context -%}
+{%- import 'template/includes/monitoring-tests.jinja' as mt with context -%}
 rule_files: [rules.yaml]
 evaluation_interval: 1m
 tests:
-{{ mon.backup_tests(t) }}
+{{ mt.backup_tests(t) }}
 """
 
 
@@ -203,7 +203,8 @@ def _compose_rules(tmp_path: Path, max_age_hours: int = 30, drill_days: int = 8)
         autoescape=jinja2.select_autoescape(default_for_string=False),
     )
     labels = {"job": metrics.JOB, "service": "shop", "environment": "prod"}
-    matchers = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    # A Compose host's rules watch every environment pushing there: no environment matcher.
+    matchers = f'job="{metrics.JOB}", service="shop"'
     s = {
         "o": "{{",
         "c": "}}",
@@ -218,7 +219,13 @@ def _compose_rules(tmp_path: Path, max_age_hours: int = 30, drill_days: int = 8)
         "backup_max_age": f"{max_age_hours}h",
         "drill_max_age_seconds": drill_days * 86400,
     }
-    t = {"labels": labels, "runs": True, "max_age_hours": 30, "drill_max_age_days": 8}
+    t = {
+        "labels": labels,
+        "runs": True,
+        "max_age_hours": 30,
+        "drill_max_age_days": 8,
+        "one_environment": False,
+    }
     folder = tmp_path / f"rules-{max_age_hours}-{drill_days}"
     folder.mkdir()
     context = {"service_slug": "shop", "s": s, "t": t}
@@ -273,8 +280,9 @@ def test_the_rules_read_only_metrics_the_engine_pushes() -> None:
 
 
 def _chart_docs(chart: Path, *args: str) -> list[dict[str, Any]]:
+    values = str(chart / "values-prod.yaml")
     out = subprocess.run(
-        ["helm", "template", "shop", str(chart), "-f", str(chart / "values-prod.yaml"), *args],
+        ["helm", "template", "shop", str(chart), *chart_digests(chart), "-f", values, *args],
         capture_output=True,
         text=True,
         check=True,
