@@ -24,7 +24,14 @@ from tests.conftest import PRESETS, Render, chart_digests, load_preset
 
 API = "monitoring.coreos.com/v1"
 # The checks a chart's monitoring can break (the Compose and CI checks do not read it).
-CHART_CHECKS = ["helm-lint", "kubernetes", "prometheus-rules", "monitoring-crds", "answers"]
+CHART_CHECKS = [
+    "helm-lint",
+    "kubernetes",
+    "prometheus-rules",
+    "monitoring-crds",
+    "grafana-dashboard",
+    "answers",
+]
 
 
 def _chart(root: Path) -> Path:

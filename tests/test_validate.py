@@ -328,6 +328,13 @@ def _unknown_monitor_field(root: Path) -> list[Expected]:
     return [Expected(file, None, "crd-schema", "ServiceMonitor", "'intervall' was unexpected")]
 
 
+def _dashboard_gridpos_string(root: Path) -> list[Expected]:
+    path = _helm_chart(root) / "monitoring" / "dashboard.json"
+    _replace(path, '"w": 12', '"w": "12"')
+    file = str(path.relative_to(root))
+    return [Expected(file, None, "grafana-schema", "dashboard", ".gridPos.w: '12' is not of type")]
+
+
 def _bad_scrape_option(root: Path) -> list[Expected]:
     path = root / "monitoring" / "prometheus.yml"
     _replace(path, "    honor_labels: true\n", "    honor_labels: maybe\n")
@@ -350,6 +357,7 @@ DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
     "alertmanager-config": _bad_alertmanager_duration,
     "prometheus-rules": _bad_alert_expression,
     "monitoring-crds": _unknown_monitor_field,
+    "grafana-dashboard": _dashboard_gridpos_string,
     "kubernetes": _unknown_deployment_field,
     "dockerfile": _latest_tag,
     "shellcheck": _unquoted_variable,

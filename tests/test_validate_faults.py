@@ -43,6 +43,7 @@ STAND_INS = {
     "prometheus-rules": ("promtool", "promtool"),
     "prometheus-rules/helm-template": ("helm", "helm"),
     "monitoring-crds": ("helm", "helm"),
+    "grafana-dashboard": ("helm", "helm"),
     "prometheus-config": ("promtool", "promtool"),
     "alertmanager-config": ("amtool", "amtool"),
 }
@@ -65,7 +66,12 @@ SILENT_WHEN_CLEAN = {"yaml", "compose", "compose/caddy", "helm-lint", "kubernete
 # `helm template` printing nothing is a chart that renders nothing, and is said so.
 SAYS = {
     (case, "silent-exit-0"): "rendered no manifests"
-    for case in ("kubernetes/helm-template", "prometheus-rules/helm-template", "monitoring-crds")
+    for case in (
+        "kubernetes/helm-template",
+        "prometheus-rules/helm-template",
+        "monitoring-crds",
+        "grafana-dashboard",
+    )
 }
 
 

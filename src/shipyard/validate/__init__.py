@@ -6,9 +6,9 @@ A missing tool is an error that says how to install it, never a silent skip.
 
 This module is the face: the registry of checks (`CHECKS`, `GROUPS`), `validate` and the
 reports. The checks live by domain (`linters`, `workflows`, `compose`, `kubernetes`,
-`monitoring`, `compose_monitoring`, `schemas`); `tools` finds and runs the binaries, `files`
-finds what each check looks at, `yaml_lines` maps a tool's key path to a line, `finding` is
-what they all return.
+`monitoring`, `compose_monitoring`, `dashboards`, `schemas`); `tools` finds and runs the
+binaries, `files` finds what each check looks at, `yaml_lines` maps a tool's key path to a
+line, `finding` is what they all return.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shipyard.validate.compose_monitoring import (
     check_alertmanager_config,
     check_prometheus_config,
 )
+from shipyard.validate.dashboards import check_grafana_dashboards
 from shipyard.validate.files import charts, compose_files, shell_scripts, workflow_files
 from shipyard.validate.finding import Finding
 from shipyard.validate.kubernetes import (
@@ -73,6 +74,7 @@ CHECKS: dict[str, Check] = {
     "kubernetes": check_kubernetes,
     "prometheus-rules": check_prometheus_rules,
     "monitoring-crds": check_monitoring_crds,
+    "grafana-dashboard": check_grafana_dashboards,
     "prometheus-config": check_prometheus_config,
     "alertmanager-config": check_alertmanager_config,
     "shipyard": check_shipyard_yaml,

@@ -30,7 +30,14 @@ CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 
 
 def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[str, Any]], str]:
-    """The chart's monitoring.coreos.com objects with `values`, or a reason it did not render.
+    """The chart's monitoring.coreos.com objects with `values`, or a reason it did not render."""
+    documents, failed = render(root, chart, values)
+    return [d for d in documents if d.get("apiVersion") == API_VERSION], failed
+
+
+def render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """Every object the chart renders with `values` on a cluster that serves the
+    prometheus-operator API, or a reason it did not render.
 
     Release name = chart name and namespace "default", as the unit tests expect."""
     from ruamel.yaml import YAML
@@ -46,11 +53,10 @@ def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[st
         return [], oneline(str(exc))
     if not any(documents):  # an application chart always renders something
         return [], "rendered no manifests"
-    found = [d for d in documents if isinstance(d, dict) and d.get("apiVersion") == API_VERSION]
-    return found, ""
+    return [d for d in documents if isinstance(d, dict)], ""
 
 
-def _runs(root: Path) -> list[tuple[Chart, Path | None]]:
+def runs(root: Path) -> list[tuple[Chart, Path | None]]:
     return [
         (chart, values)
         for chart in charts(root)
@@ -65,12 +71,12 @@ def _where(root: Path, chart: Chart, kind: str) -> str:
     return rel(root, chart.path / "templates" / name)
 
 
-def _values_name(values: Path | None) -> str:
+def values_name(values: Path | None) -> str:
     return values.name if values else "default values"
 
 
-def _render_failure(root: Path, chart: Chart, values: Path | None, why: str) -> Finding:
-    message = f"helm template --api-versions {API_VERSION} with {_values_name(values)}: {why}"
+def render_failure(root: Path, chart: Chart, values: Path | None, why: str) -> Finding:
+    message = f"helm template --api-versions {API_VERSION} with {values_name(values)}: {why}"
     return Finding(rel(root, chart.path), None, "helm", "template", message)
 
 
@@ -83,7 +89,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
         objects, failed = _render(root, chart, values)
         where = rel(root, chart.path)
         if failed:
-            return [_render_failure(root, chart, values, failed)]
+            return [render_failure(root, chart, values, failed)]
         groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
         tests = chart.path / RULE_TESTS
         if not groups:
@@ -99,7 +105,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
             result = run_tool(["promtool", "check", "rules", str(rule_file)], Path(tmp))
             if result.returncode != 0 or "SUCCESS" not in result.stdout:
                 said = no_report(result).replace(str(rule_file), RULE_FILE)
-                message = f"with {_values_name(values)}: {said}"
+                message = f"with {values_name(values)}: {said}"
                 findings.append(Finding(source, None, "promtool", "check-rules", message))
             # The tests hold the default values' names and thresholds: run them once, on
             # rules that parse (a parse error would repeat in every test).
@@ -107,7 +113,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
                 findings += _unit_tests(root, chart, rule_file, values)
         return findings
 
-    return [f for found in each(one, _runs(root)) for f in found]
+    return [f for found in each(one, runs(root)) for f in found]
 
 
 def _unit_tests(root: Path, chart: Chart, rule_file: Path, values: Path | None) -> list[Finding]:
@@ -148,24 +154,24 @@ def check_monitoring_crds(root: Path) -> list[Finding]:
         chart, values = run
         objects, failed = _render(root, chart, values)
         if failed:
-            return [_render_failure(root, chart, values, failed)]
+            return [render_failure(root, chart, values, failed)]
         findings = []
         for obj in objects:
             kind = str(obj.get("kind"))
             name = f"{kind}/{(obj.get('metadata') or {}).get('name', '?')}"
             where = _where(root, chart, kind)
             if kind not in CRD_KINDS:
-                message = f"{name} (with {_values_name(values)}): no schema for {API_VERSION}"
+                message = f"{name} (with {values_name(values)}): no schema for {API_VERSION}"
                 findings.append(Finding(where, None, "crd-schema", kind, message))
                 continue
             validator = Draft7Validator(_strict_schema(kind))
             for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
                 path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-                message = f"{name} (with {_values_name(values)}): {path}: {error.message}"
+                message = f"{name} (with {values_name(values)}): {path}: {error.message}"
                 findings.append(Finding(where, None, "crd-schema", kind, message))
         return findings
 
-    return [f for found in each(one, _runs(root)) for f in found]
+    return [f for found in each(one, runs(root)) for f in found]
 
 
 @cache
