@@ -187,7 +187,8 @@ def test_helm_passes_component_replicas_after_the_default(render: Render, tmp_pa
     init_repo(root, "kit")
     set_replicas(root, "prod", 3, **{"shop-api": 5})
     ref = f"{REGISTRY}/shop-api-shop-api@{DIGEST}"
-    env = {"SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref}
+    backup = f"{REGISTRY}/shop-api-backup@{DIGEST}"  # the chart's CronJob runs it by digest
+    env = {"SHIPYARD_HELM": "helm", "SHOP_API_IMAGE": ref, "BACKUP_IMAGE": backup}
     result = invoke_cli(root, "deploy", "--env", "prod", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert (
