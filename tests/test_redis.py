@@ -88,10 +88,15 @@ def test_compose_redis_takes_the_password_from_the_environment_only(
         assert PASSWORD not in json.dumps(redis.get(key)), key
     assert "redis-server -" in redis["command"][-1], "the config, with the hash, comes on stdin"
     assert redis["user"] == "redis", "the shell bypasses the image's entrypoint: never root"
-    # Every component connects as the default user with that password.
+    # Every component that uses Redis (all, unless its `uses` says otherwise) connects as the
+    # default user with that password; the others are given no Redis URL at all.
+    uses = {c["name"]: c.get("uses", ["redis"]) for c in load_preset(preset)["components"]}
     for comp in config.load(root).components:
-        url = services[comp.name]["environment"]["REDIS_URL"]
-        assert url == f"redis://default:{PASSWORD}@redis:6379/0"
+        url = services[comp.name]["environment"].get("REDIS_URL")
+        if "redis" in uses[comp.name]:
+            assert url == f"redis://default:{PASSWORD}@redis:6379/0"
+        else:
+            assert url is None, comp.name
 
 
 @pytest.mark.parametrize("preset", WITH_REDIS)
@@ -125,9 +130,14 @@ def test_no_rendered_file_holds_a_redis_credential(
         for userinfo in re.findall(r"redis://([^@\s\"']*)@", text):
             required = userinfo.startswith("default:${REDIS_PASSWORD:?")
             assert required or userinfo in {"default:PASSWORD", "default:..."}, (path, userinfo)
-        # REDIS_PASSWORD's only value anywhere is .env.example's placeholder.
+        # REDIS_PASSWORD's only value anywhere is .env.example's placeholder, or the host's
+        # environment's, required (the monitoring stack's exporter logs in with it).
         for value in re.findall(r"^\s*REDIS_PASSWORD\s*[=:]\s*(\S.*)$", text, re.MULTILINE):
-            assert value in {"change-me", "${{ secrets.REDIS_PASSWORD }}"}, (path, value)
+            required = value.startswith("${REDIS_PASSWORD:?")
+            assert required or value in {"change-me", "${{ secrets.REDIS_PASSWORD }}"}, (
+                path,
+                value,
+            )
 
 
 @pytest.mark.parametrize("preset", WITH_REDIS_ON_HELM)
