@@ -741,11 +741,13 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
     job = _workflows(repo)["deploy.yml"]["jobs"]["staging"]
     _, deploy_step = _step(job, "Deploy")
     cfg = config.load(repo)
+    names = [c.name for c in cfg.components] + (["backup"] if cfg.database else [])
     images = {}
-    for number, component in enumerate(cfg.components):
-        var = component.name.upper().replace("-", "_") + "_IMAGE"
+    for number, name in enumerate(names):
+        # Each component's and the backup image's (the chart's CronJob runs it by digest).
+        var = name.upper().replace("-", "_") + "_IMAGE"
         assert var in deploy_step["env"], var
-        images[var] = f"{cfg.image_repository(component.name)}@sha256:{number:064x}"
+        images[var] = f"{cfg.image_repository(name)}@sha256:{number:064x}"
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, **images, "PATH": os.pathsep.join([bindir, os.environ["PATH"]])}
     # The step's whole script as the runner runs it (with a Compose edge's certificate written
@@ -760,7 +762,8 @@ def test_deploy_job_hands_the_release_digests_to_invoke_deploy(kit: Path, tmp_pa
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for image in images.values():
+    for name in (c.name for c in cfg.components):
+        image = images[name.upper().replace("-", "_") + "_IMAGE"]
         assert image.split("@")[1] in result.stdout
 
 
