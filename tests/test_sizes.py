@@ -54,8 +54,11 @@ def _chart_resources(root: Path) -> dict[str, Any]:
     """Each Deployment's container resources as `helm template` renders the prod values."""
     chart = root / "charts" / "pmtool"
     result = subprocess.run(
-        ["helm", "template", "rel", str(chart), *chart_digests(chart)]
-        + ["-f", str(chart / "values-prod.yaml")],
+        [
+            *("helm", "template", "rel", str(chart)),
+            *chart_digests(chart),
+            *("-f", str(chart / "values-prod.yaml")),
+        ],
         capture_output=True,
         text=True,
         check=False,
