@@ -4,16 +4,10 @@ maxmemory and its container's cap follow `redis_maxmemory`."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
-from tests.conftest import Render, chart_digests, load_preset
+from tests.conftest import Render, compose_services, load_preset, template_chart
 
 MIB = 1024 * 1024
 
@@ -32,49 +26,20 @@ def _kit(render: Render, tmp_path: Path) -> Path:
     return render({**answers, **changes}, tmp_path / "pmtool")
 
 
-def _compose_services(root: Path) -> dict[str, Any]:
-    """compose.prod.yaml's services as `docker compose config` resolves them (every required
-    variable set to a placeholder)."""
-    text = (root / "compose.prod.yaml").read_text()
-    required = dict.fromkeys(re.findall(r"\$\{([A-Z0-9_]+):\?", text), "x")
-    result = subprocess.run(
-        ["docker-compose", "--file", "compose.prod.yaml", "config", "--format", "json"],
-        cwd=root,
-        env={"PATH": os.environ["PATH"], **required, "SHIPYARD_HOST": "example.org"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    services: dict[str, Any] = json.loads(result.stdout)["services"]
-    return services
-
-
 def _chart_resources(root: Path) -> dict[str, Any]:
     """Each Deployment's container resources as `helm template` renders the prod values."""
     chart = root / "charts" / "pmtool"
-    result = subprocess.run(
-        [
-            *("helm", "template", "rel", str(chart)),
-            *chart_digests(chart),
-            *("-f", str(chart / "values-prod.yaml")),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
     return {
         doc["metadata"]["name"]: doc["spec"]["template"]["spec"]["containers"][0]["resources"]
-        for doc in YAML(typ="safe").load_all(result.stdout)
-        if doc and doc["kind"] == "Deployment"
+        for doc in template_chart(chart, "-f", str(chart / "values-prod.yaml"))
+        if doc["kind"] == "Deployment"
     }
 
 
 def test_a_components_resources_reach_it_alone(render: Render, tmp_path: Path) -> None:
     root = _kit(render, tmp_path)
 
-    services = _compose_services(root)
+    services = compose_services(root)
     backend = services["backend"]["deploy"]["resources"]
     assert float(backend["limits"]["cpus"]) == 1.5
     assert int(backend["limits"]["memory"]) == 1536 * MIB
@@ -96,7 +61,7 @@ def test_a_components_resources_reach_it_alone(render: Render, tmp_path: Path) -
 
 
 def test_redis_maxmemory_follows_the_answer(render: Render, tmp_path: Path) -> None:
-    redis = _compose_services(_kit(render, tmp_path))["redis"]
+    redis = compose_services(_kit(render, tmp_path))["redis"]
     script = " ".join(redis["command"])
     assert "--maxmemory 1gb --maxmemory-policy allkeys-lru" in script, script
     assert "256mb" not in script
