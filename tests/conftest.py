@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,3 +205,28 @@ def template_chart(chart: Path, *args: str, env: Mapping[str, str] | None = None
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in YAML(typ="safe").load_all(result.stdout) if doc]
+
+
+def compose_placeholder(name: str) -> str:
+    """The value render tests give the required variable `name`: its name shows in what uses it."""
+    return f"value-of-{name}"
+
+
+def compose_services(root: Path, file: str = "compose.prod.yaml") -> dict[str, Any]:
+    """The services of a Compose file as `docker compose config` resolves them, with the
+    migration profile and every required variable set to its placeholder."""
+    text = (root / file).read_text()
+    required = {
+        name: compose_placeholder(name) for name in re.findall(r"\$\{([A-Z0-9_]+):\?", text)
+    }
+    result = subprocess.run(
+        ["docker-compose", "--file", file, "--profile", "migrate", "config", "--format", "json"],
+        cwd=root,
+        env={"PATH": os.environ["PATH"], **required, "SHIPYARD_HOST": "example.org"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services

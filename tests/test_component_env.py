@@ -5,17 +5,19 @@ resolve: `docker compose config` of the Compose files, `helm template` of the ch
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from shipyard import validate
-from tests.conftest import Render, load_preset, template_chart
+from tests.conftest import (
+    Render,
+    compose_placeholder,
+    compose_services,
+    load_preset,
+    template_chart,
+)
 
 # project-management: a NestJS backend and a Next.js frontend, on PostgreSQL, Redis and
 # Elasticsearch; its frontend uses none of them (tests/presets/project-management.yml).
@@ -30,32 +32,11 @@ OWN = {
 }
 
 
-def _placeholder(name: str) -> str:
-    """The value the tests give the required variable `name`: its name shows in what uses it."""
-    return f"value-of-{name}"
-
-
-def _compose_services(root: Path, file: str) -> dict[str, Any]:
-    """The services of a Compose file as `docker compose config` resolves them, with the
-    migration profile and every required variable set to its placeholder."""
-    text = (root / file).read_text()
-    required = {name: _placeholder(name) for name in re.findall(r"\$\{([A-Z0-9_]+):\?", text)}
-    result = subprocess.run(
-        ["docker-compose", "--file", file, "--profile", "migrate", "config", "--format", "json"],
-        cwd=root,
-        env={"PATH": os.environ["PATH"], **required, "SHIPYARD_HOST": "example.org"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    services: dict[str, Any] = json.loads(result.stdout)["services"]
-    return services
-
-
 def _secret_values(environment: dict[str, str]) -> set[str]:
     """The service passwords whose placeholders appear in an environment's values."""
-    return {p for p in PASSWORDS if any(_placeholder(p) in str(v) for v in environment.values())}
+    return {
+        p for p in PASSWORDS if any(compose_placeholder(p) in str(v) for v in environment.values())
+    }
 
 
 def _with_own_variables(answers: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +50,7 @@ def test_the_frontend_gets_no_service_url_nor_password_on_compose(
     root = render(load_preset(PRESET), tmp_path / "pmtool")
 
     for file in ("compose.prod.yaml", "compose.yaml"):
-        services = _compose_services(root, file)
+        services = compose_services(root, file)
         backend, frontend = services["backend"], services["frontend"]
         assert set(URLS) <= backend["environment"].keys(), file
         # (The dev stack runs Elasticsearch without security, so without a password.)
@@ -84,10 +65,10 @@ def test_the_frontend_gets_no_service_url_nor_password_on_compose(
         # The shared variables still reach both.
         for app in (backend, frontend):
             assert app["environment"]["LOG_LEVEL"] == "info", file
-            assert app["environment"]["JWT_SECRET"] == _placeholder("JWT_SECRET"), file
+            assert app["environment"]["JWT_SECRET"] == compose_placeholder("JWT_SECRET"), file
         # The migration job keeps the database.
         assert "DATABASE_URL" in services["migrate"]["environment"], file
-    prod = _compose_services(root, "compose.prod.yaml")
+    prod = compose_services(root, "compose.prod.yaml")
     assert set(prod["frontend"]["networks"]) == {"edge"}
     assert set(prod["backend"]["networks"]) == {"edge", "backend"}
 
@@ -97,17 +78,17 @@ def test_a_components_own_variables_reach_it_alone_on_compose(
 ) -> None:
     root = render(_with_own_variables(load_preset(PRESET)), tmp_path / "pmtool")
 
-    services = _compose_services(root, "compose.prod.yaml")
+    services = compose_services(root, "compose.prod.yaml")
     backend, frontend = services["backend"]["environment"], services["frontend"]["environment"]
     assert backend["QUEUE_NAME"] == "jobs"
-    assert backend["STRIPE_API_KEY"] == _placeholder("STRIPE_API_KEY")
+    assert backend["STRIPE_API_KEY"] == compose_placeholder("STRIPE_API_KEY")
     assert frontend["NEXT_TELEMETRY_DISABLED"] == "1"
-    assert frontend["SESSION_COOKIE_SECRET"] == _placeholder("SESSION_COOKIE_SECRET")
+    assert frontend["SESSION_COOKIE_SECRET"] == compose_placeholder("SESSION_COOKIE_SECRET")
     assert not {"NEXT_TELEMETRY_DISABLED", "SESSION_COOKIE_SECRET"} & backend.keys()
     assert not {"QUEUE_NAME", "STRIPE_API_KEY"} & frontend.keys()
     # The migration job runs the backend's image, with the backend's configuration.
     migrate = services["migrate"]["environment"]
-    assert migrate["STRIPE_API_KEY"] == _placeholder("STRIPE_API_KEY")
+    assert migrate["STRIPE_API_KEY"] == compose_placeholder("STRIPE_API_KEY")
     assert "SESSION_COOKIE_SECRET" not in migrate
     # Every environment must provide them, and the dev stack's .env names them.
     shipyard = YAML(typ="safe").load((root / "shipyard.yaml").read_text())

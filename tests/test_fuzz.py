@@ -103,6 +103,17 @@ def components(draw: st.DrawFn) -> list[dict[str, Any]]:
                     max_size=3,
                 )
             )
+        if draw(st.integers(0, 3)) == 0:
+            # Its size: CPUs or millicores (at least 50m), memory in Mi or Gi (at least 64Mi).
+            comp["resources"] = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "cpu": st.sampled_from([0.05, 0.25, 1, 2.5, "50m", "1500m"]),
+                        "memory": st.sampled_from(["64Mi", "768Mi", "1Gi", "3Gi"]),
+                    },
+                )
+            )
         result.append(comp)
     return result
 
@@ -129,6 +140,7 @@ CHOICES: dict[str, list[Any]] = {
     "migrations": ["prisma", "typeorm", "knex", "alembic", "django", "custom", "none"],
     "migrate_command": ["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"'],
     "redis": [False, True],
+    "redis_maxmemory": ["64mb", "768mb", "2gb"],
     "elasticsearch": [False, True],
     "reverse_proxy": [False, True],
     "tls": ["acme", "files", "none"],
@@ -579,6 +591,7 @@ ASKED_WHEN: dict[str, dict[str, Any]] = {
     "backup_s3_bucket": {"backup_storage": "s3"},
     "backup_s3_endpoint": {"backup_storage": "s3"},
     "acme_email": {"tls": "acme"},
+    "redis_maxmemory": {"redis": True},
 }
 
 

@@ -287,6 +287,22 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"components": [{**HTTP, "secrets": ["A", "A"]}]}, "lists A twice in secrets"),
     ({"components": [{**HTTP, "env": {"A": "1"}, "secrets": ["A"]}]}, "has A in both env and"),
     ({"app_env": {"POSTGRES_PASSWORD": "x"}}, "POSTGRES_PASSWORD is set by the kit itself"),
+    # Sizes: a component's resources, and Redis' maxmemory on Compose hosts.
+    ({"components": [{**HTTP, "resources": "1Gi"}]}, "give a YAML mapping like {cpu: 0.5"),
+    ({"components": [{**HTTP, "resources": {"mem": "1Gi"}}]}, "unknown resources key(s) mem"),
+    ({"components": [{**HTTP, "resources": {"memory": "63Mi"}}]}, "below the floor of 64Mi"),
+    ({"components": [{**HTTP, "resources": {"memory": "1G"}}]}, "give mebibytes or gibibytes"),
+    ({"components": [{**HTTP, "resources": {"memory": 512}}]}, "give mebibytes or gibibytes"),
+    ({"components": [{**HTTP, "resources": {"cpu": "half"}}]}, "give a number of CPUs like 0.5"),
+    ({"components": [{**HTTP, "resources": {"cpu": True}}]}, "give a number of CPUs like 0.5"),
+    ({"components": [{**HTTP, "resources": {"cpu": "0.5m"}}]}, "give a number of CPUs like 0.5"),
+    ({"components": [{**HTTP, "resources": {"cpu": 0.0005}}]}, "finer than a millicore"),
+    ({"components": [{**HTTP, "resources": {"cpu": "10m"}}]}, "below the floor of 50m"),
+    ({"components": [{**HTTP, "resources": {"cpu": 0.01}}]}, "below the floor of 50m"),
+    ({"components": [{**HTTP, "resources": {"cpu": 65}}]}, "above 64 CPUs"),
+    ({"redis": True, "redis_maxmemory": "512MB"}, "is not a size Redis reads"),
+    ({"redis": True, "redis_maxmemory": "2g"}, "is not a size Redis reads"),
+    ({"redis": True, "redis_maxmemory": "32mb"}, "below the floor of 64mb"),
 ]
 
 

@@ -164,6 +164,7 @@ def redis_kit(
         "database": "none",
         "migrations": "none",
         "redis": True,
+        "redis_maxmemory": "96mb",  # compose.prod.yaml's Redis holds at most this
         "components": [
             {"name": "api", "kind": "http", "port": 3000, "health_path": "/health", "path": "."}
         ],
@@ -213,6 +214,9 @@ def test_redis_refuses_clients_without_the_password(
         with_url = ["env", "-u", "REDISCLI_AUTH", "redis-cli", "--no-auth-warning", "-u", url]
         assert run(*with_url, "set", "probe", "1") == "OK\n"
         assert run("redis-cli", "-h", "redis", "get", "probe") == "1\n"
+        if file == "compose.prod.yaml":  # the server runs with the answer's maxmemory
+            maxmemory = run("redis-cli", "-h", "redis", "config", "get", "maxmemory")
+            assert maxmemory.split() == ["maxmemory", str(96 * 1024 * 1024)], maxmemory
         # The password is in no command line: neither what `docker inspect` shows nor `ps`.
         with contextlib.closing(dockerd.client()) as client:
             (container,) = client.containers.list(

@@ -122,6 +122,10 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
         ({"components": [{**HTTP, "uses": ["mysql"]}]}, "'mysql' is not one of ['postgres', "),
         ({"components": [{**HTTP, "secrets": {"A": "x"}}]}, "components.0.secrets: {'A': 'x'} is"),
+        ({"components": [{**HTTP, "resources": {"memory": "63Mi"}}]}, "'63Mi' does not match"),
+        ({"components": [{**HTTP, "resources": {"cpu": "10m"}}]}, "'10m' is not valid under any"),
+        ({"components": [{**HTTP, "resources": {"disk": "1Gi"}}]}, "('disk' was unexpected)"),
+        ({"redis_maxmemory": "32mb"}, "redis_maxmemory: '32mb' does not match"),
         (
             {"components": [{"name": "jobs", "kind": "worker", "health_port": 9000}]},
             "components.0: 'health_path' is a dependency of 'health_port'",
