@@ -141,9 +141,11 @@ def _values_args(values_file: str) -> list[str]:
     return ["-f", values_file] if values_file else []
 
 
-def _template_chart(helm: Helm, chart: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _template_chart(
+    helm: Helm, chart: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """`helm template` of `chart` (Helm 4) with a digest per image, then `args`."""
-    return helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args)
+    return helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=check)
 
 
 def _deploy_args(root: Path, env: str = "prod") -> list[str]:
@@ -883,16 +885,7 @@ def test_schema_refuses_bad_worker_health(
     helm: Helm, rendered: Callable[[str], Path], values: str, where: str
 ) -> None:
     chart = _chart(rendered("queue-worker"))
-    result = helm(
-        "helm",
-        "template",
-        "rel",
-        str(chart),
-        *chart_digests(chart),
-        "--set-json",
-        values,
-        check=False,
-    )
+    result = _template_chart(helm, chart, "--set-json", values, check=False)
     assert result.returncode != 0
     assert where in result.stderr, result.stderr
 
@@ -902,16 +895,7 @@ def test_schema_refuses_worker_health_on_an_http_component(
 ) -> None:
     chart = _chart(rendered("monorepo"))
     for values in ('components.api.healthCommand=["true"]', "components.api.healthPort=9000"):
-        result = helm(
-            "helm",
-            "template",
-            "rel",
-            str(chart),
-            *chart_digests(chart),
-            "--set-json",
-            values,
-            check=False,
-        )
+        result = _template_chart(helm, chart, "--set-json", values, check=False)
         assert result.returncode != 0, values
         assert "at '/components/api'" in result.stderr, result.stderr
 
