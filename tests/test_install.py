@@ -105,6 +105,8 @@ def test_kit_entry_points_run_from_the_wheel_alone(
         "PATH": path,
         "HOME": os.environ.get("HOME", "/root"),
         "SHOP_API_IMAGE": f"registry.example.com/shop-api@{DIGEST}",
+        # The chart's backup CronJob runs the backup image by digest (CI passes it too).
+        "BACKUP_IMAGE": f"registry.example.com/shop-api-backup@{DIGEST}",
     }
     # The command really comes from the pristine venv, not from the test environment.
     assert shutil.which(argv[0], path=path) == str(pristine / "bin" / argv[0])
