@@ -94,6 +94,14 @@ def test_run_and_verify_push_the_facts_of_the_backup(kit: Kit, pushgateway: Push
     assert drilled["shipyard_backup_verify_success"] == 1
     assert before <= drilled[VERIFY_SUCCESS] <= after
     assert 0 < drilled["shipyard_backup_verify_duration_seconds"] <= after - before
+    # The drill's recovery time and point, as it recorded them beside the backup.
+    record = backup.list_backups(backup.from_url(kit.target))[-1].verified
+    assert record is not None
+    assert drilled["shipyard_backup_verify_restore_seconds"] == record["restore_seconds"]
+    assert 0 < record["restore_seconds"] < drilled["shipyard_backup_verify_duration_seconds"]
+    age = drilled["shipyard_backup_verify_recovery_point_age_seconds"]
+    assert age == record["recovery_point_age_seconds"]
+    assert before - newest.created.timestamp() <= age <= after - newest.created.timestamp()
     assert VERIFY_FAILURE not in drilled
     # The drill's push left the backup's facts as the run pushed them.
     for name in (SUCCESS, "shipyard_backup_size_bytes", "shipyard_backup_duration_seconds"):
@@ -159,7 +167,7 @@ def test_a_push_without_its_labels_is_a_warning_not_a_failure(
 ) -> None:
     service = f"shop-{secrets.token_hex(3)}"
     environ = {k: v for k, v in push_env(pushgateway.url, service).items() if k != unset}
-    report = metrics.verify_report(passed=True, started=1.0, ended=2.0)
+    report = metrics.verify_report(None, started=1.0, ended=2.0)
 
     assert metrics.push(report, environ) is False
     assert f"SHIPYARD_PUSHGATEWAY_URL is set but {named} is not" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 
 from shipyard import backup
 from shipyard.backup import cli, engine
-from shipyard.backup.report import human_size, to_stderr
+from shipyard.backup.report import human_duration, human_size, to_stderr
 
 
 def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> dict[str, object]:
@@ -46,7 +46,12 @@ def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> d
 
 def test_list_prints_one_aligned_line_per_backup() -> None:
     made = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
-    checked = {"verified_at": "2026-11-20T04:05:06.789+00:00", "tables": 1, "rows": 3}
+    checked = {
+        "verified_at": "2026-11-20T04:05:06.789+00:00",
+        "tables": 1,
+        "rows": 3,
+        "restore_seconds": 12.345,
+    }
     # The second holds an archive of a data path: its size counts in the backup's.
     with_files = {
         **manifest("20261121T030000Z-bbbbbb", made + timedelta(days=1), kind="safety"),
@@ -61,7 +66,7 @@ def test_list_prints_one_aligned_line_per_backup() -> None:
         "id                       kind      database                   size tables files  verified",
         "20261120T030000Z-aaaaaa  scheduled shop                     123456      1     0  -",
         "20261121T030000Z-bbbbbb  safety    shop                     124456      1     1"
-        "  2026-11-20T04:05:06",
+        "  2026-11-20T04:05:06 (restored in 12.3 s)",
     ]
     assert cli.format_table([]) == "no complete backups"
 
@@ -80,6 +85,23 @@ def test_list_prints_one_aligned_line_per_backup() -> None:
 )
 def test_sizes_read_in_binary_units(size: int, shown: str) -> None:
     assert human_size(size) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "0 s"),
+        (119.4, "119 s"),
+        (120, "2 min"),
+        (7199, "120 min"),
+        (7200, "2.0 h"),
+        (172799, "48.0 h"),
+        (172800, "2.0 days"),
+        (86400 * 9.5, "9.5 days"),
+    ],
+)
+def test_ages_read_in_the_unit_a_person_would_say(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
 
 
 def _store(root: Path, *ages: timedelta) -> list[str]:
@@ -232,7 +254,19 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     assert checked.manifest == made.manifest
     record = json.loads((tmp_path / made.id / engine.VERIFIED).read_text())
     assert record == checked.verified
-    assert set(record) == {"verified_at", "tables", "rows", "shipyard"}
+    assert set(record) == {
+        "verified_at",
+        "tables",
+        "rows",
+        "restore_seconds",
+        "recovery_point_age_seconds",
+        "shipyard",
+    }
+    verified_at = datetime.fromisoformat(record["verified_at"])
+    assert record["recovery_point_age_seconds"] == round(
+        (verified_at - made.created).total_seconds(), 3
+    )
+    assert 0 < record["restore_seconds"] < (verified_at - made.created).total_seconds()
     assert datetime.fromisoformat(record["verified_at"]).utcoffset() == timedelta(0)
     assert (record["tables"], record["rows"]) == (4, 2000 + 5000 + 2 + 300)
     assert capsys.readouterr().err == ""
@@ -242,4 +276,10 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
         rf" \({engine.default_jobs()} parallel jobs\)",
         said[1],
     )
-    assert said[2:] == [f"backup {made.id} verified: 4 tables, 7302 rows match"]
+    assert said[2] == f"backup {made.id} verified: 4 tables, 7302 rows match"
+    assert re.fullmatch(
+        r"restore drill: restored in \d+\.\d s \(recovery time\); the backup is \d+ s old"
+        r" \(recovery point\)",
+        said[3],
+    )
+    assert len(said) == 4

@@ -625,26 +625,41 @@ def test_backup_cronjob_runs_the_backup_engine(
         assert not cronjobs
         return
     backup = cfg["environments"][env]["backup"]
-    (cron,) = cronjobs
+    # The backups, and the weekly restore drill: the same engine, image, secrets and storage.
+    cron, drill = cronjobs
+    name = cron["metadata"]["name"]
+    assert name.endswith("-backup")
+    assert drill["metadata"]["name"] == name.removesuffix("-backup") + "-restore-drill"
     assert cron["spec"]["schedule"] == backup["schedule"]
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    image = f"{cfg['image']['registry']}/{cfg['service']['name']}-backup"
-    assert container["image"] == f"{image}@{DIGEST}"
+    assert drill["spec"]["schedule"] == "30 5 * * 0"
     if backup["storage"] == "s3":
         target = f"s3://{backup['bucket']}/{backup['prefix']}"
     else:
         target = "file:///backups"
-    assert container["args"] == [
-        "shipyard", "backup", "run", "--target", target,
-        "--retention-days", str(backup["retention_days"]),
-    ]  # fmt: skip
-    secrets = [s["secretRef"]["name"] for s in container["envFrom"]]
-    assert secrets[0].endswith("-backup-db")
-    assert (len(secrets) == 2) == (backup["storage"] == "s3")
-    env_names = {v["name"] for v in container["env"]}
-    assert ("AWS_ENDPOINT_URL" in env_names) == bool(backup.get("endpoint"))
+    args = {
+        "backup": ["shipyard", "backup", "run", "--target", target,
+                   "--retention-days", str(backup["retention_days"])],
+        "drill": ["shipyard", "backup", "verify", "--target", target],
+    }  # fmt: skip
+    for name, job in (("backup", cron), ("drill", drill)):
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        # The backup NetworkPolicies select the drill's pods too.
+        labels = job["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == "backup"
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        image = f"{cfg['image']['registry']}/{cfg['service']['name']}-backup"
+        assert container["image"] == f"{image}@{DIGEST}"
+        assert container["args"] == args[name]
+        secrets = [s["secretRef"]["name"] for s in container["envFrom"]]
+        assert secrets[0].endswith("-backup-db")
+        assert (len(secrets) == 2) == (backup["storage"] == "s3")
+        env_names = {v["name"] for v in container["env"]}
+        assert ("AWS_ENDPOINT_URL" in env_names) == bool(backup.get("endpoint"))
+
+    off = template(preset, "-f", str(chart / f"values-{env}.yaml"), *_deploy_args(root, env),
+                   "--set", "backup.drill.enabled=false")  # fmt: skip
+    assert [c["metadata"]["name"] for c in _by_kind(off, "CronJob")] == [cron["metadata"]["name"]]
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)
@@ -653,11 +668,13 @@ def test_local_backups_get_a_kept_volume(preset: str, template: Callable[..., li
     docs = template(preset, *args)
     (claim,) = _by_kind(docs, "PersistentVolumeClaim")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    (cron,) = _by_kind(docs, "CronJob")
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    volume = next(v for v in pod["volumes"] if v["name"] == "backups")
-    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-    assert {"name": "backups", "mountPath": "/backups"} in pod["containers"][0]["volumeMounts"]
+    # The backups and the restore drill use the one claim.
+    assert len(_by_kind(docs, "CronJob")) == 2
+    for cron in _by_kind(docs, "CronJob"):
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "backups")
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert {"name": "backups", "mountPath": "/backups"} in pod["containers"][0]["volumeMounts"]
 
 
 @pytest.mark.parametrize("preset", ROUTED_HELM_PRESETS)

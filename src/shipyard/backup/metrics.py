@@ -56,6 +56,12 @@ METRICS = {
         "When the last restore drill that failed ended, Unix time."
     ),
     "shipyard_backup_verify_duration_seconds": "How long the last restore drill took.",
+    "shipyard_backup_verify_restore_seconds": (
+        "The last passing drill's recovery time: fetching, restoring and reading back the backup."
+    ),
+    "shipyard_backup_verify_recovery_point_age_seconds": (
+        "The last passing drill's recovery point: the age of the backup it restored."
+    ),
 }
 
 
@@ -79,16 +85,22 @@ def run_report(made: Backup | None, *, failed_at: float | None) -> Report:
     return Report(values)
 
 
-def verify_report(*, passed: bool, started: float, ended: float) -> Report:
-    """After `backup verify`: whether it passed, and when it ran."""
-    outcome = "success" if passed else "failure"
-    return Report(
-        {
-            "shipyard_backup_verify_success": 1.0 if passed else 0.0,
-            f"shipyard_backup_verify_last_{outcome}_timestamp_seconds": ended,
-            "shipyard_backup_verify_duration_seconds": ended - started,
-        }
-    )
+def verify_report(verified: Backup | None, *, started: float, ended: float) -> Report:
+    """After `backup verify`: the backup it verified (None if the drill failed), and when it
+    ran. A failed drill leaves the last passing one's recovery time and point as they were."""
+    outcome = "success" if verified is not None else "failure"
+    values = {
+        "shipyard_backup_verify_success": 1.0 if verified is not None else 0.0,
+        f"shipyard_backup_verify_last_{outcome}_timestamp_seconds": ended,
+        "shipyard_backup_verify_duration_seconds": ended - started,
+    }
+    if verified is not None and verified.verified is not None:
+        record = verified.verified
+        values["shipyard_backup_verify_restore_seconds"] = float(record["restore_seconds"])
+        values["shipyard_backup_verify_recovery_point_age_seconds"] = float(
+            record["recovery_point_age_seconds"]
+        )
+    return Report(values)
 
 
 def push(report: Report, environ: Mapping[str, str]) -> bool:

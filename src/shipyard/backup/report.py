@@ -29,3 +29,14 @@ def human_size(n: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
         value /= 1024
     return f"{n} B"
+
+
+def human_duration(seconds: float) -> str:
+    """An age for a progress line: `42 s`, `17 min`, `5.2 h`, `3.0 days`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -250,11 +250,9 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
         with _failures(f"verifying a backup of {env}"):
             checked = engine.verify(target, backup or None, jobs=jobs)
     except Exit:
-        metrics.push(
-            metrics.verify_report(passed=False, started=started, ended=time.time()), os.environ
-        )
+        metrics.push(metrics.verify_report(None, started=started, ended=time.time()), os.environ)
         raise
-    metrics.push(metrics.verify_report(passed=True, started=started, ended=time.time()), os.environ)
+    metrics.push(metrics.verify_report(checked, started=started, ended=time.time()), os.environ)
     record = checked.verified or {}
     print(
         f"{env}: backup {checked.id} verified: {record.get('tables')} tables and "
