@@ -217,3 +217,54 @@ def _health(dockerd: Dockerd, container: str) -> str:
         if status == "starting":
             time.sleep(2)
     return status
+
+
+def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
+    python_kit: Kit, dockerd: Dockerd
+) -> None:
+    """A release that changes only code: the new image shares every layer with the last one
+    but the code's (so a push and a pull move just that layer), deploys, and `invoke
+    rollback` puts the previous release back."""
+    kit = python_kit
+
+    def release() -> str:
+        kit.invoke("build", "--env", "staging")
+        kit.invoke("push", "--env", "staging")
+        kit.invoke("deploy", "--env", "staging", "--yes")
+        ref: str = json.loads((kit.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
+        return ref
+
+    def layers(ref: str) -> list[str]:
+        with contextlib.closing(dockerd.client()) as client:
+            found: list[str] = client.images.get(ref).attrs["RootFS"]["Layers"]
+        return found
+
+    def served() -> dict[str, object]:
+        answer: dict[str, object] = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()
+        return answer
+
+    first = release()
+    assert "release" not in served()
+
+    main = kit.root / "app" / "main.py"
+    text = main.read_text()
+    old = f'body = {{"service": "{SERVICE}", "visits": visits}}'
+    assert old in text
+    main.write_text(text.replace(old, old[:-1] + ', "release": 2}'))
+    git(kit.root, "commit", "-qam", "a code-only release")
+    second = release()
+
+    before, after = layers(first), layers(second)
+    assert len(before) == len(after)
+    # Base, user, dependencies: the same layers; only the code's (the top one) is new.
+    assert before[:-1] == after[:-1]
+    assert before[-1] != after[-1]
+    assert served()["release"] == 2
+
+    kit.invoke("rollback", "--env", "staging", "--yes")
+    assert "release" not in served()
+    with contextlib.closing(dockerd.client()) as client:
+        (container,) = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
+        )
+        assert container.attrs["Config"]["Image"] == first
