@@ -20,12 +20,20 @@ from shipyard import config
 from shipyard.engines import EngineError, state
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
-from shipyard.engines.proc import Command
+from shipyard.engines.proc import Command, capture
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
 from shipyard.tasks.targets import files, proxy, switch
-from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
+from shipyard.tasks.targets.base import (
+    Options,
+    RolledBack,
+    ask,
+    preflight,
+    refuse_in_maintenance,
+    smoke_component,
+    smoke_failure,
+)
 
 
 class ComposeTarget:
@@ -107,6 +115,11 @@ class ComposeTarget:
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
+
+    def running(self) -> dict[str, str]:
+        with contextlib.closing(docker_engine.client()) as client:
+            running = docker_engine.running_images(client, self._project())
+        return {c.name: running[c.name] for c in self.cfg.components if c.name in running}
 
     def _project(self) -> str:
         return compose_engine.project_name(self.cfg.root / self.env.compose_file, self.cfg.service)
@@ -241,9 +254,7 @@ class ComposeTarget:
         smoke = self.env.smoke
         if smoke is None:
             return None
-        http = [c.name for c in self.cfg.components if c.kind == "http"]
-        component = smoke.component or (http or [self.cfg.components[0].name])[0]
-        file = self.env.compose_file
+        component, file = smoke_component(self.cfg, smoke), self.env.compose_file
         return compose_engine.run_once(
             self.cfg.root, file, images, component, smoke.command, self._variables()
         )
@@ -252,13 +263,20 @@ class ComposeTarget:
         smoke, check = self.env.smoke, self._smoke(images)
         if smoke is None or check is None:
             return
+        say(f"$ {check}")
         try:
-            execute(check, "the smoke check", timeout=smoke.timeout)
+            # Captured, so a failure can quote its last lines; shown either way.
+            result = capture(check, what="the smoke check", timeout=smoke.timeout)
         except EngineError:
             # A check killed at its timeout leaves its container behind: remove it.
             with contextlib.closing(docker_engine.client()) as client:
                 docker_engine.remove_one_offs(client, project)
             raise
+        output = result.stdout + result.stderr
+        if output.strip():
+            print(output.rstrip(), flush=True)
+        if result.returncode:
+            raise EngineError(smoke_failure(smoke.command, result.returncode, output))
 
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
@@ -352,7 +370,7 @@ class ComposeTarget:
                 code=1,
             ) from None
         state.record_deploy(root, env, {"images": previous, "status": "rolled-back"})
-        raise Exit(
+        raise RolledBack(
             f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
             "version is serving",
             code=code,
