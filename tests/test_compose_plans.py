@@ -272,12 +272,18 @@ def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
             "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
         ),
         (
-            {"command": ["true"]},
+            {"command": ["true"], "component": "wbe"},
             "helm",
-            "environments.prod.smoke: smoke checks run on Compose targets only so far; on Helm, "
-            "run yours in CI after `invoke deploy`",
+            "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
         ),
         ({"command": []}, "compose", "environments.prod.smoke.command: [] should be non-empty"),
+        (
+            # A shell line is not an argv: the check runs without a shell.
+            {"command": "npm run smoke && echo ok"},
+            "helm",
+            "environments.prod.smoke.command: 'npm run smoke && echo ok' is not of type 'array'",
+        ),
+        ({"command": ["true"], "timeout": 0}, "compose", "0 is less than the minimum of 1"),
     ],
 )
 def test_smoke_settings_are_checked(
