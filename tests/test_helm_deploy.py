@@ -31,7 +31,7 @@ from shipyard import config
 from shipyard.engines import docker as docker_engine
 from tests.conftest import Render, edit_yaml, init_repo
 from tests.servers.docker import Dockerd, MirrorImages
-from tests.servers.webhook import webhook
+from tests.servers.webhook import Webhook, webhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
@@ -417,6 +417,17 @@ def smoke_kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _announced(
+    cluster: Cluster, kit: Path, story: str, status: int = 200
+) -> tuple[subprocess.CompletedProcess[str], Webhook]:
+    """A deploy with a webhook answering `status` in SHIPYARD_DEPLOY_WEBHOOK_URL, and the
+    webhook (which stops listening when this returns)."""
+    with webhook(HOOK_PATH) as hook:
+        hook.status = status
+        cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
+        return cluster.deploy(kit, story), hook
+
+
 def _versions(kit: Path, image: str) -> tuple[str, str]:
     """How notifications name the release before the deploy (OLD) and the one deployed."""
     return f"shop-api {config.load(kit).image_repository('shop-api')}@{OLD}", f"shop-api {image}"
@@ -425,9 +436,7 @@ def _versions(kit: Path, image: str) -> tuple[str, str]:
 def test_the_smoke_check_runs_as_a_job_of_the_new_pods_and_the_deploy_is_announced(
     smoke_kit: Path, cluster: Cluster, image: str
 ) -> None:
-    with webhook(HOOK_PATH) as hook:
-        cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
-        result = cluster.deploy(smoke_kit, "smoke-passes")
+    result, hook = _announced(cluster, smoke_kit, "smoke-passes")
     assert result.returncode == 0, result.stderr
     assert "prod: the smoke check passed" in result.stdout
     calls = [c for c in cluster.calls() if c[:2] != ["helm", "version"]]
@@ -471,9 +480,7 @@ def test_the_smoke_check_runs_as_a_job_of_the_new_pods_and_the_deploy_is_announc
 def test_a_failing_smoke_check_rolls_the_helm_release_back(
     smoke_kit: Path, cluster: Cluster, image: str
 ) -> None:
-    with webhook(HOOK_PATH) as hook:
-        cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
-        result = cluster.deploy(smoke_kit, "smoke-fails")
+    result, hook = _announced(cluster, smoke_kit, "smoke-fails")
     assert result.returncode == 1
     reason = (
         "the smoke check `node smoke.js` exited with 3; its last lines: checking "
@@ -510,11 +517,8 @@ def test_a_failing_smoke_check_rolls_the_helm_release_back(
 def test_a_notification_that_fails_is_a_warning_and_never_shows_the_url(
     smoke_kit: Path, cluster: Cluster
 ) -> None:
-    with webhook(HOOK_PATH) as hook:
-        hook.status = 500
-        cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
-        result = cluster.deploy(smoke_kit, "smoke-passes")
-        closed = hook.url
+    result, hook = _announced(cluster, smoke_kit, "smoke-passes", status=500)
+    closed = hook.url
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("prod: deployed and healthy")
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]

@@ -15,15 +15,8 @@ from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release
 from shipyard.tasks.support import execute, failures, plan, say
-from shipyard.tasks.targets.base import (
-    Options,
-    RolledBack,
-    ask,
-    preflight,
-    refuse_in_maintenance,
-    smoke_component,
-    smoke_failure,
-)
+from shipyard.tasks.targets import base
+from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
 
 # The page maintenance mode serves, shared with the Compose proxy (proxy/maintenance/).
 PAGE = "proxy/maintenance/index.html"
@@ -73,7 +66,7 @@ class HelmTarget:
         return smoke_job.SmokeJob(
             release=self.chart.name,
             namespace=self.env.namespace,
-            component=smoke_component(self.cfg, smoke),
+            component=base.smoke_component(self.cfg, smoke),
             name=helm_engine.job_name(f"{service}-smoke"),
             argv=smoke.command,
             timeout=smoke.timeout,
@@ -168,7 +161,7 @@ class HelmTarget:
         if failure is None:
             say(f"{self.env.name}: the smoke check passed")
             return
-        env, reason = self.env.name, smoke_failure(job.argv, failure.code, failure.output)
+        env, reason = self.env.name, base.smoke_failure(job.argv, failure.code, failure.output)
         state.record_deploy(self.cfg.root, env, {"images": release.images, "status": "failed"})
         revision = helm_engine.rollback_revision(helm_engine.revisions(self.chart))
         if revision is None:
@@ -187,7 +180,7 @@ class HelmTarget:
                 f"({again}); see `invoke status --env {env}`",
                 code=1,
             ) from None
-        raise RolledBack(
+        raise base.RolledBack(
             f"shipyard: the deploy to {env} failed ({reason}); rolled back to revision "
             f"{revision}, the previous version is serving",
             code=1,
