@@ -178,11 +178,16 @@ def release(kit: Kit) -> str:
 
 def serving_images(dockerd: Dockerd) -> list[str]:
     """The image reference each running app container was started from."""
+    return [image for _, image in serving(dockerd)]
+
+
+def serving(dockerd: Dockerd) -> list[tuple[str, str]]:
+    """Each running app container's id and the image reference it was started from."""
     with contextlib.closing(dockerd.client()) as client:
         containers = client.containers.list(
             filters={"label": [f"com.docker.compose.service={SERVICE}"]}
         )
-        return [str(c.attrs["Config"]["Image"]) for c in containers]
+        return [(str(c.id), str(c.attrs["Config"]["Image"])) for c in containers]
 
 
 def serving_image(dockerd: Dockerd) -> str:
@@ -658,6 +663,7 @@ def test_a_failing_smoke_check_rolls_the_release_back(
     deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
     health = f"http://proxy:{kit.port}/health"
     failing = ["node", "-e", 'console.log("smoke: GET /orders answered 500"); process.exit(3)']
+    before = serving(dockerd)
     try:
         set_staging(kit, "smoke", {"command": failing})
         with webhook("/hooks/s3cr3t") as hook:
@@ -673,6 +679,9 @@ def test_a_failing_smoke_check_rolls_the_release_back(
             f"shipyard: the rollout of staging failed ({reason}); rolled back, the previous "
             "version is serving"
         )
+        # The very containers that served before: held running until the check passed, the
+        # proxy only pointed back at them.
+        assert serving(dockerd) == before
         assert serving_image(dockerd) == first
         old, new = f"{SERVICE} {first}", f"{SERVICE} {deaf}"
         assert hook.received == [

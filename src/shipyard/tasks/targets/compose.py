@@ -289,7 +289,12 @@ class ComposeTarget:
             steps.append(_workers_up(stack, images, workers))
         smoke = self._smoke(images)
         if smoke:
-            steps += [smoke, "a failing smoke check rolls back like a failed health check"]
+            steps += [
+                smoke,
+                "a failing smoke check rolls back like a failed health check: until it passes "
+                "the old containers of each http component keep running (the drain and stop "
+                "above wait for it), so the proxy is only pointed back at them",
+            ]
         return steps
 
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
@@ -301,6 +306,10 @@ class ComposeTarget:
             running = docker_engine.running_images(client, stack.project)
         previous = {name: running[name] for name in images if name in running}
         switched: list[config.Component] = []
+        # With a smoke check, each http component's old containers keep running (the proxy no
+        # longer sends to them) until it passes: a failing check only points the proxy back.
+        hold = self.env.smoke is not None
+        held: dict[str, list[docker_engine.Replica]] = {}
         try:
             self._put_files(images, stack.project)
             execute(
@@ -310,19 +319,21 @@ class ComposeTarget:
             with contextlib.closing(docker_engine.client()) as client:
                 for comp in http:
                     switched.append(comp)
-                    switch.switch(client, stack, comp, images)
+                    held[comp.name] = switch.switch(client, stack, comp, images, hold=hold)
             if workers:
                 try:
                     execute(_workers_up(stack, images, workers), "the workers")
                 except EngineError as exc:
                     raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
             self._run_smoke(images, stack.project)
+            with contextlib.closing(docker_engine.client()) as client:
+                switch.finish(client, held)
         except (EngineError, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted (Ctrl-C)" if interrupted else str(exc)
             state.record_deploy(root, env, {"images": dict(images), "status": "failed"})
             self._revert(
-                stack, images, previous, switched, workers, reason, 130 if interrupted else 1
+                stack, images, previous, switched, held, workers, reason, 130 if interrupted else 1
             )
         state.record_deploy(root, env, {"images": dict(images), "status": status})
 
@@ -332,6 +343,7 @@ class ComposeTarget:
         images: Mapping[str, str],
         previous: dict[str, str],
         switched: list[config.Component],
+        held: Mapping[str, list[docker_engine.Replica]],
         workers: list[str],
         reason: str,
         code: int,
@@ -352,7 +364,10 @@ class ComposeTarget:
                 # The component that failed removed its own new containers; the ones switched
                 # before it switch back, the same way.
                 for comp in switched:
-                    if comp.name in previous:
+                    if held.get(comp.name):
+                        # Held for the smoke check: still running, the proxy goes back to them.
+                        switch.back(client, stack, comp, held[comp.name])
+                    elif comp.name in previous:
                         switch.switch(client, stack, comp, back, keep_running=True)
                     else:
                         switch.retire_component(client, stack, comp)
