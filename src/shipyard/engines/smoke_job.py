@@ -23,7 +23,7 @@ from shipyard.engines.proc import Command, capture, command, run
 COMPONENT_LABEL = "app.kubernetes.io/component"
 # Lines of the check's log read back when it fails.
 TAIL = 20
-# Minutes a finished check's Job (and its log) stays for `kubectl logs` before Kubernetes
+# Seconds a finished check's Job (and its log) stays for `kubectl logs` before Kubernetes
 # removes it.
 KEEP_SECONDS = 3600
 
@@ -129,9 +129,9 @@ def run_check(job: SmokeJob, say: Callable[[str], None]) -> Failure | None:
     failed = wait_job(job.conditions(), job.timeout, "the smoke check Job")
     if failed == "":
         return None
-    code = run(job.exit_code(), capture=True, what="reading the smoke check's exit code").strip()
+    # Whatever these say (or not), the rollback goes on: they are read, never required.
+    code = capture(job.exit_code(), what="reading the smoke check's exit code").stdout.strip()
     if failed is None or not code:
         code = f"no exit code ({failed or f'still running after {job.timeout}s'})"
-    # Whatever the log holds (or not), the rollback goes on.
     output = capture(job.logs(), what="reading the smoke check's log").stdout
     return Failure(code, output)
