@@ -260,7 +260,10 @@ def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
     # After the switch and the workers, with the new images.
     assert plan.index(runs[0]) > max(i for i, line in enumerate(plan) if "--scale" in line)
     assert f"WEB_IMAGE={REGISTRY}/shop-web@{DIGEST}" in runs[0]
-    assert "a failing smoke check rolls back like a failed health check" in plan[-2]
+    assert (
+        "a failing smoke check rolls back like a failed health check: until it passes the old "
+        "containers of each http component keep running" in plan[-2]
+    )
 
 
 @pytest.mark.parametrize(
@@ -272,12 +275,18 @@ def test_smoke_check_runs_in_the_new_image_after_the_rollout(kit: Path) -> None:
             "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
         ),
         (
-            {"command": ["true"]},
+            {"command": ["true"], "component": "wbe"},
             "helm",
-            "environments.prod.smoke: smoke checks run on Compose targets only so far; on Helm, "
-            "run yours in CI after `invoke deploy`",
+            "environments.prod.smoke.component: 'wbe' is not one of the components (jobs, web)",
         ),
         ({"command": []}, "compose", "environments.prod.smoke.command: [] should be non-empty"),
+        (
+            # A shell line is not an argv: the check runs without a shell.
+            {"command": "npm run smoke && echo ok"},
+            "helm",
+            "environments.prod.smoke.command: 'npm run smoke && echo ok' is not of type 'array'",
+        ),
+        ({"command": ["true"], "timeout": 0}, "compose", "0 is less than the minimum of 1"),
     ],
 )
 def test_smoke_settings_are_checked(

@@ -27,17 +27,24 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from shipyard import config
 from shipyard.engines import docker as docker_engine
-from tests.conftest import Render, init_repo
+from tests.conftest import Render, edit_yaml, init_repo
 from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.webhook import Webhook, webhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 NAMESPACE = "shop-api-prod"
 # The chart's existingSecret (secretEnv), whose keys the deploy checks.
 ENV_OBJECT = "shop-api-env"
+# The digest the release ran before the deploy (what `helm get values` reports).
+OLD = "sha256:" + "0" * 64
 # What each stand-in does, logged as one JSON line per call: [tool, args...].
-BOUNDARY = """import json, os, sys
+BOUNDARY = (
+    f"""OLD = {OLD!r}
+"""
+    + """import json, os, sys
 from pathlib import Path
 tool = Path(sys.argv[0]).name
 with Path(os.environ["BOUNDARY_LOG"]).open("a") as log:
@@ -47,19 +54,34 @@ if tool == "kubectl":
     what = sys.argv[1:3]
     if what == ["get", "cronjob"]:
         print("cronjob.batch/" + sys.argv[3])
+    elif what == ["get", "job"] and "-smoke-" in sys.argv[3]:
+        print("Failed\\tBackoffLimitExceeded" if story == "smoke-fails" else "Complete\\t")
     elif what == ["get", "job"]:
         print("Failed\\tBackoffLimitExceeded" if story == "backup-fails" else "Complete\\t")
+    elif what == ["get", "deployment"]:
+        print(os.environ["BOUNDARY_DEPLOYMENTS"])
+    elif what == ["get", "pods"]:
+        print("3")  # the smoke check's exit code
+    elif sys.argv[1] == "logs":
+        print("checking http://shop-api/health\\nGET /health answered 500")
 elif tool == "helm":
     if sys.argv[1] == "version":
         print("v4.0.0+g0000000")
     elif sys.argv[1:3] == ["get", "values"]:
         # The values the release was deployed with (`null` when none were given).
         maintenance = {"enabled": True, "retryAfter": 60, "since": "2026-12-04T09:00:00+00:00"}
-        print(json.dumps({"maintenance": maintenance} if story == "maintenance-on" else None))
+        deployed = {"components": {"shop-api": {"image": {"digest": OLD}}}}
+        print(json.dumps({"maintenance": maintenance} if story == "maintenance-on" else
+                         deployed if story.startswith("smoke") else None))
+    elif sys.argv[1] == "history":
+        done = "Upgrade complete"
+        print(json.dumps([{"revision": 4, "status": "superseded", "description": done},
+                          {"revision": 5, "status": "deployed", "description": done}]))
     elif sys.argv[1] == "upgrade" and story == "upgrade-fails":
         print("Error: UPGRADE FAILED: context deadline exceeded", file=sys.stderr)
         sys.exit(1)
 """
+)
 
 
 @dataclass
@@ -127,7 +149,28 @@ def _deployments() -> dict[str, Any]:
         "spec": {
             "replicas": 2,
             "selector": {"matchLabels": {"app": "shop-api"}},
-            "template": {"spec": {"containers": [{"name": "shop-api"}]}},
+            "template": {
+                "metadata": {
+                    "labels": {
+                        "app.kubernetes.io/instance": "shop-api",
+                        "app.kubernetes.io/component": "shop-api",
+                    }
+                },
+                "spec": {
+                    "serviceAccountName": "shop-api",
+                    "containers": [
+                        {
+                            "name": "shop-api",
+                            "image": "registry.example/shop-api@sha256:new",
+                            "args": ["node", "src/main.js"],
+                            "envFrom": [{"secretRef": {"name": ENV_OBJECT}}],
+                            "ports": [{"containerPort": 3000}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": 3000}},
+                            "securityContext": {"runAsNonRoot": True},
+                        }
+                    ],
+                },
+            },
         },
         "status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2},
     }
@@ -175,6 +218,7 @@ def cluster(tmp_path: Path, dockerd: Dockerd, image: str) -> Iterator[Cluster]:
         "SHIPYARD_HELM": str(bin_dir / "helm"),
         "KUBECONFIG": str(kubeconfig),
         "BOUNDARY_LOG": str(log),
+        "BOUNDARY_DEPLOYMENTS": json.dumps(_deployments()),
         "SHOP_API_IMAGE": image,
         # The backup CronJob's image (CI passes the one release.yml pushed).
         "BACKUP_IMAGE": image,
@@ -351,3 +395,158 @@ def test_maintenance_on_and_off_upgrade_the_release_as_deployed(
     assert "--install" not in upgrades[0]
     assert "maintenance.page=proxy/maintenance/index.html" in upgrades[0]
     assert upgrades[1][upgrades[1].index("--set") + 1] == "maintenance.enabled=false"
+
+
+# A chat service's incoming-webhook URL is a secret: its path is the credential.
+HOOK_PATH = "/services/T0001/B0001/s3cr3tT0k3n"
+
+
+@pytest.fixture(scope="module")
+def smoke_kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample service with a smoke check in prod, committed."""
+    root = render(
+        {"project_name": "Shop API", "sample_app": True, "ci_provider": "none"},
+        tmp_path_factory.mktemp("smoke") / "shop-api",
+    )
+
+    def smoke(data: Any) -> None:
+        data["environments"]["prod"]["smoke"] = {"command": ["node", "smoke.js"], "timeout": 30}
+
+    edit_yaml(root / "shipyard.yaml", smoke)
+    init_repo(root, "kit with a smoke check")
+    return root
+
+
+def _announced(
+    cluster: Cluster, kit: Path, story: str, status: int = 200
+) -> tuple[subprocess.CompletedProcess[str], Webhook]:
+    """A deploy with a webhook answering `status` in SHIPYARD_DEPLOY_WEBHOOK_URL, and the
+    webhook (which stops listening when this returns)."""
+    with webhook(HOOK_PATH) as hook:
+        hook.status = status
+        cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
+        return cluster.deploy(kit, story), hook
+
+
+def _versions(kit: Path, image: str) -> tuple[str, str]:
+    """How notifications name the release before the deploy (OLD) and the one deployed."""
+    return f"shop-api {config.load(kit).image_repository('shop-api')}@{OLD}", f"shop-api {image}"
+
+
+def test_the_smoke_check_runs_as_a_job_of_the_new_pods_and_the_deploy_is_announced(
+    smoke_kit: Path, cluster: Cluster, image: str
+) -> None:
+    result, hook = _announced(cluster, smoke_kit, "smoke-passes")
+    assert result.returncode == 0, result.stderr
+    assert "prod: the smoke check passed" in result.stdout
+    calls = [c for c in cluster.calls() if c[:2] != ["helm", "version"]]
+    after = [c[:3] for c in calls[calls.index(next(c for c in calls if c[1] == "upgrade")) :]]
+    assert after == [
+        ["helm", "upgrade", "--install"],
+        ["api", "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"],
+        ["kubectl", "get", "deployment"],  # the component's pod template, as upgraded
+        ["kubectl", "create", "--filename"],
+        ["kubectl", "get", "job"],  # Complete
+    ], calls
+    selector = calls[-3][calls[-3].index("--selector") + 1]
+    assert selector == "app.kubernetes.io/instance=shop-api,app.kubernetes.io/component=shop-api"
+    manifest = json.loads(Path(calls[-2][3]).read_text())
+    assert manifest["kind"] == "Job"
+    assert manifest["metadata"]["name"] == calls[-1][3]
+    assert manifest["metadata"]["name"].startswith("shop-api-smoke-")
+    assert manifest["spec"]["backoffLimit"] == 0
+    assert manifest["spec"]["activeDeadlineSeconds"] == 30
+    pod = manifest["spec"]["template"]
+    # Not a pod of the component's Service: no request reaches the check.
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "shop-api-smoke"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["serviceAccountName"] == "shop-api"
+    [container] = pod["spec"]["containers"]
+    assert container == {
+        "name": "shop-api",
+        "image": "registry.example/shop-api@sha256:new",
+        "command": ["node", "smoke.js"],
+        "envFrom": [{"secretRef": {"name": ENV_OBJECT}}],
+        "securityContext": {"runAsNonRoot": True},
+    }
+    old, new = _versions(smoke_kit, image)
+    assert hook.received == [
+        {"text": f"Deploy of shop-api on prod started: {old} -> {new}"},
+        {"text": f"Deploy of shop-api on prod succeeded: now serving {new} (was {old})"},
+    ]
+    assert HOOK_PATH not in result.stdout + result.stderr
+
+
+def test_a_failing_smoke_check_rolls_the_helm_release_back(
+    smoke_kit: Path, cluster: Cluster, image: str
+) -> None:
+    result, hook = _announced(cluster, smoke_kit, "smoke-fails")
+    assert result.returncode == 1
+    reason = (
+        "the smoke check `node smoke.js` exited with 3; its last lines: checking "
+        "http://shop-api/health | GET /health answered 500"
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"shipyard: the deploy to prod failed ({reason}); rolled back to revision 4, the "
+        "previous version is serving"
+    )
+    calls = [c for c in cluster.calls() if c[:2] != ["helm", "version"]]
+    check = calls.index(next(c for c in calls if c[:3] == ["kubectl", "get", "deployment"]))
+    assert [c[:3] for c in calls[check:]] == [
+        ["kubectl", "get", "deployment"],
+        ["kubectl", "create", "--filename"],
+        ["kubectl", "get", "job"],  # Failed
+        ["kubectl", "get", "pods"],  # its exit code
+        ["kubectl", "logs", calls[check + 2][3].join(("job/", ""))],
+        ["helm", "history", "shop-api"],
+        ["helm", "rollback", "shop-api"],
+    ], calls
+    assert calls[-1][3] == "4"  # the revision that served before this deploy's
+    assert records(smoke_kit)[-1] == {**records(smoke_kit)[-1], "status": "failed"}
+    old, new = _versions(smoke_kit, image)
+    assert hook.received == [
+        {"text": f"Deploy of shop-api on prod started: {old} -> {new}"},
+        {
+            "text": f"Deploy of shop-api on prod rolled back: {old} serving again, {new} not "
+            f"kept. the deploy to prod failed ({reason}); rolled back to revision 4, the "
+            "previous version is serving"
+        },
+    ]
+
+
+def test_a_notification_that_fails_is_a_warning_and_never_shows_the_url(
+    smoke_kit: Path, cluster: Cluster
+) -> None:
+    result, hook = _announced(cluster, smoke_kit, "smoke-passes", status=500)
+    closed = hook.url
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("prod: deployed and healthy")
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"shipyard: warning: the deploy notification ({event}) was not delivered: the webhook "
+        "answered HTTP 500 (the URL in SHIPYARD_DEPLOY_WEBHOOK_URL is not shown); the deploy "
+        "goes on"
+        for event in ("started", "succeeded")
+    ]
+    # Nobody listens there any more: the deploy still succeeds, and says so without the URL.
+    cluster.env = {**cluster.env, "SHIPYARD_DEPLOY_WEBHOOK_URL": closed}
+    unreachable = cluster.deploy(smoke_kit, "smoke-passes")
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert "ConnectionError reaching the webhook" in unreachable.stderr
+    for output in (result.stdout + result.stderr, unreachable.stdout + unreachable.stderr):
+        assert "s3cr3tT0k3n" not in output
+        assert closed.rpartition(":")[0] not in output  # not even the host
+
+
+def test_the_plan_names_the_smoke_job_and_the_rollback(smoke_kit: Path, cluster: Cluster) -> None:
+    result = cluster.deploy(smoke_kit, "", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.splitlines()
+    assert any("kubectl get deployment --selector" in line for line in steps), steps
+    assert any(
+        "kubectl create --filename" in line and "smoke-job-prod.json" in line for line in steps
+    ), steps
+    assert steps[-1].endswith(
+        "a failing smoke check rolls back like a failed health check: `helm rollback` to the "
+        "revision `invoke rollback` would pick"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from tests.conftest import REPO, Render, edit_yaml, git
 from tests.load import Load
 from tests.servers.docker import POSTGRES_LOCAL, Dockerd, MirrorImages
 from tests.servers.registry import free_port
+from tests.servers.webhook import webhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
@@ -176,11 +178,16 @@ def release(kit: Kit) -> str:
 
 def serving_images(dockerd: Dockerd) -> list[str]:
     """The image reference each running app container was started from."""
+    return [image for _, image in serving(dockerd)]
+
+
+def serving(dockerd: Dockerd) -> list[tuple[str, str]]:
+    """Each running app container's id and the image reference it was started from."""
     with contextlib.closing(dockerd.client()) as client:
         containers = client.containers.list(
             filters={"label": [f"com.docker.compose.service={SERVICE}"]}
         )
-        return [str(c.attrs["Config"]["Image"]) for c in containers]
+        return [(str(c.id), str(c.attrs["Config"]["Image"])) for c in containers]
 
 
 def serving_image(dockerd: Dockerd) -> str:
@@ -649,20 +656,43 @@ def test_a_failing_smoke_check_rolls_the_release_back(
     kit: Kit, dockerd: Dockerd, first: str, deaf_and_broken: tuple[str, str]
 ) -> None:
     """The smoke check runs in the new image after the switch: failing, the release is rolled
-    back as for a failed health check; passing (here: a request through the proxy, by its
-    service name), the release stays."""
+    back as for a failed health check, and the webhook told so; passing (here: a request
+    through the proxy, by its service name), the release stays."""
     assert serving_image(dockerd) == first
     deaf, _ = deaf_and_broken
-    as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": deaf}, kit.port)
     deploy = ("deploy", "--env", "staging", "--yes", "--skip-migrate")
     health = f"http://proxy:{kit.port}/health"
+    failing = ["node", "-e", 'console.log("smoke: GET /orders answered 500"); process.exit(3)']
+    before = serving(dockerd)
     try:
-        set_staging(kit, "smoke", {"command": ["node", "-e", "process.exit(3)"]})
-        failed = as_ci.invoke(*deploy, check=False)
+        set_staging(kit, "smoke", {"command": failing})
+        with webhook("/hooks/s3cr3t") as hook:
+            env = {**kit.env, "SHOP_API_IMAGE": deaf, "SHIPYARD_DEPLOY_WEBHOOK_URL": hook.url}
+            failed = Kit(kit.root, env, kit.port).invoke(*deploy, check=False)
         assert failed.code == 1, failed.output
-        assert "the smoke check failed (exit 3)" in failed.stderr
-        assert "rolled back, the previous version is serving" in failed.stderr
+        reason = (
+            f"the smoke check `{shlex.join(failing)}` exited with 3; its last lines: smoke: GET "
+            "/orders answered 500"
+        )
+        last = failed.stderr.strip().splitlines()[-1]
+        assert last == (
+            f"shipyard: the rollout of staging failed ({reason}); rolled back, the previous "
+            "version is serving"
+        )
+        # The very containers that served before: held running until the check passed, the
+        # proxy only pointed back at them.
+        assert serving(dockerd) == before
         assert serving_image(dockerd) == first
+        old, new = f"{SERVICE} {first}", f"{SERVICE} {deaf}"
+        assert hook.received == [
+            {"text": f"Deploy of {SERVICE} on staging started: {old} -> {new}"},
+            {
+                "text": f"Deploy of {SERVICE} on staging rolled back: {old} serving again, {new} "
+                f"not kept. {last.removeprefix('shipyard: ')}"
+            },
+        ]
+        assert "s3cr3t" not in failed.output
+        as_ci = Kit(kit.root, {**kit.env, "SHOP_API_IMAGE": deaf}, kit.port)
         script = f"fetch('{health}').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(2))"
         set_staging(kit, "smoke", {"command": ["node", "-e", script], "timeout": 60})
         as_ci.invoke(*deploy)

@@ -498,6 +498,11 @@ def test_deploys_run_the_same_task_as_people_one_at_a_time(kit: Path) -> None:
             assert secret not in job.get("env", {})
             others = [s for s in _steps(job) if s is not deploy_step]
             assert not [s.get("name") for s in others if secret in str(s.get("env", {}))]
+        # The deploy notifications' webhook URL is a secret too: the Deploy step's alone.
+        hook = "SHIPYARD_DEPLOY_WEBHOOK_URL"
+        assert deploy_step["env"][hook] == f"${{{{ secrets.{hook} }}}}"
+        assert [s for s in _steps(job) if hook in str(s)] == [deploy_step]
+        assert hook not in str(job.get("env", {}))
 
 
 def _image_vars(kit: Path) -> dict[str, str]:

@@ -261,11 +261,6 @@ def _reference_errors(data: dict[str, Any]) -> list[str]:
                     f"components ({', '.join(sorted(served)) or 'there is none'})"
                 )
         smoke = settings.get("smoke", {})
-        if smoke and settings["target"] != "compose":
-            errors.append(
-                f"environments.{env}.smoke: smoke checks run on Compose targets only so far; "
-                "on Helm, run yours in CI after `invoke deploy`"
-            )
         if "component" in smoke and smoke["component"] not in declared:
             errors.append(f"environments.{env}.smoke.component: '{smoke['component']}' {known}")
     return errors

@@ -206,8 +206,9 @@ def run_once(
     env: Mapping[str, str] | None = None,
 ) -> Command:
     """`argv` in a one-off container of `service` (its image, environment and networks), with
-    the stack already running, removed afterwards."""
-    args = ["run", "--rm", "--no-deps", service, *argv]
+    the stack already running, removed afterwards. Compose's own progress lines are left
+    out, so its output is only the command's (a failed smoke check quotes its last lines)."""
+    args = ["--progress", "quiet", "run", "--rm", "--no-deps", service, *argv]
     return compose(root, file, *args, images=images, env=env)
 
 

@@ -148,6 +148,28 @@ def switch_maintenance(release: Release, maintenance: Maintenance | None, timeou
 def deployed_maintenance(release: Release) -> Maintenance | None:
     """Maintenance mode of the deployed release (from `helm get values`), None when it is off
     or nothing is deployed yet."""
+    values = deployed_values(release)
+    found = values.get("maintenance") or {}
+    if not isinstance(found, dict) or found.get("enabled") is not True:
+        return None
+    return Maintenance(int(found.get("retryAfter", 300)), str(found.get("since", "")))
+
+
+def deployed_digests(release: Release) -> dict[str, str]:
+    """The image digest each component of the deployed release runs (`helm get values`);
+    empty before the first install."""
+    components = deployed_values(release).get("components") or {}
+    digests: dict[str, str] = {}
+    for name, values in components.items() if isinstance(components, dict) else ():
+        image = values.get("image") if isinstance(values, dict) else None
+        if isinstance(image, dict) and image.get("digest"):
+            digests[str(name)] = str(image["digest"])
+    return digests
+
+
+def deployed_values(release: Release) -> dict[str, Any]:
+    """The values the deployed release was given (`helm get values`); empty when none were, or
+    nothing is deployed yet."""
     get = command(
         binary(),
         "get",
@@ -161,16 +183,13 @@ def deployed_maintenance(release: Release) -> Maintenance | None:
     result = capture(get, what="helm get values")
     if result.returncode:
         if "not found" in result.stderr:
-            return None
+            return {}
         raise EngineError(f"helm get values failed: {result.stderr.strip()[-500:]}")
     try:
         values = json.loads(result.stdout or "{}") or {}
     except ValueError as exc:
         raise EngineError(f"helm get values printed no JSON: {exc}") from None
-    found = values.get("maintenance") or {} if isinstance(values, dict) else {}
-    if not isinstance(found, dict) or found.get("enabled") is not True:
-        return None
-    return Maintenance(int(found.get("retryAfter", 300)), str(found.get("since", "")))
+    return values if isinstance(values, dict) else {}
 
 
 def render(release: Release, images: dict[str, str], *, cluster: bool) -> Command:
@@ -243,9 +262,15 @@ POLL = 2
 
 def backup_job(service: str, namespace: str, timeout: int, now: float | None = None) -> BackupJob:
     """The backup Job to take before migrating, named `<service>-backup-pre-<time>` (<= 63)."""
+    return BackupJob(
+        f"{service}-backup", job_name(f"{service}-backup-pre", now), namespace, timeout
+    )
+
+
+def job_name(prefix: str, now: float | None = None) -> str:
+    """`<prefix>-<time>`, the prefix cut so the whole stays a valid `job-name` label."""
     stamp = _base36(int(time.time() if now is None else now))
-    prefix = f"{service}-backup-pre"[: JOB_NAME_MAX - len(stamp) - 1].rstrip("-")
-    return BackupJob(f"{service}-backup", f"{prefix}-{stamp}", namespace, timeout)
+    return f"{prefix[: JOB_NAME_MAX - len(stamp) - 1].rstrip('-')}-{stamp}"
 
 
 def _base36(number: int) -> str:
@@ -272,23 +297,34 @@ def run_backup(job: BackupJob, say: Callable[[str], None]) -> bool:
     say(f"$ {job.create()}")
     run(job.create(), what="creating the backup Job")
     say(f"$ {job.conditions()}")
-    deadline = time.monotonic() + job.timeout
     where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
+    failed = wait_job(job.conditions(), job.timeout, "the backup Job")
+    if failed is None:
+        raise EngineError(
+            f"the backup Job {job.name} did not finish within {job.timeout}s (raise "
+            f"--timeout, or see {where}); nothing was migrated or upgraded"
+        )
+    if failed:
+        raise EngineError(
+            f"the backup Job {job.name} failed ({failed}); see {where}; nothing was migrated "
+            "or upgraded"
+        )
+    return True
+
+
+def wait_job(conditions: Command, timeout: int, what: str) -> str | None:
+    """Read a Job's conditions (`conditions`, printing JOB_CONDITIONS) every POLL seconds until
+    it ends: '' when it completed, the reason when it failed, None when `timeout` passed."""
+    deadline = time.monotonic() + timeout
     while True:
-        out = run(job.conditions(), capture=True, what="reading the backup Job")
+        out = run(conditions, capture=True, what=f"reading {what}")
         true = dict(line.partition("\t")[::2] for line in out.splitlines() if line.strip())
         if "Failed" in true:
-            raise EngineError(
-                f"the backup Job {job.name} failed ({true['Failed'] or 'no reason given'}); "
-                f"see {where}; nothing was migrated or upgraded"
-            )
+            return true["Failed"] or "no reason given"
         if "Complete" in true:
-            return True
+            return ""
         if time.monotonic() > deadline:
-            raise EngineError(
-                f"the backup Job {job.name} did not finish within {job.timeout}s (raise "
-                f"--timeout, or see {where}); nothing was migrated or upgraded"
-            )
+            return None
         time.sleep(POLL)
 
 

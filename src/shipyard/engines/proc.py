@@ -104,13 +104,14 @@ def run(
     return proc.stdout or ""
 
 
-def capture(cmd: Command, *, what: str = "") -> Result:
+def capture(cmd: Command, *, what: str = "", timeout: float | None = None) -> Result:
     """Run `cmd` quietly and return how it ended, whatever its exit status.
 
     For callers that read a failing command's output (validators report it as findings, git
-    probes treat "no such ref" as an answer). Raises EngineError only when it cannot start.
+    probes treat "no such ref" as an answer). Raises EngineError only when it cannot start (or
+    outlives `timeout` seconds).
     """
-    proc = _spawn(cmd, capture=True, what=what)
+    proc = _spawn(cmd, capture=True, what=what, timeout=timeout)
     return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
 
 

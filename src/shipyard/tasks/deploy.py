@@ -14,8 +14,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from shipyard.engines import state
-from shipyard.tasks import targets
+from shipyard.engines import EngineError, state
+from shipyard.tasks import notify, targets
 from shipyard.tasks.release import resolve
 from shipyard.tasks.support import HELP_DRY, HELP_ENV, HELP_TIMEOUT, HELP_YES, failures, setup
 
@@ -65,7 +65,30 @@ def deploy(
     )
     with failures(f"deploy to {environment.name}"):
         release = resolve(cfg, environment)
-        targets.for_environment(cfg, environment).deploy(release, opts)
+        target = targets.for_environment(cfg, environment)
+        if dry_run or not notify.url():
+            target.deploy(release, opts)
+            return
+        # Only with a webhook set: reading what runs is one more call to the environment.
+        news = notify.Deploy(cfg.service, environment.name, target.running(), release.images)
+        notify.send(news, "started")
+        try:
+            target.deploy(release, opts)
+        except targets.RolledBack as exc:
+            notify.send(news, "rolled back", _reason(exc))
+            raise
+        except (Exit, EngineError, OSError, ValueError, KeyboardInterrupt) as exc:
+            notify.send(news, "failed", _reason(exc))
+            raise
+        notify.send(news, "succeeded")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a deploy ended early, for its notification: the task's own sentence."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    message = exc.message if isinstance(exc, Exit) else str(exc)
+    return str(message).removeprefix("shipyard: ")
 
 
 @task(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +28,30 @@ class Options:
     during_maintenance: bool = False
 
 
+class RolledBack(Exit):
+    """A deploy that failed after changing the environment, and was rolled back: the previous
+    version serves again (what the deploy notifications tell apart from a plain failure)."""
+
+
+# Lines of a failed smoke check's output its error message quotes.
+SMOKE_LINES = 5
+
+
+def smoke_failure(command: Sequence[str], code: int | str, output: str) -> str:
+    """Why a deploy rolls back after its smoke check: the command, how it ended, its last
+    lines (on one line each, ' | ' between them)."""
+    lines = [" ".join(line.split())[:200] for line in output.splitlines() if line.strip()]
+    last = " | ".join(lines[-SMOKE_LINES:]) or "(it printed nothing)"
+    return f"the smoke check `{shlex.join(command)}` exited with {code}; its last lines: {last}"
+
+
+def smoke_component(cfg: config.Config, smoke: config.Smoke) -> str:
+    """Whose new image runs the smoke check: the one it names, else the first http
+    component, else the first component."""
+    http = [c.name for c in cfg.components if c.kind == "http"]
+    return smoke.component or (http or [cfg.components[0].name])[0]
+
+
 class Target(Protocol):
     """Where an environment runs (shipyard.yaml's `target`): a Compose host or a Kubernetes
     namespace. Each target plans (dry run) or performs every release task its own way."""
@@ -36,9 +62,12 @@ class Target(Protocol):
     def migrate(self, opts: Options) -> None:
         """Apply the database migrations of this commit (or say how this target runs them)."""
 
+    def running(self) -> dict[str, str]:
+        """The image (repo@digest) each component runs now; empty before the first deploy."""
+
     def deploy(self, release: Release, opts: Options) -> None:
-        """Migrate, roll out `release`, wait for health; the old version keeps serving on
-        failure."""
+        """Migrate, roll out `release`, wait for health (and the smoke check); the old version
+        keeps serving on failure (RolledBack when the environment had been changed)."""
 
     def rollback(self, opts: Options) -> None:
         """Go back to the previous healthy release."""

@@ -20,12 +20,20 @@ from shipyard import config
 from shipyard.engines import EngineError, state
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
-from shipyard.engines.proc import Command
+from shipyard.engines.proc import Command, capture
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
 from shipyard.tasks.targets import files, proxy, switch
-from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
+from shipyard.tasks.targets.base import (
+    Options,
+    RolledBack,
+    ask,
+    preflight,
+    refuse_in_maintenance,
+    smoke_component,
+    smoke_failure,
+)
 
 
 class ComposeTarget:
@@ -107,6 +115,11 @@ class ComposeTarget:
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
+
+    def running(self) -> dict[str, str]:
+        with contextlib.closing(docker_engine.client()) as client:
+            running = docker_engine.running_images(client, self._project())
+        return {c.name: running[c.name] for c in self.cfg.components if c.name in running}
 
     def _project(self) -> str:
         return compose_engine.project_name(self.cfg.root / self.env.compose_file, self.cfg.service)
@@ -241,9 +254,7 @@ class ComposeTarget:
         smoke = self.env.smoke
         if smoke is None:
             return None
-        http = [c.name for c in self.cfg.components if c.kind == "http"]
-        component = smoke.component or (http or [self.cfg.components[0].name])[0]
-        file = self.env.compose_file
+        component, file = smoke_component(self.cfg, smoke), self.env.compose_file
         return compose_engine.run_once(
             self.cfg.root, file, images, component, smoke.command, self._variables()
         )
@@ -252,13 +263,20 @@ class ComposeTarget:
         smoke, check = self.env.smoke, self._smoke(images)
         if smoke is None or check is None:
             return
+        say(f"$ {check}")
         try:
-            execute(check, "the smoke check", timeout=smoke.timeout)
+            # Captured, so a failure can quote its last lines; shown either way.
+            result = capture(check, what="the smoke check", timeout=smoke.timeout)
         except EngineError:
             # A check killed at its timeout leaves its container behind: remove it.
             with contextlib.closing(docker_engine.client()) as client:
                 docker_engine.remove_one_offs(client, project)
             raise
+        output = result.stdout + result.stderr
+        if output.strip():
+            print(output.rstrip(), flush=True)
+        if result.returncode:
+            raise EngineError(smoke_failure(smoke.command, result.returncode, output))
 
     def _plan(self, images: Mapping[str, str], timeout: int) -> list[Command | str]:
         stack, (http, workers) = self._stack(timeout), self._split(images)
@@ -271,7 +289,12 @@ class ComposeTarget:
             steps.append(_workers_up(stack, images, workers))
         smoke = self._smoke(images)
         if smoke:
-            steps += [smoke, "a failing smoke check rolls back like a failed health check"]
+            steps += [
+                smoke,
+                "a failing smoke check rolls back like a failed health check: until it passes "
+                "the old containers of each http component keep running (the drain and stop "
+                "above wait for it), so the proxy is only pointed back at them",
+            ]
         return steps
 
     def _rollout(self, images: Mapping[str, str], timeout: int, status: str) -> None:
@@ -283,6 +306,10 @@ class ComposeTarget:
             running = docker_engine.running_images(client, stack.project)
         previous = {name: running[name] for name in images if name in running}
         switched: list[config.Component] = []
+        # With a smoke check, each http component's old containers keep running (the proxy no
+        # longer sends to them) until it passes: a failing check only points the proxy back.
+        hold = self.env.smoke is not None
+        held: dict[str, list[docker_engine.Replica]] = {}
         try:
             self._put_files(images, stack.project)
             execute(
@@ -292,19 +319,21 @@ class ComposeTarget:
             with contextlib.closing(docker_engine.client()) as client:
                 for comp in http:
                     switched.append(comp)
-                    switch.switch(client, stack, comp, images)
+                    held[comp.name] = switch.switch(client, stack, comp, images, hold=hold)
             if workers:
                 try:
                     execute(_workers_up(stack, images, workers), "the workers")
                 except EngineError as exc:
                     raise EngineError(f"{exc}{_health_detail(stack.project)}") from None
             self._run_smoke(images, stack.project)
+            with contextlib.closing(docker_engine.client()) as client:
+                switch.finish(client, held)
         except (EngineError, KeyboardInterrupt) as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = "interrupted (Ctrl-C)" if interrupted else str(exc)
             state.record_deploy(root, env, {"images": dict(images), "status": "failed"})
             self._revert(
-                stack, images, previous, switched, workers, reason, 130 if interrupted else 1
+                stack, images, previous, switched, held, workers, reason, 130 if interrupted else 1
             )
         state.record_deploy(root, env, {"images": dict(images), "status": status})
 
@@ -314,6 +343,7 @@ class ComposeTarget:
         images: Mapping[str, str],
         previous: dict[str, str],
         switched: list[config.Component],
+        held: Mapping[str, list[docker_engine.Replica]],
         workers: list[str],
         reason: str,
         code: int,
@@ -334,7 +364,10 @@ class ComposeTarget:
                 # The component that failed removed its own new containers; the ones switched
                 # before it switch back, the same way.
                 for comp in switched:
-                    if comp.name in previous:
+                    if held.get(comp.name):
+                        # Held for the smoke check: still running, the proxy goes back to them.
+                        switch.back(client, stack, comp, held[comp.name])
+                    elif comp.name in previous:
                         switch.switch(client, stack, comp, back, keep_running=True)
                     else:
                         switch.retire_component(client, stack, comp)
@@ -352,7 +385,7 @@ class ComposeTarget:
                 code=1,
             ) from None
         state.record_deploy(root, env, {"images": previous, "status": "rolled-back"})
-        raise Exit(
+        raise RolledBack(
             f"shipyard: the rollout of {env} failed ({reason}); rolled back, the previous "
             "version is serving",
             code=code,

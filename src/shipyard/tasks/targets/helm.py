@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from invoke.exceptions import Exit
 
 from shipyard import config
+from shipyard.engines import EngineError, smoke_job, state
 from shipyard.engines import helm as helm_engine
-from shipyard.engines import state
+from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks.release import Release
 from shipyard.tasks.support import execute, failures, plan, say
+from shipyard.tasks.targets import base
 from shipyard.tasks.targets.base import Options, ask, preflight, refuse_in_maintenance
 
 # The page maintenance mode serves, shared with the Compose proxy (proxy/maintenance/).
@@ -47,6 +49,29 @@ class HelmTarget:
         with failures("checking the environment's Secret"):
             secret, missing = helm_engine.missing_secret_keys(self.chart)
         return missing, f"Secret {secret} in namespace {self.env.namespace}"
+
+    def running(self) -> dict[str, str]:
+        with failures("reading the deployed release"):
+            digests = helm_engine.deployed_digests(self.chart)
+        return {
+            name: f"{self.cfg.image_repository(name)}@{digest}" for name, digest in digests.items()
+        }
+
+    def _smoke_job(self) -> smoke_job.SmokeJob | None:
+        """The environment's smoke check as a Job of the new image of its component."""
+        smoke = self.env.smoke
+        if smoke is None:
+            return None
+        service, env = self.cfg.service, self.env.name
+        return smoke_job.SmokeJob(
+            release=self.chart.name,
+            namespace=self.env.namespace,
+            component=base.smoke_component(self.cfg, smoke),
+            name=helm_engine.job_name(f"{service}-smoke"),
+            argv=smoke.command,
+            timeout=smoke.timeout,
+            manifest=self.cfg.root / state.FOLDER / f"smoke-job-{env}.json",
+        )
 
     def migrate(self, opts: Options) -> None:
         del opts  # nothing runs: the chart migrates
@@ -90,6 +115,7 @@ class HelmTarget:
                     upgrade,
                     f"rollout check: every Deployment of release {self.chart.name} in "
                     f"namespace {self.env.namespace} has its new pods available",
+                    *self._smoke_plan(),
                 ],
             )
             return
@@ -101,6 +127,7 @@ class HelmTarget:
                     helm_engine.run_backup(backup_job, say)
                 execute(upgrade, "helm upgrade")
                 helm_engine.check_rollout(self.chart, opts.timeout)
+                self._smoke_check(release, opts.timeout)
         except Exit as exc:
             if exc.code != 130:
                 raise
@@ -112,6 +139,57 @@ class HelmTarget:
             ) from None
         state.record_deploy(self.cfg.root, env, {"images": release.images, "status": "deployed"})
         say(f"{env}: deployed and healthy")
+
+    def _smoke_plan(self) -> list[Command | str]:
+        job = self._smoke_job()
+        if job is None:
+            return []
+        revision = "the revision `invoke rollback` would pick"
+        return [
+            *job.plan(),
+            f"a failing smoke check rolls back like a failed health check: `helm rollback` to "
+            f"{revision}",
+        ]
+
+    def _smoke_check(self, release: Release, timeout: int) -> None:
+        """Run the smoke check of the upgraded release; failing, `helm rollback` to the
+        revision that served before, and RolledBack saying why."""
+        job = self._smoke_job()
+        if job is None:
+            return
+        try:
+            failure = smoke_job.run_check(job, say)
+        except EngineError as exc:
+            # A check that could not be run or read did not pass: the upgraded release is not
+            # kept on trust.
+            failure = smoke_job.Failure(f"no exit code ({exc})", "")
+        if failure is None:
+            say(f"{self.env.name}: the smoke check passed")
+            return
+        env, reason = self.env.name, base.smoke_failure(job.argv, failure.code, failure.output)
+        state.record_deploy(self.cfg.root, env, {"images": release.images, "status": "failed"})
+        revision = helm_engine.rollback_revision(helm_engine.revisions(self.chart))
+        if revision is None:
+            raise Exit(
+                f"shipyard: the deploy to {env} failed ({reason}). There was no previous "
+                f"revision to roll back to; see `kubectl logs --namespace {job.namespace} "
+                f"job/{job.name}`",
+                code=1,
+            )
+        say(f"the smoke check failed; rolling back to revision {revision}")
+        try:
+            execute(helm_engine.rollback(self.chart, timeout, revision), "helm rollback")
+        except EngineError as again:
+            raise Exit(
+                f"shipyard: the deploy to {env} failed ({reason}) and so did the rollback "
+                f"({again}); see `invoke status --env {env}`",
+                code=1,
+            ) from None
+        raise base.RolledBack(
+            f"shipyard: the deploy to {env} failed ({reason}); rolled back to revision "
+            f"{revision}, the previous version is serving",
+            code=1,
+        )
 
     def _maintenance_kept(self, opts: Options) -> helm_engine.Maintenance | None:
         """Maintenance mode of the deployed release, kept on by a deploy made during it (with

@@ -78,13 +78,16 @@ def switch(
     images: Mapping[str, str],
     *,
     keep_running: bool = False,
-) -> None:
+    hold: bool = False,
+) -> list[docker_engine.Replica]:
     """Replace the containers of http component `comp` by ones running images[comp.name].
 
     A release always starts new containers, even of the image already running: the file's
     environment may have changed (a rotated password, a new variable), and running ones keep
     the old. A rollback to containers that never stopped serving (`keep_running`) only points
-    the proxy back at them.
+    the proxy back at them. With `hold`, the old containers are left running once the proxy
+    sends to the new ones, and returned: a smoke check comes first, then `finish` stops them
+    (or `back` returns to them).
 
     Raises EngineError (with the new containers' health logs) or KeyboardInterrupt after
     removing the new containers: the old ones keep serving.
@@ -93,7 +96,7 @@ def switch(
     old = docker_engine.replicas(client, stack.project, name)
     if keep_running and len(old) == count and all(r.image == image for r in old):
         point(client, stack, comp, old)
-        return
+        return []
     kept = {r.id for r in old}
     try:
         execute(stack.scale_up(images, name, len(old) + count), f"starting the new {name}")
@@ -103,6 +106,9 @@ def switch(
     except (EngineError, KeyboardInterrupt):
         _discard(client, stack, comp, old, served=False)
         raise
+    if hold:
+        say(f"{name}: the proxy sends to the new containers; the old ones wait for the smoke check")
+        return list(old)
     say(f"{name}: the proxy sends to the new containers; draining the old ones {DRAIN:.0f} s")
     try:
         time.sleep(DRAIN)
@@ -113,6 +119,29 @@ def switch(
         raise
     say(f"{name}: serving {image}; stopping the previous containers")
     docker_engine.retire(client, [r.id for r in old], graceful=True)
+    return []
+
+
+def finish(client: DockerClient, held: Mapping[str, Sequence[docker_engine.Replica]]) -> None:
+    """After the smoke check passed: let the requests the held old containers had finish,
+    then stop them (SIGTERM, then their stop_grace_period)."""
+    old = [r.id for replicas in held.values() for r in replicas]
+    if not old:
+        return
+    say(f"the smoke check passed; draining the previous containers {DRAIN:.0f} s")
+    time.sleep(DRAIN)
+    docker_engine.retire(client, old, graceful=True)
+
+
+def back(
+    client: DockerClient,
+    stack: Stack,
+    comp: config.Component,
+    old: Sequence[docker_engine.Replica],
+) -> None:
+    """Undo a held switch: the proxy back on the old containers (never stopped), the new ones
+    removed gracefully (they had requests)."""
+    _discard(client, stack, comp, old, served=True)
 
 
 def retire_component(client: DockerClient, stack: Stack, comp: config.Component) -> None:
