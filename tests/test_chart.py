@@ -811,7 +811,9 @@ def test_network_policies_default_deny(
         if uses:
             expected[c["name"]] = {SERVICE_PORTS[s] for s in uses}
     jobs = {j["metadata"]["labels"]["app.kubernetes.io/component"] for j in _by_kind(docs, "Job")}
-    jobs |= {j["metadata"]["labels"]["app.kubernetes.io/component"] for j in _by_kind(docs, "CronJob")}
+    jobs |= {
+        j["metadata"]["labels"]["app.kubernetes.io/component"] for j in _by_kind(docs, "CronJob")
+    }
     if "migrate" in jobs:
         migrator = cfg["database"]["migrations"]["component"]
         expected["migrate"] = {5432} | expected.get(migrator, set())
@@ -846,7 +848,10 @@ def test_component_egress_follows_uses_and_widens_by_values(
         {"ports": [{"port": 8080, "protocol": "TCP"}]}
     ]
     assert policies["rel-mustache-worker-services-egress"]["egress"] == [
-        {"ports": [{"port": 6432, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}]},
+        {
+            "ports": [{"port": 6432, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+        },
         {"ports": [{"port": 6379, "protocol": "TCP"}]},
     ]
     # Nothing to reach: no policy, so the component has DNS and public HTTPS alone.
@@ -861,9 +866,7 @@ def test_component_uses_an_undefined_service_is_refused(
 ) -> None:
     chart = _chart(rendered("monorepo"))
     args = ["--set-json", 'components.worker.uses=["postgres", "rabbitmq"]']
-    result = helm(
-        "helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=False
-    )
+    result = helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=False)
     assert result.returncode != 0
     assert (
         'components.worker.uses names "rabbitmq", which networkPolicy.egress does not define'
