@@ -772,12 +772,26 @@ def test_each_subdomain_gets_its_own_host_in_ingress_tls_and_httproutes(
         assert result.stdout.strip() == "", result.stdout
 
 
+# The port the chart opens for each backing service (its default networkPolicy.egress).
+SERVICE_PORTS = {"postgres": 5432, "redis": 6379, "elasticsearch": 9200}
+
+
+def _egress_ports(policy: Doc) -> set[int]:
+    return {port["port"] for rule in policy["egress"] for port in rule["ports"]}
+
+
 @pytest.mark.parametrize("preset", HELM_PRESETS)
 def test_network_policies_default_deny(
     preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
 ) -> None:
-    cfg = _config(rendered(preset))
-    docs = template(preset)
+    """Deny all, then DNS and public HTTPS for every pod, and to each backing service only the
+    pods that use it: a component its `uses` (every service answered when it gives none), the
+    migration job PostgreSQL and its component's, the backup pods PostgreSQL."""
+    root = rendered(preset)
+    cfg = _config(root)
+    chart = _chart(root)
+    values_file = [f for f in _values_files(chart) if f][-1]  # prod's when it is on Helm
+    docs = template(preset, "-f", values_file)
     policies = {p["metadata"]["name"]: p["spec"] for p in _by_kind(docs, "NetworkPolicy")}
     deny = next(p for n, p in policies.items() if n.endswith("-default-deny"))
     assert deny["policyTypes"] == ["Ingress", "Egress"]
@@ -788,11 +802,41 @@ def test_network_policies_default_deny(
         "app.kubernetes.io/name",
         "app.kubernetes.io/instance",
     }
-    egress = next(p for n, p in policies.items() if n.endswith("-egress"))["egress"]
-    ports = {port["port"] for rule in egress for port in rule["ports"]}
-    assert 53 in ports
-    assert (5432 in ports) == ("database" in cfg)
-    assert (6379 in ports) == cfg["services"]["redis"]
+    shared = next(p for n, p in policies.items() if n == f"rel-{cfg['service']['name']}-egress")
+    assert shared["podSelector"] == deny["podSelector"]
+    assert _egress_ports(shared) == {53, 443}
+    answered = [
+        s
+        for s, on in [
+            ("postgres", "database" in cfg),
+            ("redis", cfg["services"]["redis"]),
+            ("elasticsearch", cfg["services"]["elasticsearch"]),
+        ]
+        if on
+    ]
+    answers = {c["name"]: c for c in load_preset(preset).get("components", [])}
+    reaches: dict[str, set[int]] = {}
+    for name, policy in policies.items():
+        if name.endswith("-services-egress"):
+            assert policy["policyTypes"] == ["Egress"]
+            component = policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            assert name == f"rel-{cfg['service']['name']}-{component}-services-egress"
+            reaches[component] = _egress_ports(policy)
+    expected = {}
+    for c in cfg["components"]:
+        uses = answers.get(c["name"], {}).get("uses", answered)
+        if uses:
+            expected[c["name"]] = {SERVICE_PORTS[s] for s in uses}
+    jobs = {j["metadata"]["labels"]["app.kubernetes.io/component"] for j in _by_kind(docs, "Job")}
+    jobs |= {
+        j["metadata"]["labels"]["app.kubernetes.io/component"] for j in _by_kind(docs, "CronJob")
+    }
+    if "migrate" in jobs:
+        migrator = cfg["database"]["migrations"]["component"]
+        expected["migrate"] = {5432} | expected.get(migrator, set())
+    if "backup" in jobs:
+        expected["backup"] = {5432}
+    assert reaches == expected
     http = [c for c in cfg["components"] if c["kind"] == "http"]
     ingress_policies = [p for n, p in policies.items() if n.endswith("-ingress")]
     assert len(ingress_policies) == len(http)
@@ -800,6 +844,51 @@ def test_network_policies_default_deny(
         (rule,) = policy["ingress"]
         assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert "namespaceSelector" in rule["from"][0]
+
+
+def test_component_egress_follows_uses_and_widens_by_values(
+    template: Callable[..., list[Doc]],
+) -> None:
+    """An operator points a service at its addresses and port, widens one component with its
+    extraEgress, narrows its uses; a name networkPolicy.egress does not define is refused."""
+    docs = template(
+        "monorepo",
+        "--set-json",
+        'networkPolicy.egress.postgres={"port": 6432, "cidrs": ["10.1.0.0/16"]}',
+        "--set-json",
+        "components.web.uses=[]",
+        "--set-json",
+        'components.web.extraEgress=[{"ports": [{"port": 8080, "protocol": "TCP"}]}]',
+    )
+    policies = {p["metadata"]["name"]: p["spec"] for p in _by_kind(docs, "NetworkPolicy")}
+    assert policies["rel-mustache-web-services-egress"]["egress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    ]
+    assert policies["rel-mustache-worker-services-egress"]["egress"] == [
+        {
+            "ports": [{"port": 6432, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+        },
+        {"ports": [{"port": 6379, "protocol": "TCP"}]},
+    ]
+    # Nothing to reach: no policy, so the component has DNS and public HTTPS alone.
+    bare = template("monorepo", "--set-json", "components.web.uses=[]")
+    names = {p["metadata"]["name"] for p in _by_kind(bare, "NetworkPolicy")}
+    assert "rel-mustache-web-services-egress" not in names
+    assert "rel-mustache-api-services-egress" in names
+
+
+def test_component_uses_an_undefined_service_is_refused(
+    helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered("monorepo"))
+    args = ["--set-json", 'components.worker.uses=["postgres", "rabbitmq"]']
+    result = helm("helm", "template", "rel", str(chart), *chart_digests(chart), *args, check=False)
+    assert result.returncode != 0
+    assert (
+        'components.worker.uses names "rabbitmq", which networkPolicy.egress does not define'
+        in result.stderr
+    )
 
 
 # A worker-only service on PostgreSQL with migrations, Helm in staging too (the queue-worker

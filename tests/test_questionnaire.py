@@ -303,6 +303,31 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"redis": True, "redis_maxmemory": "512MB"}, "is not a size Redis reads"),
     ({"redis": True, "redis_maxmemory": "2g"}, "is not a size Redis reads"),
     ({"redis": True, "redis_maxmemory": "32mb"}, "below the floor of 64mb"),
+    # PostgreSQL's parameters: known names (PostgreSQL 15's pg_settings), their units and ranges.
+    ({"postgres_settings": "max_connections=200"}, "postgres_settings must be a YAML mapping"),
+    ({"postgres_settings": {"max_conections": 200}}, "'max_conections' is not a PostgreSQL server"),
+    ({"postgres_settings": {"max_connections": "lots"}}, "max_connections takes a plain number"),
+    ({"postgres_settings": {"max_connections": 0}}, "max_connections 0 is outside what PostgreSQL"),
+    ({"postgres_settings": {"max_connections": 20.5}}, "takes a whole number, not 20.5"),
+    ({"postgres_settings": {"max_connections": "200MB"}}, "max_connections takes a plain number"),
+    ({"postgres_settings": {"shared_buffers": "1gb"}}, "shared_buffers takes a size like 256MB"),
+    ({"postgres_settings": {"shared_buffers": "100ms"}}, "shared_buffers takes a size like 256MB"),
+    ({"postgres_settings": {"shared_buffers": "64kB"}}, "shared_buffers 64kB is outside what"),
+    ({"postgres_settings": {"log_min_duration_statement": "1GB"}}, "takes a duration like 500ms"),
+    ({"postgres_settings": {"log_statement": "some"}}, "log_statement is one of none, ddl, mod"),
+    ({"postgres_settings": {"log_connections": "maybe"}}, "log_connections is on or off"),
+    ({"postgres_settings": {"work_mem": None}}, "work_mem takes one value, not null"),
+    ({"postgres_settings": {"work_mem": ["4MB"]}}, "work_mem takes one value"),
+    ({"postgres_settings": {"log_line_prefix": "a\tb"}}, "log_line_prefix contains control"),
+    # The kit sets these itself, each for a reason it gives.
+    ({"postgres_settings": {"port": 5433}}, "port is not yours to set: the kit decides where"),
+    ({"postgres_settings": {"listen_addresses": "*"}}, "listen_addresses is not yours to set"),
+    ({"postgres_settings": {"data_directory": "/d"}}, "data_directory is not yours to set"),
+    ({"postgres_settings": {"hba_file": "/h"}}, "hba_file is not yours to set: the image keeps"),
+    ({"postgres_settings": {"archive_command": "cp %p /x"}}, "backups and restores are the kit"),
+    ({"postgres_settings": {"ssl": True}}, "ssl is not yours to set: the Compose PostgreSQL has"),
+    ({"postgres_settings": {"ssl_cert_file": "x.crt"}}, "ssl_cert_file is not yours to set"),
+    ({"postgres_settings": {"logging_collector": True}}, "standard error (docker compose logs)"),
 ]
 
 

@@ -40,6 +40,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 SERVICE = "shop-api"
 DATA = "/app/data"
+# Answered server parameters, and what `SHOW` answers for each on the running server: units
+# converted by PostgreSQL, YAML's true as on, a literal `$` not taken for a Compose variable.
+POSTGRES_SETTINGS = {
+    "max_connections": 50,
+    "shared_buffers": "32MB",
+    "log_min_duration_statement": "0.5s",
+    "log_connections": True,
+    "log_line_prefix": "%m [%p] $user ",
+}
+POSTGRES_SHOWN = {
+    "max_connections": "50",
+    "shared_buffers": "32MB",
+    "log_min_duration_statement": "500ms",
+    "log_connections": "on",
+    "log_line_prefix": "%m [%p] $user ",
+}
 
 
 @dataclass
@@ -141,6 +157,8 @@ def kit(
             "ci_provider": "none",
             # Loopback ports, no certificates: the load loop talks plain HTTP to the proxy.
             "tls": "none",
+            # Its PostgreSQL runs with these (test_postgres_runs_with_the_answered_settings).
+            "postgres_settings": POSTGRES_SETTINGS,
         },
         tmp_path_factory.mktemp("kit") / "shop-api",
     )
@@ -236,6 +254,28 @@ def test_deploy_migrates_then_serves_by_digest(kit: Kit, dockerd: Dockerd, first
     assert history[-1]["status"] == "deployed"
     # The record of pushes and deploys never dirties the tree.
     assert git(kit.root, "status", "--porcelain") == ""
+
+
+def test_postgres_runs_with_the_answered_settings(kit: Kit, dockerd: Dockerd, first: str) -> None:
+    with contextlib.closing(dockerd.client()) as client:
+        (postgres,) = client.containers.list(
+            filters={
+                "label": [
+                    "com.docker.compose.service=postgres",
+                    f"com.docker.compose.project.working_dir={kit.root}",
+                ]
+            }
+        )
+        psql = ["psql", "-h", "127.0.0.1", "-U", "shop_api", "-d", "shop_api", "-At"]
+        shown = {}
+        for name in POSTGRES_SHOWN:
+            code, output = postgres.exec_run(
+                [*psql, "-c", f"SHOW {name}"],
+                environment={"PGPASSWORD": kit.env["POSTGRES_PASSWORD"]},
+            )
+            assert code == 0, output.decode()
+            shown[name] = output.decode().removesuffix("\n")
+    assert shown == POSTGRES_SHOWN
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(

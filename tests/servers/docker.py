@@ -46,7 +46,7 @@ LOCK = CACHE / "docker.lock"
 MIRROR_STORAGE = CACHE / "mirror-registry"
 # The base images as built here; bump the tags when their Dockerfiles change.
 NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
-POSTGRES_LOCAL = "shipyard-test/postgres:15-4"
+POSTGRES_LOCAL = "shipyard-test/postgres:15-5"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 REDIS_LOCAL = "shipyard-test/redis:7.0-1"
 PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-1"
@@ -122,6 +122,7 @@ COPY entrypoint.sh /usr/local/bin/entrypoint.sh
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
 USER postgres
 ENTRYPOINT ["/bin/sh", "/usr/local/bin/entrypoint.sh"]
+CMD ["postgres"]
 """
 
 POSTGRES_ENTRYPOINT = """\
@@ -140,7 +141,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off
+# As the official image: `postgres [-c name=value ...]` (a Compose `command:`) runs the server
+# with those options after the image's own; any other command runs as it is.
+if [ "$1" = postgres ]; then
+  shift
+  exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off "$@"
+fi
+exec "$@"
 """
 
 # Caddy with the official image's interface: the Caddyfile at /etc/caddy/Caddyfile, state in
