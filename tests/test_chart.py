@@ -819,7 +819,15 @@ def test_network_policies_default_deny(
     for name, policy in policies.items():
         if name.endswith("-services-egress"):
             assert policy["policyTypes"] == ["Egress"]
-            component = policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            selector = policy["podSelector"]
+            if "matchExpressions" in selector:
+                # A component's pods and its smoke check's (invoke deploy's Job of its pod).
+                (expression,) = selector["matchExpressions"]
+                assert expression["key"] == "app.kubernetes.io/component"
+                component, smoke = expression["values"]
+                assert smoke == f"{component}-smoke"
+            else:  # the migration and backup jobs
+                component = selector["matchLabels"]["app.kubernetes.io/component"]
             assert name == f"rel-{cfg['service']['name']}-{component}-services-egress"
             reaches[component] = _egress_ports(policy)
     expected = {}
@@ -844,6 +852,22 @@ def test_network_policies_default_deny(
         (rule,) = policy["ingress"]
         assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
         assert "namespaceSelector" in rule["from"][0]
+        # The release's own pods, smoke checks included (they keep the release's labels).
+        assert rule["from"][1]["podSelector"] == deny["podSelector"]
+    smoke = policies.get(f"rel-{cfg['service']['name']}-smoke-egress")
+    assert (smoke is not None) == bool(http)
+    if smoke:
+        # Every component's smoke check may call the release's http ports, and nothing else.
+        assert smoke["podSelector"]["matchLabels"] == deny["podSelector"]["matchLabels"]
+        (expression,) = smoke["podSelector"]["matchExpressions"]
+        assert sorted(expression["values"]) == sorted(
+            f"{c['name']}-smoke" for c in cfg["components"]
+        )
+        (rule,) = smoke["egress"]
+        assert rule == {
+            "to": [{"podSelector": deny["podSelector"]}],
+            "ports": [{"port": "http", "protocol": "TCP"}],
+        }
 
 
 def test_component_egress_follows_uses_and_widens_by_values(
