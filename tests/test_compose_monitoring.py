@@ -5,6 +5,7 @@ against the real sample app and the test's PostgreSQL."""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import os
@@ -401,7 +402,7 @@ def test_the_real_prometheus_scrapes_the_app_and_exporter_and_evaluates_the_rend
         for panel in shown:
             for target in panel["targets"]:
                 expr = target["expr"].replace("$namespace", slug).replace("$job", api_job)
-                _wait(f"data for {panel['title']!r}: {expr}", lambda e=expr: _query(prom, e))
+                _wait(f"data for {panel['title']!r}: {expr}", functools.partial(_query, prom, expr))
 
         # The rendered rules load and evaluate; while everything is up, no alert.
         def evaluated() -> list[dict[str, Any]]:

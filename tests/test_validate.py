@@ -127,7 +127,10 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ({"components": [{**HTTP, "resources": {"disk": "1Gi"}}]}, "('disk' was unexpected)"),
         ({"redis_maxmemory": "32mb"}, "redis_maxmemory: '32mb' does not match"),
         ({"postgres_settings": {"Work_Mem": "4MB"}}, "'Work_Mem' does not match"),
-        ({"postgres_settings": {"work_mem": ["4MB"]}}, "postgres_settings.work_mem: ['4MB'] is not"),
+        (
+            {"postgres_settings": {"work_mem": ["4MB"]}},
+            "postgres_settings.work_mem: ['4MB'] is not",
+        ),
         (
             {"components": [{"name": "jobs", "kind": "worker", "health_port": 9000}]},
             "components.0: 'health_path' is a dependency of 'health_port'",
