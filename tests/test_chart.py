@@ -60,6 +60,14 @@ ROUTED_HELM_PRESETS = [
     for p in HELM_PRESETS
     if any(c["kind"] == "http" for c in load_preset(p).get("components", [{"kind": "http"}]))
 ]
+# Helm presets with the service's PostgreSQL, which the backup CronJobs dump.
+BACKED_UP_HELM_PRESETS = [
+    p
+    for p in HELM_PRESETS
+    if load_preset(p).get("database", _copier_default("database")) == "postgres"
+]
+# Backups on, to a volume, as values-<env>.yaml turn them on (the presets that have a database).
+BACKUPS_ON = ["--set", "backup.enabled=true", "--set", "backup.target=file:///backups"]
 
 
 # Maintenance mode as `invoke maintenance --env ENV on` sets it.
@@ -490,18 +498,17 @@ def test_deployments_follow_shipyard_yaml(
 def test_restricted_pod_security_everywhere(
     preset: str, template: Callable[..., list[Doc]]
 ) -> None:
+    backed_up = preset in BACKED_UP_HELM_PRESETS
     docs = template(
         preset,
-        "--set",
-        "backup.enabled=true",
-        "--set",
-        "backup.target=file:///backups",
+        *(BACKUPS_ON if backed_up else []),
         *(MAINTENANCE_ON if preset in ROUTED_HELM_PRESETS else []),
     )
     specs = dict(_pod_specs(docs))
     if preset in ROUTED_HELM_PRESETS:
         assert any(name.endswith("-maintenance") for name in specs)
-    assert len(specs) >= len(_by_kind(docs, "Deployment")) + 1  # + the backup CronJob
+    # + the backup and restore drill CronJobs
+    assert len(specs) >= len(_by_kind(docs, "Deployment")) + (2 if backed_up else 0)
     for name, pod in specs.items():
         assert pod["automountServiceAccountToken"] is False, name
         ctx = pod["securityContext"]
@@ -662,10 +669,24 @@ def test_backup_cronjob_runs_the_backup_engine(
     assert [c["metadata"]["name"] for c in _by_kind(off, "CronJob")] == [cron["metadata"]["name"]]
 
 
-@pytest.mark.parametrize("preset", HELM_PRESETS)
+def test_backups_are_refused_without_a_database(
+    helm: Helm, rendered: Callable[[str], Path]
+) -> None:
+    """minimal has no PostgreSQL: backups on are refused with what to do, not rendered as
+    CronJobs that could reach nothing."""
+    assert "minimal" not in BACKED_UP_HELM_PRESETS
+    result = _template_chart(helm, _chart(rendered("minimal")), *BACKUPS_ON, check=False)
+    assert result.returncode != 0
+    assert (
+        "backup.enabled needs the service's PostgreSQL, and this chart has none (no "
+        "networkPolicy.egress.postgres says where it is): leave backup.enabled false, or add "
+        "networkPolicy.egress.postgres for an external one"
+    ) in result.stderr
+
+
+@pytest.mark.parametrize("preset", BACKED_UP_HELM_PRESETS)
 def test_local_backups_get_a_kept_volume(preset: str, template: Callable[..., list[Doc]]) -> None:
-    args = ["--set", "backup.enabled=true", "--set", "backup.target=file:///backups"]
-    docs = template(preset, *args)
+    docs = template(preset, *BACKUPS_ON)
     (claim,) = _by_kind(docs, "PersistentVolumeClaim")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # The backups and the restore drill use the one claim.

@@ -286,3 +286,14 @@ it then runs one replica and is replaced, not rolled.
 {{- define "app.exclusiveData" -}}
 {{- if and .dataPaths (not (has "ReadWriteMany" .persistence.accessModes)) -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Usage: {{ include "app.backupNeedsPostgres" . }} - fails when backups are on in a chart with no
+PostgreSQL (networkPolicy.egress.postgres says where the service's is). Included by every
+template that renders for backups, whichever Helm renders first.
+*/}}
+{{- define "app.backupNeedsPostgres" -}}
+{{- if and .Values.backup.enabled (not (hasKey .Values.networkPolicy.egress "postgres")) -}}
+{{- include "shipyard-common.fail" (dict "context" . "message" "backup.enabled needs the service's PostgreSQL, and this chart has none (no networkPolicy.egress.postgres says where it is): leave backup.enabled false, or add networkPolicy.egress.postgres for an external one") -}}
+{{- end -}}
+{{- end -}}
