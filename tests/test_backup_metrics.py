@@ -305,7 +305,10 @@ def test_the_chart_pushes_and_opens_egress_only_when_a_pushgateway_is_set(
     url = "http://prometheus-pushgateway.monitoring:9091"
 
     def backup_env(docs: list[dict[str, Any]]) -> dict[str, str]:
-        [cron] = [d for d in docs if d["kind"] == "CronJob"]
+        # The backups' CronJob (the restore drill's gets the same environment).
+        [cron] = [
+            d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"].endswith("-backup")
+        ]
         [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
         return {e["name"]: e.get("value", "") for e in container["env"]}
 

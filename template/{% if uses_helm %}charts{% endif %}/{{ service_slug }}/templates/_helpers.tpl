@@ -297,3 +297,26 @@ template that renders for backups, whichever Helm renders first.
 {{- include "shipyard-common.fail" (dict "context" . "message" "backup.enabled needs the service's PostgreSQL, and this chart has none (no networkPolicy.egress.postgres says where it is): leave backup.enabled false, or add networkPolicy.egress.postgres for an external one") -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Usage: {{ include "app.serviceEgress" (dict "context" $ "uses" (list "postgres") "who" "the backup pods" "extra" $rules) }}
+NetworkPolicy egress rules to the backing services named (networkPolicy.egress.<name>: its port,
+from its cidrs or any address), then the `extra` rules; empty when there are none. A name
+networkPolicy.egress does not define fails with what to change: an unknown one opens nothing.
+*/}}
+{{- define "app.serviceEgress" -}}
+{{- $np := .context.Values.networkPolicy -}}
+{{- $rules := list -}}
+{{- range .uses -}}
+{{- $rule := get $np.egress . -}}
+{{- if not $rule -}}
+{{- include "shipyard-common.fail" (dict "context" $.context "message" (printf "%s names %q, which networkPolicy.egress does not define: add networkPolicy.egress.%s (its port and cidrs), or remove it" $.who . .)) -}}
+{{- end -}}
+{{- $to := list -}}
+{{- range $rule.cidrs }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
+{{- $r := dict "ports" (list (dict "port" (int $rule.port) "protocol" "TCP")) -}}
+{{- if $to }}{{ $_ := set $r "to" $to }}{{ end -}}
+{{- $rules = append $rules $r -}}
+{{- end -}}
+{{- with concat $rules (.extra | default list) }}{{ toYaml . }}{{ end -}}
+{{- end -}}
