@@ -303,6 +303,19 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"redis": True, "redis_maxmemory": "512MB"}, "is not a size Redis reads"),
     ({"redis": True, "redis_maxmemory": "2g"}, "is not a size Redis reads"),
     ({"redis": True, "redis_maxmemory": "32mb"}, "below the floor of 64mb"),
+    # PostgreSQL by CloudNativePG: a Kubernetes environment, PostgreSQL and object storage.
+    (
+        {"database_on_kubernetes": "cloudnativepg", "production_target": "compose"},
+        "it needs database=postgres and staging_target or production_target helm",
+    ),
+    (
+        {"database_on_kubernetes": "cloudnativepg", "database": "none", "migrations": "none"},
+        "it needs database=postgres and staging_target or production_target helm",
+    ),
+    (
+        {"database_on_kubernetes": "cloudnativepg", "backup_storage": "local"},
+        "CloudNativePG archives WAL and base backups only to object storage",
+    ),
 ]
 
 
