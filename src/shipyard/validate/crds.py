@@ -40,7 +40,7 @@ class CrdApi:
 MONITORING = CrdApi(
     monitoring.API_VERSION,
     ("ServiceMonitor", "PodMonitor", "PrometheusRule"),
-    monitoring.where,
+    monitoring.template_of,
     (monitoring.API_VERSION,),
 )
 # Rendered with the prometheus-operator API too: the Cluster's PodMonitor option then renders.

@@ -64,7 +64,7 @@ def runs(root: Path) -> list[tuple[Chart, Path | None]]:
     ]
 
 
-def where(root: Path, chart: Chart, kind: str) -> str:
+def template_of(root: Path, chart: Chart, kind: str) -> str:
     """The template a kind comes from, as a finding names it."""
     name = "prometheusrule.yaml" if kind == "PrometheusRule" else "monitoring.yaml"
     return rel(root, chart.path / "templates" / name)
@@ -103,7 +103,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
         with tempfile.TemporaryDirectory(prefix="shipyard-rules-") as tmp:
             rule_file = Path(tmp, RULE_FILE)
             rule_file.write_text(json.dumps({"groups": groups}, indent=1), "utf-8")
-            source = where(root, chart, "PrometheusRule")
+            source = template_of(root, chart, "PrometheusRule")
             result = run_tool(["promtool", "check", "rules", str(rule_file)], Path(tmp))
             if result.returncode != 0 or "SUCCESS" not in result.stdout:
                 said = no_report(result).replace(str(rule_file), RULE_FILE)
