@@ -1383,6 +1383,29 @@ def test_cloudnativepg_cluster_archives_to_the_backup_bucket(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_deployment_md_recovery_cluster_passes_the_cluster_schema(
+    preset: str, rendered: Callable[[str], Path]
+) -> None:
+    """The point-in-time recovery manifest DEPLOYMENT.md tells a user to apply is a valid
+    CloudNativePG Cluster that recovers from the chart's Cluster's archive."""
+    from jsonschema import Draft7Validator
+
+    from shipyard.validate.crds import strict_schema
+
+    root = rendered(preset)
+    text = (root / "DEPLOYMENT.md").read_text()
+    start = text.index("    apiVersion: postgresql.cnpg.io/v1\n")
+    block = re.match(r"((?:    .*\n|\n)+)", text[start:])
+    assert block
+    cluster = YAML(typ="safe").load("\n".join(line[4:] for line in block[1].splitlines()))
+    errors = [e.message for e in Draft7Validator(strict_schema("Cluster")).iter_errors(cluster)]
+    assert not errors
+    (origin,) = cluster["spec"]["externalClusters"]
+    assert origin["barmanObjectStore"]["serverName"] == "nestjs-template-postgres"
+    assert cluster["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["targetTime"]
+
+
 @pytest.mark.parametrize(
     ("schedule", "cnpg"),
     [("0 4 * * 7", "0 0 4 * * 0"), ("*/15 * * * 1-5", "0 */15 * * * 1-5")],

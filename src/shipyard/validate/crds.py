@@ -83,7 +83,7 @@ def check_crds(root: Path, api: CrdApi) -> list[Finding]:
                 message = f"{name} (with {values_name(values)}): no schema for {api.version}"
                 findings.append(Finding(where, None, "crd-schema", kind, message))
                 continue
-            validator = Draft7Validator(_strict_schema(kind))
+            validator = Draft7Validator(strict_schema(kind))
             for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
                 path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
                 message = f"{name} (with {values_name(values)}): {path}: {error.message}"
@@ -94,7 +94,7 @@ def check_crds(root: Path, api: CrdApi) -> list[Finding]:
 
 
 @cache
-def _strict_schema(kind: str) -> dict[str, Any]:
+def strict_schema(kind: str) -> dict[str, Any]:
     """The vendored openAPIV3Schema of `kind`, made strict (see schemas/crds/README.md)."""
     text = files("shipyard").joinpath("schemas", "crds", f"{kind.lower()}.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
