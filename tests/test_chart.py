@@ -944,7 +944,10 @@ MINIO_ENDPOINT = "http://minio.internal:9000"
 
 @pytest.fixture(scope="module")
 def minio_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The kit's own backup pods (an external PostgreSQL): CloudNativePG's own reach is
+    # test_cloudnativepg_reaches_a_custom_s3_endpoint's.
     answers = {**load_preset(MINIO_PRESET), "backup_s3_endpoint": MINIO_ENDPOINT}
+    answers["database_on_kubernetes"] = "external"
     assert answers["backup_storage"] == "s3"
     return render(answers, tmp_path_factory.mktemp("minio") / MINIO_PRESET)
 
@@ -1412,6 +1415,26 @@ def test_deployment_md_recovery_cluster_passes_the_cluster_schema(
     (origin,) = cluster["spec"]["externalClusters"]
     assert origin["barmanObjectStore"]["serverName"] == "nestjs-template-postgres"
     assert cluster["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["targetTime"]
+
+
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_cloudnativepg_reaches_a_custom_s3_endpoint(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered(preset))
+    args = ["-f", str(chart / "values-prod.yaml"), "--api-versions", CNPG_API]
+    args += ["--set", f"backup.s3.endpoint={MINIO_ENDPOINT}"]
+    docs = template(preset, *args, "--set", "networkPolicy.backupS3Endpoint.cidrs={10.0.5.0/24}")
+    (cluster,) = _by_kind(docs, "Cluster")
+    assert cluster["spec"]["backup"]["barmanObjectStore"]["endpointURL"] == MINIO_ENDPOINT
+    name = cluster["metadata"]["name"]
+    (policy,) = [p for p in _by_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == name]
+    # The endpoint's port, narrowed as the kit's backup pods' is; no public HTTPS for S3.
+    assert policy["spec"]["egress"][-1] == {
+        "ports": [{"port": 9000, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}],
+    }
+    assert "0.0.0.0/0" not in str(policy)
 
 
 @pytest.mark.parametrize(
