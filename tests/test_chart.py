@@ -52,6 +52,11 @@ def _helm_envs(preset: str) -> list[str]:
 
 
 HELM_PRESETS = [p for p in PRESETS if _helm_envs(p)]
+# PostgreSQL as a CloudNativePG Cluster the chart creates.
+CLOUDNATIVEPG_PRESETS = [
+    p for p in PRESETS if load_preset(p).get("database_on_kubernetes") == "cloudnativepg"
+]
+CNPG_API = "postgresql.cnpg.io/v1"
 PROD_HELM_PRESETS = [p for p in PRESETS if "prod" in _helm_envs(p)]
 # Helm presets with something to route to (queue-worker has workers only: no Ingress or route);
 # a preset without components has copier.yml's default, one http component.
@@ -628,7 +633,7 @@ def test_backup_cronjob_runs_the_backup_engine(
     env = "prod" if (chart / "values-prod.yaml").exists() else "staging"
     docs = template(preset, "-f", str(chart / f"values-{env}.yaml"), *_deploy_args(root, env))
     cronjobs = _by_kind(docs, "CronJob")
-    if "database" not in cfg:
+    if "database" not in cfg or preset in CLOUDNATIVEPG_PRESETS:  # CloudNativePG backs up
         assert not cronjobs
         return
     backup = cfg["environments"][env]["backup"]
@@ -1073,7 +1078,10 @@ MINIO_ENDPOINT = "http://minio.internal:9000"
 
 @pytest.fixture(scope="module")
 def minio_root(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The kit's own backup pods (an external PostgreSQL): CloudNativePG's own reach is
+    # test_cloudnativepg_reaches_a_custom_s3_endpoint's.
     answers = {**load_preset(MINIO_PRESET), "backup_s3_endpoint": MINIO_ENDPOINT}
+    answers["database_on_kubernetes"] = "external"
     assert answers["backup_storage"] == "s3"
     return render(answers, tmp_path_factory.mktemp("minio") / MINIO_PRESET)
 
@@ -1395,6 +1403,204 @@ def test_vendored_library_survives_copier_update(
     helm("helm", "lint", "--strict", str(chart))
     docs = _docs(helm("helm", "template", "rel", str(chart), *chart_digests(chart)).stdout)
     assert all(d["metadata"]["labels"]["shipyard.dev/kit"] == "shipyard" for d in docs)
+
+
+# --- PostgreSQL by CloudNativePG ------------------------------------------------------------
+
+
+def _env_vars(docs: list[Doc], name: str) -> list[Doc]:
+    """The `name` variable of every container of the Deployments and Jobs."""
+    return [
+        v
+        for _, pod in _pod_specs(docs)
+        for container in pod["containers"]
+        for v in container.get("env", [])
+        if v["name"] == name
+    ]
+
+
+def _kubernetes_api(api_version: str) -> bool:
+    """One of Kubernetes' own APIs (what kubernetes-validate knows): a group without a dot
+    ("apps/v1", "v1") or a *.k8s.io one."""
+    group = api_version.rpartition("/")[0]
+    return "." not in group or group.endswith(".k8s.io")
+
+
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_cloudnativepg_objects_render_only_where_the_operator_is(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    """Without postgresql.cnpg.io/v1 nothing of CloudNativePG renders (an install never fails
+    on a missing CRD); the app still reads DATABASE_URL from the operator's Secret, and the
+    kit's backup CronJob stays off: CloudNativePG backs up."""
+    root = rendered(preset)
+    chart = _chart(root)
+    docs = template(preset, "-f", str(chart / "values-prod.yaml"), *_deploy_args(root))
+    assert not [d for d in docs if d["apiVersion"].startswith("postgresql.cnpg.io/")]
+    assert not [p for p in _by_kind(docs, "NetworkPolicy") if "cnpg.io/cluster" in str(p)]
+    assert not _by_kind(docs, "CronJob")
+    refs = [v["valueFrom"]["secretKeyRef"] for v in _env_vars(docs, "DATABASE_URL")]
+    assert refs
+    assert {(r["name"], r["key"]) for r in refs} == {("rel-nestjs-template-postgres-app", "uri")}
+    # Off (the defaults), the kit's own Secret as for an external server.
+    bare = template(preset, *_deploy_args(root))
+    refs = [v["valueFrom"]["secretKeyRef"] for v in _env_vars(bare, "DATABASE_URL")]
+    assert {(r["name"], r["key"]) for r in refs} == {("nestjs-template-env", "DATABASE_URL")}
+
+
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_cloudnativepg_cluster_archives_to_the_backup_bucket(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path], tmp_path: Path
+) -> None:
+    root = rendered(preset)
+    chart = _chart(root)
+    answers = load_preset(preset)
+    backup = _config(root)["environments"]["prod"]["backup"]
+    args = ["-f", str(chart / "values-prod.yaml"), *_deploy_args(root), "--api-versions", CNPG_API]
+    docs = template(preset, *args)
+
+    (cluster,) = _by_kind(docs, "Cluster")
+    name = cluster["metadata"]["name"]
+    assert name == "rel-nestjs-template-postgres"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    assert spec["imageName"] == f"ghcr.io/cloudnative-pg/postgresql:{answers['postgres_version']}"
+    assert spec["bootstrap"] == {
+        "initdb": {"database": "nestjs_template", "owner": "nestjs_template"}
+    }
+    assert spec["storage"] == {"size": "10Gi"}
+    assert spec["resources"]["limits"]["memory"] == "1Gi"
+    store = spec["backup"]["barmanObjectStore"]
+    assert store["destinationPath"] == f"s3://{backup['bucket']}/prod"
+    assert spec["backup"]["retentionPolicy"] == f"{answers['backup_retention_days']}d"
+    creds = store["s3Credentials"]
+    assert {(c["name"], c["key"]) for c in creds.values()} == {
+        ("nestjs-template-backup-s3", "AWS_ACCESS_KEY_ID"),
+        ("nestjs-template-backup-s3", "AWS_SECRET_ACCESS_KEY"),
+    }
+    assert "endpointURL" not in store  # AWS
+    # Monitoring on, but no prometheus-operator: no PodMonitor asked of CloudNativePG.
+    assert "monitoring" not in spec
+
+    (scheduled,) = _by_kind(docs, "ScheduledBackup")
+    assert scheduled["spec"]["cluster"] == {"name": name}
+    assert scheduled["spec"]["schedule"] == "0 " + answers["backup_schedule"]
+    assert scheduled["spec"]["method"] == "barmanObjectStore"
+
+    assert not _by_kind(docs, "CronJob")
+    refs = [v["valueFrom"]["secretKeyRef"] for v in _env_vars(docs, "DATABASE_URL")]
+    assert {(r["name"], r["key"]) for r in refs} == {(f"{name}-app", "uri")}
+    (migrate,) = _by_kind(docs, "Job")
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+
+    (policy,) = [p for p in _by_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == name]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"cnpg.io/cluster": name}}
+    app, operator = policy["spec"]["ingress"]
+    assert app["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    assert app["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "rel"
+    assert operator["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 5432, 8000, 443, 6443}
+
+    staging = template(preset, "-f", str(chart / "values-staging.yaml"), "--api-versions", CNPG_API)
+    assert [c["spec"]["instances"] for c in _by_kind(staging, "Cluster")] == [1]
+    assert (
+        _by_kind(staging, "Cluster")[0]["spec"]["backup"]["barmanObjectStore"]["destinationPath"]
+        == f"s3://{backup['bucket']}/staging"
+    )
+
+    # With the prometheus-operator too, CloudNativePG makes a PodMonitor and Prometheus
+    # reaches the metrics port; the rest of the render passes kubernetes-validate.
+    both = template(preset, *args, "--api-versions", "monitoring.coreos.com/v1")
+    (cluster,) = _by_kind(both, "Cluster")
+    assert cluster["spec"]["monitoring"] == {"enablePodMonitor": True}
+    (policy,) = [p for p in _by_kind(both, "NetworkPolicy") if p["metadata"]["name"] == name]
+    assert policy["spec"]["ingress"][2]["ports"] == [{"port": 9187, "protocol": "TCP"}]
+    manifest = tmp_path / "cnpg.yaml"
+    core = [d for d in docs if _kubernetes_api(d["apiVersion"])]
+    manifest.write_text("---\n".join(json.dumps(d) + "\n" for d in core))
+    result = subprocess.run(
+        [_kubernetes_validate(), "--strict", "--quiet", "-k", KUBE_VERSIONS[-1], str(manifest)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_deployment_md_recovery_cluster_passes_the_cluster_schema(
+    preset: str, rendered: Callable[[str], Path]
+) -> None:
+    """The point-in-time recovery manifest DEPLOYMENT.md tells a user to apply is a valid
+    CloudNativePG Cluster that recovers from the chart's Cluster's archive."""
+    from jsonschema import Draft7Validator
+
+    from shipyard.validate.crds import strict_schema
+
+    root = rendered(preset)
+    text = (root / "DEPLOYMENT.md").read_text()
+    start = text.index("    apiVersion: postgresql.cnpg.io/v1\n")
+    block = re.match(r"((?:    .*\n|\n)+)", text[start:])
+    assert block
+    cluster = YAML(typ="safe").load("\n".join(line[4:] for line in block[1].splitlines()))
+    errors = [e.message for e in Draft7Validator(strict_schema("Cluster")).iter_errors(cluster)]
+    assert not errors
+    (origin,) = cluster["spec"]["externalClusters"]
+    assert origin["barmanObjectStore"]["serverName"] == "nestjs-template-postgres"
+    assert cluster["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["targetTime"]
+
+
+@pytest.mark.parametrize("preset", CLOUDNATIVEPG_PRESETS)
+def test_cloudnativepg_reaches_a_custom_s3_endpoint(
+    preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
+) -> None:
+    chart = _chart(rendered(preset))
+    args = ["-f", str(chart / "values-prod.yaml"), "--api-versions", CNPG_API]
+    args += ["--set", f"backup.s3.endpoint={MINIO_ENDPOINT}"]
+    docs = template(preset, *args, "--set", "networkPolicy.backupS3Endpoint.cidrs={10.0.5.0/24}")
+    (cluster,) = _by_kind(docs, "Cluster")
+    assert cluster["spec"]["backup"]["barmanObjectStore"]["endpointURL"] == MINIO_ENDPOINT
+    name = cluster["metadata"]["name"]
+    (policy,) = [p for p in _by_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == name]
+    # The endpoint's port, narrowed as the kit's backup pods' is; no public HTTPS for S3.
+    assert policy["spec"]["egress"][-1] == {
+        "ports": [{"port": 9000, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}],
+    }
+    assert "0.0.0.0/0" not in str(policy)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "cnpg"),
+    [("0 4 * * 7", "0 0 4 * * 0"), ("*/15 * * * 1-5", "0 */15 * * * 1-5")],
+)
+def test_cloudnativepg_schedule_has_seconds_and_weekdays_0_to_6(
+    template: Callable[..., list[Doc]], rendered: Callable[[str], Path], schedule: str, cnpg: str
+) -> None:
+    (preset,) = CLOUDNATIVEPG_PRESETS
+    chart = _chart(rendered(preset))
+    args = ["-f", str(chart / "values-prod.yaml"), "--api-versions", CNPG_API]
+    docs = template(preset, *args, "--set-string", f"backup.schedule={schedule}")
+    assert [b["spec"]["schedule"] for b in _by_kind(docs, "ScheduledBackup")] == [cnpg]
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (["backup.schedule=0 4 * * 5-7"], "CloudNativePG's schedule knows weekdays 0-6"),
+        (["backup.target=file:///backups"], "CloudNativePG archives to object storage"),
+    ],
+)
+def test_cloudnativepg_refuses_what_it_cannot_run(
+    helm: Helm, rendered: Callable[[str], Path], values: list[str], says: str
+) -> None:
+    (preset,) = CLOUDNATIVEPG_PRESETS
+    chart = _chart(rendered(preset))
+    sets = [arg for v in values for arg in ("--set-string", v)]
+    result = _template_chart(helm, chart, "-f", str(chart / "values-prod.yaml"), *sets, check=False)
+    assert result.returncode != 0
+    assert says in result.stderr
 
 
 @pytest.mark.parametrize("preset", ROUTED_HELM_PRESETS)

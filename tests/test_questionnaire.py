@@ -328,6 +328,19 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"postgres_settings": {"ssl": True}}, "ssl is not yours to set: the Compose PostgreSQL has"),
     ({"postgres_settings": {"ssl_cert_file": "x.crt"}}, "ssl_cert_file is not yours to set"),
     ({"postgres_settings": {"logging_collector": True}}, "standard error (docker compose logs)"),
+    # PostgreSQL by CloudNativePG: a Kubernetes environment, PostgreSQL and object storage.
+    (
+        {"database_on_kubernetes": "cloudnativepg", "production_target": "compose"},
+        "it needs database=postgres and staging_target or production_target helm",
+    ),
+    (
+        {"database_on_kubernetes": "cloudnativepg", "database": "none", "migrations": "none"},
+        "it needs database=postgres and staging_target or production_target helm",
+    ),
+    (
+        {"database_on_kubernetes": "cloudnativepg", "backup_storage": "local"},
+        "CloudNativePG archives WAL and base backups only to object storage",
+    ),
 ]
 
 

@@ -337,6 +337,13 @@ def _unknown_monitor_field(root: Path) -> list[Expected]:
     return [Expected(file, None, "crd-schema", "ServiceMonitor", "'intervall' was unexpected")]
 
 
+def _cluster_instances_string(root: Path) -> list[Expected]:
+    template = _helm_chart(root) / "templates" / "cloudnativepg.yaml"
+    _replace(template, "  instances: {{ $pg.instances }}\n", '  instances: "three"\n')
+    file = str(template.relative_to(root))
+    return [Expected(file, None, "crd-schema", "Cluster", "'three' is not of type 'integer'")]
+
+
 def _dashboard_gridpos_string(root: Path) -> list[Expected]:
     path = _helm_chart(root) / "monitoring" / "dashboard.json"
     _replace(path, '"w": 12', '"w": "12"')
@@ -359,13 +366,20 @@ def _bad_alertmanager_duration(root: Path) -> list[Expected]:
 # The kit a check's defect goes into where FULL has no such artifact: the Compose hosts'
 # monitoring stack needs an environment on Compose.
 COMPOSE_MONITORING = "project-management"
-DEFECT_KITS = {"prometheus-config": COMPOSE_MONITORING, "alertmanager-config": COMPOSE_MONITORING}
+# PostgreSQL as a CloudNativePG Cluster (database_on_kubernetes=cloudnativepg).
+CLOUDNATIVEPG = "nestjs-api"
+DEFECT_KITS = {
+    "prometheus-config": COMPOSE_MONITORING,
+    "alertmanager-config": COMPOSE_MONITORING,
+    "cloudnativepg-crds": CLOUDNATIVEPG,
+}
 
 DEFECTS: dict[str, Callable[[Path], list[Expected]]] = {
     "prometheus-config": _bad_scrape_option,
     "alertmanager-config": _bad_alertmanager_duration,
     "prometheus-rules": _bad_alert_expression,
     "monitoring-crds": _unknown_monitor_field,
+    "cloudnativepg-crds": _cluster_instances_string,
     "grafana-dashboard": _dashboard_gridpos_string,
     "kubernetes": _unknown_deployment_field,
     "dockerfile": _latest_tag,

@@ -43,6 +43,7 @@ STAND_INS = {
     "prometheus-rules": ("promtool", "promtool"),
     "prometheus-rules/helm-template": ("helm", "helm"),
     "monitoring-crds": ("helm", "helm"),
+    "cloudnativepg-crds": ("helm", "helm"),
     "grafana-dashboard": ("helm", "helm"),
     "prometheus-config": ("promtool", "promtool"),
     "alertmanager-config": ("amtool", "amtool"),
@@ -70,6 +71,7 @@ SAYS = {
         "kubernetes/helm-template",
         "prometheus-rules/helm-template",
         "monitoring-crds",
+        "cloudnativepg-crds",
         "grafana-dashboard",
     )
 }

@@ -6,7 +6,7 @@ A missing tool is an error that says how to install it, never a silent skip.
 
 This module is the face: the registry of checks (`CHECKS`, `GROUPS`), `validate` and the
 reports. The checks live by domain (`linters`, `workflows`, `compose`, `kubernetes`,
-`monitoring`, `compose_monitoring`, `dashboards`, `schemas`); `tools` finds and runs the
+`monitoring`, `crds`, `compose_monitoring`, `dashboards`, `schemas`); `tools` finds and runs the
 binaries, `files` finds what each check looks at, `yaml_lines` maps a tool's key path to a
 line, `finding` is what they all return.
 """
@@ -22,6 +22,7 @@ from shipyard.validate.compose_monitoring import (
     check_alertmanager_config,
     check_prometheus_config,
 )
+from shipyard.validate.crds import check_cloudnativepg_crds, check_monitoring_crds
 from shipyard.validate.dashboards import check_grafana_dashboards
 from shipyard.validate.files import charts, compose_files, shell_scripts, workflow_files
 from shipyard.validate.finding import Finding
@@ -32,7 +33,7 @@ from shipyard.validate.kubernetes import (
     kubernetes_version,
 )
 from shipyard.validate.linters import check_dockerfiles, check_shell_scripts, check_yaml
-from shipyard.validate.monitoring import check_monitoring_crds, check_prometheus_rules
+from shipyard.validate.monitoring import check_prometheus_rules
 from shipyard.validate.schemas import check_answers, check_shipyard_yaml
 from shipyard.validate.tools import ToolMissingError, find_tool, record_commands
 from shipyard.validate.workflows import (
@@ -74,6 +75,7 @@ CHECKS: dict[str, Check] = {
     "kubernetes": check_kubernetes,
     "prometheus-rules": check_prometheus_rules,
     "monitoring-crds": check_monitoring_crds,
+    "cloudnativepg-crds": check_cloudnativepg_crds,
     "grafana-dashboard": check_grafana_dashboards,
     "prometheus-config": check_prometheus_config,
     "alertmanager-config": check_alertmanager_config,

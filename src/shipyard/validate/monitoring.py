@@ -1,6 +1,6 @@
 """The monitoring checks: the chart's prometheus-operator objects, rendered as on a cluster
 that serves monitoring.coreos.com/v1, checked by promtool (the alert rules and their unit
-tests) and against the operator's CRD schemas (vendored in schemas/crds/, offline).
+tests); crds.py checks them against the operator's CRD schemas.
 
 kubernetes-validate knows only Kubernetes' own APIs, and `helm template` without
 `--api-versions` renders none of these objects, so without these checks they would go unread.
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from functools import cache
-from importlib.resources import files
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,6 @@ API_VERSION = "monitoring.coreos.com/v1"
 RULE_TESTS = Path("monitoring", "rules.test.yaml")
 # The rule file the tests name (rule_files: [rules.yaml]), written beside a copy of them.
 RULE_FILE = "rules.yaml"
-# Kinds checked against a vendored CRD schema: schemas/crds/<kind, lowercased>.json.
-CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 
 
 def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[str, Any]], str]:
@@ -35,14 +31,17 @@ def _render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[st
     return [d for d in documents if d.get("apiVersion") == API_VERSION], failed
 
 
-def render(root: Path, chart: Chart, values: Path | None) -> tuple[list[dict[str, Any]], str]:
-    """Every object the chart renders with `values` on a cluster that serves the
-    prometheus-operator API, or a reason it did not render.
+def render(
+    root: Path, chart: Chart, values: Path | None, apis: Sequence[str] = (API_VERSION,)
+) -> tuple[list[dict[str, Any]], str]:
+    """Every object the chart renders with `values` on a cluster that serves `apis` (the
+    prometheus-operator's), or a reason it did not render.
 
     Release name = chart name and namespace "default", as the unit tests expect."""
     from ruamel.yaml import YAML
 
-    argv = ["helm", "template", chart.name, str(chart.path), "--api-versions", API_VERSION]
+    argv = ["helm", "template", chart.name, str(chart.path)]
+    argv += [arg for api in apis for arg in ("--api-versions", api)]
     argv += chart.release_args()
     result = run_tool([*argv, *(["--values", str(values)] if values else [])], root)
     if result.returncode != 0:
@@ -65,7 +64,7 @@ def runs(root: Path) -> list[tuple[Chart, Path | None]]:
     ]
 
 
-def _where(root: Path, chart: Chart, kind: str) -> str:
+def template_of(root: Path, chart: Chart, kind: str) -> str:
     """The template a kind comes from, as a finding names it."""
     name = "prometheusrule.yaml" if kind == "PrometheusRule" else "monitoring.yaml"
     return rel(root, chart.path / "templates" / name)
@@ -75,8 +74,11 @@ def values_name(values: Path | None) -> str:
     return values.name if values else "default values"
 
 
-def render_failure(root: Path, chart: Chart, values: Path | None, why: str) -> Finding:
-    message = f"helm template --api-versions {API_VERSION} with {values_name(values)}: {why}"
+def render_failure(
+    root: Path, chart: Chart, values: Path | None, why: str, apis: Sequence[str] = (API_VERSION,)
+) -> Finding:
+    flags = " ".join(f"--api-versions {api}" for api in apis)
+    message = f"helm template {flags} with {values_name(values)}: {why}"
     return Finding(rel(root, chart.path), None, "helm", "template", message)
 
 
@@ -101,7 +103,7 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
         with tempfile.TemporaryDirectory(prefix="shipyard-rules-") as tmp:
             rule_file = Path(tmp, RULE_FILE)
             rule_file.write_text(json.dumps({"groups": groups}, indent=1), "utf-8")
-            source = _where(root, chart, "PrometheusRule")
+            source = template_of(root, chart, "PrometheusRule")
             result = run_tool(["promtool", "check", "rules", str(rule_file)], Path(tmp))
             if result.returncode != 0 or "SUCCESS" not in result.stdout:
                 said = no_report(result).replace(str(rule_file), RULE_FILE)
@@ -142,72 +144,3 @@ def _groups(rule: dict[str, Any]) -> list[Any]:
     spec = rule.get("spec")
     groups = spec.get("groups") if isinstance(spec, dict) else None
     return groups if isinstance(groups, list) else []
-
-
-def check_monitoring_crds(root: Path) -> list[Finding]:
-    """Each ServiceMonitor, PodMonitor and PrometheusRule the chart renders (per values file)
-    against its CRD's schema, strictly: an unknown field is an error, as the API server's
-    strict field validation makes it."""
-    from jsonschema import Draft7Validator
-
-    def one(run: tuple[Chart, Path | None]) -> list[Finding]:
-        chart, values = run
-        objects, failed = _render(root, chart, values)
-        if failed:
-            return [render_failure(root, chart, values, failed)]
-        findings = []
-        for obj in objects:
-            kind = str(obj.get("kind"))
-            name = f"{kind}/{(obj.get('metadata') or {}).get('name', '?')}"
-            where = _where(root, chart, kind)
-            if kind not in CRD_KINDS:
-                message = f"{name} (with {values_name(values)}): no schema for {API_VERSION}"
-                findings.append(Finding(where, None, "crd-schema", kind, message))
-                continue
-            validator = Draft7Validator(_strict_schema(kind))
-            for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
-                path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-                message = f"{name} (with {values_name(values)}): {path}: {error.message}"
-                findings.append(Finding(where, None, "crd-schema", kind, message))
-        return findings
-
-    return [f for found in each(one, runs(root)) for f in found]
-
-
-@cache
-def _strict_schema(kind: str) -> dict[str, Any]:
-    """The vendored openAPIV3Schema of `kind`, made strict (see schemas/crds/README.md)."""
-    text = files("shipyard").joinpath("schemas", "crds", f"{kind.lower()}.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    for node in _objects(schema):
-        if (
-            "properties" in node
-            and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            node["additionalProperties"] = False
-    # metadata is `type: object` alone in a CRD: the API server checks it, and so do we.
-    schema["properties"]["metadata"] = {
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"},
-            "namespace": {"type": "string"},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        "additionalProperties": False,
-    }
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "spec"})
-    return schema
-
-
-def _objects(node: Any) -> Iterator[dict[str, Any]]:
-    """Every JSON object inside `node`, `node` included."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _objects(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _objects(value)

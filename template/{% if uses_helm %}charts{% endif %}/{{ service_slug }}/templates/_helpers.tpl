@@ -71,6 +71,7 @@ from starting (CreateContainerConfigError) instead of running half-configured.
 */}}
 {{- define "app.secretEnv" -}}
 {{- $secret := .context.Values.secretEnv.existingSecret }}
+{{- $cluster := include "app.cnpgCluster" .context }}
 {{- range $k, $v := .component.env }}
 - name: {{ $k }}
   value: {{ toString $v | quote }}
@@ -79,9 +80,38 @@ from starting (CreateContainerConfigError) instead of running half-configured.
 - name: {{ . }}
   valueFrom:
     secretKeyRef:
+      {{- if and $cluster (eq . "DATABASE_URL") }}
+      # The CloudNativePG Cluster's owner credentials, written by the operator.
+      name: {{ $cluster }}-app
+      key: uri
+      {{- else }}
       name: {{ $secret }}
       key: {{ . }}
+      {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Usage: {{ with include "app.cnpgCluster" . }}...{{ end }}
+The name of the CloudNativePG Cluster that runs the service's PostgreSQL (<fullname>-postgres)
+when cloudnativepg.enabled, else empty. The values have a cloudnativepg block only in kits
+answered database_on_kubernetes=cloudnativepg, hence `dig`.
+*/}}
+{{- define "app.cnpgCluster" -}}
+{{- if dig "cloudnativepg" "enabled" false .Values.AsMap -}}
+{{- include "shipyard-common.componentName" (dict "context" . "component" "postgres") -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "app.cnpgSchedule" .Values.backup.schedule }}
+A 5-field cron schedule as CloudNativePG's 6-field one (seconds first). Its weekdays run 0-6:
+a lone 7 (Sunday, which the 5-field form allows) becomes 0; validateValues refuses 7 elsewhere.
+*/}}
+{{- define "app.cnpgSchedule" -}}
+{{- $f := splitList " " (. | trim) -}}
+{{- if eq (last $f) "7" -}}{{- $f = append (initial $f) "0" -}}{{- end -}}
+{{- printf "0 %s" (join " " $f) -}}
 {{- end -}}
 
 {{/*
@@ -144,6 +174,15 @@ Checks the schema cannot express; each failure says what to change.
 {{- if .Values.backup.enabled }}
 {{- if not (regexMatch "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.+)$" .Values.backup.target) }}
 {{- include "shipyard-common.fail" (dict "context" $ "message" (printf "backup.target must be s3://BUCKET/PREFIX or file:///backups, got %q" .Values.backup.target)) -}}
+{{- end }}
+{{- end }}
+{{- if and (include "app.cnpgCluster" .) .Values.backup.enabled }}
+{{- if not (hasPrefix "s3://" .Values.backup.target) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "cloudnativepg.enabled with backup.enabled needs an s3://BUCKET/PREFIX backup.target: CloudNativePG archives to object storage, got %q" .Values.backup.target)) -}}
+{{- end }}
+{{- $dow := last (splitList " " (.Values.backup.schedule | trim)) }}
+{{- if and (ne $dow "7") (regexMatch "(^|[,-])7($|[,/-])" $dow) }}
+{{- include "shipyard-common.fail" (dict "context" $ "message" (printf "backup.schedule's weekday field %q names day 7: CloudNativePG's schedule knows weekdays 0-6 (Sunday is 0)" $dow)) -}}
 {{- end }}
 {{- end }}
 {{- end -}}
