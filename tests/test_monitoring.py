@@ -102,6 +102,36 @@ def test_monitoring_objects_render_only_where_the_operator_api_exists(
         assert any(t.startswith(word) for t in titles), titles
 
 
+@pytest.mark.parametrize("cnpg", [False, True])
+def test_backup_rules_follow_where_postgresql_runs(
+    render: Render, tmp_path: Path, cnpg: bool
+) -> None:
+    """Backups by the kit's CronJob are watched through kube-state-metrics; a CloudNativePG
+    Cluster's through the operator's metrics, its WAL archiving too. (promtool cases in
+    monitoring/rules.test.yaml, run by `shipyard validate`, check what each rule does.)"""
+    answers = {**load_preset("nestjs-api"), "monitoring": "prometheus"}
+    answers["database_on_kubernetes"] = "cloudnativepg" if cnpg else "external"
+    chart = _chart(render(answers, tmp_path / "cnpg"))
+    [rule] = [
+        d
+        for d in _template(chart, "-f", str(chart / "values-prod.yaml"), "--api-versions", API)
+        if d["kind"] == "PrometheusRule"
+    ]
+    [backups] = [g for g in rule["spec"]["groups"] if g["name"].endswith(".backups")]
+    rules = {(r["alert"], r["labels"].get("source")): r["expr"] for r in backups["rules"]}
+    assert "kube_cronjob_status_last_successful_time" in rules[("BackupMissing", None)]
+    if not cnpg:
+        assert not [r for r in rules if r[1] == "cloudnativepg" or r[0] == "WalArchivingFailed"]
+        return
+    selector = f'namespace="default", pod=~"{chart.name}-postgres-[0-9]+"'
+    for name in ("BackupMissing", "BackupJobFailed", "WalArchivingFailed"):
+        source = None if name == "WalArchivingFailed" else "cloudnativepg"
+        assert selector in rules[(name, source)], name
+    assert "cnpg_pg_stat_archiver_last_failed_time" in rules[("WalArchivingFailed", None)]
+    [storage] = [g for g in rule["spec"]["groups"] if g["name"].endswith(".storage")]
+    assert f"{chart.name}-postgres-[0-9]+" in storage["rules"][0]["expr"]
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_validates_with_monitoring_switched(
     render: Render, tmp_path: Path, preset: str
