@@ -147,6 +147,13 @@ class Database:
     name: str
     user: str
     version: int
+    # Helm environments: "cloudnativepg" when the chart runs it as a CloudNativePG Cluster.
+    on_kubernetes: Literal["external", "cloudnativepg"] = "external"
+
+    @property
+    def by_operator(self) -> bool:
+        """The operator backs it up and recovers it on Kubernetes (engines/cnpg.py)."""
+        return self.on_kubernetes == "cloudnativepg"
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,11 @@ def _typed(root: Path, data: dict[str, Any]) -> Config:
         dockerfile=data["image"]["dockerfile"],
         components=tuple(_component(comp) for comp in data["components"]),
         secrets=tuple(data["secrets"]),
-        database=Database(db["name"], db["user"], db["version"]) if db else None,
+        database=(
+            Database(db["name"], db["user"], db["version"], db.get("on_kubernetes", "external"))
+            if db
+            else None
+        ),
         environments={
             name: Environment(
                 name=name,

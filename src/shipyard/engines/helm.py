@@ -247,6 +247,9 @@ class BackupJob:
             "--output", JOB_CONDITIONS,
         )  # fmt: skip
 
+    def take(self, say: Callable[[str], None]) -> bool:
+        return run_backup(self, say)
+
     def plan(self) -> list[Command | str]:
         return [
             f"{self.lookup()}  (no CronJob: a first install, nothing to back up, no backup)",

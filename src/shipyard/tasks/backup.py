@@ -36,6 +36,7 @@ from shipyard.engines import compose as compose_engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
+from shipyard.tasks import operator
 from shipyard.tasks.support import (
     HELP_DRY,
     HELP_ENV,
@@ -59,6 +60,9 @@ HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
 COMPOSE_FOLDER = "file:///backups"
 # compose.backup.yaml's service with the data paths writable (`restore --files`).
 FILES_RESTORE = "files-restore"
+# How long a CloudNativePG base backup or recovery may take before the task gives up waiting
+# (the operator carries on; `kubectl get` shows where it is).
+OPERATOR_TIMEOUT = 3600
 
 
 @contextlib.contextmanager
@@ -182,6 +186,9 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
+    if operator.by_operator(cfg, environment):
+        operator.backup(cfg, environment, dry_run, OPERATOR_TIMEOUT)
+        return
     env = environment.name
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual", *_data_args(cfg))
@@ -220,6 +227,9 @@ def list_(c: Context, env: str = "") -> None:
     from shipyard.backup import cli, engine
 
     cfg, environment, settings = _settings(c, env)
+    if operator.by_operator(cfg, environment):
+        operator.list_backups(cfg, environment)
+        return
     env = environment.name
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "list")
@@ -236,6 +246,8 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
     from shipyard.backup import engine, metrics
 
     cfg, environment, settings = _settings(c, env)
+    if operator.by_operator(cfg, environment):
+        raise operator.refuse(cfg, environment, "backup.verify")
     env = environment.name
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "verify", *_choice(backup, jobs))
@@ -272,6 +284,8 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
+    if operator.by_operator(cfg, environment):
+        raise operator.refuse(cfg, environment, "backup.prune (its retentionPolicy prunes)")
     env = environment.name
     if _in_compose(environment):
         days = str(settings.retention_days)
@@ -305,6 +319,8 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
         "dry_run": HELP_DRY,
         "jobs": HELP_JOBS,
         "files": "restore the components' data paths (their files) instead of the database",
+        "at": "with PostgreSQL by CloudNativePG: recover to this time (2026-12-04T10:15:00Z) "
+        "or 'latest', into a new Cluster",
     }
 )
 def restore(
@@ -315,12 +331,26 @@ def restore(
     dry_run: bool = False,
     jobs: int = 0,
     files: bool = False,
+    at: str = "",
 ) -> None:
-    """Replace the environment's database (or, with --files, its data paths) with a backup."""
+    """Replace the environment's database (or, with --files, its data paths) with a backup;
+    with --at, recover it to a point in time (CloudNativePG)."""
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
     env = environment.name
+    if operator.by_operator(cfg, environment) and not files:
+        if backup or not at:
+            raise operator.refuse(cfg, environment, "restore without --at")
+        operator.recover(cfg, environment, at, yes, dry_run, OPERATOR_TIMEOUT)
+        return
+    if at:
+        raise Exit(
+            f"shipyard: --at (point-in-time recovery) needs PostgreSQL run by CloudNativePG "
+            f"(the database_on_kubernetes answer); {env} restores the kit's backups: drop --at "
+            "and choose one with --backup (`invoke backup.list`)",
+            code=2,
+        )
     if files:
         _restore_files(cfg, environment, settings, backup, yes, dry_run)
         return

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from invoke.exceptions import Exit
 
 from shipyard import config
-from shipyard.engines import EngineError, smoke_job, state
+from shipyard.engines import EngineError, cnpg, smoke_job, state
 from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
@@ -80,12 +80,21 @@ class HelmTarget:
             f"run `invoke deploy --env {self.env.name}`"
         )
 
+    def _backup_before_migrating(self, timeout: int) -> helm_engine.BackupJob | cnpg.BaseBackup:
+        """A Job from the chart's backup CronJob; with a CloudNativePG Cluster, a base backup
+        by the operator (the chart renders no CronJob then)."""
+        service, namespace = self.cfg.service, self.env.namespace
+        if self.cfg.database is not None and self.cfg.database.by_operator:
+            name = helm_engine.job_name(f"{service}-pre-migrate")
+            return cnpg.BaseBackup(cnpg.cluster(self.chart.name, namespace), name, timeout)
+        return helm_engine.backup_job(service, namespace, timeout)
+
     def deploy(self, release: Release, opts: Options) -> None:
         env = self.env.name
-        backup_job = None
+        backup_job: helm_engine.BackupJob | cnpg.BaseBackup | None = None
         wanted = self.env.migrate and self.env.backup_before_migrate
         if wanted and not (opts.skip_migrate or opts.skip_backup):
-            backup_job = helm_engine.backup_job(self.cfg.service, self.env.namespace, opts.timeout)
+            backup_job = self._backup_before_migrating(opts.timeout)
         # The chart's backup CronJob runs the backup image pushed with this commit: the chart
         # refuses an image without a digest, so say what to do before anything changes.
         backup = release.backup_image()
@@ -124,7 +133,7 @@ class HelmTarget:
         try:
             with failures(f"deploy to {env}"):
                 if backup_job:
-                    helm_engine.run_backup(backup_job, say)
+                    backup_job.take(say)
                 execute(upgrade, "helm upgrade")
                 helm_engine.check_rollout(self.chart, opts.timeout)
                 self._smoke_check(release, opts.timeout)
