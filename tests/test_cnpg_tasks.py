@@ -12,9 +12,7 @@ CloudNativePG CRD schemas.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,76 +23,48 @@ from jsonschema import Draft7Validator
 
 from shipyard.validate.crds import CNPG_API, strict_schema
 from tests.conftest import Render, chart_digests, init_repo, invoke_cli, load_preset
+from tests.kubectl import Kubectl, rule
 
 NAMESPACE = "nestjs-template-prod"
 CLUSTER = "nestjs-template-postgres"
 FIRST_POINT = "2026-12-01T03:00:00Z"
 
-KUBECTL = """#!{python}
-import json, os, sys
-from pathlib import Path
-args = sys.argv[1:]
-entry = {{"argv": args}}
-if args[0] == "apply":
-    entry["manifest"] = yaml_text = Path(args[args.index("--filename") + 1]).read_text()
-with Path(os.environ["KUBECTL_LOG"]).open("a") as log:
-    log.write(json.dumps(entry) + "\\n")
-story = os.environ.get("KUBECTL_STORY", "")
-if args[:2] == ["get", "clusters.postgresql.cnpg.io"]:
-    if story != "no-cluster":
-        print(Path(os.environ["KUBECTL_CLUSTER"]).read_text())
-elif args[:2] == ["get", "backups.postgresql.cnpg.io"] and "--output" in args:
-    polls = Path(os.environ["KUBECTL_LOG"]).with_suffix(".polls")
-    first = not polls.exists()
-    polls.write_text("x")
-    if story == "backup-fails":
-        print("failed\\tcan't upload to s3://backups: AccessDenied", end="")
-    elif story == "backup-slow" and first:
-        print("running\\t", end="")
-    else:
-        print("completed\\t", end="")
-elif args[:2] == ["get", "backups.postgresql.cnpg.io"]:
-    print("NAME                      AGE   CLUSTER                    PHASE")
-    print("nestjs-template-daily-1   2d    nestjs-template-postgres   completed")
-elif args[0] == "wait":
-    print("cluster.postgresql.cnpg.io/" + args[1].split("/")[1] + " condition met")
-"""
+PHASE = "jsonpath={.status.phase}{'\\t'}{.status.error}"
 
 
 @dataclass(frozen=True)
 class Run:
     result: subprocess.CompletedProcess[str]
     calls: list[dict[str, Any]]
-
-    @property
-    def commands(self) -> list[list[str]]:
-        return [c["argv"] for c in self.calls]
-
-    def applied(self) -> list[dict[str, Any]]:
-        return [yaml.safe_load(c["manifest"]) for c in self.calls if "manifest" in c]
+    commands: list[list[str]]
+    applied: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Kit:
     root: Path
-    bin: Path
+    kubectl: Kubectl
     live: dict[str, Any]
 
-    def invoke(self, tmp: Path, *args: str, story: str = "") -> Run:
-        log = tmp / "kubectl.log"
-        log.unlink(missing_ok=True)
-        log.with_suffix(".polls").unlink(missing_ok=True)
-        live = tmp / "cluster.json"
-        live.write_text(json.dumps(self.live))
-        env = {
-            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
-            "KUBECTL_LOG": str(log),
-            "KUBECTL_CLUSTER": str(live),
-            "KUBECTL_STORY": story,
-        }
+    def invoke(self, *args: str, story: str = "") -> Run:
+        cluster = "" if story == "no-cluster" else json.dumps(self.live)
+        phases = {
+            "backup-fails": ["failed\tcan't upload to s3://backups: AccessDenied"],
+            "backup-slow": ["running\t", "completed\t"],
+        }.get(story, ["completed\t"])
+        listing = (
+            "NAME                      AGE   CLUSTER                    PHASE\n"
+            "nestjs-template-daily-1   2d    nestjs-template-postgres   completed\n"
+        )
+        env = self.kubectl.env(
+            [
+                rule(["get", "clusters.postgresql.cnpg.io"], cluster),
+                rule(["get", "backups.postgresql.cnpg.io", "--namespace"], listing),
+                rule(["get", "backups.postgresql.cnpg.io"], phases),
+            ]
+        )
         result = invoke_cli(self.root, *args, env=env, timeout=120)
-        calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        return Run(result, calls)
+        return Run(result, self.kubectl.calls(), self.kubectl.commands(), self.kubectl.applied())
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +88,7 @@ def kit(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Kit:
         "firstRecoverabilityPoint": FIRST_POINT,
         "phase": "Cluster in healthy state",
     }
-    stand_in = tmp_path_factory.mktemp("bin") / "kubectl"
-    stand_in.write_text(KUBECTL.format(python=sys.executable))
-    stand_in.chmod(0o755)
-    return Kit(root, stand_in.parent, cluster)
+    return Kit(root, Kubectl.install(tmp_path_factory.mktemp("kubectl")), cluster)
 
 
 def _valid(manifest: dict[str, Any]) -> None:
@@ -138,31 +105,28 @@ def test_the_kit_says_where_postgresql_runs(kit: Kit) -> None:
     assert kit.live["spec"]["backup"]["barmanObjectStore"]["destinationPath"]
 
 
-def test_backup_asks_the_operator_for_a_base_backup_and_waits(kit: Kit, tmp_path: Path) -> None:
-    run = kit.invoke(tmp_path, "backup", "--env", "prod", story="backup-slow")
+def test_backup_asks_the_operator_for_a_base_backup_and_waits(kit: Kit) -> None:
+    run = kit.invoke("backup", "--env", "prod", story="backup-slow")
 
     assert run.result.returncode == 0, run.result.stderr
     lookup, apply, poll, again = run.commands
     assert lookup == ["get", "clusters.postgresql.cnpg.io", CLUSTER, "--namespace", NAMESPACE,
                       "--ignore-not-found", "--output", "json"]  # fmt: skip
     assert apply[:4] == ["apply", "--namespace", NAMESPACE, "--filename"]
-    [backup] = run.applied()
+    [backup] = run.applied
     _valid(backup)
     name = backup["metadata"]["name"]
     assert name.startswith("nestjs-template-manual-")
     assert backup["spec"] == {"cluster": {"name": CLUSTER}, "method": "barmanObjectStore"}
-    phase = "jsonpath={.status.phase}{'\\t'}{.status.error}"
     assert poll == again == ["get", "backups.postgresql.cnpg.io", name, "--namespace", NAMESPACE,
-                             "--output", phase]  # fmt: skip
+                             "--output", PHASE]  # fmt: skip
     assert f"prod: base backup {name} of Cluster {CLUSTER} completed" in run.result.stdout
     # The manifest went through a private temporary file, deleted once applied.
     assert not Path(apply[-1]).exists()
 
 
-def test_a_failed_base_backup_fails_the_task_with_the_operators_error(
-    kit: Kit, tmp_path: Path
-) -> None:
-    run = kit.invoke(tmp_path, "backup", "--env", "prod", story="backup-fails")
+def test_a_failed_base_backup_fails_the_task_with_the_operators_error(kit: Kit) -> None:
+    run = kit.invoke("backup", "--env", "prod", story="backup-fails")
 
     assert run.result.returncode == 1
     assert "failed: can't upload to s3://backups: AccessDenied" in run.result.stderr
@@ -170,8 +134,8 @@ def test_a_failed_base_backup_fails_the_task_with_the_operators_error(
     assert "base backup nestjs-template-manual" not in run.result.stdout
 
 
-def test_backup_before_the_first_deploy_says_there_is_nothing_yet(kit: Kit, tmp_path: Path) -> None:
-    run = kit.invoke(tmp_path, "backup", "--env", "prod", story="no-cluster")
+def test_backup_before_the_first_deploy_says_there_is_nothing_yet(kit: Kit) -> None:
+    run = kit.invoke("backup", "--env", "prod", story="no-cluster")
 
     assert run.result.returncode == 1
     assert f"no Cluster {CLUSTER} in namespace {NAMESPACE} yet" in run.result.stdout
@@ -179,8 +143,8 @@ def test_backup_before_the_first_deploy_says_there_is_nothing_yet(kit: Kit, tmp_
     assert [c[0] for c in run.commands] == ["get"]
 
 
-def test_list_shows_the_backups_and_the_recoverable_window(kit: Kit, tmp_path: Path) -> None:
-    run = kit.invoke(tmp_path, "backup.list", "--env", "prod")
+def test_list_shows_the_backups_and_the_recoverable_window(kit: Kit) -> None:
+    run = kit.invoke("backup.list", "--env", "prod")
 
     assert run.result.returncode == 0, run.result.stderr
     assert run.commands[-1] == ["get", "backups.postgresql.cnpg.io", "--namespace", NAMESPACE]
@@ -188,14 +152,12 @@ def test_list_shows_the_backups_and_the_recoverable_window(kit: Kit, tmp_path: P
     assert f"recoverable window of Cluster {CLUSTER}: {FIRST_POINT} to now" in run.result.stdout
 
 
-def test_restore_at_a_time_creates_a_recovery_cluster_beside_the_live_one(
-    kit: Kit, tmp_path: Path
-) -> None:
-    run = kit.invoke(tmp_path, "restore", "--env", "prod", "--at", "2026-12-02T10:15:00+01:00",
+def test_restore_at_a_time_creates_a_recovery_cluster_beside_the_live_one(kit: Kit) -> None:
+    run = kit.invoke("restore", "--env", "prod", "--at", "2026-12-02T10:15:00+01:00",
                      "--yes")  # fmt: skip
 
     assert run.result.returncode == 0, run.result.stderr
-    [recovered] = run.applied()
+    [recovered] = run.applied
     _valid(recovered)
     name = recovered["metadata"]["name"]
     assert name.startswith(f"{CLUSTER}-pitr-")
@@ -227,11 +189,11 @@ def test_restore_at_a_time_creates_a_recovery_cluster_beside_the_live_one(
     assert f"Secret {name}-app" in run.result.stdout
 
 
-def test_restore_at_latest_replays_every_archived_wal(kit: Kit, tmp_path: Path) -> None:
-    run = kit.invoke(tmp_path, "restore", "--env", "prod", "--at", "latest", "--yes")
+def test_restore_at_latest_replays_every_archived_wal(kit: Kit) -> None:
+    run = kit.invoke("restore", "--env", "prod", "--at", "latest", "--yes")
 
     assert run.result.returncode == 0, run.result.stderr
-    [recovered] = run.applied()
+    [recovered] = run.applied
     _valid(recovered)
     assert recovered["spec"]["bootstrap"]["recovery"].keys() == {"source", "database", "owner"}
 
@@ -248,9 +210,9 @@ def test_restore_at_latest_replays_every_archived_wal(kit: Kit, tmp_path: Path) 
     ],
 )  # fmt: skip
 def test_restore_at_outside_the_window_is_refused_and_changes_nothing(
-    kit: Kit, tmp_path: Path, at: str, message: str
+    kit: Kit, at: str, message: str
 ) -> None:
-    run = kit.invoke(tmp_path, "restore", "--env", "prod", "--at", at, "--yes")
+    run = kit.invoke("restore", "--env", "prod", "--at", at, "--yes")
 
     assert run.result.returncode == 1
     assert message in run.result.stderr
@@ -258,8 +220,8 @@ def test_restore_at_outside_the_window_is_refused_and_changes_nothing(
     assert [c[0] for c in run.commands] == ["get"]
 
 
-def test_restore_dry_run_prints_the_cluster_it_would_create(kit: Kit, tmp_path: Path) -> None:
-    run = kit.invoke(tmp_path, "restore", "--env", "prod", "--at", "2026-12-02T09:15:00Z",
+def test_restore_dry_run_prints_the_cluster_it_would_create(kit: Kit) -> None:
+    run = kit.invoke("restore", "--env", "prod", "--at", "2026-12-02T09:15:00Z",
                      "--dry-run")  # fmt: skip
 
     assert run.result.returncode == 0, run.result.stderr
@@ -280,10 +242,8 @@ def test_restore_dry_run_prints_the_cluster_it_would_create(kit: Kit, tmp_path: 
         (["backup.prune", "--env", "prod"], "its retentionPolicy prunes"),
     ],
 )
-def test_the_dump_tasks_point_to_the_operators(
-    kit: Kit, tmp_path: Path, args: list[str], message: str
-) -> None:
-    run = kit.invoke(tmp_path, *args)
+def test_the_dump_tasks_point_to_the_operators(kit: Kit, args: list[str], message: str) -> None:
+    run = kit.invoke(*args)
 
     assert run.result.returncode == 2
     assert message in run.result.stderr
@@ -291,7 +251,7 @@ def test_the_dump_tasks_point_to_the_operators(
     assert run.calls == []
 
 
-def test_the_deploy_takes_a_base_backup_before_migrating(kit: Kit, tmp_path: Path) -> None:
+def test_the_deploy_takes_a_base_backup_before_migrating(kit: Kit) -> None:
     digest = "sha256:" + "ab" * 32
     env = {"SHIPYARD_HELM": "helm", "API_IMAGE": f"ghcr.io/acme/nestjs-template-api@{digest}",
            "BACKUP_IMAGE": f"ghcr.io/acme/nestjs-template-backup@{digest}"}  # fmt: skip

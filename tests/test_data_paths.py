@@ -5,7 +5,11 @@ validators (Compose, hadolint, helm lint, kubernetes-validate) and on the chart'
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ import pytest
 from ruamel.yaml import YAML
 
 from shipyard import config, validate
+from shipyard.engines import helm as helm_engine
 from tests import test_chart
-from tests.conftest import Render, chart_digests
+from tests.conftest import Render, chart_digests, invoke_cli
+from tests.kubectl import Kubectl, rule
 from tests.test_chart import DIGEST, Helm, _by_kind, _chart, _docs, _values_files
 
 # The chart tests' fixtures, by name: the real helm 4 and 3, their state in a temp dir.
@@ -233,3 +239,203 @@ def test_chart_schema_refuses_bad_data_values(
     result = helm("helm", "lint", "--strict", str(_chart(root)), *args, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def _cronjob_pod(docs: list[Doc], name: str) -> Doc:
+    (cron,) = [c for c in _by_kind(docs, "CronJob") if c["metadata"]["name"] == f"rel-{name}"]
+    pod: Doc = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_backups_archive_every_data_path_from_its_claim_read_only(
+    root: Path, template: Callable[..., list[Doc]]
+) -> None:
+    docs = template("-f", str(_chart(root) / "values-prod.yaml"), *_deploy(root))
+    pod = _cronjob_pod(docs, "files-service-backup")
+    (container,) = pod["containers"]
+    args = container["args"]
+    specs = [args[i + 1] for i, a in enumerate(args) if a == "--data-path"]
+    assert sorted(specs) == ["api:/app/uploads", "api:/srv/cache", "jobs:/app/uploads"]
+    # Where the engine looks for COMPONENT:/PATH (backup/files.py): /data/COMPONENT/PATH.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    for component, volumes in VOLUMES.items():
+        for volume, path in volumes.items():
+            mount = mounts[f"/data/{component}{path}"]
+            assert mount["readOnly"] is True
+            assert claims[mount["name"]] == {
+                "claimName": f"rel-files-service-{volume}",
+                "readOnly": True,
+            }
+    # ReadWriteOnce claims are mounted from their pods' node: the backup pod goes there.
+    terms = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    beside = sorted(t["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] for t in terms)
+    assert beside == ["api", "jobs"]
+    assert {t["topologyKey"] for t in terms} == {"kubernetes.io/hostname"}
+    # The drill restores into a scratch database only: no data paths.
+    drill = _cronjob_pod(docs, "files-service-restore-drill")
+    assert "affinity" not in drill
+    assert not [v for v in drill["volumes"] if v["name"].startswith("data-")]
+    assert "--data-path" not in drill["containers"][0]["args"]
+
+
+def test_backups_of_shared_claims_run_on_any_node(
+    root: Path, template: Callable[..., list[Doc]]
+) -> None:
+    docs = template(
+        "-f", str(_chart(root) / "values-prod.yaml"), *_deploy(root),
+        "--set", "components.api.persistence.accessModes={ReadWriteMany}",
+    )  # fmt: skip
+    terms = _cronjob_pod(docs, "files-service-backup")["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert [t["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] for t in terms] == [
+        "jobs"
+    ]
+
+
+@pytest.mark.parametrize("binary", ["helm", "helm3"])
+def test_backups_refuse_claims_no_other_pod_may_mount(root: Path, helm: Helm, binary: str) -> None:
+    chart = _chart(root)
+    result = helm(
+        binary, "template", "rel", str(chart), *chart_digests(chart),
+        "-f", str(chart / "values-prod.yaml"),
+        "--set", "components.jobs.persistence.accessModes={ReadWriteOncePod}", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        "components.jobs keeps files on ReadWriteOncePod claims, which no pod but its own may "
+        "mount, so the backups cannot archive them"
+    ) in result.stderr
+
+
+# `invoke restore --files` on Kubernetes: a Job from the backup CronJob (engines/files_job.py),
+# run against the kubectl stand-in (tests/kubectl.py) that answers with the chart's own CronJob.
+NAMESPACE = "files-service-prod"
+
+
+def _selector(component: str) -> str:
+    return f"app.kubernetes.io/instance=files-service,app.kubernetes.io/component={component}"
+
+
+@pytest.fixture(scope="module")
+def backup_cronjob(root: Path) -> Doc:
+    """The backup CronJob of prod as `invoke deploy` installs it (release files-service)."""
+    chart = _chart(root)
+    out = subprocess.run(
+        ["helm", "template", "files-service", str(chart), *chart_digests(chart),
+         "--namespace", NAMESPACE, "-f", str(chart / "values-prod.yaml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (cron,) = [
+        d
+        for d in _docs(out)
+        if d["kind"] == "CronJob" and d["metadata"]["name"].endswith("-backup")
+    ]
+    return cron
+
+
+def _files_rules(cronjob: Doc, conditions: str) -> list[dict[str, Any]]:
+    return [
+        rule(["get", "cronjob"], json.dumps(cronjob)),
+        rule(["get", "deployment", "--selector", _selector("api")], "files-service-api\t1\n"),
+        rule(["get", "deployment", "--selector", _selector("jobs")], "files-service-jobs\t1\n"),
+        rule(["get", "job"], conditions),
+    ]
+
+
+def test_restore_files_on_kubernetes_stops_the_writers_restores_and_starts_them(
+    root: Path, backup_cronjob: Doc, tmp_path: Path
+) -> None:
+    kubectl = Kubectl.install(tmp_path)
+    env = kubectl.env(_files_rules(backup_cronjob, "Complete\t"))
+    result = invoke_cli(
+        root, "restore", "--files", "--env", "prod", "--backup", "20261204T101500Z", "--yes",
+        env=env,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    ns = ["--namespace", NAMESPACE]
+    (job,) = kubectl.applied()
+    name = job["metadata"]["name"]
+    jsonpath = "jsonpath={range .items[*]}{.metadata.name}{'\\t'}{.spec.replicas}{'\\n'}{end}"
+    manifest = str(root / ".shipyard" / "files-restore-job-prod.json")
+    assert kubectl.commands() == [
+        ["get", "cronjob", "files-service-backup", "--output", "json", *ns],
+        ["get", "deployment", "--selector", _selector("api"), "--output", jsonpath, *ns],
+        ["get", "deployment", "--selector", _selector("jobs"), "--output", jsonpath, *ns],
+        ["scale", "deployment/files-service-api", "--replicas=0", *ns],
+        ["scale", "deployment/files-service-jobs", "--replicas=0", *ns],
+        ["wait", "pod", "--for=delete", "--selector", _selector("api"), "--timeout=3600s", *ns],
+        ["wait", "pod", "--for=delete", "--selector", _selector("jobs"), "--timeout=3600s", *ns],
+        ["create", "--filename", manifest, *ns],
+        ["get", "job", name, "--output", helm_engine.JOB_CONDITIONS, *ns],
+        ["scale", "deployment/files-service-api", "--replicas=1", *ns],
+        ["scale", "deployment/files-service-jobs", "--replicas=1", *ns],
+    ]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == [
+        "shipyard", "backup", "restore", "--files", "--target", "file:///backups",
+        "--yes", "--backup", "20261204T101500Z",
+        "--data-path", "api:/app/uploads", "--data-path", "api:/srv/cache",
+        "--data-path", "jobs:/app/uploads",
+    ]  # fmt: skip
+    # The CronJob's pod (image, Secrets, labels for its NetworkPolicies) with the claims writable.
+    cron_pod = backup_cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert container["image"] == cron_pod["containers"][0]["image"]
+    assert container["envFrom"] == cron_pod["containers"][0]["envFrom"]
+    data = [m for m in container["volumeMounts"] if m["name"].startswith("data-")]
+    assert len(data) == 3
+    assert all(m["readOnly"] is False for m in data)
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if v["name"].startswith("data-")]
+    assert len(claims) == 3
+    assert all(c["readOnly"] is False for c in claims)
+    assert "affinity" not in pod  # the components are stopped: their claims are free
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "backup"
+    validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert validator is not None
+    checked = subprocess.run(
+        [validator, "--strict", "--quiet", "-k", "1.28.0", manifest],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "prod: api:/app/uploads, api:/srv/cache, jobs:/app/uploads restored" in result.stdout
+
+
+def test_a_failed_files_restore_starts_the_components_again_and_says_so(
+    root: Path, backup_cronjob: Doc, tmp_path: Path
+) -> None:
+    kubectl = Kubectl.install(tmp_path)
+    env = kubectl.env(_files_rules(backup_cronjob, "Failed\tBackoffLimitExceeded"))
+    result = invoke_cli(root, "restore", "--files", "--env", "prod", "--yes", env=env)
+
+    assert result.returncode == 1
+    assert "failed (BackoffLimitExceeded; see `kubectl logs" in result.stderr
+    assert "the data paths are as they were" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert kubectl.commands()[-2:] == [
+        ["scale", "deployment/files-service-api", "--replicas=1", "--namespace", NAMESPACE],
+        ["scale", "deployment/files-service-jobs", "--replicas=1", "--namespace", NAMESPACE],
+    ]
+    # No backup named: the engine's newest.
+    assert (
+        "--backup" not in kubectl.applied()[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_restore_files_dry_run_changes_nothing(root: Path, tmp_path: Path) -> None:
+    kubectl = Kubectl.install(tmp_path)
+    result = invoke_cli(
+        root, "restore", "--files", "--env", "prod", "--dry-run", env=kubectl.env([])
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "restore the files of prod from the newest complete backup (a Job in " in result.stdout
+    assert "scale api, jobs to 0 and wait until their pods are gone" in result.stdout
+    assert kubectl.calls() == []

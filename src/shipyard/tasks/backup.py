@@ -45,6 +45,7 @@ from shipyard.tasks.support import (
     execute,
     failures,
     plan,
+    say,
     setup,
 )
 
@@ -60,9 +61,9 @@ HELP_JOBS = "parallel pg_restore jobs (default: 2-4 by CPU count)"
 COMPOSE_FOLDER = "file:///backups"
 # compose.backup.yaml's service with the data paths writable (`restore --files`).
 FILES_RESTORE = "files-restore"
-# How long a CloudNativePG base backup or recovery may take before the task gives up waiting
-# (the operator carries on; `kubectl get` shows where it is).
-OPERATOR_TIMEOUT = 3600
+# How long a task waits for work it starts in a cluster (a CloudNativePG base backup or
+# recovery, a files restore Job) before it gives up waiting.
+CLUSTER_TIMEOUT = 3600
 
 
 @contextlib.contextmanager
@@ -187,7 +188,7 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
 
     cfg, environment, settings = _settings(c, env)
     if operator.by_operator(cfg, environment):
-        operator.backup(cfg, environment, dry_run, OPERATOR_TIMEOUT)
+        operator.backup(cfg, environment, dry_run, CLUSTER_TIMEOUT)
         return
     env = environment.name
     if _in_compose(environment):
@@ -201,10 +202,14 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     target = _storage(cfg, settings)
     if _data_args(cfg):
         # The data volumes live in the cluster (or on the Compose host), not here.
-        print(
-            f"{env}: the data paths' files are not reachable from here and are not in this "
-            "backup; on Compose, `invoke backup` archives them in the stack's backup service"
+        where = (
+            f"the chart's backup CronJob archives them (one now: `kubectl create job --namespace "
+            f"{environment.namespace} --from=cronjob/{cfg.service}-backup {cfg.service}-now`)"
+            if environment.is_helm
+            else "the Compose stack's backup service archives them (unset PGHOST)"
         )
+        print(f"{env}: the data paths' files are not reachable from here and are not in this "
+              f"backup; {where}")  # fmt: skip
     if dry_run:
         plan(
             f"backup of {env}",
@@ -342,7 +347,7 @@ def restore(
     if operator.by_operator(cfg, environment) and not files:
         if backup or not at:
             raise operator.refuse(cfg, environment, "restore without --at")
-        operator.recover(cfg, environment, at, yes, dry_run, OPERATOR_TIMEOUT)
+        operator.recover(cfg, environment, at, yes, dry_run, CLUSTER_TIMEOUT)
         return
     if at:
         raise Exit(
@@ -430,14 +435,11 @@ def _restore_files(
             "to restore",
             code=2,
         )
-    if environment.target != "compose":
-        raise Exit(
-            f"shipyard: {env} runs on {environment.target}: files backups and restores run on "
-            "Compose targets so far (the data paths are the stack's named volumes)",
-            code=2,
-        )
     chosen = backup or "the newest complete backup"
     paths = ", ".join(data[1::2])
+    if environment.is_helm:
+        _restore_files_in_cluster(cfg, environment, backup, yes, dry_run, paths)
+        return
     cmd = _compose_engine(
         cfg,
         env,
@@ -464,6 +466,41 @@ def _restore_files(
     confirm(f"Replace the files of {paths} ({env}) with {chosen}?", yes)
     _run_compose(cmd, f"the files restore of {env}")
     print(f"{env}: {paths} restored from {chosen} (the safety backup's id is above)")
+
+
+def _restore_files_in_cluster(
+    cfg: config.Config,
+    environment: config.Environment,
+    backup: str,
+    yes: bool,
+    dry_run: bool,
+    paths: str,
+) -> None:
+    """`restore --files` on Kubernetes: a Job from the backup CronJob, the claims writable,
+    the components that own them stopped meanwhile (engines/files_job.py)."""
+    from shipyard.engines import files_job
+    from shipyard.engines.helm import job_name
+
+    env = environment.name
+    job = files_job.FilesRestore(
+        release=cfg.service,
+        namespace=environment.namespace,
+        cronjob=f"{cfg.service}-backup",
+        name=job_name(f"{cfg.service}-files-restore"),
+        backup=backup,
+        components=tuple(comp.name for comp in cfg.components if comp.data_paths),
+        timeout=CLUSTER_TIMEOUT,
+        manifest=cfg.root / state.FOLDER / f"files-restore-job-{env}.json",
+    )
+    chosen = backup or "the newest complete backup"
+    if dry_run:
+        plan(f"restore the files of {env} from {chosen} (a Job in {job.namespace})", job.plan())
+        return
+    stopped = ", ".join(job.components)
+    confirm(f"Stop {stopped} and replace the files of {paths} ({env}) with {chosen}?", yes)
+    with failures(f"the files restore of {env}"):
+        files_job.restore(job, say)
+    print(f"{env}: {paths} restored from {chosen}; {stopped} started again")
 
 
 ns = Collection("backup")
