@@ -12,6 +12,7 @@ CloudNativePG CRD schemas.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +110,10 @@ def test_backup_asks_the_operator_for_a_base_backup_and_waits(kit: Kit) -> None:
     run = kit.invoke("backup", "--env", "prod", story="backup-slow")
 
     assert run.result.returncode == 0, run.result.stderr
-    lookup, apply, poll, again = run.commands
+    lookup, create, poll, again = run.commands
     assert lookup == ["get", "clusters.postgresql.cnpg.io", CLUSTER, "--namespace", NAMESPACE,
                       "--ignore-not-found", "--output", "json"]  # fmt: skip
-    assert apply[:4] == ["apply", "--namespace", NAMESPACE, "--filename"]
+    assert create[:4] == ["create", "--namespace", NAMESPACE, "--filename"]
     [backup] = run.applied
     _valid(backup)
     name = backup["metadata"]["name"]
@@ -122,7 +123,7 @@ def test_backup_asks_the_operator_for_a_base_backup_and_waits(kit: Kit) -> None:
                              "--output", PHASE]  # fmt: skip
     assert f"prod: base backup {name} of Cluster {CLUSTER} completed" in run.result.stdout
     # The manifest went through a private temporary file, deleted once applied.
-    assert not Path(apply[-1]).exists()
+    assert not Path(create[-1]).exists()
 
 
 def test_a_failed_base_backup_fails_the_task_with_the_operators_error(kit: Kit) -> None:
@@ -161,7 +162,7 @@ def test_restore_at_a_time_creates_a_recovery_cluster_beside_the_live_one(kit: K
     _valid(recovered)
     name = recovered["metadata"]["name"]
     assert name.startswith(f"{CLUSTER}-pitr-")
-    assert len(name) <= 63
+    assert len(name) <= 50  # CloudNativePG's limit
     spec, live = recovered["spec"], kit.live["spec"]
     assert spec["bootstrap"] == {
         "recovery": {
@@ -184,7 +185,7 @@ def test_restore_at_a_time_creates_a_recovery_cluster_beside_the_live_one(kit: K
     # Only reads and the new Cluster: nothing names the live one but the lookup.
     assert run.commands[-1] == ["wait", f"clusters.postgresql.cnpg.io/{name}", "--namespace",
                                 NAMESPACE, "--for=condition=Ready", "--timeout=3600s"]  # fmt: skip
-    assert [c[0] for c in run.commands] == ["get", "apply", "wait"]
+    assert [c[0] for c in run.commands] == ["get", "create", "wait"]
     assert f"{CLUSTER} is untouched" in run.result.stdout
     assert f"Secret {name}-app" in run.result.stdout
 
@@ -263,7 +264,7 @@ def test_the_deploy_takes_a_base_backup_before_migrating(kit: Kit) -> None:
         f"  2. kubectl get clusters.postgresql.cnpg.io {CLUSTER} --namespace {NAMESPACE} "
         "--ignore-not-found --output json  (no Cluster: a first install, nothing to back up)"
     )
-    assert steps[3].startswith(f"  3. kubectl apply --namespace {NAMESPACE} --filename <a Backup ")
+    assert steps[3].startswith(f"  3. kubectl create --namespace {NAMESPACE} --filename <a Backup ")
     assert f"of Cluster {CLUSTER}, method barmanObjectStore>" in steps[3]
     assert "until completed, or stop on failed; at most 300s" in steps[4]
     assert "cronjob" not in result.stdout
@@ -277,3 +278,17 @@ def test_restore_at_where_the_kit_dumps_is_refused(render: Render, tmp_path: Pat
 
     assert result.returncode == 2
     assert "--at (point-in-time recovery) needs PostgreSQL run by CloudNativePG" in result.stderr
+
+
+def test_recovery_cluster_names_fit_cloudnativepgs_limit() -> None:
+    from datetime import UTC, datetime
+
+    from shipyard.engines import cnpg
+
+    # The longest slug copier accepts (40) gives the longest Cluster name the chart renders.
+    name = cnpg.recovered_name(
+        cnpg.cluster("s" * 39 + "-", "ns"), datetime(2026, 12, 4, tzinfo=UTC)
+    )
+    assert len(name) <= cnpg.CLUSTER_NAME_MAX == 50
+    assert name.endswith("-pitr-20261204000000")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name

@@ -10,8 +10,8 @@ the operator, as its own `kubectl cnpg` plugin does, through objects:
 - a point-in-time recovery (`invoke restore --at`) is a NEW `Cluster` bootstrapped from the
   live one's object store: the running Cluster is never touched (CloudNativePG's own rule).
 
-Manifests are plain dicts checked against the vendored CRD schemas by the tests, applied from
-a private temporary file (`kubectl apply --filename`), and shown whole in dry-run plans.
+Manifests are plain dicts checked against the vendored CRD schemas by the tests, created from
+a private temporary file (`kubectl create --filename`), and shown whole in dry-run plans.
 """
 
 from __future__ import annotations
@@ -70,17 +70,18 @@ def live(target: Cluster) -> dict[str, Any] | None:
     return found
 
 
-def apply(namespace: str, path: Path) -> Command:
-    """`kubectl apply` of the manifest in `path` (written by `applying`)."""
-    return command("kubectl", "apply", "--namespace", namespace, "--filename", str(path))
+def create(namespace: str, path: Path) -> Command:
+    """`kubectl create` of the manifest in `path` (written by `creating`): never `apply`, so
+    an object of the same name is an error, not something changed."""
+    return command("kubectl", "create", "--namespace", namespace, "--filename", str(path))
 
 
-def applying(manifest: dict[str, Any], what: str, say: Callable[[str], None]) -> None:
-    """Apply `manifest` from a file in a private temporary folder, echoing the command."""
+def creating(manifest: dict[str, Any], what: str, say: Callable[[str], None]) -> None:
+    """Create `manifest` from a file in a private temporary folder, echoing the command."""
     with tempfile.TemporaryDirectory(prefix="shipyard-") as folder:
         path = Path(folder) / f"{manifest['kind'].lower()}.yaml"
         path.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
-        cmd = apply(manifest["metadata"]["namespace"], path)
+        cmd = create(manifest["metadata"]["namespace"], path)
         say(f"$ {cmd}")
         run(cmd, what=what)
 
@@ -139,7 +140,7 @@ class BaseBackup:
     def plan(self) -> list[Command | str]:
         return [
             f"{self.cluster.lookup()}  (no Cluster: a first install, nothing to back up)",
-            f"kubectl apply --namespace {self.cluster.namespace} --filename <a Backup "
+            f"kubectl create --namespace {self.cluster.namespace} --filename <a Backup "
             f"{self.name} of Cluster {self.cluster.name}, method barmanObjectStore>",
             f"{backup_phase(self.cluster.namespace, self.name)}  (every {POLL}s until "
             f"completed, or stop on failed; at most {self.timeout}s)",
@@ -165,7 +166,7 @@ def take_backup(target: Cluster, name: str, timeout: int, say: Callable[[str], N
             f"the Cluster {target.name} has no backup configured (backup.enabled is false in "
             "this environment's values): there is nowhere to take a base backup to"
         )
-    applying(backup_manifest(target, name), f"creating the Backup {name}", say)
+    creating(backup_manifest(target, name), f"creating the Backup {name}", say)
     say(f"$ {backup_phase(target.namespace, name)}  (every {POLL}s until completed)")
     wait_backup(target.namespace, name, timeout)
     return True
@@ -230,10 +231,14 @@ def _utc(text: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+# CloudNativePG refuses longer Cluster names (its webhook: the names it derives must fit).
+CLUSTER_NAME_MAX = 50
+
+
 def recovered_name(target: Cluster, now: datetime | None = None) -> str:
-    """`<cluster>-pitr-<UTC time>`: a new name each time, within Kubernetes' 63 characters."""
+    """`<cluster>-pitr-<UTC time>`: a new name each second, within CLUSTER_NAME_MAX."""
     stamp = f"{now or datetime.now(UTC):%Y%m%d%H%M%S}"
-    return f"{target.name[: 63 - len(stamp) - 6].rstrip('-')}-pitr-{stamp}"
+    return f"{target.name[: CLUSTER_NAME_MAX - len(stamp) - 6].rstrip('-')}-pitr-{stamp}"
 
 
 def recovery_manifest(found: dict[str, Any], name: str, point: datetime | None) -> dict[str, Any]:

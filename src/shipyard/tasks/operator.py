@@ -88,7 +88,7 @@ def recover(
     to = f"{point:%Y-%m-%dT%H:%M:%SZ}" if point else "the last archived WAL"
     steps: list[Command | str] = [
         f"{target.lookup()}  (its image, storage, object store and recoverable window)",
-        f"kubectl apply --namespace {target.namespace} --filename <the Cluster below>",
+        f"kubectl create --namespace {target.namespace} --filename <the Cluster below>",
         cnpg.ready(target.namespace, name, timeout),
     ]
     if dry_run:
@@ -98,7 +98,7 @@ def recover(
     if environment.confirm:
         confirm(f"Create Cluster {name} in {target.namespace}, recovered to {to}?", yes)
     with failures(f"the recovery of {env}"):
-        cnpg.applying(manifest, f"creating the Cluster {name}", say)
+        cnpg.creating(manifest, f"creating the Cluster {name}", say)
         execute(cnpg.ready(target.namespace, name, timeout), f"waiting for the Cluster {name}")
     database = cfg.database.name if cfg.database else ""
     print(
