@@ -260,6 +260,9 @@ def recovery_manifest(found: dict[str, Any], name: str, point: datetime | None) 
     # than the origin's.
     kept = ("imageName", "imagePullSecrets", "postgresql", "storage", "resources")
     copied = {k: spec[k] for k in kept if k in spec}
+    if "postgresql" in copied:
+        # Synchronous replication needs standbys this one-instance Cluster does not have.
+        copied["postgresql"] = {k: v for k, v in copied["postgresql"].items() if k != "synchronous"}
     return {
         "apiVersion": API,
         "kind": "Cluster",
