@@ -12,6 +12,7 @@ CloudNativePG CRD schemas.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -292,3 +293,27 @@ def test_recovery_cluster_names_fit_cloudnativepgs_limit() -> None:
     assert len(name) <= cnpg.CLUSTER_NAME_MAX == 50
     assert name.endswith("-pitr-20261204000000")
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="set KUBECONFIG to run on a cluster")
+def test_a_clusters_api_server_accepts_the_objects_the_tasks_create(
+    kit: Kit, tmp_path: Path
+) -> None:
+    """With CloudNativePG installed in the cluster KUBECONFIG names, its API server and webhook
+    accept the Backup and the recovery Cluster (server-side dry run: nothing is created)."""
+    from shipyard.engines import cnpg
+
+    live = cnpg.Cluster(CLUSTER, "default")
+    found = {**kit.live, "metadata": {**kit.live["metadata"], "namespace": "default"}}
+    objects = [
+        cnpg.backup_manifest(live, "shipyard-test-backup"),
+        cnpg.recovery_manifest(found, cnpg.recovered_name(live), None),
+    ]
+    for manifest in objects:
+        path = tmp_path / f"{manifest['kind']}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        subprocess.run(
+            ["kubectl", "create", "--dry-run=server", "--filename", str(path)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
