@@ -1,6 +1,7 @@
-"""Image builds of the sample service with the generated Dockerfile, on a real dockerd.
+"""Image builds of the sample service with the generated Dockerfile, on a real dockerd, for
+each runtime (`--runtime node|python|all`).
 
-Prints two ratios, measured side by side in one run:
+Prints, per runtime, ratios measured side by side in one run:
 
 - rebuild after a source-only change / cold build, median wall times of `invoke build`: the
   dependency installs must come from cache. Cold is a fresh CI runner's build: no BuildKit
@@ -8,8 +9,13 @@ Prints two ratios, measured side by side in one run:
   hold the base image's layers). Target: <= 0.25. The same ratio against a cold build with the
   base image already present is printed beside it, and every run's times before the medians.
 - final image size / (runtime base image + the app's production files), where the production
-  files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout, minus what
+  files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout (Python:
+  the checkout plus a venv of requirements.txt, both compiled to bytecode), minus what
   .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10.
+- Python only: ours against the shape of `docker init`'s Python Dockerfile for the same app
+  (one stage from the same base, pip with a cache mount and a bind-mounted requirements.txt, a
+  non-root user, `COPY . .`): image size ours / theirs and rebuild after a source-only change
+  ours / theirs. Both must stay below 1 (we must beat it).
 
 Starts its own dockerd and registries exactly as the tests do (tests/servers/), so run it
 after `. .ci/setup.sh`: `nox -s bench` or `python benchmarks/build.py --runs 2`.
@@ -25,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +41,9 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import copy_template, git, init_repo, render_kit  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
     MIRROR_STORAGE,
+    PYTHON_LOCAL,
     Dockerd,
+    MirrorImages,
     import_base,
     node_local,
     publish_mirror_images,
@@ -45,15 +55,43 @@ REBUILD_TARGET = 0.25
 SIZE_TARGET = 1.10
 SERVICE = "bench-api"
 NODE_VERSION = "22"
+PYTHON_VERSION = "3.11"  # the one CPython a base image can be built of here (Debian's)
 
 
-def _kit(work: Path, registry: str, mirror_answers: dict[str, str | int]) -> Path:
+@dataclass(frozen=True)
+class Runtime:
+    """What differs per runtime: the kit's answers, the base image and the app's files."""
+
+    name: str
+    answers: Callable[[MirrorImages], dict[str, str | int]]
+    mirrored: Callable[[MirrorImages], str]  # the base image as the mirror serves it
+    local: str  # the daemon's own tag of that base image, kept between runs
+    source: str  # a file a source-only change edits
+    production: Callable[[Path], int]  # bytes of the app's production files
+
+
+def _node_answers(images: MirrorImages) -> dict[str, str | int]:
+    return images.answers(NODE_VERSION)
+
+
+def _python_answers(images: MirrorImages) -> dict[str, str | int]:
+    images.python()
+    return {
+        "runtime": "python",
+        "python_version": PYTHON_VERSION,
+        "python_package_manager": "pip",  # docker init's shape reads requirements.txt too
+        "image_mirror": images.mirror,
+        "postgres_version": images.postgres_version,
+    }
+
+
+def _kit(work: Path, registry: str, answers: dict[str, str | int]) -> Path:
     root = render_kit(
         copy_template(work / "template"),
         {
             "project_name": "Bench API",
             "sample_app": True,
-            **mirror_answers,
+            **answers,
             "production_target": "compose",
             "image_registry": f"{registry}/bench",
             "ci_provider": "none",
@@ -80,24 +118,29 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def _production_files(root: Path) -> int:
+def _checkout(root: Path, clean: Path) -> None:
+    """A clean checkout of HEAD in `clean`, minus what .dockerignore keeps out of the build."""
+    archive = subprocess.run(
+        ["git", "archive", "HEAD"], cwd=root, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(clean)], input=archive, check=True)
+    for line in (clean / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith(("#", "!", "{")):
+            continue
+        for path in list(clean.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != ".env.example":
+                path.unlink(missing_ok=True)
+
+
+def _node_files(root: Path) -> int:
     """Bytes of the app as it runs: a clean checkout, production deps, built, minus ignores."""
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "app"
         clean.mkdir()
-        archive = subprocess.run(
-            ["git", "archive", "HEAD"], cwd=root, check=True, capture_output=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(clean)], input=archive, check=True)
-        for line in (clean / ".dockerignore").read_text().splitlines():
-            pattern = line.strip()
-            if not pattern or pattern.startswith(("#", "!", "{")):
-                continue
-            for path in list(clean.glob(pattern)):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.name != ".env.example":
-                    path.unlink(missing_ok=True)
+        _checkout(root, clean)
         for argv in (
             ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"],
             ["npm", "run", "build"],
@@ -106,10 +149,62 @@ def _production_files(root: Path) -> int:
         return _tree_bytes(clean)
 
 
+def _python_files(root: Path) -> int:
+    """Bytes of the app as it runs: a clean checkout and a venv of its requirements.txt (no
+    pip), both compiled to bytecode as the image must be (its root filesystem is read-only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clean, venv = Path(tmp) / "app", Path(tmp) / "venv"
+        clean.mkdir()
+        _checkout(root, clean)
+        python, pip = f"python{PYTHON_VERSION}", str(venv / "bin" / "pip")
+        for argv in (
+            # The venv's own pip installs, then leaves: the image's venv has none.
+            [python, "-m", "venv", str(venv)],
+            [pip, "install", "--quiet", "--no-deps", "-r", str(clean / "requirements.txt")],
+            [pip, "uninstall", "--quiet", "--yes", "pip", "setuptools"],
+            [python, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", str(clean)],
+        ):
+            done = subprocess.run(argv, check=False, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"benchmark: {' '.join(argv)} failed:\n{done.stderr}")
+        return _tree_bytes(clean) + _tree_bytes(venv)
+
+
+RUNTIMES = {
+    "node": Runtime(
+        "node", _node_answers, lambda images: images.node(NODE_VERSION),
+        node_local(NODE_VERSION), "src/main.js", _node_files,
+    ),
+    "python": Runtime(
+        "python", _python_answers, lambda images: images.python(), PYTHON_LOCAL,
+        "app/main.py", _python_files,
+    ),
+}  # fmt: skip
+
+
+DOCKER_INIT_PYTHON = """\
+FROM {base}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+ARG UID=10001
+RUN adduser --disabled-password --gecos "" --home "/nonexistent" --shell "/sbin/nologin" \\
+    --no-create-home --uid "${{UID}}" appuser
+RUN --mount=type=cache,target=/root/.cache/pip \\
+    --mount=type=bind,source=requirements.txt,target=requirements.txt \\
+    python -m pip install -r requirements.txt
+USER appuser
+COPY . .
+EXPOSE 8000
+CMD ["uvicorn", "app.main:app", "--host=0.0.0.0", "--port=8000"]
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=2, help="cold/rebuild pairs to take medians of")
+    parser.add_argument("--runtime", choices=[*RUNTIMES, "all"], default="all")
     args = parser.parse_args()
+    chosen = list(RUNTIMES.values()) if args.runtime == "all" else [RUNTIMES[args.runtime]]
 
     with (
         running_dockerd() as daemon,
@@ -118,61 +213,116 @@ def main() -> None:
         running_registry(MIRROR_STORAGE) as mirror,
     ):
         images = publish_mirror_images(daemon, import_base(daemon), mirror)
-        root = _kit(Path(tmp), registry, images.answers(NODE_VERSION))
-        env = daemon.task_env
-        cold: list[float] = []
-        cached_base: list[float] = []
-        warm: list[float] = []
-        try:
-            for run in range(args.runs):
-                # Cold, as on a fresh CI runner: no build cache and no base image, which is
-                # pulled through the mirror. Also timed: no build cache, base image present.
-                # BuildKit's cache keeps the base image's layers until pruned, so prune last.
-                _forget_builds(daemon, registry)
-                daemon.run("rmi", node_local(NODE_VERSION))
-                _prune(daemon)
-                cold.append(_build(root, env))
-                _restore_base(daemon, images.node(NODE_VERSION))
-                _prune(daemon)
-                cached_base.append(_build(root, env))
-                _change_source(root, run)
-                warm.append(_build(root, env))
-        finally:
-            _restore_base(daemon, images.node(NODE_VERSION))
-        sha = git(root, "rev-parse", "HEAD")[:12]
-        ref = f"{registry}/bench/{SERVICE}-{SERVICE}:{sha}"
-        final, base = _sizes(daemon, ref)
-        app = _production_files(root)
+        for runtime in chosen:
+            _bench(runtime, daemon, images, registry, Path(tmp) / runtime.name, args.runs)
 
+
+def _bench(
+    runtime: Runtime, daemon: Dockerd, images: MirrorImages, registry: str, work: Path, runs: int
+) -> None:
+    work.mkdir()
+    root = _kit(work, registry, runtime.answers(images))
+    mirrored = runtime.mirrored(images)
+    env = daemon.task_env
+    cold: list[float] = []
+    cached_base: list[float] = []
+    warm: list[float] = []
+    ours_raw: list[float] = []
+    theirs_cold: list[float] = []
+    theirs_warm: list[float] = []
+    theirs = f"{registry}/bench/docker-init:{runtime.name}"
+    try:
+        for run in range(runs):
+            # Cold, as on a fresh CI runner: no build cache and no base image, which is
+            # pulled through the mirror. Also timed: no build cache, base image present.
+            # BuildKit's cache keeps the base image's layers until pruned, so prune last.
+            _forget_builds(daemon, registry)
+            daemon.run("rmi", runtime.local)
+            _prune(daemon)
+            cold.append(_build(root, env))
+            _restore_base(daemon, runtime, mirrored)
+            _prune(daemon)
+            cached_base.append(_build(root, env))
+            _change_source(root, runtime, run * 2)
+            warm.append(_build(root, env))
+            built = f"{registry}/bench/{SERVICE}-{SERVICE}:{git(root, 'rev-parse', 'HEAD')[:12]}"
+            if runtime.name == "python":
+                # docker init's shape on the same app, from the same state (no build cache,
+                # base image present), then the same kind of change; both timed as plain
+                # `docker build`s, so the comparison leaves out what `invoke build` adds.
+                _change_source(root, runtime, run * 2 + 1)
+                ours_raw.append(
+                    _docker_build(daemon, root, "Dockerfile", SERVICE, f"{theirs}-ours")
+                )
+                _prune(daemon)
+                theirs_cold.append(_docker_init_build(daemon, root, mirrored, theirs))
+                _change_source(root, runtime, run * 2 + 2)
+                theirs_warm.append(_docker_init_build(daemon, root, mirrored, theirs))
+        final, base = _sizes(daemon, built, runtime.local)
+        their_size = _sizes(daemon, theirs, runtime.local)[0] if theirs_cold else 0
+    finally:
+        _restore_base(daemon, runtime, mirrored)
+    app = runtime.production(root)
+
+    print(f"\n{runtime.name}:")
     for name, times in (("cold", cold), ("base image present", cached_base), ("rebuild", warm)):
-        print(f"{name}: {', '.join(f'{t:.2f}s' for t in times)}")
+        print(f"  {name}: {', '.join(f'{t:.2f}s' for t in times)}")
     print(
-        f"cold build {statistics.median(cold):.1f}s (base image present: "
+        f"  cold build {statistics.median(cold):.1f}s (base image present: "
         f"{statistics.median(cached_base):.1f}s), rebuild {statistics.median(warm):.1f}s"
     )
     print(
-        "rebuild after a source-only change / cold build with the base image present: "
+        "  rebuild after a source-only change / cold build with the base image present: "
         f"{statistics.median(warm) / statistics.median(cached_base):.3f}"
     )
     rebuild = statistics.median(warm) / statistics.median(cold)
     size = final / (base + app)
     print(
-        f"rebuild after a source-only change / cold build: {rebuild:.3f} "
+        f"  rebuild after a source-only change / cold build: {rebuild:.3f} "
         f"(target <= {REBUILD_TARGET})"
     )
     print(
-        f"image {final / 1e6:.1f} MB / (base {base / 1e6:.1f} MB + app {app / 1e6:.2f} MB): "
+        f"  image {final / 1e6:.1f} MB / (base {base / 1e6:.1f} MB + app {app / 1e6:.2f} MB): "
         f"{size:.3f} (target <= {SIZE_TARGET})"
     )
+    if theirs_cold:
+        print(
+            f"  docker init's shape: cold (base present) {statistics.median(theirs_cold):.1f}s, "
+            f"rebuild {statistics.median(theirs_warm):.1f}s, image {their_size / 1e6:.1f} MB"
+        )
+        raw = statistics.median(ours_raw)
+        print(f"  ours as a plain docker build after a source-only change: {raw:.2f}s")
+        print(
+            f"  ours / docker init's: image {final / their_size:.3f}, rebuild "
+            f"{raw / statistics.median(theirs_warm):.3f} (targets < 1)"
+        )
 
 
-def _restore_base(daemon: Dockerd, mirrored: str) -> None:
+def _docker_init_build(daemon: Dockerd, root: Path, base: str, ref: str) -> float:
+    """Build the app with a Dockerfile in the shape `docker init` writes for Python."""
+    dockerfile = root.parent / "Dockerfile.docker-init"
+    dockerfile.write_text(DOCKER_INIT_PYTHON.format(base=base))
+    return _docker_build(daemon, root, str(dockerfile), "", ref)
+
+
+def _docker_build(daemon: Dockerd, root: Path, dockerfile: str, target: str, ref: str) -> float:
+    """Seconds of one plain BuildKit `docker build` of `root` (the host network, as ours)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [daemon.cli, "build", "--network", "host", "--file", dockerfile, "--tag", ref,
+         *(["--target", target] if target else []), str(root)],
+        cwd=root, env={**daemon.env, "DOCKER_BUILDKIT": "1"}, check=True, capture_output=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def _restore_base(daemon: Dockerd, runtime: Runtime, mirrored: str) -> None:
     """Put the base image back under its local name (later runs and sessions expect it)."""
     with contextlib.closing(daemon.client()) as client:
-        if any(node_local(NODE_VERSION) in image.tags for image in client.images.list()):
+        if any(runtime.local in image.tags for image in client.images.list()):
             return
     daemon.run("pull", mirrored)
-    daemon.run("tag", mirrored, node_local(NODE_VERSION))
+    daemon.run("tag", mirrored, runtime.local)
     daemon.run("rmi", mirrored)
 
 
@@ -187,10 +337,11 @@ def _forget_builds(daemon: Dockerd, registry: str) -> None:
         client.images.prune(filters={"dangling": True})
 
 
-def _change_source(root: Path, run: int) -> None:
+def _change_source(root: Path, runtime: Runtime, run: int) -> None:
     """A source-only change, committed (the image tag follows the commit)."""
-    main_js = root / "src" / "main.js"
-    main_js.write_text(main_js.read_text() + f"// source-only change {run}\n")
+    source = root / runtime.source
+    comment = "#" if source.suffix == ".py" else "//"
+    source.write_text(source.read_text() + f"{comment} source-only change {run}\n")
     git(root, "commit", "-q", "-am", f"source change {run}")
 
 
@@ -209,11 +360,11 @@ def _prune(daemon: Dockerd) -> None:
             time.sleep(2)
 
 
-def _sizes(daemon: Dockerd, ref: str) -> tuple[int, int]:
+def _sizes(daemon: Dockerd, ref: str, local_base: str) -> tuple[int, int]:
     """Sizes of the built image and of the runtime base (the image the mirror serves)."""
     with contextlib.closing(daemon.client()) as client:
         final = int(client.images.get(ref).attrs["Size"])
-        base = int(client.images.get(node_local(NODE_VERSION)).attrs["Size"])
+        base = int(client.images.get(local_base).attrs["Size"])
     return final, base
 
 
