@@ -184,7 +184,7 @@ class Window:
     def describe(self) -> str:
         if self.first is None:
             return "none yet: no base backup has completed"
-        return f"{self.first:%Y-%m-%dT%H:%M:%SZ} to now (the last archived WAL)"
+        return f"{rfc3339(self.first)} to now (the last archived WAL)"
 
 
 def window(found: dict[str, Any]) -> Window:
@@ -212,15 +212,19 @@ def recovery_point(at: str, within: Window, now: datetime | None = None) -> date
     now = now or datetime.now(UTC)
     if point > now:
         raise EngineError(
-            f"--at {point:%Y-%m-%dT%H:%M:%SZ} is in the future: the recoverable window is "
-            f"{within.describe()}"
+            f"--at {rfc3339(point)} is in the future: the recoverable window is {within.describe()}"
         )
     if point < within.first:
         raise EngineError(
-            f"--at {point:%Y-%m-%dT%H:%M:%SZ} is before the oldest base backup kept: the "
+            f"--at {rfc3339(point)} is before the oldest base backup kept: the "
             f"recoverable window is {within.describe()}"
         )
     return point
+
+
+def rfc3339(moment: datetime) -> str:
+    """`moment` (UTC) as CloudNativePG's targetTime and the messages write it."""
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _utc(text: str) -> datetime:
@@ -255,7 +259,7 @@ def recovery_manifest(found: dict[str, Any], name: str, point: datetime | None) 
     recovery: dict[str, Any] = {"source": "origin"}
     recovery.update({k: initdb[k] for k in ("database", "owner") if k in initdb})
     if point is not None:
-        recovery["recoveryTarget"] = {"targetTime": f"{point:%Y-%m-%dT%H:%M:%SZ}"}
+        recovery["recoveryTarget"] = {"targetTime": rfc3339(point)}
     # PostgreSQL's settings too: a recovery stops when max_connections and its kin are lower
     # than the origin's.
     kept = ("imageName", "imagePullSecrets", "postgresql", "storage", "resources")

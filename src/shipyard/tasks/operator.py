@@ -85,7 +85,7 @@ def recover(
         point = cnpg.recovery_point(at, cnpg.window(found))
         name = cnpg.recovered_name(target)
         manifest = cnpg.recovery_manifest(found, name, point)
-    to = f"{point:%Y-%m-%dT%H:%M:%SZ}" if point else "the last archived WAL"
+    to = cnpg.rfc3339(point) if point else "the last archived WAL"
     steps: list[Command | str] = [
         f"{target.lookup()}  (its image, storage, object store and recoverable window)",
         f"kubectl create --namespace {target.namespace} --filename <the Cluster below>",

@@ -13,6 +13,7 @@ from shipyard.engines import EngineError, cnpg, smoke_job, state
 from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
+from shipyard.tasks import operator
 from shipyard.tasks.release import Release
 from shipyard.tasks.support import execute, failures, plan, say
 from shipyard.tasks.targets import base
@@ -84,9 +85,9 @@ class HelmTarget:
         """A Job from the chart's backup CronJob; with a CloudNativePG Cluster, a base backup
         by the operator (the chart renders no CronJob then)."""
         service, namespace = self.cfg.service, self.env.namespace
-        if self.cfg.database is not None and self.cfg.database.by_operator:
+        if operator.by_operator(self.cfg, self.env):
             name = helm_engine.job_name(f"{service}-pre-migrate")
-            return cnpg.BaseBackup(cnpg.cluster(self.chart.name, namespace), name, timeout)
+            return cnpg.BaseBackup(cnpg.cluster(service, namespace), name, timeout)
         return helm_engine.backup_job(service, namespace, timeout)
 
     def deploy(self, release: Release, opts: Options) -> None:

@@ -104,6 +104,15 @@ answered database_on_kubernetes=cloudnativepg, hence `dig`.
 {{- end -}}
 
 {{/*
+Usage: {{ if include "app.kitBackups" . }}...{{ end }}
+"true" when the kit's own backup pods run (backup-cronjob.yaml): backups on and no
+CloudNativePG Cluster, whose operator backs up instead; else empty.
+*/}}
+{{- define "app.kitBackups" -}}
+{{- if and .Values.backup.enabled (not (include "app.cnpgCluster" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
 Usage: {{ include "app.cnpgSchedule" .Values.backup.schedule }}
 A 5-field cron schedule as CloudNativePG's 6-field one (seconds first). Its weekdays run 0-6:
 a lone 7 (Sunday, which the 5-field form allows) becomes 0; validateValues refuses 7 elsewhere.
