@@ -7,13 +7,18 @@ it. Clients reach it the way users reach MinIO or R2: boto3 with an endpoint URL
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.servers import start, stop
 
@@ -54,3 +59,69 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint)
     finally:
         stop(proc, timeout=10)
+
+
+@dataclass(frozen=True)
+class TlsS3Server:
+    """The S3 server behind HTTPS, as pgBackRest requires: `endpoint` is https://localhost:PORT
+    (pgBackRest matches a host name, not an IP, against the certificate) and `ca_file` the
+    private CA that signed it (AWS_CA_BUNDLE)."""
+
+    endpoint: str
+    ca_file: Path
+    plain: S3Server
+
+    def env(self) -> dict[str, str]:
+        return {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_CA_BUNDLE": str(self.ca_file),
+        }
+
+
+@pytest.fixture(scope="session")
+def tls_s3_server(s3_server: S3Server) -> Iterator[TlsS3Server]:
+    """Caddy terminating TLS with its own internal CA in front of `s3_server`. Its state stays in
+    a temporary folder and it never touches the machine's trust store."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.fail("caddy is not installed: run .ci/setup.sh")
+    # Not under pytest's tmp dir, which is private to root: pgBackRest runs as postgres in the
+    # tests and reads the CA from here.
+    state = Path(tempfile.mkdtemp(prefix="shipyard-caddy-"))
+    state.chmod(0o755)
+    from tests.servers.postgres import free_port
+
+    port = free_port()
+    upstream = s3_server.endpoint.removeprefix("http://")
+    (state / "Caddyfile").write_text(
+        "{\n  admin off\n  skip_install_trust\n  auto_https disable_redirects\n"
+        f"  storage file_system {state}\n}}\n"
+        f"https://localhost:{port} {{\n  tls internal\n  reverse_proxy {upstream}\n}}\n"
+    )
+    proc = subprocess.Popen(
+        [caddy, "run", "--config", str(state / "Caddyfile"), "--adapter", "caddyfile"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "XDG_DATA_HOME": str(state), "XDG_CONFIG_HOME": str(state)},
+    )  # fmt: skip
+    ca = state / "pki" / "authorities" / "local" / "root.crt"
+    endpoint = f"https://localhost:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if ca.exists() and requests.get(f"{endpoint}/moto-api/", verify=str(ca), timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc, timeout=5)
+            pytest.fail("caddy did not serve TLS in front of the S3 server")
+        time.sleep(0.2)
+    for folder in ca.relative_to(state).parents:  # readable: the CA, not its key
+        (state / folder).chmod(0o755)
+    ca.chmod(0o644)
+    try:
+        yield TlsS3Server(endpoint, ca, s3_server)
+    finally:
+        stop(proc, timeout=10)
+        shutil.rmtree(state, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from shipyard.backup import engine, files, metrics, storage
+from shipyard.backup import engine, files, metrics, pitr, storage
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,8 +27,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser("backup", help="back up, verify, restore, prune PostgreSQL")
     actions = parser.add_subparsers(dest="backup_command", required=True)
 
-    def action(name: str, text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=text, description=text)
+    def action(
+        name: str, text: str, under: argparse._SubParsersAction[argparse.ArgumentParser] = actions
+    ) -> argparse.ArgumentParser:
+        sub = under.add_parser(name, help=text, description=text)
         sub.add_argument(
             "--target",
             required=True,
@@ -59,6 +61,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     prune = action("prune", "delete backups the retention policy does not keep")
     _retention_arguments(prune, required=True)
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
+
+    # Point-in-time recovery by pgBackRest, run where the server's data directory is (PGDATA).
+    group = actions.add_parser("pitr", help="point-in-time recovery by pgBackRest (PGDATA)")
+    steps = group.add_subparsers(dest="pitr_command", required=True)
+    action("setup", "create the repository's stanza and check WAL archiving", steps)
+    base = action("base", "take a base backup (full, diff or incr)", steps)
+    base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
+    action("list", "list base backups and the recoverable window", steps)
+    back = action("restore", "restore into a new data directory and check it there", steps)
+    back.add_argument("--at", required=True, help="latest, a base backup label, or a UTC time")
+    back.add_argument("--into", required=True, type=Path, help="a new directory to restore into")
+    swap = action("swap", "put a restored directory in PGDATA's place (server stopped)", steps)
+    swap.add_argument("--restored", required=True, type=Path, help="what `restore` wrote")
+    swap.add_argument(
+        "--yes", action="store_true", required=True, help="required: it replaces data"
+    )
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +113,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     verified: engine.Backup | None = None
     status = 0
     try:
-        target = storage.from_url(args.target)
         command = args.backup_command
+        if command == "pitr":
+            return run_pitr(args, environ)
+        target = storage.from_url(args.target)
         if command == "run":
             made.append(engine.backup(target, kind=args.kind, files=_data_paths(args)))
             if args.retention_days:
@@ -121,6 +141,38 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     elif args.backup_command == "verify":
         metrics.push(metrics.verify_report(verified, started=started, ended=ended), environ)
     return status
+
+
+def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run `shipyard backup pitr ...`: one step of point-in-time recovery (pitr)."""
+    env = pitr.environment(args.target, environ)
+    step = args.pitr_command
+    if step == "setup":
+        pitr.setup(env)
+        print(f"archiving to {args.target} works")
+    elif step == "base":
+        if environ.get("PGDATA"):
+            # After a swap the live timeline's history was written while archiving was off.
+            pitr.archive_history(env, Path(environ["PGDATA"]))
+        print(f"base backup {pitr.base_backup(env, args.type)} complete")
+    elif step == "list":
+        found = pitr.window(env)
+        print(pitr.describe(found.backups))
+        print(found.describe())
+    elif step == "restore":
+        restored = pitr.restore(env, pitr.target(args.at, pitr.window(env)), args.into)
+        last = restored.last_commit.isoformat() if restored.last_commit else "not tracked"
+        print(
+            f"restored into {restored.path} in {restored.seconds:.1f} s and checked: "
+            f"databases {', '.join(restored.databases)}; last commit replayed {last}"
+        )
+    elif step == "swap":
+        data = Path(environ.get("PGDATA", ""))
+        if not environ.get("PGDATA"):
+            raise engine.BackupError("PGDATA must name the live data directory")
+        old = pitr.swap(data, args.restored)
+        print(f"{data} is the restored data now; the old data is kept in {old}")
+    return 0
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:
