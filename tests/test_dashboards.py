@@ -125,3 +125,24 @@ def test_a_compose_grafana_without_dashboards_is_a_finding(kit: Path) -> None:
     assert messages == [
         "Grafana is provisioned from monitoring/grafana/dashboards, which holds no dashboard"
     ]
+
+
+def test_the_chart_dashboard_shows_where_the_backups_come_from(
+    rendered: Callable[[str], Path],
+) -> None:
+    """A CloudNativePG Cluster (nestjs-api) has no kit CronJob: its backup panel reads the
+    operator's metrics of the Cluster's instances; elsewhere the CronJob's."""
+
+    def exprs(preset: str) -> str:
+        (chart,) = rendered(preset).glob("charts/*/monitoring/dashboard.json")
+        panels = json.loads(chart.read_text())["panels"]
+        return " ".join(t["expr"] for p in panels for t in p["targets"])
+
+    assert load_preset("nestjs-api")["database_on_kubernetes"] == "cloudnativepg"
+    operator, kit = exprs("nestjs-api"), exprs(BOTH)
+    for metric in ("last_available_backup_timestamp", "last_archived_time", "recoverability"):
+        assert metric in operator
+        assert metric not in kit
+    assert 'pod=~"$release-postgres-[0-9]+"' in operator
+    assert "kube_cronjob_status_last_successful_time" in kit
+    assert "kube_cronjob_status_last_successful_time" not in operator
