@@ -28,9 +28,10 @@ import boto3
 import psycopg
 import pytest
 
-from shipyard.backup import pitr
+from shipyard.backup import metrics, pitr
 from shipyard.backup.engine import BackupError
 from tests.servers.postgres import _bindir, free_port
+from tests.servers.pushgateway import Pushgateway
 from tests.servers.s3 import CREDENTIALS, TlsS3Server
 
 AS_ROOT = os.geteuid() == 0
@@ -268,6 +269,11 @@ def test_a_corrupted_wal_segment_fails_the_restore_and_leaves_nothing(archived: 
             archived.env, pitr.target(committed[-1][1].isoformat(), pitr.window(archived.env)), into
         )
     assert not into.exists()
+    # To `latest`, PostgreSQL would take the unreadable segment for the end of the WAL and
+    # promote without the commits in it and after it: refused too.
+    with pytest.raises(BackupError, match="a segment is missing or corrupted"):
+        pitr.restore(archived.env, pitr.target("latest", pitr.window(archived.env)), into)
+    assert not into.exists()
     with archived.connect() as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (50,)
 
@@ -379,3 +385,56 @@ def _s3(server: TlsS3Server) -> Any:
         aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
     )
+
+
+def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
+    archived: Archived, pushgateway: Pushgateway
+) -> None:
+    pitr.setup(archived.env)
+    pitr.base_backup(archived.env, "full")
+    _commit_rows(archived, range(1, 21))
+    archived.switch_wal()
+    service = f"drill-{secrets.token_hex(3)}"
+    env = {
+        **archived.env,
+        metrics.URL_VARIABLE: pushgateway.url,
+        "SHIPYARD_SERVICE": service,
+        "SHIPYARD_ENV": "prod",
+    }
+    argv = [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "drill", "--target",
+            f"file://{archived.env['PGBACKREST_REPO1_PATH']}"]  # fmt: skip
+    group = {"job": metrics.JOB, "service": service, "environment": "prod"}
+
+    passed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    assert passed.returncode == 0, passed.stderr
+    assert "restore drill passed" in passed.stdout
+    pushed = pushgateway.values(**group)
+    assert pushed["shipyard_backup_verify_success"] == 1
+    assert pushed["shipyard_backup_verify_restore_seconds"] > 0
+    # The newest replayed commit is the last row's, a few seconds old at most.
+    assert 0 <= pushed["shipyard_backup_verify_recovery_point_age_seconds"] < 120
+    assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))  # the scratch copy is gone
+
+    segments = sorted(
+        p
+        for p in (Path(archived.env["PGBACKREST_REPO1_PATH"]) / "archive").rglob("0000*")
+        if p.is_file() and ".backup" not in p.name
+    )
+    blob = bytearray(segments[-1].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    segments[-1].write_bytes(bytes(blob))
+    failed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("shipyard backup: ")
+    assert "Traceback" not in failed.stderr
+    after = pushgateway.values(**group)
+    assert after["shipyard_backup_verify_success"] == 0
+    assert after["shipyard_backup_verify_last_failure_timestamp_seconds"] > 0
+    # The last passing drill's recovery time stays what it measured.
+    assert (
+        after["shipyard_backup_verify_restore_seconds"]
+        == (pushed["shipyard_backup_verify_restore_seconds"])
+    )
+    assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))

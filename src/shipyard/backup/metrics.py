@@ -103,6 +103,25 @@ def verify_report(verified: Backup | None, *, started: float, ended: float) -> R
     return Report(values)
 
 
+def drill_report(
+    restore_seconds: float | None, recovery_point_age: float | None, *, started: float, ended: float
+) -> Report:
+    """After `backup pitr drill`: the same facts as a logical drill's (the alerts and the
+    dashboard read both), its restore time and recovery point age None if it failed."""
+    passed = restore_seconds is not None
+    outcome = "success" if passed else "failure"
+    values = {
+        "shipyard_backup_verify_success": 1.0 if passed else 0.0,
+        f"shipyard_backup_verify_last_{outcome}_timestamp_seconds": ended,
+        "shipyard_backup_verify_duration_seconds": ended - started,
+    }
+    if restore_seconds is not None:
+        values["shipyard_backup_verify_restore_seconds"] = restore_seconds
+    if passed and recovery_point_age is not None:
+        values["shipyard_backup_verify_recovery_point_age_seconds"] = recovery_point_age
+    return Report(values)
+
+
 def push(report: Report, environ: Mapping[str, str]) -> bool:
     """Push `report` to the Pushgateway `environ` names; True if it was pushed. Without
     SHIPYARD_PUSHGATEWAY_URL nothing is pushed, silently; any failure is one warning on stderr

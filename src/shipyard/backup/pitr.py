@@ -49,6 +49,9 @@ def archive_settings() -> list[str]:
     """The PostgreSQL settings that archive every WAL segment through pgBackRest, as
     `name=value` (what a server's `-c` options or postgresql.conf take)."""
     return [
+        # Commit times let a restore report the newest transaction it replayed: the drill's
+        # measured recovery point (a few bytes per commit).
+        "track_commit_timestamp=on",
         "wal_level=replica",
         "archive_mode=on",
         f"archive_timeout={ARCHIVE_TIMEOUT}",
@@ -235,6 +238,8 @@ class Target:
 
     kind: str  # "latest" | "time" | "backup"
     value: str = ""
+    # For `latest`: the newest WAL segment in the archive, which the replay must reach.
+    through: str | None = None
 
     def arguments(self) -> list[str]:
         if self.kind == "time":
@@ -251,7 +256,7 @@ def target(at: str, window: Window, now: datetime | None = None) -> Target:
     if not window.backups:
         raise BackupError("no base backup yet: nothing can be recovered")
     if at == "latest":
-        return Target("latest")
+        return Target("latest", through=window.archive_max)
     if _LABEL.match(at):
         if at not in {b.label for b in window.backups}:
             raise BackupError(f"no base backup {at!r}; {window.describe()}")
@@ -291,14 +296,27 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
     started = time.monotonic()
     try:  # pgBackRest creates `into`, as the user that owns the data
         pgbackrest(env, "restore", f"--pg1-path={into}", *at.arguments())
-        checked = _check(into, env)
+        now, last, names, replayed = _check(into, env)
+        # PostgreSQL ends a recovery without a target at the first segment it cannot fetch,
+        # as if the WAL ended there: a corrupted or missing segment would silently drop every
+        # later commit. Such a restore is refused.
+        if at.through and replayed[-16:] < at.through[-16:]:
+            raise BackupError(
+                f"the restore stopped at WAL segment {replayed[-16:]} but the archive holds WAL"
+                f" up to {at.through[-16:]}: a segment is missing or corrupted"
+                " (`pgbackrest verify` names it)"
+            )
     except BaseException:
         shutil.rmtree(into, ignore_errors=True)
         raise
-    return Restored(into, *checked, seconds=time.monotonic() - started)
+    return Restored(into, now, last, names, seconds=time.monotonic() - started)
 
 
-def _check(data: Path, env: Mapping[str, str]) -> tuple[datetime, datetime | None, tuple[str, ...]]:
+def _check(
+    data: Path, env: Mapping[str, str]
+) -> tuple[datetime, datetime | None, tuple[str, ...], str]:
+    """Start `data` privately until recovery ends: the server's time, the newest replayed
+    commit's time, the databases, and the WAL segment the replay ended in."""
     bindir = _bindir(env)
     sockets = Path(tempfile.mkdtemp(prefix="pitr-check-"))
     if os.geteuid() == 0:
@@ -340,7 +358,8 @@ def _check(data: Path, env: Mapping[str, str]) -> tuple[datetime, datetime | Non
             names = conn.execute(
                 "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1"
             ).fetchall()
-        return now, last, tuple(n for (n,) in names)
+            replayed = _fetch(conn, "SELECT pg_walfile_name(pg_last_wal_replay_lsn())")
+        return now, last, tuple(n for (n,) in names), replayed or ""
     except psycopg.Error as exc:
         raise BackupError(f"the restored server did not answer: {exc}") from None
     finally:
@@ -352,6 +371,30 @@ def _check(data: Path, env: Mapping[str, str]) -> tuple[datetime, datetime | Non
 def _fetch(conn: psycopg.Connection[Any], query: str) -> Any:
     row = conn.execute(query).fetchone()
     return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class Drill:
+    """A scheduled restore drill's measurements: the recovery time (restore, replay, check) and
+    the recovery point's age when the drill ended (None where commit times are not tracked;
+    on an idle database, the time since its last write)."""
+
+    restored: Restored
+    recovery_point_age: float | None
+
+
+def drill(env: Mapping[str, str], scratch: Path) -> Drill:
+    """Restore `latest` (every base backup file and WAL segment up to now must be sound) into a
+    new folder under `scratch`, check it, measure, and delete it. The live data is untouched."""
+    into = scratch / f"pitr-drill-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    try:
+        restored = restore(env, target("latest", window(env)), into)
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
+    age = None
+    if restored.last_commit is not None:
+        age = max(0.0, (datetime.now(UTC) - restored.last_commit).total_seconds())
+    return Drill(restored, age)
 
 
 def swap(data: Path, restored: Path) -> Path:
