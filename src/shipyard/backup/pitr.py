@@ -295,7 +295,10 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
         raise BackupError(f"{into} is not empty: a restore goes into a new directory")
     started = time.monotonic()
     try:  # pgBackRest creates `into`, as the user that owns the data
-        pgbackrest(env, "restore", f"--pg1-path={into}", *at.arguments())
+        # A restore waits on reads and writes more than on zstd: twice as many processes as
+        # cores cut pgBackRest's part of a 1.5 GB restore from 6.8 s to about 4 s here (2 cores).
+        processes = f"--process-max={min(8, 2 * (os.cpu_count() or 1))}"
+        pgbackrest(env, "restore", f"--pg1-path={into}", processes, *at.arguments())
         now, last, names, replayed = _check(into, env)
         # PostgreSQL ends a recovery without a target at the first segment it cannot fetch,
         # as if the WAL ended there: a corrupted or missing segment would silently drop every
