@@ -14,6 +14,7 @@ import socket
 import socketserver
 import subprocess
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,52 @@ def test_go_probe_says_why_a_check_fails(render: Render, tmp_path: Path, go: Pat
     assert closed.returncode == 1
     assert "connection refused (the app must listen on port 8080)" in closed.stdout
     assert run().returncode == 2, "a probe without a URL is a usage error"
+    # The chart's preStop drain in an image without `sleep`.
+    started = time.monotonic()
+    assert run("-sleep", "1").returncode == 0
+    assert time.monotonic() - started >= 1
+    assert run("-sleep", "soon").returncode == 2
+
+
+def test_go_watchdog_counts_failures_in_a_row(render: Render, tmp_path: Path, go: Path) -> None:
+    """compose.prod.yaml's worker watchdog in a Go image: a failing check is counted, a pass
+    resets the count and marks the first pass. (The limits here are never reached: at its
+    limit the watchdog signals every process it may, which outside a container is the host's.)"""
+    root = render(
+        {"project_name": "Probe", "runtime": "go", "ci_provider": "none"}, tmp_path / "kit"
+    )
+    probe = tmp_path / "shipyard-healthcheck"
+    _run(
+        go,
+        root / "_shipyard" / "healthcheck",
+        _offline_env(tmp_path),
+        "build",
+        "-o",
+        str(probe),
+        ".",
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"PATH": os.environ["PATH"], "SHIPYARD_HEALTH_STATE": str(state)}
+
+    def watchdog(*check: str) -> int:
+        argv = [str(probe), "-watchdog", "jobs", "5", "90", "99", "5", *check]
+        return subprocess.run(
+            argv, env=env, capture_output=True, timeout=30, check=False
+        ).returncode
+
+    failures, passed = state / ".shipyard-health-failures", state / ".shipyard-health-passed"
+    assert watchdog("false") == 1
+    assert watchdog("false") == 1
+    assert failures.read_text() == "2\n"
+    assert not passed.exists(), "no pass yet: the start limit applies"
+    assert watchdog("true") == 0
+    assert failures.read_text() == "0\n"
+    assert passed.exists()
+    assert watchdog("/no/such/check") == 1
+    assert failures.read_text() == "1\n"
+    argv = [str(probe), "-watchdog", "jobs", "5", "x", "99", "5", "true"]
+    assert subprocess.run(argv, env=env, capture_output=True, check=False).returncode == 2
 
 
 def test_go_dockerfile_cross_builds_a_static_binary_onto_an_empty_base(
