@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -228,3 +229,155 @@ def _health(dockerd: Dockerd, container: str) -> str:
         if status == "starting":
             time.sleep(2)
     return status
+
+
+# A Go worker that hangs on request: GET /hang (on its health port, reached with the image's
+# own probe, as the image has no shell) takes the lock its ticker and health endpoint need and
+# never gives it back, and from then on ignores SIGTERM, as a stuck process would; only SIGKILL
+# ends it. Its health endpoint answers 503 when the ticker's heartbeat is stale.
+TICKER_GO = """\
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var mu sync.Mutex
+	beat := time.Now()
+	sigterm := make(chan os.Signal, 1)
+	signal.Notify(sigterm, syscall.SIGTERM)
+	go func() { <-sigterm; fmt.Println("SIGTERM handled"); os.Exit(0) }()
+	go func() {
+		for range time.Tick(200 * time.Millisecond) {
+			mu.Lock()
+			beat = time.Now()
+			mu.Unlock()
+		}
+	}()
+	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		stale := time.Since(beat) > 5*time.Second
+		mu.Unlock()
+		if stale {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	http.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		signal.Ignore(syscall.SIGTERM)
+		mu.Lock()
+		fmt.Println("hanging")
+	})
+	fmt.Println("worker started")
+	fmt.Println(http.ListenAndServe(":9464", nil))
+	os.Exit(1)
+}
+"""
+TICKER = "ticker"
+# 3 failures 10 s apart, the 5 s grace after SIGTERM and a restart, with room for a busy machine.
+RESTART_WITHIN = 150.0
+
+
+def test_a_hung_go_worker_is_restarted_by_the_watchdog_without_a_shell(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    mirror_images: MirrorImages,
+) -> None:
+    """compose.prod.yaml's watchdog in a Go image (no shell: the kit's helper counts the
+    failures and signals the worker): a worker that hangs for real comes back healthy in a new
+    process of the same container, killed by SIGKILL, the reason in `docker logs`."""
+    mirror_images.golang("1.27")
+    root = render(
+        {
+            "project_name": "Hung Go",
+            "runtime": "go",
+            "go_version": "1.27",
+            "components": [
+                {"name": TICKER, "kind": "worker", "health_port": 9464, "health_path": "/healthz"}
+            ],
+            "database": "none",
+            "monitoring": "none",
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "ci_provider": "none",
+        },
+        tmp_path / "hung-go",
+    )
+    (root / "go.mod").write_text("module hung\n\ngo 1.27\n")
+    (root / "go.sum").write_text("")
+    (root / "cmd" / TICKER).mkdir(parents=True)
+    (root / "cmd" / TICKER / "main.go").write_text(TICKER_GO)
+    tag = f"hung-go-{TICKER}:test"
+    build = subprocess.run(
+        [dockerd.cli, "build", "--network", "host", "--target", TICKER, "-t", tag, "."],
+        cwd=root,
+        env={**dockerd.env, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    env = {**dockerd.env, f"{TICKER.upper()}_IMAGE": tag}
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker-compose", "--file", "compose.prod.yaml", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+
+    def state() -> dict[str, Any]:
+        (container,) = compose("ps", "--quiet", TICKER).stdout.split()
+        found: dict[str, Any] = json.loads(dockerd.run("inspect", container).stdout)[0]
+        return found
+
+    try:
+        up = compose("up", "--detach", "--wait", "--wait-timeout", "180")
+        logs = compose("logs", "--no-color", TICKER).stdout
+        assert up.returncode == 0, up.stdout + up.stderr + logs
+        before = state()
+        test = before["Config"]["Healthcheck"]["Test"]
+        assert test[:3] == ["CMD", "/usr/local/bin/shipyard-healthcheck", "-watchdog"], test
+        assert before["State"]["Health"]["Status"] == "healthy"
+        assert before["RestartCount"] == 0
+        probe = "/usr/local/bin/shipyard-healthcheck"
+        dockerd.run("exec", before["Id"], probe, "http://127.0.0.1:9464/hang")
+
+        deadline = time.monotonic() + RESTART_WITHIN
+        seen_failing = False
+        now = before
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            with contextlib.suppress(ValueError):  # between processes while it restarts
+                now = state()
+            health = now["State"].get("Health", {})
+            seen_failing = seen_failing or health.get("FailingStreak", 0) > 0
+            if now["RestartCount"] >= 1 and health.get("Status") == "healthy":
+                break
+        else:
+            pytest.fail(
+                f"{TICKER} was not restarted healthy within {RESTART_WITHIN:.0f}s: "
+                f"{json.dumps(now['State'], indent=1)}\n{compose('logs', TICKER).stdout}"
+            )
+        assert seen_failing
+        assert now["Id"] == before["Id"]
+        assert now["RestartCount"] == 1
+        logs = compose("logs", "--no-color", TICKER).stdout
+        assert f"shipyard: {TICKER} failed 3 health checks in a row" in logs, logs
+        assert logs.count("worker started") == 2, logs
+        assert "hanging" in logs, logs
+        assert "SIGTERM handled" not in logs, logs
+    finally:
+        compose("down", "--volumes", "--timeout", "1")
