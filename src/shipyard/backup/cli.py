@@ -171,9 +171,9 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"databases {', '.join(restored.databases)}; last commit replayed {last}"
         )
     elif step == "swap":
-        data = Path(environ.get("PGDATA", ""))
         if not environ.get("PGDATA"):
             raise engine.BackupError("PGDATA must name the live data directory")
+        data = Path(environ["PGDATA"])
         old = pitr.swap(data, args.restored)
         print(f"{data} is the restored data now; the old data is kept in {old}")
     return 0

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from shipyard.backup.engine import BackupError
+from shipyard.backup.manifest import ID_TIME
 
 # The kit's one stanza: a repository holds one cluster's backups.
 STANZA = "db"
@@ -389,7 +390,7 @@ class Drill:
 def drill(env: Mapping[str, str], scratch: Path) -> Drill:
     """Restore `latest` (every base backup file and WAL segment up to now must be sound) into a
     new folder under `scratch`, check it, measure, and delete it. The live data is untouched."""
-    into = scratch / f"pitr-drill-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    into = scratch / f"pitr-drill-{datetime.now(UTC):{ID_TIME}}"
     try:
         restored = restore(env, target("latest", window(env)), into)
     finally:
@@ -407,7 +408,7 @@ def swap(data: Path, restored: Path) -> Path:
         raise BackupError(f"PostgreSQL still runs on {data}: stop it before the swap")
     if not (restored / "PG_VERSION").exists():
         raise BackupError(f"{restored} is not a restored data directory")
-    old = data.with_name(f"{data.name}.old-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    old = data.with_name(f"{data.name}.old-{datetime.now(UTC):{ID_TIME}}")
     data.rename(old)
     try:
         restored.rename(data)
