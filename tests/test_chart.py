@@ -588,7 +588,11 @@ def test_migration_hook(
     assert job["spec"]["backoffLimit"] >= 0
     assert job["spec"]["activeDeadlineSeconds"] > 0
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["/bin/sh", "-c", migrations["command"]]
+    if load_preset(preset).get("runtime") == "go":
+        # A Go image has no shell: the command's words run as they are.
+        assert container["command"] == migrations["command"].split()
+    else:
+        assert container["command"] == ["/bin/sh", "-c", migrations["command"]]
     image = f"{cfg['image']['registry']}/{cfg['service']['name']}-{migrations['component']}"
     assert container["image"] == f"{image}@{DIGEST}"
     # The hook runs before the release's ServiceAccount and ConfigMap exist.
@@ -604,23 +608,24 @@ def test_migration_hook(
 def test_the_runtime_is_told_it_runs_in_production(
     preset: str, template: Callable[..., list[Doc]], rendered: Callable[[str], Path]
 ) -> None:
-    """Node.js gets NODE_ENV=production, Python faulthandler's tracebacks (and no NODE_ENV):
-    in every component's ConfigMap and in the migration job, which runs without it."""
-    expected = (
-        ("PYTHONFAULTHANDLER", "1")
-        if load_preset(preset).get("runtime") == "python"
-        else ("NODE_ENV", "production")
-    )
+    """Node.js gets NODE_ENV=production, Python faulthandler's tracebacks, Go one goroutine's
+    stack on a crash (and neither NODE_ENV): in every component's ConfigMap and in the migration
+    job, which runs without it."""
+    expected = {
+        "python": ("PYTHONFAULTHANDLER", "1"),
+        "go": ("GOTRACEBACK", "single"),
+    }.get(load_preset(preset).get("runtime", "node"), ("NODE_ENV", "production"))
     docs = template(preset, *_deploy_args(rendered(preset)))
     (configmap,) = [
         c for c in _by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-env")
     ]
-    runtime = {"NODE_ENV", "PYTHONFAULTHANDLER"} & configmap["data"].keys()
+    names = {"NODE_ENV", "PYTHONFAULTHANDLER", "GOTRACEBACK"}
+    runtime = names & configmap["data"].keys()
     assert {(k, configmap["data"][k]) for k in runtime} == {expected}
     for job in _by_kind(docs, "Job"):
         (container,) = job["spec"]["template"]["spec"]["containers"]
         env = {v["name"]: v.get("value") for v in container["env"]}
-        assert {(k, env[k]) for k in {"NODE_ENV", "PYTHONFAULTHANDLER"} & env.keys()} == {expected}
+        assert {(k, env[k]) for k in names & env.keys()} == {expected}
 
 
 @pytest.mark.parametrize("preset", HELM_PRESETS)

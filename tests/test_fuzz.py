@@ -129,15 +129,20 @@ CHOICES: dict[str, list[Any]] = {
         "日本",
         "A" * 22 + " " + "B" * 22,
     ],
-    "runtime": ["node", "python"],
+    "runtime": ["node", "python", "go"],
     "node_version": ["20", "22", "24"],
     "package_manager": ["npm", "pnpm", "yarn"],
     "python_version": ["3.11", "3.12", "3.13"],
     "python_package_manager": ["uv", "pip"],
+    "go_version": ["1.25", "1.26", "1.27"],
+    "go_vendor": [False, True],
     "workspaces": [False, True],
     "database": ["postgres", "none"],
     "postgres_version": [13, 14, 15, 16, 17],
-    "migrations": ["prisma", "typeorm", "knex", "alembic", "django", "custom", "none"],
+    "migrations": [
+        *("prisma", "typeorm", "knex", "alembic", "django", "goose", "golang-migrate"),
+        *("custom", "none"),
+    ],
     "migrate_command": ["node dist/migrate.js", 'npm run db:migrate && node seed.js "$X"'],
     "redis": [False, True],
     "redis_maxmemory": ["64mb", "768mb", "2gb"],
@@ -183,30 +188,55 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-# Migration tools of one runtime only (copier.yml refuses them on the other).
-RUNTIME_MIGRATIONS = {"node": {"prisma", "typeorm", "knex"}, "python": {"alembic", "django"}}
+# Migration tools of one runtime only (copier.yml refuses them on the others).
+RUNTIME_MIGRATIONS = {
+    "node": {"prisma", "typeorm", "knex"},
+    "python": {"alembic", "django"},
+    "go": {"goose", "golang-migrate"},
+}
+# A command a Go image runs without a shell: an absolute path and its arguments, naming no
+# component's binary (copier.yml ties /app/<component> to migrate_component).
+GO_MIGRATE_COMMAND = "/app/migrate -path /app/migrations up"
 
 
 def consistent(answers: dict[str, Any]) -> dict[str, Any]:
     """`answers` with the cross-answer rules of copier.yml made to hold, in place."""
-    if "runtime" not in answers and answers.get("migrations") in RUNTIME_MIGRATIONS["python"]:
-        answers["runtime"] = "python"  # a Python tool alone means a Python service
+    if "runtime" not in answers:
+        for runtime, tools in RUNTIME_MIGRATIONS.items():
+            if runtime != "node" and answers.get("migrations") in tools:
+                answers["runtime"] = runtime  # a Python or Go tool alone means that runtime
     runtime = answers.get("runtime", "node")
-    other = "python" if runtime == "node" else "node"
-    if answers.get("migrations") in RUNTIME_MIGRATIONS[other]:
+    others = set().union(*(v for k, v in RUNTIME_MIGRATIONS.items() if k != runtime))
+    if answers.get("migrations") in others:
         answers.pop("migrations")  # the runtime's own default instead
-    if runtime == "python":
-        answers.pop("workspaces", None)  # each Python component installs from its own folder
+    if runtime in ("python", "go"):
+        answers.pop("workspaces", None)  # each component builds from its own folder
+    if runtime == "go":
+        without_shell(answers)
     if answers.get("database", "postgres") == "none":
         answers.pop("migrations", None)  # the only answer it accepts is its default, none
     elif answers.get("migrations", "prisma") == "custom":
-        answers.setdefault("migrate_command", "node dist/migrate.js")
+        answers.setdefault(
+            "migrate_command", GO_MIGRATE_COMMAND if runtime == "go" else "node dist/migrate.js"
+        )
     comps = answers.get("components")
     if comps and not any(c["kind"] == "http" for c in comps):
         answers["reverse_proxy"] = False
     if answers.get("reverse_proxy"):
         answers["tls"] = "none"  # nginx terminates TLS itself
     return answers
+
+
+def without_shell(answers: dict[str, Any], keep: dict[str, Any] | None = None) -> None:
+    """A Go image has no shell: a worker's health command becomes a list and migrate_command a
+    plain command, in place, except for the answers in `keep` (a clash's own)."""
+    keep = keep or {}
+    if "components" not in keep:
+        for comp in answers.get("components") or []:
+            if isinstance(comp.get("health_command"), str):
+                comp["health_command"] = [f"/app/{comp['name']}", "-healthcheck"]
+    if "migrate_command" in answers and "migrate_command" not in keep:
+        answers["migrate_command"] = GO_MIGRATE_COMMAND
 
 
 @st.composite
@@ -220,16 +250,19 @@ def valid_answer_sets(draw: st.DrawFn) -> dict[str, Any]:
         answers["migrate_component"] = draw(st.sampled_from(names))
     if draw(st.integers(0, 9)) == 0:
         # The sample app: one http component at '.' and its own migration: SQL run by node
-        # (installed with npm), or alembic for Python.
-        python = answers.get("runtime", "node") == "python"
+        # (installed with npm), alembic for Python, or SQL run by the Go binary itself (its
+        # PostgreSQL driver vendored).
+        runtime = answers.get("runtime", "node")
         answers["sample_app"] = True
-        if not python:
+        if runtime == "node":
             answers["package_manager"] = "npm"
         answers.pop("components", None)
         answers.pop("migrate_component", None)
         if answers.get("database", "postgres") == "postgres":
-            answers["migrations"] = "alembic" if python else "custom"
+            answers["migrations"] = "alembic" if runtime == "python" else "custom"
             answers.pop("migrate_command", None)
+            if runtime == "go":
+                answers["go_vendor"] = True
     return answers
 
 
@@ -270,6 +303,88 @@ CLASHES = [
         ("sample_app",),
         "migrations",
         "alembic migrates Python projects; for Node.js answer",
+    ),
+    Clash(
+        {"runtime": "go", "database": "postgres", "migrations": "alembic"},
+        ("sample_app",),
+        "migrations",
+        "alembic migrates Python projects; for Go answer migrations=goose, golang-migrate",
+    ),
+    Clash(
+        {"runtime": "go", "database": "postgres", "migrations": "prisma"},
+        ("sample_app",),
+        "migrations",
+        "prisma migrates Node.js projects; for Go answer migrations=goose, golang-migrate",
+    ),
+    Clash(
+        {"runtime": "python", "database": "postgres", "migrations": "goose"},
+        ("sample_app",),
+        "migrations",
+        "goose migrates Go projects; for Python answer migrations=alembic",
+    ),
+    Clash(
+        {"runtime": "node", "database": "postgres", "migrations": "golang-migrate"},
+        ("sample_app",),
+        "migrations",
+        "golang-migrate migrates Go projects; for Node.js answer",
+    ),
+    Clash(
+        {"runtime": "go", "workspaces": True},
+        ("sample_app",),
+        "runtime",
+        "Go components build from the go.mod of their own folder",
+    ),
+    Clash(
+        {"runtime": "go", "sample_app": True, "database": "postgres", "migrations": "goose"},
+        ("components", "migrate_command", "go_vendor"),
+        "migrations",
+        "The Go sample app migrates itself",
+    ),
+    Clash(
+        {"runtime": "go", "sample_app": True, "database": "postgres", "go_vendor": False},
+        ("components", "migrate_command", "migrations"),
+        "go_vendor",
+        "The Go sample app's PostgreSQL driver is vendored",
+    ),
+    Clash(
+        {
+            "runtime": "go",
+            "database": "postgres",
+            "migrations": "custom",
+            "migrate_command": "/app/api migrate && /app/api seed",
+        },
+        ("sample_app",),
+        "migrate_command",
+        "A Go image has no shell to run",
+    ),
+    Clash(
+        {
+            "runtime": "go",
+            "database": "postgres",
+            "migrations": "custom",
+            "migrate_command": "goose up",
+        },
+        ("sample_app",),
+        "migrate_command",
+        "A Go image has no PATH to search for 'goose'",
+    ),
+    Clash(
+        {
+            "runtime": "go",
+            "components": [{**HTTP, "name": "api"}, WORKER],
+            "database": "postgres",
+            "migrations": "goose",
+            "migrate_command": "/app/jobs migrate",
+        },
+        ("sample_app",),
+        "migrate_component",
+        "migrate_command runs /app/jobs, which only the image of component jobs holds",
+    ),
+    Clash(
+        {"runtime": "go", "components": [HTTP, {**WORKER, "health_command": "test -f /tmp/ok"}]},
+        ("sample_app",),
+        "components",
+        "a Go image has none: give it as a list like [/app/jobs, -healthcheck]",
     ),
     Clash(
         {"runtime": "python", "workspaces": True},
@@ -386,6 +501,7 @@ RUNTIME_QUESTIONS = {
     "package_manager": "node",
     "python_version": "python",
     "python_package_manager": "python",
+    "go_version": "go",
 }
 
 # One answer's own rule broken: answer -> (a value its validator or copier's choices refuse,
@@ -413,6 +529,7 @@ BAD: dict[str, list[tuple[Any, str]]] = {
     "package_manager": [("bun", "'bun' is not in")],
     "python_version": [("3.10", "'3.10' is not in")],
     "python_package_manager": [("poetry", "'poetry' is not in")],
+    "go_version": [("1.22", "'1.22' is not in")],
     "database": [("mysql", "'mysql' is not in")],
     "postgres_version": [(12, "PostgreSQL 12 is not supported"), (18, "PostgreSQL 18 is not")],
     "migrations": [("flyway", "'flyway' is not in")],
@@ -483,11 +600,13 @@ def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
         if answers.get("migrations") == "custom":  # the sample app's own default is gone
             answers.setdefault("migrate_command", "node dist/migrate.js")
         answers.update(clash.change)
-        if clash.question != "runtime" and answers.get("runtime") == "python":
+        if clash.question != "runtime" and answers.get("runtime") in ("python", "go"):
             answers.pop("workspaces", None)  # the runtime's own refusal would come first
+        if answers.get("runtime") == "go":
+            without_shell(answers, keep=clash.change)  # the drawn set's shell commands
         if "components" in clash.change:
             answers.pop("migrate_component", None)
-        if clash.question == "migrate_component":
+        if clash.question == "migrate_component" and "migrate_command" not in clash.change:
             answers["migrate_component"] = "nope"
         return Invalid(answers, clash.question, clash.says)
     key = draw(st.sampled_from(sorted(BAD)))
@@ -586,6 +705,8 @@ def test_invalid_answers_are_refused_with_a_sentence(render: Render, case: Inval
 ASKED_WHEN: dict[str, dict[str, Any]] = {
     "python_version": {"runtime": "python"},
     "python_package_manager": {"runtime": "python"},
+    "go_version": {"runtime": "go"},
+    "go_vendor": {"runtime": "go"},
     "migrate_command": {"migrations": "custom"},
     "workspaces": {"components": [{**HTTP, "path": "apps/api"}, {**WORKER, "path": "apps/jobs"}]},
     "backup_s3_bucket": {"backup_storage": "s3"},

@@ -55,7 +55,7 @@ def _stages(dockerfile: Path) -> dict[str, list[str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
+        match = re.match(r"FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
         if match:
             current = match.group(1)
             stages[current] = []

@@ -51,6 +51,11 @@ TEMPLATE_CHANGES = [
         "FROM ${IMAGE_MIRROR}/library/python:${PYTHON_VERSION}-slim-bookworm AS python_base\n"
         'LABEL org.opencontainers.image.vendor="{{ project_name }}"\n',
     ),
+    (
+        "template/includes/dockerfile-go.jinja",
+        "FROM scratch AS runtime\n",
+        'FROM scratch AS runtime\nLABEL org.opencontainers.image.vendor="{{ project_name }}"\n',
+    ),
 ]
 # Every check: the result of an update must pass them all, as right after `copier copy`.
 
@@ -126,10 +131,13 @@ class _env:
 def _user_edits(root: Path) -> dict[str, str]:
     """Typical team edits; returns file -> a line that must survive the update."""
     first = load_first_component(root)
-    python = yaml.safe_load((root / ".copier-answers.yml").read_text())["runtime"] == "python"
+    runtime = yaml.safe_load((root / ".copier-answers.yml").read_text())["runtime"]
     # The lines each runtime's files have: its environment variable and its images' stage.
-    env_line = '      PYTHONDEVMODE: "1"\n' if python else "      NODE_ENV: development\n"
-    base = "runtime" if python else "node_base"
+    env_line = {
+        "python": '      PYTHONDEVMODE: "1"\n',
+        "go": "      GOTRACEBACK: all\n",
+    }.get(runtime, "      NODE_ENV: development\n")
+    base = "node_base" if runtime == "node" else "runtime"
     _replace(root / "compose.yaml", env_line, env_line + '      FEATURE_PAYMENTS: "on"\n')
     survivors = {"compose.yaml": 'FEATURE_PAYMENTS: "on"'}
     _replace(

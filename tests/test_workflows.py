@@ -601,7 +601,11 @@ def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> 
     answers = _answers(kit)
     updates = {u["package-ecosystem"]: u for u in dependabot["updates"]}
     ecosystem = (
-        answers.get("python_package_manager", "uv") if answers["runtime"] == "python" else "npm"
+        answers.get("python_package_manager", "uv")
+        if answers["runtime"] == "python"
+        else "gomod"
+        if answers["runtime"] == "go"
+        else "npm"
     )
     assert {"github-actions", "docker", ecosystem} <= set(updates)
     expected = ["/" + ("" if root == "." else root) for root in _roots(answers)]

