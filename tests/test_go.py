@@ -19,16 +19,15 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import Render, git, init_repo, invoke_cli
+from tests.conftest import Render, git
+from tests.sample_kit import Kit, sample_kit
 from tests.servers.docker import Dockerd, MirrorImages
-from tests.servers.registry import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
@@ -47,30 +46,6 @@ CONTAINER_FILES = {
 }
 
 
-@dataclass(frozen=True)
-class Kit:
-    """A generated Go repo under git, and how to run its `invoke` tasks on the engines."""
-
-    root: Path
-    env: dict[str, str]
-    port: int
-
-    def invoke(self, *args: str) -> None:
-        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
-        if proc.returncode:
-            pytest.fail(
-                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-            )
-
-    def release(self) -> str:
-        """Build, push and deploy HEAD on staging; the image reference deployed."""
-        self.invoke("build", "--env", "staging")
-        self.invoke("push", "--env", "staging")
-        self.invoke("deploy", "--env", "staging", "--yes")
-        ref: str = json.loads((self.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
-        return ref
-
-
 @pytest.fixture(scope="session")
 def go_kit(
     render: Render,
@@ -81,41 +56,15 @@ def go_kit(
 ) -> Iterator[Kit]:
     """The Go sample service rendered and committed; its stack removed at the end."""
     mirror_images.golang("1.27")
-    port = free_port()
-    root = render(
-        {
-            "project_name": "Go API",
-            "runtime": "go",
-            "go_version": "1.27",
-            "sample_app": True,
-            "components": [
-                {"name": SERVICE, "kind": "http", "port": port, "health_path": "/healthz"}
-            ],
-            "database": "postgres",
-            "postgres_version": mirror_images.postgres_version,
-            "migrations": "custom",
-            "image_mirror": mirror_images.mirror,
-            "staging_target": "compose",
-            "production_target": "compose",
-            "image_registry": f"{registry}/acme",
-            "ci_provider": "none",
-            "tls": "none",
-        },
+    with sample_kit(
+        render,
         tmp_path_factory.mktemp("gokit") / SERVICE,
-    )
-    init_repo(root, "kit")
-    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
-    yield Kit(root, env, port)
-    subprocess.run(
-        [
-            *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate", "down"),
-            *("--volumes", "--remove-orphans", "--timeout", "5"),
-        ],
-        cwd=root,
-        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
-        capture_output=True,
-        check=False,
-    )
+        dockerd,
+        registry,
+        mirror_images,
+        {"project_name": "Go API", "runtime": "go", "go_version": "1.27", "migrations": "custom"},
+    ) as kit:
+        yield kit
 
 
 def test_go_sample_builds_migrates_and_deploys_as_a_lone_static_binary(

@@ -12,39 +12,20 @@ come from PyPI through the build's host network.
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import Render, git, init_repo, invoke_cli
+from tests.conftest import Render, git, init_repo
+from tests.sample_kit import Kit, sample_kit
 from tests.servers.docker import Dockerd, MirrorImages
-from tests.servers.registry import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 SERVICE = "py-api"
-
-
-@dataclass(frozen=True)
-class Kit:
-    """A generated Python repo under git, and how to run its `invoke` tasks on the engines."""
-
-    root: Path
-    env: dict[str, str]
-    port: int
-
-    def invoke(self, *args: str) -> None:
-        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
-        if proc.returncode:
-            pytest.fail(
-                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-            )
 
 
 @pytest.fixture(scope="session")
@@ -57,53 +38,28 @@ def python_kit(
 ) -> Iterator[Kit]:
     """The Python sample service rendered and committed; its stack removed at the end."""
     mirror_images.python()
-    port = free_port()
-    root = render(
+    with sample_kit(
+        render,
+        tmp_path_factory.mktemp("pykit") / SERVICE,
+        dockerd,
+        registry,
+        mirror_images,
         {
             "project_name": "Py API",
             "runtime": "python",
             "python_version": "3.11",
             "python_package_manager": "uv",
-            "sample_app": True,
-            "components": [
-                {"name": SERVICE, "kind": "http", "port": port, "health_path": "/healthz"}
-            ],
-            "database": "postgres",
-            "postgres_version": mirror_images.postgres_version,
             "migrations": "alembic",
-            "image_mirror": mirror_images.mirror,
-            "staging_target": "compose",
-            "production_target": "compose",
-            "image_registry": f"{registry}/acme",
-            "ci_provider": "none",
-            "tls": "none",
         },
-        tmp_path_factory.mktemp("pykit") / SERVICE,
-    )
-    init_repo(root, "kit")
-    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
-    yield Kit(root, env, port)
-    subprocess.run(
-        [
-            *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate", "down"),
-            *("--volumes", "--remove-orphans", "--timeout", "5"),
-        ],
-        cwd=root,
-        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
-        capture_output=True,
-        check=False,
-    )
+    ) as kit:
+        yield kit
 
 
 def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     python_kit: Kit, dockerd: Dockerd
 ) -> None:
     kit = python_kit
-    kit.invoke("build", "--env", "staging")
-    kit.invoke("push", "--env", "staging")
-    kit.invoke("deploy", "--env", "staging", "--yes")
-
-    ref = json.loads((kit.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
+    ref = kit.release()
     health = requests.get(f"http://127.0.0.1:{kit.port}/healthz", timeout=5)
     assert health.status_code == 200, health.text
     # "/" writes a row to the table alembic's migration created.
@@ -183,7 +139,7 @@ def test_pip_image_is_healthy_on_a_read_only_root(
         tmp_path / "pip-api",
     )
     init_repo(root, "kit")
-    kit = Kit(root, dockerd.task_env, 0)
+    kit = Kit(root, dockerd.task_env, 0, "pip-api")
     kit.invoke("build", "--env", "staging")
     image = f"{registry}/acme/pip-api-pip-api:{git(root, 'rev-parse', 'HEAD')[:12]}"
 
@@ -227,13 +183,6 @@ def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
     rollback` puts the previous release back."""
     kit = python_kit
 
-    def release() -> str:
-        kit.invoke("build", "--env", "staging")
-        kit.invoke("push", "--env", "staging")
-        kit.invoke("deploy", "--env", "staging", "--yes")
-        ref: str = json.loads((kit.root / ".shipyard" / "images.json").read_text())[SERVICE]["ref"]
-        return ref
-
     def layers(ref: str) -> list[str]:
         with contextlib.closing(dockerd.client()) as client:
             found: list[str] = client.images.get(ref).attrs["RootFS"]["Layers"]
@@ -243,7 +192,7 @@ def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
         answer: dict[str, object] = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()
         return answer
 
-    first = release()
+    first = kit.release()
     assert "release" not in served()
 
     main = kit.root / "app" / "main.py"
@@ -252,7 +201,7 @@ def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
     assert old in text
     main.write_text(text.replace(old, old[:-1] + ', "release": 2}'))
     git(kit.root, "commit", "-qam", "a code-only release")
-    second = release()
+    second = kit.release()
 
     before, after = layers(first), layers(second)
     assert len(before) == len(after)

@@ -1,0 +1,93 @@
+"""A sample service rendered by the template, committed, and released on a Compose host by the
+kit's own `invoke` tasks: what the per-runtime real-engine tests (test_python, test_go) share.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Render, init_repo, invoke_cli
+from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.registry import free_port
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A generated repo under git, and how to run its `invoke` tasks on the engines."""
+
+    root: Path
+    env: dict[str, str]
+    port: int
+    service: str
+
+    def invoke(self, *args: str) -> None:
+        proc = invoke_cli(self.root, *args, env=self.env, timeout=1200)
+        if proc.returncode:
+            pytest.fail(
+                f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+            )
+
+    def release(self) -> str:
+        """Build, push and deploy HEAD on staging; the image reference deployed."""
+        self.invoke("build", "--env", "staging")
+        self.invoke("push", "--env", "staging")
+        self.invoke("deploy", "--env", "staging", "--yes")
+        images = json.loads((self.root / ".shipyard" / "images.json").read_text())
+        ref: str = images[self.service]["ref"]
+        return ref
+
+
+@contextmanager
+def sample_kit(
+    render: Render,
+    dest: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    answers: dict[str, Any],
+) -> Iterator[Kit]:
+    """The sample app of `answers` (its runtime, versions and migrations) as one http component
+    named after `dest`, with PostgreSQL, released to Compose for staging and production; its
+    stack and volumes removed at the end."""
+    service, port = dest.name, free_port()
+    root = render(
+        {
+            "sample_app": True,
+            "components": [
+                {"name": service, "kind": "http", "port": port, "health_path": "/healthz"}
+            ],
+            "database": "postgres",
+            "postgres_version": mirror_images.postgres_version,
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+            "tls": "none",
+            **answers,
+        },
+        dest,
+    )
+    init_repo(root, "kit")
+    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
+    try:
+        yield Kit(root, env, port, service)
+    finally:
+        subprocess.run(
+            [
+                *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate"),
+                *("down", "--volumes", "--remove-orphans", "--timeout", "5"),
+            ],
+            cwd=root,
+            env={**env, f"{service.upper().replace('-', '_')}_IMAGE": "unused"},
+            capture_output=True,
+            check=False,
+        )
