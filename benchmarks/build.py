@@ -236,7 +236,10 @@ def _go_files(_root: Path, daemon: Dockerd, built: str) -> int:
     with contextlib.closing(daemon.client()) as client:
         container = client.containers.create(built)
         try:
-            _, stat = container.get_archive(f"/app/{SERVICE}")
+            stream, stat = container.get_archive(f"/app/{SERVICE}")
+            # Drained, or the daemon holds the container until its removal times out.
+            for _chunk in stream:
+                pass
         finally:
             container.remove()
     return int(stat["size"])
