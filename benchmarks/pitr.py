@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,26 +39,10 @@ import psycopg
 
 from shipyard.backup import pitr
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-def _bindir() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found or shutil.which("pgbackrest") is None:
-        raise SystemExit("benchmark: install postgresql-15 and pgbackrest (.ci/setup.sh) first")
-    return found[-1].parent
-
-
-def _as_owner(folder: Path) -> None:
-    """pg_ctl and pgbackrest on PATH, run as postgres when this runs as root: PostgreSQL
-    refuses root, and pgBackRest must run as the data's owner."""
-    folder.mkdir()
-    real = {"pg_ctl": _bindir() / "pg_ctl", "pgbackrest": Path(shutil.which("pgbackrest") or "")}
-    for name, path in real.items():
-        script = folder / name
-        script.write_text(
-            f'#!/bin/sh\n[ "$(id -u)" = 0 ] && exec runuser -p -u postgres -- {path} "$@"\n'
-            f'exec {path} "$@"\n'
-        )
-        script.chmod(0o755)
+from tests.servers.postgres import _bindir, free_port, owner_wrappers  # noqa: E402
 
 
 @contextmanager
@@ -68,8 +53,8 @@ def cluster(state: Path, *, archiving: bool = True) -> Iterator[dict[str, str]]:
         folder.mkdir(exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres", "postgres")
-    _as_owner(state / "bin")
-    data, port = state / "data", _free_port()
+    owner_wrappers(state / "bin")
+    data, port = state / "data", free_port()
     env = pitr.environment(
         f"file://{state / 'repo'}",
         {
@@ -80,6 +65,8 @@ def cluster(state: Path, *, archiving: bool = True) -> Iterator[dict[str, str]]:
             "PGHOST": str(state),
             "PGUSER": "postgres",
             "TMPDIR": str(state / "tmp"),
+            # Encrypted at rest, as the kit's repositories are.
+            pitr.CIPHER_PASS: secrets.token_urlsafe(16),
         },
     )
     initdb = [str(_bindir() / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
@@ -95,13 +82,6 @@ def cluster(state: Path, *, archiving: bool = True) -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], env=env, capture_output=True, check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sh(script: str, env: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ does in the image where everything runs as one user).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,7 +31,7 @@ import pytest
 
 from shipyard.backup import metrics, pitr
 from shipyard.backup.engine import BackupError
-from tests.servers.postgres import _bindir, free_port
+from tests.servers.postgres import _bindir, free_port, owner_wrappers
 from tests.servers.pushgateway import Pushgateway
 from tests.servers.s3 import CREDENTIALS, TlsS3Server
 
@@ -54,6 +55,12 @@ class Archived:
             dbname="postgres",
             autocommit=True,
         )
+
+    def start(self, data: Path) -> None:
+        """Start `data` as the live server, archiving."""
+        settings = " ".join(f"-c '{s}'" for s in pitr.archive_settings())
+        options = f"-p {self.env['PGPORT']} -k {self.state} -c listen_addresses= {settings}"
+        self.ctl(data, "-l", str(self.state / "log"), "-w", "-o", options, "start")
 
     def ctl(self, data: Path, *argv: str) -> None:
         subprocess.run(["pg_ctl", "-D", str(data), *argv], env=self.env, check=True,
@@ -85,26 +92,10 @@ class Archived:
             self.ctl(data, "-m", "fast", "-w", "stop")
 
 
-def _wrappers(folder: Path) -> None:
-    bindir = _bindir()
-    real = {"pg_ctl": bindir / "pg_ctl", "pgbackrest": Path(shutil.which("pgbackrest") or "")}
-    for name, path in real.items():
-        if not path.exists():
-            pytest.fail(f"{name} is not installed: run .ci/setup.sh")
-        # The server itself runs archive_command as postgres, through the same PATH.
-        script = folder / name
-        script.write_text(
-            f'#!/bin/sh\n[ "$(id -u)" = 0 ] && exec runuser -p -u postgres -- {path} "$@"\n'
-            f'exec {path} "$@"\n'
-        )
-        script.chmod(0o755)
-
-
 def _archived(repo: str, extra: dict[str, str]) -> Iterator[Archived]:
     state = Path(tempfile.mkdtemp(prefix="shipyard-pitr-"))
-    (state / "bin").mkdir()
     (state / "tmp").mkdir()
-    _wrappers(state / "bin")
+    owner_wrappers(state / "bin")
     password = secrets.token_urlsafe(12)
     (state / "pwfile").write_text(password + "\n")
     if AS_ROOT:
@@ -128,14 +119,10 @@ def _archived(repo: str, extra: dict[str, str]) -> Iterator[Archived]:
          f"--pwfile={state / 'pwfile'}", "--no-sync"],
         check=True, capture_output=True, cwd=state, user="postgres" if AS_ROOT else None,
     )  # fmt: skip
-    # Commit times, for the tests' exact expectations and the restore's report; in the
-    # configuration file, so that restored copies keep tracking them.
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write("track_commit_timestamp = on\n")
-    settings = " ".join(f"-c '{s}'" for s in pitr.archive_settings())
-    options = f"-p {port} -k {state} -c listen_addresses= -c fsync=off {settings}"
+    # The archive settings (commit times among them) as server options, not in the data
+    # directory's files: the restore's check must track commit times all the same.
     cluster = Archived(state, data, env)
-    cluster.ctl(data, "-l", str(state / "log"), "-w", "-o", options, "start")
+    cluster.start(data)
     try:
         yield cluster
     finally:
@@ -172,11 +159,25 @@ def _commit_rows(cluster: Archived, values: range) -> list[tuple[int, datetime]]
     return done
 
 
+def _base_backup(cluster: Archived, kind: str) -> str:
+    """A base backup, and a wait past the second it ended in: pgBackRest restores to times
+    after that second, so the commits the tests restore to must come later."""
+    label = pitr.base_backup(cluster.env, kind)
+    time.sleep(1)
+    return label
+
+
+def _later() -> datetime:
+    """`now` for `pitr.target` once the WAL archive holds the last minute's commits (the
+    tests switch WAL and wait for the archive instead of waiting ARCHIVE_TIMEOUT)."""
+    return datetime.now(UTC) + timedelta(seconds=pitr.ARCHIVE_TIMEOUT)
+
+
 def test_a_restore_to_a_time_holds_exactly_the_transactions_committed_before_it(
     archived: Archived,
 ) -> None:
     pitr.setup(archived.env)
-    label = pitr.base_backup(archived.env, "full")
+    label = _base_backup(archived, "full")
     committed = _commit_rows(archived, range(1, 201))
     # A point between two commits in the middle of the workload: recovery must stop there.
     (_, before), (_, after) = committed[99], committed[100]
@@ -186,9 +187,9 @@ def test_a_restore_to_a_time_holds_exactly_the_transactions_committed_before_it(
     assert [b.label for b in window.backups] == [label]
 
     into = archived.state / "restored"
-    restored = pitr.restore(archived.env, pitr.target(at.isoformat(), window), into)
+    # The WAL switch above put `at` in the archive; otherwise a point this recent is refused.
+    restored = pitr.restore(archived.env, pitr.target(at.isoformat(), window, _later()), into)
 
-    assert restored.path == into
     assert "postgres" in restored.databases
     assert restored.last_commit == before
     assert archived.rows(into) == list(range(1, 101))
@@ -200,8 +201,8 @@ def test_a_restore_to_a_time_holds_exactly_the_transactions_committed_before_it(
 def test_latest_and_a_base_backup_label_are_recovery_points(archived: Archived) -> None:
     pitr.setup(archived.env)
     _commit_rows(archived, range(1, 11))
-    first = pitr.base_backup(archived.env, "full")
-    _commit_rows(archived, range(11, 21))
+    first = _base_backup(archived, "full")
+    between = _commit_rows(archived, range(11, 21))
     diff = pitr.base_backup(archived.env, "diff")
     _commit_rows(archived, range(21, 31))
     archived.switch_wal()
@@ -214,6 +215,11 @@ def test_latest_and_a_base_backup_label_are_recovery_points(archived: Archived) 
     at_diff = archived.state / "at-diff"
     pitr.restore(archived.env, pitr.target(diff, window), at_diff)
     assert archived.rows(at_diff) == list(range(1, 21))
+    # A time between the two backups: pgBackRest picks the full one and replays from it.
+    at_15 = archived.state / "at-15"
+    point = between[4][1].isoformat()
+    pitr.restore(archived.env, pitr.target(point, window, _later()), at_15)
+    assert archived.rows(at_15) == list(range(1, 16))
 
 
 def test_points_outside_the_window_are_refused_with_it_and_nothing_is_written(
@@ -224,32 +230,38 @@ def test_points_outside_the_window_are_refused_with_it_and_nothing_is_written(
         pitr.target("latest", pitr.window(archived.env))
     pitr.base_backup(archived.env, "full")
     window = pitr.window(archived.env)
-    start = window.start
+    ended = window.backups[0].stopped
+    assert window.start == ended + timedelta(seconds=1)
+    recoverable = f"the recoverable window is {window.start:%Y-%m-%dT%H:%M:%SZ} to now"
+    now = ended + timedelta(minutes=10)  # as if asked ten minutes after the backup
     refusals = {
         (
-            start - timedelta(minutes=5)
-        ).isoformat(): "before the oldest base backup; recoverable from",
-        (datetime.now(UTC) + timedelta(hours=1)).isoformat(): "in the future; recoverable from",
-        "2026-12-04T10:15:00": "has no UTC offset",
-        "yesterday": "is not latest, a backup label or a time",
-        "20200101-000000F": "no base backup '20200101-000000F'; recoverable from",
+            ended - timedelta(minutes=5)
+        ).isoformat(): f"before the oldest base backup kept: {recoverable}",
+        # pgBackRest restores to a time after the second its oldest backup ended, not in it.
+        (ended + timedelta(microseconds=999_999)).isoformat(): "before the oldest base backup",
+        (now + timedelta(hours=1)).isoformat(): f"in the future: {recoverable}",
+        # The archive is up to ARCHIVE_TIMEOUT behind: the last minute may not be in it yet.
+        (now - timedelta(seconds=5)).isoformat(): "less than 60 s ago, and the WAL archive",
+        "2026-12-04T10:15:00": "is not a time: give one like 2026-12-04T10:15:00Z",
+        "yesterday": "'yesterday' is not a time: .*, or a base backup's label",
+        "20200101-000000F": f"no base backup '20200101-000000F': {recoverable}",
     }
     for at, sentence in refusals.items():
         with pytest.raises(BackupError, match=sentence):
-            pitr.target(at, window)
-    assert window.describe().startswith(f"recoverable from {start:%Y-%m-%dT%H:%M:%SZ} to now")
+            pitr.target(at, window, now)
     # A restore never writes over a directory that holds anything.
     full = archived.state / "full"
     full.mkdir()
     (full / "keep").write_text("mine")
-    with pytest.raises(BackupError, match="is not empty"):
+    with pytest.raises(BackupError, match="is not an empty folder"):
         pitr.restore(archived.env, pitr.target("latest", window), full)
     assert [p.name for p in full.iterdir()] == ["keep"]
 
 
 def test_a_corrupted_wal_segment_fails_the_restore_and_leaves_nothing(archived: Archived) -> None:
     pitr.setup(archived.env)
-    pitr.base_backup(archived.env, "full")
+    _base_backup(archived, "full")
     committed = _commit_rows(archived, range(1, 51))
     archived.switch_wal()
     repo = Path(archived.env["PGBACKREST_REPO1_PATH"])
@@ -264,10 +276,10 @@ def test_a_corrupted_wal_segment_fails_the_restore_and_leaves_nothing(archived: 
     newest.write_bytes(bytes(blob))
 
     into = archived.state / "restored"
-    with pytest.raises(BackupError):
-        pitr.restore(
-            archived.env, pitr.target(committed[-1][1].isoformat(), pitr.window(archived.env)), into
-        )
+    at = pitr.target(committed[-1][1].isoformat(), pitr.window(archived.env), _later())
+    # The server's own reason, from its log: replay stopped at the unreadable segment.
+    with pytest.raises(BackupError, match="recovery ended before configured recovery target"):
+        pitr.restore(archived.env, at, into)
     assert not into.exists()
     # To `latest`, PostgreSQL would take the unreadable segment for the end of the WAL and
     # promote without the commits in it and after it: refused too.
@@ -287,7 +299,10 @@ def test_the_repository_is_encrypted_and_useless_without_its_passphrase(
     pitr.base_backup(archived.env, "full")
     repo = Path(archived.env["PGBACKREST_REPO1_PATH"])
     stored = [p for p in repo.rglob("*") if p.is_file()]
-    assert stored
+    assert {"archive", "backup"} <= {p.relative_to(repo).parts[0] for p in stored}
+    # Every file, WAL and data and pgBackRest's own lists, is an OpenSSL cipher stream (zstd
+    # alone would also hide the canary, so the header is what shows encryption).
+    assert {p.read_bytes()[:8] for p in stored} == {b"Salted__"}
     assert not any(b"plain-text-canary" in p.read_bytes() for p in stored)
     wrong = {**archived.env, "PGBACKREST_REPO1_CIPHER_PASS": "not-the-passphrase"}
     with pytest.raises(
@@ -322,33 +337,114 @@ def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None
     assert [b.label for b in pitr.window(archived.env).backups] == [label]
 
 
-def test_swap_keeps_the_old_data_and_refuses_a_running_server(archived: Archived) -> None:
+def _cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    target = f"file://{env['PGBACKREST_REPO1_PATH']}"
+    return subprocess.run(
+        [sys.executable, "-m", "shipyard.cli", "backup", "pitr", *argv, "--target", target],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_after_a_swap_the_new_timeline_is_archived_and_latest_follows_it(
+    archived: Archived,
+) -> None:
     pitr.setup(archived.env)
-    pitr.base_backup(archived.env, "full")
-    _commit_rows(archived, range(1, 6))
+    _base_backup(archived, "full")
+    kept = _commit_rows(archived, range(1, 6))
+    _commit_rows(archived, range(6, 11))  # the rows the operator rolls back
     archived.switch_wal()
     restored = archived.state / "restored"
-    pitr.restore(archived.env, pitr.target("latest", pitr.window(archived.env)), restored)
-    with pytest.raises(BackupError, match="still runs"):
-        pitr.swap(archived.data, restored)
+    at = pitr.target(kept[-1][1].isoformat(), pitr.window(archived.env), _later())
+    pitr.restore(archived.env, at, restored)
+
+    running = _cli(archived.env, "swap", "--restored", str(restored), "--yes")
+    assert running.returncode == 1
+    assert "still runs" in running.stderr
     archived.ctl(archived.data, "-m", "fast", "-w", "stop")
-    old = pitr.swap(archived.data, restored)
-    assert old.name.startswith("data.old-")
+    swapped = _cli(archived.env, "swap", "--restored", str(restored), "--yes")
+    assert swapped.returncode == 0, swapped.stderr
+    [old] = archived.state.glob("data.old-*")
+    assert f"the old data is kept in {old}" in swapped.stdout
     assert (old / "PG_VERSION").exists()
     assert not restored.exists()
-    assert archived.rows(archived.data) == [1, 2, 3, 4, 5]
+    assert not (archived.data / pitr.CHECKED).exists()
+
+    # Live again: the new timeline's history reaches the archive first, then its WAL.
+    archived.start(archived.data)
+    _commit_rows(archived, range(100, 103))
+    archived.switch_wal()
+    repo = Path(archived.env["PGBACKREST_REPO1_PATH"])
+    assert list(repo.rglob("00000002.history*"))
+    again = archived.state / "again"
+    done = _cli(archived.env, "restore", "--at", "latest", "--into", str(again))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"last commit replayed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", done.stdout)
+    assert archived.rows(again) == [1, 2, 3, 4, 5, 100, 101, 102]
 
 
-def test_the_cli_lists_the_window_and_refuses_a_plain_http_s3_endpoint(archived: Archived) -> None:
+def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
+    archived: Archived,
+) -> None:
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")
+    before = sorted(p.name for p in archived.state.iterdir())
+
+    def folder(where: Path, *names: str) -> Path:
+        where.mkdir()
+        for name in ("PG_VERSION", *names):
+            (where / name).write_text("15\n")
+        return where
+
+    refusals = {
+        # Data, but never checked: a restore killed before its check ended.
+        folder(archived.state / "unchecked"): "not a restored data directory",
+        # pgBackRest's manifest is still there: a restore killed midway.
+        folder(archived.state / "midway", pitr.CHECKED, "backup.manifest"): "not a restored",
+        folder(archived.state / "recovering", pitr.CHECKED, "recovery.signal"): "not a restored",
+    }
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        if shm.stat().st_dev != archived.state.stat().st_dev:
+            refusals[folder(shm / "elsewhere", pitr.CHECKED)] = "on another filesystem"
+        for restored, sentence in refusals.items():
+            with pytest.raises(BackupError, match=sentence):
+                pitr.swap(archived.data, restored)
+    finally:
+        shutil.rmtree(shm)
+    for made in ("unchecked", "midway", "recovering"):
+        shutil.rmtree(archived.state / made)
+    assert sorted(p.name for p in archived.state.iterdir()) == before
+
+
+def test_the_server_programs_are_the_data_s_major_version(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    version = _bindir().parent.name  # Debian's /usr/lib/postgresql/VERSION/bin
+    (data / "PG_VERSION").write_text(f"{version}\n")
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "pg_ctl").write_text("#!/bin/sh\necho 'pg_ctl (PostgreSQL) 99.1'\n")
+    (other / "pg_ctl").chmod(0o755)
+    # A newer server's pg_ctl first on PATH is passed over for the data's own version.
+    assert pitr._bindir(data, {"PATH": f"{other}:/usr/bin"}) == _bindir()
+    (data / "PG_VERSION").write_text("99\n")
+    assert pitr._bindir(data, {"PATH": f"{other}:/usr/bin"}) == other
+    (data / "PG_VERSION").write_text("98\n")
+    with pytest.raises(BackupError, match="PostgreSQL 98, whose server is not installed"):
+        pitr._bindir(data, {"PATH": f"{other}:/usr/bin"})
+
+
+def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
+    archived: Archived,
+) -> None:
     pitr.setup(archived.env)
     label = pitr.base_backup(archived.env, "full")
-    target = f"file://{archived.env['PGBACKREST_REPO1_PATH']}"
-    shown = subprocess.run(
-        [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "list", "--target", target],
-        env=archived.env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    shown = _cli(archived.env, "list")
+    assert shown.returncode == 0, shown.stderr
     assert label in shown.stdout
-    assert "recoverable from" in shown.stdout
+    assert "the recoverable window" not in shown.stdout
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ to now", shown.stdout, re.M)
+
+    refused = _cli({**archived.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "list")
     refused = subprocess.run(
         [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "list", "--target", "s3://b/p"],
         env={**archived.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
@@ -357,6 +453,41 @@ def test_the_cli_lists_the_window_and_refuses_a_plain_http_s3_endpoint(archived:
     assert refused.returncode == 1
     assert "pgBackRest reaches S3 over HTTPS only" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+    # A passphrase secret that was not mounted: no plain-text repository is created.
+    empty = Path(tempfile.mkdtemp(dir=archived.state / "tmp"))
+    plain = {k: v for k, v in archived.env.items() if k != pitr.CIPHER_PASS}
+    plain["PGBACKREST_REPO1_PATH"] = str(empty)
+    unset = _cli(plain, "setup")
+    assert unset.returncode == 1
+    assert (
+        f"{pitr.CIPHER_PASS} is not set, so the repository would not be encrypted" in unset.stderr
+    )
+    assert list(empty.iterdir()) == []
+    # ... and reading an encrypted one without it says what is missing.
+    blind = {**plain, "PGBACKREST_REPO1_PATH": archived.env["PGBACKREST_REPO1_PATH"]}
+    unreadable = _cli(blind, "list")
+    assert unreadable.returncode == 1
+    assert f"if the repository is encrypted, {pitr.CIPHER_PASS} must be set" in unreadable.stderr
+
+
+def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
+    base = {"AWS_REGION": "eu-west-3"}
+    static = pitr.environment(
+        "s3://b/p",
+        {**base, "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK",
+         "AWS_SESSION_TOKEN": "TOKEN"},
+    )  # fmt: skip
+    assert static["PGBACKREST_REPO1_S3_ENDPOINT"] == "s3.eu-west-3.amazonaws.com"
+    assert (static["PGBACKREST_REPO1_S3_KEY"], static["PGBACKREST_REPO1_S3_TOKEN"]) == (
+        "AK",
+        "TOKEN",
+    )
+    assert "PGBACKREST_REPO1_S3_KEY_TYPE" not in static
+    web = pitr.environment("s3://b/p", {**base, "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/t"})
+    assert web["PGBACKREST_REPO1_S3_KEY_TYPE"] == "web-id"
+    assert "PGBACKREST_REPO1_S3_KEY" not in web
+    assert pitr.environment("s3://b/p", base)["PGBACKREST_REPO1_S3_KEY_TYPE"] == "auto"
 
 
 def test_an_s3_repository_round_trip_over_https(tls_s3_server: TlsS3Server) -> None:
@@ -438,3 +569,12 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
         == (pushed["shipyard_backup_verify_restore_seconds"])
     )
     assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))
+
+    # A drill that cannot even reach its repository fails the same loud way.
+    unreachable = {**env, "SHIPYARD_SERVICE": f"{service}-s3", "AWS_ENDPOINT_URL": "http://x:9"}
+    wrong = subprocess.run([*argv[:-1], "s3://bucket/prefix"], env=unreachable,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert wrong.returncode == 1
+    assert "pgBackRest reaches S3 over HTTPS only" in wrong.stderr
+    s3_group = {**group, "service": f"{service}-s3"}
+    assert pushgateway.values(**s3_group)["shipyard_backup_verify_success"] == 0

@@ -41,6 +41,24 @@ def _bindir() -> Path:
     pytest.fail("no PostgreSQL server found: run .ci/setup.sh (apt-get install postgresql-15)")
 
 
+def owner_wrappers(folder: Path) -> None:
+    """`pg_ctl` and `pgbackrest` in `folder`, for PATH: two-line scripts that run the real
+    programs as `postgres` when called as root (PostgreSQL refuses root, and pgBackRest must
+    run as the data's owner), with the caller's environment; as anyone else, directly. The
+    server runs archive_command through the same PATH."""
+    real = {"pg_ctl": _bindir() / "pg_ctl", "pgbackrest": Path(shutil.which("pgbackrest") or "")}
+    folder.mkdir(exist_ok=True)
+    for name, path in real.items():
+        if not path.is_file():
+            pytest.fail(f"{name} is not installed: run .ci/setup.sh")
+        script = folder / name
+        script.write_text(
+            f'#!/bin/sh\n[ "$(id -u)" = 0 ] && exec runuser -p -u postgres -- {path} "$@"\n'
+            f'exec {path} "$@"\n'
+        )
+        script.chmod(0o755)
+
+
 def free_port() -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket() as s:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from shipyard import timepoint
 from shipyard.backup import engine, files, metrics, pitr, storage
 
 
@@ -66,7 +67,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     # Point-in-time recovery by pgBackRest, run where the server's data directory is (PGDATA).
     group = actions.add_parser("pitr", help="point-in-time recovery by pgBackRest (PGDATA)")
     steps = group.add_subparsers(dest="pitr_command", required=True)
-    action("setup", "create the repository's stanza and check WAL archiving", steps)
+    setup = action("setup", "create the repository's stanza and check WAL archiving", steps)
+    setup.add_argument(
+        "--unencrypted",
+        action="store_true",
+        help=f"create it without encryption at rest (refused by default when {pitr.CIPHER_PASS}"
+        " is not set)",
+    )
     base = action("base", "take a base backup (full, diff or incr)", steps)
     base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
     action("list", "list base backups and the recoverable window", steps)
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
             engine.restore(target, args.backup, jobs=args.jobs)
         elif command == "prune":
             engine.prune(target, _policy(args), dry_run=args.dry_run)
-    except (engine.BackupError, storage.StorageError, psycopg.Error) as exc:
+    except (engine.BackupError, storage.StorageError, psycopg.Error, OSError) as exc:
         print(f"shipyard backup: {exc}", file=sys.stderr)
         status = 1
     ended = time.time()
@@ -147,25 +154,22 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
 
 def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run `shipyard backup pitr ...`: one step of point-in-time recovery (pitr)."""
-    env = pitr.environment(args.target, environ)
     step = args.pitr_command
+    if step == "drill":
+        return _pitr_drill(args.target, environ)
+    env = pitr.environment(args.target, environ)
     if step == "setup":
-        pitr.setup(env)
+        pitr.setup(env, unencrypted=args.unencrypted)
         print(f"archiving to {args.target} works")
     elif step == "base":
-        if environ.get("PGDATA"):
-            # After a swap the live timeline's history was written while archiving was off.
-            pitr.archive_history(env, Path(environ["PGDATA"]))
         print(f"base backup {pitr.base_backup(env, args.type)} complete")
     elif step == "list":
         found = pitr.window(env)
         print(pitr.describe(found.backups))
         print(found.describe())
-    elif step == "drill":
-        return _pitr_drill(env, environ)
     elif step == "restore":
         restored = pitr.restore(env, pitr.target(args.at, pitr.window(env)), args.into)
-        last = restored.last_commit.isoformat() if restored.last_commit else "not tracked"
+        last = timepoint.rfc3339(restored.last_commit) if restored.last_commit else "not tracked"
         print(
             f"restored into {restored.path} in {restored.seconds:.1f} s and checked: "
             f"databases {', '.join(restored.databases)}; last commit replayed {last}"
@@ -175,16 +179,21 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise engine.BackupError("PGDATA must name the live data directory")
         data = Path(environ["PGDATA"])
         old = pitr.swap(data, args.restored)
-        print(f"{data} is the restored data now; the old data is kept in {old}")
+        print(
+            f"{data} is the restored data now; the old data is kept in {old}. Start the server:"
+            " it archives the new timeline first, then take a base backup (`pitr base`)"
+        )
     return 0
 
 
-def _pitr_drill(env: Mapping[str, str], environ: Mapping[str, str]) -> int:
-    """The drill, its outcome pushed to the Pushgateway as a logical drill's is: a failure is
-    an exit status, a log line and the metric the restore-drill alert reads."""
+def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
+    """The drill, its outcome pushed to the Pushgateway as a logical drill's is: a failure
+    (a wrong --target or missing credentials too) is an exit status, a log line and the metric
+    the restore-drill alert reads."""
     started = time.time()
     found: pitr.Drill | None = None
     try:
+        env = pitr.environment(target, environ)
         found = pitr.drill(env, Path(environ.get("TMPDIR") or tempfile.gettempdir()))
     finally:
         seconds = found.restored.seconds if found else None

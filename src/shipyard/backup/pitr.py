@@ -26,13 +26,14 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 
+from shipyard import timepoint
 from shipyard.backup.engine import BackupError
 from shipyard.backup.manifest import ID_TIME
 
@@ -42,6 +43,8 @@ STANZA = "db"
 ARCHIVE_TIMEOUT = 60
 BASE_TYPES = ("full", "diff", "incr")
 CIPHER_PASS = "SHIPYARD_BACKUP_CIPHER_PASS"  # noqa: S105 (the variable's name, not a secret)
+# What a successful `restore` leaves in the directory it checked; `swap` takes no other.
+CHECKED = "shipyard-pitr-checked"
 # pgBackRest's backup labels: 20261205-103529F, or ..._20261205-110000D / I for diff and incr.
 _LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
 
@@ -104,24 +107,31 @@ def environment(target: str, environ: Mapping[str, str] = os.environ) -> dict[st
 
 
 def _s3(bucket: str, prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
-    endpoint = urlsplit(environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com")
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = urlsplit(environ.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com")
     if endpoint.scheme != "https" or not endpoint.hostname:
         raise BackupError(
             "pgBackRest reaches S3 over HTTPS only: AWS_ENDPOINT_URL must be https://HOST[:PORT]"
         )
-    key, secret = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
-    if not key or not secret:
-        raise BackupError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are needed for S3")
     env = {
         "PGBACKREST_REPO1_TYPE": "s3",
         "PGBACKREST_REPO1_PATH": "/" + prefix,
         "PGBACKREST_REPO1_S3_BUCKET": bucket,
         "PGBACKREST_REPO1_S3_ENDPOINT": endpoint.hostname,
         "PGBACKREST_REPO1_S3_REGION": region,
-        "PGBACKREST_REPO1_S3_KEY": key,
-        "PGBACKREST_REPO1_S3_KEY_SECRET": secret,
     }
+    key, secret = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        env.update(PGBACKREST_REPO1_S3_KEY=key, PGBACKREST_REPO1_S3_KEY_SECRET=secret)
+        if token := environ.get("AWS_SESSION_TOKEN"):  # temporary (STS, SSO) credentials
+            env["PGBACKREST_REPO1_S3_TOKEN"] = token
+    elif environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        # A Kubernetes service account's role (IRSA): pgBackRest reads AWS_ROLE_ARN and the
+        # token file itself.
+        env["PGBACKREST_REPO1_S3_KEY_TYPE"] = "web-id"
+    else:
+        # No key given: the instance's or task's role, from the metadata service.
+        env["PGBACKREST_REPO1_S3_KEY_TYPE"] = "auto"
     if endpoint.port:
         env["PGBACKREST_REPO1_STORAGE_PORT"] = str(endpoint.port)
     if environ.get("AWS_ENDPOINT_URL"):
@@ -146,15 +156,28 @@ def pgbackrest(env: Mapping[str, str], *argv: str) -> str:
     )
     if done.returncode:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        # pgBackRest's ERROR line says what went wrong; its HINT lines follow it.
-        errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
-        raise BackupError(f"pgbackrest {argv[0]} failed: {'; '.join(errors or lines[-2:])}")
+        # pgBackRest's ERROR line says what went wrong; its HINT lines say what to do.
+        said = [
+            line.split(mark, 1)[1].strip() if mark == "ERROR:" else line.strip()
+            for line in lines
+            for mark in ("ERROR:", "HINT:")
+            if mark in line
+        ]
+        raise BackupError(f"pgbackrest {argv[0]} failed: {'; '.join(said or lines[-2:])}")
     return done.stdout
 
 
-def setup(env: Mapping[str, str]) -> None:
+def setup(env: Mapping[str, str], *, unencrypted: bool = False) -> None:
     """Create the stanza (again is harmless) and check that a WAL segment reaches the
-    repository: archiving that does not work is found now, not at the first restore."""
+    repository: archiving that does not work is found now, not at the first restore. Without
+    a passphrase it is refused unless `unencrypted` says so: a secret that was not mounted
+    must not quietly make the repository plain text."""
+    if not env.get("PGBACKREST_REPO1_CIPHER_PASS") and not unencrypted:
+        raise BackupError(
+            f"{CIPHER_PASS} is not set, so the repository would not be encrypted at rest: set it"
+            " (keep it with the secrets: without it nothing can be restored), or pass"
+            " --unencrypted to create one without encryption"
+        )
     pgbackrest(env, "stanza-create")
     pgbackrest(env, "check")
 
@@ -183,8 +206,9 @@ class BaseBackup:
 
 @dataclass(frozen=True)
 class Window:
-    """What can be recovered: any point from the oldest base backup's end until now (the WAL
-    archive is at most ARCHIVE_TIMEOUT seconds behind)."""
+    """What can be recovered: any second after the oldest base backup's end (pgBackRest picks
+    a backup that ended before the target, to the second) until the newest archived WAL, at
+    most ARCHIVE_TIMEOUT seconds behind now while archiving works."""
 
     backups: tuple[BaseBackup, ...]
     archive_min: str | None
@@ -192,27 +216,39 @@ class Window:
 
     @property
     def start(self) -> datetime:
-        return self.backups[0].stopped
+        return self.backups[0].stopped + timedelta(seconds=1)
 
     def describe(self) -> str:
         if not self.backups:
             return "no base backup yet: nothing can be recovered"
-        return f"recoverable from {_iso(self.start)} to now (WAL at most {ARCHIVE_TIMEOUT} s old)"
+        return (
+            f"{timepoint.rfc3339(self.start)} to now (the archived WAL, at most"
+            f" {ARCHIVE_TIMEOUT} s old)"
+        )
 
 
 def window(env: Mapping[str, str], *, require: bool = True) -> Window:
     """The repository's base backups (oldest first) and WAL range, from `pgbackrest info`."""
-    text = pgbackrest(env, "info", "--output=json")
-    # strict=False: pgBackRest puts its multi-line messages into JSON strings as they are.
-    stanzas = [s for s in json.loads(text, strict=False) if s.get("name") == STANZA]
+    # Warnings only on the console, whatever PGBACKREST_LOG_LEVEL_CONSOLE says: log lines
+    # before the JSON would make it unreadable.
+    text = pgbackrest(env, "info", "--output=json", "--log-level-console=warn")
+    try:
+        # strict=False: pgBackRest puts its multi-line messages into JSON strings as they are.
+        stanzas = [s for s in json.loads(text, strict=False) if s.get("name") == STANZA]
+    except (ValueError, AttributeError):
+        raise BackupError(f"pgbackrest info printed no JSON: {text[:200]!r}") from None
     stanza = stanzas[0] if stanzas else {}
     code = stanza.get("status", {}).get("code", 1)
     if require and code not in (0, 2):  # 2: a stanza without a base backup yet
         reasons = [r["status"]["message"] for r in stanza.get("repo", []) if r["status"]["code"]]
         reason = (reasons or [stanza.get("status", {}).get("message", "no stanza")])[0]
         hint = ""
-        if env.get("PGBACKREST_REPO1_CIPHER_PASS") and "unable to load info file" in reason:
-            hint = f" (is {CIPHER_PASS} the passphrase it was created with?)"
+        if "unable to load info file" in reason:
+            hint = (
+                f" (is {CIPHER_PASS} the passphrase it was created with?)"
+                if env.get("PGBACKREST_REPO1_CIPHER_PASS")
+                else f" (if the repository is encrypted, {CIPHER_PASS} must be set)"
+            )
         raise BackupError(f"the repository cannot be read: {reason.splitlines()[0]}{hint}")
     backups = tuple(
         BaseBackup(
@@ -260,21 +296,23 @@ def target(at: str, window: Window, now: datetime | None = None) -> Target:
         return Target("latest", through=window.archive_max)
     if _LABEL.match(at):
         if at not in {b.label for b in window.backups}:
-            raise BackupError(f"no base backup {at!r}; {window.describe()}")
+            raise BackupError(f"no base backup {at!r}: the recoverable window is "
+                              f"{window.describe()}")  # fmt: skip
         return Target("backup", at)
     try:
-        when = datetime.fromisoformat(at)
-    except ValueError:
+        when = timepoint.parse(at)
+    except ValueError as exc:
+        raise BackupError(f"{exc}, or a base backup's label") from None
+    if reason := timepoint.outside(when, window.start, now):
+        raise BackupError(f"{reason}: the recoverable window is {window.describe()}")
+    if when > now - timedelta(seconds=ARCHIVE_TIMEOUT):
+        # Refused here rather than failing after the restore: PostgreSQL would replay all the
+        # archive holds and then stop, the target not reached.
         raise BackupError(
-            f"--at {at!r} is not latest, a backup label or a time like 2026-12-04T10:15:00Z"
-        ) from None
-    if when.tzinfo is None:
-        raise BackupError(f"--at {at!r} has no UTC offset: add Z or +HH:MM")
-    if when < window.start:
-        raise BackupError(f"--at {at} is before the oldest base backup; {window.describe()}")
-    if when > now:
-        raise BackupError(f"--at {at} is in the future; {window.describe()}")
-    return Target("time", when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+            f"--at {timepoint.rfc3339(when)} is less than {ARCHIVE_TIMEOUT} s ago, and the WAL"
+            " archive may not hold it yet: wait a minute, or restore to latest"
+        )
+    return Target("time", when.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
 
 
 @dataclass(frozen=True)
@@ -289,39 +327,70 @@ class Restored:
 
 
 def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
-    """Restore the repository into the new directory `into` up to `at`, start a private server
-    on it (no network, no archiving) until recovery ends, check it answers and list its
-    databases, and stop it. On any failure `into` is removed; the live data is never touched."""
-    if into.exists() and any(into.iterdir()):
-        raise BackupError(f"{into} is not empty: a restore goes into a new directory")
+    """Restore the repository into `into` (new, or an empty folder) up to `at`, start a private
+    server on it (no network, no archiving) until recovery ends, check it answers and list its
+    databases, stop it, and mark it checked for `swap`. On any failure `into` is removed; the
+    live data is never touched."""
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise BackupError(f"{into} is not an empty folder: a restore goes into a new one")
     started = time.monotonic()
     try:  # pgBackRest creates `into`, as the user that owns the data
         # A restore waits on reads and writes more than on zstd: twice as many processes as
         # cores cut pgBackRest's part of a 1.5 GB restore from 6.8 s to about 4 s here (2 cores).
         processes = f"--process-max={min(8, 2 * (os.cpu_count() or 1))}"
         pgbackrest(env, "restore", f"--pg1-path={into}", processes, *at.arguments())
-        now, last, names, replayed = _check(into, env)
+        checked = _check(into, env)
         # PostgreSQL ends a recovery without a target at the first segment it cannot fetch,
         # as if the WAL ended there: a corrupted or missing segment would silently drop every
-        # later commit. Such a restore is refused.
-        if at.through and replayed[-16:] < at.through[-16:]:
+        # later commit. So would a timeline whose history file is missing from the archive:
+        # the replay would follow the older one. Either is refused.
+        if at.through and checked.replayed < _segment(at.through):
+            (timeline, number), (newest, last) = checked.replayed, _segment(at.through)
+            if timeline < newest:
+                raise BackupError(
+                    f"the restore followed timeline {timeline}, but the archive holds WAL of"
+                    f" timeline {newest}: its history file ({newest:08X}.history) is missing"
+                    " from the archive"
+                )
             raise BackupError(
-                f"the restore stopped at WAL segment {replayed[-16:]} but the archive holds WAL"
-                f" up to {at.through[-16:]}: a segment is missing or corrupted"
+                f"the restore stopped at WAL segment {number:016X} but the archive holds WAL"
+                f" up to {last:016X}: a segment is missing or corrupted"
                 " (`pgbackrest verify` names it)"
             )
+        restored = Restored(
+            into,
+            checked.now,
+            checked.last_commit,
+            checked.databases,
+            seconds=time.monotonic() - started,
+        )
+        (into / CHECKED).write_text(
+            json.dumps(
+                {
+                    "at": at.value or at.kind,
+                    "recovered_to": timepoint.rfc3339(restored.recovered_to),
+                    "last_commit": restored.last_commit and timepoint.rfc3339(restored.last_commit),
+                }
+            )
+            + "\n"
+        )
     except BaseException:
         shutil.rmtree(into, ignore_errors=True)
         raise
-    return Restored(into, now, last, names, seconds=time.monotonic() - started)
+    return restored
 
 
-def _check(
-    data: Path, env: Mapping[str, str]
-) -> tuple[datetime, datetime | None, tuple[str, ...], str]:
-    """Start `data` privately until recovery ends: the server's time, the newest replayed
-    commit's time, the databases, and the WAL segment the replay ended in."""
-    bindir = _bindir(env)
+@dataclass(frozen=True)
+class _Checked:
+    now: datetime
+    last_commit: datetime | None
+    databases: tuple[str, ...]
+    replayed: tuple[int, int]  # the timeline and WAL segment number the replay ended in
+
+
+def _check(data: Path, env: Mapping[str, str]) -> _Checked:
+    """Start `data` privately until recovery ends, read what it recovered, and stop it."""
+    bindir = _bindir(data, env)
     sockets = Path(tempfile.mkdtemp(prefix="pitr-check-"))
     if os.geteuid() == 0:
         # PostgreSQL refuses to run as root: the server runs as the data's owner, whose socket
@@ -329,9 +398,21 @@ def _check(
         owner = data.stat()
         os.chown(sockets, owner.st_uid, owner.st_gid)
     port = _free_port()
-    # The recovered server must not archive: it would write a new timeline into the repository
-    # that a later `--at latest` would follow. `swap` archives its history once it is live.
-    options = f"-p {port} -k {sockets} -c listen_addresses= -c archive_mode=off"
+    options = " ".join(
+        [
+            f"-p {port} -k {sockets} -c listen_addresses=",
+            # It must not archive: it would write a new timeline into the repository that a
+            # later `--at latest` would follow (`swap` has it archived once it is live).
+            "-c archive_mode=off",
+            # Nor act on the world as the live server does: no logical replication apply
+            # workers (they would take the live subscriber's slot on the publisher) and no
+            # preloaded libraries' workers (pg_cron would run the jobs a second time).
+            "-c max_logical_replication_workers=0 -c shared_preload_libraries=",
+            # The newest replayed commit's time is the drill's recovery point, even where the
+            # live server was given this setting as an option rather than in its files.
+            "-c track_commit_timestamp=on",
+        ]
+    )
     log = sockets / "server.log"
     ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log)]
     try:
@@ -339,37 +420,62 @@ def _check(
         started = subprocess.run(argv, env=dict(env), capture_output=True, check=False)
         if started.returncode:
             raise BackupError(f"the restored data directory did not start: {_tail(log)}")
-        deadline = time.monotonic() + 600
-        with psycopg.connect(
-            host=str(sockets),
-            port=port,
-            user=env.get("PGUSER", "postgres"),
-            password=env.get("PGPASSWORD"),
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
-            while _fetch(conn, "SELECT pg_is_in_recovery()"):
-                if time.monotonic() > deadline:
-                    raise BackupError("the restored server did not finish recovery in 10 min")
-                time.sleep(0.2)
-            now = _fetch(conn, "SELECT now()")
-            # Known only where the server tracks commit times (track_commit_timestamp).
-            last = _fetch(
-                conn,
-                "SELECT CASE WHEN current_setting('track_commit_timestamp')::bool"
-                " THEN (pg_last_committed_xact()).timestamp END",
-            )
-            names = conn.execute(
-                "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1"
-            ).fetchall()
-            replayed = _fetch(conn, "SELECT pg_walfile_name(pg_last_wal_replay_lsn())")
-        return now, last, tuple(n for (n,) in names), replayed or ""
-    except psycopg.Error as exc:
-        raise BackupError(f"the restored server did not answer: {exc}") from None
+        try:
+            return _recovered(data, env, sockets, port)
+        except psycopg.Error as exc:
+            # Typically the server stopped: a target the archive does not reach ("recovery
+            # ended before configured recovery target was reached"), which its log says.
+            said = str(exc).strip().splitlines()[0]
+            raise BackupError(
+                f"the restored server did not answer ({said}): {_tail(log)}"
+            ) from None
+        except BackupError as exc:
+            raise BackupError(f"{exc}: {_tail(log)}") from None
     finally:
         subprocess.run([*ctl, "-m", "fast", "-w", "stop"], env=dict(env), capture_output=True,
                        check=False)  # fmt: skip
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _recovered(data: Path, env: Mapping[str, str], sockets: Path, port: int) -> _Checked:
+    deadline = time.monotonic() + 600
+    with psycopg.connect(
+        host=str(sockets),
+        port=port,
+        user=env.get("PGUSER", "postgres"),
+        password=env.get("PGPASSWORD"),
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        while _fetch(conn, "SELECT pg_is_in_recovery()"):
+            if time.monotonic() > deadline:
+                raise BackupError("the restored server did not finish recovery in 10 min")
+            time.sleep(0.2)
+        now = _fetch(conn, "SELECT now()")
+        last = _fetch(conn, "SELECT (pg_last_committed_xact()).timestamp")
+        names = conn.execute(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1"
+        ).fetchall()
+        # The name carries the new timeline; the segment number is the replay's.
+        replayed = _fetch(conn, "SELECT pg_walfile_name(pg_last_wal_replay_lsn())") or ""
+    return _Checked(
+        now, last, tuple(n for (n,) in names), (_replayed_timeline(data), int(replayed[-16:], 16))
+    )
+
+
+def _segment(name: str) -> tuple[int, int]:
+    """A WAL file name's timeline and segment number."""
+    return int(name[:8], 16), int(name[8:], 16)
+
+
+def _replayed_timeline(data: Path) -> int:
+    """The timeline the replay ended on: the parent named on the last line of the history
+    file the promotion wrote (the newest timeline's, `PARENT<TAB>SWITCHPOINT<TAB>REASON`)."""
+    histories = sorted((data / "pg_wal").glob("*.history"))
+    if not histories:
+        raise BackupError("the restored server did not start a new timeline")
+    lines = [ln for ln in histories[-1].read_text().splitlines() if ln.strip()[:1].isdigit()]
+    return int(lines[-1].split()[0])
 
 
 def _fetch(conn: psycopg.Connection[Any], query: str) -> Any:
@@ -389,9 +495,15 @@ class Drill:
 
 def drill(env: Mapping[str, str], scratch: Path) -> Drill:
     """Restore `latest` (every base backup file and WAL segment up to now must be sound) into a
-    new folder under `scratch`, check it, measure, and delete it. The live data is untouched."""
-    into = scratch / f"pitr-drill-{datetime.now(UTC):{ID_TIME}}"
+    new folder under `scratch`, check it, measure, and delete it. The live data is untouched.
+    The folder is this drill's own, so overlapping drills never delete each other's."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    into = Path(tempfile.mkdtemp(prefix="pitr-drill-", dir=scratch))
     try:
+        if os.geteuid() == 0:
+            # pgBackRest and the server run as the user that owns the scratch folder.
+            owner = scratch.stat()
+            os.chown(into, owner.st_uid, owner.st_gid)
         restored = restore(env, target("latest", window(env)), into)
     finally:
         shutil.rmtree(into, ignore_errors=True)
@@ -402,40 +514,73 @@ def drill(env: Mapping[str, str], scratch: Path) -> Drill:
 
 
 def swap(data: Path, restored: Path) -> Path:
-    """Put the restored directory in `data`'s place (the server must be stopped) and return
-    where the old data now is: `data` renamed with a UTC suffix, never deleted here."""
+    """Put the directory `restore` checked in `data`'s place (the server must be stopped) and
+    return where the old data now is: `data` renamed with a UTC suffix, never deleted here.
+    Both are renamed within one filesystem, so `data` must be a folder inside the volume."""
     if (data / "postmaster.pid").exists():
         raise BackupError(f"PostgreSQL still runs on {data}: stop it before the swap")
-    if not (restored / "PG_VERSION").exists():
-        raise BackupError(f"{restored} is not a restored data directory")
+    unfinished = [n for n in ("backup.manifest", "recovery.signal") if (restored / n).exists()]
+    if not (restored / CHECKED).is_file() or unfinished:
+        # A restore killed midway (pgBackRest's manifest is still there) or before its check
+        # ended (still a recovery) leaves a directory that looks like data but is not whole.
+        raise BackupError(
+            f"{restored} is not a restored data directory that `shipyard backup pitr restore`"
+            " checked: restore again"
+        )
+    if os.path.ismount(data):
+        raise BackupError(
+            f"{data} is a mount point and cannot be renamed: PGDATA must be a folder inside the"
+            " volume (e.g. /var/lib/postgresql/data/pgdata)"
+        )
+    if restored.stat().st_dev != data.parent.stat().st_dev:
+        raise BackupError(
+            f"{restored} is on another filesystem than {data}: restore --into a folder next to it"
+        )
+    _archive_new_timeline(restored)
     old = data.with_name(f"{data.name}.old-{datetime.now(UTC):{ID_TIME}}")
-    data.rename(old)
+    try:
+        data.rename(old)
+    except OSError as exc:
+        raise BackupError(f"{data} could not be moved aside, nothing changed: {exc}") from None
     try:
         restored.rename(data)
-    except OSError:
+    except OSError as exc:
         old.rename(data)
-        raise
+        raise BackupError(f"{restored} could not be moved in, {data} is as it was: {exc}") from None
+    (data / CHECKED).unlink()
     return old
 
 
-def archive_history(env: Mapping[str, str], data: Path) -> list[str]:
-    """Archive the restored timeline's history files (written while archiving was off, in
-    `_check`), so a later restore can follow this timeline. Run once the server is live."""
-    pushed = []
-    for history in sorted((data / "pg_wal").glob("*.history")):
-        pgbackrest(env, "archive-push", str(history))
-        pushed.append(history.name)
-    return pushed
+def _archive_new_timeline(data: Path) -> None:
+    """Mark the timeline history files the check's promotion wrote (while archiving was off)
+    ready for archiving: PostgreSQL's own archiver pushes them first thing once this data is
+    live, so that later restores follow its timeline, and not before (a copy never swapped
+    in must not steer them)."""
+    status = data / "pg_wal" / "archive_status"
+    for history in (data / "pg_wal").glob("*.history"):
+        if not any((status / f"{history.name}{s}").exists() for s in (".done", ".ready")):
+            (status / f"{history.name}.ready").touch()
+            if os.geteuid() == 0:
+                owner = data.stat()
+                os.chown(status / f"{history.name}.ready", owner.st_uid, owner.st_gid)
 
 
-def _bindir(env: Mapping[str, str]) -> Path:
+def _bindir(data: Path, env: Mapping[str, str]) -> Path:
+    """The server programs of `data`'s major version: `pg_ctl` on PATH if it is that version,
+    else Debian's /usr/lib/postgresql/VERSION/bin (not on PATH there)."""
+    version = (data / "PG_VERSION").read_text().strip()
     pg_ctl = shutil.which("pg_ctl", path=env.get("PATH"))
     if pg_ctl:
-        return Path(pg_ctl).parent
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not found:
-        raise BackupError("pg_ctl is not installed: a restore needs the PostgreSQL server")
-    return found[-1].parent
+        said = subprocess.run([pg_ctl, "--version"], capture_output=True, text=True, check=False)
+        found = re.search(r"\) (\d+)", said.stdout)
+        if found and found.group(1) == version:
+            return Path(pg_ctl).parent
+    debian = Path("/usr/lib/postgresql") / version / "bin"
+    if (debian / "pg_ctl").exists():
+        return debian
+    raise BackupError(
+        f"the restored data is PostgreSQL {version}, whose server is not installed here"
+    )
 
 
 def _free_port() -> int:
@@ -446,12 +591,10 @@ def _free_port() -> int:
 
 
 def _tail(log: Path, lines: int = 3) -> str:
-    text = log.read_text(errors="replace") if log.exists() else "no server log"
-    return " ".join(text.strip().splitlines()[-lines:])
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """What the server's log says went wrong: its FATAL and PANIC lines, else its last lines."""
+    said = (log.read_text(errors="replace") if log.exists() else "no server log").splitlines()
+    fatal = [line for line in said if "FATAL:" in line or "PANIC:" in line]
+    return " ".join((fatal or said)[-lines:]).strip()
 
 
 def describe(backups: Sequence[BaseBackup]) -> str:
@@ -459,5 +602,8 @@ def describe(backups: Sequence[BaseBackup]) -> str:
     if not backups:
         return "no base backups"
     rows = [f"{'label':<34} {'type':<5} {'ended':<20} {'size':>12}"]
-    rows += [f"{b.label:<34} {b.kind:<5} {_iso(b.stopped):<20} {b.size:>12}" for b in backups]
+    rows += [
+        f"{b.label:<34} {b.kind:<5} {timepoint.rfc3339(b.stopped):<20} {b.size:>12}"
+        for b in backups
+    ]
     return "\n".join(rows)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from shipyard import timepoint
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
 
@@ -184,13 +185,13 @@ class Window:
     def describe(self) -> str:
         if self.first is None:
             return "none yet: no base backup has completed"
-        return f"{rfc3339(self.first)} to now (the last archived WAL)"
+        return f"{timepoint.rfc3339(self.first)} to now (the last archived WAL)"
 
 
 def window(found: dict[str, Any]) -> Window:
     """The recoverable window the operator reports in the Cluster's status."""
     first = (found.get("status") or {}).get("firstRecoverabilityPoint") or ""
-    return Window(_utc(first) if first else None)
+    return Window(timepoint.parse(first) if first else None)
 
 
 def recovery_point(at: str, within: Window, now: datetime | None = None) -> datetime | None:
@@ -203,36 +204,12 @@ def recovery_point(at: str, within: Window, now: datetime | None = None) -> date
     if at == "latest":
         return None
     try:
-        point = _utc(at)
-    except ValueError:
-        raise EngineError(
-            f"--at {at!r} is not a time: give one like 2026-12-04T10:15:00Z (UTC, or with its "
-            "offset), or 'latest'"
-        ) from None
-    now = now or datetime.now(UTC)
-    if point > now:
-        raise EngineError(
-            f"--at {rfc3339(point)} is in the future: the recoverable window is {within.describe()}"
-        )
-    if point < within.first:
-        raise EngineError(
-            f"--at {rfc3339(point)} is before the oldest base backup kept: the "
-            f"recoverable window is {within.describe()}"
-        )
+        point = timepoint.parse(at)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    if reason := timepoint.outside(point, within.first, now or datetime.now(UTC)):
+        raise EngineError(f"{reason}: the recoverable window is {within.describe()}")
     return point
-
-
-def rfc3339(moment: datetime) -> str:
-    """`moment` (UTC) as CloudNativePG's targetTime and the messages write it."""
-    return f"{moment:%Y-%m-%dT%H:%M:%SZ}"
-
-
-def _utc(text: str) -> datetime:
-    """An ISO 8601 / RFC 3339 time with an offset (or Z), as UTC; ValueError otherwise."""
-    parsed = datetime.fromisoformat(text.strip())
-    if parsed.tzinfo is None:
-        raise ValueError(text)
-    return parsed.astimezone(UTC)
 
 
 # CloudNativePG refuses longer Cluster names (its webhook: the names it derives must fit).
@@ -259,7 +236,7 @@ def recovery_manifest(found: dict[str, Any], name: str, point: datetime | None) 
     recovery: dict[str, Any] = {"source": "origin"}
     recovery.update({k: initdb[k] for k in ("database", "owner") if k in initdb})
     if point is not None:
-        recovery["recoveryTarget"] = {"targetTime": rfc3339(point)}
+        recovery["recoveryTarget"] = {"targetTime": timepoint.rfc3339(point)}
     # PostgreSQL's settings too: a recovery stops when max_connections and its kin are lower
     # than the origin's.
     kept = ("imageName", "imagePullSecrets", "postgresql", "storage", "resources")

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from invoke.exceptions import Exit
 
-from shipyard import config
+from shipyard import config, timepoint
 from shipyard.engines import EngineError, cnpg
 from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command, command
@@ -85,7 +85,7 @@ def recover(
         point = cnpg.recovery_point(at, cnpg.window(found))
         name = cnpg.recovered_name(target)
         manifest = cnpg.recovery_manifest(found, name, point)
-    to = cnpg.rfc3339(point) if point else "the last archived WAL"
+    to = timepoint.rfc3339(point) if point else "the last archived WAL"
     steps: list[Command | str] = [
         f"{target.lookup()}  (its image, storage, object store and recoverable window)",
         f"kubectl create --namespace {target.namespace} --filename <the Cluster below>",
