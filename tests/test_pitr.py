@@ -381,6 +381,13 @@ def test_after_a_swap_the_new_timeline_is_archived_and_latest_follows_it(
     assert re.search(r"last commit replayed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", done.stdout)
     assert archived.rows(again) == [1, 2, 3, 4, 5, 100, 101, 102]
 
+    # Without that history file a replay would dead-end on the old timeline: refused.
+    for history in repo.rglob("00000002.history*"):
+        history.unlink()
+    blind = _cli(archived.env, "restore", "--at", "latest", "--into", str(archived.state / "b"))
+    assert blind.returncode == 1
+    assert "followed timeline 1, but the archive holds WAL of timeline 2" in blind.stderr
+
 
 def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
     archived: Archived,
