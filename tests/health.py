@@ -1,10 +1,11 @@
-"""Health-check test helpers shared by several test files: the wait for compose.prod.yaml's
-watchdog to restart a hung worker.
+"""Health-check test helpers shared by several test files: a tiny HTTP health endpoint for the
+probes' own tests, and the wait for compose.prod.yaml's watchdog to restart a hung worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import time
 from collections.abc import Callable
@@ -14,6 +15,19 @@ import pytest
 
 # 3 failures 10 s apart, the 5 s grace after SIGTERM and a restart, with room for a busy machine.
 RESTART_WITHIN = 150.0
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    """Answers /ok with 200, /moved with a redirect to /ok and anything else with 500."""
+
+    def do_GET(self) -> None:
+        self.send_response({"/ok": 200, "/moved": 302}.get(self.path, 500))
+        if self.path == "/moved":
+            self.send_header("Location", "/ok")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
 
 
 def wait_restarted_healthy(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import os
 import socket
 import socketserver
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Render
+from tests.health import Health
 from tests.servers.docker import go_wheel
 
 pytestmark = pytest.mark.slow
@@ -118,19 +118,6 @@ def test_go_sample_vets_builds_and_tests_offline(
         assert (root / "go.sum").read_text() == ""
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    """Answers /ok with 200, /moved with a redirect to /ok and anything else with 500."""
-
-    def do_GET(self) -> None:
-        self.send_response({"/ok": 200, "/moved": 302}.get(self.path, 500))
-        if self.path == "/moved":
-            self.send_header("Location", "/ok")
-        self.end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 def test_go_probe_says_why_a_check_fails(render: Render, tmp_path: Path, go: Path) -> None:
     """The kit's probe, built by the real toolchain from the rendered _shipyard/healthcheck,
     exits 0 on a 2xx and otherwise prints what docker keeps in the container's health log."""
@@ -150,7 +137,7 @@ def test_go_probe_says_why_a_check_fails(render: Render, tmp_path: Path, go: Pat
             [str(probe), *args], capture_output=True, text=True, timeout=30, check=False
         )
 
-    with socketserver.TCPServer(("127.0.0.1", 0), _Health) as server:
+    with socketserver.TCPServer(("127.0.0.1", 0), Health) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
         healthy = run(f"http://127.0.0.1:{port}/ok", "hint")
