@@ -147,7 +147,8 @@ func isUnsafe(r rune) bool { return r <= ' ' || r >= 0x7f }
 // its headers up to 4 KB), never the body. Go's signal handlers are installed with SA_RESTART,
 // so these blocking calls are not cut short by EINTR.
 func get(addr syscall.SockaddrInet4, hostport, path string) (int, string, string) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// No SOCK_CLOEXEC (Linux-only): the URL check starts no process while the socket is open.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		return 0, "", "socket: " + err.Error()
 	}
