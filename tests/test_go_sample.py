@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import os
 import socket
 import socketserver
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Render
+from tests.health import Health
 from tests.servers.docker import go_wheel
 
 pytestmark = pytest.mark.slow
@@ -118,17 +118,6 @@ def test_go_sample_vets_builds_and_tests_offline(
         assert (root / "go.sum").read_text() == ""
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    """Answers /ok with 200 and anything else with 500."""
-
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/ok" else 500)
-        self.end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 def test_go_probe_says_why_a_check_fails(render: Render, tmp_path: Path, go: Path) -> None:
     """The kit's probe, built by the real toolchain from the rendered _shipyard/healthcheck,
     exits 0 on a 2xx and otherwise prints what docker keeps in the container's health log."""
@@ -137,29 +126,47 @@ def test_go_probe_says_why_a_check_fails(render: Render, tmp_path: Path, go: Pat
     )
     env = _offline_env(tmp_path)
     probe = tmp_path / "shipyard-healthcheck"
-    _run(go, root / "_shipyard" / "healthcheck", env, "build", "-o", str(probe), ".")
+    # As the Dockerfile builds it. It ships in every image beside the app's binary: it must stay
+    # far below the 6 MB it weighed with net/http (about 1.2 MB of it is Go's runtime).
+    flags = ("-trimpath", "-ldflags=-s -w")
+    _run(go, root / "_shipyard" / "healthcheck", env, "build", *flags, "-o", str(probe), ".")
+    assert probe.stat().st_size < 1_600_000
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(probe), *args], capture_output=True, text=True, timeout=30, check=False
         )
 
-    with socketserver.TCPServer(("127.0.0.1", 0), _Health) as server:
+    with socketserver.TCPServer(("127.0.0.1", 0), Health) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
         healthy = run(f"http://127.0.0.1:{port}/ok", "hint")
         failing = run(f"http://127.0.0.1:{port}/health", "hint")
+        moved = run(f"http://localhost:{port}/moved", "hint")
         with socket.socket() as closed_port:  # a port nothing listens on
             closed_port.bind(("127.0.0.1", 0))
             url = f"http://127.0.0.1:{closed_port.getsockname()[1]}/ok"
             closed = run(url, "the app must listen on port 8080")
+        with socket.socket() as silent:  # connections complete, but nothing ever answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}/ok"
+            started = time.monotonic()
+            slow = run(url, "hint")
+            slow_took = time.monotonic() - started
         server.shutdown()
     assert (healthy.returncode, healthy.stdout) == (0, "")
     assert failing.returncode == 1
     assert failing.stdout.strip() == f"GET http://127.0.0.1:{port}/health answered HTTP 500"
+    assert (moved.returncode, moved.stdout) == (0, ""), "a redirect is followed, as net/http did"
     assert closed.returncode == 1
     assert "connection refused (the app must listen on port 8080)" in closed.stdout
+    assert (slow.returncode, slow.stdout) == (1, f"GET {url} failed: no answer within 2s (hint)\n")
+    assert 2 <= slow_took < 3, "within the probes' own 3 s timeout"
     assert run().returncode == 2, "a probe without a URL is a usage error"
+    # It probes the container's own port: http://IPV4:PORT/PATH only.
+    assert run("https://127.0.0.1:8080/healthz").returncode == 2
+    assert run("http://app:8080/healthz").returncode == 2
     # The chart's preStop drain in an image without `sleep`.
     started = time.monotonic()
     assert run("-sleep", "1").returncode == 0

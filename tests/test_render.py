@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
@@ -19,6 +18,7 @@ from ruamel.yaml import YAML
 
 from shipyard import config, validate
 from tests.conftest import PRESETS, Render, copier_cli, load_preset
+from tests.health import Health
 
 Rendered = Callable[[str], Path]
 # The checks of the template core; the chart, workflows and scripts have tests of their own.
@@ -93,17 +93,6 @@ def test_dockerfile_has_a_secure_target_per_component(rendered: Rendered, preset
     assert "--mount=type=cache" in install, "dependency downloads are cached between builds"
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    """Answers /ok with 200 and anything else with 500."""
-
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/ok" else 500)
-        self.end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 def test_healthcheck_says_why_it_fails(rendered: Rendered) -> None:
     """The image's HEALTHCHECK, run by a real Node, prints the reason docker keeps in the
     container's health log (and `invoke deploy` reports): a closed port or an HTTP status."""
@@ -113,7 +102,7 @@ def test_healthcheck_says_why_it_fails(rendered: Rendered) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH")
-    with socketserver.TCPServer(("127.0.0.1", 0), _Health) as server:
+    with socketserver.TCPServer(("127.0.0.1", 0), Health) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
         url = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)'", argv[2])

@@ -11,10 +11,8 @@ new container, with the reason in `docker logs`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Render, script_package
+from tests.health import wait_restarted_healthy
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -62,8 +61,6 @@ COMPONENTS: list[dict[str, Any]] = [
     },
 ]
 PROJECT = "hung-workers"
-# 3 failures 10 s apart, the 5 s grace after SIGTERM and a restart, with room for a busy machine.
-RESTART_WITHIN = 150.0
 
 
 @dataclass(frozen=True)
@@ -165,22 +162,9 @@ def test_a_hung_worker_is_restarted_by_its_health_check(stack: Stack, service: s
     assert before["RestartCount"] == 0
     stack.dockerd.run("exec", before["Id"], "touch", "/tmp/hang")  # noqa: S108 (in the container)
 
-    deadline = time.monotonic() + RESTART_WITHIN
-    seen_failing = False
-    now = before
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        with contextlib.suppress(ValueError):  # between containers while it restarts
-            now = stack.state(service)
-        health = now["State"].get("Health", {})
-        seen_failing = seen_failing or health.get("FailingStreak", 0) > 0
-        if now["RestartCount"] >= 1 and health.get("Status") == "healthy":
-            break
-    else:
-        pytest.fail(
-            f"{service} was not restarted healthy within {RESTART_WITHIN:.0f}s: "
-            f"{json.dumps(now['State'], indent=1)}\n{stack.logs(service)}"
-        )
+    now, seen_failing = wait_restarted_healthy(
+        service, lambda: stack.state(service), lambda: stack.logs(service)
+    )
 
     # It hung for real: the checks failed while the process stayed alive...
     assert seen_failing
