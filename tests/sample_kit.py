@@ -72,6 +72,8 @@ def sample_kit(
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
             "tls": "none",
+            # The official image's server unless the test asks (test_pitr_compose.py does).
+            "point_in_time_recovery": False,
             **answers,
         },
         dest,
@@ -87,7 +89,12 @@ def sample_kit(
                 *("down", "--volumes", "--remove-orphans", "--timeout", "5"),
             ],
             cwd=root,
-            env={**env, f"{service.upper().replace('-', '_')}_IMAGE": "unused"},
+            # Compose interpolates every required variable, even for `down`.
+            env={
+                **env,
+                f"{service.upper().replace('-', '_')}_IMAGE": "unused",
+                "SHIPYARD_BACKUP_CIPHER_PASS": "unused",
+            },
             capture_output=True,
             check=False,
         )
