@@ -74,6 +74,9 @@ def environment(target: str, environ: Mapping[str, str] = os.environ) -> dict[st
     scratch = environ.get("TMPDIR", tempfile.gettempdir())
     env.update(
         PGBACKREST_STANZA=STANZA,
+        # Configuration is this environment alone: a packaged /etc/pgbackrest.conf (Debian's
+        # is readable only by `postgres`) must neither block nor add to it.
+        PGBACKREST_CONFIG="/dev/null",
         PGBACKREST_COMPRESS_TYPE="zst",
         # Begin with an immediate checkpoint, not a spread one that can take checkpoint_timeout
         # (5 min): the backup before a migration must not stall the deploy.
@@ -199,6 +202,8 @@ def _archive_through_shipyard(env: Mapping[str, str], target: str) -> None:
         user=env.get("PGUSER") or None,
         password=env.get("PGPASSWORD") or None,
         dbname="postgres",
+        # Text as str even from a SQL_ASCII cluster (initdb without a locale).
+        client_encoding="utf8",
         autocommit=True,
     ) as conn:
         # ALTER SYSTEM takes no parameters: the value is a literal, quoted by psycopg.
@@ -474,6 +479,8 @@ def _recovered(data: Path, env: Mapping[str, str], sockets: Path, port: int) -> 
         user=env.get("PGUSER", "postgres"),
         password=env.get("PGPASSWORD"),
         dbname="postgres",
+        # Text as str even from a SQL_ASCII cluster (initdb without a locale).
+        client_encoding="utf8",
         autocommit=True,
     ) as conn:
         while _fetch(conn, "SELECT pg_is_in_recovery()"):
