@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,13 +49,14 @@ def kit(
         mirror_images,
         {"project_name": "Ledger API", "point_in_time_recovery": True},
     ) as made:
-        extra = {
-            # The server and the dump service run the same image, as the kit's own would.
-            "POSTGRES_IMAGE": image,
-            "BACKUP_IMAGE": image,
-            "SHIPYARD_BACKUP_CIPHER_PASS": secrets.token_urlsafe(24),
-        }
-        yield dataclasses.replace(made, env={**made.env, **extra})
+        # As `invoke build --component backup` would tag it (the generated Dockerfile installs
+        # shipyard from a git pin this machine cannot reach): pushed below, it is both the
+        # dump service's image and, as its `postgres` tag, the database server's.
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=made.root, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        dockerd.run("tag", image, f"{registry}/acme/{SERVICE}-backup:{sha[:12]}")
+        passphrase = secrets.token_urlsafe(24)
+        yield dataclasses.replace(made, env={**made.env, "SHIPYARD_BACKUP_CIPHER_PASS": passphrase})
 
 
 def _invoke(kit: Kit, *args: str) -> str:
@@ -77,11 +79,15 @@ def _visit(kit: Kit) -> int:
 
 
 def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
-    kit: Kit, dockerd: Dockerd
+    kit: Kit, dockerd: Dockerd, registry: str
 ) -> None:
     folder = kit.root / "backups" / "staging"
     folder.mkdir(parents=True)
     os.chown(folder, 1000, 1000)  # DEPLOYMENT.md's `install -d -o 1000 -g 1000 backups/staging`
+    pushed = _invoke(kit, "push", "--env", "staging", "--component", "backup")
+    assert f"{SERVICE}-backup:postgres (the Compose database server's image)" in pushed
+    # The host starts the server from the registry, as a new host would.
+    dockerd.run("rmi", f"{registry}/acme/{SERVICE}-backup:postgres")
     kit.release()  # the deploy sets archiving up and takes the first base backup
 
     made = _invoke(kit, "backup", "--env", "staging")
@@ -118,4 +124,3 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     assert rows_before_restore > kept
     # The new timeline archives and recovers too: a drill after the recovery passes.
     assert "restore drill passed" in _invoke(kit, "backup.verify", "--env", "staging")
-

@@ -288,6 +288,9 @@ def test_migration_steps_are_idempotent(tmp_path: Path) -> None:
     assert copier_migrations.keep_answer(answers, "tls", "none")
     assert not copier_migrations.keep_answer(answers, "tls", "acme")
     assert answers.read_text().splitlines()[-1] == "tls: none"
+    # Typed as the answer is: a bool answer stays a bool, not the text "false".
+    assert copier_migrations.keep_answer(answers, "point_in_time_recovery", "false")
+    assert answers.read_text().splitlines()[-1] == "point_in_time_recovery: false"
     (tmp_path / "a.txt").write_text("a")
     assert copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
     assert not copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
@@ -408,3 +411,42 @@ def test_an_update_that_brings_the_tls_question_keeps_the_loopback_proxy(
     fresh = copy("v0.1.0", tmp_path / "fresh")
     assert "tls: acme" in (fresh / ".copier-answers.yml").read_text()
     assert '- "443:443"' in (fresh / "compose.prod.yaml").read_text()
+
+
+def test_an_update_that_brings_point_in_time_recovery_keeps_the_alpine_server(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """A kit generated before `point_in_time_recovery` runs the alpine PostgreSQL; its data
+    would need a dump and restore on the Debian-based server (glibc collations), so the update
+    that brings the question (v0.2.0) records false through `_migrations`, while a new kit
+    gets the server with pgBackRest."""
+    repo = released_template(template_dir, tmp_path / "shipyard", "v0.2.0")
+    questions = (repo / "copier.yml").read_text()
+    start = questions.index("\npoint_in_time_recovery:\n")
+    end = questions.index("\ndatabase_on_kubernetes:\n")
+    (repo / "copier.yml").write_text(questions[:start] + questions[end:])
+    git(repo, "commit", "-qam", "before point_in_time_recovery")
+    git(repo, "tag", "v0.1.9")
+    answers = {"project_name": "Shop", "staging_target": "compose", "production_target": "compose"}
+
+    def copy(ref: str, dst: Path) -> Path:
+        run_copy(str(repo), dst, data=answers, vcs_ref=ref, defaults=True, unsafe=True, quiet=True)
+        return dst
+
+    old = copy("v0.1.9", tmp_path / "shop")
+    init_repo(old, "generated before point_in_time_recovery")
+    copier = str(Path(sys.executable).with_name("copier"))
+    with _env(GIT_IDENTITY):
+        subprocess.run(
+            [copier, "update", "--trust", "--defaults", "--vcs-ref", "v0.2.0"],
+            cwd=old,
+            check=True,
+            capture_output=True,
+        )
+    assert "point_in_time_recovery: false" in (old / ".copier-answers.yml").read_text()
+    assert "postgres:17-alpine" in (old / "compose.prod.yaml").read_text()
+    assert "pgbackrest" not in (old / "backup" / "Dockerfile").read_text()
+    fresh = copy("v0.2.0", tmp_path / "fresh")
+    assert "point_in_time_recovery: true" in (fresh / ".copier-answers.yml").read_text()
+    assert "-backup:postgres}" in (fresh / "compose.prod.yaml").read_text()
+    assert "pgbackrest" in (fresh / "backup" / "Dockerfile").read_text()

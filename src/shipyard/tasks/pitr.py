@@ -34,6 +34,8 @@ from shipyard.tasks.support import confirm, plan, say
 Container = Any
 
 SERVICE = "postgres"
+# The backup image's tag compose.prod.yaml's `postgres` starts from (`invoke push` moves it).
+SERVER_TAG = "postgres"
 # compose.prod.yaml's `pgbackrest` volume, where a local repository lives.
 LOCAL_REPOSITORY = "file:///var/lib/pgbackrest"
 # compose.prod.yaml's PGDATA: a folder inside the data volume, so a restore beside it swaps in.
