@@ -4,8 +4,10 @@ kit's own `invoke` tasks: what the per-runtime real-engine tests (test_python, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import Render, init_repo, invoke_cli
 from tests.servers.docker import Dockerd, MirrorImages
@@ -43,6 +46,20 @@ class Kit:
         images = json.loads((self.root / ".shipyard" / "images.json").read_text())
         ref: str = images[self.service]["ref"]
         return ref
+
+
+def visit(port: int, within: float = 120) -> int:
+    """One request to the sample app's "/", which commits a row; the row count it answers
+    with. Retried for `within` seconds: after a restore the app's pool (or its restarted
+    container) reconnects."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            reply = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+            if reply.status_code == 200:
+                return int(reply.json()["visits"])
+        assert time.monotonic() < deadline, "the sample app did not answer"
+        time.sleep(2)
 
 
 @contextmanager

@@ -8,7 +8,6 @@ service keeps its container.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import secrets
@@ -18,11 +17,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import requests
 
 from tests.backup_image import build_backup_image
 from tests.conftest import Render, invoke_cli
-from tests.sample_kit import Kit, sample_kit
+from tests.sample_kit import Kit, sample_kit, visit
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -65,19 +63,6 @@ def _invoke(kit: Kit, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def _visit(kit: Kit) -> int:
-    """One request to "/", which commits a row; the row count it answers with."""
-    deadline = time.monotonic() + 120
-    while True:
-        # After the swap the app's pool reconnects to the restarted server.
-        with contextlib.suppress(requests.RequestException):
-            reply = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5)
-            if reply.status_code == 200:
-                return int(reply.json()["visits"])
-        assert time.monotonic() < deadline, "the service did not answer"
-        time.sleep(2)
-
-
 def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     kit: Kit, dockerd: Dockerd, registry: str
 ) -> None:
@@ -92,11 +77,11 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
 
     made = _invoke(kit, "backup", "--env", "staging")
     assert "base backup" in made
-    kept = [_visit(kit) for _ in range(3)][-1]
+    kept = [visit(kit.port) for _ in range(3)][-1]
     time.sleep(1.5)
     point = datetime.now(UTC)
     time.sleep(1.5)
-    lost = [_visit(kit) for _ in range(4)][-1]
+    lost = [visit(kit.port) for _ in range(4)][-1]
     assert lost == kept + 4
 
     listed = _invoke(kit, "backup.list", "--env", "staging")
@@ -113,14 +98,14 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     assert "Traceback" not in early.stderr
     plan = _invoke(kit, "restore", "--env", "staging", "--at", at, "--dry-run")
     assert "shipyard backup pitr restore --target file:///var/lib/pgbackrest --at" in plan
-    assert _visit(kit) == lost + 1
+    assert visit(kit.port) == lost + 1
     rows_before_restore = lost + 1
 
     time.sleep(max(0.0, ARCHIVE_TIMEOUT + 5 - (datetime.now(UTC) - point).total_seconds()))
     done = _invoke(kit, "restore", "--env", "staging", "--at", at, "--yes")
     assert "database recovered to" in done
 
-    assert _visit(kit) == kept + 1  # the rows after `point` are gone, the ones before are not
+    assert visit(kit.port) == kept + 1  # the rows after `point` are gone, the ones before are not
     assert rows_before_restore > kept
     # The new timeline archives and recovers too: a drill after the recovery passes.
     assert "restore drill passed" in _invoke(kit, "backup.verify", "--env", "staging")

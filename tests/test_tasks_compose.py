@@ -28,6 +28,7 @@ import requests
 from tests.backup_image import build_backup_image
 from tests.conftest import Render, edit_yaml, git
 from tests.load import Load
+from tests.sample_kit import visit
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 from tests.servers.webhook import webhook
@@ -814,18 +815,7 @@ def test_backup_tasks_run_in_the_compose_stack(
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, 1000, 1000)  # DEPLOYMENT.md's `install -d -o 1000 -g 1000 backups/staging`
 
-    def visits() -> int:
-        deadline = time.monotonic() + 90
-        while True:
-            # The restore ends the app's sessions; its pool (or its restarted container) reconnects.
-            with contextlib.suppress(requests.RequestException):
-                reply = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5)
-                if reply.status_code == 200:
-                    return int(reply.json()["visits"])
-            assert time.monotonic() < deadline, "the app did not serve again after the restore"
-            time.sleep(2)
-
-    counted = visits()
+    counted = visit(kit.port)
     made = at.invoke("backup", "--env", "staging")
     assert " run --rm backup shipyard backup run --target file:///backups --kind manual" in (
         made.stdout
@@ -835,10 +825,10 @@ def test_backup_tasks_run_in_the_compose_stack(
     assert backup_id in at.invoke("backup.list", "--env", "staging").stdout
     at.invoke("backup.verify", "--env", "staging")
     assert (folder / backup_id / "verified.json").is_file()
-    assert visits() == counted + 1
-    assert visits() == counted + 2  # two rows the backup does not hold
+    assert visit(kit.port) == counted + 1
+    assert visit(kit.port) == counted + 2  # two rows the backup does not hold
     at.invoke("restore", "--env", "staging", "--backup", backup_id, "--yes")
-    assert visits() == counted + 1
+    assert visit(kit.port) == counted + 1
     pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
     assert "would delete 0" in pruned.output
     assert kit.health() == 200
