@@ -64,6 +64,8 @@ def _kit(work: Path, registry: str, answers: dict[str, str | int], port: int) ->
             "production_target": "compose",
             "image_registry": f"{registry}/bench",
             "ci_provider": "none",
+            # The official image's PostgreSQL: releases are measured, not recoveries.
+            "point_in_time_recovery": False,
             # Loopback ports, no certificates: the load loop talks plain HTTP to the proxy.
             "tls": "none",
         },

@@ -4,8 +4,10 @@ kit's own `invoke` tasks: what the per-runtime real-engine tests (test_python, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import Render, init_repo, invoke_cli
 from tests.servers.docker import Dockerd, MirrorImages
@@ -45,6 +48,20 @@ class Kit:
         return ref
 
 
+def visit(port: int, within: float = 120) -> int:
+    """One request to the sample app's "/", which commits a row; the row count it answers
+    with. Retried for `within` seconds: after a restore the app's pool (or its restarted
+    container) reconnects."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            reply = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+            if reply.status_code == 200:
+                return int(reply.json()["visits"])
+        assert time.monotonic() < deadline, "the sample app did not answer"
+        time.sleep(2)
+
+
 @contextmanager
 def sample_kit(
     render: Render,
@@ -72,6 +89,8 @@ def sample_kit(
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
             "tls": "none",
+            # The official image's server unless the test asks (test_pitr_compose.py does).
+            "point_in_time_recovery": False,
             **answers,
         },
         dest,
@@ -87,7 +106,12 @@ def sample_kit(
                 *("down", "--volumes", "--remove-orphans", "--timeout", "5"),
             ],
             cwd=root,
-            env={**env, f"{service.upper().replace('-', '_')}_IMAGE": "unused"},
+            # Compose interpolates every required variable, even for `down`.
+            env={
+                **env,
+                f"{service.upper().replace('-', '_')}_IMAGE": "unused",
+                "SHIPYARD_BACKUP_CIPHER_PASS": "unused",
+            },
             capture_output=True,
             check=False,
         )

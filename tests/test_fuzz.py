@@ -168,6 +168,7 @@ CHOICES: dict[str, list[Any]] = {
     ],
     "backup_schedule": ["0 3 * * *", "*/30 1-5 * * 1-5", "15 2 1,15 * 0"],
     "backup_retention_days": [1, 14, 3650],
+    "point_in_time_recovery": [False, True],
 }
 # answer -> values that pass its own validator
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
@@ -225,6 +226,17 @@ def consistent(answers: dict[str, Any]) -> dict[str, Any]:
         answers["reverse_proxy"] = False
     if answers.get("reverse_proxy"):
         answers["tls"] = "none"  # nginx terminates TLS itself
+    compose = "compose" in (
+        answers.get("staging_target", "compose"),
+        answers.get("production_target", "helm"),
+    )
+    plain_s3 = answers.get("backup_storage") == "s3" and str(
+        answers.get("backup_s3_endpoint", "")
+    ).startswith("http://")
+    if answers.get("database", "postgres") == "none" or not compose:
+        answers.pop("point_in_time_recovery", None)  # asked only of a Compose PostgreSQL
+    elif plain_s3:
+        answers["point_in_time_recovery"] = False  # pgBackRest reaches S3 over HTTPS only
     return answers
 
 
@@ -284,6 +296,12 @@ class Clash(NamedTuple):
 
 
 CLASHES = [
+    Clash(
+        {"point_in_time_recovery": True, "staging_target": "helm", "production_target": "helm"},
+        ("database_on_kubernetes",),
+        "point_in_time_recovery",
+        "archives the WAL of the PostgreSQL the Compose hosts run",
+    ),
     Clash(
         {"database": "none", "migrations": "prisma"}, (), "database", "Migrations need a database"
     ),

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from shipyard.backup import pitr
 from tests.conftest import REPO, Render, compose_services, load_preset
 from tests.servers.postgres import PostgresServer
 
@@ -84,6 +85,11 @@ EXPECTED = [
 ]
 
 
+# The archiving settings compose.prod.yaml gives its server with point_in_time_recovery: the
+# engine's own (pitr.archive_settings), but archive_command, which `pitr setup` sets.
+ARCHIVING = [s for s in pitr.archive_settings() if not s.startswith("archive_command=")]
+
+
 @pytest.fixture(scope="module")
 def tuned(render: Render, tmp_path_factory: pytest.TempPathFactory) -> Path:
     answers = {
@@ -102,8 +108,10 @@ def test_compose_postgres_runs_with_the_settings(tuned: Path, file: str) -> None
     # `config` writes a literal `$` escaped as `$$`, as it must be in a Compose file: the
     # server gets `$user` (not an interpolated variable).
     argv = [a.replace("$$", "$") for a in postgres["command"] if a != "-c"]
-    assert argv == ["postgres", *EXPECTED]
-    assert postgres["command"][1::2] == ["-c"] * len(EXPECTED)
+    # On the Compose hosts, archiving for point-in-time recovery first: the answers can tune it.
+    expected = [*(ARCHIVING if file == "compose.prod.yaml" else []), *EXPECTED]
+    assert argv == ["postgres", *expected]
+    assert postgres["command"][1::2] == ["-c"] * len(expected)
     if file == "compose.prod.yaml":
         # shared_buffers 1GB: four times it, so the server is not killed for its own cache.
         assert postgres["deploy"]["resources"]["limits"]["memory"] == str(4 * 1024**3)
@@ -120,9 +128,9 @@ def test_the_guide_lists_them_for_the_managed_database(tuned: Path) -> None:
 def test_without_settings_postgres_runs_its_defaults(rendered: Any) -> None:
     root = rendered("saas-checklist")
     assert "postgres_settings" not in load_preset("saas-checklist")
-    for file in ("compose.yaml", "compose.prod.yaml"):
-        postgres = compose_services(root, file)["postgres"]
-        assert postgres.get("command") is None, file
+    assert compose_services(root, "compose.yaml")["postgres"].get("command") is None
+    prod = compose_services(root, "compose.prod.yaml")["postgres"]["command"]
+    assert [a for a in prod if a != "-c"] == ["postgres", *ARCHIVING]
     limits = compose_services(root)["postgres"]["deploy"]["resources"]["limits"]
     assert limits["memory"] == str(1024**3)
     assert "PostgreSQL runs with its defaults." in (root / "DEPLOYMENT.md").read_text()
@@ -139,4 +147,7 @@ def test_presets_carry_their_guides_settings(rendered: Any, preset: str) -> None
         assert f"| `{name}` |" in guide, name
     if (root / "compose.prod.yaml").exists() and "postgres" in compose_services(root):
         command = compose_services(root)["postgres"]["command"]
-        assert {a.split("=")[0] for a in command[2::2]} == set(settings)
+        answers = YAML(typ="safe").load((root / ".copier-answers.yml").read_text())
+        pitr_on = answers.get("point_in_time_recovery", False)
+        archiving = {a.split("=")[0] for a in ARCHIVING} if pitr_on else set()
+        assert {a.split("=")[0] for a in command[2::2]} == set(settings) | archiving

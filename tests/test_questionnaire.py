@@ -341,6 +341,23 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         {"database_on_kubernetes": "cloudnativepg", "backup_storage": "local"},
         "CloudNativePG archives WAL and base backups only to object storage",
     ),
+    # Point-in-time recovery by pgBackRest: the Compose hosts' PostgreSQL, S3 over HTTPS.
+    (
+        {"point_in_time_recovery": True, "staging_target": "helm", "production_target": "helm"},
+        "point_in_time_recovery archives the WAL of the PostgreSQL the Compose hosts run",
+    ),
+    (
+        {"point_in_time_recovery": True, "database": "none", "migrations": "none"},
+        "it needs database=postgres and staging_target or production_target compose",
+    ),
+    (
+        {
+            "backup_storage": "s3",
+            "backup_s3_endpoint": "http://minio:9000",
+            "staging_target": "compose",
+        },
+        "pgBackRest, which speaks only HTTPS: give backup_s3_endpoint as https://",
+    ),
 ]
 
 

@@ -380,6 +380,23 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     assert "backup" in services["services"]
 
 
+def test_compose_point_in_time_recovery_plans_and_refusals(compose_kit: Path) -> None:
+    """With point_in_time_recovery (a new kit's default) `restore --at` recovers by pgBackRest
+    in the postgres container; its plan names every step, and `--backup` with it is refused."""
+    env = {**COMPOSE, "BACKUP_IMAGE": f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"}
+    at = "2026-12-04T10:15:00Z"
+    plan = invoke(compose_kit, "restore", "--env", "prod", "--at", at, "--dry-run", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert f"recover the database of prod to {at}" in plan.stdout
+    assert f"shipyard backup pitr restore --target file:///var/lib/pgbackrest --at {at}" in (
+        plan.stdout
+    )
+    assert "shipyard backup pitr swap --target file:///var/lib/pgbackrest --restored" in plan.stdout
+    both = invoke(compose_kit, "restore", "--env", "prod", "--at", at, "--backup", "B1", env=env)
+    assert both.returncode == 2
+    assert "--at recovers to a point in time and --backup restores a dump: give one" in both.stderr
+
+
 def test_compose_environments_back_up_through_the_backup_service(compose_kit: Path) -> None:
     """The Compose database has no published port: `invoke backup/restore ...` run the engine
     in compose.backup.yaml's service, on the stack's network, with no PGHOST to set."""
@@ -393,6 +410,9 @@ def test_compose_environments_back_up_through_the_backup_service(compose_kit: Pa
     assert made.stdout.splitlines() == [
         "backup of prod (in the Compose stack's backup service) (dry run: nothing is changed)",
         f"  1. {service} run --target file:///backups --kind manual",
+        # point_in_time_recovery (a new kit's default): pgBackRest's base backup after the dump.
+        "  2. a differential base backup in the running postgres container (pgBackRest; a full"
+        " one when there is none yet)",
     ]
     back = invoke(
         compose_kit, "restore", "--env", "prod", "--backup", "B1", "--dry-run", env=env

@@ -13,26 +13,23 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
-from tests.conftest import REPO, Render, edit_yaml, git
+from tests.backup_image import build_backup_image
+from tests.conftest import Render, edit_yaml, git
 from tests.load import Load
-from tests.servers.docker import POSTGRES_LOCAL, Dockerd, MirrorImages
+from tests.sample_kit import visit
+from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 from tests.servers.webhook import webhook
 
@@ -157,6 +154,8 @@ def kit(
             "ci_provider": "none",
             # Loopback ports, no certificates: the load loop talks plain HTTP to the proxy.
             "tls": "none",
+            # The official image's server (test_pitr_compose.py releases one with pgBackRest).
+            "point_in_time_recovery": False,
             # Its PostgreSQL runs with these (test_postgres_runs_with_the_answered_settings).
             "postgres_settings": POSTGRES_SETTINGS,
         },
@@ -799,77 +798,10 @@ def test_daemon_not_running_is_one_clear_message(kit: Kit) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-# The backup engine's image as backup/Dockerfile makes it (PostgreSQL 15 client tools, zstd,
-# python3 and shipyard, uid 1000), built from the test PostgreSQL image: the generated file
-# installs shipyard from its git pin, which this machine cannot reach.
-BACKUP_DOCKERFILE = f"""\
-FROM {POSTGRES_LOCAL}
-USER root
-RUN set -eux; apt-get update; \\
-    apt-get install -y --no-install-recommends python3 zstd; \\
-    rm -rf /var/lib/apt/lists/*; \\
-    useradd --system --uid 1000 --user-group --home-dir /nonexistent shipyard; \\
-    mkdir -p /backups /scratch; chown 1000:1000 /backups /scratch; \\
-    printf '#!/bin/sh\\nexec python3 -m shipyard.cli "$@"\\n' > /usr/local/bin/shipyard; \\
-    chmod 755 /usr/local/bin/shipyard
-COPY site/ /opt/shipyard/
-ENV PYTHONPATH=/opt/shipyard PYTHONUNBUFFERED=1
-USER 1000:1000
-WORKDIR /tmp
-ENTRYPOINT []
-"""
-
-
-def _runtime_distributions() -> list[metadata.Distribution]:
-    """shipyard's installed dependencies, with their own, as this test run has them."""
-    found: dict[str, metadata.Distribution] = {}
-    todo = [Requirement("shipyard")]
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        if name in found:
-            continue
-        dist = metadata.distribution(req.name)
-        found[name] = dist
-        for spec in dist.requires or []:
-            dep = Requirement(spec)
-            # Only what this requirement pulls in: its extras' markers, never optional ones.
-            if dep.marker is None or any(
-                dep.marker.evaluate({"extra": extra}) for extra in req.extras or {""}
-            ):
-                todo.append(dep)
-    del found["shipyard"]  # editable: copied from src/ instead
-    return list(found.values())
-
-
 @pytest.fixture(scope="session")
 def backup_image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
     """The backup image, tagged locally (compose runs a local image without pulling)."""
-    tag = "shipyard-test/backup-engine:1"
-    with tempfile.TemporaryDirectory() as ctx:
-        site = Path(ctx, "site")
-        for dist in _runtime_distributions():
-            for file in dist.files or []:
-                source = Path(str(dist.locate_file(file)))
-                if file.parts[0] == ".." or "__pycache__" in file.parts or not source.is_file():
-                    continue  # console scripts and bytecode
-                (site / file).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, site / file)
-        shutil.copytree(
-            REPO / "src" / "shipyard",
-            site / "shipyard",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        Path(ctx, "Dockerfile").write_text(BACKUP_DOCKERFILE)
-        proc = subprocess.run(
-            [dockerd.cli, "build", "--network", "host", "--tag", tag, ctx],
-            env={**dockerd.env, "DOCKER_BUILDKIT": "1"},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return tag
+    return build_backup_image(dockerd, "shipyard-test/backup-engine:1")
 
 
 def test_backup_tasks_run_in_the_compose_stack(
@@ -883,18 +815,7 @@ def test_backup_tasks_run_in_the_compose_stack(
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, 1000, 1000)  # DEPLOYMENT.md's `install -d -o 1000 -g 1000 backups/staging`
 
-    def visits() -> int:
-        deadline = time.monotonic() + 90
-        while True:
-            # The restore ends the app's sessions; its pool (or its restarted container) reconnects.
-            with contextlib.suppress(requests.RequestException):
-                reply = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5)
-                if reply.status_code == 200:
-                    return int(reply.json()["visits"])
-            assert time.monotonic() < deadline, "the app did not serve again after the restore"
-            time.sleep(2)
-
-    counted = visits()
+    counted = visit(kit.port)
     made = at.invoke("backup", "--env", "staging")
     assert " run --rm backup shipyard backup run --target file:///backups --kind manual" in (
         made.stdout
@@ -904,10 +825,10 @@ def test_backup_tasks_run_in_the_compose_stack(
     assert backup_id in at.invoke("backup.list", "--env", "staging").stdout
     at.invoke("backup.verify", "--env", "staging")
     assert (folder / backup_id / "verified.json").is_file()
-    assert visits() == counted + 1
-    assert visits() == counted + 2  # two rows the backup does not hold
+    assert visit(kit.port) == counted + 1
+    assert visit(kit.port) == counted + 2  # two rows the backup does not hold
     at.invoke("restore", "--env", "staging", "--backup", backup_id, "--yes")
-    assert visits() == counted + 1
+    assert visit(kit.port) == counted + 1
     pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
     assert "would delete 0" in pruned.output
     assert kit.health() == 200

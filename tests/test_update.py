@@ -288,6 +288,9 @@ def test_migration_steps_are_idempotent(tmp_path: Path) -> None:
     assert copier_migrations.keep_answer(answers, "tls", "none")
     assert not copier_migrations.keep_answer(answers, "tls", "acme")
     assert answers.read_text().splitlines()[-1] == "tls: none"
+    # Typed as the answer is: a bool answer stays a bool, not the text "false".
+    assert copier_migrations.keep_answer(answers, "point_in_time_recovery", "false")
+    assert answers.read_text().splitlines()[-1] == "point_in_time_recovery: false"
     (tmp_path / "a.txt").write_text("a")
     assert copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
     assert not copier_migrations.move(tmp_path / "a.txt", tmp_path / "sub" / "b.txt")
@@ -374,37 +377,64 @@ def test_update_moves_an_unedited_guide_cleanly(template_dir: Path, tmp_path: Pa
     assert not findings, validate.report(findings)
 
 
-def test_an_update_that_brings_the_tls_question_keeps_the_loopback_proxy(
-    template_dir: Path, tmp_path: Path
-) -> None:
-    """A kit generated before `tls` existed runs its proxy on loopback behind the host's own TLS
-    proxy; the update that brings the question (v0.1.0) keeps it there through `_migrations`
-    (`acme` would take ports 80 and 443, which that proxy holds), while a new kit gets `acme`."""
-    repo = released_template(template_dir, tmp_path / "shipyard", "v0.1.0")
+def _before_and_after(
+    template_dir: Path, tmp_path: Path, question: str, following: str, release: str
+) -> tuple[Path, Path]:
+    """A kit generated at the release before `release` (the template without `question`, whose
+    block ends where `following` starts) and updated to `release` with the defaults, and a
+    kit generated at `release`: (updated, fresh)."""
+    repo = released_template(template_dir, tmp_path / "shipyard", release)
     questions = (repo / "copier.yml").read_text()
-    start, end = questions.index("\ntls:\n"), questions.index("\nci_provider:\n")
+    start, end = questions.index(f"\n{question}:\n"), questions.index(f"\n{following}:\n")
     (repo / "copier.yml").write_text(questions[:start] + questions[end:])
-    git(repo, "commit", "-qam", "before tls")
-    git(repo, "tag", "v0.0.9")
+    git(repo, "commit", "-qam", f"before {question}")
+    git(repo, "tag", "v0.0.1")
     answers = {"project_name": "Shop", "staging_target": "compose", "production_target": "compose"}
 
     def copy(ref: str, dst: Path) -> Path:
         run_copy(str(repo), dst, data=answers, vcs_ref=ref, defaults=True, unsafe=True, quiet=True)
         return dst
 
-    old = copy("v0.0.9", tmp_path / "shop")
-    assert "tls" not in (old / ".copier-answers.yml").read_text()
-    init_repo(old, "generated before tls")
+    old = copy("v0.0.1", tmp_path / "shop")
+    assert f"{question}:" not in (old / ".copier-answers.yml").read_text()
+    init_repo(old, f"generated before {question}")
     copier = str(Path(sys.executable).with_name("copier"))
     with _env(GIT_IDENTITY):
         subprocess.run(
-            [copier, "update", "--trust", "--defaults", "--vcs-ref", "v0.1.0"],
+            [copier, "update", "--trust", "--defaults", "--vcs-ref", release],
             cwd=old,
             check=True,
             capture_output=True,
         )
+    return old, copy(release, tmp_path / "fresh")
+
+
+def test_an_update_that_brings_the_tls_question_keeps_the_loopback_proxy(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """A kit generated before `tls` existed runs its proxy on loopback behind the host's own TLS
+    proxy; the update that brings the question (v0.1.0) keeps it there through `_migrations`
+    (`acme` would take ports 80 and 443, which that proxy holds), while a new kit gets `acme`."""
+    old, fresh = _before_and_after(template_dir, tmp_path, "tls", "ci_provider", "v0.1.0")
     assert "tls: none" in (old / ".copier-answers.yml").read_text()
     assert '"127.0.0.1:' in (old / "compose.prod.yaml").read_text()
-    fresh = copy("v0.1.0", tmp_path / "fresh")
     assert "tls: acme" in (fresh / ".copier-answers.yml").read_text()
     assert '- "443:443"' in (fresh / "compose.prod.yaml").read_text()
+
+
+def test_an_update_that_brings_point_in_time_recovery_keeps_the_alpine_server(
+    template_dir: Path, tmp_path: Path
+) -> None:
+    """A kit generated before `point_in_time_recovery` runs the alpine PostgreSQL; its data
+    would need a dump and restore on the Debian-based server (glibc collations), so the update
+    that brings the question (v0.2.0) records false through `_migrations`, while a new kit
+    gets the server with pgBackRest."""
+    old, fresh = _before_and_after(
+        template_dir, tmp_path, "point_in_time_recovery", "database_on_kubernetes", "v0.2.0"
+    )
+    assert "point_in_time_recovery: false" in (old / ".copier-answers.yml").read_text()
+    assert "postgres:17-alpine" in (old / "compose.prod.yaml").read_text()
+    assert "pgbackrest" not in (old / "backup" / "Dockerfile").read_text()
+    assert "point_in_time_recovery: true" in (fresh / ".copier-answers.yml").read_text()
+    assert "-backup:postgres}" in (fresh / "compose.prod.yaml").read_text()
+    assert "pgbackrest" in (fresh / "backup" / "Dockerfile").read_text()

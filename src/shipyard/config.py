@@ -97,6 +97,7 @@ class BackupSettings:
     bucket: str = ""  # s3 storage
     prefix: str = ""
     endpoint: str = ""  # empty: AWS
+    point_in_time: bool = False  # Compose: pgBackRest in the postgres service (backup/pitr.py)
 
 
 @dataclass(frozen=True)

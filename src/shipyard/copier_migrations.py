@@ -48,7 +48,7 @@ def keep_answer(answers_file: Path, name: str, value: str) -> bool:
     answers = yaml.safe_load(answers_file.read_text("utf-8")) or {}
     if name in answers:
         return False
-    answers[name] = value
+    answers[name] = yaml.safe_load(value)  # typed as the answer is: `false` a bool, `none` text
     answers_file.write_text(
         HEADER + yaml.safe_dump(answers, sort_keys=False, allow_unicode=True), "utf-8"
     )

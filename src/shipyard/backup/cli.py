@@ -69,6 +69,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     steps = group.add_subparsers(dest="pitr_command", required=True)
     setup = action("setup", "create the repository's stanza and check WAL archiving", steps)
     setup.add_argument(
+        "--archive-command",
+        action="store_true",
+        help="first set the server's archive_command to archive into --target (ALTER SYSTEM)",
+    )
+    setup.add_argument(
+        "--base-if-none",
+        action="store_true",
+        help="then take a full base backup if the repository has none (nothing is recoverable"
+        " before the first)",
+    )
+    setup.add_argument(
         "--unencrypted",
         action="store_true",
         help=f"create it without encryption at rest (refused by default when {pitr.CIPHER_PASS}"
@@ -77,6 +88,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     base = action("base", "take a base backup (full, diff or incr)", steps)
     base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
     action("list", "list base backups and the recoverable window", steps)
+    push = action("archive-push", "archive one WAL file (the server's archive_command)", steps)
+    push.add_argument("wal", help="%%p: the WAL file, relative to PGDATA")
     action("drill", "restore latest into a scratch folder, check and measure it", steps)
     back = action("restore", "restore into a new data directory and check it there", steps)
     back.add_argument("--at", required=True, help="latest, a base backup label, or a UTC time")
@@ -159,8 +172,16 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _pitr_drill(args.target, environ)
     env = pitr.environment(args.target, environ)
     if step == "setup":
-        pitr.setup(env, unencrypted=args.unencrypted)
+        pitr.setup(
+            env,
+            unencrypted=args.unencrypted,
+            archive_to=args.target if args.archive_command else "",
+        )
         print(f"archiving to {args.target} works")
+        if args.base_if_none and not pitr.window(env).backups:
+            print(f"base backup {pitr.base_backup(env, 'full')} complete")
+    elif step == "archive-push":
+        pitr.pgbackrest(env, "archive-push", args.wal)
     elif step == "base":
         print(f"base backup {pitr.base_backup(env, args.type)} complete")
     elif step == "list":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 
 from shipyard import timepoint
 from shipyard.backup.engine import BackupError
@@ -72,6 +74,9 @@ def environment(target: str, environ: Mapping[str, str] = os.environ) -> dict[st
     scratch = environ.get("TMPDIR", tempfile.gettempdir())
     env.update(
         PGBACKREST_STANZA=STANZA,
+        # Configuration is this environment alone: a packaged /etc/pgbackrest.conf (Debian's
+        # is readable only by `postgres`) must neither block nor add to it.
+        PGBACKREST_CONFIG="/dev/null",
         PGBACKREST_COMPRESS_TYPE="zst",
         # Begin with an immediate checkpoint, not a spread one that can take checkpoint_timeout
         # (5 min): the backup before a migration must not stall the deploy.
@@ -167,19 +172,48 @@ def pgbackrest(env: Mapping[str, str], *argv: str) -> str:
     return done.stdout
 
 
-def setup(env: Mapping[str, str], *, unencrypted: bool = False) -> None:
+def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str = "") -> None:
     """Create the stanza (again is harmless) and check that a WAL segment reaches the
     repository: archiving that does not work is found now, not at the first restore. Without
     a passphrase it is refused unless `unencrypted` says so: a secret that was not mounted
-    must not quietly make the repository plain text."""
+    must not quietly make the repository plain text.
+
+    With `archive_to` (the repository's --target URL), the server is first told to archive
+    there: its archive_command becomes `shipyard backup pitr archive-push %p --target URL`
+    (ALTER SYSTEM, kept in the data directory and so in every restored copy), so the server's
+    own configuration never repeats where the repository is or how pgBackRest reaches it."""
     if not env.get("PGBACKREST_REPO1_CIPHER_PASS") and not unencrypted:
         raise BackupError(
             f"{CIPHER_PASS} is not set, so the repository would not be encrypted at rest: set it"
             " (keep it with the secrets: without it nothing can be restored), or pass"
             " --unencrypted to create one without encryption"
         )
+    if archive_to:
+        _archive_through_shipyard(env, archive_to)
     pgbackrest(env, "stanza-create")
     pgbackrest(env, "check")
+
+
+def _archive_through_shipyard(env: Mapping[str, str], target: str) -> None:
+    command = f"shipyard backup pitr archive-push %p --target {shlex.quote(target)}"
+    with psycopg.connect(
+        host=env.get("PGHOST") or None,
+        port=env.get("PGPORT") or None,
+        user=env.get("PGUSER") or None,
+        password=env.get("PGPASSWORD") or None,
+        dbname="postgres",
+        # Text as str even from a SQL_ASCII cluster (initdb without a locale).
+        client_encoding="utf8",
+        autocommit=True,
+    ) as conn:
+        # ALTER SYSTEM takes no parameters: the value is a literal, quoted by psycopg.
+        conn.execute(sql.SQL("ALTER SYSTEM SET archive_command = {}").format(sql.Literal(command)))
+        conn.execute("SELECT pg_reload_conf()")
+        if _fetch(conn, "SHOW archive_mode") != "on":
+            raise BackupError(
+                "the server does not archive (archive_mode is off): start it with"
+                f" {' '.join('-c ' + s for s in archive_settings()[:-1])}"
+            )
 
 
 def base_backup(env: Mapping[str, str], kind: str = "full") -> str:
@@ -445,6 +479,8 @@ def _recovered(data: Path, env: Mapping[str, str], sockets: Path, port: int) -> 
         user=env.get("PGUSER", "postgres"),
         password=env.get("PGPASSWORD"),
         dbname="postgres",
+        # Text as str even from a SQL_ASCII cluster (initdb without a locale).
+        client_encoding="utf8",
         autocommit=True,
     ) as conn:
         while _fetch(conn, "SELECT pg_is_in_recovery()"):

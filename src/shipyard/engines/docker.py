@@ -183,6 +183,12 @@ def push(
     raise EngineError(f"could not push {repository}:{tag} after {retries} attempts: {last}")
 
 
+def retag(cli: DockerClient, ref: str, repository: str, tag: str) -> None:
+    """Give the local image `ref` the name repository:tag as well."""
+    with sdk_errors(f"tagging {ref} as {repository}:{tag}"):
+        cli.images.get(ref).tag(repository, tag)
+
+
 def _push_once(
     cli: DockerClient, repository: str, tag: str, progress: Callable[[str], None]
 ) -> str:

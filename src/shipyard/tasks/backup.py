@@ -36,7 +36,7 @@ from shipyard.engines import compose as compose_engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
-from shipyard.tasks import operator
+from shipyard.tasks import operator, pitr
 from shipyard.tasks.support import (
     HELP_DRY,
     HELP_ENV,
@@ -193,11 +193,18 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     env = environment.name
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual", *_data_args(cfg))
+        base = pitr.enabled(environment)
         if dry_run:
-            plan(f"backup of {env} (in the Compose stack's backup service)", [cmd])
+            steps: list[Command | str] = [cmd]
+            if base:
+                steps.append(f"a differential base backup in the running {pitr.SERVICE} container"
+                             " (pgBackRest; a full one when there is none yet)")  # fmt: skip
+            plan(f"backup of {env} (in the Compose stack's backup service)", steps)
             return
         _run_compose(cmd, f"the backup of {env}")
         print(f"{env}: backup complete (its id is in the engine's last line above)")
+        if base:
+            pitr.base_backup(cfg, environment, "diff")
         return
     target = _storage(cfg, settings)
     if _data_args(cfg):
@@ -239,6 +246,8 @@ def list_(c: Context, env: str = "") -> None:
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "list")
         _run_compose(cmd, f"listing the backups of {env}")
+        if pitr.enabled(environment):
+            pitr.show_window(cfg, environment)
         return
     target = _storage(cfg, settings)
     with _failures(f"listing the backups of {env}"):
@@ -258,6 +267,8 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
         cmd = _compose_engine(cfg, env, settings, "verify", *_choice(backup, jobs))
         _run_compose(cmd, f"verifying a backup of {env}")
         print(f"{env}: backup verified: every table matches its manifest")
+        if pitr.enabled(environment) and not backup:
+            pitr.drill(cfg, environment)
         return
     target = _storage(cfg, settings)
     # A drill run from here reports itself like one in the backup image (SHIPYARD_PUSHGATEWAY_URL,
@@ -324,8 +335,8 @@ def prune(c: Context, env: str = "", dry_run: bool = False, yes: bool = False) -
         "dry_run": HELP_DRY,
         "jobs": HELP_JOBS,
         "files": "restore the components' data paths (their files) instead of the database",
-        "at": "with PostgreSQL by CloudNativePG: recover to this time (2026-12-04T10:15:00Z) "
-        "or 'latest', into a new Cluster",
+        "at": "point-in-time recovery: to this time (2026-12-04T10:15:00Z) or 'latest' (a "
+        "CloudNativePG Cluster: into a new one; point_in_time on Compose: swapped in)",
     }
 )
 def restore(
@@ -339,7 +350,7 @@ def restore(
     at: str = "",
 ) -> None:
     """Replace the environment's database (or, with --files, its data paths) with a backup;
-    with --at, recover it to a point in time (CloudNativePG)."""
+    with --at, recover it to a point in time (CloudNativePG, or pgBackRest on Compose)."""
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
@@ -349,11 +360,20 @@ def restore(
             raise operator.refuse(cfg, environment, "restore without --at")
         operator.recover(cfg, environment, at, yes, dry_run, CLUSTER_TIMEOUT)
         return
+    if at and pitr.enabled(environment) and not files:
+        if backup:
+            raise Exit(
+                "shipyard: --at recovers to a point in time and --backup restores a dump: give one",
+                code=2,
+            )
+        pitr.recover(cfg, environment, at, yes, dry_run)
+        return
     if at:
         raise Exit(
             f"shipyard: --at (point-in-time recovery) needs PostgreSQL run by CloudNativePG "
-            f"(the database_on_kubernetes answer); {env} restores the kit's backups: drop --at "
-            "and choose one with --backup (`invoke backup.list`)",
+            f"(the database_on_kubernetes answer) or, on Compose, point_in_time in "
+            f"{config.CONFIG_FILE} (the point_in_time_recovery answer); {env} restores the "
+            "kit's backups: drop --at and choose one with --backup (`invoke backup.list`)",
             code=2,
         )
     if files:

@@ -14,6 +14,7 @@ from shipyard.engines import docker as engine
 from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
+from shipyard.tasks import pitr
 from shipyard.tasks.support import (
     HELP_DRY,
     components,
@@ -118,7 +119,8 @@ def push(
             f"push {cfg.service} {rev.image_tag} for {env}",
             [
                 f"push {repo}:{tag} (docker SDK), record its digest in {state.FOLDER}/images.json"
-                for repo, tag in refs.values()
+                + (f", and as {repo}:{pitr.SERVER_TAG}" if _serves(cfg, name) else "")
+                for name, (repo, tag) in refs.items()
             ],
         )
         return
@@ -144,6 +146,17 @@ def push(
                 },
             )
             print(f"pushed {repo}@{digest}")
+            if _serves(cfg, name):
+                # Also the Compose hosts' database server, which starts from this tag and keeps
+                # its image across releases (tasks/pitr.py).
+                engine.retag(client, f"{repo}:{tag}", repo, pitr.SERVER_TAG)
+                engine.push(client, repo, pitr.SERVER_TAG, retries=retries)
+                print(f"pushed {repo}:{pitr.SERVER_TAG} (the Compose database server's image)")
+
+
+def _serves(cfg: config.Config, name: str) -> bool:
+    """Whether the image `name` is also a Compose host's database server (point_in_time)."""
+    return name == BACKUP and any(pitr.enabled(e) for e in cfg.environments.values())
 
 
 ns = Collection("images", build, push)

@@ -22,6 +22,7 @@ from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
 from shipyard.engines.proc import Command, capture
 from shipyard.engines.state import BACKUP
+from shipyard.tasks import pitr
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
 from shipyard.tasks.targets import files, proxy, switch
@@ -106,6 +107,14 @@ class ComposeTarget:
                     "on failure or Ctrl-C: the new containers removed, the proxy left on (or "
                     "switched back to) the containers running before, workers put back on "
                     "their previous images (components this release adds are removed)",
+                    *(
+                        [
+                            f"point-in-time recovery: archiving from {pitr.SERVICE} checked end to"
+                            " end, a full base backup if the repository has none"
+                        ]
+                        if pitr.enabled(self.env)
+                        else []
+                    ),
                 ],
             )
             return
@@ -115,6 +124,9 @@ class ComposeTarget:
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
+        if pitr.enabled(self.env):
+            # Here, not before the rollout: a first deploy starts the server only now.
+            pitr.setup(self.cfg, self.env)
 
     def running(self) -> dict[str, str]:
         with contextlib.closing(docker_engine.client()) as client:
