@@ -10,6 +10,7 @@ does in the image where everything runs as one user).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -59,7 +60,12 @@ class Archived:
     def start(self, data: Path) -> None:
         """Start `data` as the live server, archiving."""
         settings = " ".join(f"-c '{s}'" for s in pitr.archive_settings())
-        options = f"-p {self.env['PGPORT']} -k {self.state} -c listen_addresses= {settings}"
+        # More connections than the default 100, as server options (as compose.prod.yaml's
+        # postgres_settings give them): every restore must start its check server with them.
+        limits = "-c max_connections=150"
+        options = (
+            f"-p {self.env['PGPORT']} -k {self.state} -c listen_addresses= {limits} {settings}"
+        )
         self.ctl(data, "-l", str(self.state / "log"), "-w", "-o", options, "start")
 
     def ctl(self, data: Path, *argv: str) -> None:
@@ -422,6 +428,39 @@ def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
     assert sorted(p.name for p in archived.state.iterdir()) == before
 
 
+@contextlib.contextmanager
+def _small_filesystem(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` (root only), unmounted afterwards."""
+    if not AS_ROOT:
+        pytest.skip("mounting a small filesystem needs root (the CI runs the suite as root)")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_no_room_and_a_mount_point_are_refused_before_anything_is_written(
+    archived: Archived,
+) -> None:
+    pitr.setup(archived.env)
+    _base_backup(archived, "full")
+    window = pitr.window(archived.env)
+    with _small_filesystem(archived.state / "small", "16m") as small:
+        into = small / "restored"
+        with pytest.raises(BackupError, match=r"has 16 MiB free, and the restore needs about"):
+            pitr.restore(archived.env, pitr.target("latest", window), into)
+        assert list(small.iterdir()) == []
+    # PGDATA as the volume's mount point cannot be renamed: refused before anything moves.
+    restored = archived.state / "restored"
+    pitr.restore(archived.env, pitr.target("latest", window), restored)
+    with _small_filesystem(archived.state / "volume", "16m") as volume:
+        with pytest.raises(BackupError, match="is a mount point and cannot be renamed"):
+            pitr.swap(volume, restored)
+        assert (restored / pitr.CHECKED).exists()
+
+
 def test_the_server_programs_are_the_data_s_major_version(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -451,7 +490,6 @@ def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
     assert "the recoverable window" not in shown.stdout
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ to now", shown.stdout, re.M)
 
-    refused = _cli({**archived.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "list")
     refused = subprocess.run(
         [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "list", "--target", "s3://b/p"],
         env={**archived.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},

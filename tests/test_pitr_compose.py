@@ -45,7 +45,12 @@ def kit(
         dockerd,
         registry,
         mirror_images,
-        {"project_name": "Ledger API", "point_in_time_recovery": True},
+        # More connections than the default as a server option: restores must honour it.
+        {
+            "project_name": "Ledger API",
+            "point_in_time_recovery": True,
+            "postgres_settings": {"max_connections": 150},
+        },
     ) as made:
         # As `invoke build --component backup` would tag it (the generated Dockerfile installs
         # shipyard from a git pin this machine cannot reach): pushed below, it is both the
@@ -99,13 +104,11 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     plan = _invoke(kit, "restore", "--env", "staging", "--at", at, "--dry-run")
     assert "shipyard backup pitr restore --target file:///var/lib/pgbackrest --at" in plan
     assert visit(kit.port) == lost + 1
-    rows_before_restore = lost + 1
 
     time.sleep(max(0.0, ARCHIVE_TIMEOUT + 5 - (datetime.now(UTC) - point).total_seconds()))
     done = _invoke(kit, "restore", "--env", "staging", "--at", at, "--yes")
     assert "database recovered to" in done
 
     assert visit(kit.port) == kept + 1  # the rows after `point` are gone, the ones before are not
-    assert rows_before_restore > kept
     # The new timeline archives and recovers too: a drill after the recovery passes.
     assert "restore drill passed" in _invoke(kit, "backup.verify", "--env", "staging")

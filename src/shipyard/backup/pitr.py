@@ -236,6 +236,7 @@ class BaseBackup:
     started: datetime
     stopped: datetime
     size: int  # bytes in the repository
+    database_size: int  # bytes of the database it holds (what a restore of it writes)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ def window(env: Mapping[str, str], *, require: bool = True) -> Window:
             started=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
             stopped=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
             size=b["info"]["repository"]["delta"],
+            database_size=b["info"]["size"],
         )
         for b in stanza.get("backup", [])
         if not b.get("error")
@@ -367,6 +369,7 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
     live data is never touched."""
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise BackupError(f"{into} is not an empty folder: a restore goes into a new one")
+    _refuse_without_room(env, into)
     started = time.monotonic()
     try:  # pgBackRest creates `into`, as the user that owns the data
         # A restore waits on reads and writes more than on zstd: twice as many processes as
@@ -414,6 +417,28 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
     return restored
 
 
+# Room a restore needs beyond the database's size: WAL replayed on top, the server's own files.
+HEADROOM = 1.1
+HEADROOM_BYTES = 256 * 1024**2
+
+
+def _refuse_without_room(env: Mapping[str, str], into: Path) -> None:
+    """Refuse before writing when `into`'s filesystem cannot hold the restored database: it is
+    often the live server's, which stops (PANIC) when its disk fills."""
+    backups = window(env, require=False).backups
+    if not backups:
+        return  # nothing to restore: `target` has said so already
+    need = int(max(b.database_size for b in backups) * HEADROOM) + HEADROOM_BYTES
+    where = next(p for p in (into, *into.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise BackupError(
+            f"{where} has {free // 1024**2} MiB free, and the restore needs about"
+            f" {need // 1024**2} MiB (the database and its replayed WAL): free some space or"
+            " restore --into a folder with room"
+        )
+
+
 @dataclass(frozen=True)
 class _Checked:
     now: datetime
@@ -435,6 +460,10 @@ def _check(data: Path, env: Mapping[str, str]) -> _Checked:
     options = " ".join(
         [
             f"-p {port} -k {sockets} -c listen_addresses=",
+            # Recovery refuses fewer connections, workers, senders, prepared transactions or
+            # locks than the server that wrote the WAL had: it may have had them as options
+            # (compose.prod.yaml's postgres_settings), which the copied files do not hold.
+            *(f"-c {name}={value}" for name, value in _primary_limits(bindir, data).items()),
             # It must not archive: it would write a new timeline into the repository that a
             # later `--at latest` would follow (`swap` has it archived once it is live).
             "-c archive_mode=off",
@@ -469,6 +498,41 @@ def _check(data: Path, env: Mapping[str, str]) -> _Checked:
         subprocess.run([*ctl, "-m", "fast", "-w", "stop"], env=dict(env), capture_output=True,
                        check=False)  # fmt: skip
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+# pg_controldata's names for the settings hot standby needs at least as high as the primary's.
+_LIMITS = {
+    "max_connections setting": "max_connections",
+    "max_worker_processes setting": "max_worker_processes",
+    "max_wal_senders setting": "max_wal_senders",
+    "max_prepared_xacts setting": "max_prepared_transactions",
+    "max_locks_per_xact setting": "max_locks_per_transaction",
+}
+
+
+def _primary_limits(bindir: Path, data: Path) -> dict[str, str]:
+    """The primary's values of those settings, as the restored pg_control recorded them (none
+    where pg_controldata is missing: the server's log then says what it lacks)."""
+    version = (data / "PG_VERSION").read_text().strip()
+    found_in = [bindir, Path("/usr/lib/postgresql") / version / "bin"]
+    program = next(
+        (p / "pg_controldata" for p in found_in if (p / "pg_controldata").exists()), None
+    )
+    if program is None:
+        return {}
+    shown = subprocess.run(
+        [str(program), str(data)],
+        capture_output=True,
+        text=True,
+        env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")},
+        check=False,
+    )
+    found = {}
+    for line in shown.stdout.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in _LIMITS and value.strip().isdigit():
+            found[_LIMITS[name.strip()]] = value.strip()
+    return found
 
 
 def _recovered(data: Path, env: Mapping[str, str], sockets: Path, port: int) -> _Checked:

@@ -104,15 +104,17 @@ def build_command(
     return command(*args, env=env)
 
 
-def client() -> DockerClient:
-    """An SDK client for DOCKER_HOST (or the default socket); EngineError if no daemon answers."""
+def client(timeout: float | None = 300) -> DockerClient:
+    """An SDK client for DOCKER_HOST (or the default socket); EngineError if no daemon answers.
+    `timeout` bounds each call's wait for the daemon (None: a command run in a container that
+    may stay silent for longer, such as a restore)."""
     from docker.client import from_env
     from docker.errors import DockerException
 
     where = os.environ.get("DOCKER_HOST", "the default socket")
     try:
         # The SDK is untyped; from_env reads DOCKER_HOST/DOCKER_TLS_VERIFY like the CLI.
-        cli: DockerClient = from_env(timeout=300)  # type: ignore[no-untyped-call]
+        cli: DockerClient = from_env(timeout=timeout)  # type: ignore[no-untyped-call]
         cli.ping()  # type: ignore[no-untyped-call]  # the SDK is untyped
     except DockerException as exc:
         raise EngineError(
@@ -449,10 +451,18 @@ def logs(cli: DockerClient, container: str, tail: int) -> str:
     return decoded(out)
 
 
-def exec_checked(cli: DockerClient, container: str, argv: list[str]) -> str:
-    """Run `argv` in a running container; its output, or EngineError with it if it fails."""
+def exec_checked(
+    cli: DockerClient,
+    container: str,
+    argv: list[str],
+    environment: Mapping[str, str] | None = None,
+) -> str:
+    """Run `argv` in a running container (with `environment` added to the container's); its
+    output, or EngineError with it if it fails."""
     with sdk_errors(f"running {argv[0]} in {container}"):
-        code, out = cli.containers.get(container).exec_run(argv)
+        code, out = cli.containers.get(container).exec_run(
+            argv, environment=dict(environment or {})
+        )
     text = decoded(out)
     if code != 0:
         raise EngineError(f"`{' '.join(argv)}` failed in {container}: {_short(Exception(text))}")

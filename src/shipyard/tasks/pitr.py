@@ -68,7 +68,10 @@ def _argv(settings: config.BackupSettings, step: str, *args: str) -> list[str]:
 def _server(cfg: config.Config, environment: config.Environment) -> Iterator[Container]:
     """The running postgres container of the environment's Compose project."""
     project = compose_engine.project_name(cfg.root / environment.compose_file, cfg.service)
-    with contextlib.closing(docker_engine.client()) as client, _engine_errors("pitr"):
+    # No read timeout: pgBackRest says nothing until a restore or base backup of a large
+    # database ends, which can take longer than any fixed bound.
+    no_timeout = docker_engine.client(timeout=None)
+    with contextlib.closing(no_timeout) as client, _engine_errors("pitr"):
         found = [
             c
             for c in client.containers.list(
@@ -99,10 +102,12 @@ def _engine_errors(doing: str) -> Iterator[None]:
         raise Exit(f"shipyard: {doing} failed: {exc}", code=1) from None
 
 
-def _run(server: Container, argv: list[str], doing: str) -> str:
+def _run(
+    server: Container, argv: list[str], doing: str, environment: dict[str, str] | None = None
+) -> str:
     """`argv` in the server's container (its user and environment); its output, or Exit."""
     with _engine_errors(doing):
-        return docker_engine.exec_checked(server.client, server.id, argv).strip()
+        return docker_engine.exec_checked(server.client, server.id, argv, environment).strip()
 
 
 def setup(cfg: config.Config, environment: config.Environment) -> None:
@@ -133,7 +138,11 @@ def show_window(cfg: config.Config, environment: config.Environment) -> None:
 def drill(cfg: config.Config, environment: config.Environment) -> None:
     settings = _settings(environment)
     with _server(cfg, environment) as server:
-        say(_run(server, _argv(settings, "drill"), f"the restore drill of {environment.name}"))
+        # The environment the pushed drill metrics are labelled with (the container's own
+        # SHIPYARD_PUSHGATEWAY_URL and SHIPYARD_SERVICE say where and which service).
+        labels = {"SHIPYARD_ENV": environment.name}
+        doing = f"the restore drill of {environment.name}"
+        say(_run(server, _argv(settings, "drill"), doing, labels))
 
 
 def recover(

@@ -125,8 +125,16 @@ class ComposeTarget:
         self._rollout(release.images, opts.timeout, "deployed")
         say(f"{env}: deployed and healthy")
         if pitr.enabled(self.env):
-            # Here, not before the rollout: a first deploy starts the server only now.
-            pitr.setup(self.cfg, self.env)
+            # Here, not before the rollout: a first deploy starts the server only now. The
+            # release stays live if this fails; only archiving is not set up.
+            try:
+                pitr.setup(self.cfg, self.env)
+            except Exit as exc:
+                raise Exit(
+                    f"{exc.message} (the release is deployed and serving; run `invoke deploy "
+                    f"--env {env}` again once this is fixed)",
+                    code=exc.code,
+                ) from None
 
     def running(self) -> dict[str, str]:
         with contextlib.closing(docker_engine.client()) as client:
