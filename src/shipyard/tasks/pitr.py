@@ -17,7 +17,6 @@ A failure before the swap changes nothing; a failed swap puts the old data back 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +24,10 @@ from typing import Any
 from invoke.exceptions import Exit
 
 from shipyard import config
-from shipyard.engines import EngineError
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
-from shipyard.tasks.support import confirm, plan, say
+from shipyard.engines import readiness
+from shipyard.tasks.support import confirm, failures, plan, say
 
 # The SDK's container object: its methods are untyped, so it passes as Any (engines/docker.py).
 Container = Any
@@ -71,7 +70,7 @@ def _server(cfg: config.Config, environment: config.Environment) -> Iterator[Con
     # No read timeout: pgBackRest says nothing until a restore or base backup of a large
     # database ends, which can take longer than any fixed bound.
     no_timeout = docker_engine.client(timeout=None)
-    with contextlib.closing(no_timeout) as client, _engine_errors("pitr"):
+    with contextlib.closing(no_timeout) as client, failures("pitr"):
         found = [
             c
             for c in client.containers.list(
@@ -94,19 +93,11 @@ def _server(cfg: config.Config, environment: config.Environment) -> Iterator[Con
         yield found[0]
 
 
-@contextlib.contextmanager
-def _engine_errors(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except EngineError as exc:
-        raise Exit(f"shipyard: {doing} failed: {exc}", code=1) from None
-
-
 def _run(
     server: Container, argv: list[str], doing: str, environment: dict[str, str] | None = None
 ) -> str:
     """`argv` in the server's container (its user and environment); its output, or Exit."""
-    with _engine_errors(doing):
+    with failures(doing):
         return docker_engine.exec_checked(server.client, server.id, argv, environment).strip()
 
 
@@ -181,12 +172,12 @@ def _swap(server: Container, swap: list[str], env: str) -> None:
     client = server.client
     image = str(server.attrs["Config"]["Image"])
     say(f"{env}: stopping {SERVICE} for the swap")
-    with _engine_errors(f"the swap of {env}"), docker_engine.sdk_errors(f"stopping {SERVICE}"):
+    with failures(f"the swap of {env}"), docker_engine.sdk_errors(f"stopping {SERVICE}"):
         server.stop(timeout=120)
     from docker.errors import ContainerError
 
     try:
-        with _engine_errors(f"the swap of {env}"), docker_engine.sdk_errors("the swap"):
+        with failures(f"the swap of {env}"), docker_engine.sdk_errors("the swap"):
             try:
                 out = client.containers.run(
                     image,
@@ -206,25 +197,9 @@ def _swap(server: Container, swap: list[str], env: str) -> None:
                 ) from None
         say(docker_engine.decoded(out).strip())
     finally:
-        with _engine_errors(f"starting {SERVICE} of {env}"), docker_engine.sdk_errors("start"):
+        with failures(f"starting {SERVICE} of {env}"), docker_engine.sdk_errors("start"):
             server.start()
-        _wait_healthy(server, env)
-
-
-def _wait_healthy(server: Container, env: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        server.reload()
-        health = server.attrs["State"].get("Health", {}).get("Status", "healthy")
-        if health == "healthy":
-            return
-        if server.status != "running" or time.monotonic() > deadline:
-            logs = docker_engine.logs(server.client, server.id, 5)
-            raise Exit(
-                f"shipyard: {env}'s {SERVICE} did not come back: {docker_engine.one_line(logs)}",
-                code=1,
-            )
-        time.sleep(1)
+            readiness.wait_healthy(client, SERVICE, [server.id], START_TIMEOUT)
 
 
 def _settings(environment: config.Environment) -> config.BackupSettings:
