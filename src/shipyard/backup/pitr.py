@@ -239,6 +239,11 @@ class BaseBackup:
     database_size: int  # bytes of the database it holds (what a restore of it writes)
 
 
+# Room a restore needs beyond the database's size: WAL replayed on top, the server's own files.
+HEADROOM = 1.1
+HEADROOM_BYTES = 256 * 1024**2
+
+
 @dataclass(frozen=True)
 class Window:
     """What can be recovered: any second after the oldest base backup's end (pgBackRest picks
@@ -248,6 +253,12 @@ class Window:
     backups: tuple[BaseBackup, ...]
     archive_min: str | None
     archive_max: str | None
+
+    @property
+    def room(self) -> int:
+        """Bytes a restore from this repository needs free: its largest database, and more."""
+        largest = max((b.database_size for b in self.backups), default=0)
+        return int(largest * HEADROOM) + HEADROOM_BYTES
 
     @property
     def start(self) -> datetime:
@@ -313,6 +324,7 @@ class Target:
     value: str = ""
     # For `latest`: the newest WAL segment in the archive, which the replay must reach.
     through: str | None = None
+    room: int = 0  # bytes the restore needs free where it writes (Window.room)
 
     def arguments(self) -> list[str]:
         if self.kind == "time":
@@ -329,12 +341,12 @@ def target(at: str, window: Window, now: datetime | None = None) -> Target:
     if not window.backups:
         raise BackupError("no base backup yet: nothing can be recovered")
     if at == "latest":
-        return Target("latest", through=window.archive_max)
+        return Target("latest", through=window.archive_max, room=window.room)
     if _LABEL.match(at):
         if at not in {b.label for b in window.backups}:
             raise BackupError(f"no base backup {at!r}: the recoverable window is "
                               f"{window.describe()}")  # fmt: skip
-        return Target("backup", at)
+        return Target("backup", at, room=window.room)
     try:
         when = timepoint.parse(at)
     except ValueError as exc:
@@ -348,7 +360,7 @@ def target(at: str, window: Window, now: datetime | None = None) -> Target:
             f"--at {timepoint.rfc3339(when)} is less than {ARCHIVE_TIMEOUT} s ago, and the WAL"
             " archive may not hold it yet: wait a minute, or restore to latest"
         )
-    return Target("time", when.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+    return Target("time", when.strftime("%Y-%m-%d %H:%M:%S.%f+00"), room=window.room)
 
 
 @dataclass(frozen=True)
@@ -369,7 +381,7 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
     live data is never touched."""
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise BackupError(f"{into} is not an empty folder: a restore goes into a new one")
-    _refuse_without_room(env, into)
+    _refuse_without_room(at.room, into)
     started = time.monotonic()
     try:  # pgBackRest creates `into`, as the user that owns the data
         # A restore waits on reads and writes more than on zstd: twice as many processes as
@@ -417,18 +429,9 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
     return restored
 
 
-# Room a restore needs beyond the database's size: WAL replayed on top, the server's own files.
-HEADROOM = 1.1
-HEADROOM_BYTES = 256 * 1024**2
-
-
-def _refuse_without_room(env: Mapping[str, str], into: Path) -> None:
+def _refuse_without_room(need: int, into: Path) -> None:
     """Refuse before writing when `into`'s filesystem cannot hold the restored database: it is
     often the live server's, which stops (PANIC) when its disk fills."""
-    backups = window(env, require=False).backups
-    if not backups:
-        return  # nothing to restore: `target` has said so already
-    need = int(max(b.database_size for b in backups) * HEADROOM) + HEADROOM_BYTES
     where = next(p for p in (into, *into.parents) if p.exists())
     free = shutil.disk_usage(where).free
     if free < need:
