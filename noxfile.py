@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import nox
@@ -42,15 +44,38 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite against real tools and servers; extra arguments go to pytest."""
     _install(session, "test")
-    # Two runs. The tests marked xdist_group("docker") share one dockerd, which a machine-wide
-    # lock guards: they run in a pytest of their own, in one process (`-n 0` last, so it wins
-    # over a -n in the arguments). Under xdist a few of them could land on a second worker,
-    # which would then wait on that lock until it timed out. Everything else runs on every
-    # core. Exit code 5 (nothing selected: the arguments named only one kind) is not a failure.
-    session.run(
-        "pytest", "-n", "auto", "-m", "not xdist_group", *session.posargs, success_codes=[0, 5]
-    )
-    session.run("pytest", "-m", "xdist_group", *session.posargs, "-n", "0", success_codes=[0, 5])
+    # Two runs at once. The tests marked xdist_group("docker") share one dockerd, which a
+    # machine-wide lock guards: they run in a pytest of their own, in one process (`-n 0` last,
+    # so it wins over a -n in the arguments); under xdist a few of them could land on a second
+    # worker, which would then wait on that lock until it timed out. Everything else runs on
+    # every core meanwhile: the docker tests spend much of their time waiting on containers,
+    # builds and health checks, so side by side the two take far less than one after the other.
+    # Exit code 5 (nothing selected: the arguments named only one kind) is not a failure.
+    log = Path(session.create_tmp(), "docker-tests.log")
+    docker = _start(session, log, "pytest", "-m", "xdist_group", *session.posargs, "-n", "0")
+    try:
+        session.run(
+            "pytest", "-n", "auto", "-m", "not xdist_group", *session.posargs, success_codes=[0, 5]
+        )
+    except KeyboardInterrupt:
+        docker.send_signal(signal.SIGINT)  # pytest tears its servers and containers down
+        raise
+    finally:  # a failure above still waits for the docker tests: CI reports both at once
+        code = docker.wait()
+        session.log(f"the docker tests (xdist_group), exit code {code}:")
+        print(log.read_text(errors="replace"), flush=True)
+    if code not in (0, 5):
+        session.error(f"the docker tests failed (exit code {code}); their output is above")
+
+
+def _start(session: nox.Session, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Run a command of the session's venv in the background, its output into `log`."""
+    env = {**os.environ, **{k: v for k, v in session.env.items() if v is not None}}
+    env["PATH"] = os.pathsep.join([session.bin, env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = session.virtualenv.location
+    session.log(f"{' '.join(args)} (in the background, output in {log})")
+    with log.open("wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 @nox.session(python=PYTHON)
