@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import nox
@@ -51,7 +52,9 @@ def tests(session: nox.Session) -> None:
     # every core meanwhile: the docker tests spend much of their time waiting on containers,
     # builds and health checks, so side by side the two take far less than one after the other.
     # Exit code 5 (nothing selected: the arguments named only one kind) is not a failure.
-    log = Path(session.create_tmp(), "docker-tests.log")
+    # Not session.create_tmp(): it points TMPDIR of both runs at a folder too deep for the
+    # servers' unix sockets.
+    log = Path(tempfile.mkdtemp(prefix="shipyard-nox-"), "docker-tests.log")
     docker = _start(session, log, "pytest", "-m", "xdist_group", *session.posargs, "-n", "0")
     try:
         session.run(
