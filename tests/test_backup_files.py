@@ -251,3 +251,185 @@ def test_restore_files_brings_back_the_backup_it_is_asked_for(
         f"backup {first.id} holds no files of jobs:/srv/x, web:/y; nothing was changed"
     )
     assert snapshot(top) == before
+
+
+# --- files only: the data paths where CloudNativePG backs the database up ------------------
+
+# libpq pointed nowhere: a files-only backup, its drill and its files restore never connect.
+NO_DATABASE = {
+    "PGHOST": "/nonexistent/postgresql",
+    "PGPORT": "1",
+    "PGDATABASE": "nothing",
+    "PGUSER": "nobody",
+    "PGCONNECT_TIMEOUT": "2",
+}
+
+
+def files_only(target: str, root: Path, *more: str) -> str:
+    """`shipyard backup run --files-only` as the CNPG kit's CronJob runs it; the backup's id."""
+    made = shipyard_cli(
+        "backup", "run", "--files-only", "--target", target, "--data-path", SPEC,
+        "--data-root", str(root), *more, env=NO_DATABASE,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "(files only, no database)" in made.stderr
+    return made.stderr.split("backup ")[-1].split(" ")[0]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_files_only_round_trip_needs_no_database(
+    where: str, tmp_path: Path, request: Any
+) -> None:
+    """`run --files-only`, `list`, `verify`, damage, `restore --files`, with no PostgreSQL
+    reachable: the tree is back exactly, the manifest says it holds no database, and the
+    safety backup (files only too) holds the damaged tree."""
+    if where == "s3":
+        target = f"s3://{request.getfixturevalue('bucket')}/prod/files"
+    else:
+        target = (tmp_path / "store").as_uri()
+    root = tmp_path / "data"
+    top = make_tree(root)
+    before = snapshot(top)
+    data = ["--data-path", SPEC, "--data-root", str(root)]
+
+    made_id = files_only(target, root, "--retention-days", "7")
+    store = backup.from_url(target)
+    (taken,) = backup.list_backups(store)
+    assert taken.id == made_id
+    assert taken.files_only
+    assert taken.manifest["files_only"] is True
+    assert not {"dump", "database", "tables", "database_settings"} & set(taken.manifest)
+    assert config.schema_errors(taken.manifest, "backup-manifest") == []
+    (entry,) = taken.manifest["files"]
+    assert entry["entries"] == len(before)
+    assert sorted(store.list_keys()) == [entry["key"], f"{taken.id}/{engine.MANIFEST}"]
+    assert taken.size == entry["size"]
+
+    listed = shipyard_cli("backup", "list", "--target", target, env=NO_DATABASE)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = listed.stdout.splitlines()[1:]
+    assert row.split()[:3] == [taken.id, "scheduled", "(files"]
+    assert "(files only)" in row
+
+    checked = shipyard_cli("backup", "verify", "--target", target, env=NO_DATABASE)
+    assert checked.returncode == 0, checked.stderr
+    assert f"{SPEC}: sha256 and {len(before)} entries match" in checked.stderr
+    record = backup.list_backups(store)[0].verified
+    assert record is not None
+    assert record["files"] == 1
+    assert "tables" not in record
+    assert record["restore_seconds"] >= 0
+
+    damage(top)
+    damaged = snapshot(top)
+    back = shipyard_cli(
+        "backup", "restore", "--files", "--yes", "--target", target, *data, env=NO_DATABASE
+    )
+    assert back.returncode == 0, back.stderr
+    assert snapshot(top) == before
+    assert not [p for p in top.iterdir() if p.name.startswith(".shipyard-")]
+    safety = backup.list_backups(store)[-1]
+    assert safety.manifest["kind"] == "safety"
+    assert safety.files_only
+    engine.restore_files(
+        store, [engine.data_path(SPEC, root)], safety.id, safety_backup=False, log=print
+    )
+    assert snapshot(top) == damaged
+
+
+def test_restoring_the_database_from_a_files_only_backup_is_refused(tmp_path: Path) -> None:
+    """One sentence, before any connection (libpq points nowhere, and that is not what it
+    says), no safety backup, the storage and the files as they were."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    target = (tmp_path / "store").as_uri()
+    made_id = files_only(target, root)
+    store = backup.from_url(target)
+    keys = sorted(store.list_keys())
+    before = snapshot(top)
+    said = (
+        f"backup {made_id} holds only files, no database (CloudNativePG backs the database up):"
+        " restore its files with `restore --files`; nothing was changed"
+    )
+
+    result = shipyard_cli("backup", "restore", "--yes", "--target", target, env=NO_DATABASE)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"shipyard backup: {said}"
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore(store, made_id, log=print)
+    assert str(refused.value) == said
+    assert sorted(store.list_keys()) == keys
+    assert snapshot(top) == before
+
+
+def test_a_corrupted_files_only_archive_fails_verify_and_restores_nothing(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    top = make_tree(root)
+    target = (tmp_path / "store").as_uri()
+    made_id = files_only(target, root)
+    (made,) = backup.list_backups(backup.from_url(target))
+    stored = tmp_path / "store" / made.manifest["files"][0]["key"]
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+    damage(top)
+    damaged = snapshot(top)
+
+    checked = shipyard_cli("backup", "verify", "--target", target, env=NO_DATABASE)
+    assert checked.returncode == 1
+    assert f"backup {made_id}: the archive of {SPEC} is corrupted" in checked.stderr
+    assert "Traceback" not in checked.stderr
+    assert not (tmp_path / "store" / made_id / engine.VERIFIED).exists()
+    back = shipyard_cli(
+        "backup", "restore", "--files", "--yes", "--target", target, "--data-path", SPEC,
+        "--data-root", str(root), env=NO_DATABASE,
+    )  # fmt: skip
+    assert back.returncode == 1
+    assert "is corrupted" in back.stderr
+    assert snapshot(top) == damaged
+
+
+def test_a_files_only_backup_without_data_paths_is_one_sentence(tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    result = shipyard_cli(
+        "backup", "run", "--files-only", "--target", target.as_uri(), env=NO_DATABASE
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "shipyard backup: a files-only backup needs the data paths to archive (--data-path "
+        "COMPONENT:/PATH)"
+    )
+    assert not target.exists() or list(target.iterdir()) == []
+
+
+def test_a_files_only_backup_missing_an_archive_is_not_listed(tmp_path: Path) -> None:
+    """Its manifest is the last thing written, but should an archive it lists go, the backup
+    is no longer complete: never listed, restored or counted."""
+    root = tmp_path / "data"
+    make_tree(root)
+    store = backup.LocalStorage(tmp_path / "store")
+    made = engine.files_backup(store, [engine.data_path(SPEC, root)], log=print)
+    assert [b.id for b in backup.list_backups(store)] == [made.id]
+    (tmp_path / "store" / made.manifest["files"][0]["key"]).unlink()
+    assert backup.list_backups(store) == []
+
+
+def test_retention_treats_files_only_backups_like_the_others(tmp_path: Path) -> None:
+    """An old files-only backup goes whole (every archive), the newest stays."""
+    root = tmp_path / "data"
+    make_tree(root)
+    store = backup.LocalStorage(tmp_path / "store")
+    wanted = [engine.data_path(SPEC, root)]
+    old = engine.files_backup(store, wanted, log=print)
+    manifest = tmp_path / "store" / old.id / engine.MANIFEST
+    # Taken two years ago, as far as retention reads it (the manifest's created_at).
+    manifest.write_text(
+        manifest.read_text().replace(old.manifest["created_at"], "2024-01-01T03:00:00+00:00")
+    )
+    new = engine.files_backup(store, wanted, kind="scheduled", log=print)
+
+    assert backup.prune(store, backup.Retention(daily=3), log=print) == [old.id]
+    assert [b.id for b in backup.list_backups(store)] == [new.id]
+    assert not [k for k in store.list_keys() if k.startswith(f"{old.id}/")]

@@ -1,11 +1,13 @@
 """`shipyard backup run|list|verify|restore|prune --target URL`: the backup engine's command.
 
 The Helm CronJob and the compose `backup` service run `shipyard backup run --target URL
---retention-days N`. The database comes only from libpq's environment (PGHOST, PGPORT,
-PGDATABASE, PGUSER, PGPASSWORD or PGPASSFILE), S3 credentials from AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY and the endpoint from AWS_ENDPOINT_URL; none is ever an argument. With
-SHIPYARD_PUSHGATEWAY_URL (and SHIPYARD_SERVICE, SHIPYARD_ENV), `run` and `verify` push their
-outcome to that Pushgateway (`metrics`).
+--retention-days N`; where CloudNativePG backs the database up, the CronJob runs `run
+--files-only` with the data paths, which needs no database. The database comes only from
+libpq's environment (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD or PGPASSFILE), S3
+credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the endpoint from
+AWS_ENDPOINT_URL; none is ever an argument. With SHIPYARD_PUSHGATEWAY_URL (and
+SHIPYARD_SERVICE, SHIPYARD_ENV), `run` and `verify` push their outcome to that Pushgateway
+(`metrics`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     run = action("run", "dump the database into the target, then apply retention")
     run.add_argument("--kind", choices=["scheduled", "manual"], default="scheduled")
+    run.add_argument(
+        "--files-only",
+        action="store_true",
+        help="archive the --data-path folders alone, no database (CloudNativePG backs it up)",
+    )
     _data_arguments(run)
     _retention_arguments(run, required=False)
     action("list", "list complete backups, oldest first")
@@ -140,7 +147,12 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
             return run_pitr(args, environ)
         target = storage.from_url(args.target)
         if command == "run":
-            made.append(engine.backup(target, kind=args.kind, files=_data_paths(args)))
+            data = _data_paths(args)
+            made.append(
+                engine.files_backup(target, data, kind=args.kind)
+                if args.files_only
+                else engine.backup(target, kind=args.kind, files=data)
+            )
             if args.retention_days:
                 engine.prune(target, _policy(args))
         elif command == "list":
@@ -243,8 +255,8 @@ def _policy(args: argparse.Namespace) -> engine.Retention:
 
 
 def format_table(backups: list[engine.Backup]) -> str:
-    """One line per backup: id, kind, database, size, tables, files, when it was last verified
-    (and how long the drill's restore took)."""
+    """One line per backup: id, kind, database ("files only" when it holds none), size, tables,
+    files, when it was last verified (and how long the drill's restore took)."""
     if not backups:
         return "no complete backups"
     lines = [
@@ -258,8 +270,9 @@ def format_table(backups: list[engine.Backup]) -> str:
             # The drill's recovery time; records from before it was measured have none.
             if "restore_seconds" in b.verified:
                 verified += f" (restored in {b.verified['restore_seconds']:.1f} s)"
+        database, tables = ("(files only)", "-") if b.files_only else (m["database"], "")
         lines.append(
-            f"{b.id:<24} {m['kind']:<9} {m['database']:<20} {b.size:>10}"
-            f" {len(m['tables']):>6} {len(m.get(files.FILES, [])):>5}  {verified}"
+            f"{b.id:<24} {m['kind']:<9} {database:<20} {b.size:>10}"
+            f" {tables or len(m['tables']):>6} {len(m.get(files.FILES, [])):>5}  {verified}"
         )
     return "\n".join(lines)

@@ -5,6 +5,10 @@ with `pg_restore -j`, and compressing in a separate multi-threaded process is fa
 pg_dump's built-in gzip (benchmarks/backup.py measures it); pg_dump 15 has no zstd of its own.
 The table statistics are read beside it in the same exported snapshot, so they describe the
 dump exactly, and the manifest is written last.
+
+`files_backup` is the same backup without the database: the data paths' archives and a
+manifest that says it holds no database, for a service whose PostgreSQL someone else backs up
+(CloudNativePG on Kubernetes). It needs no PostgreSQL at all.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from shipyard import __version__
 from shipyard.backup import files as data_files
 from shipyard.backup.checksums import table_stats
 from shipyard.backup.db import connect, one, pipe, stabilise, tool, tool_version
-from shipyard.backup.manifest import DUMP, FORMAT, MANIFEST, Backup, DatabaseSettings, new_id
+from shipyard.backup.manifest import (
+    DUMP,
+    FILES_ONLY,
+    FORMAT,
+    MANIFEST,
+    Backup,
+    DatabaseSettings,
+    new_id,
+)
 from shipyard.backup.report import BackupError, Log, human_size, to_stderr
 from shipyard.backup.storage import HashingReader, Storage
 
@@ -203,6 +215,43 @@ def backup(
         + (f", {len(archived)} data path(s)" if archived else "")
         + ", sha256 "
         f"{reader.sha256.hexdigest()[:16]}..."
+    )
+    return Backup(backup_id, manifest, None)
+
+
+def files_backup(
+    storage: Storage,
+    files: Sequence[data_files.DataPath],
+    *,
+    kind: str = "manual",
+    log: Log = to_stderr,
+) -> Backup:
+    """Archive each data path in `files` into `storage`, with no database; return the backup.
+    The manifest, written last, is what makes it complete, as for a backup with a dump."""
+    if not files:
+        raise BackupError(
+            "a files-only backup needs the data paths to archive (--data-path COMPONENT:/PATH)"
+        )
+    started = time.monotonic()
+    backup_id = new_id()
+    created = datetime.now(UTC)
+    log(f"backing up {len(files)} data path(s), no database, to {storage.url}/{backup_id}")
+    archived = [data_files.archive(storage, backup_id, data, log) for data in files]
+    manifest = {
+        "format": FORMAT,
+        "id": backup_id,
+        "kind": kind,
+        FILES_ONLY: True,
+        "created_at": created.isoformat(),
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "tools": {n: tool_version(n) for n in ("tar", "zstd")} | {"shipyard": __version__},
+        data_files.FILES: archived,
+    }
+    storage.put_bytes(f"{backup_id}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    size = sum(int(entry["size"]) for entry in archived)
+    log(
+        f"backup {backup_id} complete (files only, no database): {len(archived)} data path(s), "
+        f"{human_size(size)}"
     )
     return Backup(backup_id, manifest, None)
 

@@ -9,6 +9,7 @@ part. A backup is `<id>/dump.pgc.zst`, `<id>/files/...` (the data paths) and
 - `checksums`: per-table row counts and checksums, read in the very snapshot pg_dump dumps, so
   `verify` can prove a restore reproduces the data;
 - `dump`: `backup`, pg_dump piped through zstd into the storage, the manifest written last;
+  `files_backup`, the data paths alone (the database backed up by CloudNativePG);
 - `files`: the components' data paths, archived (tar | zstd) beside the dump, checked by
   `verify` and put back by `restore_files`;
 - `recovery`: `verify` and `restore`, each through a new database compared with the manifest
@@ -23,10 +24,11 @@ in the module that owns it.
 
 from shipyard.backup.checksums import compare_stats, table_stats
 from shipyard.backup.db import connect, tool, tool_version
-from shipyard.backup.dump import ZSTD_LEVEL, backup
+from shipyard.backup.dump import ZSTD_LEVEL, backup, files_backup
 from shipyard.backup.files import DataPath, data_path
 from shipyard.backup.manifest import (
     DUMP,
+    FILES_ONLY,
     FORMAT,
     MANIFEST,
     VERIFIED,
@@ -42,6 +44,7 @@ from shipyard.backup.retention import Retention, plan_retention, prune
 
 __all__ = [
     "DUMP",
+    "FILES_ONLY",
     "FORMAT",
     "MANIFEST",
     "VERIFIED",
@@ -57,6 +60,7 @@ __all__ = [
     "data_path",
     "default_jobs",
     "fetch",
+    "files_backup",
     "find_backup",
     "id_time",
     "list_backups",

@@ -1,4 +1,5 @@
-"""What a backup is in storage: `<id>/dump.pgc.zst`, then `<id>/manifest.json` written last.
+"""What a backup is in storage: `<id>/dump.pgc.zst` and `<id>/files/...` (or, files only, the
+archives alone), then `<id>/manifest.json` written last.
 
 This module owns the layout (file names, the manifest's format, backup ids) and reading it
 back: a backup without a valid manifest is incomplete and is never listed, restored or counted
@@ -22,6 +23,8 @@ DUMP = "dump.pgc.zst"
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 FORMAT = "shipyard-backup/1"
+# The manifest's mark of a backup of the data paths alone (no database: CloudNativePG's).
+FILES_ONLY = "files_only"
 ID_TIME = "%Y%m%dT%H%M%SZ"
 
 
@@ -57,14 +60,20 @@ class Backup:
         return datetime.fromisoformat(self.manifest["created_at"])
 
     @property
+    def files_only(self) -> bool:
+        """It holds the data paths' archives and no database."""
+        return bool(self.manifest.get(FILES_ONLY))
+
+    @property
     def database_settings(self) -> DatabaseSettings:
         return DatabaseSettings(**self.manifest["database_settings"])
 
     @property
     def size(self) -> int:
-        """Bytes in storage: the compressed dump and the archives of the data paths."""
+        """Bytes in storage: the compressed dump (if any) and the archives of the data paths."""
         archives = self.manifest.get(FILES, [])
-        return int(self.manifest["dump"]["size"]) + sum(int(f["size"]) for f in archives)
+        dump = 0 if self.files_only else int(self.manifest["dump"]["size"])
+        return dump + sum(int(f["size"]) for f in archives)
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -80,18 +89,24 @@ def id_time(backup_id: str) -> datetime | None:
 
 
 def list_backups(storage: Storage) -> list[Backup]:
-    """Complete backups (those with a valid manifest), oldest first."""
+    """Complete backups (those with a valid manifest and everything it lists), oldest first."""
     keys = set(storage.list_keys())
     found = []
     for key in sorted(keys):
         backup_id, _, name = key.partition("/")
-        if name != MANIFEST or f"{backup_id}/{DUMP}" not in keys:
+        if name != MANIFEST:
             continue
         manifest = _read_json(storage, key)
         if manifest is None or config.schema_errors(manifest, "backup-manifest"):
             to_stderr(
                 f"ignoring {backup_id}: its manifest is unreadable or not a shipyard manifest"
             )
+            continue
+        stored = [] if manifest.get(FILES_ONLY) else [f"{backup_id}/{DUMP}"]
+        stored += [entry["key"] for entry in manifest.get(FILES, [])]
+        if not all(k in keys for k in stored):
+            # Only a manifest the engine wrote last makes a backup; this one's files are gone.
+            to_stderr(f"ignoring {backup_id}: files its manifest lists are missing")
             continue
         verified = (
             _read_json(storage, f"{backup_id}/{VERIFIED}")

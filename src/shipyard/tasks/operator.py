@@ -3,12 +3,14 @@
 A Helm environment whose PostgreSQL is the chart's CloudNativePG Cluster (shipyard.yaml's
 `database.on_kubernetes: cloudnativepg`) has no dumps to list or restore: the operator archives
 WAL and takes base backups to the object store. These tasks ask it (engines/cnpg.py): a base
-backup now, the backups and the recoverable window, and a point-in-time recovery into a new
-Cluster beside the running one, which is never touched.
+backup now (and, for the components' data paths, which it does not back up, a Job of the
+chart's files-only backup CronJob), the backups and the recoverable window, and a
+point-in-time recovery into a new Cluster beside the running one, which is never touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -17,7 +19,7 @@ from invoke.exceptions import Exit
 from shipyard import config, timepoint
 from shipyard.engines import EngineError, cnpg
 from shipyard.engines import helm as helm_engine
-from shipyard.engines.proc import Command, command
+from shipyard.engines.proc import Command, command, run
 from shipyard.tasks.support import confirm, execute, failures, plan, say
 
 
@@ -43,17 +45,66 @@ def _live(target: cnpg.Cluster, env: str) -> dict[str, Any]:
 def backup(
     cfg: config.Config, environment: config.Environment, dry_run: bool, timeout: int
 ) -> None:
-    """A base backup of the environment's Cluster now, waited for."""
+    """A base backup of the environment's Cluster now, waited for; then, when components keep
+    files (data paths), which the operator does not back up, a Job of the chart's files-only
+    backup CronJob, waited for too."""
     env = environment.name
     target = _cluster(cfg, environment)
     job = cnpg.BaseBackup(target, helm_engine.job_name(f"{cfg.service}-manual"), timeout)
+    files = _files_job(cfg, environment, timeout) if _data_paths(cfg) else None
     if dry_run:
-        plan(f"base backup of {env} (by CloudNativePG)", job.plan())
+        steps = job.plan() + (files.plan() if files else [])
+        what = " and the data paths (the files-only backup CronJob)" if files else ""
+        plan(f"base backup of {env} (by CloudNativePG){what}", steps)
         return
     with failures(f"the base backup of {env}"):
         if not job.take(say):
             raise EngineError(f"nothing was backed up: deploy {env} first")
     print(f"{env}: base backup {job.name} of Cluster {target.name} completed")
+    if files:
+        with failures(f"the files backup of {env}"):
+            _take_files(files, say)
+        print(f"{env}: files backup {files.name} of {', '.join(_data_paths(cfg))} completed")
+
+
+def _data_paths(cfg: config.Config) -> list[str]:
+    return [f"{comp.name}:{path}" for comp in cfg.components for path in comp.data_paths]
+
+
+def _files_job(
+    cfg: config.Config, environment: config.Environment, timeout: int
+) -> helm_engine.BackupJob:
+    """A Job of the chart's backup CronJob, which with CloudNativePG archives the data paths
+    alone (`shipyard backup run --files-only`, templates/backup-cronjob.yaml)."""
+    return helm_engine.BackupJob(
+        f"{cfg.service}-backup",
+        helm_engine.job_name(f"{cfg.service}-files"),
+        environment.namespace,
+        timeout,
+    )
+
+
+def _take_files(job: helm_engine.BackupJob, say: Callable[[str], None]) -> None:
+    """Run the files backup Job and wait for it; EngineError when there is no CronJob (the
+    release predates files-only backups, or backups are off), or the Job failed or ran out."""
+    say(f"$ {job.lookup()}")
+    if not run(job.lookup(), capture=True, what="looking up the backup CronJob").strip():
+        raise EngineError(
+            f"there is no CronJob {job.cronjob} in namespace {job.namespace} to archive the data "
+            "paths: turn backup.enabled on and deploy with this version of the chart "
+            "(`invoke deploy`); the base backup is done"
+        )
+    say(f"$ {job.create()}")
+    run(job.create(), what="creating the files backup Job")
+    say(f"$ {job.conditions()}")
+    failed = helm_engine.wait_job(job.conditions(), job.timeout, "the files backup Job")
+    where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
+    if failed is None:
+        raise EngineError(
+            f"the files backup Job {job.name} did not finish within {job.timeout}s (see {where})"
+        )
+    if failed:
+        raise EngineError(f"the files backup Job {job.name} failed ({failed}); see {where}")
 
 
 def list_backups(cfg: config.Config, environment: config.Environment) -> None:

@@ -105,11 +105,29 @@ answered database_on_kubernetes=cloudnativepg, hence `dig`.
 
 {{/*
 Usage: {{ if include "app.kitBackups" . }}...{{ end }}
-"true" when the kit's own backup pods run (backup-cronjob.yaml): backups on and no
-CloudNativePG Cluster, whose operator backs up instead; else empty.
+"true" when the kit's own backup pods run (backup-cronjob.yaml): backups on, and either no
+CloudNativePG Cluster or a component with data paths (app.filesOnlyBackups); else empty.
 */}}
 {{- define "app.kitBackups" -}}
-{{- if and .Values.backup.enabled (not (include "app.cnpgCluster" .)) -}}true{{- end -}}
+{{- if and .Values.backup.enabled (or (not (include "app.cnpgCluster" .)) (include "app.dataPaths" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ if include "app.filesOnlyBackups" . }}...{{ end }}
+"true" when the kit's backup pods archive the data paths alone (`shipyard backup run
+--files-only`): a CloudNativePG Cluster backs the database up, but not the components' files,
+which only the kit's CronJob reaches (their claims); else empty.
+*/}}
+{{- define "app.filesOnlyBackups" -}}
+{{- if and (include "app.kitBackups" .) (include "app.cnpgCluster" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Usage: {{ if include "app.dataPaths" . }}...{{ end }}
+"true" when a component keeps files in data paths (components.<name>.dataPaths); else empty.
+*/}}
+{{- define "app.dataPaths" -}}
+{{- range $name, $c := .Values.components -}}{{- if $c.dataPaths -}}true{{- end -}}{{- end -}}
 {{- end -}}
 
 {{/*
@@ -338,10 +356,11 @@ it then runs one replica and is replaced, not rolled.
 {{/*
 Usage: {{ include "app.backupNeedsPostgres" . }} - fails when backups are on in a chart with no
 PostgreSQL (networkPolicy.egress.postgres says where the service's is). Included by every
-template that renders for backups, whichever Helm renders first.
+template that renders for backups, whichever Helm renders first. Files-only backups reach no
+database, so need none.
 */}}
 {{- define "app.backupNeedsPostgres" -}}
-{{- if and .Values.backup.enabled (not (hasKey .Values.networkPolicy.egress "postgres")) -}}
+{{- if and .Values.backup.enabled (not (include "app.filesOnlyBackups" .)) (not (hasKey .Values.networkPolicy.egress "postgres")) -}}
 {{- include "shipyard-common.fail" (dict "context" . "message" "backup.enabled needs the service's PostgreSQL, and this chart has none (no networkPolicy.egress.postgres says where it is): leave backup.enabled false, or add networkPolicy.egress.postgres for an external one") -}}
 {{- end -}}
 {{- end -}}
