@@ -81,3 +81,20 @@ def test_a_passed_drill_that_cannot_be_recorded_fails_a_failed_one_only_says_so(
 
     cli._record_drill(target, Outcome(MONDAY, error="the restore stopped short"))
     assert "the drill could not be recorded either" in capsys.readouterr().err
+
+
+def test_on_s3_no_record_is_none_and_a_written_one_reads_back(bucket: str) -> None:
+    repo = storage.from_url(f"s3://{bucket}/prod/pitr")
+
+    assert drill_record.read(repo) is None  # NoSuchKey: no drill yet, not a fault
+    drill_record.write(repo, Outcome(MONDAY, 4.0, 2.0))
+    assert drill_record.read(repo) == drill_record.Record(
+        Outcome(MONDAY, 4.0, 2.0), Outcome(MONDAY, 4.0, 2.0)
+    )
+
+
+def test_a_storage_that_cannot_answer_is_an_error_not_no_drill(tmp_path: Path) -> None:
+    (tmp_path / drill_record.KEY).mkdir()  # read fails, and not because nothing is there
+
+    with pytest.raises(storage.StorageError, match="cannot read"):
+        drill_record.read(storage.LocalStorage(tmp_path))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from shipyard import timepoint
-from shipyard.backup.storage import Storage, StorageError
+from shipyard.backup.storage import NotFound, Storage
 
 KEY = "shipyard-drill.json"
 
@@ -58,13 +58,13 @@ class Record:
 
 
 def read(storage: Storage) -> Record | None:
-    """The record, or None when no drill has run (or its record is unreadable: a drill then
-    writes a new one)."""
+    """The record, or None when no drill has run or its content is garbled (the next drill
+    writes a new one). StorageError when the storage cannot say."""
     try:
         data = json.loads(storage.get_bytes(KEY))
         last_passed = data.get("last_passed")
         return Record(_outcome(data["last"]), _outcome(last_passed) if last_passed else None)
-    except (StorageError, ValueError, KeyError, TypeError):
+    except (NotFound, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
