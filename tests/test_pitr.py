@@ -591,6 +591,11 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     # The newest replayed commit is the last row's, a few seconds old at most.
     assert 0 <= pushed["shipyard_backup_verify_recovery_point_age_seconds"] < 120
     assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))  # the scratch copy is gone
+    # Recorded beside the repository, for `pitr list` and the runbook.
+    listing = [*argv[:5], "list", *argv[6:]]
+    seconds = pushed["shipyard_backup_verify_restore_seconds"]
+    shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^last drill: \S+Z passed: restored in {seconds:.1f} s, ", shown, re.M)
 
     segments = sorted(
         p
@@ -614,6 +619,11 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
         == (pushed["shipyard_backup_verify_restore_seconds"])
     )
     assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))
+    shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^last drill: \S+Z FAILED: .*segment", shown, re.M), shown
+    assert re.search(
+        rf"^last passing drill: \S+Z passed: restored in {seconds:.1f} s, ", shown, re.M
+    ), shown
 
     # A drill that cannot even reach its repository fails the same loud way.
     unreachable = {**env, "SHIPYARD_SERVICE": f"{service}-s3", "AWS_ENDPOINT_URL": "http://x:9"}

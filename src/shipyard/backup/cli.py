@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
 from shipyard import timepoint
-from shipyard.backup import engine, files, metrics, pitr, storage
+from shipyard.backup import drill_record, engine, files, metrics, pitr, storage
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -200,6 +201,8 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         found = pitr.window(env)
         print(pitr.describe(found.backups))
         print(found.describe())
+        record = drill_record.read(storage.from_url(args.target))
+        print(record.describe() if record else "last drill: none yet (`pitr drill` runs one)")
     elif step == "restore":
         restored = pitr.restore(env, pitr.target(args.at, pitr.window(env)), args.into)
         last = timepoint.rfc3339(restored.last_commit) if restored.last_commit else "not tracked"
@@ -220,26 +223,47 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
-    """The drill, its outcome pushed to the Pushgateway as a logical drill's is: a failure
-    (a wrong --target or missing credentials too) is an exit status, a log line and the metric
-    the restore-drill alert reads."""
+    """The drill, its outcome pushed to the Pushgateway as a logical drill's is and recorded
+    beside the repository (drill_record) for `pitr list`: a failure (a wrong --target or missing
+    credentials too) is an exit status, a log line, the metric the restore-drill alert reads
+    and the record's last drill."""
     started = time.time()
     found: pitr.Drill | None = None
+    error: str | None = None
     try:
         env = pitr.environment(target, environ)
         found = pitr.drill(env, Path(environ.get("TMPDIR") or tempfile.gettempdir()))
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__  # KeyboardInterrupt says nothing
+        raise
     finally:
         seconds = found.restored.seconds if found else None
         age = found.recovery_point_age if found else None
         metrics.push(
             metrics.drill_report(seconds, age, started=started, ended=time.time()), environ
         )
+        _record_drill(target, drill_record.Outcome(datetime.now(UTC), seconds, age, error))
     point = "not tracked" if age is None else f"the newest transaction {age:.0f} s old"
     print(
         f"restore drill passed: restored to latest and checked in {seconds:.1f} s"
         f" (recovery time); recovery point: {point}"
     )
     return 0
+
+
+def _record_drill(target: str, outcome: drill_record.Outcome) -> None:
+    """Record a drill's outcome. A failed drill's own error matters more than a record its
+    storage may refuse for the same reason: that is only said. A passed drill whose record
+    cannot be written fails, since `pitr list` would show an older one as the last."""
+    try:
+        drill_record.write(storage.from_url(target), outcome)
+    except (storage.StorageError, OSError) as exc:
+        if not outcome.passed:
+            print(
+                f"shipyard backup: the drill could not be recorded either: {exc}", file=sys.stderr
+            )
+            return
+        raise storage.StorageError(f"the drill passed but could not be recorded: {exc}") from None
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:

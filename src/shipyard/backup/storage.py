@@ -32,6 +32,10 @@ class StorageError(Exception):
     """The backup storage could not be reached, read or written."""
 
 
+class NotFound(StorageError):
+    """The key read does not exist (where that is an answer, not a fault)."""
+
+
 class Storage(Protocol):
     """A flat key space (`<backup id>/<file>`) with atomic streaming writes."""
 
@@ -135,7 +139,8 @@ class LocalStorage:
         try:
             return self._path(key).read_bytes()
         except OSError as exc:
-            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+            kind = NotFound if isinstance(exc, FileNotFoundError) else StorageError
+            raise kind(f"cannot read {self._path(key)}: {exc.strerror}") from None
 
     @contextmanager
     def open(self, key: str) -> Iterator[IO[bytes]]:
@@ -253,7 +258,8 @@ def _s3_errors(doing: str) -> Iterator[None]:
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        raise StorageError(
+        kind = NotFound if error.get("Code") in ("NoSuchKey", "404") else StorageError
+        raise kind(
             f"cannot {doing}: {error.get('Code', '?')} {error.get('Message', '')}".rstrip()
         ) from None
     except BotoCoreError as exc:
