@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 
 from shipyard import validate
+from shipyard.backup import engine, storage
 from shipyard.engines import helm as helm_engine
 from shipyard.validate.crds import CNPG_API
 from tests.conftest import Render, chart_digests, init_repo, invoke_cli, load_preset, template_chart
 from tests.kubectl import Kubectl, rule
+from tests.servers.s3 import S3Server
 
 NAMESPACE = "nestjs-template-prod"
 CLUSTER = "nestjs-template-postgres"
@@ -277,3 +280,51 @@ def test_restore_files_runs_the_files_only_cronjobs_pod(root: Path, cluster: Clu
         NAMESPACE,
     ] in (cluster.kubectl.commands())
     assert "prod: api:/app/uploads restored" in result.stdout
+
+
+def test_list_and_verify_read_the_files_backups_beside_the_operators(
+    root: Path,
+    cluster: Cluster,
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the files-only CronJob writes, on a real S3 server, where the chart points it.
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket, prefix = TARGET.removeprefix("s3://").split("/", 1)
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    uploads = tmp_path / "api" / "app" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "report.pdf").write_bytes(b"%PDF-1.7 uploaded")
+    files = [engine.data_path("api:/app/uploads", tmp_path)]
+    made = engine.files_backup(
+        storage.S3Storage(bucket, prefix, s3_server.endpoint), files, log=lambda _: None
+    )
+    env = {
+        **s3_server.env(),
+        **cluster.kubectl.env(
+            [
+                rule(["get", "clusters.postgresql.cnpg.io"], json.dumps(cluster.live)),
+                rule(["get", "backups.postgresql.cnpg.io"], "nestjs-template-daily-1\n"),
+            ]
+        ),
+        "PGHOST": "/nonexistent",  # no database is needed for any of it
+    }
+
+    listed = invoke_cli(root, "backup.list", "--env", "prod", env=env, timeout=120)
+
+    assert listed.returncode == 0, listed.stderr
+    assert "nestjs-template-daily-1" in listed.stdout  # the operator's
+    assert f"prod: files backups (the data paths) in {TARGET}:" in listed.stdout
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(made.id)]
+    assert "(files only)" in row
+
+    verified = invoke_cli(root, "backup.verify", "--env", "prod", env=env, timeout=120)
+
+    assert verified.returncode == 0, verified.stderr
+    assert f"prod: files backup {made.id} verified: 1 archive(s) match" in verified.stdout
+    record = storage.S3Storage(bucket, prefix, s3_server.endpoint).get_bytes(
+        f"{made.id}/{engine.VERIFIED}"
+    )
+    assert json.loads(record)["files"] == 1

@@ -21,6 +21,7 @@ runs (the two cases above), and each one's plan and refusals read best beside th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -174,6 +175,14 @@ def _storage(cfg: config.Config, settings: config.BackupSettings) -> Storage:
     return storage.LocalStorage(cfg.root / settings.path)
 
 
+def _files_only(settings: config.BackupSettings) -> config.BackupSettings:
+    """Where the chart's files-only CronJob keeps its backups when CloudNativePG backs the
+    database up: a folder beside the operator's (templates/backup-cronjob.yaml)."""
+    return dataclasses.replace(
+        settings, prefix=f"{settings.prefix.rstrip('/')}/{operator.FILES_FOLDER}"
+    )
+
+
 def _where() -> str:
     """The database as libpq will reach it, without credentials."""
     host = os.environ.get("PGHOST", "local socket")
@@ -241,6 +250,11 @@ def list_(c: Context, env: str = "") -> None:
     cfg, environment, settings = _settings(c, env)
     if operator.by_operator(cfg, environment):
         operator.list_backups(cfg, environment)
+        if operator.keeps_files(cfg):
+            target = _storage(cfg, _files_only(settings))
+            print(f"{environment.name}: files backups (the data paths) in {target.url}:")
+            with _failures(f"listing the files backups of {environment.name}"):
+                print(cli.format_table(engine.list_backups(target)))
         return
     env = environment.name
     if _in_compose(environment):
@@ -261,7 +275,10 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
 
     cfg, environment, settings = _settings(c, env)
     if operator.by_operator(cfg, environment):
-        raise operator.refuse(cfg, environment, "backup.verify")
+        if not operator.keeps_files(cfg):
+            raise operator.refuse(cfg, environment, "backup.verify")
+        # The operator's backups have no drill here; the files-only ones do (no database).
+        settings = _files_only(settings)
     env = environment.name
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "verify", *_choice(backup, jobs))
@@ -282,6 +299,12 @@ def verify(c: Context, env: str = "", backup: str = "", jobs: int = 0) -> None:
         raise
     metrics.push(metrics.verify_report(checked, started=started, ended=time.time()), os.environ)
     record = checked.verified or {}
+    if checked.files_only:
+        print(
+            f"{env}: files backup {checked.id} verified: {record.get('files')} archive(s)"
+            " match their sha256 and entries"
+        )
+        return
     print(
         f"{env}: backup {checked.id} verified: {record.get('tables')} tables and "
         f"{record.get('rows')} rows match its manifest"

@@ -67,6 +67,17 @@ def backup(
         print(f"{env}: files backup {files.name} of {', '.join(_data_paths(cfg))} completed")
 
 
+# The folder of the backup target where the chart's files-only CronJob writes, beside the
+# operator's (templates/backup-cronjob.yaml names it too; test_cnpg_files checks both agree).
+FILES_FOLDER = "files"
+
+
+def keeps_files(cfg: config.Config) -> bool:
+    """Components keep files in data paths, which the operator does not back up: the chart's
+    backup CronJob then does, files only."""
+    return bool(_data_paths(cfg))
+
+
 def _data_paths(cfg: config.Config) -> list[str]:
     return [f"{comp.name}:{path}" for comp in cfg.components for path in comp.data_paths]
 
