@@ -477,6 +477,7 @@ def _check(data: Path, env: Mapping[str, str]) -> _Checked:
             # The newest replayed commit's time is the drill's recovery point, even where the
             # live server was given this setting as an option rather than in its files.
             "-c track_commit_timestamp=on",
+            *_sync_once(data),
         ]
     )
     log = sockets / "server.log"
@@ -503,6 +504,13 @@ def _check(data: Path, env: Mapping[str, str]) -> _Checked:
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+def _sync_once(data: Path) -> list[str]:
+    """Starting on a copied data directory, PostgreSQL first fsyncs every file in it, one by one.
+    pgBackRest has just written and fsynced each of them: one syncfs() of the filesystem (14+)
+    does the same for a fraction of the time (about 0.1 s of a 1.5 GB restore's 4.5 s here)."""
+    return ["-c recovery_init_sync_method=syncfs"] if int(_major(data)) >= 14 else []
+
+
 # pg_controldata's names for the settings hot standby needs at least as high as the primary's.
 _LIMITS = {
     "max_connections setting": "max_connections",
@@ -516,8 +524,7 @@ _LIMITS = {
 def _primary_limits(bindir: Path, data: Path) -> dict[str, str]:
     """The primary's values of those settings, as the restored pg_control recorded them (none
     where pg_controldata is missing: the server's log then says what it lacks)."""
-    version = (data / "PG_VERSION").read_text().strip()
-    found_in = [bindir, Path("/usr/lib/postgresql") / version / "bin"]
+    found_in = [bindir, Path("/usr/lib/postgresql") / _major(data) / "bin"]
     program = next(
         (p / "pg_controldata" for p in found_in if (p / "pg_controldata").exists()), None
     )
@@ -553,7 +560,7 @@ def _recovered(data: Path, env: Mapping[str, str], sockets: Path, port: int) -> 
         while _fetch(conn, "SELECT pg_is_in_recovery()"):
             if time.monotonic() > deadline:
                 raise BackupError("the restored server did not finish recovery in 10 min")
-            time.sleep(0.2)
+            time.sleep(0.05)  # a restore's time is its recovery time: poll often, it is cheap
         now = _fetch(conn, "SELECT now()")
         last = _fetch(conn, "SELECT (pg_last_committed_xact()).timestamp")
         names = conn.execute(
@@ -668,10 +675,15 @@ def _archive_new_timeline(data: Path) -> None:
                 os.chown(status / f"{history.name}.ready", owner.st_uid, owner.st_gid)
 
 
+def _major(data: Path) -> str:
+    """The PostgreSQL major version that wrote the data directory `data`."""
+    return (data / "PG_VERSION").read_text().strip()
+
+
 def _bindir(data: Path, env: Mapping[str, str]) -> Path:
     """The server programs of `data`'s major version: `pg_ctl` on PATH if it is that version,
     else Debian's /usr/lib/postgresql/VERSION/bin (not on PATH there)."""
-    version = (data / "PG_VERSION").read_text().strip()
+    version = _major(data)
     pg_ctl = shutil.which("pg_ctl", path=env.get("PATH"))
     if pg_ctl:
         said = subprocess.run([pg_ctl, "--version"], capture_output=True, text=True, check=False)
