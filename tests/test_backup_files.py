@@ -72,10 +72,7 @@ def test_files_round_trip_restores_an_identical_tree(
 ) -> None:
     """`shipyard backup run --data-path`, verify, damage, `restore --files`: the tree is back
     exactly; the safety backup holds the damaged one."""
-    if where == "s3":
-        target = f"s3://{request.getfixturevalue('bucket')}/prod"
-    else:
-        target = (tmp_path / "store").as_uri()
+    target = _target(where, tmp_path, request, "prod")
     root = tmp_path / "data"
     top = make_tree(root)
     before = snapshot(top)
@@ -120,10 +117,7 @@ def test_a_corrupted_archive_is_refused_and_nothing_changes(database: str, tmp_p
     store = backup.from_url((tmp_path / "store").as_uri())
     wanted = [engine.data_path(SPEC, root)]
     made = engine.backup(store, files=wanted, log=print)
-    stored = tmp_path / "store" / made.manifest["files"][0]["key"]
-    raw = bytearray(stored.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    stored.write_bytes(bytes(raw))
+    _flip_a_byte(tmp_path / "store" / made.manifest["files"][0]["key"])
     damage(top)
     damaged = snapshot(top)
 
@@ -283,10 +277,7 @@ def test_a_files_only_round_trip_needs_no_database(
     """`run --files-only`, `list`, `verify`, damage, `restore --files`, with no PostgreSQL
     reachable: the tree is back exactly, the manifest says it holds no database, and the
     safety backup (files only too) holds the damaged tree."""
-    if where == "s3":
-        target = f"s3://{request.getfixturevalue('bucket')}/prod/files"
-    else:
-        target = (tmp_path / "store").as_uri()
+    target = _target(where, tmp_path, request, "prod/files")
     root = tmp_path / "data"
     top = make_tree(root)
     before = snapshot(top)
@@ -370,10 +361,7 @@ def test_a_corrupted_files_only_archive_fails_verify_and_restores_nothing(
     target = (tmp_path / "store").as_uri()
     made_id = files_only(target, root)
     (made,) = backup.list_backups(backup.from_url(target))
-    stored = tmp_path / "store" / made.manifest["files"][0]["key"]
-    raw = bytearray(stored.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    stored.write_bytes(bytes(raw))
+    _flip_a_byte(tmp_path / "store" / made.manifest["files"][0]["key"])
     damage(top)
     damaged = snapshot(top)
 
@@ -433,3 +421,17 @@ def test_retention_treats_files_only_backups_like_the_others(tmp_path: Path) -> 
     assert backup.prune(store, backup.Retention(daily=3), log=print) == [old.id]
     assert [b.id for b in backup.list_backups(store)] == [new.id]
     assert not [k for k in store.list_keys() if k.startswith(f"{old.id}/")]
+
+
+def _target(where: str, tmp_path: Path, request: Any, prefix: str) -> str:
+    """A fresh target: a folder, or `prefix` in a fresh bucket of the S3 server."""
+    if where == "s3":
+        return f"s3://{request.getfixturevalue('bucket')}/{prefix}"
+    return (tmp_path / "store").as_uri()
+
+
+def _flip_a_byte(stored: Path) -> None:
+    """Corrupt a stored archive in its middle, as a failing disk would."""
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    stored.write_bytes(bytes(raw))

@@ -158,19 +158,12 @@ def verify(
             + "\n  ".join(problems)
         )
     archives = data_files.verify(storage, chosen.manifest, log)
-    verified_at = datetime.now(UTC)
-    # The recovery point: how much a restore from this backup, now, would lose.
-    age = (verified_at - chosen.created).total_seconds()
-    record = {
-        "verified_at": verified_at.isoformat(),
+    checked = {
         "tables": len(stats),
         "rows": sum(t["rows"] for t in stats.values()),
         **({"files": archives} if archives else {}),
-        "restore_seconds": round(restore_seconds, 3),
-        "recovery_point_age_seconds": round(age, 3),
-        "shipyard": __version__,
     }
-    storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
+    record, age = _record(storage, chosen, checked, restore_seconds)
     log(f"backup {chosen.id} verified: {record['tables']} tables, {record['rows']} rows match")
     log(
         f"restore drill: restored in {restore_seconds:.1f} s (recovery time); the backup is"
@@ -179,22 +172,31 @@ def verify(
     return Backup(chosen.id, chosen.manifest, record)
 
 
+def _record(
+    storage: Storage, chosen: Backup, checked: dict[str, Any], restore_seconds: float
+) -> tuple[dict[str, Any], float]:
+    """Write `<id>/verified.json`: what the drill checked, its recovery time, and its recovery
+    point (the backup's age: how much a restore from it, now, would lose); return both."""
+    verified_at = datetime.now(UTC)
+    age = (verified_at - chosen.created).total_seconds()
+    record = {
+        "verified_at": verified_at.isoformat(),
+        **checked,
+        "restore_seconds": round(restore_seconds, 3),
+        "recovery_point_age_seconds": round(age, 3),
+        "shipyard": __version__,
+    }
+    storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
+    return record, age
+
+
 def _verify_files_only(storage: Storage, chosen: Backup, log: Log) -> Backup:
     """The drill of a backup without a database: every archive downloaded, its sha256 checked
     and read through (entry count), recorded like a full drill's so the alerts read it too."""
     started = time.monotonic()
     archives = data_files.verify(storage, chosen.manifest, log)
     restore_seconds = time.monotonic() - started
-    verified_at = datetime.now(UTC)
-    age = (verified_at - chosen.created).total_seconds()
-    record = {
-        "verified_at": verified_at.isoformat(),
-        "files": archives,
-        "restore_seconds": round(restore_seconds, 3),
-        "recovery_point_age_seconds": round(age, 3),
-        "shipyard": __version__,
-    }
-    storage.put_bytes(f"{chosen.id}/{VERIFIED}", json.dumps(record, indent=2).encode())
+    record, age = _record(storage, chosen, {"files": archives}, restore_seconds)
     log(f"backup {chosen.id} verified (files only, no database): {archives} archive(s) match")
     log(
         f"restore drill: archives read in {restore_seconds:.1f} s; the backup is"
