@@ -44,6 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
         del os.environ["MUTANT_UNDER_TEST"]
 
 
+# The longest single tests (minutes each: every example renders a kit and runs every
+# validator), run first. xdist hands tests out in collection order, so one met last keeps a
+# worker busy alone at the end of the run while the other cores idle.
+LONGEST_FIRST = ("tests/test_fuzz.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
+
+
 REPO = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO / "tests" / "presets"
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yml"))
