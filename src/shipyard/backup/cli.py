@@ -294,9 +294,10 @@ def format_table(backups: list[engine.Backup]) -> str:
             # The drill's recovery time; records from before it was measured have none.
             if "restore_seconds" in b.verified:
                 verified += f" (restored in {b.verified['restore_seconds']:.1f} s)"
-        database, tables = ("(files only)", "-") if b.files_only else (m["database"], "")
+        database = "(files only)" if b.files_only else m["database"]
+        tables = "-" if b.files_only else len(m["tables"])
         lines.append(
             f"{b.id:<24} {m['kind']:<9} {database:<20} {b.size:>10}"
-            f" {tables or len(m['tables']):>6} {len(m.get(files.FILES, [])):>5}  {verified}"
+            f" {tables:>6} {len(m.get(files.FILES, [])):>5}  {verified}"
         )
     return "\n".join(lines)
