@@ -105,7 +105,7 @@ def bench(session: nox.Session) -> None:
 
 # Packages `nox -s mutation` mutates, each with the fast tests (not marked slow) that judge its
 # mutants. mutmut runs only the tests that reach a mutated function, in a fresh pytest session
-# per mutant (so the PostgreSQL and S3 servers start again each time).
+# per mutant.
 MUTATION_TESTS = {
     "backup": [
         "tests/test_backup.py",
@@ -172,7 +172,13 @@ def mutation(session: nox.Session) -> None:
         # Tests that run `python -m shipyard.cli` in a child process import the mutated copy
         # too (the child inherits which mutant is active from the environment).
         env = {"PYTHONPATH": str(work / "mutants" / "src")}
-        session.run("mutmut", "run", env=env)
+        # PostgreSQL and the S3 server start once for the whole run, not once per mutant: one
+        # pair per test session running at a time, plus one for mutmut's own first session,
+        # each emptied before a session takes it (tests/servers/shared.py).
+        children = os.cpu_count() or 2
+        pairs = str(children + 1)
+        shared = ["python", "-m", "tests.servers.shared", pairs]
+        session.run(*shared, "mutmut", "run", "--max-children", str(children), env=env)
         session.run("mutmut", "results")
 
 

@@ -9,6 +9,7 @@ cluster is thrown away, and fsync would only make the suite slower.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -112,7 +113,21 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A running PostgreSQL cluster on 127.0.0.1, removed at the end of the session."""
+    """A running PostgreSQL cluster on 127.0.0.1: the session's own, removed at its end, or the
+    one this session claimed from a run's shared servers (tests/servers/shared.py)."""
+    from tests.servers import shared
+
+    slot = shared.claim()
+    if slot is not None:
+        yield slot.postgres
+        return
+    with running() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running() -> Iterator[PostgresServer]:
+    """A new PostgreSQL cluster on 127.0.0.1, stopped and removed when the block ends."""
     bindir = _bindir()
     as_root = os.geteuid() == 0
     # Not under pytest's tmp dir: that is private to root and the server runs as postgres.

@@ -7,6 +7,7 @@ it. Clients reach it the way users reach MinIO or R2: boto3 with an endpoint URL
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -50,7 +51,21 @@ def _moto_server() -> str:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    """A running moto S3 server on 127.0.0.1, stopped at the end of the session."""
+    """A running moto S3 server on 127.0.0.1: the session's own, stopped at its end, or the one
+    this session claimed from a run's shared servers (tests/servers/shared.py)."""
+    from tests.servers import shared
+
+    slot = shared.claim()
+    if slot is not None:
+        yield slot.s3
+        return
+    with running() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running() -> Iterator[S3Server]:
+    """A new moto S3 server on 127.0.0.1, stopped when the block ends."""
     binary = _moto_server()
     proc, endpoint = start(
         lambda port: [binary, "-H", "127.0.0.1", "-p", str(port)], "/moto-api/", "moto_server"

@@ -1,0 +1,122 @@
+"""PostgreSQL and S3 servers shared by a run of pytest sessions:
+
+    python -m tests.servers.shared N COMMAND...
+
+mutmut (`nox -s mutation`) runs one short pytest session per mutant, thousands of them, and
+starting PostgreSQL and the S3 server in each costs as much as many mutants' tests. This starts
+N pairs once, runs COMMAND with SHIPYARD_SHARED_SERVERS naming their folder, and stops them when
+COMMAND ends. A session's `postgres_server` and `s3_server` fixtures claim one pair for the
+session alone: an exclusive lock on the pair's file, which the kernel releases when the process
+ends, however it ends. The claim empties the pair first (every database but `postgres`, every
+prepared transaction, every bucket), so a session finds the servers as new ones, whatever the
+last session (or mutant) left. With at most N sessions at a time a pair is always free; more
+wait for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+from psycopg import sql
+
+from tests.servers import postgres, s3
+
+ENV = "SHIPYARD_SHARED_SERVERS"
+
+
+@dataclass(frozen=True)
+class Slot:
+    postgres: postgres.PostgresServer
+    s3: s3.S3Server
+
+
+# By process: a session forked from one that claimed a pair must claim its own.
+_claimed: dict[int, Slot] = {}
+
+
+def claim(wait: float = 600) -> Slot | None:
+    """This process's pair of shared servers, emptied; None when no run shares servers."""
+    folder = os.environ.get(ENV)
+    if not folder:
+        return None
+    if os.getpid() in _claimed:
+        return _claimed[os.getpid()]
+    paths = sorted(Path(folder).glob("slot-*.json"))
+    if not paths:
+        raise RuntimeError(f"{ENV}={folder} holds no servers")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            # fd stays open, unreferenced: the lock lasts as long as this process.
+            slot = _load(path)
+            _empty(slot)
+            _claimed[os.getpid()] = slot
+            return slot
+        time.sleep(0.1)
+    raise RuntimeError(f"no shared server pair in {folder} came free within {wait:.0f} s")
+
+
+def _load(path: Path) -> Slot:
+    data = json.loads(path.read_text())
+    pg = data["postgres"]
+    return Slot(
+        postgres.PostgresServer(**{**pg, "bindir": Path(pg["bindir"])}), s3.S3Server(data["s3"])
+    )
+
+
+def _empty(slot: Slot) -> None:
+    """Leave the pair as a new one: the last session's databases, held transactions and buckets
+    gone."""
+    server, ident = slot.postgres, sql.Identifier
+    left = server.databases() - {"postgres"}
+    with server.connect() as conn:
+        # A restore stopped midway may have left its database closed to connections.
+        for name in left:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(name)))
+        held = conn.execute("SELECT gid, database FROM pg_prepared_xacts").fetchall()
+    for gid, database in held:  # only from its own database
+        with server.connect(database) as conn:
+            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    with server.connect() as conn:
+        for name in left:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident(name)))
+    requests.post(f"{slot.s3.endpoint}/moto-api/reset", timeout=10).raise_for_status()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
+        print("usage: python -m tests.servers.shared N COMMAND...", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipyard-shared-")))
+        for index in range(int(argv[0])):
+            pg = stack.enter_context(postgres.running())
+            storage = stack.enter_context(s3.running())
+            record = {"postgres": {**asdict(pg), "bindir": str(pg.bindir)}, "s3": storage.endpoint}
+            path = folder / f"slot-{index}.json"
+            # Holds a throwaway server's password: readable by this user only.
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(record))
+        return subprocess.run(
+            argv[1:], env={**os.environ, ENV: str(folder)}, check=False
+        ).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
