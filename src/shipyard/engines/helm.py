@@ -290,28 +290,37 @@ def run_backup(job: BackupJob, say: Callable[[str], None]) -> bool:
     """Take the backup, reporting each command through `say`: False when there is no CronJob
     yet (first install), True once the Job completed; EngineError when it failed or did not
     finish within its timeout."""
-    say(f"$ {job.lookup()}")
-    if not run(job.lookup(), capture=True, what="looking up the backup CronJob").strip():
+    ran = run_job(
+        job, say, "the backup Job", after="; nothing was migrated or upgraded", more="--timeout"
+    )
+    if not ran:
         say(
             f"no CronJob {job.cronjob} in namespace {job.namespace} yet (a first install): "
             "nothing to back up, so no backup before migrating"
         )
+    return ran
+
+
+def run_job(
+    job: BackupJob, say: Callable[[str], None], what: str, *, after: str = "", more: str = ""
+) -> bool:
+    """Create a Job from `job`'s CronJob and wait for it, reporting each command through `say`:
+    False when there is no such CronJob (nothing created), True once the Job completed.
+    EngineError when it failed or ran out of time, its sentence ending with `after` (what that
+    left undone); `more` names the option that gives it more time, if the caller has one."""
+    say(f"$ {job.lookup()}")
+    if not run(job.lookup(), capture=True, what=f"looking up CronJob {job.cronjob}").strip():
         return False
     say(f"$ {job.create()}")
-    run(job.create(), what="creating the backup Job")
+    run(job.create(), what=f"creating {what}")
     say(f"$ {job.conditions()}")
     where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
-    failed = wait_job(job.conditions(), job.timeout, "the backup Job")
+    failed = wait_job(job.conditions(), job.timeout, what)
     if failed is None:
-        raise EngineError(
-            f"the backup Job {job.name} did not finish within {job.timeout}s (raise "
-            f"--timeout, or see {where}); nothing was migrated or upgraded"
-        )
+        hint = f"raise {more}, or see {where}" if more else f"see {where}"
+        raise EngineError(f"{what} {job.name} did not finish within {job.timeout}s ({hint}){after}")
     if failed:
-        raise EngineError(
-            f"the backup Job {job.name} failed ({failed}); see {where}; nothing was migrated "
-            "or upgraded"
-        )
+        raise EngineError(f"{what} {job.name} failed ({failed}); see {where}{after}")
     return True
 
 

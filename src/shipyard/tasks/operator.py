@@ -19,7 +19,7 @@ from invoke.exceptions import Exit
 from shipyard import config, timepoint
 from shipyard.engines import EngineError, cnpg
 from shipyard.engines import helm as helm_engine
-from shipyard.engines.proc import Command, command, run
+from shipyard.engines.proc import Command, command
 from shipyard.tasks.support import confirm, execute, failures, plan, say
 
 
@@ -98,24 +98,12 @@ def _files_job(
 def _take_files(job: helm_engine.BackupJob, say: Callable[[str], None]) -> None:
     """Run the files backup Job and wait for it; EngineError when there is no CronJob (the
     release predates files-only backups, or backups are off), or the Job failed or ran out."""
-    say(f"$ {job.lookup()}")
-    if not run(job.lookup(), capture=True, what="looking up the backup CronJob").strip():
+    if not helm_engine.run_job(job, say, "the files backup Job"):
         raise EngineError(
             f"there is no CronJob {job.cronjob} in namespace {job.namespace} to archive the data "
             "paths: turn backup.enabled on and deploy with this version of the chart "
             "(`invoke deploy`); the base backup is done"
         )
-    say(f"$ {job.create()}")
-    run(job.create(), what="creating the files backup Job")
-    say(f"$ {job.conditions()}")
-    failed = helm_engine.wait_job(job.conditions(), job.timeout, "the files backup Job")
-    where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
-    if failed is None:
-        raise EngineError(
-            f"the files backup Job {job.name} did not finish within {job.timeout}s (see {where})"
-        )
-    if failed:
-        raise EngineError(f"the files backup Job {job.name} failed ({failed}); see {where}")
 
 
 def list_backups(cfg: config.Config, environment: config.Environment) -> None:
