@@ -51,7 +51,7 @@ def backup(
     env = environment.name
     target = _cluster(cfg, environment)
     job = cnpg.BaseBackup(target, helm_engine.job_name(f"{cfg.service}-manual"), timeout)
-    files = _files_job(cfg, environment, timeout) if _data_paths(cfg) else None
+    files = _files_job(cfg, environment, timeout) if keeps_files(cfg) else None
     if dry_run:
         steps = job.plan() + (files.plan() if files else [])
         what = " and the data paths (the files-only backup CronJob)" if files else ""
