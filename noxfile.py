@@ -170,8 +170,10 @@ def mutation(session: nox.Session) -> None:
             copy.symlink_to(link.resolve())
     with session.chdir(work):
         # Tests that run `python -m shipyard.cli` in a child process import the mutated copy
-        # too (the child inherits which mutant is active from the environment).
-        env = {"PYTHONPATH": str(work / "mutants" / "src")}
+        # too (the child inherits which mutant is active from the environment), and tell the
+        # stats run which functions they reached (tests/mutation_hits/sitecustomize.py).
+        hits = work / "tests" / "mutation_hits"
+        env = {"PYTHONPATH": os.pathsep.join([str(work / "mutants" / "src"), str(hits)])}
         # PostgreSQL and the S3 server start once for the whole run, not once per mutant: one
         # pair per test session running at a time, plus one for mutmut's own first session,
         # each emptied before a session takes it (tests/servers/shared.py).

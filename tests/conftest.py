@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,38 @@ settings.load_profile("default")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under mutmut's stats run (`nox -s mutation`), child processes run the code unmutated and
-    record nothing: they may run in a rendered kit, where mutmut finds no configuration and
-    would fail. This process keeps its own copy of mutmut's mode and still records."""
+    """Under mutmut's stats run (`nox -s mutation`), the functions that the processes a test
+    starts reach are that test's too: they write them to a file (tests/mutation_hits), read
+    after each test. mutmut's own recording stays in this process: in a child, it would look for
+    its configuration in the child's folder (a rendered kit has none) and keep what it records
+    in the child's memory."""
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
         del os.environ["MUTANT_UNDER_TEST"]
+        fd, hits = tempfile.mkstemp(prefix="shipyard-mutmut-hits-")
+        os.close(fd)
+        os.environ[CHILD_HITS] = hits
+        config.pluginmanager.register(ChildHits(Path(hits)), "shipyard-child-hits")
+
+
+CHILD_HITS = "SHIPYARD_MUTMUT_HITS"
+
+
+class ChildHits:
+    """Credits the functions child processes reached (tests/mutation_hits) to the running test,
+    before mutmut's stats plugin files this test's functions at its teardown."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        mutmut: Any = importlib.import_module("mutmut.state")  # only in mutmut's venv
+        names = self.path.read_text(encoding="utf-8").split()
+        self.path.write_text("")
+        mutmut.state()._stats.update(names)
+
+    def pytest_unconfigure(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 # The longest single tests (minutes each: every example renders a kit and runs every

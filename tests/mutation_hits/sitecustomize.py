@@ -1,0 +1,38 @@
+"""Run at the start of every Python process of `nox -s mutation` (its PYTHONPATH names this
+folder, and Python imports a `sitecustomize` it finds there).
+
+mutmut maps each function to the tests that reach it by recording, during one "stats" run of
+the tests, the functions each test calls. It records only inside the test process, but much of
+the backup engine runs in processes the tests start: `shipyard backup ...` as the CronJob runs
+it, a rendered kit's `invoke` tasks, PostgreSQL's archive_command. Their functions would be
+"not reached by any test" and never judged. So during the stats run (SHIPYARD_MUTMUT_HITS set,
+by tests/conftest.py) such a process appends each function it reaches, once, to that file, and
+the test process credits them to the test that is running. A line lost (a process of another user
+cannot write the file) only leaves a function judged by fewer tests, never a mutant wrongly killed.
+"""
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+_HITS = os.environ.get("SHIPYARD_MUTMUT_HITS")
+
+if _HITS:
+    _file = Path(_HITS)
+    trampoline: Any = importlib.import_module("mutmut.mutation.trampoline")
+    _seen: set[str] = set()
+
+    def _record(name: str, caller: str | None = None) -> None:
+        if name in _seen:
+            return
+        _seen.add(name)
+        try:
+            with _file.open("a", encoding="utf-8") as hits:
+                hits.write(name + "\n")
+        except OSError:
+            pass
+
+    # The trampolines record through this name, and only while the mode is "stats".
+    trampoline.record_trampoline_hit = _record
+    os.environ["MUTANT_UNDER_TEST"] = "stats"
