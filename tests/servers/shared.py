@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,8 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
         print("usage: python -m tests.servers.shared N COMMAND...", file=sys.stderr)
         return 2
+    # A stop by SIGTERM unwinds like Ctrl-C: every server this started is stopped and removed.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipyard-shared-")))
         for index in range(int(argv[0])):
