@@ -15,15 +15,17 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from shipyard import backup
-from shipyard.backup import engine
+from shipyard.backup import engine, storage
 from tests.backup_data import contents, shipyard_cli
 from tests.servers.postgres import PostgresServer
 
@@ -436,3 +438,44 @@ def test_verify_needs_only_the_server_not_the_apps_database(
     assert checked.verified is not None
     assert checked.verified["rows"] == 2000 + 5000 + 2 + 300
     assert postgres_server.databases() == before
+
+
+def test_s3_prune_deletes_past_the_keys_one_request_takes(bucket: str) -> None:
+    """S3's DeleteObjects takes at most 1000 keys (moto takes more, AWS refuses them): a backup
+    with 1001 goes in two requests, every key of it and nothing beside it."""
+    s3 = boto3.client("s3")
+    doomed = [f"prod/20260101T000000Z-old/part-{i:04}" for i in range(1001)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b""), doomed))
+    s3.put_object(Bucket=bucket, Key="prod/20260102T000000Z-new/manifest.json", Body=b"{}")
+    store = backup.S3Storage(bucket, "prod")
+    requests: list[int] = []
+
+    def count(params: dict[str, Any], **_kwargs: Any) -> None:
+        requests.append(len(params["Delete"]["Objects"]))
+
+    store.client.meta.events.register("provide-client-params.s3.DeleteObjects", count)
+    store.delete_prefix("20260101T000000Z-old/")
+
+    assert requests == [1000, 1]
+    assert store.list_keys() == ["20260102T000000Z-new/manifest.json"]
+
+
+def test_a_refused_s3_delete_says_what_it_was_removing(bucket: str) -> None:
+    """S3 refusing the delete (a key without delete rights): one sentence naming the storage,
+    and the backup still there."""
+    store = backup.S3Storage(bucket, "prod")
+    store.put_bytes("20260101T000000Z-old/manifest.json", b"{}")
+
+    def refuse(**_kwargs: Any) -> None:
+        error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+        raise ClientError(error, "DeleteObjects")  # type: ignore[arg-type]
+
+    store.client.meta.events.register("before-call.s3.DeleteObjects", refuse)
+    with pytest.raises(storage.StorageError) as refused:
+        store.delete_prefix("20260101T000000Z-old/")
+
+    assert str(refused.value) == (
+        f"cannot remove old backups in s3://{bucket}/prod: AccessDenied Access Denied"
+    )
+    assert store.list_keys() == ["20260101T000000Z-old/manifest.json"]

@@ -159,7 +159,7 @@ class LocalStorage:
         )
 
     def delete_prefix(self, prefix: str) -> None:
-        target = self._path(prefix.rstrip("/"))
+        target = self._path(prefix)  # a path ignores the trailing slash of "ID/"
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
@@ -245,11 +245,15 @@ class S3Storage:
     def delete_prefix(self, prefix: str) -> None:
         doomed = [k for k in self.list_keys() if k.startswith(prefix)]
         with _s3_errors(f"remove old backups in {self.url}"):
-            for i in range(0, len(doomed), 1000):
+            for i in range(0, len(doomed), DELETE_BATCH):
+                batch = doomed[i : i + DELETE_BATCH]
                 self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self._key(k)} for k in doomed[i : i + 1000]]},
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch]}
                 )
+
+
+# The most keys S3's DeleteObjects takes in one request.
+DELETE_BATCH = 1000
 
 
 @contextmanager
