@@ -28,6 +28,7 @@ pytest_plugins: list[str] = [
     "tests.servers.s3",
     "tests.servers.acme",
     "tests.servers.pushgateway",
+    "tests.servers.shared",
     "tests.backup_data",
 ]
 

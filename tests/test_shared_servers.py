@@ -23,6 +23,7 @@ PROBE = textwrap.dedent(
     from pathlib import Path
     from tests.servers import shared
     slot = shared.claim(wait=60)
+    shared.empty(slot)
     pg = slot.postgres
     found = sorted(pg.databases()), sorted(
         b["Name"] for b in boto3.client("s3", endpoint_url=slot.s3.endpoint,

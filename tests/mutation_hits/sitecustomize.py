@@ -27,11 +27,14 @@ if _HITS:
         if name in _seen:
             return
         _seen.add(name)
-        try:
-            with _file.open("a", encoding="utf-8") as hits:
-                hits.write(name + "\n")
+        try:  # never created here: a process outliving the stats run writes nothing
+            fd = os.open(_file, os.O_WRONLY | os.O_APPEND)
         except OSError:
-            pass
+            return
+        try:
+            os.write(fd, f"{name}\n".encode())
+        finally:
+            os.close(fd)
 
     # The trampolines record through this name, and only while the mode is "stats".
     trampoline.record_trampoline_hit = _record

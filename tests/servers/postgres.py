@@ -20,10 +20,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from tests.servers.shared import Slot
 
 SUPERUSER = "postgres"
 
@@ -112,14 +116,11 @@ class PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(shared_servers: Slot | None) -> Iterator[PostgresServer]:
     """A running PostgreSQL cluster on 127.0.0.1: the session's own, removed at its end, or the
     one this session claimed from a run's shared servers (tests/servers/shared.py)."""
-    from tests.servers import shared
-
-    slot = shared.claim()
-    if slot is not None:
-        yield slot.postgres
+    if shared_servers is not None:
+        yield shared_servers.postgres
         return
     with running() as server:
         yield server

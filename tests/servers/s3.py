@@ -17,11 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 from tests.servers import start, stop
+
+if TYPE_CHECKING:
+    from tests.servers.shared import Slot
 
 # moto accepts any credentials; these are what the clients present.
 CREDENTIALS = {
@@ -50,14 +54,11 @@ def _moto_server() -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+def s3_server(shared_servers: Slot | None) -> Iterator[S3Server]:
     """A running moto S3 server on 127.0.0.1: the session's own, stopped at its end, or the one
     this session claimed from a run's shared servers (tests/servers/shared.py)."""
-    from tests.servers import shared
-
-    slot = shared.claim()
-    if slot is not None:
-        yield slot.s3
+    if shared_servers is not None:
+        yield shared_servers.s3
         return
     with running() as server:
         yield server

@@ -5,12 +5,11 @@
 mutmut (`nox -s mutation`) runs one short pytest session per mutant, thousands of them, and
 starting PostgreSQL and the S3 server in each costs as much as many mutants' tests. This starts
 N pairs once, runs COMMAND with SHIPYARD_SHARED_SERVERS naming their folder, and stops them when
-COMMAND ends. A session's `postgres_server` and `s3_server` fixtures claim one pair for the
-session alone: an exclusive lock on the pair's file, which the kernel releases when the process
-ends, however it ends. The claim empties the pair first (every database but `postgres`, every
-prepared transaction, every bucket), so a session finds the servers as new ones, whatever the
-last session (or mutant) left. With at most N sessions at a time a pair is always free; more
-wait for one.
+COMMAND ends. A test process claims one pair for itself: an exclusive lock on the pair's file,
+which the kernel releases when the process ends, however it ends. Each pytest session in it
+empties the pair first (every database but `postgres`, every prepared transaction, every
+bucket), so it finds the servers as new ones, whatever the last session (or mutant) left. With
+at most N processes at a time a pair is always free; more wait for one.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pytest
 import requests
 from psycopg import sql
 
@@ -45,8 +45,19 @@ class Slot:
 _claimed: dict[int, Slot] = {}
 
 
+@pytest.fixture(scope="session")
+def shared_servers() -> Slot | None:
+    """This session's pair of the run's shared servers, emptied; None when no run shares
+    servers (the fixtures of each server then start their own)."""
+    slot = claim()
+    if slot is not None:
+        empty(slot)
+    return slot
+
+
 def claim(wait: float = 600) -> Slot | None:
-    """This process's pair of shared servers, emptied; None when no run shares servers."""
+    """This process's pair of shared servers (the same for each of its sessions); None when no
+    run shares servers."""
     folder = os.environ.get(ENV)
     if not folder:
         return None
@@ -66,7 +77,6 @@ def claim(wait: float = 600) -> Slot | None:
                 continue
             # fd stays open, unreferenced: the lock lasts as long as this process.
             slot = _load(path)
-            _empty(slot)
             _claimed[os.getpid()] = slot
             return slot
         time.sleep(0.1)
@@ -81,7 +91,7 @@ def _load(path: Path) -> Slot:
     )
 
 
-def _empty(slot: Slot) -> None:
+def empty(slot: Slot) -> None:
     """Leave the pair as a new one: the last session's databases, held transactions and buckets
     gone."""
     server, ident = slot.postgres, sql.Identifier
