@@ -129,14 +129,16 @@ MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "REA
 def mutation(session: nox.Session) -> None:
     """Mutation testing (mutmut): `nox -s mutation -- backup` mutates the named packages
     (default: backup, tasks, validate) and prints every mutant that survived their fast tests;
-    `-- backup/recovery backup/retention` mutates only those modules of a package.
+    `-- backup/recovery backup/retention` mutates only those modules of a package;
+    `-- backup/storage shipyard.backup.storage.x_f__mutmut_3` judges that mutant (again) only.
 
     Each set of packages gets a work folder, build/mutation/<names>, holding mutmut's config
     and its copy of the tree (mutants/); a rerun resumes there, also with fewer modules.
     `mutmut show NAME` in that folder (with this session's venv) prints a survivor's diff.
     """
     _install(session, "mutation")
-    wanted = session.posargs or list(MUTATION_TESTS)
+    names = [a for a in session.posargs if "__mutmut_" in a]
+    wanted = [a for a in session.posargs if a not in names] or list(MUTATION_TESTS)
     # "backup/recovery" -> package "backup", files "backup/recovery.py"; "backup" -> all of it.
     only = [f"{w}.py" if "/" in w else f"{w}/*" for w in wanted]
     packages = list(dict.fromkeys(w.partition("/")[0] for w in wanted))
@@ -180,7 +182,7 @@ def mutation(session: nox.Session) -> None:
         children = os.cpu_count() or 2
         pairs = str(children + 1)
         shared = ["python", "-m", "tests.servers.shared", pairs]
-        session.run(*shared, "mutmut", "run", "--max-children", str(children), env=env)
+        session.run(*shared, "mutmut", "run", "--max-children", str(children), *names, env=env)
         session.run("mutmut", "results")
 
 
