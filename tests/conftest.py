@@ -71,6 +71,9 @@ class ChildHits:
         mutmut.state()._stats.update(names)
 
     def pytest_unconfigure(self) -> None:
+        # mutmut forks its mutants' test processes from this one: their children must run the
+        # mutant, not record.
+        del os.environ[CHILD_HITS]
         self.path.unlink(missing_ok=True)
 
 

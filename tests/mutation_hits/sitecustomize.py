@@ -18,7 +18,9 @@ from typing import Any
 
 _HITS = os.environ.get("SHIPYARD_MUTMUT_HITS")
 
-if _HITS:
+# Only while the stats run lasts (the file is removed at its end): a mutant's test process
+# runs the mutant in its children, never records.
+if _HITS and Path(_HITS).is_file():
     _file = Path(_HITS)
     trampoline: Any = importlib.import_module("mutmut.mutation.trampoline")
     _seen: set[str] = set()
