@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -160,29 +161,62 @@ def test_an_unreachable_pushgateway_leaves_a_good_backup_good(
 
 @pytest.mark.parametrize(
     ("unset", "named"),
-    [("SHIPYARD_SERVICE", "SHIPYARD_SERVICE"), ("SHIPYARD_ENV", "SHIPYARD_ENV")],
+    [
+        (["SHIPYARD_SERVICE"], "SHIPYARD_SERVICE"),
+        (["SHIPYARD_ENV"], "SHIPYARD_ENV"),
+        (["SHIPYARD_SERVICE", "SHIPYARD_ENV"], "SHIPYARD_SERVICE and SHIPYARD_ENV"),
+    ],
 )
 def test_a_push_without_its_labels_is_a_warning_not_a_failure(
-    pushgateway: Pushgateway, unset: str, named: str, capsys: pytest.CaptureFixture[str]
+    pushgateway: Pushgateway, unset: list[str], named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     service = f"shop-{secrets.token_hex(3)}"
-    environ = {k: v for k, v in push_env(pushgateway.url, service).items() if k != unset}
+    environ = {k: v for k, v in push_env(pushgateway.url, service).items() if k not in unset}
     report = metrics.verify_report(None, started=1.0, ended=2.0)
 
-    assert metrics.push(report, environ) is False
-    assert f"SHIPYARD_PUSHGATEWAY_URL is set but {named} is not" in capsys.readouterr().err
+    metrics.push(report, environ)
+    assert capsys.readouterr().err == (
+        f"shipyard backup: warning: SHIPYARD_PUSHGATEWAY_URL is set but {named} is not, so the"
+        " metrics were not pushed; set both to the labels the alerts select; the command's own"
+        " result stands.\n"
+    )
     assert pushgateway.values(service=service) == {}
     # Without a URL nothing is pushed, and nothing said.
-    assert metrics.push(report, {}) is False
+    metrics.push(report, {})
     assert capsys.readouterr().err == ""
 
 
-def test_a_url_with_credentials_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    environ = push_env(f"http://user:s3cret@127.0.0.1:{free_port()}/", "shop")
-    assert metrics.push(metrics.run_report(None, failed_at=1.0), environ) is False
+@pytest.mark.parametrize("scheme", ["http://", ""])
+def test_a_url_with_credentials_is_never_printed(
+    scheme: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the user, not the password (an unescaped @ in it too), whether or not the URL names
+    its scheme (the client then takes http)."""
+    where = f"127.0.0.1:{free_port()}/"
+    environ = push_env(f"{scheme}user:s3c@ret@{where}", "shop")
+    metrics.push(metrics.run_report(None, failed_at=1.0), environ)
     said = capsys.readouterr().err
-    assert "could not push the metrics to http://127.0.0.1:" in said
-    assert "s3cret" not in said
+    assert said.startswith(
+        f"shipyard backup: warning: could not push the metrics to http://{where} ("
+    )
+    assert "s3c" not in said
+    assert "ret@" not in said
+
+
+def test_a_pushgateway_that_never_answers_is_given_up_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that takes the connection and never answers costs the backup the push's
+    timeout, not a hang."""
+    monkeypatch.setattr(metrics, "TIMEOUT_SECONDS", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        metrics.push(metrics.run_report(None, failed_at=1.0), push_env(url, "shop"))
+    said = capsys.readouterr().err
+    assert said.startswith(f"shipyard backup: warning: could not push the metrics to {url} (")
+    assert "timed out" in said
 
 
 # Where kube-state-metrics does not exist (Compose hosts) the pushed series are the only record

@@ -122,13 +122,13 @@ def drill_report(
     return Report(values)
 
 
-def push(report: Report, environ: Mapping[str, str]) -> bool:
-    """Push `report` to the Pushgateway `environ` names; True if it was pushed. Without
-    SHIPYARD_PUSHGATEWAY_URL nothing is pushed, silently; any failure is one warning on stderr
-    and never an exception, so the caller's exit status is the backup's."""
+def push(report: Report, environ: Mapping[str, str]) -> None:
+    """Push `report` to the Pushgateway `environ` names. Without SHIPYARD_PUSHGATEWAY_URL nothing
+    is pushed, silently; any failure is one warning on stderr and never an exception, so the
+    caller's exit status is the backup's."""
     url = environ.get(URL_VARIABLE, "").strip()
     if not url:
-        return False
+        return
     labels = {label: environ.get(variable, "").strip() for label, variable in LABELS.items()}
     unset = [variable for label, variable in LABELS.items() if not labels[label]]
     if unset:
@@ -136,7 +136,7 @@ def push(report: Report, environ: Mapping[str, str]) -> bool:
             f"{URL_VARIABLE} is set but {' and '.join(unset)} is not, so the metrics were not "
             "pushed; set both to the labels the alerts select"
         )
-        return False
+        return
     registry = CollectorRegistry()
     for name, value in report.values.items():
         Gauge(name, METRICS[name], registry=registry).set(value)
@@ -148,8 +148,6 @@ def push(report: Report, environ: Mapping[str, str]) -> bool:
     # cannot parse), the backup's own result must stand.
     except Exception as exc:
         _warn(f"could not push the metrics to {_shown(url)} ({exc})")
-        return False
-    return True
 
 
 def _warn(problem: str) -> None:
