@@ -68,15 +68,14 @@ def read(storage: Storage) -> Record | None:
         return None
 
 
-def write(storage: Storage, outcome: Outcome) -> Record:
+def write(storage: Storage, outcome: Outcome) -> None:
     """Add `outcome` to the record: it becomes the last drill, and the last passing one if it
     passed."""
     before = read(storage)
     last_passed = outcome if outcome.passed else (before.last_passed if before else None)
-    record = Record(outcome, last_passed)
     body = {"last": _json(outcome), "last_passed": _json(last_passed) if last_passed else None}
+    # Indented: a person reads it too (DEPLOYMENT.md's runbook quotes it).
     storage.put_bytes(KEY, (json.dumps(body, indent=2) + "\n").encode())
-    return record
 
 
 def _json(outcome: Outcome) -> dict[str, object]:
