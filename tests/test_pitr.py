@@ -587,6 +587,8 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     assert "restore drill passed" in passed.stdout
     pushed = pushgateway.values(**group)
     assert pushed["shipyard_backup_verify_success"] == 1
+    assert pushed["shipyard_backup_verify_last_success_timestamp_seconds"] > 0
+    assert "shipyard_backup_verify_last_failure_timestamp_seconds" not in pushed
     assert pushed["shipyard_backup_verify_restore_seconds"] > 0
     # The newest replayed commit is the last row's, a few seconds old at most.
     assert 0 <= pushed["shipyard_backup_verify_recovery_point_age_seconds"] < 120
@@ -613,6 +615,11 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     after = pushgateway.values(**group)
     assert after["shipyard_backup_verify_success"] == 0
     assert after["shipyard_backup_verify_last_failure_timestamp_seconds"] > 0
+    # The last success's time stays (pushadd replaces only the series it sends).
+    assert (
+        after["shipyard_backup_verify_last_success_timestamp_seconds"]
+        == pushed["shipyard_backup_verify_last_success_timestamp_seconds"]
+    )
     # The last passing drill's recovery time stays what it measured.
     assert (
         after["shipyard_backup_verify_restore_seconds"]
