@@ -581,7 +581,9 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
             f"file://{archived.env['PGBACKREST_REPO1_PATH']}"]  # fmt: skip
     group = {"job": metrics.JOB, "service": service, "environment": "prod"}
 
+    before = time.time()
     passed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    took = time.time() - before
 
     assert passed.returncode == 0, passed.stderr
     assert "restore drill passed" in passed.stdout
@@ -590,6 +592,9 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     assert pushed["shipyard_backup_verify_last_success_timestamp_seconds"] > 0
     assert "shipyard_backup_verify_last_failure_timestamp_seconds" not in pushed
     assert pushed["shipyard_backup_verify_restore_seconds"] > 0
+    # The drill's own time: within the time the command took, and the restore within it.
+    duration = pushed["shipyard_backup_verify_duration_seconds"]
+    assert pushed["shipyard_backup_verify_restore_seconds"] <= duration <= took
     # The newest replayed commit is the last row's, a few seconds old at most.
     assert 0 <= pushed["shipyard_backup_verify_recovery_point_age_seconds"] < 120
     assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))  # the scratch copy is gone

@@ -117,7 +117,7 @@ def drill_report(
     }
     if restore_seconds is not None:
         values["shipyard_backup_verify_restore_seconds"] = restore_seconds
-    if passed and recovery_point_age is not None:
+    if recovery_point_age is not None:  # None when it failed, or when it cannot be told
         values["shipyard_backup_verify_recovery_point_age_seconds"] = recovery_point_age
     return Report(values)
 
