@@ -6,8 +6,11 @@ listed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -261,13 +264,23 @@ NO_DATABASE = {
 
 def files_only(target: str, root: Path, *more: str) -> str:
     """`shipyard backup run --files-only` as the CNPG kit's CronJob runs it; the backup's id."""
+    started = time.monotonic()
     made = shipyard_cli(
         "backup", "run", "--files-only", "--target", target, "--data-path", SPEC,
         "--data-root", str(root), *more, env=NO_DATABASE,
     )  # fmt: skip
+    took = time.monotonic() - started
     assert made.returncode == 0, made.stderr
     assert "(files only, no database)" in made.stderr
-    return made.stderr.split("backup ")[-1].split(" ")[0]
+    made_id = made.stderr.split("backup ")[-1].split(" ")[0]
+    store = backup.from_url(target)
+    assert made.stderr.splitlines()[0] == (
+        f"shipyard backup: backing up 1 data path(s), no database, to {store.url}/{made_id}"
+    )
+    # Its own time, in the manifest: some of the time the command took.
+    manifest = json.loads(store.get_bytes(f"{made_id}/{engine.MANIFEST}"))
+    assert 0 < manifest["duration_seconds"] <= took
+    return made_id
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -302,14 +315,28 @@ def test_a_files_only_round_trip_needs_no_database(
     assert row.split()[:3] == [taken.id, "scheduled", "(files"]
     assert "(files only)" in row
 
+    started = time.monotonic()
     checked = shipyard_cli("backup", "verify", "--target", target, env=NO_DATABASE)
+    took = time.monotonic() - started
     assert checked.returncode == 0, checked.stderr
     assert f"{SPEC}: sha256 and {len(before)} entries match" in checked.stderr
+    said = checked.stderr.splitlines()
+    assert (
+        f"shipyard backup: backup {taken.id} verified (files only, no database): 1 archive(s) match"
+    ) in said
+    assert any(
+        re.fullmatch(
+            r"shipyard backup: restore drill: archives read in [0-9.]+ s; the backup is \d+ s"
+            r" old \(recovery point\)",
+            line,
+        )
+        for line in said
+    ), said
     record = backup.list_backups(store)[0].verified
     assert record is not None
     assert record["files"] == 1
     assert "tables" not in record
-    assert record["restore_seconds"] >= 0
+    assert 0 <= record["restore_seconds"] <= took
 
     damage(top)
     damaged = snapshot(top)
