@@ -29,7 +29,11 @@ def start(
 
     for _attempt in range(5):
         port = free_port()
-        proc = subprocess.Popen(argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: a terminal's Ctrl-C reaches the tests, which stop it in order,
+        # not the server under them.
+        proc = subprocess.Popen(
+            argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:

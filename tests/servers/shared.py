@@ -110,17 +110,21 @@ def empty(slot: Slot) -> None:
     requests.post(f"{slot.s3.endpoint}/moto-api/reset", timeout=10).raise_for_status()
 
 
-def _exit_once(_signum: int, _frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
-    sys.exit(143)
+def _exit_once(signum: int, _frame: object) -> None:
+    for stop in (signal.SIGTERM, signal.SIGINT):  # a second one must not cut the cleanup short
+        signal.signal(stop, signal.SIG_IGN)
+    sys.exit(128 + signum)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
         print("usage: python -m tests.servers.shared N COMMAND...", file=sys.stderr)
         return 2
-    # A stop by SIGTERM unwinds like Ctrl-C: every server this started is stopped and removed.
+    # A stop (Ctrl-C, SIGTERM) first ends COMMAND (subprocess.run kills it): mutmut records
+    # nothing after, so no mutant is judged on servers already gone. Only then are the servers,
+    # which a terminal's Ctrl-C does not reach (a session of their own), stopped and removed.
     signal.signal(signal.SIGTERM, _exit_once)
+    signal.signal(signal.SIGINT, _exit_once)
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipyard-shared-")))
         for index in range(int(argv[0])):
