@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
 import pytest
 import requests
@@ -45,3 +47,18 @@ def start(
             time.sleep(0.1)
         stop(proc, timeout=10)
     pytest.fail(f"{name} did not start on 127.0.0.1")
+
+
+Server = TypeVar("Server")
+
+
+def shared_or_own(
+    shared: Server | None, own: Callable[[], AbstractContextManager[Server]]
+) -> Iterator[Server]:
+    """A session fixture's server: the run's shared one (tests/servers/shared.py) if there is
+    one, else the session's own, stopped at its end."""
+    if shared is not None:
+        yield shared
+        return
+    with own() as server:
+        yield server

@@ -26,6 +26,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.servers import shared_or_own
+
 if TYPE_CHECKING:
     from tests.servers.shared import Slot
 
@@ -119,11 +121,7 @@ class PostgresServer:
 def postgres_server(shared_servers: Slot | None) -> Iterator[PostgresServer]:
     """A running PostgreSQL cluster on 127.0.0.1: the session's own, removed at its end, or the
     one this session claimed from a run's shared servers (tests/servers/shared.py)."""
-    if shared_servers is not None:
-        yield shared_servers.postgres
-        return
-    with running() as server:
-        yield server
+    yield from shared_or_own(shared_servers.postgres if shared_servers else None, running)
 
 
 @contextlib.contextmanager

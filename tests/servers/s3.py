@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
-from tests.servers import start, stop
+from tests.servers import shared_or_own, start, stop
 
 if TYPE_CHECKING:
     from tests.servers.shared import Slot
@@ -57,11 +57,7 @@ def _moto_server() -> str:
 def s3_server(shared_servers: Slot | None) -> Iterator[S3Server]:
     """A running moto S3 server on 127.0.0.1: the session's own, stopped at its end, or the one
     this session claimed from a run's shared servers (tests/servers/shared.py)."""
-    if shared_servers is not None:
-        yield shared_servers.s3
-        return
-    with running() as server:
-        yield server
+    yield from shared_or_own(shared_servers.s3 if shared_servers else None, running)
 
 
 @contextlib.contextmanager
