@@ -139,6 +139,8 @@ def mutation(session: nox.Session) -> None:
     _install(session, "mutation")
     names = [a for a in session.posargs if "__mutmut_" in a]
     wanted = [a for a in session.posargs if a not in names] or list(MUTATION_TESTS)
+    if names and len(names) == len(session.posargs):
+        session.error("name the module or package of the mutants too: -- backup/storage NAME...")
     # "backup/recovery" -> package "backup", files "backup/recovery.py"; "backup" -> all of it.
     only = [f"{w}.py" if "/" in w else f"{w}/*" for w in wanted]
     packages = list(dict.fromkeys(w.partition("/")[0] for w in wanted))
@@ -179,10 +181,15 @@ def mutation(session: nox.Session) -> None:
         # PostgreSQL and the S3 server start once for the whole run, not once per mutant: one
         # pair per test session running at a time, plus one for mutmut's own first session,
         # each emptied before a session takes it (tests/servers/shared.py).
-        children = os.cpu_count() or 2
+        children = len(os.sched_getaffinity(0))
         pairs = str(children + 1)
         shared = ["python", "-m", "tests.servers.shared", pairs]
-        session.run(*shared, "mutmut", "run", "--max-children", str(children), *names, env=env)
+        # interrupt_timeout None: on Ctrl-C the wrapper stops mutmut, then its servers; nox
+        # must not kill it halfway (the servers would be left running).
+        session.run(
+            *shared, "mutmut", "run", "--max-children", str(children), *names,
+            env=env, interrupt_timeout=None,
+        )  # fmt: skip
         session.run("mutmut", "results")
 
 

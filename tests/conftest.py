@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -66,8 +67,10 @@ class ChildHits:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         mutmut: Any = importlib.import_module("mutmut.state")  # only in mutmut's venv
-        names = self.path.read_text(encoding="utf-8").split()
-        self.path.write_text("")
+        with self.path.open("r+", encoding="utf-8") as hits:
+            fcntl.flock(hits, fcntl.LOCK_EX)  # no child appends between the read and the cut
+            names = hits.read().split()
+            hits.truncate(0)
         mutmut.state()._stats.update(names)
 
     def pytest_unconfigure(self) -> None:

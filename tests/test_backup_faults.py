@@ -462,8 +462,8 @@ def test_s3_prune_deletes_past_the_keys_one_request_takes(bucket: str) -> None:
 
 
 def test_a_refused_s3_delete_says_what_it_was_removing(bucket: str) -> None:
-    """S3 refusing the delete (a key without delete rights): one sentence naming the storage,
-    and the backup still there."""
+    """S3 refusing the whole delete (credentials without delete rights): one sentence naming
+    the backup, which is still there."""
     store = backup.S3Storage(bucket, "prod")
     store.put_bytes("20260101T000000Z-old/manifest.json", b"{}")
 
@@ -476,6 +476,28 @@ def test_a_refused_s3_delete_says_what_it_was_removing(bucket: str) -> None:
         store.delete_prefix("20260101T000000Z-old/")
 
     assert str(refused.value) == (
-        f"cannot remove old backups in s3://{bucket}/prod: AccessDenied Access Denied"
+        f"cannot remove s3://{bucket}/prod/20260101T000000Z-old/: AccessDenied Access Denied"
     )
     assert store.list_keys() == ["20260101T000000Z-old/manifest.json"]
+
+
+def test_keys_s3_says_it_did_not_delete_fail_the_delete(bucket: str) -> None:
+    """DeleteObjects answers 200 and lists the keys it refused under Errors (an object lock, a
+    policy on some keys): that is a failure, never a pruned backup. The refusal is injected in
+    the parsed answer, the one thing moto does not do."""
+    store = backup.S3Storage(bucket, "prod")
+    store.put_bytes("20260101T000000Z-old/manifest.json", b"{}")
+    store.put_bytes("20260101T000000Z-old/dump.pgc.zst", b"dump")
+    key = "prod/20260101T000000Z-old/dump.pgc.zst"
+
+    def refuse_one(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        parsed["Errors"] = [{"Key": key, "Code": "AccessDenied", "Message": "Access Denied"}]
+
+    store.client.meta.events.register("after-call.s3.DeleteObjects", refuse_one)
+    with pytest.raises(storage.StorageError) as refused:
+        store.delete_prefix("20260101T000000Z-old/")
+
+    assert str(refused.value) == (
+        f"cannot remove s3://{bucket}/prod/20260101T000000Z-old/: 1 key(s) not deleted, the first"
+        f" {key}: AccessDenied Access Denied"
+    )

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,12 +194,13 @@ def test_a_url_with_credentials_is_never_printed(
     """Not the user, not the password (an unescaped @ in it too), whether or not the URL names
     its scheme (the client then takes http)."""
     where = f"127.0.0.1:{free_port()}/"
-    environ = push_env(f"{scheme}user:s3c@ret@{where}", "shop")
+    environ = push_env(f"{scheme}pusher-7:s3c@ret@{where}", "shop")
     metrics.push(metrics.run_report(None, failed_at=1.0), environ)
     said = capsys.readouterr().err
     assert said.startswith(
         f"shipyard backup: warning: could not push the metrics to http://{where} ("
     )
+    assert "pusher-7" not in said
     assert "s3c" not in said
     assert "ret@" not in said
 
@@ -213,7 +215,12 @@ def test_a_pushgateway_that_never_answers_is_given_up_on(
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        metrics.push(metrics.run_report(None, failed_at=1.0), push_env(url, "shop"))
+        report = metrics.run_report(None, failed_at=1.0)
+        # In a thread: without a timeout the push would hang the test run instead of failing it.
+        pushing = threading.Thread(target=metrics.push, args=(report, push_env(url, "shop")))
+        pushing.start()
+        pushing.join(30)
+        assert not pushing.is_alive(), "the push did not give up"
     said = capsys.readouterr().err
     assert said.startswith(f"shipyard backup: warning: could not push the metrics to {url} (")
     assert "timed out" in said

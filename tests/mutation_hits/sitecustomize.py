@@ -4,13 +4,15 @@ folder, and Python imports a `sitecustomize` it finds there).
 mutmut maps each function to the tests that reach it by recording, during one "stats" run of
 the tests, the functions each test calls. It records only inside the test process, but much of
 the backup engine runs in processes the tests start: `shipyard backup ...` as the CronJob runs
-it, a rendered kit's `invoke` tasks, PostgreSQL's archive_command. Their functions would be
-"not reached by any test" and never judged. So during the stats run (SHIPYARD_MUTMUT_HITS set,
-by tests/conftest.py) such a process appends each function it reaches, once, to that file, and
-the test process credits them to the test that is running. A line lost (a process of another user
-cannot write the file) only leaves a function judged by fewer tests, never a mutant wrongly killed.
+it, a rendered kit's `invoke` tasks. Their functions would be "not reached by any test" and
+never judged. So during the stats run (SHIPYARD_MUTMUT_HITS set, by tests/conftest.py) such a
+process appends each function it reaches, once, to that file, and the test process credits
+them to the test that is running. A process of another user (pgBackRest's archive_command runs
+as postgres) cannot write the file and records nothing: its functions are judged by fewer
+tests, never a mutant wrongly killed.
 """
 
+import fcntl
 import importlib
 import os
 from pathlib import Path
@@ -33,7 +35,8 @@ if _HITS and Path(_HITS).is_file():
             fd = os.open(_file, os.O_WRONLY | os.O_APPEND)
         except OSError:
             return
-        try:
+        try:  # locked: the test process reads and empties the file under the same lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, f"{name}\n".encode())
         finally:
             os.close(fd)

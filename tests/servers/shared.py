@@ -45,13 +45,22 @@ class Slot:
 _claimed: dict[int, Slot] = {}
 
 
+# pytest's exit status that mutmut reads as "suspicious", never as a mutant killed.
+SUSPICIOUS = 35
+
+
 @pytest.fixture(scope="session")
 def shared_servers() -> Slot | None:
     """This session's pair of the run's shared servers, emptied; None when no run shares
-    servers (the fixtures of each server then start their own)."""
-    slot = claim()
-    if slot is not None:
-        empty(slot)
+    servers (the fixtures of each server then start their own). A pair that cannot be claimed
+    or emptied (a server died) stops the session as suspicious: its failures say nothing of
+    the mutant."""
+    try:
+        slot = claim()
+        if slot is not None:
+            empty(slot)
+    except Exception as exc:  # any fault of the harness, reported as such
+        pytest.exit(f"the shared test servers failed: {exc!r}", returncode=SUSPICIOUS)
     return slot
 
 
@@ -92,16 +101,20 @@ def _load(path: Path) -> Slot:
 
 
 def empty(slot: Slot) -> None:
-    """Leave the pair as a new one: the last session's databases, held transactions and buckets
-    gone."""
+    """Take away what the tests leave on a pair: every database but `postgres`, every held
+    (prepared) transaction, every bucket. (Roles and server settings stay: the tests that use
+    these servers change neither.)"""
     server, ident = slot.postgres, sql.Identifier
     left = server.databases() - {"postgres"}
     with server.connect() as conn:
-        # A restore stopped midway may have left its database closed to connections.
-        for name in left:
-            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(name)))
         held = conn.execute("SELECT gid, database FROM pg_prepared_xacts").fetchall()
-    for gid, database in held:  # only from its own database
+        for database in {database for _gid, database in held}:
+            # A restore stopped midway may have left it closed to connections; a ROLLBACK
+            # PREPARED runs only from inside it.
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(database))
+            )
+    for gid, database in held:
         with server.connect(database) as conn:
             conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
     with server.connect() as conn:
@@ -120,9 +133,9 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
         print("usage: python -m tests.servers.shared N COMMAND...", file=sys.stderr)
         return 2
-    # A stop (Ctrl-C, SIGTERM) first ends COMMAND (subprocess.run kills it): mutmut records
-    # nothing after, so no mutant is judged on servers already gone. Only then are the servers,
-    # which a terminal's Ctrl-C does not reach (a session of their own), stopped and removed.
+    # A stop (Ctrl-C, SIGTERM) first ends COMMAND's process group, so no mutant is judged on
+    # servers already gone; only then are the servers (sessions of their own, which a
+    # terminal's Ctrl-C does not reach) stopped and removed.
     signal.signal(signal.SIGTERM, _exit_once)
     signal.signal(signal.SIGINT, _exit_once)
     with contextlib.ExitStack() as stack:
@@ -135,9 +148,27 @@ def main(argv: list[str]) -> int:
             # Holds a throwaway server's password: readable by this user only.
             path.touch(mode=0o600)
             path.write_text(json.dumps(record))
-        return subprocess.run(
-            argv[1:], env={**os.environ, ENV: str(folder)}, check=False
-        ).returncode
+        # COMMAND and whatever it forks in a session of their own, ended as a group.
+        command = subprocess.Popen(
+            argv[1:], env={**os.environ, ENV: str(folder)}, start_new_session=True
+        )
+        try:
+            return command.wait()
+        finally:
+            _end(command)
+
+
+def _end(command: subprocess.Popen[bytes]) -> None:
+    """Stop COMMAND's whole process group (mutmut and the test processes it forked): Ctrl-C
+    first, which mutmut takes as a stop, up to 10 s for COMMAND to end; then SIGKILL to what is
+    left of the group (a process that ignores Ctrl-C, one whose parent is gone)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(command.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        command.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(command.pid, signal.SIGKILL)
+    command.wait()
 
 
 if __name__ == "__main__":

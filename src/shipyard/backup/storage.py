@@ -244,12 +244,21 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> None:
         doomed = [k for k in self.list_keys() if k.startswith(prefix)]
-        with _s3_errors(f"remove old backups in {self.url}"):
+        doing = f"remove {self.url}/{prefix}"
+        with _s3_errors(doing):
             for i in range(0, len(doomed), DELETE_BATCH):
                 batch = doomed[i : i + DELETE_BATCH]
-                self.client.delete_objects(
+                done = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch]}
                 )
+                # S3 answers 200 and lists in Errors each key it did not delete.
+                if refused := done.get("Errors", []):
+                    first = refused[0]
+                    raise StorageError(
+                        f"cannot {doing}: {len(refused)} key(s) not deleted, the first "
+                        f"{first.get('Key', '?')}: {first.get('Code', '?')} "
+                        f"{first.get('Message', '')}".rstrip()
+                    )
 
 
 # The most keys S3's DeleteObjects takes in one request.
