@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,12 +252,11 @@ class S3Storage:
                     Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch]}
                 )
                 # S3 answers 200 and lists in Errors each key it did not delete.
-                if refused := done.get("Errors", []):
+                if refused := done.get("Errors"):
                     first = refused[0]
                     raise StorageError(
-                        f"cannot {doing}: {len(refused)} key(s) not deleted, the first "
-                        f"{first.get('Key', '?')}: {first.get('Code', '?')} "
-                        f"{first.get('Message', '')}".rstrip()
+                        f"cannot {doing}: {len(refused)} key(s) not deleted, the first"
+                        f" {first.get('Key', '?')}: {_said(first)}"
                     )
 
 
@@ -272,11 +271,14 @@ def _s3_errors(doing: str) -> Iterator[None]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         kind = NotFound if error.get("Code") in ("NoSuchKey", "404") else StorageError
-        raise kind(
-            f"cannot {doing}: {error.get('Code', '?')} {error.get('Message', '')}".rstrip()
-        ) from None
+        raise kind(f"cannot {doing}: {_said(error)}") from None
     except BotoCoreError as exc:
         raise StorageError(f"cannot {doing}: {exc}") from None
+
+
+def _said(error: Mapping[str, object]) -> str:
+    """S3's words for an error: its code and message, either of which a server may leave out."""
+    return f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()
 
 
 def from_url(url: str, endpoint_url: str | None = None) -> Storage:
