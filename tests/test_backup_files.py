@@ -124,8 +124,12 @@ def test_a_corrupted_archive_is_refused_and_nothing_changes(database: str, tmp_p
     damage(top)
     damaged = snapshot(top)
 
-    with pytest.raises(engine.BackupError, match=r"archive of api:/app/uploads is corrupted"):
+    with pytest.raises(engine.BackupError) as refused:
         engine.restore_files(store, wanted, made.id, log=print)
+    assert str(refused.value).startswith(
+        f"backup {made.id}: the archive of api:/app/uploads is corrupted: "
+    )
+    assert str(refused.value).endswith("; nothing was changed")
     assert snapshot(top) == damaged
     with pytest.raises(engine.BackupError, match=r"is corrupted"):
         engine.verify(store, made.id, log=print)
@@ -133,6 +137,29 @@ def test_a_corrupted_archive_is_refused_and_nothing_changes(database: str, tmp_p
     other = [engine.data_path("jobs:/srv/x", root)]
     with pytest.raises(engine.BackupError, match=r"holds no files of jobs:/srv/x; nothing"):
         engine.restore_files(store, other, made.id, log=print)
+
+
+def test_a_restore_stops_at_a_data_path_not_mounted_and_changes_none(tmp_path: Path) -> None:
+    """Two data paths, the second not mounted when the restore runs (without the safety
+    backup, which would refuse first): the first is staged, then put back as it was."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    jobs = root / "jobs" / "srv" / "files"
+    jobs.mkdir(parents=True)
+    (jobs / "report.csv").write_text("a,b\n")
+    store = backup.from_url((tmp_path / "store").as_uri())
+    wanted = [engine.data_path(SPEC, root), engine.data_path("jobs:/srv/files", root)]
+    made = engine.files_backup(store, wanted, log=print)
+    damage(top)
+    damaged = snapshot(top)
+    (jobs / "report.csv").unlink()
+    jobs.rmdir()
+
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+    assert str(refused.value) == f"jobs:/srv/files is not mounted at {jobs}"
+    assert snapshot(top) == damaged
+    assert not jobs.exists()
 
 
 def test_a_data_path_that_is_not_there_leaves_no_backup_listed(

@@ -207,7 +207,7 @@ def verify(storage: Storage, manifest: dict[str, Any], log: Log) -> int:
 def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], log: Log) -> None:
     """Replace each wanted data path's content with the backup's archive of it (the caller
     checked the backup holds one of each)."""
-    archived = {(e["component"], e["path"]): e for e in manifest.get(FILES, [])}
+    archived = {(e["component"], e["path"]): e for e in manifest[FILES]}
     staged: list[tuple[DataPath, Path]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="shipyard-files-") as work:
