@@ -354,7 +354,7 @@ def test_a_stream_that_breaks_mid_write_leaves_no_partial_file(tmp_path: Path) -
 
 def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
     """What S3 refuses reaches the operator as one sentence naming the object, never a
-    botocore traceback: a missing object, a bucket that does not exist."""
+    botocore traceback: a missing object, a bucket that does not exist (written or listed)."""
     store = backup.from_url(f"s3://{bucket}/prod")
     with pytest.raises(backup.StorageError) as missing:
         store.get_bytes("20260101T000000Z-aaaaaa/manifest.json")
@@ -368,6 +368,11 @@ def test_s3_refusals_name_the_object_and_what_s3_said(bucket: str) -> None:
     assert str(gone.value) == (
         f"cannot upload to s3://{bucket}-gone/prod/20260101T000000Z-aaaaaa/manifest.json: "
         "NoSuchBucket The specified bucket does not exist"
+    )
+    with pytest.raises(backup.StorageError) as unlisted:
+        nowhere.list_keys()
+    assert str(unlisted.value) == (
+        f"cannot list s3://{bucket}-gone/prod: NoSuchBucket The specified bucket does not exist"
     )
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,41 @@ def test_a_restore_stops_at_a_data_path_not_mounted_and_changes_none(tmp_path: P
     assert not jobs.exists()
 
 
+def test_a_file_written_during_the_backup_is_archived_and_said(tmp_path: Path) -> None:
+    """The app appends to a log while the backup reads it: tar exits 1 ("file changed as we
+    read it"), the archive is whole, and the backup is taken with tar's words in its log."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    growing = top / "app.log"
+    chunk = os.urandom(1 << 16)
+    growing.write_bytes(chunk * 800)  # 50 MB: tar is still reading it while it grows
+    stop = threading.Event()
+
+    def append() -> None:
+        with growing.open("ab") as out:
+            while not stop.is_set():
+                out.write(chunk)
+                out.flush()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    store = backup.from_url((tmp_path / "store").as_uri())
+    said: list[str] = []
+    try:
+        made = engine.files_backup(store, [engine.data_path(SPEC, root)], log=said.append)
+    finally:
+        stop.set()
+        writer.join()
+
+    (changed,) = [line for line in said if "files changed while archived" in line]
+    assert changed.startswith(f"{SPEC}: files changed while archived: "), said
+    assert "app.log: file changed as we read it" in changed, changed
+    assert [b.id for b in backup.list_backups(store)] == [made.id]
+    assert engine.verify(store, made.id, log=print).manifest["files"][0]["entries"] == len(
+        snapshot(top)
+    )
+
+
 def test_a_data_path_that_is_not_there_leaves_no_backup_listed(
     database: str, tmp_path: Path
 ) -> None:
@@ -312,7 +348,7 @@ def files_only(target: str, root: Path, *more: str) -> str:
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_files_only_round_trip_needs_no_database(
-    where: str, tmp_path: Path, request: Any
+    where: str, tmp_path: Path, request: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """`run --files-only`, `list`, `verify`, damage, `restore --files`, with no PostgreSQL
     reachable: the tree is back exactly, the manifest says it holds no database, and the
@@ -371,6 +407,10 @@ def test_a_files_only_round_trip_needs_no_database(
         "backup", "restore", "--files", "--yes", "--target", target, *data, env=NO_DATABASE
     )
     assert back.returncode == 0, back.stderr
+    assert back.stderr.splitlines()[0] == (
+        "shipyard backup: taking a safety backup of the data paths (files only) before"
+        " replacing them"
+    )
     assert snapshot(top) == before
     assert not [p for p in top.iterdir() if p.name.startswith(".shipyard-")]
     safety = backup.list_backups(store)[-1]
@@ -380,6 +420,13 @@ def test_a_files_only_round_trip_needs_no_database(
         store, [engine.data_path(SPEC, root)], safety.id, safety_backup=False, log=print
     )
     assert snapshot(top) == damaged
+    # Through the engine, the safety backup reports through the caller's log, not stderr.
+    capfd.readouterr()
+    logged: list[str] = []
+    engine.restore_files(store, [engine.data_path(SPEC, root)], taken.id, log=logged.append)
+    assert snapshot(top) == before
+    assert capfd.readouterr().err == ""
+    assert logged[1].startswith("backing up 1 data path(s), no database, to ")
 
 
 def test_restoring_the_database_from_a_files_only_backup_is_refused(tmp_path: Path) -> None:

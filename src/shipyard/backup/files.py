@@ -70,6 +70,9 @@ class _Archive(HashingReader):
 
     def __init__(self, data: DataPath, index: IO[bytes], log: Log) -> None:
         self.data, self.index, self.log = data, index, log
+        # tar's warnings go to a file, not a pipe read at the end: a pipe full of them (an app
+        # writing to many files during the backup) would stop tar, and the backup with it.
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.tar = subprocess.Popen(
             [
                 tool("tar"),
@@ -87,7 +90,7 @@ class _Archive(HashingReader):
                 ".",
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.errors,
             pass_fds=(index.fileno(),),
         )
         tar_out = pipe(self.tar.stdout)
@@ -102,7 +105,8 @@ class _Archive(HashingReader):
     def finish(self) -> None:
         zstd_rc = self.zstd.wait()
         tar_rc = self.tar.wait()
-        errors = self.tar.stderr.read().decode(errors="replace").strip() if self.tar.stderr else ""
+        self.errors.seek(0)
+        errors = self.errors.read().decode(errors="replace").strip()
         # GNU tar exits 1 when a file changed while it was read (the app kept writing): the
         # archive is whole and holds the file as it was read; 2 is a real failure.
         if tar_rc == 1:
@@ -118,8 +122,7 @@ class _Archive(HashingReader):
                 proc.kill()
             proc.wait()
         self.source.close()
-        if self.tar.stderr:
-            self.tar.stderr.close()
+        self.errors.close()
 
 
 def archive(storage: Storage, backup_id: str, data: DataPath, log: Log) -> dict[str, Any]:
