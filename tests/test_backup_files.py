@@ -9,9 +9,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
+import tempfile
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +200,66 @@ def test_a_file_written_during_the_backup_is_archived_and_said(tmp_path: Path) -
     assert engine.verify(store, made.id, log=print).manifest["files"][0]["entries"] == len(
         snapshot(top)
     )
+
+
+# The backup image's USER: compose.backup.yaml's files-restore runs the engine as this uid.
+ENGINE_UID = 1000
+
+
+def test_a_restore_as_the_engines_user_brings_back_every_mode() -> None:
+    """As root, tar keeps the archived modes anyway; as the backup image's user (uid 1000, the
+    umask 022 of a container) only --preserve-permissions keeps the group's write bit and the
+    setgid folder. The data path belongs to that user, as the app's volume does."""
+    shared = Path(tempfile.mkdtemp(prefix="shipyard-as-user-"))  # /tmp/pytest-of-root is 0700
+    try:
+        shared.chmod(0o755)
+        root = shared / "data"
+        top = make_tree(root)
+        for path in [shared, *shared.rglob("*")]:
+            os.lchown(path, ENGINE_UID, ENGINE_UID)
+        before = snapshot(top)
+        store = backup.from_url((shared / "store").as_uri())
+        wanted = [engine.data_path(SPEC, root)]
+        made = engine.files_backup(store, wanted, log=print)
+        for path in shared.joinpath("store").rglob("*"):
+            os.lchown(path, ENGINE_UID, ENGINE_UID)
+
+        damage(top)
+        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+        assert snapshot(top) == before
+        damage(top)
+        assert (
+            _as_user(
+                ENGINE_UID,
+                lambda: engine.restore_files(
+                    store, wanted, made.id, safety_backup=False, log=print
+                ),
+            )
+            == 0
+        )
+        assert snapshot(top) == before
+    finally:
+        shutil.rmtree(shared)
+
+
+def _as_user(uid: int, work: Callable[[], object]) -> int:
+    """Run `work` in a forked child as `uid` (its group too, no others) with umask 022; its exit
+    code: 0 when `work` returned."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.umask(0o022)
+            work()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def test_a_data_path_that_is_not_there_leaves_no_backup_listed(
