@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -117,3 +118,19 @@ def shipyard_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
         check=False,
         timeout=300,
     )
+
+
+def children(pid: int, name: str) -> list[int]:
+    """Process ids of `name` processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid == pid and comm == name:
+                found.append(int(entry.name))
+    return found

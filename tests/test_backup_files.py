@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
 import threading
@@ -19,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from shipyard import backup, config
 from shipyard.backup import engine
-from tests.backup_data import shipyard_cli
+from tests.backup_data import children, shipyard_cli
 from tests.servers.postgres import PostgresServer
 
 SPEC = "api:/app/uploads"
@@ -204,6 +207,8 @@ def test_a_file_written_during_the_backup_is_archived_and_said(tmp_path: Path) -
 
 # The backup image's USER: compose.backup.yaml's files-restore runs the engine as this uid.
 ENGINE_UID = 1000
+# tar names itself by the path it was started by in its messages.
+TAR = shutil.which("tar")
 
 
 def test_a_restore_as_the_engines_user_brings_back_every_mode() -> None:
@@ -240,6 +245,88 @@ def test_a_restore_as_the_engines_user_brings_back_every_mode() -> None:
         assert snapshot(top) == before
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words() -> None:
+    """Root left a file only root may read in the app's volume: as root the backup takes it;
+    as the backup image's user, tar cannot open it (exit 2), and that backup fails saying so,
+    with nothing listed."""
+    shared = Path(tempfile.mkdtemp(prefix="shipyard-as-user-"))
+    try:
+        shared.chmod(0o755)
+        root = shared / "data"
+        top = make_tree(root)
+        (shared / "store").mkdir()
+        for path in [shared, *shared.rglob("*")]:
+            os.lchown(path, ENGINE_UID, ENGINE_UID)
+        (top / "root-only.db").write_bytes(b"written by root")
+        (top / "root-only.db").chmod(0o600)
+        store = backup.from_url((shared / "store").as_uri())
+        wanted = [engine.data_path(SPEC, root)]
+        taken = engine.files_backup(store, wanted, log=print)
+        said = shared / "said"
+
+        def back_up() -> None:
+            try:
+                engine.files_backup(store, wanted, log=print)
+            except engine.BackupError as exc:
+                said.write_text(str(exc))
+
+        assert _as_user(ENGINE_UID, back_up) == 0
+        assert said.read_text() == (
+            f"archiving {SPEC} failed: tar exited 2: {TAR}: ./root-only.db: Cannot open: Permission"
+            f" denied\n{TAR}: Exiting with failure status due to previous errors"
+        )
+        assert [b.id for b in backup.list_backups(store)] == [taken.id]
+    finally:
+        shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("fault", ["zstd killed", "upload refused"])
+def test_a_files_backup_cut_off_midway_stops_its_archivers_and_lists_nothing(
+    fault: str, bucket: str, tmp_path: Path
+) -> None:
+    """Mid-upload, zstd dies (out of memory, killed) or S3 refuses a part: the backup fails
+    naming the cause, tar and zstd are stopped, not left blocked on a pipe nobody reads, and no
+    object or multipart upload is left."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    (top / "big.bin").write_bytes(os.urandom(24 << 20))  # incompressible: several 5 MiB parts
+    store = backup.S3Storage(bucket, "prod", part_size=5 * 1024 * 1024)
+
+    def cut_off(**_kwargs: Any) -> None:
+        if fault == "zstd killed":
+            for zstd in children(os.getpid(), "zstd"):
+                os.kill(zstd, signal.SIGKILL)
+        else:
+            error = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
+            raise ClientError(error, "UploadPart")  # type: ignore[arg-type]
+
+    store.client.meta.events.register("before-call.s3.UploadPart", cut_off)
+    failed: list[Exception] = []
+
+    def back_up() -> None:
+        try:
+            engine.files_backup(store, [engine.data_path(SPEC, root)], log=print)
+        except (engine.BackupError, backup.StorageError) as exc:
+            failed.append(exc)
+
+    # In a thread: archivers left blocked would hang the test run instead of failing it.
+    running = threading.Thread(target=back_up, daemon=True)
+    running.start()
+    running.join(120)
+    assert not running.is_alive(), "the backup never ended: tar or zstd left running"
+    (error,) = failed
+    if fault == "zstd killed":
+        assert str(error) == f"archiving {SPEC} failed: zstd was killed by SIGKILL"
+    else:
+        assert str(error).startswith(f"cannot upload to {store.url}/")
+        assert str(error).endswith(": SlowDown Please reduce your request rate.")
+    assert not children(os.getpid(), "zstd")
+    assert not children(os.getpid(), "tar")
+    s3 = boto3.client("s3")
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def _as_user(uid: int, work: Callable[[], object]) -> int:

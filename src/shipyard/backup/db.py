@@ -8,6 +8,7 @@ PGUSER, PGPASSWORD or PGPASSFILE): no credential is ever put on a command line o
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
@@ -53,6 +54,13 @@ def pipe(stream: IO[bytes] | None) -> IO[bytes]:
     if stream is None:
         raise BackupError("a pipe to a child process is missing")
     return stream
+
+
+def ended(returncode: int) -> str:
+    """How a child process ended, for a message: `exited 2`, `was killed by SIGKILL`."""
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited {returncode}"
 
 
 def run_tool(name: str, *args: str, env: Mapping[str, str] | None = None) -> Result:

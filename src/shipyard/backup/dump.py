@@ -27,7 +27,7 @@ import psycopg
 from shipyard import __version__
 from shipyard.backup import files as data_files
 from shipyard.backup.checksums import table_stats
-from shipyard.backup.db import connect, one, pipe, stabilise, tool, tool_version
+from shipyard.backup.db import connect, ended, one, pipe, stabilise, tool, tool_version
 from shipyard.backup.manifest import (
     DUMP,
     FILES_ONLY,
@@ -72,10 +72,9 @@ class _DumpReader(HashingReader):
         if dump_rc != 0:
             self.dump_errors.seek(0)
             detail = self.dump_errors.read().decode(errors="replace").strip()
-            how = f"was killed by signal {-dump_rc}" if dump_rc < 0 else f"exited {dump_rc}"
-            raise BackupError(f"pg_dump {how}" + (f": {detail}" if detail else ""))
+            raise BackupError(f"pg_dump {ended(dump_rc)}" + (f": {detail}" if detail else ""))
         if zstd_rc != 0:
-            raise BackupError(f"zstd exited {zstd_rc}")
+            raise BackupError(f"zstd {ended(zstd_rc)}")
         self.stats_done.wait()
         if self.stats_error:
             raise BackupError(f"reading table statistics failed: {self.stats_error[0]}")

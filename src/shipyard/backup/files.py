@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from shipyard.backup.db import pipe, tool
+from shipyard.backup.db import ended, pipe, tool
 from shipyard.backup.report import BackupError, Log, human_size
 from shipyard.backup.storage import HashingReader, Storage, download
 
@@ -107,14 +107,15 @@ class _Archive(HashingReader):
         tar_rc = self.tar.wait()
         self.errors.seek(0)
         errors = self.errors.read().decode(errors="replace").strip()
+        # zstd first: tar dies of a broken pipe when zstd does (killed, out of memory).
+        if zstd_rc != 0:
+            raise BackupError(f"archiving {self.data.name} failed: zstd {ended(zstd_rc)}")
         # GNU tar exits 1 when a file changed while it was read (the app kept writing): the
         # archive is whole and holds the file as it was read; 2 is a real failure.
         if tar_rc == 1:
             self.log(f"{self.data.name}: files changed while archived: {errors}")
         elif tar_rc != 0:
-            raise BackupError(f"archiving {self.data.name} failed (tar exited {tar_rc}): {errors}")
-        if zstd_rc != 0:
-            raise BackupError(f"archiving {self.data.name} failed: zstd exited {zstd_rc}")
+            raise BackupError(f"archiving {self.data.name} failed: tar {ended(tar_rc)}: {errors}")
 
     def close(self) -> None:
         for proc in (self.tar, self.zstd):
