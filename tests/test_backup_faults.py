@@ -384,6 +384,12 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     top.put_bytes("a/manifest.json", b"1")
     under.put_bytes("b/manifest.json", b"2")
     s3.put_object(Bucket=bucket, Key="prodx/c/manifest.json", Body=b"3")
+    # The slashes around a prefix go, none of its letters.
+    xmas = backup.from_url(f"s3://{bucket}/Xmas/taX/")
+    xmas.put_bytes("d/manifest.json", b"4")
+    assert xmas.url == f"s3://{bucket}/Xmas/taX"
+    assert s3.get_object(Bucket=bucket, Key="Xmas/taX/d/manifest.json")["Body"].read() == b"4"
+    s3.delete_object(Bucket=bucket, Key="Xmas/taX/d/manifest.json")
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == ["a/manifest.json", "prod/b/manifest.json", "prodx/c/manifest.json"]

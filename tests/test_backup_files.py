@@ -365,7 +365,11 @@ def test_a_data_path_that_is_not_there_leaves_no_backup_listed(
         env={},
     )
     assert result.returncode == 1
-    assert "api:/app/uploads is not mounted at" in result.stderr
+    assert (
+        f"api:/app/uploads is not mounted at {tmp_path}/nothing-mounted/api/app/uploads: the"
+        " backup service mounts each data path (compose.backup.yaml); re-render the kit after"
+        " adding one"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
     assert backup.list_backups(store) == []
 
@@ -377,6 +381,16 @@ def test_a_bad_data_path_argument_is_one_sentence(spec: str, tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "give COMPONENT:/absolute/path, e.g. api:/app/uploads" in result.stderr
+
+
+def test_a_data_path_is_split_at_its_components_colon() -> None:
+    """A component's name holds no colon; a path may."""
+    data = engine.data_path("api:/srv/a:b", Path("/data"))
+    assert (data.component, data.path, data.source) == (
+        "api",
+        "/srv/a:b",
+        Path("/data/api/srv/a:b"),
+    )
 
 
 def test_prune_keeps_every_archive_of_a_backup_it_keeps(database: str, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def data_path(spec: str, root: Path = DEFAULT_ROOT) -> DataPath:
         raise BackupError(
             f"--data-path {spec!r}: give COMPONENT:/absolute/path, e.g. api:/app/uploads"
         )
-    return DataPath(component, str(pure), root / component / str(pure).lstrip("/"))
+    return DataPath(component, str(pure), root / component / pure.relative_to("/"))
 
 
 def key(backup_id: str, data: DataPath) -> str:
