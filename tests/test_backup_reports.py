@@ -98,6 +98,9 @@ def test_sizes_read_in_binary_units(size: int, shown: str) -> None:
         (172799, "48.0 h"),
         (172800, "2.0 days"),
         (86400 * 9.5, "9.5 days"),
+        # Just past a rounding boundary: an hour is 3600 s and a day 86400 s, not a second more.
+        (36904, "10.3 h"),
+        (263522, "3.1 days"),
     ],
 )
 def test_ages_read_in_the_unit_a_person_would_say(seconds: float, shown: str) -> None:
