@@ -112,22 +112,25 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     assert "imports-ok" in lines, listing
 
 
-def test_pip_image_is_healthy_on_a_read_only_root(
+@pytest.mark.parametrize("manager", ["pip", "poetry"])
+def test_pip_and_poetry_images_are_healthy_on_a_read_only_root(
+    manager: str,
     render: Render,
     tmp_path: Path,
     dockerd: Dockerd,
     registry: str,
     mirror_images: MirrorImages,
 ) -> None:
-    """pip's image: the pinned requirements in a venv without pip, healthy with nothing
-    writable but a tmpfs, as the non-root user."""
+    """pip's and Poetry's images: the locked packages, compiled, in a venv without pip or the
+    installer, healthy with nothing writable but a tmpfs, as the non-root user."""
     mirror_images.python()
+    slug = f"{manager}-api"
     root = render(
         {
-            "project_name": "Pip API",
+            "project_name": f"{manager.title()} API",
             "runtime": "python",
             "python_version": "3.11",
-            "python_package_manager": "pip",
+            "python_package_manager": manager,
             "sample_app": True,
             "database": "none",
             "monitoring": "none",
@@ -136,18 +139,22 @@ def test_pip_image_is_healthy_on_a_read_only_root(
             "image_registry": f"{registry}/acme",
             "ci_provider": "none",
         },
-        tmp_path / "pip-api",
+        tmp_path / slug,
     )
     init_repo(root, "kit")
-    kit = Kit(root, dockerd.task_env, 0, "pip-api")
+    kit = Kit(root, dockerd.task_env, 0, slug)
     kit.invoke("build", "--env", "staging")
-    image = f"{registry}/acme/pip-api-pip-api:{git(root, 'rev-parse', 'HEAD')[:12]}"
+    image = f"{registry}/acme/{slug}-{slug}:{git(root, 'rev-parse', 'HEAD')[:12]}"
 
+    packages = "/app/.venv/lib/python3.11/site-packages"
+    probe = f"ls /app/.venv/bin {packages}/uvicorn/__pycache__; command -v poetry || true"
     listing = dockerd.run(
-        "run", "--rm", "--entrypoint", "sh", image, "-c", "ls /app/.venv/bin"
+        "run", "--rm", "--entrypoint", "sh", image, "-c", probe
     ).stdout.decode()
     assert "uvicorn" in listing.split(), listing
-    assert not {"pip", "pip3"} & set(listing.split()), listing
+    assert "main.cpython-311.pyc" in listing.split(), listing
+    assert not {"pip", "pip3", "poetry"} & set(listing.split()), listing
+    assert "poetry" not in listing, listing
     # /tmp is the container's own tmpfs, as compose.prod.yaml gives it.
     container = (
         dockerd.run("run", "-d", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", image)  # noqa: S108

@@ -117,7 +117,7 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
         ),
         ({"migrations": "alembic"}, "'alembic' is not one of ['prisma', 'typeorm', 'knex',"),
         ({"runtime": "python", "workspaces": True}, "workspaces: False was expected"),
-        ({"runtime": "python", "python_package_manager": "poetry"}, "'poetry' is not one of"),
+        ({"runtime": "python", "python_package_manager": "pdm"}, "'pdm' is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),
         ({"components": [{**HTTP, "uses": ["mysql"]}]}, "'mysql' is not one of ['postgres', "),
@@ -167,7 +167,7 @@ def test_answers_schema_refuses_what_copier_refuses(
 @pytest.mark.parametrize(
     ("preset", "manager", "says"),
     [
-        ("python-api", "npm", "service.package_manager: 'npm' is not one of ['uv', 'pip']"),
+        ("python-api", "npm", "service.package_manager: 'npm' is not one of ['uv', 'poetry', 'pip']"),
         ("minimal", "uv", "service.package_manager: 'uv' is not one of ['npm', 'pnpm', 'yarn']"),
     ],
 )

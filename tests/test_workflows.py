@@ -600,8 +600,10 @@ def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> 
     dependabot = _yaml(kit / ".github" / "dependabot.yml")
     answers = _answers(kit)
     updates = {u["package-ecosystem"]: u for u in dependabot["updates"]}
+    # Dependabot reads poetry.lock in its pip ecosystem.
+    python_ecosystem = {"poetry": "pip"}.get(answers.get("python_package_manager", "uv"))
     ecosystem = (
-        answers.get("python_package_manager", "uv")
+        python_ecosystem or answers.get("python_package_manager", "uv")
         if answers["runtime"] == "python"
         else "gomod"
         if answers["runtime"] == "go"
@@ -660,17 +662,19 @@ def test_ci_test_job_runs_on_the_sample_app(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("manager", ["uv", "poetry"])
 def test_ci_test_job_runs_on_the_python_sample_app(
-    render: Render, postgres_server: PostgresServer, tmp_path: Path
+    manager: str, render: Render, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     """The Python test job's `run:` steps as a runner runs them, on a runner Python of its own
-    (a venv first on PATH, as setup-python gives) and with $GITHUB_PATH honoured: uv from the
-    index, `uv lock --check`, the locked install, compileall and alembic against a real
-    PostgreSQL."""
+    (a venv first on PATH, as setup-python gives) and with $GITHUB_PATH honoured: uv or Poetry
+    from the index, the lockfile's check against pyproject.toml, the locked install into .venv,
+    compileall and alembic against a real PostgreSQL."""
     kit = render(
         {
             "project_name": "Py Shop",
             "runtime": "python",
+            "python_package_manager": manager,
             "sample_app": True,
             "ci_provider": "github",
         },
@@ -694,8 +698,8 @@ def test_ci_test_job_runs_on_the_python_sample_app(
     ran = _run_steps(job, kit, env)
 
     assert ran == [
-        "Install uv",
-        "Check that uv.lock matches pyproject.toml",
+        f"Install {manager}",
+        f"Check that {manager}.lock matches pyproject.toml",
         "Install dependencies (exactly the lockfile, development ones included)",
         "Lint (ruff, when the project depends on it)",
         "Compile every module (syntax errors fail here)",

@@ -49,7 +49,7 @@ NODE_LOCAL = "shipyard-test/node:{version}-bookworm-6"
 POSTGRES_LOCAL = "shipyard-test/postgres:15-5"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 REDIS_LOCAL = "shipyard-test/redis:7.0-1"
-PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-1"
+PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-2"
 GOLANG_LOCAL = "shipyard-test/golang:{version}-bookworm-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
@@ -94,7 +94,8 @@ NPM_VERSION = "10.9.2"
 # Python with the official image's interface: `python`, `python3` and `pip` on PATH (pip
 # installs into the system, no externally-managed marker), venv, no user of its own. Debian
 # bookworm's CPython 3.11 stands in for python:3.11-slim-bookworm. Like NODE_DOCKERFILE it
-# trusts the host's extra CAs, and points uv and pip at the system store that holds them.
+# trusts the host's extra CAs, and points uv, pip and Poetry (requests) at the system store that
+# holds them.
 PYTHON_DOCKERFILE = """\
 FROM {base}
 COPY ca/ /usr/local/share/ca-certificates/
@@ -103,7 +104,8 @@ RUN set -eux; apt-get update; \\
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc /usr/share/man; \\
     rm -f /usr/lib/python3.11/EXTERNALLY-MANAGED; \\
     ln -s /usr/bin/python3 /usr/local/bin/python; ln -s /usr/bin/pip3 /usr/local/bin/pip
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 CMD ["python3"]
 """
 
