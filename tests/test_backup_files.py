@@ -291,7 +291,9 @@ def test_a_files_backup_cut_off_midway_stops_its_archivers_and_lists_nothing(
     object or multipart upload is left."""
     root = tmp_path / "data"
     top = make_tree(root)
-    (top / "big.bin").write_bytes(os.urandom(24 << 20))  # incompressible: several 5 MiB parts
+    # Incompressible, and more than the 10 parts of 5 MiB boto3 reads ahead of its uploads:
+    # tar and zstd are still running, blocked on the pipe, when the first part is sent.
+    (top / "big.bin").write_bytes(os.urandom(60 << 20))
     store = backup.S3Storage(bucket, "prod", part_size=5 * 1024 * 1024)
 
     def cut_off(**_kwargs: Any) -> None:
