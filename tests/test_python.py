@@ -148,9 +148,7 @@ def test_pip_and_poetry_images_are_healthy_on_a_read_only_root(
 
     packages = "/app/.venv/lib/python3.11/site-packages"
     probe = f"ls /app/.venv/bin {packages}/uvicorn/__pycache__; command -v poetry || true"
-    listing = dockerd.run(
-        "run", "--rm", "--entrypoint", "sh", image, "-c", probe
-    ).stdout.decode()
+    listing = dockerd.run("run", "--rm", "--entrypoint", "sh", image, "-c", probe).stdout.decode()
     assert "uvicorn" in listing.split(), listing
     assert "main.cpython-311.pyc" in listing.split(), listing
     assert not {"pip", "pip3", "poetry"} & set(listing.split()), listing

@@ -167,7 +167,11 @@ def test_answers_schema_refuses_what_copier_refuses(
 @pytest.mark.parametrize(
     ("preset", "manager", "says"),
     [
-        ("python-api", "npm", "service.package_manager: 'npm' is not one of ['uv', 'poetry', 'pip']"),
+        (
+            "python-api",
+            "npm",
+            "service.package_manager: 'npm' is not one of ['uv', 'poetry', 'pip']",
+        ),
         ("minimal", "uv", "service.package_manager: 'uv' is not one of ['npm', 'pnpm', 'yarn']"),
     ],
 )
