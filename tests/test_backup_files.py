@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,75 +211,72 @@ ENGINE_UID = 1000
 TAR = shutil.which("tar")
 
 
-def test_a_restore_as_the_engines_user_brings_back_every_mode() -> None:
-    """As root, tar keeps the archived modes anyway; as the backup image's user (uid 1000, the
-    umask 022 of a container) only --preserve-permissions keeps the group's write bit and the
-    setgid folder. The data path belongs to that user, as the app's volume does."""
-    shared = Path(tempfile.mkdtemp(prefix="shipyard-as-user-"))  # /tmp/pytest-of-root is 0700
-    try:
-        shared.chmod(0o755)
-        root = shared / "data"
-        top = make_tree(root)
-        for path in [shared, *shared.rglob("*")]:
-            os.lchown(path, ENGINE_UID, ENGINE_UID)
-        before = snapshot(top)
-        store = backup.from_url((shared / "store").as_uri())
-        wanted = [engine.data_path(SPEC, root)]
-        made = engine.files_backup(store, wanted, log=print)
-        for path in shared.joinpath("store").rglob("*"):
-            os.lchown(path, ENGINE_UID, ENGINE_UID)
-
-        damage(top)
-        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
-        assert snapshot(top) == before
-        damage(top)
-        assert (
-            _as_user(
-                ENGINE_UID,
-                lambda: engine.restore_files(
-                    store, wanted, made.id, safety_backup=False, log=print
-                ),
-            )
-            == 0
-        )
-        assert snapshot(top) == before
-    finally:
-        shutil.rmtree(shared)
-
-
-def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words() -> None:
-    """Root left a file only root may read in the app's volume: as root the backup takes it;
-    as the backup image's user, tar cannot open it (exit 2), and that backup fails saying so,
-    with nothing listed."""
+@pytest.fixture
+def users_tree() -> Iterator[Path]:
+    """make_tree's data under `data/` and an empty `store/`, in a folder the backup image's user
+    may enter (pytest's own are 0700), all owned by that user as the app's volume is; the
+    folder's path. Removed after."""
     shared = Path(tempfile.mkdtemp(prefix="shipyard-as-user-"))
     try:
         shared.chmod(0o755)
-        root = shared / "data"
-        top = make_tree(root)
+        make_tree(shared / "data")
         (shared / "store").mkdir()
         for path in [shared, *shared.rglob("*")]:
             os.lchown(path, ENGINE_UID, ENGINE_UID)
-        (top / "root-only.db").write_bytes(b"written by root")
-        (top / "root-only.db").chmod(0o600)
-        store = backup.from_url((shared / "store").as_uri())
-        wanted = [engine.data_path(SPEC, root)]
-        taken = engine.files_backup(store, wanted, log=print)
-        said = shared / "said"
-
-        def back_up() -> None:
-            try:
-                engine.files_backup(store, wanted, log=print)
-            except engine.BackupError as exc:
-                said.write_text(str(exc))
-
-        assert _as_user(ENGINE_UID, back_up) == 0
-        assert said.read_text() == (
-            f"archiving {SPEC} failed: tar exited 2: {TAR}: ./root-only.db: Cannot open: Permission"
-            f" denied\n{TAR}: Exiting with failure status due to previous errors"
-        )
-        assert [b.id for b in backup.list_backups(store)] == [taken.id]
+        yield shared
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_restore_as_the_engines_user_brings_back_every_mode(users_tree: Path) -> None:
+    """As root, tar keeps the archived modes anyway; as the backup image's user (uid 1000, the
+    umask 022 of a container) only --preserve-permissions keeps the group's write bit and the
+    setgid folder."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    before = snapshot(top)
+    store = backup.from_url((users_tree / "store").as_uri())
+    made = engine.files_backup(store, wanted, log=print)
+    for path in (users_tree / "store").rglob("*"):
+        os.lchown(path, ENGINE_UID, ENGINE_UID)
+
+    damage(top)
+    engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+    assert snapshot(top) == before
+    damage(top)
+    restored = _as_user(
+        ENGINE_UID,
+        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
+    )
+    assert restored == 0
+    assert snapshot(top) == before
+
+
+def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words(
+    users_tree: Path,
+) -> None:
+    """Root left a file only root may read in the app's volume: as root the backup takes it;
+    as the backup image's user, tar cannot open it (exit 2), and that backup fails saying so,
+    with nothing listed."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    (wanted[0].source / "root-only.db").write_bytes(b"written by root")
+    (wanted[0].source / "root-only.db").chmod(0o600)
+    store = backup.from_url((users_tree / "store").as_uri())
+    taken = engine.files_backup(store, wanted, log=print)
+    said = users_tree / "said"
+
+    def back_up() -> None:
+        try:
+            engine.files_backup(store, wanted, log=print)
+        except engine.BackupError as exc:
+            said.write_text(str(exc))
+
+    assert _as_user(ENGINE_UID, back_up) == 0
+    assert said.read_text() == (
+        f"archiving {SPEC} failed: tar exited 2: {TAR}: ./root-only.db: Cannot open: Permission"
+        f" denied\n{TAR}: Exiting with failure status due to previous errors"
+    )
+    assert [b.id for b in backup.list_backups(store)] == [taken.id]
 
 
 @pytest.mark.parametrize("fault", ["zstd killed", "upload refused"])
