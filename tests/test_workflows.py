@@ -601,9 +601,9 @@ def test_dependabot_covers_actions_docker_and_the_package_manager(kit: Path) -> 
     answers = _answers(kit)
     updates = {u["package-ecosystem"]: u for u in dependabot["updates"]}
     # Dependabot reads poetry.lock in its pip ecosystem.
-    python_ecosystem = {"poetry": "pip"}.get(answers.get("python_package_manager", "uv"))
+    manager = answers.get("python_package_manager", "uv")
     ecosystem = (
-        python_ecosystem or answers.get("python_package_manager", "uv")
+        {"poetry": "pip"}.get(manager, manager)
         if answers["runtime"] == "python"
         else "gomod"
         if answers["runtime"] == "go"
