@@ -147,3 +147,138 @@ def _wait_healthy(dockerd: Dockerd, container: str, timeout: float = 90) -> str:
 def _logs(dockerd: Dockerd, container: str) -> str:
     proc = dockerd.run("logs", container)
     return (proc.stdout + proc.stderr).decode(errors="replace")[-4000:]
+
+
+WORKSPACE_COMPONENTS = [
+    {
+        "name": "api",
+        "kind": "http",
+        "port": 8000,
+        "health_path": "/health",
+        "path": "services/api",
+        "start": "uvicorn api.server:app --host 0.0.0.0 --port 8000",
+    },
+    {"name": "jobs", "kind": "worker", "path": "services/jobs", "start": "python main.py"},
+]
+
+
+def test_a_uv_workspace_builds_each_member_from_its_one_lock(
+    template_dir: Path,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> None:
+    """A uv workspace as `uv init` makes one (README.md there): a packaged service, a library
+    both components import, and a worker that is not a package. Each component's image runs
+    from the one root uv.lock: the library and the console script come from the members,
+    installed editable; a change to the library's code moves only the top layer; a member whose
+    pyproject.toml left uv.lock behind fails the build in uv's words."""
+    mirror_images.python()
+    root = tmp_path / "shop"
+    shutil.copytree(FIXTURES / "uv-workspace", root)
+    readme = (root / "README.md").read_bytes()
+    run_copy(
+        str(template_dir),
+        root,
+        data={
+            "project_name": "shop",
+            "runtime": "python",
+            "python_version": "3.11",
+            "python_package_manager": "uv",
+            "workspaces": True,
+            "components": WORKSPACE_COMPONENTS,
+            "database": "none",
+            "monitoring": "none",
+            "image_mirror": mirror_images.mirror,
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+        },
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+    )
+    assert (root / "README.md").read_bytes() == readme
+    init_repo(root, "shop with the kit")
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", "build", "--env", "staging"],
+            cwd=root,
+            env=dockerd.task_env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+
+    def image(component: str) -> str:
+        return f"{registry}/acme/shop-{component}:{git(root, 'rev-parse', 'HEAD')[:12]}"
+
+    def layers(ref: str) -> list[str]:
+        with contextlib.closing(dockerd.client()) as client:
+            found: list[str] = client.images.get(ref).attrs["RootFS"]["Layers"]
+        return found
+
+    proc = build()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = image("api")
+    assert _serve(dockerd, first, "/") == {"message": "Hello from common!"}
+    # The packaged member's console script, on PATH; no installer in the image.
+    listing = dockerd.run(
+        "run", "--rm", "--entrypoint", "sh", first, "-c", "api; command -v uv pip || true"
+    ).stdout.decode()
+    assert listing.split("\n")[0] == "Hello from api!", listing
+    assert "/uv" not in listing, listing
+    assert "/pip" not in listing, listing
+    # The worker is no package: its main.py runs from its folder, the working directory.
+    jobs = dockerd.run("run", "--rm", "--read-only", "--cap-drop", "ALL", image("jobs"))
+    assert jobs.stdout.decode() == "jobs: Hello from common!\n", jobs.stderr
+
+    library = root / "libs" / "common" / "src" / "common" / "__init__.py"
+    library.write_text(library.read_text().replace("Hello from common!", "Hello again!"))
+    git(root, "commit", "-qam", "the library's words")
+    proc = build()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    second = image("api")
+    assert _serve(dockerd, second, "/") == {"message": "Hello again!"}
+    before, after = layers(first), layers(second)
+    assert len(before) == len(after)
+    assert before[:-1] == after[:-1]  # the base, the user and every dependency: reused
+    assert before[-1] != after[-1]
+
+    member = root / "services" / "api" / "pyproject.toml"
+    member.write_text(member.read_text().replace('"common",', '"common",\n    "idna",'))
+    git(root, "commit", "-qam", "a dependency without `uv lock`")
+    proc = build()
+    assert proc.returncode != 0
+    assert "`--locked` was provided" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def _serve(dockerd: Dockerd, image: str, path: str) -> Any:
+    """The JSON the image answers on `path` once healthy, run as production runs it."""
+    port = free_port()
+    container = (
+        dockerd.run(
+            "run",
+            "--detach",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",  # noqa: S108 - the container's own /tmp, as compose.prod.yaml mounts it
+            "--cap-drop",
+            "ALL",
+            "--publish",
+            f"127.0.0.1:{port}:8000",
+            image,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    try:
+        health = _wait_healthy(dockerd, container)
+        assert health == "healthy", _logs(dockerd, container)
+        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=5).json()
+    finally:
+        dockerd.run("rm", "--force", "--volumes", container)

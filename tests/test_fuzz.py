@@ -211,8 +211,10 @@ def consistent(answers: dict[str, Any]) -> dict[str, Any]:
     others = set().union(*(v for k, v in RUNTIME_MIGRATIONS.items() if k != runtime))
     if answers.get("migrations") in others:
         answers.pop("migrations")  # the runtime's own default instead
-    if runtime in ("python", "go"):
-        answers.pop("workspaces", None)  # each component builds from its own folder
+    if runtime == "go" or (
+        runtime == "python" and answers.get("python_package_manager", "uv") != "uv"
+    ):
+        answers.pop("workspaces", None)  # each component builds from its own folder (no uv)
     if runtime == "go":
         without_shell(answers)
     if answers.get("database", "postgres") == "none":
@@ -406,10 +408,10 @@ CLASHES = [
         "a Go image has none: give it as a list like [/app/jobs, -healthcheck]",
     ),
     Clash(
-        {"runtime": "python", "workspaces": True},
+        {"runtime": "python", "python_package_manager": "poetry", "workspaces": True},
         ("sample_app",),
-        "runtime",
-        "Python components each install from their own folder's lockfile",
+        "python_package_manager",
+        "Python components share one root lockfile only as the members of a uv workspace",
     ),
     Clash(
         {"runtime": "python", "sample_app": True, "database": "postgres", "migrations": "custom"},
@@ -619,7 +621,9 @@ def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
         if answers.get("migrations") == "custom":  # the sample app's own default is gone
             answers.setdefault("migrate_command", "node dist/migrate.js")
         answers.update(clash.change)
-        if clash.question != "runtime" and answers.get("runtime") in ("python", "go"):
+        if clash.question not in ("runtime", "python_package_manager") and (
+            answers.get("runtime") == "go" or answers.get("python_package_manager", "uv") != "uv"
+        ):
             answers.pop("workspaces", None)  # the runtime's own refusal would come first
         if answers.get("runtime") == "go":
             without_shell(answers, keep=clash.change)  # the drawn set's shell commands

@@ -116,7 +116,10 @@ HTTP = {"name": "api", "kind": "http", "port": 3000, "health_path": "/health"}
             "migrations: 'prisma' is not one of ['alembic', 'django', 'custom', 'none']",
         ),
         ({"migrations": "alembic"}, "'alembic' is not one of ['prisma', 'typeorm', 'knex',"),
-        ({"runtime": "python", "workspaces": True}, "workspaces: False was expected"),
+        (
+            {"runtime": "python", "python_package_manager": "pip", "workspaces": True},
+            "python_package_manager: 'uv' was expected",
+        ),
         ({"runtime": "python", "python_package_manager": "pdm"}, "'pdm' is not one of"),
         ({"app_secrets": ["DATABASE_URL"]}, "app_secrets.0: 'DATABASE_URL' should not be valid"),
         ({"service_slug": "on"}, "service_slug: 'on' should not be valid"),

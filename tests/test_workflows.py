@@ -711,6 +711,77 @@ def test_ci_test_job_runs_on_the_python_sample_app(
     assert applied == ["0001"]
 
 
+@pytest.mark.slow
+def test_ci_test_job_runs_on_a_uv_workspace(render: Render, tmp_path: Path) -> None:
+    """The test job of a uv workspace (tests/fixtures/apps/uv-workspace, as `uv init` made it):
+    one job at the root, the lock checked against every member, every member installed (the
+    packaged ones importable from the job's .venv), and the audit's export of every member's
+    production pins without the members themselves."""
+    from tests.test_apps import FIXTURES, WORKSPACE_COMPONENTS
+
+    kit = tmp_path / "shop"
+    shutil.copytree(FIXTURES / "uv-workspace", kit)
+    render(
+        {
+            "project_name": "shop",
+            "runtime": "python",
+            "workspaces": True,
+            "components": WORKSPACE_COMPONENTS,
+            "database": "none",
+            "ci_provider": "github",
+        },
+        kit,
+    )
+    jobs = _workflows(kit)["ci.yml"]["jobs"]
+    assert [name for name in jobs if name.startswith("test")] == ["test"]
+    runner = tmp_path / "runner"
+    subprocess.run([sys.executable, "-m", "venv", runner], check=True, capture_output=True)
+    env = {
+        **os.environ,
+        **jobs["test"]["env"],
+        "PATH": os.pathsep.join([str(runner / "bin"), os.environ["PATH"]]),
+    }
+    for name in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT"):
+        env.pop(name, None)
+
+    ran = _run_steps(jobs["test"], kit, env)
+
+    assert ran == [
+        "Install uv",
+        "Check that uv.lock matches the workspace's pyproject.toml files",
+        "Install dependencies (exactly the lockfile, development ones included)",
+        "Lint (ruff, when the project depends on it)",
+        "Compile every module (syntax errors fail here)",
+        "Test",
+    ]
+    script = "import api.server, common; print(common.hello())"
+    imported = subprocess.run(
+        [kit / ".venv" / "bin" / "python", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert imported.stdout == "Hello from common!\n", imported.stderr
+    # The audit reads the lock alone: every member's pins, no member.
+    (audit,) = [s["run"] for s in _steps(jobs["audit"]) if "uv export" in s.get("run", "")]
+    export = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", audit.splitlines()[0]],
+        cwd=kit,
+        env={**env, "RUNNER_TEMP": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert export.returncode == 0, export.stderr
+    pins = (tmp_path / "requirements.txt").read_text()
+    assert {line.split("==")[0] for line in pins.splitlines() if "==" in line} == {
+        "click",
+        "h11",
+        "uvicorn",
+    }, pins
+    assert "-e " not in pins, pins
+
+
 def _database_url(server: PostgresServer, database: str) -> str:
     """The test cluster's address for `database`, where a runner has its job service."""
     return f"postgresql://{server.user}:{server.password}@{server.host}:{server.port}/{database}"
