@@ -100,6 +100,17 @@ def sample_kit(
     try:
         yield Kit(root, env, port, service)
     finally:
+        if (root / "compose.backup.yaml").is_file():  # the backup scheduler a deploy started
+            subprocess.run(
+                [
+                    *("docker-compose", "--file", "compose.backup.yaml", "--profile", "schedule"),
+                    *("down", "--volumes", "--timeout", "5"),
+                ],
+                cwd=root,
+                env={**env, "BACKUP_IMAGE": "unused"},
+                capture_output=True,
+                check=False,
+            )
         subprocess.run(
             [
                 *("docker-compose", "--file", "compose.prod.yaml", "--profile", "migrate"),

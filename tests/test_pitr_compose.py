@@ -8,6 +8,7 @@ service keeps its container.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -79,6 +80,22 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     # The host starts the server from the registry, as a new host would.
     dockerd.run("rmi", f"{registry}/acme/{SERVICE}-backup:postgres")
     kit.release()  # the deploy sets archiving up and takes the first base backup
+    # ... and starts the backup scheduler, on the backup image it pushed.
+    with contextlib.closing(dockerd.client()) as client:
+        labels = [
+            "com.docker.compose.project=ledger-api-backup",
+            "com.docker.compose.service=scheduler",
+        ]
+        (scheduler,) = client.containers.list(filters={"label": labels})
+        assert scheduler.attrs["Config"]["Image"].startswith(f"{registry}/acme/{SERVICE}-backup@")
+        assert scheduler.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert scheduler.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        deadline = time.monotonic() + 60  # its first lines, once Python has started
+        while "drill at" not in scheduler.logs().decode() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        started = scheduler.logs().decode()
+    assert "shipyard backup schedule: backup at '0 3 * * *' (UTC), next " in started, started
+    assert "shipyard backup schedule: drill at '30 5 * * 0' (UTC), next " in started, started
 
     made = _invoke(kit, "backup", "--env", "staging")
     assert "base backup" in made

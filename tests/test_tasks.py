@@ -369,6 +369,27 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
             "--file", "compose.prod.yaml", "--profile", "migrate", "run", "--rm", "migrate"
         )
     )
+    # Last, the backup scheduler (compose.backup.yaml's `scheduler`) on the same image.
+    assert steps[-1].endswith(
+        f"BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
+        + compose_line(
+            "--file",
+            "compose.backup.yaml",
+            "up",
+            "--detach",
+            "--wait",
+            "--wait-timeout",
+            "60",
+            "scheduler",
+        )
+    ), steps
+    # Never pushed: the release goes on, and the plan says backups will not be scheduled.
+    unscheduled = invoke(compose_kit, "deploy", "--env", "prod", "-d", env=COMPOSE)
+    assert unscheduled.returncode == 0, unscheduled.stderr
+    assert unscheduled.stdout.splitlines()[-1].endswith(
+        "backups are NOT scheduled on prod: no backup image was pushed (`invoke build --env prod"
+        " --component backup`, `invoke push ...`, then deploy again)"
+    )
     # Without a pushed backup image the plan passes none: compose.backup.yaml then requires
     # BACKUP_IMAGE from the host (e.g. .env) and stops with its own message if it is unset.
     plan = invoke(compose_kit, "migrate", "--env", "prod", "--dry-run", env=COMPOSE)
@@ -512,7 +533,15 @@ def test_compose_backup_file_is_checked_before_anything_runs(
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert skipped.returncode == 0, skipped.stderr
-    assert "compose.backup.yaml" not in skipped.stdout
+    # No backup step; an unreadable file is said as the reason backups will not be scheduled.
+    backup_lines = [line for line in skipped.stdout.splitlines() if "compose.backup.yaml" in line]
+    if content and "[unclosed" in content:
+        assert len(backup_lines) == 1, skipped.stdout
+        assert (
+            "backups are NOT scheduled on prod: cannot read compose.backup.yaml" in backup_lines[0]
+        )
+    else:
+        assert backup_lines == [], skipped.stdout
 
 
 # Dying of SIGINT whatever disposition the test runner's workers pass down (they may ignore it).

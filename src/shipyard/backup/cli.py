@@ -1,4 +1,5 @@
-"""`shipyard backup run|list|verify|restore|prune --target URL`: the backup engine's command.
+"""`shipyard backup run|list|verify|restore|prune|schedule --target URL`: the backup engine's
+command.
 
 The Helm CronJob and the compose `backup` service run `shipyard backup run --target URL
 --retention-days N`; where CloudNativePG backs the database up, the CronJob runs `run
@@ -24,7 +25,7 @@ from pathlib import Path
 import psycopg
 
 from shipyard import timepoint
-from shipyard.backup import drill_record, engine, files, metrics, pitr, storage
+from shipyard.backup import drill_record, engine, files, metrics, pitr, schedule, storage
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +69,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     back.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"
     )
+    every = action(
+        "schedule", "run backups and restore drills on their cron schedules (UTC) until stopped"
+    )
+    every.add_argument(
+        "--backup-at", metavar="CRON", help="when to run `run` (with the options below)"
+    )
+    every.add_argument(
+        "--drill-at", metavar="CRON", help="when to run `verify` of the newest backup"
+    )
+    _data_arguments(every)
+    _retention_arguments(every, required=False)
     prune = action("prune", "delete backups the retention policy does not keep")
     _retention_arguments(prune, required=True)
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
@@ -146,6 +158,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         command = args.backup_command
         if command == "pitr":
             return run_pitr(args, environ)
+        if command == "schedule":
+            return schedule.run(_jobs(args))
         target = storage.from_url(args.target)
         if command == "run":
             data = _data_paths(args)
@@ -264,6 +278,34 @@ def _record_drill(target: str, outcome: drill_record.Outcome) -> None:
             )
             return
         raise storage.StorageError(f"the drill passed but could not be recorded: {exc}") from None
+
+
+def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
+    """`schedule`'s jobs: `run` with the given options, the drill of the newest backup."""
+    storage.from_url(args.target)  # a wrong target is refused now, not at the first run
+    _data_paths(args)
+    target = ("--target", args.target)
+    jobs = []
+    if args.backup_at:
+        keep = [
+            arg
+            for name in ("retention_days", "keep_weekly", "keep_monthly")
+            if getattr(args, name)
+            for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
+        ]
+        if keep:
+            _policy(args)
+        data = [arg for spec in args.data_path for arg in ("--data-path", spec)]
+        root = ["--data-root", args.data_root] if args.data_path else []
+        run_args = ("backup", "run", *target, *keep, *data, *root)
+        jobs.append(schedule.job("backup", "--backup-at", args.backup_at, run_args))
+    if args.drill_at:
+        jobs.append(
+            schedule.job("drill", "--drill-at", args.drill_at, ("backup", "verify", *target))
+        )
+    if not jobs:
+        raise engine.BackupError("give --backup-at, --drill-at or both: there is nothing to run")
+    return jobs
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:

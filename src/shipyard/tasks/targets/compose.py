@@ -25,7 +25,7 @@ from shipyard.engines.state import BACKUP
 from shipyard.tasks import pitr
 from shipyard.tasks.release import Release, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
-from shipyard.tasks.targets import files, proxy, switch
+from shipyard.tasks.targets import files, proxy, scheduler, switch
 from shipyard.tasks.targets.base import (
     Options,
     RolledBack,
@@ -94,6 +94,7 @@ class ComposeTarget:
         self._copies()  # a missing file is refused before anything changes
         self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
+        schedule = scheduler.start(self.cfg, self.env, release)
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
             plan(
@@ -115,6 +116,7 @@ class ComposeTarget:
                         if pitr.enabled(self.env)
                         else []
                     ),
+                    *([schedule] if schedule else []),
                 ],
             )
             return
@@ -135,6 +137,24 @@ class ComposeTarget:
                     f"--env {env}` again once this is fixed)",
                     code=exc.code,
                 ) from None
+        self._start_scheduler(schedule)
+
+    def _start_scheduler(self, schedule: Command | str | None) -> None:
+        """Start the backup scheduler (scheduler.start), after the release: it is live either
+        way, and a scheduler that cannot start fails the task in one sentence."""
+        if isinstance(schedule, str):
+            say(f"warning: {schedule}")
+        elif schedule is not None:
+            try:
+                execute(schedule, "starting the backup scheduler")
+            except EngineError as exc:
+                raise Exit(
+                    f"shipyard: {exc} (the release is deployed and serving, but backups are not"
+                    f" scheduled: run `invoke deploy --env {self.env.name}` again once this is"
+                    " fixed)",
+                    code=1,
+                ) from None
+            say(f"{self.env.name}: backups scheduled ({compose_engine.BACKUP_FILE}, scheduler)")
 
     def running(self) -> dict[str, str]:
         with contextlib.closing(docker_engine.client()) as client:

@@ -1,0 +1,158 @@
+"""`shipyard backup schedule`, the Compose host's backup scheduler, as its service runs it: a
+process of its own against the real PostgreSQL, running the engine's real commands on cron
+schedules. The schedules here use cron's optional leading seconds field, so a test waits
+seconds, not minutes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shipyard.backup import engine, storage
+from tests.backup_data import shipyard_cli
+from tests.servers.postgres import PostgresServer
+
+PREFIX = "shipyard backup schedule:"
+
+
+@contextmanager
+def scheduler(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Path]:
+    """`shipyard backup schedule ARGS` running; yields its log (stdout and stderr). Stopped
+    with SIGTERM at the end, which must end it with status 0."""
+    log = tmp_path / "scheduler.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shipyard.cli", "backup", "schedule", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            yield log
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                status = proc.wait(timeout=60)
+            finally:
+                proc.kill()
+    assert status == 0, log.read_text()
+    assert log.read_text().endswith(f"{PREFIX} stopped\n"), log.read_text()
+
+
+def wait_for(check: Callable[[], bool], what: str, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+def test_backups_and_drills_run_on_their_schedules(database: str, tmp_path: Path) -> None:
+    """Two jobs on schedules of their own: backups pile up (retention keeps them: one day),
+    the drill verifies the newest, each run is said with its due time and how long it took.
+    One backup is there first: a drill due before the first scheduled backup would fail."""
+    target = (tmp_path / "store").as_uri()
+    store = storage.from_url(target)
+    first = shipyard_cli("backup", "run", "--target", target, env={})
+    assert first.returncode == 0, first.stderr
+    with scheduler(
+        tmp_path,
+        "--target",
+        target,
+        "--backup-at",
+        "*/2 * * * * *",
+        "--drill-at",
+        "1-59/3 * * * * *",
+        "--retention-days",
+        "1",
+    ) as log:
+        wait_for(
+            lambda: (
+                log.read_text().count(f"{PREFIX} backup finished in ") >= 2
+                and f"{PREFIX} drill finished in " in log.read_text()
+            ),
+            "two scheduled backups and a drill",
+            log,
+        )
+        # The drill verified the newest backup of its time; retention keeps it.
+        assert any(b.verified for b in engine.list_backups(store))
+    text = log.read_text()
+    jobs = text.splitlines()[:2]
+    assert jobs[0].startswith(f"{PREFIX} backup at '*/2 * * * * *' (UTC), next "), text
+    assert jobs[0].endswith(f": shipyard backup run --target {target} --retention-days 1"), text
+    assert jobs[1].endswith(f": shipyard backup verify --target {target}"), text
+    assert f"{PREFIX} backup (due " in text
+    assert "shipyard backup: retention kept " in text  # run's own options reached it
+    # Only the run the final SIGTERM cut short may have failed.
+    assert "failed: it exited" not in text, text
+
+
+def test_a_failing_job_is_said_and_the_schedule_goes_on(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A backup of a database that does not exist fails each time, in the engine's words and
+    the scheduler's line with its exit status; the loop keeps running it."""
+    target = (tmp_path / "store").as_uri()
+    with scheduler(
+        tmp_path,
+        "--target",
+        target,
+        "--backup-at",
+        "* * * * * *",
+        env=postgres_server.env("no_such_database"),
+    ) as log:
+        wait_for(
+            lambda: log.read_text().count(f"{PREFIX} backup failed: it exited 1 after") >= 2,
+            "two failed runs",
+            log,
+        )
+    text = log.read_text()
+    assert 'database "no_such_database" does not exist' in text, text
+    assert engine.list_backups(storage.from_url(target)) == []
+
+
+def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path: Path) -> None:
+    """SIGTERM while a backup runs: the backup gets it and is waited for, then the loop ends
+    with status 0. The backup hangs on a server that accepts the connection and never answers
+    (libpq waits for its connect_timeout, far longer than this test)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        with scheduler(
+            tmp_path,
+            "--target",
+            (tmp_path / "store").as_uri(),
+            "--backup-at",
+            "* * * * * *",
+            env={"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGCONNECT_TIMEOUT": "600"},
+        ) as log:
+            wait_for(lambda: "started" in log.read_text(), "start", log)
+            time.sleep(1)  # the backup is connecting by now
+    text = log.read_text()
+    assert f"{PREFIX} stopping: backup is sent SIGTERM and waited for" in text, text
+    assert f"{PREFIX} backup failed: it was killed by SIGTERM after" in text, text
+
+
+def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    target = (tmp_path / "store").as_uri()
+    bad = shipyard_cli(
+        "backup", "schedule", "--target", target, "--backup-at", "61 3 * * *", env={}
+    )
+    assert bad.returncode == 1
+    assert bad.stderr == (
+        "shipyard backup: --backup-at '61 3 * * *' is not a cron schedule (Bad minute): give five"
+        " fields, minute hour day-of-month month day-of-week, e.g. '0 3 * * *' (UTC)\n"
+    )
+    none = shipyard_cli("backup", "schedule", "--target", target, env={})
+    assert none.returncode == 1
+    assert "give --backup-at, --drill-at or both" in none.stderr
+    wrong = shipyard_cli(
+        "backup", "schedule", "--target", "ftp://x", "--drill-at", "0 4 * * 0", env={}
+    )
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("shipyard backup: "), wrong.stderr
