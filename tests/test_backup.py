@@ -279,6 +279,9 @@ def test_verify_detects_data_that_differs_from_the_manifest(database: str, tmp_p
     manifest = json.loads(path.read_text())
     manifest["tables"]["public.orders"]["checksum"] = "12345"
     manifest["tables"]["public.customers"]["rows"] = 1999
+    # A table the restore lacks, and one it has that the manifest does not list.
+    manifest["tables"]["public.ghost"] = manifest["tables"]["public.customers"]
+    del manifest["tables"]["audit.events"]
     path.write_text(json.dumps(manifest))
     with pytest.raises(backup.BackupError) as failure:
         backup.verify(store)
@@ -286,7 +289,9 @@ def test_verify_detects_data_that_differs_from_the_manifest(database: str, tmp_p
     assert "public.customers: 2000 rows, expected 1999" in str(failure.value)
     assert str(failure.value) == (
         f"backup {made.id} does not restore to what was backed up:\n"
+        "  audit.events: not in the backup's manifest\n"
         "  public.customers: 2000 rows, expected 1999\n"
+        "  public.ghost: missing after restore\n"
         "  public.orders: row checksum differs from the backup's"
     )
     assert backup.list_backups(store)[0].verified is None

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import stat
@@ -279,19 +280,21 @@ def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words(
     assert [b.id for b in backup.list_backups(store)] == [taken.id]
 
 
-@pytest.mark.parametrize("fault", ["zstd killed", "upload refused"])
+@pytest.mark.parametrize("fault", ["zstd killed", "upload refused", "upload never started"])
 def test_a_files_backup_cut_off_midway_stops_its_archivers_and_lists_nothing(
     fault: str, bucket: str, tmp_path: Path
 ) -> None:
-    """Mid-upload, zstd dies (out of memory, killed) or S3 refuses a part: the backup fails
-    naming the cause, tar and zstd are stopped, not left blocked on a pipe nobody reads, and no
-    object or multipart upload is left."""
+    """Mid-upload, zstd dies (out of memory, killed) or S3 refuses a part, or S3 refuses the
+    upload itself after boto3 read its first part: the backup fails naming the cause, tar and
+    zstd are stopped, not left blocked on a pipe nobody reads any more, and no object or
+    multipart upload is left."""
     root = tmp_path / "data"
     top = make_tree(root)
     # Incompressible, and more than the 10 parts of 5 MiB boto3 reads ahead of its uploads:
     # tar and zstd are still running, blocked on the pipe, when the first part is sent.
     (top / "big.bin").write_bytes(os.urandom(60 << 20))
     store = backup.S3Storage(bucket, "prod", part_size=5 * 1024 * 1024)
+    call = "CreateMultipartUpload" if fault == "upload never started" else "UploadPart"
 
     def cut_off(**_kwargs: Any) -> None:
         if fault == "zstd killed":
@@ -299,9 +302,9 @@ def test_a_files_backup_cut_off_midway_stops_its_archivers_and_lists_nothing(
                 os.kill(zstd, signal.SIGKILL)
         else:
             error = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
-            raise ClientError(error, "UploadPart")  # type: ignore[arg-type]
+            raise ClientError(error, call)  # type: ignore[arg-type]
 
-    store.client.meta.events.register("before-call.s3.UploadPart", cut_off)
+    store.client.meta.events.register(f"before-call.s3.{call}", cut_off)
     failed: list[Exception] = []
 
     def back_up() -> None:
@@ -326,6 +329,43 @@ def test_a_files_backup_cut_off_midway_stops_its_archivers_and_lists_nothing(
     s3 = boto3.client("s3")
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_local_backup_whose_disk_fills_stops_its_archivers(tmp_path: Path) -> None:
+    """The backup's disk fills mid-archive (a file size limit here: EFBIG, as a full disk's
+    ENOSPC): the write fails, nothing reads tar's and zstd's pipe any more, and both must be
+    stopped, else they block on it for good and the backup never ends. In a forked child,
+    which alone carries the limit."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    (top / "big.bin").write_bytes(os.urandom(16 << 20))
+    store = backup.LocalStorage(tmp_path / "store")
+    said, told = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+            engine.files_backup(store, [engine.data_path(SPEC, root)], log=lambda _line: None)
+        except backup.StorageError as exc:
+            os.write(told, str(exc).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(told)
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            for child in [*children(pid, "tar"), *children(pid, "zstd"), pid]:
+                os.kill(child, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the backup never ended: tar or zstd left blocked on their pipe")
+        time.sleep(0.1)
+    with os.fdopen(said) as message:
+        assert message.read().endswith(": File too large")
+    assert backup.list_backups(store) == []
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
 
 
 def _as_user(uid: int, work: Callable[[], object]) -> int:
@@ -642,6 +682,30 @@ def test_a_corrupted_files_only_archive_fails_verify_and_restores_nothing(
     assert back.returncode == 1
     assert "is corrupted" in back.stderr
     assert snapshot(top) == damaged
+
+
+def test_an_archive_holding_other_entries_than_its_manifest_says_fails_verify(
+    tmp_path: Path,
+) -> None:
+    """The archive's sha256 matches (it is the one written), but the manifest counts another
+    number of entries: verify lists the archive and says both numbers."""
+    root = tmp_path / "data"
+    make_tree(root)
+    target = (tmp_path / "store").as_uri()
+    made_id = files_only(target, root)
+    path = tmp_path / "store" / made_id / engine.MANIFEST
+    manifest = json.loads(path.read_text())
+    listed = manifest["files"][0]["entries"]
+    manifest["files"][0]["entries"] = listed + 1
+    path.write_text(json.dumps(manifest))
+
+    checked = shipyard_cli("backup", "verify", "--target", target, env=NO_DATABASE)
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines()[-1] == (
+        f"shipyard backup: backup {made_id}: the archive of {SPEC} holds {listed} entries, the"
+        f" manifest says {listed + 1}"
+    )
+    assert not (tmp_path / "store" / made_id / engine.VERIFIED).exists()
 
 
 def test_a_files_only_backup_without_data_paths_is_one_sentence(tmp_path: Path) -> None:
