@@ -60,59 +60,26 @@ def test_generated_app_builds_with_the_kit_and_turns_healthy(
     readme = (root / "README.md").read_bytes()
     ignore_file = root / ".gitignore"
     ignores = ignore_file.read_text() if ignore_file.exists() else ""
-    run_copy(
-        str(template_dir),
+    _add_kit(
+        template_dir,
         root,
-        data={
+        registry,
+        {
             "project_name": app,
             "components": [component],
-            "database": "none",
             **mirror_images.answers(node_version=spec["node_version"]),
-            "staging_target": "compose",
-            "production_target": "compose",
-            "image_registry": f"{registry}/acme",
-            "ci_provider": "none",
         },
-        defaults=True,
-        unsafe=True,
-        quiet=True,
     )
     # Added to the app as it is: its own README and .gitignore are kept (the kit's guide is
     # DEPLOYMENT.md; the ignore file only gains the kit's missing patterns at its end).
     assert (root / "README.md").read_bytes() == readme
     assert (root / ".gitignore").read_text().startswith(ignores)
     init_repo(root, f"{app} with the kit")
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "build", "--env", "staging"],
-        cwd=root,
-        env=dockerd.task_env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
+    proc = _build(root, dockerd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     image = f"{registry}/acme/{app}-{component['name']}:{git(root, 'rev-parse', 'HEAD')[:12]}"
 
-    port = free_port()
-    container = (
-        dockerd.run(
-            "run",
-            "--detach",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",  # noqa: S108 - the container's own /tmp, as compose.prod.yaml mounts it
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges:true",
-            "--publish",
-            f"127.0.0.1:{port}:{component['port']}",
-            image,
-        )
-        .stdout.decode()
-        .strip()
-    )
+    container, port = _start(dockerd, image, component["port"])
     try:
         health = _wait_healthy(dockerd, container)
         assert health == "healthy", _logs(dockerd, container)
@@ -128,6 +95,64 @@ def test_generated_app_builds_with_the_kit_and_turns_healthy(
             assert requests.get(f"{base}/next.svg", timeout=5).status_code == 200  # public/
     finally:
         dockerd.run("rm", "--force", "--volumes", container)
+
+
+def _add_kit(template_dir: Path, root: Path, registry: str, answers: dict[str, Any]) -> None:
+    """`copier copy` of the kit into the app's folder, as a user adds it: both environments
+    on Compose, images for the test registry, no database or CI unless `answers` say."""
+    run_copy(
+        str(template_dir),
+        root,
+        data={
+            "database": "none",
+            "staging_target": "compose",
+            "production_target": "compose",
+            "image_registry": f"{registry}/acme",
+            "ci_provider": "none",
+            **answers,
+        },
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+    )
+
+
+def _build(root: Path, dockerd: Dockerd) -> subprocess.CompletedProcess[str]:
+    """The kit's own `invoke build --env staging`: every component's image."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "build", "--env", "staging"],
+        cwd=root,
+        env=dockerd.task_env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+
+
+def _start(dockerd: Dockerd, image: str, port: int) -> tuple[str, int]:
+    """The image run as production runs it (read-only root, its own /tmp, no capabilities or
+    new privileges), `port` published on a free one of the host's: the container and that port."""
+    host_port = free_port()
+    container = (
+        dockerd.run(
+            "run",
+            "--detach",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",  # noqa: S108 - the container's own /tmp, as compose.prod.yaml mounts it
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges:true",
+            "--publish",
+            f"127.0.0.1:{host_port}:{port}",
+            image,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    return container, host_port
 
 
 def _wait_healthy(dockerd: Dockerd, container: str, timeout: float = 90) -> str:
@@ -178,41 +203,23 @@ def test_a_uv_workspace_builds_each_member_from_its_one_lock(
     root = tmp_path / "shop"
     shutil.copytree(FIXTURES / "uv-workspace", root)
     readme = (root / "README.md").read_bytes()
-    run_copy(
-        str(template_dir),
+    _add_kit(
+        template_dir,
         root,
-        data={
+        registry,
+        {
             "project_name": "shop",
             "runtime": "python",
             "python_version": "3.11",
             "python_package_manager": "uv",
             "workspaces": True,
             "components": WORKSPACE_COMPONENTS,
-            "database": "none",
             "monitoring": "none",
             "image_mirror": mirror_images.mirror,
-            "staging_target": "compose",
-            "production_target": "compose",
-            "image_registry": f"{registry}/acme",
-            "ci_provider": "none",
         },
-        defaults=True,
-        unsafe=True,
-        quiet=True,
     )
     assert (root / "README.md").read_bytes() == readme
     init_repo(root, "shop with the kit")
-
-    def build() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "invoke", "build", "--env", "staging"],
-            cwd=root,
-            env=dockerd.task_env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
 
     def image(component: str) -> str:
         return f"{registry}/acme/shop-{component}:{git(root, 'rev-parse', 'HEAD')[:12]}"
@@ -222,7 +229,7 @@ def test_a_uv_workspace_builds_each_member_from_its_one_lock(
             found: list[str] = client.images.get(ref).attrs["RootFS"]["Layers"]
         return found
 
-    proc = build()
+    proc = _build(root, dockerd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first = image("api")
     assert _serve(dockerd, first, "/") == {"message": "Hello from common!"}
@@ -240,7 +247,7 @@ def test_a_uv_workspace_builds_each_member_from_its_one_lock(
     library = root / "libs" / "common" / "src" / "common" / "__init__.py"
     library.write_text(library.read_text().replace("Hello from common!", "Hello again!"))
     git(root, "commit", "-qam", "the library's words")
-    proc = build()
+    proc = _build(root, dockerd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     second = image("api")
     assert _serve(dockerd, second, "/") == {"message": "Hello again!"}
@@ -252,30 +259,14 @@ def test_a_uv_workspace_builds_each_member_from_its_one_lock(
     member = root / "services" / "api" / "pyproject.toml"
     member.write_text(member.read_text().replace('"common",', '"common",\n    "idna",'))
     git(root, "commit", "-qam", "a dependency without `uv lock`")
-    proc = build()
+    proc = _build(root, dockerd)
     assert proc.returncode != 0
     assert "`--locked` was provided" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
 def _serve(dockerd: Dockerd, image: str, path: str) -> Any:
     """The JSON the image answers on `path` once healthy, run as production runs it."""
-    port = free_port()
-    container = (
-        dockerd.run(
-            "run",
-            "--detach",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",  # noqa: S108 - the container's own /tmp, as compose.prod.yaml mounts it
-            "--cap-drop",
-            "ALL",
-            "--publish",
-            f"127.0.0.1:{port}:8000",
-            image,
-        )
-        .stdout.decode()
-        .strip()
-    )
+    container, port = _start(dockerd, image, 8000)
     try:
         health = _wait_healthy(dockerd, container)
         assert health == "healthy", _logs(dockerd, container)
