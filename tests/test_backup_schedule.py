@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
-from shipyard.backup import engine, storage
+from shipyard.backup import engine, schedule, storage
 from tests.backup_data import shipyard_cli
 from tests.servers.postgres import PostgresServer
 
@@ -118,9 +119,10 @@ def test_a_failing_job_is_said_and_the_schedule_goes_on(
 
 
 def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path: Path) -> None:
-    """SIGTERM while a backup runs: the backup gets it and is waited for, then the loop ends
-    with status 0. The backup hangs on a server that accepts the connection and never answers
-    (libpq waits for its connect_timeout, far longer than this test)."""
+    """SIGTERM while a backup runs: the backup is interrupted as Ctrl-C would (so it cleans
+    up) and waited for, then the loop ends with status 0. The backup hangs on a server that
+    accepts the connection and never answers (libpq waits for its connect_timeout, far longer
+    than this test)."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
         with scheduler(
@@ -134,8 +136,9 @@ def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path
             wait_for(lambda: "started" in log.read_text(), "start", log)
             time.sleep(1)  # the backup is connecting by now
     text = log.read_text()
-    assert f"{PREFIX} stopping: backup is sent SIGTERM and waited for" in text, text
-    assert f"{PREFIX} backup failed: it was killed by SIGTERM after" in text, text
+    assert f"{PREFIX} stopping: backup is interrupted (SIGINT) and waited for" in text, text
+    assert "shipyard backup: interrupted (nothing it was writing is listed)" in text, text
+    assert f"{PREFIX} backup failed: it exited 130 after" in text, text
 
 
 def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
@@ -151,8 +154,42 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
     none = shipyard_cli("backup", "schedule", "--target", target, env={})
     assert none.returncode == 1
     assert "give --backup-at, --drill-at or both" in none.stderr
+    unkept = shipyard_cli(
+        "backup", "schedule", "--target", target, "--backup-at", "0 3 * * *", "--keep-weekly",
+        "4", env={},
+    )  # fmt: skip
+    assert unkept.returncode == 1
+    assert unkept.stderr == (
+        "shipyard backup: --keep-weekly and --keep-monthly add to --retention-days: give it too\n"
+    )
     wrong = shipyard_cli(
         "backup", "schedule", "--target", "ftp://x", "--drill-at", "0 4 * * 0", env={}
     )
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("shipyard backup: "), wrong.stderr
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_a_job_that_fell_due_while_another_ran_runs_next_once() -> None:
+    """`advance` after a backup ran from 03:00 to 03:17: a drill due at 03:10 (or at 03:00 as
+    well, a tie the backup won) stays due, at its latest time passed, so it runs next and once;
+    the other times it missed, and those the backup missed while it ran, are skipped."""
+    backup = schedule.job("backup", "--backup-at", "*/5 * * * *", ("backup", "run"))
+    drill = schedule.job("drill", "--drill-at", "10 3 * * *", ("backup", "verify"))
+    often = schedule.job("often", "--drill-at", "*/5 * * * *", ("backup", "verify"))
+    due = {backup: _at("2026-12-06T03:00"), drill: _at("2026-12-06T03:10")}
+    skipped = schedule.advance([backup, drill], due, backup, _at("2026-12-06T03:17"))
+    assert due == {backup: _at("2026-12-06T03:20"), drill: _at("2026-12-06T03:10")}
+    assert skipped == {backup: 3}  # 03:05, 03:10, 03:15
+    due = {backup: _at("2026-12-06T03:00"), often: _at("2026-12-06T03:00")}
+    skipped = schedule.advance([backup, often], due, backup, _at("2026-12-06T03:17"))
+    assert due == {backup: _at("2026-12-06T03:20"), often: _at("2026-12-06T03:15")}
+    assert skipped == {backup: 3, often: 3}  # often runs its 03:15 next; 03:00..03:10 skipped
+    # Then the drill runs, and the backup, due meanwhile, is next.
+    due = {backup: _at("2026-12-06T03:20"), drill: _at("2026-12-06T03:10")}
+    skipped = schedule.advance([backup, drill], due, drill, _at("2026-12-06T03:22"))
+    assert due == {backup: _at("2026-12-06T03:20"), drill: _at("2026-12-07T03:10")}
+    assert skipped == {}

@@ -621,8 +621,10 @@ def invalid_answer_sets(draw: st.DrawFn) -> Invalid:
         if answers.get("migrations") == "custom":  # the sample app's own default is gone
             answers.setdefault("migrate_command", "node dist/migrate.js")
         answers.update(clash.change)
+        runtime = answers.get("runtime")
         if clash.question not in ("runtime", "python_package_manager") and (
-            answers.get("runtime") == "go" or answers.get("python_package_manager", "uv") != "uv"
+            runtime == "go"
+            or (runtime == "python" and answers.get("python_package_manager", "uv") != "uv")
         ):
             answers.pop("workspaces", None)  # the runtime's own refusal would come first
         if answers.get("runtime") == "go":

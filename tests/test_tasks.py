@@ -369,9 +369,11 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
             "--file", "compose.prod.yaml", "--profile", "migrate", "run", "--rm", "migrate"
         )
     )
-    # Last, the backup scheduler (compose.backup.yaml's `scheduler`) on the same image.
+    # Last, the backup scheduler (compose.backup.yaml's `scheduler`) on the same image, with
+    # the schedule and retention of prod's `backup` in shipyard.yaml.
     assert steps[-1].endswith(
-        f"BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
+        f"BACKUP_IMAGE={backup_ref} SHIPYARD_BACKUP_SCHEDULE='0 3 * * *' SHIPYARD_ENV=prod "
+        "SHIPYARD_RETENTION_DAYS=14 "
         + compose_line(
             "--file",
             "compose.backup.yaml",
@@ -389,6 +391,22 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     assert unscheduled.stdout.splitlines()[-1].endswith(
         "backups are NOT scheduled on prod: no backup image was pushed (`invoke build --env prod"
         " --component backup`, `invoke push ...`, then deploy again)"
+    )
+    # Through a daemon on another machine, local backups would land in a folder named after
+    # this checkout there: not scheduled, and said.
+    remote = invoke(
+        compose_kit,
+        "deploy",
+        "--env",
+        "prod",
+        "-d",
+        env={**COMPOSE, "BACKUP_IMAGE": backup_ref, "DOCKER_HOST": "ssh://deploy@prod.example"},
+    )
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout.splitlines()[-1].endswith(
+        "backups are NOT scheduled on prod: its backups folder (backups/prod) is bind-mounted from"
+        " where the daemon runs, and DOCKER_HOST is another machine; deploy from the kit's"
+        " checkout on that host, or use S3 storage"
     )
     # Without a pushed backup image the plan passes none: compose.backup.yaml then requires
     # BACKUP_IMAGE from the host (e.g. .env) and stops with its own message if it is unset.

@@ -52,7 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         backup_cli.register(commands)
     args = parser.parse_args(argv)
     if args.command == "backup":
-        return backup_cli.run(args)
+        try:
+            return backup_cli.run(args)
+        except KeyboardInterrupt:  # Ctrl-C, or the backup scheduler stopping: cleaned up
+            print(
+                "shipyard backup: interrupted (nothing it was writing is listed)", file=sys.stderr
+            )
+            return 130
     if args.command == "new":
         return new.run(args)
 

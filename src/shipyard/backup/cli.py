@@ -287,14 +287,19 @@ def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
     target = ("--target", args.target)
     jobs = []
     if args.backup_at:
-        keep = [
-            arg
-            for name in ("retention_days", "keep_weekly", "keep_monthly")
-            if getattr(args, name)
-            for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
-        ]
-        if keep:
+        keep: list[str] = []
+        if args.retention_days is not None:
             _policy(args)
+            keep = [
+                arg
+                for name in ("retention_days", "keep_weekly", "keep_monthly")
+                if getattr(args, name)
+                for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
+            ]
+        elif args.keep_weekly or args.keep_monthly:
+            raise engine.BackupError(
+                "--keep-weekly and --keep-monthly add to --retention-days: give it too"
+            )
         data = [arg for spec in args.data_path for arg in ("--data-path", spec)]
         root = ["--data-root", args.data_root] if args.data_path else []
         run_args = ("backup", "run", *target, *keep, *data, *root)

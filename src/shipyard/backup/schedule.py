@@ -2,17 +2,17 @@
 schedules, in a service that runs until it is stopped (compose.backup.yaml's `scheduler`).
 
 Kubernetes has CronJobs; a Compose host has no scheduler of its own but its crontab, which a
-kit cannot install. This loop is that crontab, inside the backup image: each job is the
-engine's own command (`shipyard backup run ...`, `shipyard backup verify ...`) run as a child
-process at the times its schedule gives, in UTC, exactly as a crontab line would run it. The
-schedules are parsed by cronsim, the cron evaluator of healthchecks.io (Debian cron's rules,
-with an optional leading seconds field).
+kit cannot install. This loop stands in for that crontab, inside the backup image: each job is
+the engine's own command (`shipyard backup run ...`, `shipyard backup verify ...`) run as a
+child process at the times its schedule gives, in UTC. The schedules are parsed by cronsim, the
+cron evaluator of healthchecks.io (Debian cron's rules, with an optional leading seconds field).
 
-Jobs run one at a time: a job due while another runs starts when that one ends, and the runs
-it missed meanwhile are skipped and said, never queued up. A job's failure is its own (its
-exit status and error go to the log, its metrics to the Pushgateway): the loop goes on. SIGTERM
-or SIGINT stops the loop; a running job is sent SIGTERM and waited for (docker's stop timeout
-bounds the wait), then the loop exits 0.
+Unlike cron, jobs run one at a time (a drill never restores while a backup dumps): a job due
+while another runs starts once that one ends, and the further runs it missed meanwhile are
+skipped and said, never queued up. A job's failure is its own (its exit status and error go to
+the log, its metrics to the Pushgateway): the loop goes on. SIGTERM or SIGINT stops the loop; a
+running job is interrupted (SIGINT, so it cleans up) and waited for, within docker's stop
+timeout, then the loop exits 0.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,40 +67,71 @@ def job(name: str, option: str, cron: str, args: Sequence[str]) -> Job:
 
 def run(jobs: Sequence[Job]) -> int:
     """Run `jobs` on their schedules until SIGTERM or SIGINT; 0 once stopped."""
-    stop = threading.Event()
-
-    def stopping(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stopping)
+    stop = _Stop()
     due = {j: j.after(_now()) for j in jobs}
     for j in jobs:
         _say(f"{j.name} at '{j.cron}' (UTC), next {_at(due[j])}: shipyard {' '.join(j.args)}")
-    while not stop.is_set():
+    while not stop.asked:
         current = min(jobs, key=lambda j: due[j])
-        if stop.wait(max(0.0, (due[current] - _now()).total_seconds())):
+        if not stop.sleep_until(due[current]):
             break
         _run_one(current, due[current], stop)
-        due[current] = current.after(due[current])
-        moment = _now()
-        for j in jobs:
-            skipped = 0
-            while due[j] <= moment:
-                skipped += 1
-                due[j] = j.after(due[j])
-            if skipped:
-                _say(f"{j.name}: {skipped} run(s) due while {current.name} ran were skipped")
+        for j, skipped in advance(jobs, due, current, _now()).items():
+            _say(f"{j.name}: {skipped} run(s) due while {current.name} ran were skipped")
     _say("stopped")
     return 0
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def advance(
+    jobs: Sequence[Job], due: dict[Job, datetime], ran: Job, moment: datetime
+) -> dict[Job, int]:
+    """Move the due times on after `ran` ran until `moment`, in place; the runs each job
+    skips. `ran` is next due after `moment`. Another job that fell due meanwhile stays due
+    (at its latest time passed), so it runs next, once: the times it missed before are
+    skipped, as are those `ran` missed while it ran."""
+    skipped: dict[Job, int] = {}
+    due[ran] = ran.after(due[ran])
+    for j in jobs:
+        missed = 0
+        if j is ran:
+            while due[j] <= moment:
+                due[j], missed = j.after(due[j]), missed + 1
+        else:
+            while (later := j.after(due[j])) <= moment:
+                due[j], missed = later, missed + 1
+        if missed:
+            skipped[j] = missed
+    return skipped
 
 
-def _run_one(j: Job, at: datetime, stop: threading.Event) -> None:
-    """Run one job to its end, forwarding a stop to it; its outcome said in one line."""
+class _Stop:
+    """SIGTERM and SIGINT, as a flag the loop reads: the handler only sets it (a handler that
+    took a lock could deadlock with the code it interrupts), and the waits below look at it at
+    least once a second."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._ask)
+
+    def _ask(self, _signum: int, _frame: FrameType | None) -> None:
+        self.asked = True
+
+    def sleep_until(self, moment: datetime) -> bool:
+        """Wait for `moment` by the wall clock, as cron does (a clock set or a host resumed
+        moves it); False when a stop came first."""
+        while not self.asked:
+            left = (moment - _now()).total_seconds()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 1.0))
+        return False
+
+
+def _run_one(j: Job, at: datetime, stop: _Stop) -> None:
+    """Run one job to its end; a stop is passed on as SIGINT, which the engine takes as an
+    interruption and cleans up after (a partial upload aborted, tar and zstd stopped) before
+    it ends. Its outcome said in one line."""
     _say(f"{j.name} (due {_at(at)}) started")
     started = time.monotonic()
     try:
@@ -115,15 +145,19 @@ def _run_one(j: Job, at: datetime, stop: threading.Event) -> None:
             rc = child.wait(timeout=0.5)
             break
         except subprocess.TimeoutExpired:
-            if stop.is_set() and not forwarded:
-                _say(f"stopping: {j.name} is sent SIGTERM and waited for")
-                child.send_signal(signal.SIGTERM)
+            if stop.asked and not forwarded:
+                _say(f"stopping: {j.name} is interrupted (SIGINT) and waited for")
+                child.send_signal(signal.SIGINT)
                 forwarded = True
     took = f"{time.monotonic() - started:.1f} s"
     if rc == 0:
         _say(f"{j.name} finished in {took}")
     else:
         _say(f"{j.name} failed: it {ended(rc)} after {took}", error=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _at(moment: datetime) -> str:

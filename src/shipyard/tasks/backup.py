@@ -38,6 +38,7 @@ from shipyard.engines import state
 from shipyard.engines.proc import Command
 from shipyard.engines.state import BACKUP
 from shipyard.tasks import operator, pitr
+from shipyard.tasks.release import last_backup_image
 from shipyard.tasks.support import (
     HELP_DRY,
     HELP_ENV,
@@ -143,9 +144,7 @@ def _compose_engine(
         target = f"s3://{settings.bucket}/{settings.prefix.strip('/')}".rstrip("/")
     else:
         target = COMPOSE_FOLDER
-    image = os.environ.get(compose_engine.image_var(BACKUP)) or state.pushed(cfg.root).get(
-        BACKUP, {}
-    ).get("ref", "")
+    image = last_backup_image(cfg.root)
     engine_args = ("shipyard", "backup", action, "--target", target, *args)
     # Finding Compose itself can fail (not installed): one line, not a traceback.
     with failures(f"preparing the {file} backup service"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from invoke.exceptions import Exit
 
@@ -39,6 +40,13 @@ class Release:
         if given or record.get("revision") != self.revision.sha:
             return given
         return record.get("ref", "")
+
+
+def last_backup_image(root: Path) -> str:
+    """`BACKUP_IMAGE` when set, else the last backup image pushed from `root` (any commit's:
+    the engine reads every backup format it wrote), else ''."""
+    given = os.environ.get(compose_engine.image_var(BACKUP), "")
+    return given or state.pushed(root).get(BACKUP, {}).get("ref", "")
 
 
 def resolve(cfg: Config, env: Environment) -> Release:

@@ -94,7 +94,7 @@ class ComposeTarget:
         self._copies()  # a missing file is refused before anything changes
         self._refuse_unscalable(release.images)
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
-        schedule = scheduler.start(self.cfg, self.env, release)
+        schedule = scheduler.start(self.cfg, self.env)
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
             plan(
