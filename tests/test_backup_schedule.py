@@ -151,6 +151,11 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
         "shipyard backup: --backup-at '61 3 * * *' is not a cron schedule (Bad minute): give five"
         " fields, minute hour day-of-month month day-of-week, e.g. '0 3 * * *' (UTC)\n"
     )
+    # Started by hand without the schedule `invoke deploy` passes: compose.backup.yaml's empty
+    # default.
+    empty = shipyard_cli("backup", "schedule", "--target", target, "--backup-at", "", env={})
+    assert empty.returncode == 1
+    assert empty.stderr.startswith("shipyard backup: --backup-at '' is not a cron schedule")
     none = shipyard_cli("backup", "schedule", "--target", target, env={})
     assert none.returncode == 1
     assert "give --backup-at, --drill-at or both" in none.stderr

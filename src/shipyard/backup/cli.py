@@ -286,7 +286,7 @@ def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
     _data_paths(args)
     target = ("--target", args.target)
     jobs = []
-    if args.backup_at:
+    if args.backup_at is not None:
         keep: list[str] = []
         if args.retention_days is not None:
             _policy(args)
@@ -304,7 +304,7 @@ def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
         root = ["--data-root", args.data_root] if args.data_path else []
         run_args = ("backup", "run", *target, *keep, *data, *root)
         jobs.append(schedule.job("backup", "--backup-at", args.backup_at, run_args))
-    if args.drill_at:
+    if args.drill_at is not None:
         jobs.append(
             schedule.job("drill", "--drill-at", args.drill_at, ("backup", "verify", *target))
         )
