@@ -133,8 +133,11 @@ def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path
             "* * * * * *",
             env={"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGCONNECT_TIMEOUT": "600"},
         ) as log:
-            wait_for(lambda: "started" in log.read_text(), "start", log)
-            time.sleep(1)  # the backup is connecting by now
+            # The backup's connection reaching the silent server: it is in the engine now,
+            # past its imports (which a loaded machine can make take seconds).
+            silent.settimeout(120)
+            held, _ = silent.accept()
+    held.close()
     text = log.read_text()
     assert f"{PREFIX} stopping: backup is interrupted (SIGINT) and waited for" in text, text
     assert "shipyard backup: interrupted (nothing it was writing is listed)" in text, text
