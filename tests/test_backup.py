@@ -352,6 +352,34 @@ def test_add_offsets_refuses_what_it_does_not_understand(tmp_path: Path) -> None
     assert junk.read_bytes()[:8] == b"PGDMP\x01\x63\x00"
 
 
+def test_a_database_without_tables_backs_up_verifies_and_restores(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A service's first backup may come before its first migration. Its archive has no data
+    block: it ends where the table of contents does, where the offsets' search begins."""
+    name = postgres_server.create_database("empty")
+    env = postgres_server.env(name)
+    piped = tmp_path / "piped.pgc"
+    dump = f"pg_dump -Fc -Z0 | cat > {piped}"
+    subprocess.run(["bash", "-o", "pipefail", "-c", dump], env={**os.environ, **env}, check=True)
+    with piped.open("rb") as handle:
+        assert archive.read_toc(handle).data_start == piped.stat().st_size
+    assert archive.add_offsets(piped) == 0
+
+    target = (tmp_path / "store").as_uri()
+    made = shipyard_cli("backup", "run", "--target", target, env=env)
+    assert made.returncode == 0, made.stderr
+    verified = shipyard_cli("backup", "verify", "--target", target, env=env)
+    assert verified.returncode == 0, verified.stderr
+    with postgres_server.connect(name) as conn:
+        conn.execute("CREATE TABLE created_after (id int)")
+    back = shipyard_cli("backup", "restore", "--target", target, "--yes", env=env)
+    assert back.returncode == 0, back.stderr
+    with postgres_server.connect(name) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchall() == []
+
+
 def test_every_column_type_moves_the_checksum(
     database: str, postgres_server: PostgresServer
 ) -> None:
