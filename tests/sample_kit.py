@@ -75,6 +75,15 @@ def sample_kit(
     named after `dest`, with PostgreSQL, released to Compose for staging and production; its
     stack and volumes removed at the end."""
     service, port = dest.name, free_port()
+    # The runtime's base image in the mirror before the first build: a test run alone on a
+    # fresh machine finds no other test's push there.
+    runtime = answers.get("runtime", "node")
+    if runtime == "python":
+        mirror_images.python(str(answers.get("python_version", "3.11")))
+    elif runtime == "go":
+        mirror_images.golang(str(answers.get("go_version", "1.27")))
+    else:
+        mirror_images.node(str(answers.get("node_version", "22")))
     root = render(
         {
             "sample_app": True,

@@ -57,7 +57,6 @@ def go_kit(
     mirror_images: MirrorImages,
 ) -> Iterator[Kit]:
     """The Go sample service rendered and committed; its stack removed at the end."""
-    mirror_images.golang("1.27")
     with sample_kit(
         render,
         tmp_path_factory.mktemp("gokit") / SERVICE,

@@ -38,7 +38,6 @@ def python_kit(
     mirror_images: MirrorImages,
 ) -> Iterator[Kit]:
     """The Python sample service rendered and committed; its stack removed at the end."""
-    mirror_images.python()
     with sample_kit(
         render,
         tmp_path_factory.mktemp("pykit") / SERVICE,
