@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psycopg
 
-from shipyard.backup import pitr
+from shipyard.backup import pgbackrest, pitr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -55,7 +55,7 @@ def cluster(state: Path, *, archiving: bool = True) -> Iterator[dict[str, str]]:
             shutil.chown(folder, "postgres", "postgres")
     owner_wrappers(state / "bin")
     data, port = state / "data", free_port()
-    env = pitr.environment(
+    env = pgbackrest.environment(
         f"file://{state / 'repo'}",
         {
             **os.environ,
@@ -66,7 +66,7 @@ def cluster(state: Path, *, archiving: bool = True) -> Iterator[dict[str, str]]:
             "PGUSER": "postgres",
             "TMPDIR": str(state / "tmp"),
             # Encrypted at rest, as the kit's repositories are.
-            pitr.CIPHER_PASS: secrets.token_urlsafe(16),
+            pgbackrest.CIPHER_PASS: secrets.token_urlsafe(16),
         },
     )
     initdb = [str(_bindir() / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]

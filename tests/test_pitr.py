@@ -30,7 +30,7 @@ import boto3
 import psycopg
 import pytest
 
-from shipyard.backup import metrics, pitr
+from shipyard.backup import metrics, pgbackrest, pitr
 from shipyard.backup.engine import BackupError
 from tests.servers.postgres import _bindir, free_port, owner_wrappers
 from tests.servers.pushgateway import Pushgateway
@@ -119,7 +119,7 @@ def _archived(repo: str, extra: dict[str, str]) -> Iterator[Archived]:
         "TMPDIR": str(state / "tmp"),
         **extra,
     }
-    env = pitr.environment(repo, base)
+    env = pgbackrest.environment(repo, base)
     subprocess.run(
         [str(_bindir() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
          f"--pwfile={state / 'pwfile'}", "--no-sync"],
@@ -144,7 +144,7 @@ def archived() -> Iterator[Archived]:
     if AS_ROOT:
         shutil.chown(repo, "postgres", "postgres")
     try:
-        yield from _archived(f"file://{repo}", {pitr.CIPHER_PASS: secrets.token_urlsafe(16)})
+        yield from _archived(f"file://{repo}", {pgbackrest.CIPHER_PASS: secrets.token_urlsafe(16)})
     finally:
         shutil.rmtree(repo, ignore_errors=True)
 
@@ -312,7 +312,7 @@ def test_the_repository_is_encrypted_and_useless_without_its_passphrase(
     assert not any(b"plain-text-canary" in p.read_bytes() for p in stored)
     wrong = {**archived.env, "PGBACKREST_REPO1_CIPHER_PASS": "not-the-passphrase"}
     with pytest.raises(
-        BackupError, match=f"cannot be read: .*is {pitr.CIPHER_PASS} the passphrase"
+        BackupError, match=f"cannot be read: .*is {pgbackrest.CIPHER_PASS} the passphrase"
     ):
         pitr.window(wrong)
 
@@ -501,24 +501,65 @@ def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
 
     # A passphrase secret that was not mounted: no plain-text repository is created.
     empty = Path(tempfile.mkdtemp(dir=archived.state / "tmp"))
-    plain = {k: v for k, v in archived.env.items() if k != pitr.CIPHER_PASS}
+    plain = {k: v for k, v in archived.env.items() if k != pgbackrest.CIPHER_PASS}
     plain["PGBACKREST_REPO1_PATH"] = str(empty)
     unset = _cli(plain, "setup")
     assert unset.returncode == 1
     assert (
-        f"{pitr.CIPHER_PASS} is not set, so the repository would not be encrypted" in unset.stderr
+        f"{pgbackrest.CIPHER_PASS} is not set, so the repository would not be encrypted"
+        in unset.stderr
     )
     assert list(empty.iterdir()) == []
     # ... and reading an encrypted one without it says what is missing.
     blind = {**plain, "PGBACKREST_REPO1_PATH": archived.env["PGBACKREST_REPO1_PATH"]}
     unreadable = _cli(blind, "list")
     assert unreadable.returncode == 1
-    assert f"if the repository is encrypted, {pitr.CIPHER_PASS} must be set" in unreadable.stderr
+    assert (
+        f"if the repository is encrypted, {pgbackrest.CIPHER_PASS} must be set" in unreadable.stderr
+    )
+
+
+def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
+    tmp_path: Path,
+) -> None:
+    """`shipyard-archive-push`, PostgreSQL's archive_command (once per WAL segment), imports
+    the standard library and pgbackrest.py only: not the engine, psycopg or the validators'
+    schemas, which made each segment cost 0.6 s more. (The compose test archives through it
+    on a real server: tests/test_pitr_compose.py.)"""
+    probe = (
+        "import sys, shipyard.backup.pgbackrest;"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('shipyard', 'psycopg', 'jsonschema', 'ruamel', 'boto3', 'botocore'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == [
+        "shipyard", "shipyard.backup", "shipyard.backup.pgbackrest", "shipyard.backup.report"
+    ]  # fmt: skip
+    command = shutil.which("shipyard-archive-push", path=Path(sys.executable).parent)
+    assert command, "the package installs the command"
+
+    def push(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([command, *args], capture_output=True, text=True, check=False)
+
+    assert push("000000010000000000000001").returncode == 2
+    refused = push("000000010000000000000001", "--target", "ftp://host/repo")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        "shipyard-archive-push: 'ftp://host/repo' is not file:///PATH or s3://BUCKET/PREFIX\n"
+    )
+    # pgBackRest's own refusal, in one line: no server runs where the WAL file is said to be.
+    missing = push(str(tmp_path / "pg_wal" / "000000010000000000000001"), "--target",
+                   f"file://{tmp_path / 'repo'}")  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("shipyard-archive-push: pgbackrest archive-push failed: ")
+    assert "Traceback" not in missing.stderr
 
 
 def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
     base = {"AWS_REGION": "eu-west-3"}
-    static = pitr.environment(
+    static = pgbackrest.environment(
         "s3://b/p",
         {**base, "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK",
          "AWS_SESSION_TOKEN": "TOKEN"},
@@ -529,17 +570,17 @@ def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
         "TOKEN",
     )
     assert "PGBACKREST_REPO1_S3_KEY_TYPE" not in static
-    web = pitr.environment("s3://b/p", {**base, "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/t"})
+    web = pgbackrest.environment("s3://b/p", {**base, "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/t"})
     assert web["PGBACKREST_REPO1_S3_KEY_TYPE"] == "web-id"
     assert "PGBACKREST_REPO1_S3_KEY" not in web
-    assert pitr.environment("s3://b/p", base)["PGBACKREST_REPO1_S3_KEY_TYPE"] == "auto"
+    assert pgbackrest.environment("s3://b/p", base)["PGBACKREST_REPO1_S3_KEY_TYPE"] == "auto"
 
 
 def test_an_s3_repository_round_trip_over_https(tls_s3_server: TlsS3Server) -> None:
     bucket = f"pitr-{secrets.token_hex(4)}"
     s3 = _s3(tls_s3_server)
     s3.create_bucket(Bucket=bucket)
-    extra = {**tls_s3_server.env(), pitr.CIPHER_PASS: secrets.token_urlsafe(16)}
+    extra = {**tls_s3_server.env(), pgbackrest.CIPHER_PASS: secrets.token_urlsafe(16)}
     for cluster in _archived(f"s3://{bucket}/prod", extra):
         pitr.setup(cluster.env)
         label = pitr.base_backup(cluster.env, "full")

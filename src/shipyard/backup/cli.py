@@ -25,7 +25,16 @@ from pathlib import Path
 import psycopg
 
 from shipyard import timepoint
-from shipyard.backup import drill_record, engine, files, metrics, pitr, schedule, storage
+from shipyard.backup import (
+    drill_record,
+    engine,
+    files,
+    metrics,
+    pgbackrest,
+    pitr,
+    schedule,
+    storage,
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,8 +111,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     setup.add_argument(
         "--unencrypted",
         action="store_true",
-        help=f"create it without encryption at rest (refused by default when {pitr.CIPHER_PASS}"
-        " is not set)",
+        help="create it without encryption at rest (refused by default when"
+        f" {pgbackrest.CIPHER_PASS} is not set)",
     )
     base = action("base", "take a base backup (full, diff or incr)", steps)
     base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
@@ -197,7 +206,7 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     step = args.pitr_command
     if step == "drill":
         return _pitr_drill(args.target, environ)
-    env = pitr.environment(args.target, environ)
+    env = pgbackrest.environment(args.target, environ)
     if step == "setup":
         pitr.setup(
             env,
@@ -208,7 +217,7 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if args.base_if_none and not pitr.window(env).backups:
             print(f"base backup {pitr.base_backup(env, 'full')} complete")
     elif step == "archive-push":
-        pitr.pgbackrest(env, "archive-push", args.wal)
+        pgbackrest.run(env, "archive-push", args.wal)
     elif step == "base":
         print(f"base backup {pitr.base_backup(env, args.type)} complete")
     elif step == "list":
@@ -245,7 +254,7 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
     found: pitr.Drill | None = None
     error: str | None = None
     try:
-        env = pitr.environment(target, environ)
+        env = pgbackrest.environment(target, environ)
         found = pitr.drill(env, Path(environ.get("TMPDIR") or tempfile.gettempdir()))
     except BaseException as exc:
         error = str(exc) or type(exc).__name__  # KeyboardInterrupt says nothing

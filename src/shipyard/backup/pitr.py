@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -38,13 +37,11 @@ from psycopg import sql
 from shipyard import timepoint
 from shipyard.backup.engine import BackupError
 from shipyard.backup.manifest import ID_TIME
+from shipyard.backup.pgbackrest import CIPHER_PASS, STANZA, run
 
-# The kit's one stanza: a repository holds one cluster's backups.
-STANZA = "db"
 # How old the newest archived WAL may be (seconds): the recovery point objective.
 ARCHIVE_TIMEOUT = 60
 BASE_TYPES = ("full", "diff", "incr")
-CIPHER_PASS = "SHIPYARD_BACKUP_CIPHER_PASS"  # noqa: S105 (the variable's name, not a secret)
 # What a successful `restore` leaves in the directory it checked; `swap` takes no other.
 CHECKED = "shipyard-pitr-checked"
 # pgBackRest's backup labels: 20261205-103529F, or ..._20261205-110000D / I for diff and incr.
@@ -65,113 +62,6 @@ def archive_settings() -> list[str]:
     ]
 
 
-def environment(target: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """pgBackRest's configuration for the repository at `target` (file:///PATH or
-    s3://BUCKET/PREFIX) and the server libpq's variables name, as PGBACKREST_* variables added
-    to `environ`. A URL pgBackRest cannot use is refused with a sentence."""
-    env = {k: v for k, v in environ.items() if not k.startswith("PGBACKREST_")}
-    url = urlsplit(target)
-    scratch = environ.get("TMPDIR", tempfile.gettempdir())
-    env.update(
-        PGBACKREST_STANZA=STANZA,
-        # Configuration is this environment alone: a packaged /etc/pgbackrest.conf (Debian's
-        # is readable only by `postgres`) must neither block nor add to it.
-        PGBACKREST_CONFIG="/dev/null",
-        PGBACKREST_COMPRESS_TYPE="zst",
-        # Begin with an immediate checkpoint, not a spread one that can take checkpoint_timeout
-        # (5 min): the backup before a migration must not stall the deploy.
-        PGBACKREST_START_FAST="y",
-        PGBACKREST_PROCESS_MAX=str(min(4, os.cpu_count() or 1)),
-        # Logs go to the console (the caller's log); the lock lives in the container's scratch.
-        PGBACKREST_LOG_LEVEL_FILE="off",
-        PGBACKREST_LOG_LEVEL_CONSOLE=environ.get("PGBACKREST_LOG_LEVEL_CONSOLE", "warn"),
-        PGBACKREST_LOCK_PATH=str(Path(scratch) / "pgbackrest-lock"),
-        PGBACKREST_SPOOL_PATH=str(Path(scratch) / "pgbackrest-spool"),
-        # Two full backups and what depends on them; WAL older than the oldest kept full goes.
-        PGBACKREST_REPO1_RETENTION_FULL=environ.get("SHIPYARD_PITR_RETENTION_FULL", "2"),
-    )
-    if url.scheme == "file" and url.path.startswith("/"):
-        env.update(PGBACKREST_REPO1_TYPE="posix", PGBACKREST_REPO1_PATH=url.path)
-    elif url.scheme == "s3" and url.netloc:
-        env.update(_s3(url.netloc, url.path.strip("/"), environ))
-    else:
-        raise BackupError(f"{target!r} is not file:///PATH or s3://BUCKET/PREFIX")
-    if data := environ.get("PGDATA"):
-        env["PGBACKREST_PG1_PATH"] = data
-    if port := environ.get("PGPORT"):
-        env["PGBACKREST_PG1_PORT"] = port
-    if (host := environ.get("PGHOST", "")).startswith("/"):
-        env["PGBACKREST_PG1_SOCKET_PATH"] = host
-    if user := environ.get("PGUSER"):
-        env["PGBACKREST_PG1_USER"] = user
-    if passphrase := environ.get(CIPHER_PASS):
-        env.update(
-            PGBACKREST_REPO1_CIPHER_TYPE="aes-256-cbc", PGBACKREST_REPO1_CIPHER_PASS=passphrase
-        )
-    return env
-
-
-def _s3(bucket: str, prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint = urlsplit(environ.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com")
-    if endpoint.scheme != "https" or not endpoint.hostname:
-        raise BackupError(
-            "pgBackRest reaches S3 over HTTPS only: AWS_ENDPOINT_URL must be https://HOST[:PORT]"
-        )
-    env = {
-        "PGBACKREST_REPO1_TYPE": "s3",
-        "PGBACKREST_REPO1_PATH": "/" + prefix,
-        "PGBACKREST_REPO1_S3_BUCKET": bucket,
-        "PGBACKREST_REPO1_S3_ENDPOINT": endpoint.hostname,
-        "PGBACKREST_REPO1_S3_REGION": region,
-    }
-    key, secret = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        env.update(PGBACKREST_REPO1_S3_KEY=key, PGBACKREST_REPO1_S3_KEY_SECRET=secret)
-        if token := environ.get("AWS_SESSION_TOKEN"):  # temporary (STS, SSO) credentials
-            env["PGBACKREST_REPO1_S3_TOKEN"] = token
-    elif environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
-        # A Kubernetes service account's role (IRSA): pgBackRest reads AWS_ROLE_ARN and the
-        # token file itself.
-        env["PGBACKREST_REPO1_S3_KEY_TYPE"] = "web-id"
-    else:
-        # No key given: the instance's or task's role, from the metadata service.
-        env["PGBACKREST_REPO1_S3_KEY_TYPE"] = "auto"
-    if endpoint.port:
-        env["PGBACKREST_REPO1_STORAGE_PORT"] = str(endpoint.port)
-    if environ.get("AWS_ENDPOINT_URL"):
-        # MinIO, R2 and other S3-compatible servers address buckets by path, not by host name.
-        env["PGBACKREST_REPO1_S3_URI_STYLE"] = "path"
-    if ca := environ.get("AWS_CA_BUNDLE"):
-        env["PGBACKREST_REPO1_STORAGE_CA_FILE"] = ca
-    return env
-
-
-def pgbackrest(env: Mapping[str, str], *argv: str) -> str:
-    """Run `pgbackrest ARGV` with `env`; its stdout, or BackupError with its own message."""
-    if shutil.which("pgbackrest", path=env.get("PATH")) is None:
-        raise BackupError("pgbackrest is not installed in this image")
-    done = subprocess.run(
-        ["pgbackrest", *argv],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        errors="replace",  # a wrong passphrase makes it echo decrypted garbage
-        check=False,
-    )
-    if done.returncode:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        # pgBackRest's ERROR line says what went wrong; its HINT lines say what to do.
-        said = [
-            line.split(mark, 1)[1].strip() if mark == "ERROR:" else line.strip()
-            for line in lines
-            for mark in ("ERROR:", "HINT:")
-            if mark in line
-        ]
-        raise BackupError(f"pgbackrest {argv[0]} failed: {'; '.join(said or lines[-2:])}")
-    return done.stdout
-
-
 def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str = "") -> None:
     """Create the stanza (again is harmless) and check that a WAL segment reaches the
     repository: archiving that does not work is found now, not at the first restore. Without
@@ -179,7 +69,7 @@ def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str 
     must not quietly make the repository plain text.
 
     With `archive_to` (the repository's --target URL), the server is first told to archive
-    there: its archive_command becomes `shipyard backup pitr archive-push %p --target URL`
+    there: its archive_command becomes `shipyard-archive-push %p --target URL`
     (ALTER SYSTEM, kept in the data directory and so in every restored copy), so the server's
     own configuration never repeats where the repository is or how pgBackRest reaches it."""
     if not env.get("PGBACKREST_REPO1_CIPHER_PASS") and not unencrypted:
@@ -190,12 +80,12 @@ def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str 
         )
     if archive_to:
         _archive_through_shipyard(env, archive_to)
-    pgbackrest(env, "stanza-create")
-    pgbackrest(env, "check")
+    run(env, "stanza-create")
+    run(env, "check")
 
 
 def _archive_through_shipyard(env: Mapping[str, str], target: str) -> None:
-    command = f"shipyard backup pitr archive-push %p --target {shlex.quote(target)}"
+    command = f"shipyard-archive-push %p --target {shlex.quote(target)}"
     with psycopg.connect(
         host=env.get("PGHOST") or None,
         port=env.get("PGPORT") or None,
@@ -222,7 +112,7 @@ def base_backup(env: Mapping[str, str], kind: str = "full") -> str:
     if kind not in BASE_TYPES:
         raise BackupError(f"a base backup is full, diff or incr, not {kind!r}")
     before = {b.label for b in window(env, require=False).backups}
-    pgbackrest(env, "backup", f"--type={kind}")
+    run(env, "backup", f"--type={kind}")
     made = [b for b in window(env).backups if b.label not in before]
     if not made:
         raise BackupError("pgbackrest backup ended without a new backup in the repository")
@@ -277,7 +167,7 @@ def window(env: Mapping[str, str], *, require: bool = True) -> Window:
     """The repository's base backups (oldest first) and WAL range, from `pgbackrest info`."""
     # Warnings only on the console, whatever PGBACKREST_LOG_LEVEL_CONSOLE says: log lines
     # before the JSON would make it unreadable.
-    text = pgbackrest(env, "info", "--output=json", "--log-level-console=warn")
+    text = run(env, "info", "--output=json", "--log-level-console=warn")
     try:
         # strict=False: pgBackRest puts its multi-line messages into JSON strings as they are.
         stanzas = [s for s in json.loads(text, strict=False) if s.get("name") == STANZA]
@@ -387,7 +277,7 @@ def restore(env: Mapping[str, str], at: Target, into: Path) -> Restored:
         # A restore waits on reads and writes more than on zstd: twice as many processes as
         # cores cut pgBackRest's part of a 1.5 GB restore from 6.8 s to about 4 s here (2 cores).
         processes = f"--process-max={min(8, 2 * (os.cpu_count() or 1))}"
-        pgbackrest(env, "restore", f"--pg1-path={into}", processes, *at.arguments())
+        run(env, "restore", f"--pg1-path={into}", processes, *at.arguments())
         checked = _check(into, env)
         # PostgreSQL ends a recovery without a target at the first segment it cannot fetch,
         # as if the WAL ended there: a corrupted or missing segment would silently drop every
