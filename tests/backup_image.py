@@ -27,10 +27,9 @@ RUN set -eux; apt-get update; \\
     apt-get install -y --no-install-recommends python3 zstd{packages}; \\
     rm -rf /var/lib/apt/lists/*; \\
     useradd --system --uid 1000 --user-group --home-dir /nonexistent shipyard; \\
-    mkdir -p /backups /scratch; chown 1000:1000 /backups /scratch; \\
-    printf '#!/bin/sh\\nexec python3 -m shipyard.cli "$@"\\n' > /usr/local/bin/shipyard; \\
-    chmod 755 /usr/local/bin/shipyard{server}
+    mkdir -p /backups /scratch; chown 1000:1000 /backups /scratch{server}
 COPY site/ /opt/shipyard/
+COPY --chmod=755 bin/ /usr/local/bin/
 ENV PYTHONPATH=/opt/shipyard PYTHONUNBUFFERED=1
 USER 1000:1000
 WORKDIR /tmp
@@ -89,6 +88,16 @@ def build_backup_image(dockerd: Dockerd, tag: str, *, pitr: bool = False) -> str
             site / "shipyard",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
+        # shipyard's commands (`shipyard`, `shipyard-archive-push`), as pip would install them.
+        Path(ctx, "bin").mkdir()
+        for script in metadata.distribution("shipyard").entry_points.select(
+            group="console_scripts"
+        ):
+            module, _, function = script.value.partition(":")
+            Path(ctx, "bin", script.name).write_text(
+                f"#!/usr/bin/python3\nimport sys\nfrom {module} import {function}\n"
+                f"sys.exit({function}())\n"
+            )
         Path(ctx, "docker-entrypoint.sh").write_text(ENTRYPOINT)
         dockerfile = DOCKERFILE.format(
             base=POSTGRES_LOCAL,
