@@ -161,7 +161,7 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
     assert empty.stderr.startswith("shipyard backup: --backup-at '' is not a cron schedule")
     none = shipyard_cli("backup", "schedule", "--target", target, env={})
     assert none.returncode == 1
-    assert "give --backup-at, --drill-at or both" in none.stderr
+    assert "give --backup-at, --drill-at or a point-in-time recovery job" in none.stderr
     unkept = shipyard_cli(
         "backup", "schedule", "--target", target, "--backup-at", "0 3 * * *", "--keep-weekly",
         "4", env={},
@@ -175,6 +175,33 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
     )
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("shipyard backup: "), wrong.stderr
+    # Point-in-time recovery's jobs need their repository, and it needs them.
+    unnamed = shipyard_cli(
+        "backup", "schedule", "--target", target, "--base-full-at", "30 2 * * 0",
+        "--pitr-drill-at", "30 5 * * 0", env={},
+    )  # fmt: skip
+    assert unnamed.returncode == 1
+    assert unnamed.stderr == (
+        "shipyard backup: --base-full-at, --pitr-drill-at need(s) --pitr-target, the repository\n"
+    )
+    idle = shipyard_cli(
+        "backup", "schedule", "--target", target, "--pitr-target", "file:///repo", env={}
+    )
+    assert idle.returncode == 1
+    assert "--pitr-target names the repository of --base-full-at" in idle.stderr
+    elsewhere = shipyard_cli(
+        "backup", "schedule", "--target", target, "--pitr-target", "ftp://x/repo",
+        "--base-diff-at", "30 2 * * 1-6", env={},
+    )  # fmt: skip
+    assert (elsewhere.returncode, elsewhere.stderr) == (
+        1, "shipyard backup: 'ftp://x/repo' is not file:///PATH or s3://BUCKET/PREFIX\n"
+    )  # fmt: skip
+    odd = shipyard_cli(
+        "backup", "schedule", "--target", target, "--pitr-target", "file:///repo",
+        "--base-diff-at", "30 25 * * *", env={},
+    )  # fmt: skip
+    assert odd.returncode == 1
+    assert odd.stderr.startswith("shipyard backup: --base-diff-at '30 25 * * *' is not a cron")
 
 
 def _at(text: str) -> datetime:

@@ -557,6 +557,45 @@ def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     assert "Traceback" not in missing.stderr
 
 
+def test_the_scheduler_takes_base_backups_and_drills_on_their_schedules(
+    archived: Archived,
+) -> None:
+    """`shipyard backup schedule` with point-in-time recovery's jobs (compose.backup.yaml's
+    scheduler): full and differential base backups and the drill, on schedules in seconds,
+    one at a time, on a real archiving cluster; stopped with SIGTERM, status 0."""
+    pitr.setup(archived.env)
+    first = pitr.base_backup(archived.env, "full")  # so that no drill comes before a backup
+    repo = f"file://{archived.env['PGBACKREST_REPO1_PATH']}"
+    log = archived.state / "scheduler.log"
+
+    def made() -> set[str]:
+        return {b.kind for b in pitr.window(archived.env).backups if b.label != first}
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shipyard.cli", "backup", "schedule",
+             "--target", (archived.state / "dumps").as_uri(), "--pitr-target", repo,
+             "--base-full-at", "*/20 * * * * *", "--base-diff-at", "5/10 * * * * *",
+             "--pitr-drill-at", "*/30 * * * * *"],
+            stdout=out, stderr=subprocess.STDOUT, env=archived.env,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            while made() != {"full", "diff"} or "pitr-drill finished in" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(timeout=120)
+    text = log.read_text()
+    assert status == 0, text
+    for name in ("base-full", "base-diff", "pitr-drill"):
+        assert f"{name} at " in text, text
+    assert f"shipyard backup pitr base --type diff --target {repo}" in text
+    # Every job passed; only one the stop interrupted may have ended otherwise.
+    assert " failed" not in text.partition("stopping: ")[0], text
+
+
 def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
     base = {"AWS_REGION": "eu-west-3"}
     static = pgbackrest.environment(

@@ -91,11 +91,24 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
         assert scheduler.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
         assert scheduler.attrs["HostConfig"]["ReadonlyRootfs"] is True
         deadline = time.monotonic() + 60  # its first lines, once Python has started
-        while "drill at" not in scheduler.logs().decode() and time.monotonic() < deadline:
+        while "pitr-drill at" not in scheduler.logs().decode() and time.monotonic() < deadline:
             time.sleep(0.5)
         started = scheduler.logs().decode()
+        # pgBackRest's base backups run there, beside the server: its data read-only, its
+        # socket folder shared. One by hand, as the schedule's would run.
+        base = ["shipyard", "backup", "pitr", "base", "--type", "diff"]
+        base += ["--target", "file:///var/lib/pgbackrest"]
+        code, output = scheduler.exec_run(base)
+        assert code == 0, output.decode()
+        mounts = {m["Destination"]: m for m in scheduler.attrs["Mounts"]}
+        assert mounts["/var/lib/postgresql/data"]["RW"] is False
+        assert mounts["/var/run/postgresql"]["Name"] == f"{SERVICE}_postgres-run"
     assert "shipyard backup schedule: backup at '0 3 * * *' (UTC), next " in started, started
     assert "shipyard backup schedule: drill at '30 5 * * 0' (UTC), next " in started, started
+    assert "shipyard backup schedule: base-full at '30 2 * * 0' (UTC), next " in started, started
+    assert "shipyard backup schedule: base-diff at '30 2 * * 1-6' (UTC)" in started, started
+    assert "shipyard backup schedule: pitr-drill at '30 5 * * 0' (UTC)" in started, started
+    assert output.decode().startswith("base backup "), output.decode()
 
     made = _invoke(kit, "backup", "--env", "staging")
     assert "base backup" in made

@@ -89,6 +89,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _data_arguments(every)
     _retention_arguments(every, required=False)
+    # Point-in-time recovery's jobs, where the scheduler shares the server's data and socket
+    # (compose.backup.yaml): pgBackRest's base backups and its drill.
+    every.add_argument(
+        "--pitr-target", metavar="URL", help="the pgBackRest repository of the jobs below"
+    )
+    every.add_argument("--base-full-at", metavar="CRON", help="when to take a full base backup")
+    every.add_argument(
+        "--base-diff-at", metavar="CRON", help="when to take a differential base backup"
+    )
+    every.add_argument(
+        "--pitr-drill-at", metavar="CRON", help="when to run `pitr drill` (restore latest)"
+    )
     prune = action("prune", "delete backups the retention policy does not keep")
     _retention_arguments(prune, required=True)
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
@@ -317,9 +329,42 @@ def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
         jobs.append(
             schedule.job("drill", "--drill-at", args.drill_at, ("backup", "verify", *target))
         )
+    jobs += _pitr_jobs(args)
     if not jobs:
-        raise engine.BackupError("give --backup-at, --drill-at or both: there is nothing to run")
+        raise engine.BackupError(
+            "give --backup-at, --drill-at or a point-in-time recovery job: there is nothing to run"
+        )
     return jobs
+
+
+def _pitr_jobs(args: argparse.Namespace) -> list[schedule.Job]:
+    """`schedule`'s point-in-time recovery jobs: base backups and the pgBackRest drill."""
+    given = {
+        option: cron
+        for option, cron in (
+            ("--base-full-at", args.base_full_at),
+            ("--base-diff-at", args.base_diff_at),
+            ("--pitr-drill-at", args.pitr_drill_at),
+        )
+        if cron is not None
+    }
+    if given and not args.pitr_target:
+        raise engine.BackupError(f"{', '.join(given)} need(s) --pitr-target, the repository")
+    if args.pitr_target and not given:
+        raise engine.BackupError(
+            "--pitr-target names the repository of --base-full-at, --base-diff-at or"
+            " --pitr-drill-at: give at least one"
+        )
+    if not given:
+        return []
+    pgbackrest.environment(args.pitr_target)  # a wrong target is refused now
+    target = ("--target", args.pitr_target)
+    argv = {
+        "--base-full-at": ("base-full", ("backup", "pitr", "base", "--type", "full", *target)),
+        "--base-diff-at": ("base-diff", ("backup", "pitr", "base", "--type", "diff", *target)),
+        "--pitr-drill-at": ("pitr-drill", ("backup", "pitr", "drill", *target)),
+    }
+    return [schedule.job(argv[o][0], o, cron, argv[o][1]) for o, cron in given.items()]
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:

@@ -41,10 +41,14 @@ def environment(target: str, environ: Mapping[str, str] = os.environ) -> dict[st
         # (5 min): the backup before a migration must not stall the deploy.
         PGBACKREST_START_FAST="y",
         PGBACKREST_PROCESS_MAX=str(min(4, os.cpu_count() or 1)),
-        # Logs go to the console (the caller's log); the lock lives in the container's scratch.
+        # Logs go to the console (the caller's log). The lock lives in the container's scratch,
+        # or where SHIPYARD_PITR_LOCK_PATH says: a folder every container that runs pgBackRest
+        # on this server shares (compose.prod.yaml's server and the backup scheduler), so that
+        # two base backups never run at once.
         PGBACKREST_LOG_LEVEL_FILE="off",
         PGBACKREST_LOG_LEVEL_CONSOLE=environ.get("PGBACKREST_LOG_LEVEL_CONSOLE", "warn"),
-        PGBACKREST_LOCK_PATH=str(Path(scratch) / "pgbackrest-lock"),
+        PGBACKREST_LOCK_PATH=environ.get("SHIPYARD_PITR_LOCK_PATH")
+        or str(Path(scratch) / "pgbackrest-lock"),
         PGBACKREST_SPOOL_PATH=str(Path(scratch) / "pgbackrest-spool"),
         # Two full backups and what depends on them; WAL older than the oldest kept full goes.
         PGBACKREST_REPO1_RETENTION_FULL=environ.get("SHIPYARD_PITR_RETENTION_FULL", "2"),
