@@ -183,6 +183,44 @@ def test_s3_failure_mid_upload_leaves_no_object(
     assert not children(os.getpid(), "pg_dump")
 
 
+def test_s3_uploads_stream_in_parts_of_the_part_size_two_at_a_time(bucket: str) -> None:
+    """A dump is streamed to S3 in parts of `part_size`, at most two in flight: the memory an
+    upload holds is bounded (boto3's defaults, ten parts of 8 MiB, would take 80 MiB of a
+    small container's memory) and the largest dump is 10,000 parts of that size."""
+    part = 5 * 1024 * 1024
+    store = backup.S3Storage(bucket, "prod", part_size=part)
+    sizes: list[int] = []
+    flying, most = [0], [0]
+    lock = threading.Lock()
+
+    def hold_the_part(request: Any, **_kwargs: Any) -> None:
+        with lock:
+            sizes.append(int(request.headers["Content-Length"]))
+            flying[0] += 1
+            most[0] = max(most[0], flying[0])
+        time.sleep(0.3)  # the parts in flight meet here
+        with lock:
+            flying[0] -= 1
+
+    store.client.meta.events.register("before-send.s3.UploadPart", hold_the_part)
+    data = os.urandom(4 * part + 1234)
+    # Through a pipe, as pg_dump's output comes: nothing to seek, so boto3 buffers each part.
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=_write_all, args=(write_end, data))
+    writer.start()
+    with os.fdopen(read_end, "rb") as stream:
+        store.put_stream("big.bin", stream)
+    writer.join()
+    assert sorted(sizes) == [1234, part, part, part, part]
+    assert most[0] == 2
+    assert store.get_bytes("big.bin") == data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
 def _fake(backup_id: str, created: datetime, *, verified: bool = False) -> backup.Backup:
     manifest = {"created_at": created.isoformat()}
     return backup.Backup(backup_id, manifest, {"verified_at": "x"} if verified else None)
