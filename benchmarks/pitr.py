@@ -8,6 +8,8 @@ a throwaway PostgreSQL cluster that archives its WAL through pgBackRest, in one 
   RPO after a crash      = seconds of committed writes lost when the server dies mid-workload
                            and its disk is gone: the newest commit acknowledged to the client
                            minus the newest commit the restore recovers (target <= 60 s)
+  archive_command        = seconds to push one WAL segment: the kit's command against
+                           pgBackRest's own, and against the CLI step it replaced
 
 The physical restore is the whole engine's: pgBackRest writes a new data directory, a private
 server replays WAL until recovery ends and answers, then stops. The classic restore loads the
@@ -128,6 +130,7 @@ def main() -> None:
                 pitr.restore(env, pitr.target("latest", window), into)
                 physical.append(time.perf_counter() - started)
                 shutil.rmtree(into)
+            pushes = archive_push_times(env, state, args.rounds * 3)
             rpo = crash_rpo(env, state, args.workload)
     c, p = statistics.median(classic), statistics.median(physical)
     print(f"pitr (scale {args.scale}, {args.rounds} interleaved rounds, medians)")
@@ -138,6 +141,42 @@ def main() -> None:
     print(f"  physical restore ratio          {p / c:7.2f}   (target <= 0.25)")
     print(f"  RPO after a crash               {rpo:7.1f} s (target <= 60, archive_timeout "
           f"{pitr.ARCHIVE_TIMEOUT} s)")  # fmt: skip
+    direct = pushes["pgbackrest archive-push"]
+    print("  archive_command, one WAL segment (medians):")
+    for command, took in pushes.items():
+        print(f"    {command:40} {took:6.3f} s  ({took / direct:4.2f} x pgBackRest's own)")
+
+
+def archive_push_times(env: dict[str, str], state: Path, runs: int) -> dict[str, float]:
+    """Median seconds of one archive_command run, pushing a segment the archive already holds
+    (pgBackRest reads and checksums the 16 MB segment and finds it there): pgBackRest's own
+    command, the kit's (`shipyard-archive-push`), and the whole CLI's step it replaced."""
+    conninfo = f"host={env['PGHOST']} port={env['PGPORT']} user=postgres dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pushed (x int); INSERT INTO pushed VALUES (1)")
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        name = row[0] if row else ""
+        while True:
+            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            if done and done[0] and done[0] >= name:
+                break
+            time.sleep(0.2)
+    wal = str(state / "data" / "pg_wal" / name)
+    target = ("--target", f"file://{state / 'repo'}")
+    commands = {
+        "pgbackrest archive-push": ["pgbackrest", "archive-push", wal],
+        "shipyard-archive-push": [str(Path(sys.executable).parent / "shipyard-archive-push"),
+                                  wal, *target],
+        "shipyard backup pitr archive-push": [sys.executable, "-m", "shipyard.cli", "backup",
+                                              "pitr", "archive-push", wal, *target],
+    }  # fmt: skip
+    times: dict[str, list[float]] = {command: [] for command in commands}
+    for _ in range(runs):  # interleaved, so that a busy moment weighs on each alike
+        for command, argv in commands.items():
+            started = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, capture_output=True)
+            times[command].append(time.perf_counter() - started)
+    return {command: statistics.median(took) for command, took in times.items()}
 
 
 def crash_rpo(env: dict[str, str], state: Path, seconds: float) -> float:
