@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -123,6 +124,8 @@ MUTATION_TESTS = {
 }
 # What the tests read from the repository besides src/ and tests/ (renders need the template).
 MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "README.md"]
+# mutmut's verdicts so far, which a run starts from and adds to (tests/mutation_ledger.py).
+MUTATION_LEDGER = Path("docs/mutation-ledger.json")
 
 
 @nox.session(python=PYTHON, default=False)
@@ -172,6 +175,24 @@ def mutation(session: nox.Session) -> None:
         if link.is_symlink() and not copy.is_symlink():
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.symlink_to(link.resolve())
+    # A fresh clone's work folder starts from the ledger's verdicts; they go back into it at
+    # the end, even of a run stopped with Ctrl-C (commit docs/mutation-ledger.json). nox does
+    # not put this folder on the import path.
+    sys.path.insert(0, str(here))
+    from tests import mutation_ledger
+
+    src = here / "src"
+    modules = [p.relative_to(src).as_posix() for o in only for p in (src / "shipyard").glob(o)]
+    seeded = mutation_ledger.seed(work, here / MUTATION_LEDGER, modules)
+    session.log(f"{seeded} verdicts from {MUTATION_LEDGER}")
+    try:
+        _mutmut(session, work, names)
+    finally:
+        kept = mutation_ledger.save(work, here / MUTATION_LEDGER)
+        session.log(f"{MUTATION_LEDGER}: {kept} verdicts")
+
+
+def _mutmut(session: nox.Session, work: Path, names: list[str]) -> None:
     with session.chdir(work):
         # Tests that run `python -m shipyard.cli` in a child process import the mutated copy
         # too (the child inherits which mutant is active from the environment), and tell the

@@ -1,0 +1,111 @@
+"""mutmut's verdicts kept in the repository (docs/mutation-ledger.json), so that `nox -s
+mutation` on a fresh machine, whose build/ is empty, goes on where the last run stopped: the
+whole run takes hours, more than one session on one machine.
+
+mutmut keeps its verdicts in a `.meta` file beside each mutated copy of a module (its mutants'
+exit codes and a hash of each function's source). When it writes that copy anew, it keeps the
+exit codes of every function whose hash has not changed and judges the others again. `seed`
+writes those files from the ledger before a run, where none exist; `save` puts every verdict
+of the work folder into the ledger after it.
+
+The ledger holds, per module and function, the function's hash and its mutants' exit codes in
+order of their number (1 killed, 0 survived, other codes as mutmut gives them; null: not
+judged). A verdict outlives a change to the tests, as in a resumed mutmut run: a new test can
+only kill more, so a survivor kept from before is judged again with `-- MODULE NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MARK = "__mutmut_"
+
+
+def _dotted(module: str) -> str:
+    """shipyard/backup/db.py -> shipyard.backup.db: the prefix of its mutants' names."""
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def _meta_files(work: Path) -> dict[str, Path]:
+    """Each module of the work folder's mutated copy, by its path under src/, and its `.meta`."""
+    src = work / "mutants" / "src"
+    return {
+        meta.relative_to(src).as_posix().removesuffix(".meta"): meta
+        for meta in sorted(src.rglob("*.py.meta"))
+    }
+
+
+def load(ledger: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    return json.loads(ledger.read_text(encoding="utf-8")) if ledger.is_file() else {}
+
+
+def seed(work: Path, ledger: Path, modules: list[str]) -> int:
+    """Write the `.meta` of each of `modules` (paths under src/) that the work folder lacks,
+    from the ledger; the number of verdicts written."""
+    kept = load(ledger)
+    written = 0
+    for module in modules:
+        meta = work / "mutants" / "src" / f"{module}.meta"
+        if meta.exists() or module not in kept:
+            continue
+        functions = kept[module]
+        codes = {
+            f"{_dotted(module)}.{name}{MARK}{number}": code
+            for name, entry in functions.items()
+            for number, code in enumerate(entry["codes"], start=1)
+            if code is not None
+        }
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(
+            json.dumps(
+                {
+                    "exit_code_by_key": codes,
+                    "hash_by_function_name": {n: e["hash"] for n, e in functions.items()},
+                    "type_check_error_by_key": {},
+                    "durations_by_key": {},
+                    "estimated_durations_by_key": {},
+                }
+            )
+        )
+        written += len(codes)
+    return written
+
+
+def save(work: Path, ledger: Path) -> int:
+    """Put the verdicts of every module the work folder holds into the ledger (its other
+    modules kept); the number of verdicts the ledger then holds."""
+    kept = load(ledger)
+    for module, meta in _meta_files(work).items():
+        data = json.loads(meta.read_text())
+        prefix = _dotted(module) + "."
+        by_function: dict[str, dict[int, int | None]] = {}
+        for key, code in data["exit_code_by_key"].items():
+            name, _, number = key.removeprefix(prefix).rpartition(MARK)
+            by_function.setdefault(name, {})[int(number)] = code
+        kept[module] = {
+            name: {
+                "hash": digest,
+                "codes": [by_function[name].get(n) for n in range(1, max(by_function[name]) + 1)],
+            }
+            for name, digest in sorted(data["hash_by_function_name"].items())
+            if name in by_function
+        }
+    # One function to a line: a run changes the lines of the functions it judged.
+    lines = [
+        f"  {json.dumps(module)}: {{\n"
+        + ",\n".join(
+            f"    {json.dumps(name, ensure_ascii=False)}: {json.dumps(entry)}"
+            for name, entry in functions.items()
+        )
+        + "\n  }"
+        for module, functions in sorted(kept.items())
+    ]
+    ledger.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+    return sum(
+        code is not None
+        for functions in kept.values()
+        for entry in functions.values()
+        for code in entry["codes"]
+    )

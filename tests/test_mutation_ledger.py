@@ -1,0 +1,85 @@
+"""The mutation ledger (tests/mutation_ledger.py): mutmut's verdicts out of a work folder into
+docs/mutation-ledger.json and back into a fresh work folder, as `nox -s mutation` moves them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests import mutation_ledger
+
+DB = "shipyard/backup/db.py"
+KEY = "shipyard.backup.db."
+
+
+def _meta(work: Path, module: str, codes: dict[str, int | None], hashes: dict[str, str]) -> Path:
+    """A work folder's `.meta` as mutmut writes it."""
+    meta = work / "mutants" / "src" / f"{module}.meta"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(
+        json.dumps(
+            {
+                "exit_code_by_key": codes,
+                "hash_by_function_name": hashes,
+                "type_check_error_by_key": {},
+                "durations_by_key": {"x": 1.0},
+                "estimated_durations_by_key": {"x": 1.0},
+            }
+        )
+    )
+    return meta
+
+
+def test_verdicts_go_into_the_ledger_and_back_into_a_fresh_work_folder(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(json.dumps({"shipyard/tasks/other.py": {"x_f": {"hash": "h", "codes": [1]}}}))
+    first = tmp_path / "first"
+    codes = {
+        f"{KEY}x_tool__mutmut_1": 1,
+        f"{KEY}x_tool__mutmut_2": 0,
+        f"{KEY}x_tool__mutmut_3": None,
+        f"{KEY}xǁ_Readerǁread__mutmut_1": 36,
+        f"{KEY}x_ended__mutmut_1": None,
+    }
+    hashes = {"x_tool": "aaa", "xǁ_Readerǁread": "bbb", "x_ended": "ccc", "x_plain": "ddd"}
+    _meta(first, DB, codes, hashes)
+
+    assert mutation_ledger.save(first, ledger) == 4  # three here, one of the other module
+    saved = json.loads(ledger.read_text(encoding="utf-8"))
+    assert saved == {
+        DB: {
+            "x_ended": {"hash": "ccc", "codes": [None]},
+            "x_tool": {"hash": "aaa", "codes": [1, 0, None]},
+            "xǁ_Readerǁread": {"hash": "bbb", "codes": [36]},
+        },
+        "shipyard/tasks/other.py": {"x_f": {"hash": "h", "codes": [1]}},
+    }
+    # One function to a line, so that a commit shows which functions a run judged.
+    assert '    "x_tool": {"hash": "aaa", "codes": [1, 0, null]}' in ledger.read_text("utf-8")
+
+    fresh = tmp_path / "fresh"
+    assert mutation_ledger.seed(fresh, ledger, [DB, "shipyard/backup/new.py"]) == 3
+    meta = json.loads((fresh / "mutants" / "src" / f"{DB}.meta").read_text())
+    # Only the judged ones: mutmut gives every other mutant of an unchanged function None.
+    assert meta["exit_code_by_key"] == {
+        f"{KEY}x_tool__mutmut_1": 1,
+        f"{KEY}x_tool__mutmut_2": 0,
+        f"{KEY}xǁ_Readerǁread__mutmut_1": 36,
+    }
+    assert meta["hash_by_function_name"] == {k: v for k, v in hashes.items() if k != "x_plain"}
+    assert not (fresh / "mutants" / "src" / "shipyard/backup/new.py.meta").exists()
+    # Saved again before mutmut ran (a run that failed at once): every verdict is still there.
+    assert mutation_ledger.save(fresh, ledger) == 4
+    again = json.loads(ledger.read_text("utf-8"))
+    assert again[DB]["x_tool"] == {"hash": "aaa", "codes": [1, 0]}
+    assert again[DB]["xǁ_Readerǁread"] == saved[DB]["xǁ_Readerǁread"]
+    assert again["shipyard/tasks/other.py"] == saved["shipyard/tasks/other.py"]
+
+
+def test_a_work_folder_that_has_verdicts_is_never_overwritten(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(json.dumps({DB: {"x_tool": {"hash": "old", "codes": [0]}}}))
+    meta = _meta(tmp_path, DB, {f"{KEY}x_tool__mutmut_1": 1}, {"x_tool": "new"})
+    text = meta.read_text()
+    assert mutation_ledger.seed(tmp_path, ledger, [DB]) == 0
+    assert meta.read_text() == text
