@@ -150,7 +150,7 @@ def main() -> None:
 def archive_push_times(env: dict[str, str], state: Path, runs: int) -> dict[str, float]:
     """Median seconds of one archive_command run, pushing a segment the archive already holds
     (pgBackRest reads and checksums the 16 MB segment and finds it there): pgBackRest's own
-    command, the kit's (`shipyard-archive-push`), and the whole CLI's step it replaced."""
+    command, the kit's (`shipyard-pgbackrest-push`), and the whole CLI's step it replaced."""
     conninfo = f"host={env['PGHOST']} port={env['PGPORT']} user=postgres dbname=postgres"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS pushed (x int); INSERT INTO pushed VALUES (1)")
@@ -165,7 +165,7 @@ def archive_push_times(env: dict[str, str], state: Path, runs: int) -> dict[str,
     target = ("--target", f"file://{state / 'repo'}")
     commands = {
         "pgbackrest archive-push": ["pgbackrest", "archive-push", wal],
-        "shipyard-archive-push": [str(Path(sys.executable).parent / "shipyard-archive-push"),
+        "shipyard-pgbackrest-push": [str(Path(sys.executable).parent / "shipyard-pgbackrest-push"),
                                   wal, *target],
         "shipyard backup pitr archive-push": [sys.executable, "-m", "shipyard.cli", "backup",
                                               "pitr", "archive-push", wal, *target],

@@ -88,7 +88,7 @@ def build_backup_image(dockerd: Dockerd, tag: str, *, pitr: bool = False) -> str
             site / "shipyard",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        # shipyard's commands (`shipyard`, `shipyard-archive-push`), as pip would install them.
+        # shipyard's commands (`shipyard`, `shipyard-pgbackrest-push`), as pip would install them.
         Path(ctx, "bin").mkdir()
         for script in metadata.distribution("shipyard").entry_points.select(
             group="console_scripts"

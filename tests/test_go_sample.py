@@ -131,6 +131,9 @@ import (
 
 var verbose = flag.Bool("v", false, "verbose")
 
+// Names the probe's file imports under aliases: a package's names and a file's imports clash.
+var time, strings = "noon", []string{"the app's own"}
+
 func init() { flag.Parse() }
 
 func main() {

@@ -57,9 +57,11 @@ class Archived:
             autocommit=True,
         )
 
-    def start(self, data: Path) -> None:
-        """Start `data` as the live server, archiving."""
-        settings = " ".join(f"-c '{s}'" for s in pitr.archive_settings())
+    def start(self, data: Path, *, archive_command: bool = True) -> None:
+        """Start `data` as the live server, archiving (through the archive_command that ALTER
+        SYSTEM sets, as on Compose hosts, without `archive_command`)."""
+        wanted = [s for s in pitr.archive_settings() if archive_command or "command=" not in s]
+        settings = " ".join(f"-c '{s}'" for s in wanted)
         # More connections than the default 100, as server options (as compose.prod.yaml's
         # postgres_settings give them): every restore must start its check server with them.
         limits = "-c max_connections=150"
@@ -519,10 +521,34 @@ def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
     )
 
 
+def test_pgbackrest_takes_the_archive_command_whatever_the_repository(archived: Archived) -> None:
+    """pgBackRest's check and backup refuse an archive_command without "pgbackrest" in it. The
+    kit's command for an S3 repository (whose URL lacks the word) passes that rule on the real
+    pgBackRest; the command it replaced did not (the check then waits for the segment, which
+    cannot be archived here: this server's user cannot run the test's venv)."""
+
+    def check(command: str) -> str:
+        with archived.connect() as conn:
+            conn.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
+            conn.execute("SELECT pg_reload_conf()")
+        with pytest.raises(BackupError) as refused:
+            pgbackrest.run(archived.env, "check", "--archive-timeout=1")
+        return str(refused.value)
+
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")
+    archived.start(archived.data, archive_command=False)
+    pgbackrest.run(archived.env, "stanza-create")
+    s3 = "s3://backups/prod/pitr"
+    assert "must contain pgbackrest" in check(f"shipyard backup pitr archive-push %p --target {s3}")
+    waited = check(pitr.archive_command(s3))
+    assert "must contain pgbackrest" not in waited
+    assert "was not archived before the 1000ms timeout" in waited
+
+
 def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     tmp_path: Path,
 ) -> None:
-    """`shipyard-archive-push`, PostgreSQL's archive_command (once per WAL segment), imports
+    """`shipyard-pgbackrest-push`, PostgreSQL's archive_command (once per WAL segment), imports
     the standard library and pgbackrest.py only: not the engine, psycopg or the validators'
     schemas, which made each segment cost 0.6 s more. (The compose test archives through it
     on a real server: tests/test_pitr_compose.py.)"""
@@ -537,7 +563,7 @@ def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     assert loaded == [
         "shipyard", "shipyard.backup", "shipyard.backup.pgbackrest", "shipyard.backup.report"
     ]  # fmt: skip
-    command = shutil.which("shipyard-archive-push", path=Path(sys.executable).parent)
+    command = shutil.which("shipyard-pgbackrest-push", path=Path(sys.executable).parent)
     assert command, "the package installs the command"
 
     def push(*args: str) -> subprocess.CompletedProcess[str]:
@@ -547,13 +573,13 @@ def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     refused = push("000000010000000000000001", "--target", "ftp://host/repo")
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == (
-        "shipyard-archive-push: 'ftp://host/repo' is not file:///PATH or s3://BUCKET/PREFIX\n"
+        "shipyard-pgbackrest-push: 'ftp://host/repo' is not file:///PATH or s3://BUCKET/PREFIX\n"
     )
     # pgBackRest's own refusal, in one line: no server runs where the WAL file is said to be.
     missing = push(str(tmp_path / "pg_wal" / "000000010000000000000001"), "--target",
                    f"file://{tmp_path / 'repo'}")  # fmt: skip
     assert missing.returncode == 1
-    assert missing.stderr.startswith("shipyard-archive-push: pgbackrest archive-push failed: ")
+    assert missing.stderr.startswith("shipyard-pgbackrest-push: pgbackrest archive-push failed: ")
     assert "Traceback" not in missing.stderr
 
 

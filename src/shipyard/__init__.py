@@ -3,7 +3,7 @@
 
 def __getattr__(name: str) -> str:
     """`__version__`, read from the installed package's metadata on first use: importlib.metadata
-    costs about 80 ms, which PostgreSQL's archive_command (shipyard-archive-push, run once per
+    costs about 80 ms, which PostgreSQL's archive_command (shipyard-pgbackrest-push, run once per
     WAL segment) must not pay."""
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """pgBackRest's configuration for a repository named by a `--target` URL, and running it.
 
 Apart from the rest of point-in-time recovery (pitr.py), so that PostgreSQL's archive_command,
-run once per WAL segment, starts quickly: `shipyard-archive-push WAL --target URL` imports
+run once per WAL segment, starts quickly: `shipyard-pgbackrest-push WAL --target URL` imports
 this module alone (the standard library), where `shipyard backup pitr archive-push` loads the
 whole command line (psycopg, the validators' schemas), about 0.6 s a segment.
 """
@@ -136,16 +136,16 @@ def run(env: Mapping[str, str], *argv: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`shipyard-archive-push WAL --target URL`: the server's archive_command. pgBackRest's own
+    """`shipyard-pgbackrest-push WAL --target URL`: the server's archive_command. pgBackRest's own
     message on failure (PostgreSQL logs it and keeps the segment to try again)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[1] != "--target":
-        print("usage: shipyard-archive-push WAL --target URL", file=sys.stderr)
+        print("usage: shipyard-pgbackrest-push WAL --target URL", file=sys.stderr)
         return 2
     wal, _flag, target = args
     try:
         run(environment(target), "archive-push", wal)
     except BackupError as exc:
-        print(f"shipyard-archive-push: {exc}", file=sys.stderr)
+        print(f"shipyard-pgbackrest-push: {exc}", file=sys.stderr)
         return 1
     return 0

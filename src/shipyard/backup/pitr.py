@@ -69,7 +69,7 @@ def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str 
     must not quietly make the repository plain text.
 
     With `archive_to` (the repository's --target URL), the server is first told to archive
-    there: its archive_command becomes `shipyard-archive-push %p --target URL`
+    there: its archive_command becomes `shipyard-pgbackrest-push %p --target URL`
     (ALTER SYSTEM, kept in the data directory and so in every restored copy), so the server's
     own configuration never repeats where the repository is or how pgBackRest reaches it."""
     if not env.get("PGBACKREST_REPO1_CIPHER_PASS") and not unencrypted:
@@ -84,8 +84,15 @@ def setup(env: Mapping[str, str], *, unencrypted: bool = False, archive_to: str 
     run(env, "check")
 
 
+def archive_command(target: str) -> str:
+    """The server's archive_command for the repository at `target`. pgBackRest's `check` and
+    `backup` refuse an archive_command without the word "pgbackrest" in it ("must contain
+    pgbackrest"): the command's name has it, whatever the URL holds."""
+    return f"shipyard-pgbackrest-push %p --target {shlex.quote(target)}"
+
+
 def _archive_through_shipyard(env: Mapping[str, str], target: str) -> None:
-    command = f"shipyard-archive-push %p --target {shlex.quote(target)}"
+    command = archive_command(target)
     with psycopg.connect(
         host=env.get("PGHOST") or None,
         port=env.get("PGPORT") or None,

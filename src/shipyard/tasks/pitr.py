@@ -1,7 +1,7 @@
 """Point-in-time recovery on a Compose host (`point_in_time: true` in an environment's backup).
 
 There compose.prod.yaml's `postgres` runs the backup image: PostgreSQL with pgBackRest and the
-backup engine, archiving each WAL segment through `shipyard-archive-push`. pgBackRest
+backup engine, archiving each WAL segment through `shipyard-pgbackrest-push`. pgBackRest
 works beside the data directory, so every step runs in that container (`docker exec`, through
 DOCKER_HOST like every Compose task): `setup` after each deploy, a base backup with `invoke
 backup`, the window with `backup.list`, a drill with `backup.verify`, and `invoke restore --at`:
