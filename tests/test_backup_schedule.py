@@ -184,6 +184,17 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
     assert unnamed.stderr == (
         "shipyard backup: --base-full-at, --pitr-drill-at need(s) --pitr-target, the repository\n"
     )
+    # compose.backup.yaml's empty default (point_in_time off in shipyard.yaml): left out, and
+    # said; with nothing else to run, that is refused as ever.
+    off = shipyard_cli(
+        "backup", "schedule", "--target", target, "--pitr-target", "", "--base-full-at",
+        "30 2 * * 0", env={},
+    )  # fmt: skip
+    assert off.returncode == 1
+    assert off.stdout == (
+        "shipyard backup schedule: point-in-time recovery jobs left out: --pitr-target is empty\n"
+    )
+    assert "give --backup-at, --drill-at or a point-in-time recovery job" in off.stderr
     idle = shipyard_cli(
         "backup", "schedule", "--target", target, "--pitr-target", "file:///repo", env={}
     )

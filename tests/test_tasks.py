@@ -370,10 +370,11 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
         )
     )
     # Last, the backup scheduler (compose.backup.yaml's `scheduler`) on the same image, with
-    # the schedule and retention of prod's `backup` in shipyard.yaml.
+    # the schedule, retention and point-in-time recovery repository of prod's `backup` in
+    # shipyard.yaml.
     assert steps[-1].endswith(
         f"BACKUP_IMAGE={backup_ref} SHIPYARD_BACKUP_SCHEDULE='0 3 * * *' SHIPYARD_ENV=prod "
-        "SHIPYARD_RETENTION_DAYS=14 "
+        "SHIPYARD_PITR_TARGET=file:///var/lib/pgbackrest SHIPYARD_RETENTION_DAYS=14 "
         + compose_line(
             "--file",
             "compose.backup.yaml",

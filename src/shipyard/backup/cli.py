@@ -275,7 +275,11 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
         seconds = found.restored.seconds if found else None
         age = found.recovery_point_age if found else None
         metrics.push(
-            metrics.drill_report(seconds, age, started=started, ended=time.time()), environ
+            metrics.drill_report(seconds, age, started=started, ended=time.time()),
+            environ,
+            # A group of its own: the dump drill runs on the same schedule, and a push replaces
+            # the metrics of its group, so a failure would be overwritten minutes later.
+            group={"drill": "pitr"},
         )
         _record_drill(target, drill_record.Outcome(datetime.now(UTC), seconds, age, error))
     point = "not tracked" if age is None else f"the newest transaction {age:.0f} s old"
@@ -348,6 +352,12 @@ def _pitr_jobs(args: argparse.Namespace) -> list[schedule.Job]:
         )
         if cron is not None
     }
+    if args.pitr_target == "":
+        # compose.backup.yaml passes shipyard.yaml's repository, empty where the environment
+        # does not recover to a point in time: then these jobs are left out.
+        if given:
+            schedule.say("point-in-time recovery jobs left out: --pitr-target is empty")
+        return []
     if given and not args.pitr_target:
         raise engine.BackupError(f"{', '.join(given)} need(s) --pitr-target, the repository")
     if args.pitr_target and not given:

@@ -122,9 +122,11 @@ def drill_report(
     return Report(values)
 
 
-def push(report: Report, environ: Mapping[str, str]) -> None:
-    """Push `report` to the Pushgateway `environ` names. Without SHIPYARD_PUSHGATEWAY_URL nothing
-    is pushed, silently; any failure is one warning on stderr and never an exception, so the
+def push(
+    report: Report, environ: Mapping[str, str], group: Mapping[str, str] | None = None
+) -> None:
+    """Push `report` to the Pushgateway `environ` names, in the group of its service and
+    environment (and `group`'s labels). Without SHIPYARD_PUSHGATEWAY_URL nothing is pushed, silently; any failure is one warning on stderr and never an exception, so the
     caller's exit status is the backup's."""
     url = environ.get(URL_VARIABLE, "").strip()
     if not url:
@@ -142,7 +144,11 @@ def push(report: Report, environ: Mapping[str, str]) -> None:
         Gauge(name, METRICS[name], registry=registry).set(value)
     try:
         pushadd_to_gateway(
-            url, job=JOB, registry=registry, grouping_key=labels, timeout=TIMEOUT_SECONDS
+            url,
+            job=JOB,
+            registry=registry,
+            grouping_key=labels | dict(group or {}),
+            timeout=TIMEOUT_SECONDS,
         )
     # Broad on purpose: whatever the push raises (refused, timed out, a 4xx/5xx, a URL it
     # cannot parse), the backup's own result must stand.

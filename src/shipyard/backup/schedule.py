@@ -70,15 +70,15 @@ def run(jobs: Sequence[Job]) -> int:
     stop = _Stop()
     due = {j: j.after(_now()) for j in jobs}
     for j in jobs:
-        _say(f"{j.name} at '{j.cron}' (UTC), next {_at(due[j])}: shipyard {' '.join(j.args)}")
+        say(f"{j.name} at '{j.cron}' (UTC), next {_at(due[j])}: shipyard {' '.join(j.args)}")
     while not stop.asked:
         current = min(jobs, key=lambda j: due[j])
         if not stop.sleep_until(due[current]):
             break
         _run_one(current, due[current], stop)
         for j, skipped in advance(jobs, due, current, _now()).items():
-            _say(f"{j.name}: {skipped} run(s) due while {current.name} ran were skipped")
-    _say("stopped")
+            say(f"{j.name}: {skipped} run(s) due while {current.name} ran were skipped")
+    say("stopped")
     return 0
 
 
@@ -132,12 +132,12 @@ def _run_one(j: Job, at: datetime, stop: _Stop) -> None:
     """Run one job to its end; a stop is passed on as SIGINT, which the engine takes as an
     interruption and cleans up after (a partial upload aborted, tar and zstd stopped) before
     it ends. Its outcome said in one line."""
-    _say(f"{j.name} (due {_at(at)}) started")
+    say(f"{j.name} (due {_at(at)}) started")
     started = time.monotonic()
     try:
         child = subprocess.Popen([*ENGINE, *j.args], stdin=subprocess.DEVNULL)
     except OSError as exc:
-        _say(f"{j.name} could not start: {exc.strerror or exc}", error=True)
+        say(f"{j.name} could not start: {exc.strerror or exc}", error=True)
         return
     forwarded = False
     while True:
@@ -146,14 +146,14 @@ def _run_one(j: Job, at: datetime, stop: _Stop) -> None:
             break
         except subprocess.TimeoutExpired:
             if stop.asked and not forwarded:
-                _say(f"stopping: {j.name} is interrupted (SIGINT) and waited for")
+                say(f"stopping: {j.name} is interrupted (SIGINT) and waited for")
                 child.send_signal(signal.SIGINT)
                 forwarded = True
     took = f"{time.monotonic() - started:.1f} s"
     if rc == 0:
-        _say(f"{j.name} finished in {took}")
+        say(f"{j.name} finished in {took}")
     else:
-        _say(f"{j.name} failed: it {ended(rc)} after {took}", error=True)
+        say(f"{j.name} failed: it {ended(rc)} after {took}", error=True)
 
 
 def _now() -> datetime:
@@ -164,5 +164,5 @@ def _at(moment: datetime) -> str:
     return timepoint.rfc3339(moment)
 
 
-def _say(line: str, *, error: bool = False) -> None:
+def say(line: str, *, error: bool = False) -> None:
     print(f"{PREFIX} {line}", file=sys.stderr if error else sys.stdout, flush=True)

@@ -2,9 +2,11 @@
 
 There compose.prod.yaml's `postgres` runs the backup image: PostgreSQL with pgBackRest and the
 backup engine, archiving each WAL segment through `shipyard-pgbackrest-push`. pgBackRest
-works beside the data directory, so every step runs in that container (`docker exec`, through
-DOCKER_HOST like every Compose task): `setup` after each deploy, a base backup with `invoke
-backup`, the window with `backup.list`, a drill with `backup.verify`, and `invoke restore --at`:
+works beside the data directory, so every step these tasks take runs in that container
+(`docker exec`, through DOCKER_HOST like every Compose task): `setup` after each deploy, a base
+backup with `invoke backup`, the window with `backup.list`, a drill with `backup.verify`, and
+`invoke restore --at` (the scheduled base backups and drills run in compose.backup.yaml's
+scheduler, which mounts the server's data and socket folder: targets/scheduler.py):
 
 1. restore into a new folder of the data volume and check it there (the live data untouched);
 2. stop the server, swap the checked folder in for PGDATA in a one-off container of the same

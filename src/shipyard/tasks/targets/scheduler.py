@@ -12,6 +12,7 @@ from shipyard import config
 from shipyard.engines import EngineError
 from shipyard.engines import compose as compose_engine
 from shipyard.engines.proc import Command
+from shipyard.tasks import pitr
 from shipyard.tasks.release import last_backup_image
 
 SERVICE = "scheduler"
@@ -47,6 +48,16 @@ def start(cfg: config.Config, env: config.Environment) -> Command | str | None:
             f"{not_scheduled}: no backup image was pushed (`invoke build --env {env.name}"
             " --component backup`, `invoke push ...`, then deploy again)"
         )
+    variables = {
+        "SHIPYARD_ENV": env.name,
+        "BACKUP_IMAGE": image,
+        "SHIPYARD_BACKUP_SCHEDULE": settings.schedule,
+        "SHIPYARD_RETENTION_DAYS": str(settings.retention_days),
+    }
+    if pitr.enabled(env):
+        # pgBackRest's base backups and drill too, into the repository the other tasks use;
+        # without it (point_in_time off in shipyard.yaml) the scheduler leaves them out.
+        variables["SHIPYARD_PITR_TARGET"] = pitr.target(settings)
     return compose_engine.compose(
         cfg.root,
         compose_engine.BACKUP_FILE,
@@ -56,12 +67,7 @@ def start(cfg: config.Config, env: config.Environment) -> Command | str | None:
         "--wait-timeout",
         "60",
         SERVICE,
-        env={
-            "SHIPYARD_ENV": env.name,
-            "BACKUP_IMAGE": image,
-            "SHIPYARD_BACKUP_SCHEDULE": settings.schedule,
-            "SHIPYARD_RETENTION_DAYS": str(settings.retention_days),
-        },
+        env=variables,
     )
 
 
