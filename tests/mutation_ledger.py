@@ -74,8 +74,9 @@ def seed(work: Path, ledger: Path, modules: list[str]) -> int:
 
 
 def save(work: Path, ledger: Path) -> int:
-    """Put the verdicts of every module the work folder holds into the ledger (its other
-    modules kept); the number of verdicts the ledger then holds."""
+    """Put the verdicts of every module the work folder holds into the ledger, function by
+    function: a function whose hash changed takes the folder's verdicts, one whose hash did not
+    keeps every verdict either side has. The number of verdicts the ledger then holds."""
     kept = load(ledger)
     for module, meta in _meta_files(work).items():
         data = json.loads(meta.read_text())
@@ -84,13 +85,25 @@ def save(work: Path, ledger: Path) -> int:
         for key, code in data["exit_code_by_key"].items():
             name, _, number = key.removeprefix(prefix).rpartition(MARK)
             by_function.setdefault(name, {})[int(number)] = code
+        before = kept.get(module, {})
+        merged: dict[str, dict[str, Any]] = {}
+        for name, digest in sorted(data["hash_by_function_name"].items()):
+            mine = by_function.get(name, {})
+            old = before.get(name)
+            # The same code: a verdict this folder lacks (a stale or partial build/) stays.
+            same = old is not None and old["hash"] == digest
+            theirs = dict(enumerate(old["codes"], start=1)) if old is not None and same else {}
+            numbers = set(mine) | set(theirs)
+            if numbers:
+                codes = [
+                    mine[n] if mine.get(n) is not None else theirs.get(n)
+                    for n in range(1, max(numbers) + 1)
+                ]
+                merged[name] = {"hash": digest, "codes": codes}
+        # Functions this folder does not know (another run's scope) keep their verdicts.
         kept[module] = {
-            name: {
-                "hash": digest,
-                "codes": [by_function[name].get(n) for n in range(1, max(by_function[name]) + 1)],
-            }
-            for name, digest in sorted(data["hash_by_function_name"].items())
-            if name in by_function
+            **{n: e for n, e in before.items() if n not in data["hash_by_function_name"]},
+            **merged,
         }
     # One function to a line: a run changes the lines of the functions it judged.
     lines = [

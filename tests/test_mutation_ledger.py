@@ -68,12 +68,9 @@ def test_verdicts_go_into_the_ledger_and_back_into_a_fresh_work_folder(tmp_path:
     }
     assert meta["hash_by_function_name"] == {k: v for k, v in hashes.items() if k != "x_plain"}
     assert not (fresh / "mutants" / "src" / "shipyard/backup/new.py.meta").exists()
-    # Saved again before mutmut ran (a run that failed at once): every verdict is still there.
+    # Saved again before mutmut ran (a run that failed at once): the ledger is as it was.
     assert mutation_ledger.save(fresh, ledger) == 4
-    again = json.loads(ledger.read_text("utf-8"))
-    assert again[DB]["x_tool"] == {"hash": "aaa", "codes": [1, 0]}
-    assert again[DB]["xǁ_Readerǁread"] == saved[DB]["xǁ_Readerǁread"]
-    assert again["shipyard/tasks/other.py"] == saved["shipyard/tasks/other.py"]
+    assert json.loads(ledger.read_text("utf-8")) == saved
 
 
 def test_a_work_folder_that_has_verdicts_is_never_overwritten(tmp_path: Path) -> None:
@@ -83,3 +80,37 @@ def test_a_work_folder_that_has_verdicts_is_never_overwritten(tmp_path: Path) ->
     text = meta.read_text()
     assert mutation_ledger.seed(tmp_path, ledger, [DB]) == 0
     assert meta.read_text() == text
+
+
+def test_a_stale_work_folder_never_erases_the_ledgers_verdicts(tmp_path: Path) -> None:
+    """A build/ from an older run knows fewer verdicts than the committed ledger: the ledger
+    keeps them for each function whose code is the same; a changed function takes the
+    folder's; a function the folder does not know stays as it was."""
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(
+        json.dumps(
+            {
+                DB: {
+                    "x_tool": {"hash": "aaa", "codes": [1, 0, 1]},
+                    "x_ended": {"hash": "old", "codes": [1, 1]},
+                    "x_pipe": {"hash": "ppp", "codes": [0]},
+                }
+            }
+        )
+    )
+    codes = {
+        f"{KEY}x_tool__mutmut_1": None,
+        f"{KEY}x_tool__mutmut_2": 1,
+        f"{KEY}x_tool__mutmut_3": None,
+        f"{KEY}x_ended__mutmut_1": None,
+        f"{KEY}x_ended__mutmut_2": 0,
+    }
+    _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_ended": "new"})
+    assert mutation_ledger.save(tmp_path, ledger) == 5
+    assert json.loads(ledger.read_text("utf-8")) == {
+        DB: {
+            "x_ended": {"hash": "new", "codes": [None, 0]},
+            "x_pipe": {"hash": "ppp", "codes": [0]},
+            "x_tool": {"hash": "aaa", "codes": [1, 1, 1]},
+        }
+    }

@@ -126,8 +126,9 @@ def push(
     report: Report, environ: Mapping[str, str], group: Mapping[str, str] | None = None
 ) -> None:
     """Push `report` to the Pushgateway `environ` names, in the group of its service and
-    environment (and `group`'s labels). Without SHIPYARD_PUSHGATEWAY_URL nothing is pushed, silently; any failure is one warning on stderr and never an exception, so the
-    caller's exit status is the backup's."""
+    environment (and `group`'s labels). Without SHIPYARD_PUSHGATEWAY_URL nothing is pushed,
+    silently; any failure is one warning on stderr and never an exception, so the caller's exit
+    status is the backup's."""
     url = environ.get(URL_VARIABLE, "").strip()
     if not url:
         return
