@@ -146,29 +146,27 @@ def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path
 
 def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
     target = (tmp_path / "store").as_uri()
-    bad = shipyard_cli(
-        "backup", "schedule", "--target", target, "--backup-at", "61 3 * * *", env={}
-    )
-    assert bad.returncode == 1
-    assert bad.stderr == (
-        "shipyard backup: --backup-at '61 3 * * *' is not a cron schedule (Bad minute): give five"
-        " fields, minute hour day-of-month month day-of-week, e.g. '0 3 * * *' (UTC)\n"
+
+    def refused(*args: str, said: str = "") -> str:
+        """The error of `shipyard backup schedule --target TARGET ARGS`, which must refuse
+        them (status 1) after saying `said` on stdout."""
+        done = shipyard_cli("backup", "schedule", "--target", target, *args, env={})
+        assert (done.returncode, done.stdout) == (1, said), done.stderr
+        return done.stderr.removeprefix("shipyard backup: ").removesuffix("\n")
+
+    assert refused("--backup-at", "61 3 * * *") == (
+        "--backup-at '61 3 * * *' is not a cron schedule (Bad minute): give five fields, minute"
+        " hour day-of-month month day-of-week, e.g. '0 3 * * *' (UTC)"
     )
     # Started by hand without the schedule `invoke deploy` passes: compose.backup.yaml's empty
     # default.
-    empty = shipyard_cli("backup", "schedule", "--target", target, "--backup-at", "", env={})
-    assert empty.returncode == 1
-    assert empty.stderr.startswith("shipyard backup: --backup-at '' is not a cron schedule")
-    none = shipyard_cli("backup", "schedule", "--target", target, env={})
-    assert none.returncode == 1
-    assert "give --backup-at, --drill-at or a point-in-time recovery job" in none.stderr
-    unkept = shipyard_cli(
-        "backup", "schedule", "--target", target, "--backup-at", "0 3 * * *", "--keep-weekly",
-        "4", env={},
-    )  # fmt: skip
-    assert unkept.returncode == 1
-    assert unkept.stderr == (
-        "shipyard backup: --keep-weekly and --keep-monthly add to --retention-days: give it too\n"
+    assert refused("--backup-at", "").startswith("--backup-at '' is not a cron schedule")
+    nothing = (
+        "give --backup-at, --drill-at or a point-in-time recovery job: there is nothing to run"
+    )
+    assert refused() == nothing
+    assert refused("--backup-at", "0 3 * * *", "--keep-weekly", "4") == (
+        "--keep-weekly and --keep-monthly add to --retention-days: give it too"
     )
     wrong = shipyard_cli(
         "backup", "schedule", "--target", "ftp://x", "--drill-at", "0 4 * * 0", env={}
@@ -176,43 +174,23 @@ def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) 
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("shipyard backup: "), wrong.stderr
     # Point-in-time recovery's jobs need their repository, and it needs them.
-    unnamed = shipyard_cli(
-        "backup", "schedule", "--target", target, "--base-full-at", "30 2 * * 0",
-        "--pitr-drill-at", "30 5 * * 0", env={},
-    )  # fmt: skip
-    assert unnamed.returncode == 1
-    assert unnamed.stderr == (
-        "shipyard backup: --base-full-at, --pitr-drill-at need(s) --pitr-target, the repository\n"
+    assert refused("--base-full-at", "30 2 * * 0", "--pitr-drill-at", "30 5 * * 0") == (
+        "--base-full-at, --pitr-drill-at need(s) --pitr-target, the repository"
     )
     # compose.backup.yaml's empty default (point_in_time off in shipyard.yaml): left out, and
     # said; with nothing else to run, that is refused as ever.
-    off = shipyard_cli(
-        "backup", "schedule", "--target", target, "--pitr-target", "", "--base-full-at",
-        "30 2 * * 0", env={},
-    )  # fmt: skip
-    assert off.returncode == 1
-    assert off.stdout == (
+    left_out = (
         "shipyard backup schedule: point-in-time recovery jobs left out: --pitr-target is empty\n"
     )
-    assert "give --backup-at, --drill-at or a point-in-time recovery job" in off.stderr
-    idle = shipyard_cli(
-        "backup", "schedule", "--target", target, "--pitr-target", "file:///repo", env={}
+    off = ("--pitr-target", "", "--base-full-at", "30 2 * * 0")
+    assert refused(*off, said=left_out) == nothing
+    assert refused("--pitr-target", "file:///repo").startswith(
+        "--pitr-target names the repository of --base-full-at"
     )
-    assert idle.returncode == 1
-    assert "--pitr-target names the repository of --base-full-at" in idle.stderr
-    elsewhere = shipyard_cli(
-        "backup", "schedule", "--target", target, "--pitr-target", "ftp://x/repo",
-        "--base-diff-at", "30 2 * * 1-6", env={},
-    )  # fmt: skip
-    assert (elsewhere.returncode, elsewhere.stderr) == (
-        1, "shipyard backup: 'ftp://x/repo' is not file:///PATH or s3://BUCKET/PREFIX\n"
-    )  # fmt: skip
-    odd = shipyard_cli(
-        "backup", "schedule", "--target", target, "--pitr-target", "file:///repo",
-        "--base-diff-at", "30 25 * * *", env={},
-    )  # fmt: skip
-    assert odd.returncode == 1
-    assert odd.stderr.startswith("shipyard backup: --base-diff-at '30 25 * * *' is not a cron")
+    elsewhere = ("--pitr-target", "ftp://x/repo", "--base-diff-at", "30 2 * * 1-6")
+    assert refused(*elsewhere) == "'ftp://x/repo' is not file:///PATH or s3://BUCKET/PREFIX"
+    odd = ("--pitr-target", "file:///repo", "--base-diff-at", "30 25 * * *")
+    assert refused(*odd).startswith("--base-diff-at '30 25 * * *' is not a cron")
 
 
 def _at(text: str) -> datetime:
