@@ -79,6 +79,9 @@ def save(work: Path, ledger: Path) -> int:
     keeps every verdict either side has. The number of verdicts the ledger then holds."""
     kept = load(ledger)
     for module, meta in _meta_files(work).items():
+        source = work / "src" / module
+        if source.exists() and meta.stat().st_mtime < source.stat().st_mtime:
+            continue  # written before the source last changed: a run that never got going
         data = json.loads(meta.read_text())
         prefix = _dotted(module) + "."
         by_function: dict[str, dict[int, int | None]] = {}
@@ -100,11 +103,8 @@ def save(work: Path, ledger: Path) -> int:
                     for n in range(1, max(numbers) + 1)
                 ]
                 merged[name] = {"hash": digest, "codes": codes}
-        # Functions this folder does not know (another run's scope) keep their verdicts.
-        kept[module] = {
-            **{n: e for n, e in before.items() if n not in data["hash_by_function_name"]},
-            **merged,
-        }
+        # mutmut hashes every function of the file: one it does not list was deleted or renamed.
+        kept[module] = merged
     # One function to a line: a run changes the lines of the functions it judged.
     lines = [
         f"  {json.dumps(module)}: {{\n"

@@ -132,7 +132,8 @@ import (
 var verbose = flag.Bool("v", false, "verbose")
 
 // Names the probe's file imports under aliases: a package's names and a file's imports clash.
-var time, strings = "noon", []string{"the app's own"}
+// (os is this file's own import, so this package cannot declare it.)
+var time, strings, strconv, syscall = "noon", []string{"the app's own"}, 1, 2.0
 
 func init() { flag.Parse() }
 

@@ -4,6 +4,7 @@ docs/mutation-ledger.json and back into a fresh work folder, as `nox -s mutation
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests import mutation_ledger
@@ -85,7 +86,7 @@ def test_a_work_folder_that_has_verdicts_is_never_overwritten(tmp_path: Path) ->
 def test_a_stale_work_folder_never_erases_the_ledgers_verdicts(tmp_path: Path) -> None:
     """A build/ from an older run knows fewer verdicts than the committed ledger: the ledger
     keeps them for each function whose code is the same; a changed function takes the
-    folder's; a function the folder does not know stays as it was."""
+    folder's; a function the folder's module no longer has (deleted, renamed) goes."""
     ledger = tmp_path / "ledger.json"
     ledger.write_text(
         json.dumps(
@@ -106,11 +107,21 @@ def test_a_stale_work_folder_never_erases_the_ledgers_verdicts(tmp_path: Path) -
         f"{KEY}x_ended__mutmut_2": 0,
     }
     _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_ended": "new"})
-    assert mutation_ledger.save(tmp_path, ledger) == 5
-    assert json.loads(ledger.read_text("utf-8")) == {
+    assert mutation_ledger.save(tmp_path, ledger) == 4
+    merged = {
         DB: {
             "x_ended": {"hash": "new", "codes": [None, 0]},
-            "x_pipe": {"hash": "ppp", "codes": [0]},
             "x_tool": {"hash": "aaa", "codes": [1, 1, 1]},
         }
     }
+    assert json.loads(ledger.read_text("utf-8")) == merged
+    # A `.meta` written before its source last changed (a run stopped before mutmut wrote the
+    # module anew, after a pull brought newer code and ledger) is left out.
+    source = tmp_path / "src" / DB
+    source.parent.mkdir(parents=True)
+    source.write_text("def tool(): ...\n")
+    meta = tmp_path / "mutants" / "src" / f"{DB}.meta"
+    os.utime(meta, (source.stat().st_mtime - 60,) * 2)
+    ledger.write_text(json.dumps({DB: {"x_tool": {"hash": "zzz", "codes": [0]}}}))
+    mutation_ledger.save(tmp_path, ledger)
+    assert json.loads(ledger.read_text("utf-8")) == {DB: {"x_tool": {"hash": "zzz", "codes": [0]}}}

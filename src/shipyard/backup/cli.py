@@ -129,7 +129,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     base = action("base", "take a base backup (full, diff or incr)", steps)
     base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
     action("list", "list base backups and the recoverable window", steps)
-    push = action("archive-push", "archive one WAL file (the server's archive_command)", steps)
+    push = action(
+        "archive-push",
+        "archive one WAL file (as shipyard-pgbackrest-push, the archive_command)",
+        steps,
+    )
     push.add_argument("wal", help="%%p: the WAL file, relative to PGDATA")
     action("drill", "restore latest into a scratch folder, check and measure it", steps)
     back = action("restore", "restore into a new data directory and check it there", steps)

@@ -5,7 +5,8 @@ pushed to a Prometheus Pushgateway, when SHIPYARD_PUSHGATEWAY_URL names one.
 A Pushgateway because a backup is a service-level batch job, the one use the Prometheus docs
 recommend it for: the job ends before any scrape could see it, and the same push works from a
 Compose host and from a Kubernetes CronJob. The group is `job="shipyard_backup"` plus the
-`service` and `environment` labels (SHIPYARD_SERVICE, SHIPYARD_ENV). It is never deleted: each
+`service` and `environment` labels (SHIPYARD_SERVICE, SHIPYARD_ENV); the point-in-time recovery
+drill's adds `drill="pitr"`, as it runs on the dump drill's schedule. It is never deleted: each
 push is a POST, which replaces only the metrics it carries, so a failed run stamps its failure
 and leaves the last success's time, size and duration as they were, and a drill leaves the
 backup's facts alone.

@@ -53,11 +53,10 @@ def start(cfg: config.Config, env: config.Environment) -> Command | str | None:
         "BACKUP_IMAGE": image,
         "SHIPYARD_BACKUP_SCHEDULE": settings.schedule,
         "SHIPYARD_RETENTION_DAYS": str(settings.retention_days),
-    }
-    if pitr.enabled(env):
         # pgBackRest's base backups and drill too, into the repository the other tasks use;
-        # without it (point_in_time off in shipyard.yaml) the scheduler leaves them out.
-        variables["SHIPYARD_PITR_TARGET"] = pitr.target(settings)
+        # empty (point_in_time off in shipyard.yaml, whatever the shell holds), they are left out.
+        "SHIPYARD_PITR_TARGET": pitr.target(settings) if pitr.enabled(env) else "",
+    }
     return compose_engine.compose(
         cfg.root,
         compose_engine.BACKUP_FILE,
