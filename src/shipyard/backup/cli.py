@@ -347,14 +347,16 @@ def _jobs(args: argparse.Namespace) -> list[schedule.Job]:
 
 def _pitr_jobs(args: argparse.Namespace) -> list[schedule.Job]:
     """`schedule`'s point-in-time recovery jobs: base backups and the pgBackRest drill."""
+    # Each job's option, its name in the log and the engine's arguments (before --target).
+    jobs = {
+        "--base-full-at": ("base-full", ("backup", "pitr", "base", "--type", "full")),
+        "--base-diff-at": ("base-diff", ("backup", "pitr", "base", "--type", "diff")),
+        "--pitr-drill-at": ("pitr-drill", ("backup", "pitr", "drill")),
+    }
     given = {
         option: cron
-        for option, cron in (
-            ("--base-full-at", args.base_full_at),
-            ("--base-diff-at", args.base_diff_at),
-            ("--pitr-drill-at", args.pitr_drill_at),
-        )
-        if cron is not None
+        for option in jobs
+        if (cron := getattr(args, option[2:].replace("-", "_"))) is not None
     }
     if args.pitr_target == "":
         # compose.backup.yaml passes shipyard.yaml's repository, empty where the environment
@@ -372,13 +374,12 @@ def _pitr_jobs(args: argparse.Namespace) -> list[schedule.Job]:
     if not given:
         return []
     pgbackrest.environment(args.pitr_target)  # a wrong target is refused now
-    target = ("--target", args.pitr_target)
-    argv = {
-        "--base-full-at": ("base-full", ("backup", "pitr", "base", "--type", "full", *target)),
-        "--base-diff-at": ("base-diff", ("backup", "pitr", "base", "--type", "diff", *target)),
-        "--pitr-drill-at": ("pitr-drill", ("backup", "pitr", "drill", *target)),
-    }
-    return [schedule.job(argv[o][0], o, cron, argv[o][1]) for o, cron in given.items()]
+    return [
+        schedule.job(
+            jobs[option][0], option, cron, (*jobs[option][1], "--target", args.pitr_target)
+        )
+        for option, cron in given.items()
+    ]
 
 
 def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:
