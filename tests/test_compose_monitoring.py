@@ -9,6 +9,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,11 @@ def test_the_stack_is_locked_down_and_reads_the_repository_through_the_api(
 
     rules = _load(root / "monitoring" / "rules.yml")
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    # Each alert's runbook link lands on its entry (a Compose-only kit's backup alerts had none).
+    runbook = (root / "DEPLOYMENT.md").read_text()
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert rule["annotations"]["runbook_url"] == f"DEPLOYMENT.md#{rule['alert'].lower()}"
+        assert f"\n#### {rule['alert']}\n" in runbook, rule["alert"]
     tests = _load(root / "monitoring" / "rules.test.yml")
     tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
     assert "ServiceTargetDown" in alerts
@@ -111,11 +117,17 @@ def test_the_stack_is_locked_down_and_reads_the_repository_through_the_api(
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert not [q for q in queries if "kube_" in q or "container_" in q]
     assert any("process_cpu_seconds_total" in q for q in queries)
+    # The recovery point where pgBackRest archives (the alert's series), and only there.
+    postgres = answers.get("database", "postgres") == "postgres"
+    pitr = postgres and answers.get("point_in_time_recovery", True)  # a Compose host's default
+    assert any("pg_stat_archiver" in q for q in queries) == pitr
+    assert ("WalArchivingFailed" in alerts) == pitr
     charts = [c.path for c in validate.charts(root) if not c.library]
     if charts:
         chart_board = json.loads((charts[0] / "monitoring" / "dashboard.json").read_text())
+        # Panel 6: the CronJobs or the Cluster there, pgBackRest's archiving here.
         same = {p["id"]: p for p in chart_board["panels"] if p["id"] not in (4, 5, 6)}
-        assert {p["id"]: p for p in dashboard["panels"] if p["id"] not in (4, 5)} == same
+        assert {p["id"]: p for p in dashboard["panels"] if p["id"] not in (4, 5, 6)} == same
         assert {k: v for k, v in dashboard.items() if k != "panels"} == {
             k: v for k, v in chart_board.items() if k != "panels"
         }
@@ -167,6 +179,10 @@ def test_each_compose_alert_test_fails_when_its_rule_moves(
         "ServiceHighErrorRate": ("[5m])) > 0.05", "[5m])) > 0.5"),
         "ServiceHighLatency": ("[5m]))) > 0.5", "[5m]))) > 50"),
         "ServiceTargetDown": ('up{job=~"pmtool-backend|', 'up{job=~"pmtool-elsewhere|'),
+        "WalArchivingFailed": (
+            'failed_count{job="pmtool-postgres-exporter"}[5m]) > 0',
+            'failed_count{job="pmtool-postgres-exporter"}[5m]) > 50',
+        ),
     }
     for alert, (old, new) in moved.items():
         assert old in original, old
@@ -397,8 +413,12 @@ def test_the_real_prometheus_scrapes_the_app_and_exporter_and_evaluates_the_rend
         # Every panel of the host's dashboard shows the app (the pushed backups' once pushed):
         # none reads a series only Kubernetes has.
         board = json.loads((monitoring / "grafana" / "dashboards" / f"{slug}.json").read_text())
-        shown = [p for p in board["panels"] if "(pushed)" not in p["title"]]
-        assert len(shown) == 5
+        # (pgBackRest's recovery point: the age of the last archived segment, which this
+        # server, archiving nothing, lacks; its alert's counters are checked below.)
+        shown = [
+            p for p in board["panels"] if not re.search(r"\(pushed\)|\(pgBackRest\)", p["title"])
+        ]
+        assert len(shown) == 5 and len(board["panels"]) == 10
         for panel in shown:
             for target in panel["targets"]:
                 expr = target["expr"].replace("$namespace", slug).replace("$job", api_job)
@@ -417,8 +437,13 @@ def test_the_real_prometheus_scrapes_the_app_and_exporter_and_evaluates_the_rend
             "ServiceTargetDown",
             "ServiceHighErrorRate",
             "ServiceHighLatency",
+            "WalArchivingFailed",
             *backups,
         }
+        # WalArchivingFailed's series, as the real exporter names them.
+        for counter in ("archived_count", "failed_count"):
+            series = f'pg_stat_archiver_{counter}{{job="{slug}-postgres-exporter"}}'
+            assert _query(prom, series), series
         # While everything is up, no alert: on this new host no backup or drill is due yet
         # (Prometheus has held data for less than their thresholds).
         alerts = requests.get(f"{prom}/api/v1/alerts", timeout=5).json()["data"]["alerts"]

@@ -29,9 +29,12 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.backup import metrics, pgbackrest, pitr
 from shipyard.backup.engine import BackupError
+from tests.servers import start, stop
 from tests.servers.postgres import _bindir, free_port, owner_wrappers
 from tests.servers.pushgateway import Pushgateway
 from tests.servers.s3 import CREDENTIALS, TlsS3Server
@@ -170,7 +173,7 @@ def _commit_rows(cluster: Archived, values: range) -> list[tuple[int, datetime]]
 def _base_backup(cluster: Archived, kind: str) -> str:
     """A base backup, and a wait past the second it ended in: pgBackRest restores to times
     after that second, so the commits the tests restore to must come later."""
-    label = pitr.base_backup(cluster.env, kind)
+    label = pitr.base_backup(cluster.env, kind).label
     time.sleep(1)
     return label
 
@@ -211,7 +214,7 @@ def test_latest_and_a_base_backup_label_are_recovery_points(archived: Archived) 
     _commit_rows(archived, range(1, 11))
     first = _base_backup(archived, "full")
     between = _commit_rows(archived, range(11, 21))
-    diff = pitr.base_backup(archived.env, "diff")
+    diff = pitr.base_backup(archived.env, "diff").label
     _commit_rows(archived, range(21, 31))
     archived.switch_wal()
     window = pitr.window(archived.env)
@@ -265,6 +268,71 @@ def test_points_outside_the_window_are_refused_with_it_and_nothing_is_written(
     with pytest.raises(BackupError, match="is not an empty folder"):
         pitr.restore(archived.env, pitr.target("latest", window), full)
     assert [p.name for p in full.iterdir()] == ["keep"]
+
+
+def test_storage_down_while_archiving_keeps_the_server_up_and_loses_nothing(
+    archived: Archived, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository gone while the server archives: PostgreSQL keeps committing, each closed
+    segment waits in pg_wal as `.ready`, the failures count in pg_stat_archiver, which the real
+    postgres_exporter serves under the names WalArchivingFailed reads; once the storage returns
+    every waiting segment is archived and a restore to latest holds every row."""
+    exporter = shutil.which("prometheus-postgres-exporter")
+    assert exporter, "prometheus-postgres-exporter is needed: run .ci/setup.sh"
+    pitr.setup(archived.env)
+    _base_backup(archived, "full")
+    stats = "SELECT archived_count, failed_count FROM pg_stat_archiver"
+    repo = Path(archived.env["PGBACKREST_REPO1_PATH"])
+    away = repo.with_name(f"{repo.name}-away")
+    repo.rename(away)  # the storage down
+    try:
+        with archived.connect() as conn:
+            archived_before, failed_before = conn.execute(stats).fetchone() or (0, 0)
+            _commit_rows(archived, range(1, 21))
+            conn.execute("SELECT pg_switch_wal()")
+            _commit_rows(archived, range(21, 41))
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 30
+            while (row := conn.execute(stats).fetchone()) and row[1] <= failed_before:
+                assert time.monotonic() < deadline, "no archive failure counted in 30 s"
+                time.sleep(0.2)
+            assert row
+            assert row[0] == archived_before
+            waiting = sorted((archived.data / "pg_wal" / "archive_status").glob("*.ready"))
+            assert len(waiting) >= 2, waiting
+            _commit_rows(archived, range(41, 51))  # the server keeps committing
+
+            # What Prometheus scrapes: the real exporter, logged in as on a Compose host.
+            monkeypatch.setenv(
+                "DATA_SOURCE_NAME",
+                f"postgresql://postgres:{archived.env['PGPASSWORD']}@/postgres"
+                f"?host={archived.state}&port={archived.env['PGPORT']}&sslmode=disable",
+            )
+            proc, url = start(
+                lambda port: [exporter, f"--web.listen-address=127.0.0.1:{port}"],
+                "/metrics",
+                "postgres_exporter",
+            )
+            try:
+                page = requests.get(f"{url}/metrics", timeout=10).text
+            finally:
+                stop(proc, timeout=10)
+            # (By family: the parser adds `_total` to a counter's samples; Prometheus does not.)
+            served = {
+                family.name: sample.value
+                for family in text_string_to_metric_families(page)
+                for sample in family.samples
+            }
+            assert served["pg_stat_archiver_failed_count"] > failed_before
+            assert served["pg_stat_archiver_archived_count"] == archived_before
+    finally:
+        away.rename(repo)  # the storage returns
+
+    archived.switch_wal()  # wakes the archiver, which sends what waited first
+    assert not list((archived.data / "pg_wal" / "archive_status").glob("*.ready"))
+    latest = archived.state / "latest"
+    pitr.restore(archived.env, pitr.target("latest", pitr.window(archived.env)), latest)
+    assert archived.rows(latest) == list(range(1, 51))
 
 
 def test_a_corrupted_wal_segment_fails_the_restore_and_leaves_nothing(archived: Archived) -> None:
@@ -341,7 +409,7 @@ def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None
     child.communicate()
     assert pitr.window(archived.env, require=False).backups == ()
     # The next base backup completes and is the only one listed.
-    label = pitr.base_backup(archived.env, "full")
+    label = pitr.base_backup(archived.env, "full").label
     assert [b.label for b in pitr.window(archived.env).backups] == [label]
 
 
@@ -485,7 +553,7 @@ def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
     archived: Archived,
 ) -> None:
     pitr.setup(archived.env)
-    label = pitr.base_backup(archived.env, "full")
+    label = pitr.base_backup(archived.env, "full").label
     shown = _cli(archived.env, "list")
     assert shown.returncode == 0, shown.stderr
     assert label in shown.stdout
@@ -590,7 +658,7 @@ def test_the_scheduler_takes_base_backups_and_drills_on_their_schedules(
     scheduler): full and differential base backups and the drill, on schedules in seconds,
     one at a time, on a real archiving cluster; stopped with SIGTERM, status 0."""
     pitr.setup(archived.env)
-    first = pitr.base_backup(archived.env, "full")  # so that no drill comes before a backup
+    first = pitr.base_backup(archived.env, "full").label  # so that no drill comes before a backup
     repo = f"file://{archived.env['PGBACKREST_REPO1_PATH']}"
     log = archived.state / "scheduler.log"
 
@@ -622,6 +690,62 @@ def test_the_scheduler_takes_base_backups_and_drills_on_their_schedules(
     assert " failed" not in text.partition("stopping: ")[0], text
 
 
+def test_a_base_backup_pushes_its_outcome_in_a_group_of_its_own(
+    archived: Archived, pushgateway: Pushgateway
+) -> None:
+    """`pitr base` (the scheduler's base-full and base-diff jobs) reports as `backup run`
+    does, in the group `backup="pitr"`: a dump that succeeds must not hide a base backup that
+    fails from BackupJobFailed and BackupMissing."""
+    pitr.setup(archived.env)
+    service = f"base-{secrets.token_hex(3)}"
+    env = {
+        **archived.env,
+        metrics.URL_VARIABLE: pushgateway.url,
+        "SHIPYARD_SERVICE": service,
+        "SHIPYARD_ENV": "prod",
+    }
+    argv = [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "base", "--type", "full",
+            "--target", f"file://{archived.env['PGBACKREST_REPO1_PATH']}"]  # fmt: skip
+    group = {"job": metrics.JOB, "service": service, "environment": "prod", "backup": "pitr"}
+
+    passed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    assert passed.returncode == 0, passed.stderr
+    made = pitr.window(archived.env).backups[-1]
+    assert f"base backup {made.label} complete" in passed.stdout
+    pushed = pushgateway.values(**group)
+    assert pushed["shipyard_backup_last_success_timestamp_seconds"] == made.stopped.timestamp()
+    assert pushed["shipyard_backup_size_bytes"] == made.size > 0
+    assert (
+        pushed["shipyard_backup_duration_seconds"] == (made.stopped - made.started).total_seconds()
+    )
+    assert "shipyard_backup_last_failure_timestamp_seconds" not in pushed
+    # Not in the dumps' group, whose BackupMissing and BackupJobFailed it would otherwise feed.
+    assert not pushgateway.values(job=metrics.JOB, service=service, environment="prod", backup="")
+
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")  # the server down at 02:30
+    before = time.time()
+    failed = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("shipyard backup: ")
+    assert "Traceback" not in failed.stderr
+    after = pushgateway.values(**group)
+    assert before <= after["shipyard_backup_last_failure_timestamp_seconds"] <= time.time()
+    # The last success's facts stay (pushadd replaces only the series it sends).
+    for name in ("last_success_timestamp_seconds", "size_bytes", "duration_seconds"):
+        assert after[f"shipyard_backup_{name}"] == pushed[f"shipyard_backup_{name}"]
+
+    # A repository it cannot even reach fails as loudly.
+    unreachable = {**env, "SHIPYARD_SERVICE": f"{service}-s3", "AWS_ENDPOINT_URL": "http://x:9"}
+    wrong = subprocess.run([*argv[:-1], "s3://bucket/prefix"], env=unreachable,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert wrong.returncode == 1
+    assert "pgBackRest reaches S3 over HTTPS only" in wrong.stderr
+    s3_group = {**group, "service": f"{service}-s3"}
+    assert pushgateway.values(**s3_group)["shipyard_backup_last_failure_timestamp_seconds"] > 0
+
+
 def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
     base = {"AWS_REGION": "eu-west-3"}
     static = pgbackrest.environment(
@@ -648,7 +772,7 @@ def test_an_s3_repository_round_trip_over_https(tls_s3_server: TlsS3Server) -> N
     extra = {**tls_s3_server.env(), pgbackrest.CIPHER_PASS: secrets.token_urlsafe(16)}
     for cluster in _archived(f"s3://{bucket}/prod", extra):
         pitr.setup(cluster.env)
-        label = pitr.base_backup(cluster.env, "full")
+        label = pitr.base_backup(cluster.env, "full").label
         _commit_rows(cluster, range(1, 21))
         cluster.switch_wal()
         window = pitr.window(cluster.env)

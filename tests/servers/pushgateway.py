@@ -25,13 +25,14 @@ class Pushgateway:
     url: str
 
     def values(self, **labels: str) -> dict[str, float]:
-        """Every sample of the groups whose labels include `labels`: metric name -> value."""
+        """Every sample of the groups whose labels include `labels`: metric name -> value.
+        An empty value selects the groups without that label, as in a Prometheus selector."""
         page = requests.get(f"{self.url}/metrics", timeout=10)
         page.raise_for_status()
         found: dict[str, float] = {}
         for family in text_string_to_metric_families(page.text):
             for sample in family.samples:
-                if all(sample.labels.get(k) == v for k, v in labels.items()):
+                if all(sample.labels.get(k, "") == v for k, v in labels.items()):
                     found[sample.name] = sample.value
         return found
 

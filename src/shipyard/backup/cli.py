@@ -222,6 +222,9 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     step = args.pitr_command
     if step == "drill":
         return _pitr_drill(args.target, environ)
+    if step == "base":
+        print(f"base backup {_pitr_base(args.target, args.type, environ).label} complete")
+        return 0
     env = pgbackrest.environment(args.target, environ)
     if step == "setup":
         pitr.setup(
@@ -231,11 +234,9 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
         print(f"archiving to {args.target} works")
         if args.base_if_none and not pitr.window(env).backups:
-            print(f"base backup {pitr.base_backup(env, 'full')} complete")
+            print(f"base backup {pitr.base_backup(env, 'full').label} complete")
     elif step == "archive-push":
         pgbackrest.run(env, "archive-push", args.wal)
-    elif step == "base":
-        print(f"base backup {pitr.base_backup(env, args.type)} complete")
     elif step == "list":
         found = pitr.window(env)
         print(pitr.describe(found.backups))
@@ -283,7 +284,7 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
             environ,
             # A group of its own: the dump drill runs on the same schedule, and a push replaces
             # the metrics of its group, so a failure would be overwritten minutes later.
-            group={"drill": "pitr"},
+            group=metrics.PITR_DRILL_GROUP,
         )
         _record_drill(target, drill_record.Outcome(datetime.now(UTC), seconds, age, error))
     point = "not tracked" if age is None else f"the newest transaction {age:.0f} s old"
@@ -292,6 +293,21 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
         f" (recovery time); recovery point: {point}"
     )
     return 0
+
+
+def _pitr_base(target: str, kind: str, environ: Mapping[str, str]) -> pitr.BaseBackup:
+    """A base backup, its outcome pushed as a `backup run`'s is (a wrong --target too), in a
+    group of its own (`backup="pitr"`): the dumps' successes must not hide its failures from
+    the alerts."""
+    made: pitr.BaseBackup | None = None
+    try:
+        made = pitr.base_backup(pgbackrest.environment(target, environ), kind)
+    finally:
+        failed_at = None if made else time.time()
+        metrics.push(
+            metrics.base_report(made, failed_at=failed_at), environ, group=metrics.PITR_BASE_GROUP
+        )
+    return made
 
 
 def _record_drill(target: str, outcome: drill_record.Outcome) -> None:

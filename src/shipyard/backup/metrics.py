@@ -5,11 +5,12 @@ pushed to a Prometheus Pushgateway, when SHIPYARD_PUSHGATEWAY_URL names one.
 A Pushgateway because a backup is a service-level batch job, the one use the Prometheus docs
 recommend it for: the job ends before any scrape could see it, and the same push works from a
 Compose host and from a Kubernetes CronJob. The group is `job="shipyard_backup"` plus the
-`service` and `environment` labels (SHIPYARD_SERVICE, SHIPYARD_ENV); the point-in-time recovery
-drill's adds `drill="pitr"`, as it runs on the dump drill's schedule. It is never deleted: each
-push is a POST, which replaces only the metrics it carries, so a failed run stamps its failure
-and leaves the last success's time, size and duration as they were, and a drill leaves the
-backup's facts alone.
+`service` and `environment` labels (SHIPYARD_SERVICE, SHIPYARD_ENV); point-in-time recovery's
+pgBackRest base backups add `backup="pitr"` and its drill `drill="pitr"`, so that the alerts
+tell them from the dumps and their drill (a dump succeeding never hides a failing base backup).
+A group is never deleted: each push is a POST, which replaces only the metrics it carries, so a
+failed run stamps its failure and leaves the last success's time, size and duration as they
+were, and a drill leaves the backup's facts alone.
 
 Pushing is a report, never part of the result: a push that fails prints one warning on stderr
 and the command's exit status stays the backup's own.
@@ -20,16 +21,23 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
 from shipyard.backup.manifest import Backup
 
+if TYPE_CHECKING:  # pitr imports psycopg: the report needs only the type
+    from shipyard.backup.pitr import BaseBackup
+
 URL_VARIABLE = "SHIPYARD_PUSHGATEWAY_URL"
 # The grouping key's labels besides `job`, and the variables they come from.
 LABELS = {"service": "SHIPYARD_SERVICE", "environment": "SHIPYARD_ENV"}
 JOB = "shipyard_backup"
+# The groups' labels of point-in-time recovery's base backups and drill, added to the above.
+PITR_BASE_GROUP = {"backup": "pitr"}
+PITR_DRILL_GROUP = {"drill": "pitr"}
 # A backup must not wait long on its report: a Pushgateway that does not answer in this many
 # seconds costs one warning, not the CronJob's deadline.
 TIMEOUT_SECONDS = 10.0
@@ -38,14 +46,16 @@ TIMEOUT_SECONDS = 10.0
 # (template/includes/monitoring.jinja) read these names.
 METRICS = {
     "shipyard_backup_last_success_timestamp_seconds": (
-        "When the data of the newest successful backup was read (its snapshot), Unix time."
+        "When the data of the newest successful backup was read (a dump's snapshot, a base"
+        " backup's end), Unix time."
     ),
     "shipyard_backup_last_failure_timestamp_seconds": (
-        "When the last failed `shipyard backup run` ended, Unix time."
+        "When the last failed backup (`shipyard backup run`, `pitr base`) ended, Unix time."
     ),
     "shipyard_backup_duration_seconds": "How long the newest successful backup took.",
     "shipyard_backup_size_bytes": (
-        "Bytes the newest successful backup holds in storage (dump and data path archives)."
+        "Bytes the newest successful backup holds in storage (a dump with its data path"
+        " archives, or a base backup)."
     ),
     "shipyard_backup_verify_success": (
         "1 if the last restore drill (`shipyard backup verify`) passed, 0 if it failed."
@@ -84,6 +94,24 @@ def run_report(made: Backup | None, *, failed_at: float | None) -> Report:
     if failed_at is not None:
         values["shipyard_backup_last_failure_timestamp_seconds"] = failed_at
     return Report(values)
+
+
+def base_report(made: BaseBackup | None, *, failed_at: float | None) -> Report:
+    """After `backup pitr base`: the base backup it made (None if it failed) or when it failed.
+    A differential backup's size is what it added to the repository."""
+    if made is None:
+        return Report(
+            {}
+            if failed_at is None
+            else {"shipyard_backup_last_failure_timestamp_seconds": failed_at}
+        )
+    return Report(
+        {
+            "shipyard_backup_last_success_timestamp_seconds": made.stopped.timestamp(),
+            "shipyard_backup_duration_seconds": (made.stopped - made.started).total_seconds(),
+            "shipyard_backup_size_bytes": float(made.size),
+        }
+    )
 
 
 def verify_report(verified: Backup | None, *, started: float, ended: float) -> Report:

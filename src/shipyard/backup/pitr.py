@@ -113,9 +113,9 @@ def _archive_through_shipyard(env: Mapping[str, str], target: str) -> None:
             )
 
 
-def base_backup(env: Mapping[str, str], kind: str = "full") -> str:
-    """Take a base backup of `kind` (full, diff or incr) and return its label. pgBackRest only
-    lists a backup once it is complete, and expires what its retention no longer keeps."""
+def base_backup(env: Mapping[str, str], kind: str = "full") -> BaseBackup:
+    """Take a base backup of `kind` (full, diff or incr) and return it. pgBackRest only lists a
+    backup once it is complete, and expires what its retention no longer keeps."""
     if kind not in BASE_TYPES:
         raise BackupError(f"a base backup is full, diff or incr, not {kind!r}")
     before = {b.label for b in window(env, require=False).backups}
@@ -123,7 +123,7 @@ def base_backup(env: Mapping[str, str], kind: str = "full") -> str:
     made = [b for b in window(env).backups if b.label not in before]
     if not made:
         raise BackupError("pgbackrest backup ended without a new backup in the repository")
-    return made[-1].label
+    return made[-1]
 
 
 @dataclass(frozen=True)
