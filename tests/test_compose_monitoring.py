@@ -418,7 +418,8 @@ def test_the_real_prometheus_scrapes_the_app_and_exporter_and_evaluates_the_rend
         shown = [
             p for p in board["panels"] if not re.search(r"\(pushed\)|\(pgBackRest\)", p["title"])
         ]
-        assert len(shown) == 5 and len(board["panels"]) == 10
+        assert len(shown) == 5
+        assert len(board["panels"]) == 10
         for panel in shown:
             for target in panel["targets"]:
                 expr = target["expr"].replace("$namespace", slug).replace("$job", api_job)
