@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Render, init_repo, invoke_cli
+from tests.conftest import Render, init_repo, invoke_cli, load_preset
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -62,6 +63,32 @@ def visit(port: int, within: float = 120) -> int:
         time.sleep(2)
 
 
+def _publish_runtime(mirror_images: MirrorImages, answers: Mapping[str, Any]) -> None:
+    """The runtime's base image in the mirror before the first build: a test run alone on a
+    fresh machine finds no other test's push there."""
+    runtime = answers.get("runtime", "node")
+    if runtime == "python":
+        mirror_images.python(str(answers.get("python_version", "3.11")))
+    elif runtime == "go":
+        mirror_images.golang(str(answers.get("go_version", "1.27")))
+    else:
+        mirror_images.node(str(answers.get("node_version", "22")))
+
+
+def _engines(registry: str, mirror_images: MirrorImages) -> dict[str, Any]:
+    """The answers that put a kit on the test engines: the mirror, registry and PostgreSQL
+    served here, no TLS (no ACME), no CI, the official PostgreSQL image."""
+    return {
+        "postgres_version": mirror_images.postgres_version,
+        "image_mirror": mirror_images.mirror,
+        "image_registry": f"{registry}/acme",
+        "ci_provider": "none",
+        "tls": "none",
+        # The official image's server unless the test asks (test_pitr_compose.py does).
+        "point_in_time_recovery": False,
+    }
+
+
 @contextmanager
 def sample_kit(
     render: Render,
@@ -75,15 +102,7 @@ def sample_kit(
     named after `dest`, with PostgreSQL, released to Compose for staging and production; its
     stack and volumes removed at the end."""
     service, port = dest.name, free_port()
-    # The runtime's base image in the mirror before the first build: a test run alone on a
-    # fresh machine finds no other test's push there.
-    runtime = answers.get("runtime", "node")
-    if runtime == "python":
-        mirror_images.python(str(answers.get("python_version", "3.11")))
-    elif runtime == "go":
-        mirror_images.golang(str(answers.get("go_version", "1.27")))
-    else:
-        mirror_images.node(str(answers.get("node_version", "22")))
+    _publish_runtime(mirror_images, answers)
     root = render(
         {
             "sample_app": True,
@@ -91,23 +110,68 @@ def sample_kit(
                 {"name": service, "kind": "http", "port": port, "health_path": "/healthz"}
             ],
             "database": "postgres",
-            "postgres_version": mirror_images.postgres_version,
-            "image_mirror": mirror_images.mirror,
             "staging_target": "compose",
             "production_target": "compose",
-            "image_registry": f"{registry}/acme",
-            "ci_provider": "none",
-            "tls": "none",
-            # The official image's server unless the test asks (test_pitr_compose.py does).
-            "point_in_time_recovery": False,
+            **_engines(registry, mirror_images),
             **answers,
         },
         dest,
     )
     init_repo(root, "kit")
-    env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
+    with _stack(Kit(root, _env(dockerd), port, service)) as kit:
+        yield kit
+
+
+@contextmanager
+def preset_kit(
+    render: Render,
+    dest: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    preset: str,
+    app_files: Sequence[str],
+) -> Iterator[Kit]:
+    """tests/presets/PRESET.yml as its team runs it: the kit rendered from the preset's own
+    answers (only the engines' answers replaced), plus the application it lacks: the
+    runtime's sample app, rendered for the preset's first component and copied in (`app_files`:
+    its code, project file, lockfile and migrations), staged on Compose."""
+    answers = {**load_preset(preset), **_engines(registry, mirror_images)}
+    _publish_runtime(mirror_images, answers)
+    first = answers["components"][0]
+    app = render(
+        {
+            **answers,
+            "sample_app": True,
+            "components": [{k: v for k, v in first.items() if k != "start"}],
+        },
+        dest.with_name(f"{dest.name}-sample"),
+    )
+    root = render(answers, dest)
+    for name in app_files:
+        source = app / name
+        assert source.exists(), f"the sample app has no {name}"
+        if source.is_dir():
+            shutil.copytree(source, root / name)
+        else:
+            shutil.copy2(source, root / name)
+    init_repo(root, "kit and app")
+    # The preset's secrets, as the host's .env would give them.
+    env = {**_env(dockerd), **{name: f"test-{name.lower()}" for name in answers["app_secrets"]}}
+    with _stack(Kit(root, env, int(first["port"]), first["name"])) as kit:
+        yield kit
+
+
+def _env(dockerd: Dockerd) -> dict[str, str]:
+    return {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
+
+
+@contextmanager
+def _stack(kit: Kit) -> Iterator[Kit]:
+    """`kit`, and its stacks and volumes removed at the end."""
+    root, env, service = kit.root, kit.env, kit.service
     try:
-        yield Kit(root, env, port, service)
+        yield kit
     finally:
         if (root / "compose.backup.yaml").is_file():  # the backup scheduler a deploy started
             subprocess.run(

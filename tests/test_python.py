@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import Render, git, init_repo
-from tests.sample_kit import Kit, sample_kit
+from tests.sample_kit import Kit, preset_kit, sample_kit, visit
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -231,3 +231,37 @@ def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
             filters={"label": [f"com.docker.compose.service={SERVICE}"]}
         )
         assert container.attrs["Config"]["Image"] == first
+
+
+def test_the_python_api_preset_builds_migrates_deploys_and_rolls_back(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> None:
+    """tests/presets/python-api.yml (uv on CPython 3.13, alembic, uvicorn with
+    --proxy-headers answering /healthz on 8000, an app secret) with an application of its
+    kind: released to staging (migrated first: its table answers), released again with a code
+    change, and rolled back."""
+    app = ["app", "alembic", "alembic.ini", "pyproject.toml", "uv.lock"]
+    with preset_kit(
+        render, tmp_path / "python-api", dockerd, registry, mirror_images, "python-api", app
+    ) as kit:
+        first = kit.release()
+        counted = visit(kit.port)
+        assert visit(kit.port) == counted + 1  # the migrated table keeps the rows
+
+        main = kit.root / "app" / "main.py"
+        text = main.read_text()
+        old = '"visits": visits}'
+        assert old in text
+        main.write_text(text.replace(old, '"visits": visits, "release": 2}'))
+        git(kit.root, "commit", "-qam", "a code-only release")
+        second = kit.release()
+        assert second != first
+        assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+
+        kit.invoke("rollback", "--env", "staging", "--yes")
+        assert "release" not in requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()
+        assert visit(kit.port) == counted + 2
