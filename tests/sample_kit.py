@@ -118,7 +118,8 @@ def sample_kit(
         dest,
     )
     init_repo(root, "kit")
-    with _stack(Kit(root, _env(dockerd), port, service)) as kit:
+    kit = Kit(root, _env(dockerd), port, service)
+    with _stack(kit, [service]):
         yield kit
 
 
@@ -131,11 +132,14 @@ def preset_kit(
     mirror_images: MirrorImages,
     preset: str,
     app_files: Sequence[str],
+    app_answers: Mapping[str, Any] | None = None,
+    fixtures: Mapping[str, Path] | None = None,
 ) -> Iterator[Kit]:
     """tests/presets/PRESET.yml as its team runs it: the kit rendered from the preset's own
     answers (only the engines' answers replaced), plus the application it lacks: the
-    runtime's sample app, rendered for the preset's first component and copied in (`app_files`:
-    its code, project file, lockfile and migrations), staged on Compose."""
+    runtime's sample app, rendered for the preset's first component (with `app_answers`) and
+    copied in (`app_files`: its code, project file, lockfile and migrations), and `fixtures`
+    (path in the repo -> file) for its other components; staged on Compose."""
     answers = {**load_preset(preset), **_engines(registry, mirror_images)}
     _publish_runtime(mirror_images, answers)
     first = answers["components"][0]
@@ -144,6 +148,7 @@ def preset_kit(
             **answers,
             "sample_app": True,
             "components": [{k: v for k, v in first.items() if k != "start"}],
+            **(app_answers or {}),
         },
         dest.with_name(f"{dest.name}-sample"),
     )
@@ -155,10 +160,14 @@ def preset_kit(
             shutil.copytree(source, root / name)
         else:
             shutil.copy2(source, root / name)
+    for name, source in (fixtures or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / name)
     init_repo(root, "kit and app")
     # The preset's secrets, as the host's .env would give them.
     env = {**_env(dockerd), **{name: f"test-{name.lower()}" for name in answers["app_secrets"]}}
-    with _stack(Kit(root, env, int(first["port"]), first["name"])) as kit:
+    kit = Kit(root, env, int(first["port"]), first["name"])
+    with _stack(kit, [c["name"] for c in answers["components"]]):
         yield kit
 
 
@@ -167,11 +176,11 @@ def _env(dockerd: Dockerd) -> dict[str, str]:
 
 
 @contextmanager
-def _stack(kit: Kit) -> Iterator[Kit]:
-    """`kit`, and its stacks and volumes removed at the end."""
-    root, env, service = kit.root, kit.env, kit.service
+def _stack(kit: Kit, components: Sequence[str]) -> Iterator[None]:
+    """The stacks `kit` deploys (of `components`) and their volumes, removed at the end."""
+    root, env = kit.root, kit.env
     try:
-        yield kit
+        yield
     finally:
         if (root / "compose.backup.yaml").is_file():  # the backup scheduler a deploy started
             subprocess.run(
@@ -193,7 +202,7 @@ def _stack(kit: Kit) -> Iterator[Kit]:
             # Compose interpolates every required variable, even for `down`.
             env={
                 **env,
-                f"{service.upper().replace('-', '_')}_IMAGE": "unused",
+                **{f"{c.upper().replace('-', '_')}_IMAGE": "unused" for c in components},
                 "SHIPYARD_BACKUP_CIPHER_PASS": "unused",
             },
             capture_output=True,

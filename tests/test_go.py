@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Render, git
+from tests.conftest import REPO, Render, git
 from tests.health import wait_restarted_healthy
-from tests.sample_kit import Kit, sample_kit
+from tests.sample_kit import Kit, preset_kit, sample_kit, visit
 from tests.servers.docker import Dockerd, MirrorImages
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -321,3 +321,69 @@ def test_a_hung_go_worker_is_restarted_by_the_watchdog_without_a_shell(
         assert "SIGTERM handled" not in logs, logs
     finally:
         compose("down", "--volumes", "--timeout", "1")
+
+
+def test_the_go_api_worker_preset_builds_migrates_deploys_and_rolls_back(
+    render: Render,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> None:
+    """tests/presets/go-api-worker.yml (one module, cmd/api and cmd/worker, vendored, goose's
+    `/app/api migrate` before each rollout, an app secret) with an application of its kind:
+    the Go sample as cmd/api (its `migrate` applies the SQL files itself: goose's module cannot
+    be fetched here, and the kit runs the same command either way) and a worker that reads the
+    API's table (tests/fixtures/apps/go-worker). Released to staging, both healthy, released
+    again with an API change, rolled back."""
+    worker = REPO / "tests" / "fixtures" / "apps" / "go-worker" / "main.go"
+    with preset_kit(
+        render,
+        tmp_path / "go-api",
+        dockerd,
+        registry,
+        mirror_images,
+        "go-api-worker",
+        ["cmd/api", "migrations", "go.mod", "go.sum", "vendor"],
+        app_answers={"migrations": "custom"},
+        fixtures={"cmd/worker/main.go": worker},
+    ) as kit:
+
+        def inspect(service: str) -> dict[str, Any]:
+            with contextlib.closing(dockerd.client()) as client:
+                (container,) = client.containers.list(
+                    filters={"label": [f"com.docker.compose.service={service}"]}
+                )
+                found: dict[str, Any] = container.attrs
+            return found
+
+        def healthy(service: str) -> dict[str, Any]:
+            deadline = time.monotonic() + 120
+            while (state := inspect(service))["State"]["Health"]["Status"] != "healthy":
+                assert time.monotonic() < deadline, json.dumps(state["State"], indent=1)
+                time.sleep(2)
+            return state
+
+        first = kit.release()
+        counted = visit(kit.port)  # the migrated table takes the visit's row
+        worker_image = healthy("worker")["Config"]["Image"]
+        assert "/acme/go-api-worker@sha256:" in worker_image
+
+        main = kit.root / "cmd" / "api" / "main.go"
+        text = main.read_text()
+        old = '"visits": visits'
+        assert old in text
+        main.write_text(text.replace(old, '"visits": visits, "release": 2', 1))
+        git(kit.root, "commit", "-qam", "an API-only release")
+        second = kit.release()
+        assert second != first
+        assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
+        healthy("worker")
+
+        kit.invoke("rollback", "--env", "staging", "--yes")
+        body = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()
+        assert "release" not in body
+        assert inspect("api")["Config"]["Image"] == first
+        # Each answer to "/" commits a row: none lost across the releases and the rollback.
+        assert body["visits"] == counted + 2
+        healthy("worker")
