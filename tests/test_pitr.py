@@ -413,6 +413,38 @@ def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None
     assert [b.label for b in pitr.window(archived.env).backups] == [label]
 
 
+def test_a_base_backup_interrupted_by_the_scheduler_reports_no_failure(
+    archived: Archived, pushgateway: Pushgateway
+) -> None:
+    """The scheduler stops a running job with SIGINT when a deploy recreates it: that is no
+    failed base backup, and nothing is pushed (BackupJobFailed would fire until the next one)."""
+    pitr.setup(archived.env)
+    with archived.connect() as conn:
+        conn.execute(
+            "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 1500000) g"
+        )
+    service = f"stopped-{secrets.token_hex(3)}"
+    env = {**archived.env, metrics.URL_VARIABLE: pushgateway.url, "SHIPYARD_SERVICE": service,
+           "SHIPYARD_ENV": "prod"}  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "base", "--target",
+         f"file://{archived.env['PGBACKREST_REPO1_PATH']}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    backup_dir = Path(archived.env["PGBACKREST_REPO1_PATH"]) / "backup" / "db"
+    deadline = time.monotonic() + 60
+    while not any(p.is_dir() and p.name.endswith("F") for p in backup_dir.glob("*")):
+        if child.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the base backup never started: {child.communicate()}")
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)  # as schedule.py forwards a stop
+    child.communicate(timeout=60)
+
+    assert child.returncode != 0
+    assert pitr.window(archived.env, require=False).backups == ()
+    assert not pushgateway.values(service=service)
+
+
 def _cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     target = f"file://{env['PGBACKREST_REPO1_PATH']}"
     return subprocess.run(

@@ -112,6 +112,9 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
 
     made = _invoke(kit, "backup", "--env", "staging")
     assert "base backup" in made
+    # Its outcome is labelled with the environment (the server's container has the
+    # Pushgateway's URL and the service, not the environment, which the task passes).
+    assert "SHIPYARD_ENV is not" not in made
     kept = [visit(kit.port) for _ in range(3)][-1]
     time.sleep(1.5)
     point = datetime.now(UTC)
@@ -138,6 +141,7 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     time.sleep(max(0.0, ARCHIVE_TIMEOUT + 5 - (datetime.now(UTC) - point).total_seconds()))
     done = _invoke(kit, "restore", "--env", "staging", "--at", at, "--yes")
     assert "database recovered to" in done
+    assert "SHIPYARD_ENV is not" not in done
 
     assert visit(kit.port) == kept + 1  # the rows after `point` are gone, the ones before are not
     # The new timeline archives and recovers too: a drill after the recovery passes.

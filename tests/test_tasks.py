@@ -437,6 +437,17 @@ def test_compose_point_in_time_recovery_plans_and_refusals(compose_kit: Path) ->
     assert "--at recovers to a point in time and --backup restores a dump: give one" in both.stderr
 
 
+def test_a_full_base_backup_is_refused_where_nothing_recovers_to_a_point(kit: Path) -> None:
+    """`invoke backup --full` on prod (Helm: no pgBackRest) says why and runs nothing."""
+    refused = invoke(kit, "backup", "--env", "prod", "--full", "--dry-run")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "shipyard: --full is a base backup of point-in-time recovery, which prod does not have"
+        " (shipyard.yaml: point_in_time)"
+    )
+    assert refused.stdout == ""
+
+
 def test_compose_environments_back_up_through_the_backup_service(compose_kit: Path) -> None:
     """The Compose database has no published port: `invoke backup/restore ...` run the engine
     in compose.backup.yaml's service, on the stack's network, with no PGHOST to set."""
@@ -454,6 +465,11 @@ def test_compose_environments_back_up_through_the_backup_service(compose_kit: Pa
         "  2. a differential base backup in the running postgres container (pgBackRest; a full"
         " one when there is none yet)",
     ]
+    # A full one on demand (the runbook's answer to a corrupted full backup).
+    full = invoke(compose_kit, "backup", "--env", "prod", "--full", "--dry-run", env=env)
+    assert full.stdout.splitlines()[2] == (
+        "  2. a full base backup in the running postgres container (pgBackRest)"
+    )
     back = invoke(
         compose_kit, "restore", "--env", "prod", "--backup", "B1", "--dry-run", env=env
     ).stdout.splitlines()

@@ -266,17 +266,10 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
     """The drill, its outcome pushed to the Pushgateway as a logical drill's is and recorded
     beside the repository (drill_record) for `pitr list`: a failure (a wrong --target or missing
     credentials too) is an exit status, a log line, the metric the restore-drill alert reads
-    and the record's last drill."""
+    and the record's last drill. An interrupted drill reports nothing."""
     started = time.time()
-    found: pitr.Drill | None = None
-    error: str | None = None
-    try:
-        env = pgbackrest.environment(target, environ)
-        found = pitr.drill(env, Path(environ.get("TMPDIR") or tempfile.gettempdir()))
-    except BaseException as exc:
-        error = str(exc) or type(exc).__name__  # KeyboardInterrupt says nothing
-        raise
-    finally:
+
+    def report(found: pitr.Drill | None, error: str | None) -> None:
         seconds = found.restored.seconds if found else None
         age = found.recovery_point_age if found else None
         metrics.push(
@@ -287,6 +280,18 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
             group=metrics.PITR_DRILL_GROUP,
         )
         _record_drill(target, drill_record.Outcome(datetime.now(UTC), seconds, age, error))
+
+    try:
+        env = pgbackrest.environment(target, environ)
+        found = pitr.drill(env, Path(environ.get("TMPDIR") or tempfile.gettempdir()))
+    # Any error is a failed drill; an interrupt (KeyboardInterrupt is no Exception: the
+    # scheduler stops a job with SIGINT when a deploy recreates it) is no outcome at all, and
+    # leaves the last one pushed and recorded standing.
+    except Exception as exc:
+        report(None, str(exc) or type(exc).__name__)
+        raise
+    report(found, None)
+    seconds, age = found.restored.seconds, found.recovery_point_age
     point = "not tracked" if age is None else f"the newest transaction {age:.0f} s old"
     print(
         f"restore drill passed: restored to latest and checked in {seconds:.1f} s"
@@ -298,15 +303,14 @@ def _pitr_drill(target: str, environ: Mapping[str, str]) -> int:
 def _pitr_base(target: str, kind: str, environ: Mapping[str, str]) -> pitr.BaseBackup:
     """A base backup, its outcome pushed as a `backup run`'s is (a wrong --target too), in a
     group of its own (`backup="pitr"`): the dumps' successes must not hide its failures from
-    the alerts."""
-    made: pitr.BaseBackup | None = None
+    the alerts. An interrupted one reports nothing."""
     try:
         made = pitr.base_backup(pgbackrest.environment(target, environ), kind)
-    finally:
-        failed_at = None if made else time.time()
-        metrics.push(
-            metrics.base_report(made, failed_at=failed_at), environ, group=metrics.PITR_BASE_GROUP
-        )
+    except Exception:  # a failure; an interrupt is none (as in _pitr_drill)
+        failed = metrics.base_report(None, failed_at=time.time())
+        metrics.push(failed, environ, group=metrics.PITR_BASE_GROUP)
+        raise
+    metrics.push(metrics.base_report(made, failed_at=None), environ, group=metrics.PITR_BASE_GROUP)
     return made
 
 

@@ -189,12 +189,23 @@ def _where() -> str:
     return f"{os.environ.get('PGDATABASE', '?')} on {host}:{port}"
 
 
-@task(help={"env": HELP_ENV, "dry_run": "print what would happen and change nothing"})
-def run(c: Context, env: str = "", dry_run: bool = False) -> None:
+@task(
+    help={
+        "env": HELP_ENV,
+        "dry_run": "print what would happen and change nothing",
+        "full": "with point-in-time recovery: a full base backup, not a differential one",
+    }
+)
+def run(c: Context, env: str = "", dry_run: bool = False, full: bool = False) -> None:
     """Back up the environment's database now (a manual backup)."""
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
+    if full and not pitr.enabled(environment):
+        raise Exit(
+            f"shipyard: --full is a base backup of point-in-time recovery, which {environment.name}"
+            " does not have (shipyard.yaml: point_in_time)"
+        )
     if operator.by_operator(cfg, environment):
         operator.backup(cfg, environment, dry_run, CLUSTER_TIMEOUT)
         return
@@ -202,17 +213,22 @@ def run(c: Context, env: str = "", dry_run: bool = False) -> None:
     if _in_compose(environment):
         cmd = _compose_engine(cfg, env, settings, "run", "--kind", "manual", *_data_args(cfg))
         base = pitr.enabled(environment)
+        kind = "full" if full else "diff"
         if dry_run:
             steps: list[Command | str] = [cmd]
             if base:
-                steps.append(f"a differential base backup in the running {pitr.SERVICE} container"
-                             " (pgBackRest; a full one when there is none yet)")  # fmt: skip
+                steps.append(
+                    f"a {'full' if full else 'differential'} base backup in the running"
+                    f" {pitr.SERVICE} container (pgBackRest"
+                    + ("" if full else "; a full one when there is none yet")
+                    + ")"
+                )
             plan(f"backup of {env} (in the Compose stack's backup service)", steps)
             return
         _run_compose(cmd, f"the backup of {env}")
         print(f"{env}: backup complete (its id is in the engine's last line above)")
         if base:
-            pitr.base_backup(cfg, environment, "diff")
+            pitr.base_backup(cfg, environment, kind)
         return
     target = _storage(cfg, settings)
     if _data_args(cfg):

@@ -116,7 +116,7 @@ def base_backup(cfg: config.Config, environment: config.Environment, kind: str) 
     settings = _settings(environment)
     with _server(cfg, environment) as server:
         argv = _argv(settings, "base", "--type", kind)
-        say(_run(server, argv, f"the base backup of {environment.name}"))
+        say(_run(server, argv, f"the base backup of {environment.name}", _labels(environment)))
 
 
 def show_window(cfg: config.Config, environment: config.Environment) -> None:
@@ -131,11 +131,15 @@ def show_window(cfg: config.Config, environment: config.Environment) -> None:
 def drill(cfg: config.Config, environment: config.Environment) -> None:
     settings = _settings(environment)
     with _server(cfg, environment) as server:
-        # The environment the pushed drill metrics are labelled with (the container's own
-        # SHIPYARD_PUSHGATEWAY_URL and SHIPYARD_SERVICE say where and which service).
-        labels = {"SHIPYARD_ENV": environment.name}
         doing = f"the restore drill of {environment.name}"
-        say(_run(server, _argv(settings, "drill"), doing, labels))
+        say(_run(server, _argv(settings, "drill"), doing, _labels(environment)))
+
+
+def _labels(environment: config.Environment) -> dict[str, str]:
+    """The environment a base backup's or drill's pushed metrics are labelled with (the
+    container's own SHIPYARD_PUSHGATEWAY_URL and SHIPYARD_SERVICE say where and which
+    service): without it the push is refused with a warning."""
+    return {"SHIPYARD_ENV": environment.name}
 
 
 def recover(
@@ -165,7 +169,8 @@ def recover(
     with _server(cfg, environment) as server:
         say(_run(server, restore, f"the restore of {env} to {at}"))
         _swap(server, swap, env)
-        say(_run(server, _argv(settings, "base", "--type", "full"), f"the base backup of {env}"))
+        base = _argv(settings, "base", "--type", "full")
+        say(_run(server, base, f"the base backup of {env}", _labels(environment)))
     print(f"{env}: database recovered to {at}; the previous data is kept beside it in the volume")
 
 
