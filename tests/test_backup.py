@@ -4,6 +4,7 @@ failure mid-upload) without ever leaving something that looks complete."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -388,6 +389,20 @@ def test_add_offsets_refuses_what_it_does_not_understand(tmp_path: Path) -> None
     with pytest.raises(archive.ArchiveFormatError, match=r"archive version 1\.99"):
         archive.add_offsets(junk)
     assert junk.read_bytes()[:8] == b"PGDMP\x01\x63\x00"
+
+
+def test_add_offsets_refuses_a_cut_off_archive_and_says_so(database: str, tmp_path: Path) -> None:
+    """An archive cut off in its header or its table of contents: refused with what is wrong
+    (the restore logs it and lets pg_restore scan), the file unchanged."""
+    whole = subprocess.run(["pg_dump", "-Fc", "-Z0"], capture_output=True, check=True).stdout
+    with io.BytesIO(whole) as handle:
+        toc_end = archive.read_toc(handle).data_start
+    for cut in (6, toc_end // 2):  # within the version bytes; within the entries
+        cut_off = tmp_path / f"cut-{cut}.pgc"
+        cut_off.write_bytes(whole[:cut])
+        with pytest.raises(archive.ArchiveFormatError, match=r"^unexpected end of archive$"):
+            archive.add_offsets(cut_off)
+        assert cut_off.read_bytes() == whole[:cut]
 
 
 def test_a_database_without_tables_backs_up_verifies_and_restores(

@@ -63,6 +63,7 @@ class Toc:
     """Where each TOC entry's offset field sits, and what it says."""
 
     version: int
+    int_size: int
     off_size: int
     # dump id -> (file position of the offset field, flag, offset)
     offsets: dict[int, tuple[int, int, int]] = field(default_factory=dict)
@@ -88,7 +89,7 @@ def read_toc(handle: BinaryIO) -> Toc:
         r.read_int()
     for _ in range(3):  # database name, server version, pg_dump version
         r.read_str()
-    toc = Toc(version, r.off_size)
+    toc = Toc(version, r.int_size, r.off_size)
     for _ in range(r.read_int()):
         dump_id = r.read_int()
         r.read_int()  # had dumper
@@ -148,12 +149,9 @@ def add_offsets(path: Path) -> int:
     """Fill in the data offsets of a streamed archive in place; return how many were set.
     Raises ArchiveFormatError (and changes nothing) when the file is not understood."""
     with path.open("r+b") as handle:
-        handle.seek(8)
-        int_size = handle.read(1)[0]
-        handle.seek(0)
         toc = read_toc(handle)
         missing = [i for i, (_, flag, _o) in toc.offsets.items() if flag == OFFSET_NOT_SET]
-        starts = _block_starts(handle, toc, int_size, set(missing))
+        starts = _block_starts(handle, toc, toc.int_size, set(missing))
         if any(i not in starts for i in missing):
             raise ArchiveFormatError("a TOC entry's data block is missing")
         for dump_id in missing:
