@@ -234,7 +234,9 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
         print(f"archiving to {args.target} works")
         if args.base_if_none and not pitr.window(env).backups:
-            print(f"base backup {pitr.base_backup(env, 'full').label} complete")
+            # Pushed too: the base backups' group exists from the first deploy on, so a
+            # scheduled one that never succeeds is BackupMissing (a group never pushed is not).
+            print(f"base backup {_pitr_base(args.target, 'full', environ).label} complete")
     elif step == "archive-push":
         pgbackrest.run(env, "archive-push", args.wal)
     elif step == "list":

@@ -109,7 +109,8 @@ def setup(cfg: config.Config, environment: config.Environment) -> None:
     settings = _settings(environment)
     with _server(cfg, environment) as server:
         argv = _argv(settings, "setup", "--archive-command", "--base-if-none")
-        say(_run(server, argv, f"setting up point-in-time recovery of {environment.name}"))
+        doing = f"setting up point-in-time recovery of {environment.name}"
+        say(_run(server, argv, doing, _labels(environment)))
 
 
 def base_backup(cfg: config.Config, environment: config.Environment, kind: str) -> None:
