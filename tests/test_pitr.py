@@ -387,23 +387,32 @@ def test_the_repository_is_encrypted_and_useless_without_its_passphrase(
         pitr.window(wrong)
 
 
-def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None:
-    pitr.setup(archived.env)
-    with archived.connect() as conn:
+def _base_backup_under_way(
+    cluster: Archived, env: dict[str, str], **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`pitr base` in a child process (with `env`, and `popen`'s options), on a table large
+    enough to take a while, returned once pgBackRest has begun writing the backup's folder."""
+    pitr.setup(cluster.env)
+    with cluster.connect() as conn:
         conn.execute(
             "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 1500000) g"
         )
     child = subprocess.Popen(
         [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "base", "--target",
-         f"file://{archived.env['PGBACKREST_REPO1_PATH']}"],
-        env=archived.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+         f"file://{cluster.env['PGBACKREST_REPO1_PATH']}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
     )  # fmt: skip
-    backup_dir = Path(archived.env["PGBACKREST_REPO1_PATH"]) / "backup" / "db"
+    backup_dir = Path(cluster.env["PGBACKREST_REPO1_PATH"]) / "backup" / "db"
     deadline = time.monotonic() + 60
     while not any(p.is_dir() and p.name.endswith("F") for p in backup_dir.glob("*")):
         if child.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"the base backup never started: {child.communicate()}")
         time.sleep(0.05)
+    return child
+
+
+def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None:
+    child = _base_backup_under_way(archived, archived.env, start_new_session=True)
     # The engine and every pgBackRest process it started, at once, as a crash would.
     os.killpg(child.pid, signal.SIGKILL)
     child.communicate()
@@ -418,25 +427,10 @@ def test_a_base_backup_interrupted_by_the_scheduler_reports_no_failure(
 ) -> None:
     """The scheduler stops a running job with SIGINT when a deploy recreates it: that is no
     failed base backup, and nothing is pushed (BackupJobFailed would fire until the next one)."""
-    pitr.setup(archived.env)
-    with archived.connect() as conn:
-        conn.execute(
-            "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 1500000) g"
-        )
     service = f"stopped-{secrets.token_hex(3)}"
     env = {**archived.env, metrics.URL_VARIABLE: pushgateway.url, "SHIPYARD_SERVICE": service,
            "SHIPYARD_ENV": "prod"}  # fmt: skip
-    child = subprocess.Popen(
-        [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "base", "--target",
-         f"file://{archived.env['PGBACKREST_REPO1_PATH']}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    backup_dir = Path(archived.env["PGBACKREST_REPO1_PATH"]) / "backup" / "db"
-    deadline = time.monotonic() + 60
-    while not any(p.is_dir() and p.name.endswith("F") for p in backup_dir.glob("*")):
-        if child.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the base backup never started: {child.communicate()}")
-        time.sleep(0.05)
+    child = _base_backup_under_way(archived, env)
     child.send_signal(signal.SIGINT)  # as schedule.py forwards a stop
     child.communicate(timeout=60)
 
