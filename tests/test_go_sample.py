@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Render
+from tests.conftest import Render, load_preset
 from tests.health import Health
 from tests.servers.docker import go_wheel
 
@@ -256,12 +256,17 @@ def test_go_watchdog_counts_failures_in_a_row(render: Render, tmp_path: Path, go
 
 
 def test_go_dockerfile_cross_builds_a_static_binary_onto_an_empty_base(
-    rendered: Callable[[str], Path],
+    rendered: Callable[[str], Path], render: Render, tmp_path: Path
 ) -> None:
-    """go-api-worker's Dockerfile: the builder on the build machine's platform through the
-    mirror, downloads keyed on go.mod and go.sum alone and verified, a static cross-build
-    with cache mounts, and images with nothing but the binaries and the kit's files."""
-    text = (rendered("go-api-worker") / "Dockerfile").read_text()
+    """go-api-worker's Dockerfile with its dependencies downloaded (the preset vendors them):
+    the builder on the build machine's platform through the mirror, downloads keyed on go.mod
+    and go.sum alone and verified, a static cross-build with cache mounts, and images with
+    nothing but the binaries and the kit's files."""
+    vendored = (rendered("go-api-worker") / "Dockerfile").read_text()
+    assert "go mod download" not in vendored
+    assert "FROM go_base AS build_app\n" in vendored
+    answers = {**load_preset("go-api-worker"), "go_vendor": False}
+    text = (render(answers, tmp_path / "go-api") / "Dockerfile").read_text()
     assert (
         "FROM --platform=$BUILDPLATFORM ${IMAGE_MIRROR}/library/golang:${GO_VERSION}-bookworm"
         in text

@@ -438,14 +438,19 @@ def test_compose_point_in_time_recovery_plans_and_refusals(compose_kit: Path) ->
 
 
 def test_a_full_base_backup_is_refused_where_nothing_recovers_to_a_point(kit: Path) -> None:
-    """`invoke backup --full` on prod (Helm: no pgBackRest) says why and runs nothing."""
+    """`invoke backup --full` where no base backup would follow the dump (prod on Helm; staging
+    with PGHOST) says why and runs nothing."""
     refused = invoke(kit, "backup", "--env", "prod", "--full", "--dry-run")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert refused.stderr.strip() == (
-        "shipyard: --full is a base backup of point-in-time recovery, which prod does not have"
-        " (shipyard.yaml: point_in_time)"
+        "shipyard: --full is pgBackRest's full base backup, taken on a Compose host whose"
+        " shipyard.yaml environment has point_in_time, with PGHOST unset; prod is not one"
     )
     assert refused.stdout == ""
+    # Staging has it, but with PGHOST the engine would run here, on the dump alone.
+    direct = invoke(kit, "backup", "--env", "staging", "--full", "--dry-run", env={"PGHOST": "db"})
+    assert direct.returncode == 2
+    assert direct.stderr.strip().endswith("; staging is not one")
 
 
 def test_compose_environments_back_up_through_the_backup_service(compose_kit: Path) -> None:

@@ -201,10 +201,14 @@ def run(c: Context, env: str = "", dry_run: bool = False, full: bool = False) ->
     from shipyard.backup import engine
 
     cfg, environment, settings = _settings(c, env)
-    if full and not pitr.enabled(environment):
+    if full and not (pitr.enabled(environment) and _in_compose(environment)):
+        # Where no base backup would follow the dump (no pgBackRest, or PGHOST: the engine runs
+        # here, on the dump alone), --full would be dropped without a word.
         raise Exit(
-            f"shipyard: --full is a base backup of point-in-time recovery, which {environment.name}"
-            " does not have (shipyard.yaml: point_in_time)"
+            f"shipyard: --full is pgBackRest's full base backup, taken on a Compose host whose"
+            f" {config.CONFIG_FILE} environment has point_in_time, with PGHOST unset;"
+            f" {environment.name} is not one",
+            code=2,
         )
     if operator.by_operator(cfg, environment):
         operator.backup(cfg, environment, dry_run, CLUSTER_TIMEOUT)
