@@ -771,13 +771,8 @@ def test_a_base_backup_pushes_its_outcome_in_a_group_of_its_own(
         assert after[f"shipyard_backup_{name}"] == pushed[f"shipyard_backup_{name}"]
 
     # A repository it cannot even reach fails as loudly.
-    unreachable = {**env, "SHIPYARD_SERVICE": f"{service}-s3", "AWS_ENDPOINT_URL": "http://x:9"}
-    wrong = subprocess.run([*argv[:-1], "s3://bucket/prefix"], env=unreachable,
-                           capture_output=True, text=True, check=False)  # fmt: skip
-    assert wrong.returncode == 1
-    assert "pgBackRest reaches S3 over HTTPS only" in wrong.stderr
-    s3_group = {**group, "service": f"{service}-s3"}
-    assert pushgateway.values(**s3_group)["shipyard_backup_last_failure_timestamp_seconds"] > 0
+    s3_pushed = _fails_unreachable(argv, env, pushgateway, group)
+    assert s3_pushed["shipyard_backup_last_failure_timestamp_seconds"] > 0
 
 
 def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
@@ -903,10 +898,18 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     ), shown
 
     # A drill that cannot even reach its repository fails the same loud way.
-    unreachable = {**env, "SHIPYARD_SERVICE": f"{service}-s3", "AWS_ENDPOINT_URL": "http://x:9"}
+    assert _fails_unreachable(argv, env, pushgateway, group)["shipyard_backup_verify_success"] == 0
+
+
+def _fails_unreachable(
+    argv: list[str], env: dict[str, str], pushgateway: Pushgateway, group: dict[str, str]
+) -> dict[str, float]:
+    """`argv` (its last item the --target) run against an S3 repository it cannot reach, as
+    the service `<service>-s3`: it fails in a sentence; what it pushed to its group."""
+    service = f"{group['service']}-s3"
+    unreachable = {**env, "SHIPYARD_SERVICE": service, "AWS_ENDPOINT_URL": "http://x:9"}
     wrong = subprocess.run([*argv[:-1], "s3://bucket/prefix"], env=unreachable,
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert wrong.returncode == 1
     assert "pgBackRest reaches S3 over HTTPS only" in wrong.stderr
-    s3_group = {**group, "service": f"{service}-s3"}
-    assert pushgateway.values(**s3_group)["shipyard_backup_verify_success"] == 0
+    return pushgateway.values(**{**group, "service": service})
