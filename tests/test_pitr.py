@@ -32,7 +32,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shipyard.backup import metrics, pgbackrest, pitr
+from shipyard.backup import drill_record, metrics, pgbackrest, pitr, storage
 from shipyard.backup.engine import BackupError
 from tests.servers import start, stop
 from tests.servers.postgres import _bindir, free_port, owner_wrappers
@@ -437,6 +437,41 @@ def test_a_base_backup_interrupted_by_the_scheduler_reports_no_failure(
     assert child.returncode != 0
     assert pitr.window(archived.env, require=False).backups == ()
     assert not pushgateway.values(service=service)
+
+
+def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
+    archived: Archived, pushgateway: Pushgateway
+) -> None:
+    """A drill stopped with SIGINT mid-restore (a deploy recreating the scheduler) is no failed
+    drill: nothing pushed (BackupDrillFailed would fire until the next weekly one), nothing
+    recorded, its scratch copy removed."""
+    pitr.setup(archived.env)
+    with archived.connect() as conn:
+        conn.execute(
+            "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 1500000) g"
+        )
+    pitr.base_backup(archived.env, "full")
+    service = f"stopped-drill-{secrets.token_hex(3)}"
+    env = {**archived.env, metrics.URL_VARIABLE: pushgateway.url, "SHIPYARD_SERVICE": service,
+           "SHIPYARD_ENV": "prod"}  # fmt: skip
+    target = f"file://{archived.env['PGBACKREST_REPO1_PATH']}"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "drill", "--target", target],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    scratch = Path(env["TMPDIR"])
+    deadline = time.monotonic() + 60
+    while not list(scratch.glob("pitr-drill-*")):
+        if child.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the drill never started its restore: {child.communicate()}")
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)  # as schedule.py forwards a stop
+    child.communicate(timeout=120)
+
+    assert child.returncode != 0
+    assert not pushgateway.values(service=service)
+    assert drill_record.read(storage.from_url(target)) is None
+    assert not list(scratch.glob("pitr-drill-*"))
 
 
 def _cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
