@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Render, init_repo, invoke_cli, load_preset
+from tests.conftest import Render, git, init_repo, invoke_cli, load_preset
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 
@@ -38,6 +38,15 @@ class Kit:
             pytest.fail(
                 f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
             )
+
+    def commit_change(self, path: str, old: str, new: str) -> None:
+        """Replace `old`, which the repo's file `path` must hold, with `new`, and commit it: the
+        change of a code-only release."""
+        file = self.root / path
+        text = file.read_text()
+        assert old in text, f"{path} has no {old!r}"
+        file.write_text(text.replace(old, new))
+        git(self.root, "commit", "-qam", "a code-only release")
 
     def release(self) -> str:
         """Build, push and deploy HEAD on staging; the image reference deployed."""

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import REPO, Render, git
+from tests.conftest import REPO, Render
 from tests.health import wait_restarted_healthy
 from tests.sample_kit import Kit, preset_kit, sample_kit, visit
 from tests.servers.docker import Dockerd, MirrorImages
@@ -81,16 +81,13 @@ def test_go_sample_builds_migrates_and_deploys_as_a_lone_static_binary(
 
     with contextlib.closing(dockerd.client()) as client:
         image = client.images.get(ref)
-        (container,) = client.containers.list(
-            filters={"label": [f"com.docker.compose.service={SERVICE}"]}
-        )
-        state = container.attrs
+    state = _container(dockerd, SERVICE)
     assert image.attrs["Config"]["User"] == "1000:1000"
     assert image.attrs["Config"]["Cmd"] == [f"/app/{SERVICE}"]
     assert state["Config"]["Image"] == ref
     assert state["HostConfig"]["ReadonlyRootfs"] is True
     # The image's own HEALTHCHECK (the kit's probe; there is no shell) passes.
-    assert _health(dockerd, container.id) == "healthy"
+    assert _health(dockerd, state["Id"]) == "healthy"
 
     # What the image holds: its binary and the kit's files, nothing else: no Go toolchain,
     # module cache or sources, no shell.
@@ -111,12 +108,8 @@ def test_a_source_change_rebuilds_only_the_binary_layer(go_kit: Kit, dockerd: Do
     kit = go_kit
     first = kit.release()
 
-    main = kit.root / "cmd" / SERVICE / "main.go"
-    text = main.read_text()
     old = f'map[string]any{{"service": "{SERVICE}", "visits": visits}}'
-    assert old in text
-    main.write_text(text.replace(old, old[:-1] + ', "release": 2}'))
-    git(kit.root, "commit", "-qam", "a code-only release")
+    kit.commit_change(f"cmd/{SERVICE}/main.go", old, old[:-1] + ', "release": 2}')
     second = kit.release()
 
     before, after = _layers(dockerd, first), _layers(dockerd, second)
@@ -169,6 +162,16 @@ def _static_elf(binary: bytes) -> bool:
     ]
     pt_load, pt_interp = 1, 3
     return pt_load in kinds and pt_interp not in kinds
+
+
+def _container(dockerd: Dockerd, service: str) -> dict[str, Any]:
+    """`docker inspect` of the one container of the Compose service `service`."""
+    with contextlib.closing(dockerd.client()) as client:
+        (container,) = client.containers.list(
+            filters={"label": [f"com.docker.compose.service={service}"]}
+        )
+        found: dict[str, Any] = container.attrs
+    return found
 
 
 def _health(dockerd: Dockerd, container: str) -> str:
@@ -349,19 +352,10 @@ def test_the_go_api_worker_preset_builds_migrates_deploys_and_rolls_back(
         fixtures={"cmd/worker/main.go": worker},
     ) as kit:
 
-        def inspect(service: str) -> dict[str, Any]:
-            with contextlib.closing(dockerd.client()) as client:
-                (container,) = client.containers.list(
-                    filters={"label": [f"com.docker.compose.service={service}"]}
-                )
-                found: dict[str, Any] = container.attrs
-            return found
-
         def healthy(service: str) -> dict[str, Any]:
-            deadline = time.monotonic() + 120
-            while (state := inspect(service))["State"]["Health"]["Status"] != "healthy":
-                assert time.monotonic() < deadline, json.dumps(state["State"], indent=1)
-                time.sleep(2)
+            """The service's container, once its health check has passed."""
+            state = _container(dockerd, service)
+            assert _health(dockerd, state["Id"]) == "healthy", json.dumps(state["State"])
             return state
 
         first = kit.release()
@@ -369,12 +363,7 @@ def test_the_go_api_worker_preset_builds_migrates_deploys_and_rolls_back(
         worker_image = healthy("worker")["Config"]["Image"]
         assert "/acme/go-api-worker@sha256:" in worker_image
 
-        main = kit.root / "cmd" / "api" / "main.go"
-        text = main.read_text()
-        old = '"visits": visits'
-        assert old in text
-        main.write_text(text.replace(old, '"visits": visits, "release": 2', 1))
-        git(kit.root, "commit", "-qam", "an API-only release")
+        kit.commit_change("cmd/api/main.go", '"visits": visits', '"visits": visits, "release": 2')
         second = kit.release()
         assert second != first
         assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
@@ -383,7 +372,7 @@ def test_the_go_api_worker_preset_builds_migrates_deploys_and_rolls_back(
         kit.invoke("rollback", "--env", "staging", "--yes")
         body = requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()
         assert "release" not in body
-        assert inspect("api")["Config"]["Image"] == first
+        assert _container(dockerd, "api")["Config"]["Image"] == first
         # Each answer to "/" commits a row: none lost across the releases and the rollback.
         assert body["visits"] == counted + 2
         healthy("worker")

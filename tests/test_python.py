@@ -209,12 +209,8 @@ def test_a_code_change_rebuilds_one_layer_deploys_and_rolls_back(
     first = kit.release()
     assert "release" not in served()
 
-    main = kit.root / "app" / "main.py"
-    text = main.read_text()
     old = f'body = {{"service": "{SERVICE}", "visits": visits}}'
-    assert old in text
-    main.write_text(text.replace(old, old[:-1] + ', "release": 2}'))
-    git(kit.root, "commit", "-qam", "a code-only release")
+    kit.commit_change("app/main.py", old, old[:-1] + ', "release": 2}')
     second = kit.release()
 
     before, after = layers(first), layers(second)
@@ -252,12 +248,7 @@ def test_the_python_api_preset_builds_migrates_deploys_and_rolls_back(
         counted = visit(kit.port)
         assert visit(kit.port) == counted + 1  # the migrated table keeps the rows
 
-        main = kit.root / "app" / "main.py"
-        text = main.read_text()
-        old = '"visits": visits}'
-        assert old in text
-        main.write_text(text.replace(old, '"visits": visits, "release": 2}'))
-        git(kit.root, "commit", "-qam", "a code-only release")
+        kit.commit_change("app/main.py", '"visits": visits}', '"visits": visits, "release": 2}')
         second = kit.release()
         assert second != first
         assert requests.get(f"http://127.0.0.1:{kit.port}/", timeout=5).json()["release"] == 2
