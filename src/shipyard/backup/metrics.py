@@ -97,21 +97,17 @@ def run_report(made: Backup | None, *, failed_at: float | None) -> Report:
 
 
 def base_report(made: BaseBackup | None, *, failed_at: float | None) -> Report:
-    """After `backup pitr base`: the base backup it made (None if it failed) or when it failed.
-    A differential backup's size is what it added to the repository."""
-    if made is None:
-        return Report(
-            {}
-            if failed_at is None
-            else {"shipyard_backup_last_failure_timestamp_seconds": failed_at}
-        )
-    return Report(
-        {
-            "shipyard_backup_last_success_timestamp_seconds": made.stopped.timestamp(),
-            "shipyard_backup_duration_seconds": (made.stopped - made.started).total_seconds(),
-            "shipyard_backup_size_bytes": float(made.size),
-        }
-    )
+    """After `backup pitr base`, as run_report after `backup run`: the base backup it made
+    (None if it failed) and, if it failed, when. A differential backup's size is what it added
+    to the repository."""
+    values: dict[str, float] = {}
+    if made is not None:
+        values["shipyard_backup_last_success_timestamp_seconds"] = made.stopped.timestamp()
+        values["shipyard_backup_duration_seconds"] = (made.stopped - made.started).total_seconds()
+        values["shipyard_backup_size_bytes"] = float(made.size)
+    if failed_at is not None:
+        values["shipyard_backup_last_failure_timestamp_seconds"] = failed_at
+    return Report(values)
 
 
 def verify_report(verified: Backup | None, *, started: float, ended: float) -> Report:
