@@ -391,6 +391,23 @@ def test_add_offsets_refuses_what_it_does_not_understand(tmp_path: Path) -> None
     assert junk.read_bytes()[:8] == b"PGDMP\x01\x63\x00"
 
 
+def test_add_offsets_names_a_file_that_is_no_custom_archive(database: str, tmp_path: Path) -> None:
+    """A plain SQL dump, and the table of contents of pg_dump's directory format (the custom
+    format's header with another format byte): each refused with the sentence the restore logs,
+    the file unchanged."""
+    plain, directory = tmp_path / "plain.sql", tmp_path / "directory"
+    subprocess.run(["pg_dump", "-f", str(plain)], check=True)
+    subprocess.run(["pg_dump", "-Fd", "-f", str(directory)], check=True)
+    for path, reason in (
+        (plain, "not a pg_dump archive"),
+        (directory / "toc.dat", "not a custom-format archive"),
+    ):
+        before = path.read_bytes()
+        with pytest.raises(archive.ArchiveFormatError, match=f"^{reason}$"):
+            archive.add_offsets(path)
+        assert path.read_bytes() == before
+
+
 def test_add_offsets_refuses_a_cut_off_archive_and_says_so(database: str, tmp_path: Path) -> None:
     """An archive cut off in its header or its table of contents: refused with what is wrong
     (the restore logs it and lets pg_restore scan), the file unchanged."""
