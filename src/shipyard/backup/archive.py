@@ -62,7 +62,6 @@ class _Reader:
 class Toc:
     """Where each TOC entry's offset field sits, and what it says."""
 
-    version: int
     int_size: int
     off_size: int
     # dump id -> (file position of the offset field, flag, offset)
@@ -89,7 +88,7 @@ def read_toc(handle: BinaryIO) -> Toc:
         r.read_int()
     for _ in range(3):  # database name, server version, pg_dump version
         r.read_str()
-    toc = Toc(version, r.int_size, r.off_size)
+    toc = Toc(r.int_size, r.off_size)
     for _ in range(r.read_int()):
         dump_id = r.read_int()
         r.read_int()  # had dumper
