@@ -223,8 +223,10 @@ def _write_all(fd: int, data: bytes) -> None:
         out.write(data)
 
 
-def _fake(backup_id: str, created: datetime, *, verified: bool = False) -> backup.Backup:
-    manifest = {"created_at": created.isoformat()}
+def _fake(
+    backup_id: str, created: datetime, *, verified: bool = False, kind: str = "scheduled"
+) -> backup.Backup:
+    manifest = {"created_at": created.isoformat(), "kind": kind}
     return backup.Backup(backup_id, manifest, {"verified_at": "x"} if verified else None)
 
 
@@ -243,6 +245,25 @@ def test_retention_plan_keeps_daily_weekly_monthly_and_newest_verified() -> None
     # Monthly: November is covered; October's newest is the 31st, 12:00.
     assert [k for k, why in keep.items() if why == "monthly"] == ["b044"]
     assert len(keep) == 6
+
+
+def test_retention_keeps_each_manual_and_safety_backup_of_the_daily_window() -> None:
+    """A manual backup taken before a risky change and the safety backup of a restore (the way
+    to undo it) are not thinned to the newest of their day by the next scheduled or pre-deploy
+    backup's retention; older than the daily window, they go like the others."""
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    backups = [
+        _fake("s1", now - timedelta(hours=1)),
+        _fake("m1", now - timedelta(hours=2), kind="manual"),
+        _fake("x1", now - timedelta(hours=3), kind="safety"),
+        _fake("s2", now - timedelta(hours=4)),
+        _fake("s3", now - timedelta(hours=16)),  # yesterday, 20:00
+        _fake("m2", now - timedelta(hours=17), kind="manual"),  # yesterday, 19:00
+        _fake("m3", now - timedelta(days=2, hours=1), kind="manual"),  # before the window
+        _fake("x2", now - timedelta(days=3), kind="safety"),
+    ]
+    keep = backup.plan_retention(backups, backup.Retention(daily=2), now)
+    assert keep == {"s1": "newest", "m1": "manual", "x1": "safety", "m2": "manual", "s3": "daily"}
 
 
 def test_retention_never_deletes_the_newest_verified_backup(database: str, tmp_path: Path) -> None:

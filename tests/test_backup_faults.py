@@ -255,13 +255,14 @@ def test_verify_refuses_a_changed_value_whose_row_counts_still_match(
 def test_backup_run_prunes_backups_across_many_days_to_the_policy(
     database: str, bucket: str
 ) -> None:
-    """`shipyard backup run --retention-days 3` over forty backups made twice a day for twenty
-    days (ids and times in the past, as the engine names them): it keeps its own new backup,
-    the newest of yesterday and the day before, and the newest verified one; everything else
-    goes, object by object."""
+    """`shipyard backup run --retention-days 3` over forty scheduled backups made twice a day
+    for twenty days (ids and times in the past, as the engine names them) and three a person
+    asked for: it keeps its own new backup, the newest of yesterday and the day before, the
+    newest verified one and the two asked for within those days; everything else goes, object
+    by object."""
     url = f"s3://{bucket}/prod"
     store = backup.from_url(url)
-    seed = backup.backup(store, log=lambda _m: None)
+    seed = backup.backup(store, kind="scheduled", log=lambda _m: None)
     s3 = boto3.client("s3")
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     clones: dict[tuple[int, int], str] = {}  # (days ago, hour) -> backup id
@@ -272,12 +273,17 @@ def test_backup_run_prunes_backups_across_many_days_to_the_policy(
     # Two verified backups: only the newer one is kept for it, and it is outside every window.
     for days, hour in ((18, 20), (15, 10)):
         backup.verify(store, clones[days, hour], log=lambda _m: None)
-    kept = [clones[15, 10], clones[2, 20], clones[1, 20]]
+    # Backups someone asked for: each kept within the daily window, thinned before it.
+    asked = []
+    for days, hour, kind in ((2, 15, "manual"), (1, 5, "safety"), (5, 15, "manual")):
+        when = midnight - timedelta(days=days) + timedelta(hours=hour)
+        asked.append(clone(s3, bucket, seed, engine.new_id(when), when, kind))
+    kept = sorted([clones[15, 10], clones[2, 20], clones[1, 20], *asked[:2]])
 
     # The engine's own plan, without deleting: everything but those and today's seed.
     doomed = backup.prune(store, backup.Retention(daily=3), dry_run=True, log=lambda _m: None)
-    assert sorted(doomed) == sorted(set(clones.values()) - set(kept))
-    assert len(backup.list_backups(store)) == 41
+    assert sorted(doomed) == sorted({*clones.values(), asked[2]} - set(kept))
+    assert len(backup.list_backups(store)) == 44
 
     run = shipyard_cli("backup", "run", "--target", url, "--retention-days", "3", env={})
 
@@ -285,16 +291,23 @@ def test_backup_run_prunes_backups_across_many_days_to_the_policy(
     newest = backup.list_backups(store)[-1]
     assert newest.id not in (*clones.values(), seed.id)
     assert [b.id for b in backup.list_backups(store)] == [*kept, newest.id]
-    assert "retention kept 4 backup(s), deleted 38" in run.stderr
+    assert "retention kept 6 backup(s), deleted 39" in run.stderr
     # Every object of a pruned backup is gone (the verified marker too), none of a kept one.
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="prod/")["Contents"]
     assert {o["Key"].split("/")[1] for o in listed} == {*kept, newest.id}
-    assert len(listed) == 2 * 4 + 1  # dump and manifest each, and the verified marker
+    assert len(listed) == 2 * 6 + 1  # dump and manifest each, and the verified marker
 
 
-def clone(s3: Any, bucket: str, seed: backup.Backup, backup_id: str, when: datetime) -> str:
-    """A copy of `seed` stored as backup `backup_id`, made at `when`: its dump copied, its
-    manifest naming it."""
+def clone(
+    s3: Any,
+    bucket: str,
+    seed: backup.Backup,
+    backup_id: str,
+    when: datetime,
+    kind: str = "scheduled",
+) -> str:
+    """A copy of `seed` stored as backup `backup_id`, made at `when` (by the schedule, unless
+    `kind` says otherwise): its dump copied, its manifest naming it."""
     key = f"{backup_id}/{engine.DUMP}"
     s3.copy_object(
         Bucket=bucket,
@@ -306,6 +319,7 @@ def clone(s3: Any, bucket: str, seed: backup.Backup, backup_id: str, when: datet
         "id": backup_id,
         "created_at": when.isoformat(),
         "dump": {**seed.manifest["dump"], "key": key},
+        "kind": kind,
     }
     body = json.dumps(manifest).encode()
     s3.put_object(Bucket=bucket, Key=f"prod/{backup_id}/{engine.MANIFEST}", Body=body)

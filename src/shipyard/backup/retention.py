@@ -1,8 +1,8 @@
 """Retention: which complete backups a policy keeps, and `prune`, which deletes the rest.
 
 The newest backup and the newest verified one are always kept; so is any backup whose
-manifest exists but could not be read. Incomplete leftovers of a crashed backup (no manifest)
-go once they are STALE_INCOMPLETE old.
+manifest exists but could not be read, and each manual or safety backup of the daily window.
+Incomplete leftovers of a crashed backup (no manifest) go once they are STALE_INCOMPLETE old.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from shipyard.backup.manifest import MANIFEST, Backup, id_time, list_backups
 from shipyard.backup.report import Log, to_stderr
 from shipyard.backup.storage import Storage
 
+# Kinds of backup a person asked for (the others: "scheduled", the cron's and a deploy's).
+ASKED_FOR = ("manual", "safety")
 # Leftovers of a crashed backup are removed by retention once they are this old.
 STALE_INCOMPLETE = timedelta(days=1)
 
@@ -22,7 +24,8 @@ STALE_INCOMPLETE = timedelta(days=1)
 @dataclass(frozen=True)
 class Retention:
     """Keep the newest backup of each of the last `daily` days, `weekly` ISO weeks and
-    `monthly` months (UTC calendar); the newest backup and the newest verified one always."""
+    `monthly` months (UTC calendar); the newest backup and the newest verified one always,
+    and every manual and safety backup of the last `daily` days."""
 
     daily: int
     weekly: int = 0
@@ -54,10 +57,22 @@ def plan_retention(
                 seen.add(key)
                 keep.setdefault(b.id, what)
 
-    bucket_rule(policy.daily, lambda t: (t.year, t.month, t.day), "daily")
+    # Backups someone asked for are not thinned to the newest of their day: `invoke backup`
+    # (manual) before a risky change, and the safety backup a restore takes of what it
+    # replaces (the only way to undo it) stay for the whole daily window, each.
+    days = _last_buckets(_day(now), max(policy.daily, 1), _day, now)
+    for b in newest_first:
+        kind = b.manifest.get("kind")
+        if kind in ASKED_FOR and _day(b.created) in days:
+            keep.setdefault(b.id, kind)
+    bucket_rule(policy.daily, _day, "daily")
     bucket_rule(policy.weekly, lambda t: tuple(t.isocalendar())[:2], "weekly")
     bucket_rule(policy.monthly, lambda t: (t.year, t.month), "monthly")
     return keep
+
+
+def _day(t: datetime) -> tuple[int, ...]:
+    return (t.year, t.month, t.day)
 
 
 def _last_buckets(
