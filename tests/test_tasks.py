@@ -352,6 +352,29 @@ def compose_line(*args: str) -> str:
 COMPOSE = {"SHIPYARD_COMPOSE": "docker-compose"}
 
 
+def test_compose_backup_before_migrating_runs_the_last_backup_image_pushed(
+    compose_kit: Path,
+) -> None:
+    """A release of code alone pushes no backup image: the backup before its migration runs
+    the one pushed with an earlier commit (compose.backup.yaml has no default to fall back
+    on), as `invoke backup` and the scheduler do."""
+    images = compose_kit / ".shipyard" / "images.json"
+    recorded = images.read_text()
+    backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ab' * 32}"
+    pushes = json.loads(recorded)
+    pushes["backup"] = {"ref": backup_ref, "digest": f"sha256:{'ab' * 32}", "revision": "0" * 40}
+    images.write_text(json.dumps(pushes))
+    try:
+        result = invoke(compose_kit, "deploy", "--env", "prod", "-d", env=COMPOSE)
+    finally:
+        images.write_text(recorded)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2] == (
+        f"  2. BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
+        + compose_line("--file", "compose.backup.yaml", "run", "--rm", "backup")
+    )
+
+
 def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     backup_ref = f"{REGISTRY}/shop-api-backup@sha256:{'ef' * 32}"
     pushed = invoke(

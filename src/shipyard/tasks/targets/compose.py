@@ -23,7 +23,7 @@ from shipyard.engines import docker as docker_engine
 from shipyard.engines.proc import Command, capture
 from shipyard.engines.state import BACKUP
 from shipyard.tasks import pitr
-from shipyard.tasks.release import Release, resolve
+from shipyard.tasks.release import Release, last_backup_image, resolve
 from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
 from shipyard.tasks.targets import files, proxy, scheduler, switch
 from shipyard.tasks.targets.base import (
@@ -56,8 +56,11 @@ class ComposeTarget:
         missing = [name for name in self.cfg.secrets if name not in provided]
         return missing, "the environment (or the host's .env)"
 
-    def _backup_steps(self, release: Release) -> list[Command]:
-        """The backup taken before a production migration, by the backup engine's image."""
+    def _backup_steps(self, dry_run: bool) -> list[Command]:
+        """The backup taken before a production migration, by the last backup image pushed (a
+        release of code alone pushes none, and any engine reads the backups an older one
+        wrote). None on a first deploy: nothing to back up, and the backup service could not
+        join a stack that does not exist yet."""
         if not self.env.backup_before_migrate:
             return []
         file = compose_engine.BACKUP_FILE
@@ -69,18 +72,35 @@ class ComposeTarget:
                 "--skip-backup",
                 code=1,
             )
-        return [compose_engine.backup(self.cfg.root, self.env.name, release.backup_image())]
+        if not dry_run and not self._has_volumes():
+            say(
+                f"{self.env.name}: no volume of project {self._project()} yet (a first deploy): "
+                "nothing to back up, so no backup before migrating"
+            )
+            return []
+        image = last_backup_image(self.cfg.root)
+        return [compose_engine.backup(self.cfg.root, self.env.name, image)]
 
-    def _migration_steps(self, release: Release, skip_backup: bool) -> list[Command]:
+    def _has_volumes(self) -> bool:
+        """Whether the stack ever created a volume (its database's among them). Not whether it
+        runs: after `docker compose down` the volumes, and the data, are still there."""
+        label = f"com.docker.compose.project={self._project()}"
+        with (
+            contextlib.closing(docker_engine.client()) as client,
+            docker_engine.sdk_errors("listing the stack's volumes"),
+        ):
+            return bool(client.volumes.list(filters={"label": label}))
+
+    def _migration_steps(self, release: Release, opts: Options) -> list[Command]:
         if not self.env.migrate:
             return []
-        backup = [] if skip_backup else self._backup_steps(release)
+        backup = [] if opts.skip_backup else self._backup_steps(opts.dry_run)
         migrate = compose_engine.migrate(self.cfg.root, self.env.compose_file, release.images)
         return [*backup, migrate]
 
     def migrate(self, opts: Options) -> None:
         release = resolve(self.cfg, self.env)
-        steps = self._migration_steps(release, opts.skip_backup)
+        steps = self._migration_steps(release, opts)
         if opts.dry_run:
             plan(f"migrate {self.cfg.service} on {self.env.name}", steps)
             return
@@ -93,7 +113,7 @@ class ComposeTarget:
         self._refuse_without_proxy()
         self._copies()  # a missing file is refused before anything changes
         self._refuse_unscalable(release.images)
-        migrations = [] if opts.skip_migrate else self._migration_steps(release, opts.skip_backup)
+        migrations = [] if opts.skip_migrate else self._migration_steps(release, opts)
         schedule = scheduler.start(self.cfg, self.env)
         if opts.dry_run:
             tree = "clean tree" if env in RELEASE_ENVS else "clean tree (not needed on dev)"
