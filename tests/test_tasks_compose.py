@@ -131,10 +131,23 @@ def kit(
     mirror_images: MirrorImages,
 ) -> Iterator[Kit]:
     """The sample service rendered, committed, and torn down (containers, volumes) at the end."""
+    root = tmp_path_factory.mktemp("kit") / "shop-api"
+    yield from rendered_kit(render, root, "Shop API", dockerd, registry, mirror_images)
+
+
+def rendered_kit(
+    render: Render,
+    root: Path,
+    project_name: str,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+) -> Iterator[Kit]:
+    """The sample service rendered at `root`, committed; its stack torn down when done."""
     port = free_port()
-    root = render(
+    render(
         {
-            "project_name": "Shop API",
+            "project_name": project_name,
             "sample_app": True,
             "components": [
                 {
@@ -159,7 +172,7 @@ def kit(
             # Its PostgreSQL runs with these (test_postgres_runs_with_the_answered_settings).
             "postgres_settings": POSTGRES_SETTINGS,
         },
-        tmp_path_factory.mktemp("kit") / "shop-api",
+        root,
     )
     git(root, "init", "-q", "-b", "main")
     env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
@@ -832,6 +845,59 @@ def test_backup_tasks_run_in_the_compose_stack(
     pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
     assert "would delete 0" in pruned.output
     assert kit.health() == 200
+
+
+def test_backups_before_migrating_from_the_first_deploy_on(
+    render: Render,
+    tmp_path_factory: pytest.TempPathFactory,
+    dockerd: Dockerd,
+    registry: str,
+    mirror_images: MirrorImages,
+    backup_image: str,
+) -> None:
+    """An environment that backs up before each migration, as prod does, in a stack of its own:
+    its first deploy has nothing to back up and takes no backup (the backup service could not
+    join a stack that does not exist yet); a later release of code alone, which pushes no
+    backup image, backs up with the one pushed before."""
+    root = tmp_path_factory.mktemp("guarded") / "ledger"
+    kits = rendered_kit(render, root, "Ledger", dockerd, registry, mirror_images)
+    kit = next(kits)
+    try:
+        edit_yaml(
+            root / "shipyard.yaml",
+            lambda d: d["environments"]["staging"].update(backup_before_migrate=True),
+        )
+        kit.commit("staging backs up before migrating")
+        folder = root / "backups" / "staging"
+        folder.mkdir(parents=True)
+        os.chown(folder, 1000, 1000)
+        # The backup image, pushed with this commit as `invoke build/push --component backup`
+        # would (the kit's own backup/Dockerfile installs shipyard from git: see backup_image).
+        sha = git(root, "rev-parse", "HEAD").strip()
+        repository = f"{registry}/acme/ledger-backup"
+        with contextlib.closing(dockerd.client()) as client:
+            client.images.get(backup_image).tag(repository, sha[:12])
+        kit.invoke("push", "--env", "staging", "--component", "backup")
+
+        release(kit)
+        first = kit.invoke("deploy", "--env", "staging", "--yes")
+        assert "(a first deploy): nothing to back up, so no backup before migrating" in (
+            first.stdout
+        )
+        assert list(folder.iterdir()) == []
+        assert kit.health() == 200
+
+        kit.edit("src/main.js", "service: 'ledger'", "service: 'ledger', release: 2")
+        kit.commit("a code-only release")
+        release(kit)
+        second = kit.invoke("deploy", "--env", "staging", "--yes")
+        assert f"BACKUP_IMAGE={repository}@sha256:" in second.stdout
+        (made,) = folder.iterdir()
+        manifest = json.loads((made / "manifest.json").read_text())
+        assert manifest["kind"] == "scheduled"
+        assert kit.health() == 200
+    finally:
+        next(kits, None)
 
 
 def test_files_backup_and_restore_through_the_compose_stack(
