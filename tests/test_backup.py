@@ -370,13 +370,25 @@ def test_tables_without_a_column_hash_are_checked_by_text_or_by_count(
         conn.execute("CREATE TABLE bare ()")
         conn.execute("INSERT INTO bare DEFAULT VALUES")
         conn.execute("INSERT INTO bare DEFAULT VALUES")
+        conn.execute("CREATE TABLE ids (id int)")
+        conn.execute("INSERT INTO ids SELECT generate_series(1, 3)")
         before = checksums.table_stats(conn)
+        # Each method's checksum, computed here from its definition: the rows' text hashes;
+        # one int column's hashes (shifted by its position, 0).
+        by_text = conn.execute(
+            "SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM spans AS t"
+        ).fetchone()
+        by_column = conn.execute(
+            "SELECT coalesce(sum(hashint4extended(id, 0)), 0)::text FROM ids"
+        ).fetchone()
         conn.execute("""UPDATE spans SET doc = '{"a": 2}' WHERE id = 1""")
         after = checksums.table_stats(conn)
         conn.execute("""UPDATE spans SET doc = '{"a": 1}' WHERE id = 1""")
     assert before["public.bare"] == {"rows": 2, "checksum": "0", "hash": "columns"}
-    assert before["public.spans"]["hash"] == "text"
-    assert before["public.spans"]["rows"] == 2
+    assert by_text is not None
+    assert by_column is not None
+    assert before["public.spans"] == {"rows": 2, "checksum": by_text[0], "hash": "text"}
+    assert before["public.ids"] == {"rows": 3, "checksum": by_column[0], "hash": "columns"}
     assert after["public.spans"]["checksum"] != before["public.spans"]["checksum"]
     store = backup.LocalStorage(tmp_path)
     made = backup.backup(store)
