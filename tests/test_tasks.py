@@ -968,3 +968,17 @@ def test_a_missing_tool_is_named_with_what_needed_it() -> None:
         "shipyard-no-such-tool is not installed or not on PATH "
         "(needed for: listing the backups of prod)"
     )
+
+
+def test_a_crash_log_in_a_message_keeps_its_last_words() -> None:
+    """A release that crashes at start is reported with its last log lines, where a server
+    says why it stopped (gunicorn's "Reason: Worker failed to boot." comes last): the end of a
+    long log is kept, the start of any other output."""
+    log = "\n".join(f"[INFO] Booting worker with pid {n}" for n in range(20))
+    log += "\n[ERROR] Reason: Worker failed to boot."
+    kept = docker.one_line(log, end=True)
+    assert len(kept) == 300
+    assert kept.startswith("...")
+    assert kept.endswith("[ERROR] Reason: Worker failed to boot.")
+    assert docker.one_line(log).startswith("[INFO] Booting worker with pid 0 ")
+    assert docker.one_line("exited\n  early", end=True) == "exited early"

@@ -262,9 +262,13 @@ def running_images(cli: DockerClient, project: str) -> dict[str, str]:
     return images
 
 
-def one_line(text: str) -> str:
-    """Output for a message: on one line, at most 300 characters."""
-    return " ".join(text.split())[:300]
+def one_line(text: str, *, end: bool = False) -> str:
+    """Output for a message: on one line, at most 300 characters, its start or (`end`, for a
+    log whose last lines say why a process stopped) its end."""
+    line = " ".join(text.split())
+    if len(line) <= 300:
+        return line
+    return f"...{line[-297:]}" if end else line[:300]
 
 
 def last_health_output(health: Mapping[str, Any]) -> str:

@@ -64,8 +64,14 @@ def _probe(cli: DockerClient, ident: str) -> tuple[str, str]:
             or state.get("Restarting")
             or (container.attrs.get("RestartCount", 0) > 0)
         ):
-            logs = docker_engine.one_line(docker_engine.decoded(container.logs(tail=5)))
-            return "failed", f"it exited with code {state.get('ExitCode')}: {logs}"
+            logs = docker_engine.decoded(container.logs(tail=5))
+            # A container its restart policy brought back runs again: its exit code is gone.
+            how = (
+                f"it exited with code {state.get('ExitCode')}"
+                if state.get("Status") in ("exited", "dead")
+                else "it stopped and was restarted by its restart policy"
+            )
+            return "failed", f"{how}: {docker_engine.one_line(logs, end=True)}"
         health = state.get("Health") or {}
         if health.get("Status") == "healthy":
             return "ready", ""
