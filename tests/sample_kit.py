@@ -128,7 +128,7 @@ def sample_kit(
     )
     init_repo(root, "kit")
     kit = Kit(root, _env(dockerd), port, service)
-    with _stack(kit, [service]):
+    with stack_removed(kit.root, kit.env, [service]):
         yield kit
 
 
@@ -176,7 +176,7 @@ def preset_kit(
     # The preset's secrets, as the host's .env would give them.
     env = {**_env(dockerd), **{name: f"test-{name.lower()}" for name in answers["app_secrets"]}}
     kit = Kit(root, env, int(first["port"]), first["name"])
-    with _stack(kit, [c["name"] for c in answers["components"]]):
+    with stack_removed(kit.root, kit.env, [c["name"] for c in answers["components"]]):
         yield kit
 
 
@@ -185,9 +185,9 @@ def _env(dockerd: Dockerd) -> dict[str, str]:
 
 
 @contextmanager
-def _stack(kit: Kit, components: Sequence[str]) -> Iterator[None]:
-    """The stacks `kit` deploys (of `components`) and their volumes, removed at the end."""
-    root, env = kit.root, kit.env
+def stack_removed(root: Path, env: Mapping[str, str], components: Sequence[str]) -> Iterator[None]:
+    """The stacks the kit at `root` deploys (of `components`), its backup scheduler's too, and
+    their volumes, removed at the end."""
     try:
         yield
     finally:

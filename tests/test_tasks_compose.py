@@ -28,7 +28,7 @@ import requests
 from tests.backup_image import build_backup_image
 from tests.conftest import Render, edit_yaml, git
 from tests.load import Load
-from tests.sample_kit import visit
+from tests.sample_kit import stack_removed, visit
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
 from tests.servers.webhook import webhook
@@ -178,25 +178,8 @@ def rendered_kit(
     env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
     k = Kit(root, env, port)
     k.commit("kit")
-    yield k
-    subprocess.run(
-        [
-            "docker-compose",
-            "--file",
-            "compose.prod.yaml",
-            "--profile",
-            "migrate",
-            "down",
-            "--volumes",
-            "--remove-orphans",
-            "--timeout",
-            "5",
-        ],
-        cwd=root,
-        env={**env, f"{SERVICE.upper().replace('-', '_')}_IMAGE": "unused"},
-        capture_output=True,
-        check=False,
-    )
+    with stack_removed(root, env, [SERVICE]):
+        yield k
 
 
 def release(kit: Kit) -> str:
@@ -896,8 +879,60 @@ def test_backups_before_migrating_from_the_first_deploy_on(
         manifest = json.loads((made / "manifest.json").read_text())
         assert manifest["kind"] == "scheduled"
         assert kit.health() == 200
+
+        # Everything stopped, the data kept (`docker compose down`, the scheduler first: it
+        # holds the stack's network): the next release starts the database to back it up.
+        variables = {**kit.env, "BACKUP_IMAGE": "unused", "SHOP_API_IMAGE": "unused"}
+        for file, profile in (
+            ("compose.backup.yaml", "schedule"),
+            ("compose.prod.yaml", "migrate"),
+        ):
+            down = [
+                "docker-compose",
+                "--file",
+                file,
+                "--profile",
+                profile,
+                "down",
+                "--timeout",
+                "5",
+            ]
+            subprocess.run(down, cwd=root, env=variables, check=True, capture_output=True)
+        assert kit.health() == 0
+        kit.edit("src/main.js", "release: 2", "release: 3")
+        kit.commit("a release after the stack was stopped")
+        release(kit)
+        third = kit.invoke("deploy", "--env", "staging", "--yes")
+        started = [line for line in third.stdout.splitlines() if " up --detach " in line]
+        assert started[0].endswith(" postgres"), third.stdout
+        # A new backup (retention keeps the newest scheduled one of the day: this one).
+        (newest,) = folder.iterdir()
+        assert newest.name > made.name
+        assert (newest / "manifest.json").is_file()
+        assert kit.health() == 200
     finally:
         next(kits, None)
+
+
+def test_a_deploy_onto_another_environments_stack_is_refused(
+    kit: Kit, dockerd: Dockerd, first: str
+) -> None:
+    """Every environment's stack is one Compose project: prod deployed on the daemon where
+    staging runs would take staging's containers, database and volumes. Refused before
+    anything changes, as is a migration."""
+    release(kit)
+    before = serving(dockerd)
+    said = (
+        "shipyard: this Docker host runs staging (project shop-api, last deployed to staging);"
+        " deploying prod here would take that stack over, database and volumes included. "
+        "Point DOCKER_HOST at prod's own Docker host; nothing was changed"
+    )
+    for task in ("deploy", "migrate"):
+        refused = kit.invoke(task, "--env", "prod", "--yes", check=False)
+        assert refused.code == 2, refused.output
+        assert refused.stderr.strip() == said
+    assert serving(dockerd) == before
+    assert kit.health() == 200
 
 
 def test_files_backup_and_restore_through_the_compose_stack(

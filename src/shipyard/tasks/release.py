@@ -34,8 +34,8 @@ class Release:
 
     def backup_image(self) -> str:
         """The backup image pushed for this commit (`invoke build/push --component backup`),
-        `BACKUP_IMAGE` when set, else '' (the chart's default). Compose hosts use
-        `last_backup_image`: their backup file has no default."""
+        `BACKUP_IMAGE` when set, else '' (which the Helm target refuses: the chart pins the
+        backup image by digest). Compose hosts use `last_backup_image`."""
         given = os.environ.get(compose_engine.image_var(BACKUP), "")
         record = state.pushed(self.config.root).get(BACKUP, {})
         if given or record.get("revision") != self.revision.sha:

@@ -24,7 +24,7 @@ from shipyard.engines.proc import Command, capture
 from shipyard.engines.state import BACKUP
 from shipyard.tasks import pitr
 from shipyard.tasks.release import Release, last_backup_image, resolve
-from shipyard.tasks.support import RELEASE_ENVS, execute, plan, say
+from shipyard.tasks.support import RELEASE_ENVS, execute, failures, plan, say
 from shipyard.tasks.targets import files, proxy, scheduler, switch
 from shipyard.tasks.targets.base import (
     Options,
@@ -56,50 +56,103 @@ class ComposeTarget:
         missing = [name for name in self.cfg.secrets if name not in provided]
         return missing, "the environment (or the host's .env)"
 
-    def _backup_steps(self, dry_run: bool) -> list[Command]:
+    def _backup_steps(self, release: Release, opts: Options) -> list[Command]:
         """The backup taken before a production migration, by the last backup image pushed (a
         release of code alone pushes none, and any engine reads the backups an older one
         wrote). None on a first deploy: nothing to back up, and the backup service could not
-        join a stack that does not exist yet."""
+        join a stack that does not exist yet. A database stopped with its data kept (`docker
+        compose down`) is started first, for the same reason."""
         if not self.env.backup_before_migrate:
             return []
-        file = compose_engine.BACKUP_FILE
+        env, file = self.env.name, compose_engine.BACKUP_FILE
         path = self.cfg.root / file
         if not path.is_file() or BACKUP not in compose_engine.services(path):
             raise Exit(
-                f"shipyard: {self.env.name} takes a backup before migrating, but {file} is "
+                f"shipyard: {env} takes a backup before migrating, but {file} is "
                 "missing or has no `backup` service; add it (see the backup docs) or pass "
                 "--skip-backup",
                 code=1,
             )
-        if not dry_run and not self._has_volumes():
+        # None pushed: '' leaves BACKUP_IMAGE to the host's .env, or Compose's own message.
+        backup = compose_engine.backup(self.cfg.root, env, last_backup_image(self.cfg.root))
+        if opts.dry_run:
+            return [backup]
+        database = self._database()
+        if database == "none":
             say(
-                f"{self.env.name}: no volume of project {self._project()} yet (a first deploy): "
+                f"{env}: project {self._project()} has no database yet (a first deploy): "
                 "nothing to back up, so no backup before migrating"
             )
             return []
-        image = last_backup_image(self.cfg.root)
-        return [compose_engine.backup(self.cfg.root, self.env.name, image)]
+        if database == "stopped":
+            start = compose_engine.up(
+                self.cfg.root,
+                self.env.compose_file,
+                release.images,
+                opts.timeout,
+                services=[pitr.SERVICE],
+                env=self._variables(),
+            )
+            return [start, backup]
+        return [backup]
 
-    def _has_volumes(self) -> bool:
-        """Whether the stack ever created a volume (its database's among them). Not whether it
-        runs: after `docker compose down` the volumes, and the data, are still there."""
-        label = f"com.docker.compose.project={self._project()}"
+    def _mark_environment(self) -> None:
+        """Note in the proxy which environment this stack is, for the next deploy's check."""
+        try:
+            with contextlib.closing(docker_engine.client()) as client:
+                proxy.mark(client, self._project(), self.env.name)
+        except EngineError as exc:
+            say(f"warning: {exc} (the release is deployed and serving)")
+
+    def _database(self) -> str:
+        """The stack's PostgreSQL: "running"; "stopped" (its container or a volume of the stack
+        left, as `docker compose down` leaves them: the data is there); "none" (a first
+        deploy). A Compose file without the service (the database elsewhere) counts as
+        running."""
+        if pitr.SERVICE not in compose_engine.services(self.cfg.root / self.env.compose_file):
+            return "running"
+        project = self._project()
+        with contextlib.closing(docker_engine.client()) as client:
+            if docker_engine.replicas(client, project, pitr.SERVICE):
+                return "running"
+            with docker_engine.sdk_errors("listing the stack's volumes"):
+                label = f"com.docker.compose.project={project}"
+                kept = client.volumes.list(filters={"label": label})
+            if kept or docker_engine.replicas(client, project, pitr.SERVICE, every=True):
+                return "stopped"
+        return "none"
+
+    def _refuse_another_environment(self) -> None:
+        """A Docker daemon holds one stack per project name, and every environment's stack is
+        the same project: refuse to deploy onto a stack another environment's deploy left
+        (each deploy marks its proxy), which this one would take over, database and volumes
+        included."""
+        project = self._project()
         with (
             contextlib.closing(docker_engine.client()) as client,
-            docker_engine.sdk_errors("listing the stack's volumes"),
+            failures("looking at the stack's proxy"),
         ):
-            return bool(client.volumes.list(filters={"label": label}))
+            deployed = proxy.environment(client, project)
+        if deployed and deployed != self.env.name:
+            raise Exit(
+                f"shipyard: this Docker host runs {deployed} (project {project}, last deployed "
+                f"to {deployed}); deploying {self.env.name} here would take that stack over, "
+                f"database and volumes included. Point DOCKER_HOST at {self.env.name}'s own "
+                "Docker host; nothing was changed",
+                code=2,
+            )
 
     def _migration_steps(self, release: Release, opts: Options) -> list[Command]:
         if not self.env.migrate:
             return []
-        backup = [] if opts.skip_backup else self._backup_steps(opts.dry_run)
+        backup = [] if opts.skip_backup else self._backup_steps(release, opts)
         migrate = compose_engine.migrate(self.cfg.root, self.env.compose_file, release.images)
         return [*backup, migrate]
 
     def migrate(self, opts: Options) -> None:
         release = resolve(self.cfg, self.env)
+        if not opts.dry_run:
+            self._refuse_another_environment()
         steps = self._migration_steps(release, opts)
         if opts.dry_run:
             plan(f"migrate {self.cfg.service} on {self.env.name}", steps)
@@ -113,6 +166,8 @@ class ComposeTarget:
         self._refuse_without_proxy()
         self._copies()  # a missing file is refused before anything changes
         self._refuse_unscalable(release.images)
+        if not opts.dry_run:
+            self._refuse_another_environment()
         migrations = [] if opts.skip_migrate else self._migration_steps(release, opts)
         schedule = scheduler.start(self.cfg, self.env)
         if opts.dry_run:
@@ -145,6 +200,7 @@ class ComposeTarget:
         ask(self.env, f"Deploy {release.refs} to {env}?", opts)
         _run_migrations(migrations)
         self._rollout(release.images, opts.timeout, "deployed")
+        self._mark_environment()
         say(f"{env}: deployed and healthy")
         if pitr.enabled(self.env):
             # Here, not before the rollout: a first deploy starts the server only now. The
@@ -513,7 +569,12 @@ def _workers_up(stack: switch.Stack, images: Mapping[str, str], workers: list[st
 
 def _run_migrations(steps: list[Command]) -> None:
     for step in steps:
-        what = "the backup before migrating" if BACKUP in step.argv else "the migration"
+        if BACKUP in step.argv:
+            what = "the backup before migrating"
+        elif pitr.SERVICE in step.argv:
+            what = "starting the database for the backup"
+        else:
+            what = "the migration"
         try:
             execute(step, what)
         except EngineError as exc:

@@ -40,6 +40,26 @@ def upstreams_file(component: str) -> str:
     return f"upstreams/{component}/upstreams.caddy"
 
 
+# Which environment of shipyard.yaml the stack is, written by each deploy: a Docker daemon holds
+# one stack per project name, and every environment's stack has the same name.
+ENVIRONMENT = "shipyard-environment"
+
+
+def environment(client: DockerClient, project: str) -> str:
+    """The environment the stack's last deploy was to; '' with no proxy or no mark yet."""
+    for proxy in docker_engine.replicas(client, project, SERVICE):
+        data = docker_engine.read_file(client, proxy.name, _in_volume(ENVIRONMENT))
+        if data:
+            return data.decode(errors="replace").strip()
+    return ""
+
+
+def mark(client: DockerClient, project: str, env: str) -> None:
+    """Write `env` as the stack's environment (every proxy shares the volume)."""
+    for proxy in running(client, project):
+        docker_engine.write_file(client, proxy.name, VOLUME, ENVIRONMENT, f"{env}\n")
+
+
 def running(client: DockerClient, project: str) -> list[docker_engine.Replica]:
     """The proxy containers of the project; EngineError when there is none."""
     proxies = docker_engine.replicas(client, project, SERVICE)
