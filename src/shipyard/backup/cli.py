@@ -166,7 +166,8 @@ def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         "--retention-days",
         type=int,
         required=required,
-        help="keep the newest backup of each of the last N days (UTC)",
+        help="keep the newest backup of each of the last N days (UTC), and each manual and "
+        "safety backup of those days",
     )
     parser.add_argument("--keep-weekly", type=int, default=0, help="... and of the last N weeks")
     parser.add_argument("--keep-monthly", type=int, default=0, help="... and of the last N months")

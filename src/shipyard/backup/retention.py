@@ -60,7 +60,8 @@ def plan_retention(
     # Backups someone asked for are not thinned to the newest of their day: `invoke backup`
     # (manual) before a risky change, and the safety backup a restore takes of what it
     # replaces (the only way to undo it) stay for the whole daily window, each.
-    days = _last_buckets(_day(now), max(policy.daily, 1), _day, now)
+    # Today's at least, whatever the policy: one was just asked for.
+    days = _last_buckets(_day(now), policy.daily, _day, now)
     for b in newest_first:
         kind = b.manifest.get("kind")
         if kind in ASKED_FOR and _day(b.created) in days:
