@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,10 +304,27 @@ def test_prune_never_deletes_a_backup_whose_manifest_it_cannot_read(
     old_id = "20200101T000000Z-0000bb"
     (tmp_path / made.id).rename(tmp_path / old_id)
     (tmp_path / old_id / "manifest.json").write_text("{not json")
+    # JSON, but not a manifest's object (a newer format's, a half-written tool's).
+    other_id = "20200102T000000Z-0000cc"
+    shutil.copytree(tmp_path / old_id, tmp_path / other_id)
+    (tmp_path / other_id / "manifest.json").write_text('["not", "an", "object"]')
 
     assert backup.prune(store, backup.Retention(daily=1)) == []
     assert (tmp_path / old_id / "dump.pgc.zst").is_file()
+    assert (tmp_path / other_id / "dump.pgc.zst").is_file()
     assert backup.list_backups(store) == []  # unusable until its manifest reads again
+    with pytest.raises(backup.BackupError) as unknown:
+        backup.find_backup(store, other_id)
+    assert str(unknown.value) == f"no complete backup in {store.url}"
+    made = backup.backup(store)
+    # A verification marker that is not one (not an object) never makes a backup verified.
+    (tmp_path / made.id / "verified.json").write_text('["verified"]')
+    assert backup.list_backups(store)[0].verified is None
+    with pytest.raises(backup.BackupError) as unknown:
+        backup.find_backup(store, other_id)
+    assert str(unknown.value) == (
+        f"no complete backup '{other_id}' in {store.url}; see `backup list`"
+    )
 
 
 def test_bad_target_and_missing_database_fail_with_a_sentence(tmp_path: Path) -> None:
@@ -393,6 +411,28 @@ def test_tables_without_a_column_hash_are_checked_by_text_or_by_count(
     store = backup.LocalStorage(tmp_path)
     made = backup.backup(store)
     assert made.manifest["tables"]["public.spans"] == before["public.spans"]
+    backup.verify(store)
+    assert backup.list_backups(store)[0].verified is not None
+
+
+def test_a_value_the_column_hash_refuses_falls_back_to_the_rows_text(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """An open-ended date ('infinity', common for "valid until") makes the date column's hash
+    fail (it subtracts dates): the backup hashes that table by its rows' text instead, says so
+    in its manifest, and verify hashes it the same way."""
+    with postgres_server.connect(database) as conn:
+        conn.execute("CREATE TABLE prices (id int, valid_until date)")
+        conn.execute("INSERT INTO prices VALUES (1, '2030-01-01'), (2, 'infinity')")
+        stats = checksums.table_stats(conn)
+        by_text = conn.execute(
+            "SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM prices AS t"
+        ).fetchone()
+    assert by_text is not None
+    assert stats["public.prices"] == {"rows": 2, "checksum": by_text[0], "hash": "text"}
+    store = backup.LocalStorage(tmp_path)
+    made = backup.backup(store)
+    assert made.manifest["tables"]["public.prices"] == stats["public.prices"]
     backup.verify(store)
     assert backup.list_backups(store)[0].verified is not None
 
