@@ -927,7 +927,7 @@ def test_a_deploy_onto_another_environments_stack_is_refused(
         " deploying prod here would take that stack over, database and volumes included. "
         "Point DOCKER_HOST at prod's own Docker host; nothing was changed"
     )
-    for task in ("deploy", "migrate"):
+    for task in ("deploy", "migrate", "rollback"):
         refused = kit.invoke(task, "--env", "prod", "--yes", check=False)
         assert refused.code == 2, refused.output
         assert refused.stderr.strip() == said

@@ -511,6 +511,8 @@ class ComposeTarget:
         env = self.env.name
         self._refuse_without_proxy()
         self._copies()  # a missing file is refused before anything changes
+        if not opts.dry_run:
+            self._refuse_another_environment()
         target = state.rollback_target(state.deploys(self.cfg.root, env))
         if target is None:
             raise Exit(
