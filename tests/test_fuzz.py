@@ -196,6 +196,7 @@ RUNTIME_MIGRATIONS = {
     "python": {"alembic", "django"},
     "go": {"goose", "golang-migrate"},
 }
+DJANGO_START = "gunicorn mysite.wsgi --bind 0.0.0.0:8000"
 # A command a Go image runs without a shell: an absolute path and its arguments, naming no
 # component's binary (copier.yml ties /app/<component> to migrate_component).
 GO_MIGRATE_COMMAND = "/app/migrate -path /app/migrations up"
@@ -217,6 +218,11 @@ def consistent(answers: dict[str, Any]) -> dict[str, Any]:
         answers.pop("workspaces", None)  # each component builds from its own folder (no uv)
     if runtime == "go":
         without_shell(answers)
+    if answers.get("migrations") == "django":
+        # A Django project names its own server: the default components have no start.
+        answers.setdefault("components", [{**HTTP, "port": 8000, "path": "."}])
+        for c in answers["components"]:
+            c.setdefault("start", DJANGO_START)
     if answers.get("database", "postgres") == "none":
         answers.pop("migrations", None)  # the only answer it accepts is its default, none
     elif answers.get("migrations", "prisma") == "custom":
@@ -336,6 +342,12 @@ CLASHES = [
         ("sample_app",),
         "migrations",
         "prisma migrates Node.js projects; for Go answer migrations=goose, golang-migrate",
+    ),
+    Clash(
+        {"runtime": "python", "database": "postgres", "migrations": "django"},
+        ("sample_app", "components"),
+        "migrations",
+        "A Django project starts its own way",
     ),
     Clash(
         {"runtime": "python", "database": "postgres", "migrations": "goose"},
