@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
@@ -393,9 +394,7 @@ def test_tables_without_a_column_hash_are_checked_by_text_or_by_count(
         before = checksums.table_stats(conn)
         # Each method's checksum, computed here from its definition: the rows' text hashes;
         # one int column's hashes (shifted by its position, 0).
-        by_text = conn.execute(
-            "SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM spans AS t"
-        ).fetchone()
+        by_text = _text_checksum(conn, "spans")
         by_column = conn.execute(
             "SELECT coalesce(sum(hashint4extended(id, 0)), 0)::text FROM ids"
         ).fetchone()
@@ -403,16 +402,11 @@ def test_tables_without_a_column_hash_are_checked_by_text_or_by_count(
         after = checksums.table_stats(conn)
         conn.execute("""UPDATE spans SET doc = '{"a": 1}' WHERE id = 1""")
     assert before["public.bare"] == {"rows": 2, "checksum": "0", "hash": "columns"}
-    assert by_text is not None
     assert by_column is not None
-    assert before["public.spans"] == {"rows": 2, "checksum": by_text[0], "hash": "text"}
+    assert before["public.spans"] == {"rows": 2, "checksum": by_text, "hash": "text"}
     assert before["public.ids"] == {"rows": 3, "checksum": by_column[0], "hash": "columns"}
     assert after["public.spans"]["checksum"] != before["public.spans"]["checksum"]
-    store = backup.LocalStorage(tmp_path)
-    made = backup.backup(store)
-    assert made.manifest["tables"]["public.spans"] == before["public.spans"]
-    backup.verify(store)
-    assert backup.list_backups(store)[0].verified is not None
+    _backs_up_and_verifies(tmp_path, "public.spans", before["public.spans"])
 
 
 def test_a_value_the_column_hash_refuses_falls_back_to_the_rows_text(
@@ -425,16 +419,25 @@ def test_a_value_the_column_hash_refuses_falls_back_to_the_rows_text(
         conn.execute("CREATE TABLE prices (id int, valid_until date)")
         conn.execute("INSERT INTO prices VALUES (1, '2030-01-01'), (2, 'infinity')")
         stats = checksums.table_stats(conn)
-        by_text = conn.execute(
-            "SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM prices AS t"
-        ).fetchone()
-    assert by_text is not None
-    assert stats["public.prices"] == {"rows": 2, "checksum": by_text[0], "hash": "text"}
-    store = backup.LocalStorage(tmp_path)
-    made = backup.backup(store)
-    assert made.manifest["tables"]["public.prices"] == stats["public.prices"]
-    backup.verify(store)
-    assert backup.list_backups(store)[0].verified is not None
+        by_text = _text_checksum(conn, "prices")
+    assert stats["public.prices"] == {"rows": 2, "checksum": by_text, "hash": "text"}
+    _backs_up_and_verifies(tmp_path, "public.prices", stats["public.prices"])
+
+
+def _text_checksum(conn: psycopg.Connection, table: str) -> str:
+    """A table's checksum by its rows' text, computed here from the method's definition."""
+    query = sql.SQL("SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t")
+    found = conn.execute(query.format(sql.Identifier(table))).fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def _backs_up_and_verifies(store: Path, table: str, stats: dict[str, Any]) -> None:
+    """A backup into `store` records `stats` for `table`, and its verification passes."""
+    local = backup.LocalStorage(store)
+    assert backup.backup(local).manifest["tables"][table] == stats
+    backup.verify(local)
+    assert backup.list_backups(local)[0].verified is not None
 
 
 def test_a_backup_from_before_column_hashes_still_verifies(
