@@ -75,7 +75,12 @@ def test_s3_round_trip_and_verify(
     assert manifest["tables"]["public.customers"]["rows"] == 2000
     assert manifest["tables"]["audit.events"]["rows"] == 2
     assert manifest["server_version"].startswith(str(postgres_server.bindir.parent.name))
+    # The tools that wrote it, as their `--version` names them (which pg_dump made an archive
+    # decides which pg_restore reads it).
     assert set(manifest["tools"]) == {"pg_dump", "zstd", "shipyard"}
+    for tool in ("pg_dump", "zstd"):
+        said = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True)
+        assert manifest["tools"][tool] == said.stdout.strip().splitlines()[0]
 
     # Enum columns hash through the row text (a restore renumbers enum OIDs); the rest by value.
     assert manifest["tables"]["public.customers"]["hash"] == "text"
