@@ -79,8 +79,8 @@ def test_s3_round_trip_and_verify(
     # decides which pg_restore reads it).
     assert set(manifest["tools"]) == {"pg_dump", "zstd", "shipyard"}
     for tool in ("pg_dump", "zstd"):
-        said = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True)
-        assert manifest["tools"][tool] == said.stdout.strip().splitlines()[0]
+        version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True)
+        assert manifest["tools"][tool] == version.stdout.strip().splitlines()[0]
 
     # Enum columns hash through the row text (a restore renumbers enum OIDs); the rest by value.
     assert manifest["tables"]["public.customers"]["hash"] == "text"
