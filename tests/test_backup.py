@@ -300,8 +300,21 @@ def test_retention_never_deletes_the_newest_verified_backup(database: str, tmp_p
     )
 
 
+def test_a_backup_missing_a_file_its_manifest_lists_is_not_listed(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup is complete only with every file its manifest lists: one whose dump is gone
+    (a half-finished copy, a hand-deleted object) is neither listed nor restorable, and said."""
+    store = backup.LocalStorage(tmp_path)
+    kept, broken = backup.backup(store), backup.backup(store)
+    (tmp_path / broken.id / "dump.pgc.zst").unlink()
+    capsys.readouterr()
+    assert [b.id for b in backup.list_backups(store)] == [kept.id]
+    assert f"ignoring {broken.id}: files its manifest lists are missing" in capsys.readouterr().err
+
+
 def test_prune_never_deletes_a_backup_whose_manifest_it_cannot_read(
-    database: str, tmp_path: Path
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A manifest that exists but does not read (storage hiccup, newer format) is not a
     crashed leftover: retention keeps the backup, however old, instead of guessing."""
@@ -310,15 +323,20 @@ def test_prune_never_deletes_a_backup_whose_manifest_it_cannot_read(
     old_id = "20200101T000000Z-0000bb"
     (tmp_path / made.id).rename(tmp_path / old_id)
     (tmp_path / old_id / "manifest.json").write_text("{not json")
-    # JSON, but not a manifest's object (a newer format's, a half-written tool's).
-    other_id = "20200102T000000Z-0000cc"
-    shutil.copytree(tmp_path / old_id, tmp_path / other_id)
-    (tmp_path / other_id / "manifest.json").write_text('["not", "an", "object"]')
+    # JSON, but not a manifest's object (a newer format's, a half-written tool's), and an
+    # object that is no shipyard manifest.
+    other_id, foreign_id = "20200102T000000Z-0000cc", "20200103T000000Z-0000dd"
+    for copy, text in ((other_id, '["not", "an", "object"]'), (foreign_id, '{"format": 99}')):
+        shutil.copytree(tmp_path / old_id, tmp_path / copy)
+        (tmp_path / copy / "manifest.json").write_text(text)
 
     assert backup.prune(store, backup.Retention(daily=1)) == []
-    assert (tmp_path / old_id / "dump.pgc.zst").is_file()
-    assert (tmp_path / other_id / "dump.pgc.zst").is_file()
+    for unread in (old_id, other_id, foreign_id):
+        assert (tmp_path / unread / "dump.pgc.zst").is_file()
+    capsys.readouterr()
     assert backup.list_backups(store) == []  # unusable until its manifest reads again
+    said = capsys.readouterr().err
+    assert f"ignoring {foreign_id}: its manifest is unreadable or not a shipyard manifest" in said
     with pytest.raises(backup.BackupError) as unknown:
         backup.find_backup(store, other_id)
     assert str(unknown.value) == f"no complete backup in {store.url}"
