@@ -25,7 +25,7 @@ from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 
 from shipyard import backup, config
-from shipyard.backup import archive, checksums, engine
+from shipyard.backup import archive, checksums, db, engine
 from tests.backup_data import children, contents, shipyard_cli
 from tests.servers.postgres import PostgresServer
 
@@ -306,11 +306,26 @@ def test_a_backup_missing_a_file_its_manifest_lists_is_not_listed(
     """A backup is complete only with every file its manifest lists: one whose dump is gone
     (a half-finished copy, a hand-deleted object) is neither listed nor restorable, and said."""
     store = backup.LocalStorage(tmp_path)
-    kept, broken = backup.backup(store), backup.backup(store)
+    # The broken one first in the listing's order (ids, whose suffix is random within a
+    # second): the listing goes on past it.
+    broken, kept = sorted((backup.backup(store), backup.backup(store)), key=lambda b: b.id)
     (tmp_path / broken.id / "dump.pgc.zst").unlink()
     capsys.readouterr()
     assert [b.id for b in backup.list_backups(store)] == [kept.id]
     assert f"ignoring {broken.id}: files its manifest lists are missing" in capsys.readouterr().err
+
+
+def test_a_missing_tool_is_named_with_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run where the PostgreSQL client tools are not installed: one sentence, what to do."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(backup.BackupError) as missing:
+        db.tool("pg_dump")
+    assert str(missing.value) == (
+        "pg_dump is not installed: install the PostgreSQL client tools matching the server "
+        "(Debian: postgresql-client-<version>) and zstd"
+    )
 
 
 def test_prune_never_deletes_a_backup_whose_manifest_it_cannot_read(
