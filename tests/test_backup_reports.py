@@ -159,7 +159,8 @@ def test_retention_counts_utc_days_whatever_the_hosts_time_zone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CronJob's container may carry any TZ: `--retention-days 2` still means today and
-    yesterday in UTC (the days backup ids and manifests are written in)."""
+    yesterday in UTC (the days backup ids and manifests are written in), and a new backup's
+    id is named in UTC too."""
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     ages = [datetime.now(UTC) - (midnight - timedelta(days=d, hours=-12)) for d in (1, 2)]
     today, yesterday, before = _store(tmp_path, timedelta(seconds=1), *ages)
@@ -170,12 +171,15 @@ def test_retention_counts_utc_days_whatever_the_hosts_time_zone(
     try:
         assert datetime.now().date() != datetime.now(UTC).date()
         doomed = backup.prune(backup.LocalStorage(tmp_path), backup.Retention(daily=2), log=print)
+        named = engine.id_time(engine.new_id())
     finally:
         monkeypatch.undo()
         time.tzset()
 
     assert doomed == [before]
     assert [b.id for b in backup.list_backups(backup.LocalStorage(tmp_path))] == [yesterday, today]
+    assert named is not None
+    assert abs(datetime.now(UTC) - named) < timedelta(minutes=1)
 
 
 def test_progress_goes_to_stderr_with_the_commands_name(
