@@ -55,9 +55,9 @@ def environment(client: DockerClient, project: str) -> str:
 
 
 def mark(client: DockerClient, project: str, env: str) -> None:
-    """Write `env` as the stack's environment (every proxy shares the volume)."""
-    for proxy in running(client, project):
-        docker_engine.write_file(client, proxy.name, VOLUME, ENVIRONMENT, f"{env}\n")
+    """Write `env` as the stack's environment: once, as every proxy mounts the same volume."""
+    first = running(client, project)[0]
+    docker_engine.write_file(client, first.name, VOLUME, ENVIRONMENT, f"{env}\n")
 
 
 def running(client: DockerClient, project: str) -> list[docker_engine.Replica]:
