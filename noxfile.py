@@ -136,7 +136,7 @@ def mutation(session: nox.Session) -> None:
     `-- backup/storage shipyard.backup.storage.x_f__mutmut_3` judges that mutant (again) only.
 
     Each set of packages gets a work folder, build/mutation/<names>, holding mutmut's config
-    and its copy of the tree (mutants/); a rerun resumes there, also with fewer modules.
+    and its copy of the tree (mutants/); a rerun resumes there, also with fewer or other modules.
     `mutmut show NAME` in that folder (with this session's venv) prints a survivor's diff.
     """
     _install(session, "mutation")
@@ -185,6 +185,8 @@ def mutation(session: nox.Session) -> None:
     modules = [p.relative_to(src).as_posix() for o in only for p in (src / "shipyard").glob(o)]
     seeded = mutation_ledger.seed(work, here / MUTATION_LEDGER, modules)
     session.log(f"{seeded} verdicts from {MUTATION_LEDGER}")
+    if refreshed := mutation_ledger.refresh(work, modules):
+        session.log(f"mutated for the first time here: {', '.join(refreshed)} (stats taken anew)")
     try:
         _mutmut(session, work, names)
     finally:

@@ -73,6 +73,25 @@ def seed(work: Path, ledger: Path, modules: list[str]) -> int:
     return written
 
 
+def refresh(work: Path, modules: list[str]) -> list[str]:
+    """Make mutmut mutate each of `modules` (paths under src/) whose copy in the work folder is
+    plain, as an earlier run that left the module out wrote it; the modules refreshed.
+
+    mutmut writes a module's copy anew only when its source is newer than the copy, which a
+    plain copy never is, so the module would go unmutated. And it finds which tests reach a
+    function only in a full stats run (no stats yet) or for tests it has not seen: the functions
+    of a module mutated for the first time would each count as reached by no test. So the plain
+    copies go, and with them the stats, which mutmut then collects again in full.
+    """
+    src = work / "mutants" / "src"
+    plain = [m for m in modules if (src / m).is_file() and MARK not in (src / m).read_text("utf-8")]
+    for module in plain:
+        (src / module).unlink()
+    if plain:
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    return plain
+
+
 def save(work: Path, ledger: Path) -> int:
     """Put the verdicts of every module the work folder holds into the ledger, function by
     function: a function whose hash changed takes the folder's verdicts, one whose hash did not

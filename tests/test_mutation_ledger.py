@@ -125,3 +125,28 @@ def test_a_stale_work_folder_never_erases_the_ledgers_verdicts(tmp_path: Path) -
     ledger.write_text(json.dumps({DB: {"x_tool": {"hash": "zzz", "codes": [0]}}}))
     mutation_ledger.save(tmp_path, ledger)
     assert json.loads(ledger.read_text("utf-8")) == {DB: {"x_tool": {"hash": "zzz", "codes": [0]}}}
+
+
+def test_a_module_left_out_of_the_last_run_is_mutated_and_its_tests_found_again(
+    tmp_path: Path,
+) -> None:
+    """A plain copy (written by a run that did not mutate the module) is newer than its source,
+    so mutmut would keep it as it is; and its stats know no test of that module's functions."""
+    copies = tmp_path / "mutants" / "src" / "shipyard" / "backup"
+    copies.mkdir(parents=True)
+    (copies / "db.py").write_text("def tool():\n    return 1\n")  # plain: left out before
+    mutated = "def x_tool__mutmut_orig():\n    return 1\n"
+    (copies / "engine.py").write_text(mutated)  # mutated by the last run
+    stats = tmp_path / "mutants" / "mutmut-stats.json"
+    stats.write_text("{}")
+    modules = [DB, "shipyard/backup/engine.py", "shipyard/backup/new.py"]
+
+    assert mutation_ledger.refresh(tmp_path, modules) == [DB]
+    assert not (copies / "db.py").exists()
+    assert (copies / "engine.py").read_text() == mutated
+    assert not stats.exists()
+
+    # Nothing plain left: the next run keeps mutmut's copies and stats.
+    stats.write_text("{}")
+    assert mutation_ledger.refresh(tmp_path, modules) == []
+    assert stats.exists()
