@@ -10,7 +10,7 @@ Prints, per runtime, ratios measured side by side in one run:
   base image already present is printed beside it, and every run's times before the medians.
 - final image size / (runtime base image + the app's production files), where the production
   files are what `npm ci --omit=dev` and `npm run build` leave in a clean checkout (Python:
-  the checkout plus a venv of requirements.txt, both compiled to bytecode), minus what
+  the checkout plus a venv of requirements.txt, its packages compiled to bytecode), minus what
   .dockerignore keeps out: the image must add nothing but the app. Target: <= 1.10. Go's
   images start from `scratch` (0 bytes) and the app is its static binary, built with the
   image's toolchain and flags but without the kit's probe, which the image compiles into it:
@@ -178,7 +178,8 @@ def _node_files(root: Path, _daemon: Dockerd, _built: str) -> int:
 
 def _python_files(root: Path, _daemon: Dockerd, _built: str) -> int:
     """Bytes of the app as it runs: a clean checkout and a venv of its requirements.txt (no
-    pip), both compiled to bytecode as the image must be (its root filesystem is read-only)."""
+    pip), the packages compiled to bytecode as pip installs them (the image's root filesystem is
+    read-only, so they must be; the app's own code compiles in memory as it imports)."""
     with tempfile.TemporaryDirectory() as tmp:
         clean, venv = Path(tmp) / "app", Path(tmp) / "venv"
         clean.mkdir()
@@ -189,7 +190,6 @@ def _python_files(root: Path, _daemon: Dockerd, _built: str) -> int:
             [python, "-m", "venv", str(venv)],
             [pip, "install", "--quiet", "--no-deps", "-r", str(clean / "requirements.txt")],
             [pip, "uninstall", "--quiet", "--yes", "pip", "setuptools"],
-            [python, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", str(clean)],
         ):
             done = subprocess.run(argv, check=False, capture_output=True, text=True)
             if done.returncode:

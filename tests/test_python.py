@@ -1,13 +1,13 @@
 """A Python service on the real engine: the sample app (uvicorn, PostgreSQL, alembic) built
 with uv, pushed, migrated and deployed on a Compose host by the kit's own tasks.
 
-The image must hold the production dependencies and the code, and none of the build's tools
-(no uv, no pip in its venv, no caches, no compiler); it runs as the numeric non-root user with
-a read-only root filesystem, which works only because the bytecode was compiled at build time,
-and becomes healthy through the image's own HEALTHCHECK. The base image is Debian bookworm's
-CPython 3.11, served by the test registry as python:3.11-slim-bookworm (and trixie's 3.13 as
-python:3.13-slim-bookworm, for one image); uv and the packages come from PyPI through the
-build's host network.
+The image must hold the production dependencies and the code, and none of the build's tools (no uv,
+no pip in its venv, no caches, no compiler); it runs as the numeric non-root user with a read-only
+root filesystem (the packages' bytecode compiled as they install, the app's own code in memory as
+it imports: nothing is written), and becomes healthy through the image's own HEALTHCHECK. The base
+image is Debian bookworm's CPython 3.11, served by the test registry as python:3.11-slim-bookworm
+(and trixie's 3.13 as python:3.13-slim-bookworm, for one image); uv and the packages come from PyPI
+through the build's host network.
 """
 
 from __future__ import annotations
@@ -92,11 +92,13 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
         ).stdout.decode()
     )
 
-    # What the image holds: the venv's packages with their bytecode and the compiled code;
-    # none of uv, pip (in the venv), download caches or a compiler.
+    # What the image holds: the venv's packages with their bytecode and the code (no bytecode
+    # of its own: a build step would run on every release); none of uv, pip (in the venv),
+    # download caches or a compiler.
     probe = (
         "for tool in uv gcc cc; do command -v $tool && echo found-$tool; done; "
-        "ls /app/.venv/bin; ls -A /root/.cache 2>&1; ls /app/app/__pycache__; "
+        "ls /app/.venv/bin; ls -A /root/.cache 2>&1; ls /app/app/__pycache__ 2>&1; "
+        "ls /app/.venv/lib/python3.11/site-packages/uvicorn/__pycache__; "
         "python -c 'import uvicorn, sqlalchemy, alembic, psycopg'; echo imports-ok"
     )
     # As root, who could read a cache the build left in its home.
@@ -108,7 +110,8 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     assert {"uvicorn", "alembic", "python"} <= lines, listing
     assert not {"pip", "pip3", "uv"} & lines, listing
     assert "ls: cannot access '/root/.cache': No such file or directory" in lines, listing
-    assert "main.cpython-311.pyc" in lines, listing
+    assert "main.cpython-311.pyc" in lines, listing  # uvicorn's, compiled as uv installed it
+    assert "ls: cannot access '/app/app/__pycache__': No such file or directory" in lines, listing
     assert "imports-ok" in lines, listing
 
 
@@ -125,8 +128,9 @@ def test_each_installer_and_python_gives_a_healthy_image_on_a_read_only_root(
     mirror_images: MirrorImages,
 ) -> None:
     """pip's, Poetry's and (on the real CPython 3.13) uv's images: the locked packages,
-    compiled for the image's interpreter, in a venv without pip or the installer, healthy with
-    nothing writable but a tmpfs, as the non-root user."""
+    compiled for the image's interpreter (the app's code is not: it compiles as it imports), in
+    a venv without pip or the installer, healthy with nothing writable but a tmpfs, as the
+    non-root user."""
     mirror_images.python(version)
     slug = f"{manager}-api"
     root = render(
@@ -152,13 +156,14 @@ def test_each_installer_and_python_gives_a_healthy_image_on_a_read_only_root(
 
     packages = f"/app/.venv/lib/python{version}/site-packages"
     probe = (
-        f"ls /app/.venv/bin {packages}/uvicorn/__pycache__ /app/app/__pycache__;"
+        f"ls /app/.venv/bin {packages}/uvicorn/__pycache__; ls /app/app/__pycache__ 2>&1;"
         " command -v poetry uv || true"
     )
     listing = dockerd.run("run", "--rm", "--entrypoint", "sh", image, "-c", probe).stdout.decode()
     tag = "cpython-" + version.replace(".", "")
     assert "uvicorn" in listing.split(), listing
-    assert listing.split().count(f"main.{tag}.pyc") == 2, listing  # uvicorn's and the app's
+    assert listing.split().count(f"main.{tag}.pyc") == 1, listing  # uvicorn's; the app has none
+    assert "cannot access '/app/app/__pycache__'" in listing, listing
     assert not {"pip", "pip3", "poetry", "uv"} & set(listing.split()), listing
     assert "poetry" not in listing, listing
     assert not [line for line in listing.splitlines() if line.endswith("/uv")], listing
