@@ -273,6 +273,22 @@ def test_retention_keeps_each_manual_and_safety_backup_of_the_daily_window() -> 
     assert keep == {"s1": "newest", "m1": "manual", "x1": "safety", "m2": "manual", "s3": "daily"}
 
 
+def test_a_backup_stamped_ahead_of_the_clock_takes_no_place_of_another() -> None:
+    """A backup stamped after now (another host's clock running ahead) is the newest, and
+    nothing besides: today's newest keeps its daily place, and a policy without weekly backups
+    keeps no weekly one (each rule's count of 0 or 1 is the count asked for)."""
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)  # a Sunday
+    ahead = _fake("ahead", now + timedelta(days=1))  # Monday: the next ISO week
+    friday = _fake("friday", now - timedelta(days=2))
+    today = _fake("today", now - timedelta(hours=1))
+    policy = backup.Retention(daily=1)
+    assert backup.plan_retention([ahead, today, friday], policy, now) == {
+        "ahead": "newest",
+        "today": "daily",
+    }
+    assert backup.plan_retention([ahead, friday], policy, now) == {"ahead": "newest"}
+
+
 def test_retention_never_deletes_the_newest_verified_backup(database: str, tmp_path: Path) -> None:
     """Real prune: the old verified backup survives a 1-day policy; an unverified middle one
     and a stale crashed leftover go; a backup still being written is left alone."""

@@ -28,6 +28,9 @@ def test_a_passed_drill_is_the_last_and_the_last_passing_one(tmp_path: Path) -> 
     assert record.describe() == (
         "last drill: 2026-12-07T03:00:00Z passed: restored in 4.2 s, recovery point 12 s old"
     )
+    # Stored as a person reads it (DEPLOYMENT.md's runbook quotes it): a field a line.
+    stored = (tmp_path / drill_record.KEY).read_text()
+    assert stored.startswith('{\n  "last": {\n    "ended": "2026-12-07T03:00:00Z",\n'), stored
 
 
 def test_a_failed_drill_keeps_the_last_passing_ones_time(tmp_path: Path) -> None:
