@@ -148,6 +148,8 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     time.sleep(max(0.0, ARCHIVE_TIMEOUT + 5 - (datetime.now(UTC) - point).total_seconds()))
     done = _invoke(kit, "restore", "--env", "staging", "--at", at, "--yes")
     assert "database recovered to" in done
+    assert "is the restored data now; the old data is kept in" in done
+    assert "take a base backup" not in done  # the task took it
     assert "SHIPYARD_ENV is not" not in done
 
     assert visit(kit.port) == kept + 1  # the rows after `point` are gone, the ones before are not

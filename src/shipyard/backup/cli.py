@@ -258,9 +258,11 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise engine.BackupError("PGDATA must name the live data directory")
         data = Path(environ["PGDATA"])
         old = pitr.swap(data, args.restored)
+        # Two lines: `invoke restore --at` shows the first and does what the second says.
+        print(f"{data} is the restored data now; the old data is kept in {old}.")
         print(
-            f"{data} is the restored data now; the old data is kept in {old}. Start the server:"
-            " it archives the new timeline first, then take a base backup (`pitr base`)"
+            "Start the server: it archives the new timeline first, then take a base backup"
+            " (`shipyard backup pitr base`)."
         )
     return 0
 

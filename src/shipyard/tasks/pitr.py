@@ -203,7 +203,11 @@ def _swap(server: Container, swap: list[str], env: str) -> None:
                 raise Exit(
                     f"shipyard: the swap of {env} failed, nothing changed: {said}", code=1
                 ) from None
-        say(docker_engine.decoded(out).strip())
+        # What the swap did; not its advice to start the server and take a base backup, which
+        # this task does next.
+        lines = docker_engine.decoded(out).strip().splitlines()
+        if lines:
+            say(lines[0])
     finally:
         with failures(f"starting {SERVICE} of {env}"), docker_engine.sdk_errors("start"):
             server.start()
