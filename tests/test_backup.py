@@ -25,9 +25,11 @@ from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 
 from shipyard import backup, config
-from shipyard.backup import archive, checksums, db, engine
+from shipyard.backup import archive, checksums, db, engine, manifest
 from tests.backup_data import children, contents, shipyard_cli
 from tests.servers.postgres import PostgresServer
+
+KIND = manifest.KIND_VARIABLE
 
 
 def test_cli_round_trip_restores_exactly_what_was_backed_up(
@@ -273,6 +275,27 @@ def test_retention_keeps_each_manual_and_safety_backup_of_the_daily_window() -> 
     assert keep == {"s1": "newest", "m1": "manual", "x1": "safety", "m2": "manual", "s3": "daily"}
 
 
+def test_retention_keeps_each_pre_migrate_backup_of_the_daily_window() -> None:
+    """Two deploys with migrations on one day: the second's backup (and the cron's after it)
+    does not prune the first's, the only copy of what the first migration changed; older than
+    the daily window, a pre-migrate backup is thinned like a scheduled one."""
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    backups = [
+        _fake("s1", now - timedelta(hours=1)),
+        _fake("p2", now - timedelta(hours=2), kind="pre-migrate"),
+        _fake("p1", now - timedelta(hours=5), kind="pre-migrate"),
+        _fake("p0", now - timedelta(hours=13), kind="pre-migrate"),  # yesterday, 23:00
+        _fake("s0", now - timedelta(hours=14)),  # yesterday, 22:00
+        _fake("p9", now - timedelta(days=2, hours=1), kind="pre-migrate"),  # before the window
+        _fake("p8", now - timedelta(days=2, hours=2), kind="pre-migrate"),
+    ]
+    keep = backup.plan_retention(backups, backup.Retention(daily=2), now)
+    assert keep == {"s1": "newest", "p2": "pre-migrate", "p1": "pre-migrate", "p0": "pre-migrate"}
+    # A window of one day ends at midnight: yesterday's goes.
+    keep = backup.plan_retention(backups, backup.Retention(daily=1), now)
+    assert keep == {"s1": "newest", "p2": "pre-migrate", "p1": "pre-migrate"}
+
+
 def test_a_backup_stamped_ahead_of_the_clock_takes_no_place_of_another() -> None:
     """A backup stamped after now (another host's clock running ahead) is the newest, and
     nothing besides: today's newest keeps its daily place, and a policy without weekly backups
@@ -394,6 +417,39 @@ def test_bad_target_and_missing_database_fail_with_a_sentence(tmp_path: Path) ->
         assert result.returncode == 1
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_the_kind_variable_sets_the_manifest_kind_and_a_bad_one_is_refused(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """What a deploy runs before migrating: SHIPYARD_BACKUP_KIND=pre-migrate makes a pre-migrate
+    backup, which `list` shows; --kind, when given, wins; an empty variable is a scheduled
+    backup; a kind `run` does not take is one sentence, before anything is written."""
+    env = postgres_server.env(database)
+    target = (tmp_path / "store").as_uri()
+    runs = [
+        ({KIND: "pre-migrate"}, ()),
+        ({KIND: "pre-migrate"}, ("--kind", "manual")),
+        ({KIND: ""}, ()),
+    ]
+    for variables, kind in runs:
+        made = shipyard_cli("backup", "run", "--target", target, *kind, env={**env, **variables})
+        assert made.returncode == 0, made.stderr
+    bad = shipyard_cli("backup", "run", "--target", target, env={**env, KIND: "safety"})
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[-1] == (
+        "shipyard backup: SHIPYARD_BACKUP_KIND must be scheduled, manual or pre-migrate, not "
+        "'safety'"
+    )
+    assert "Traceback" not in bad.stderr
+    listed = shipyard_cli("backup", "list", "--target", target, env=env)
+    kinds = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
+    assert kinds == ["pre-migrate", "manual", "scheduled"]
+
+
+def test_the_schema_lists_the_kinds_the_engine_writes() -> None:
+    kinds = config.schema("backup-manifest")["properties"]["kind"]["enum"]
+    assert sorted(kinds) == sorted(manifest.KINDS)
 
 
 def test_manifest_matches_its_schema_and_is_written_last(database: str, tmp_path: Path) -> None:

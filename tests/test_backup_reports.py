@@ -57,16 +57,22 @@ def test_list_prints_one_aligned_line_per_backup() -> None:
         **manifest("20261121T030000Z-bbbbbb", made + timedelta(days=1), kind="safety"),
         "files": [{"component": "api", "path": "/app/uploads", "size": 1000}],
     }
+    # The longest kind, a deploy's pre-migrate backup, still leaves a space before the database.
+    deploy = "20261121T120000Z-cccccc"
+    before_migrating = manifest(deploy, made + timedelta(days=1, hours=9), kind="pre-migrate")
     backups = [
         backup.Backup("20261120T030000Z-aaaaaa", manifest("20261120T030000Z-aaaaaa", made), None),
         backup.Backup("20261121T030000Z-bbbbbb", with_files, checked),
+        backup.Backup(deploy, before_migrating, None),
     ]
 
     assert cli.format_table(backups).split("\n") == [
-        "id                       kind      database                   size tables files  verified",
-        "20261120T030000Z-aaaaaa  scheduled shop                     123456      1     0  -",
-        "20261121T030000Z-bbbbbb  safety    shop                     124456      1     1"
+        "id                       kind        database                   size tables files"
+        "  verified",
+        "20261120T030000Z-aaaaaa  scheduled   shop                     123456      1     0  -",
+        "20261121T030000Z-bbbbbb  safety      shop                     124456      1     1"
         "  2026-11-20T04:05:06 (restored in 12.3 s)",
+        "20261121T120000Z-cccccc  pre-migrate shop                     123456      1     0  -",
     ]
     assert cli.format_table([]) == "no complete backups"
 

@@ -29,12 +29,18 @@ from shipyard.backup import (
     drill_record,
     engine,
     files,
+    manifest,
     metrics,
     pgbackrest,
     pitr,
     schedule,
     storage,
 )
+
+# The kinds `run` takes (a safety backup is a restore's own).
+RUN_KINDS = (manifest.SCHEDULED, manifest.MANUAL, manifest.PRE_MIGRATE)
+# `list`'s kind column: as wide as the longest kind, so the columns after it line up.
+KIND_WIDTH = max(len(kind) for kind in manifest.KINDS)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,7 +60,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         return sub
 
     run = action("run", "dump the database into the target, then apply retention")
-    run.add_argument("--kind", choices=["scheduled", "manual"], default="scheduled")
+    run.add_argument(
+        "--kind",
+        choices=RUN_KINDS,
+        help=f"why it is taken (default: ${manifest.KIND_VARIABLE}, else scheduled)",
+    )
     run.add_argument(
         "--files-only",
         action="store_true",
@@ -166,8 +176,8 @@ def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         "--retention-days",
         type=int,
         required=required,
-        help="keep the newest backup of each of the last N days (UTC), and each manual and "
-        "safety backup of those days",
+        help="keep the newest backup of each of the last N days (UTC), and each manual, "
+        "pre-migrate and safety backup of those days",
     )
     parser.add_argument("--keep-weekly", type=int, default=0, help="... and of the last N weeks")
     parser.add_argument("--keep-monthly", type=int, default=0, help="... and of the last N months")
@@ -189,10 +199,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         target = storage.from_url(args.target)
         if command == "run":
             data = _data_paths(args)
+            kind = _kind(args, environ)
             made.append(
-                engine.files_backup(target, data, kind=args.kind)
+                engine.files_backup(target, data, kind=kind)
                 if args.files_only
-                else engine.backup(target, kind=args.kind, files=data)
+                else engine.backup(target, kind=kind, files=data)
             )
             if args.retention_days:
                 engine.prune(target, _policy(args))
@@ -412,6 +423,19 @@ def _data_paths(args: argparse.Namespace) -> list[engine.DataPath]:
     return [engine.data_path(spec, root) for spec in args.data_path]
 
 
+def _kind(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """`run`'s kind: --kind, else the variable (what the deploy tasks set), else scheduled."""
+    if args.kind:
+        return str(args.kind)
+    kind = environ.get(manifest.KIND_VARIABLE, "") or manifest.SCHEDULED
+    if kind not in RUN_KINDS:
+        *others, last = RUN_KINDS
+        raise engine.BackupError(
+            f"{manifest.KIND_VARIABLE} must be {', '.join(others)} or {last}, not {kind!r}"
+        )
+    return kind
+
+
 def _policy(args: argparse.Namespace) -> engine.Retention:
     for name in ("retention_days", "keep_weekly", "keep_monthly"):
         if getattr(args, name) < 0:
@@ -425,7 +449,8 @@ def format_table(backups: list[engine.Backup]) -> str:
     if not backups:
         return "no complete backups"
     lines = [
-        f"{'id':<24} {'kind':<9} {'database':<20} {'size':>10} {'tables':>6} {'files':>5}  verified"
+        f"{'id':<24} {'kind':<{KIND_WIDTH}} {'database':<20} {'size':>10} {'tables':>6}"
+        f" {'files':>5}  verified"
     ]
     for b in backups:
         m = b.manifest
@@ -438,7 +463,7 @@ def format_table(backups: list[engine.Backup]) -> str:
         database = "(files only)" if b.files_only else m["database"]
         tables = "-" if b.files_only else len(m["tables"])
         lines.append(
-            f"{b.id:<24} {m['kind']:<9} {database:<20} {b.size:>10}"
+            f"{b.id:<24} {m['kind']:<{KIND_WIDTH}} {database:<20} {b.size:>10}"
             f" {tables:>6} {len(m.get(files.FILES, [])):>5}  {verified}"
         )
     return "\n".join(lines)

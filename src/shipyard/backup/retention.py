@@ -1,7 +1,8 @@
 """Retention: which complete backups a policy keeps, and `prune`, which deletes the rest.
 
 The newest backup and the newest verified one are always kept; so is any backup whose
-manifest exists but could not be read, and each manual or safety backup of the daily window.
+manifest exists but could not be read, and each manual, pre-migrate or safety backup of the daily
+window.
 Incomplete leftovers of a crashed backup (no manifest) go once they are STALE_INCOMPLETE old.
 """
 
@@ -11,12 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shipyard.backup.manifest import MANIFEST, Backup, id_time, list_backups
+from shipyard.backup.manifest import (
+    MANIFEST,
+    MANUAL,
+    PRE_MIGRATE,
+    SAFETY,
+    Backup,
+    id_time,
+    list_backups,
+)
 from shipyard.backup.report import Log, to_stderr
 from shipyard.backup.storage import Storage
 
-# Kinds of backup a person asked for (the others: "scheduled", the cron's and a deploy's).
-ASKED_FOR = ("manual", "safety")
+# Kinds of backup taken for a change, each kept for the whole daily window (the other kind,
+# "scheduled", is the cron's: thinned to the newest of its day).
+ASKED_FOR = (MANUAL, PRE_MIGRATE, SAFETY)
 # Leftovers of a crashed backup are removed by retention once they are this old.
 STALE_INCOMPLETE = timedelta(days=1)
 
@@ -25,7 +35,7 @@ STALE_INCOMPLETE = timedelta(days=1)
 class Retention:
     """Keep the newest backup of each of the last `daily` days, `weekly` ISO weeks and
     `monthly` months (UTC calendar); the newest backup and the newest verified one always,
-    and every manual and safety backup of the last `daily` days."""
+    and every manual, pre-migrate and safety backup of the last `daily` days."""
 
     daily: int
     weekly: int = 0
@@ -57,10 +67,11 @@ def plan_retention(
                 seen.add(key)
                 keep.setdefault(b.id, what)
 
-    # Backups someone asked for are not thinned to the newest of their day: `invoke backup`
-    # (manual) before a risky change, and the safety backup a restore takes of what it
-    # replaces (the only way to undo it) stay for the whole daily window, each.
-    # Today's at least, whatever the policy: one was just asked for.
+    # Backups taken for a change are not thinned to the newest of their day: `invoke backup`
+    # (manual) before a risky change, a deploy's pre-migrate backup (the only copy of what its
+    # migration changed: a second deploy that day must not prune the first's), and the safety
+    # backup a restore takes of what it replaces (the only way to undo it) stay for the whole
+    # daily window, each. Today's at least, whatever the policy: one was just taken.
     days = _last_buckets(_day(now), policy.daily, _day, now)
     for b in newest_first:
         kind = b.manifest.get("kind")
