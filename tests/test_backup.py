@@ -25,11 +25,11 @@ from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 
 from shipyard import backup, config
-from shipyard.backup import archive, checksums, db, engine, manifest
+from shipyard.backup import archive, checksums, db, engine, kinds
 from tests.backup_data import children, contents, shipyard_cli
 from tests.servers.postgres import PostgresServer
 
-KIND = manifest.KIND_VARIABLE
+KIND = kinds.KIND_VARIABLE
 
 
 def test_cli_round_trip_restores_exactly_what_was_backed_up(
@@ -449,7 +449,7 @@ def test_the_kind_variable_sets_the_manifest_kind_and_a_bad_one_is_refused(
 
 def test_the_schema_lists_the_kinds_the_engine_writes() -> None:
     kinds = config.schema("backup-manifest")["properties"]["kind"]["enum"]
-    assert sorted(kinds) == sorted(manifest.KINDS)
+    assert sorted(kinds) == sorted(kinds.KINDS)
 
 
 def test_manifest_matches_its_schema_and_is_written_last(database: str, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from shipyard.backup import (
     drill_record,
     engine,
     files,
-    manifest,
+    kinds,
     metrics,
     pgbackrest,
     pitr,
@@ -38,9 +38,9 @@ from shipyard.backup import (
 )
 
 # The kinds `run` takes (a safety backup is a restore's own).
-RUN_KINDS = (manifest.SCHEDULED, manifest.MANUAL, manifest.PRE_MIGRATE)
+RUN_KINDS = (kinds.SCHEDULED, kinds.MANUAL, kinds.PRE_MIGRATE)
 # `list`'s kind column: as wide as the longest kind, so the columns after it line up.
-KIND_WIDTH = max(len(kind) for kind in manifest.KINDS)
+KIND_WIDTH = max(len(kind) for kind in kinds.KINDS)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +63,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--kind",
         choices=RUN_KINDS,
-        help=f"why it is taken (default: ${manifest.KIND_VARIABLE}, else scheduled)",
+        help=f"why it is taken (default: ${kinds.KIND_VARIABLE}, else scheduled)",
     )
     run.add_argument(
         "--files-only",
@@ -427,11 +427,11 @@ def _kind(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """`run`'s kind: --kind, else the variable (what the deploy tasks set), else scheduled."""
     if args.kind:
         return str(args.kind)
-    kind = environ.get(manifest.KIND_VARIABLE, "") or manifest.SCHEDULED
+    kind = environ.get(kinds.KIND_VARIABLE, "") or kinds.SCHEDULED
     if kind not in RUN_KINDS:
         *others, last = RUN_KINDS
         raise engine.BackupError(
-            f"{manifest.KIND_VARIABLE} must be {', '.join(others)} or {last}, not {kind!r}"
+            f"{kinds.KIND_VARIABLE} must be {', '.join(others)} or {last}, not {kind!r}"
         )
     return kind
 

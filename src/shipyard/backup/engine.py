@@ -4,6 +4,7 @@ part. A backup is `<id>/dump.pgc.zst`, `<id>/files/...` (the data paths) and
 `<id>/manifest.json`:
 
 - `manifest`: that layout, backup ids, listing and finding complete backups;
+- `kinds`: why a backup was taken (the manifest's `kind`), and the variable `run` reads it from;
 - `db`: the PostgreSQL client tools and zstd on PATH, and sessions from libpq's environment
   (no credential is ever put on a command line or printed);
 - `checksums`: per-table row counts and checksums, read in the very snapshot pg_dump dumps, so

@@ -12,15 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shipyard.backup.manifest import (
-    MANIFEST,
-    MANUAL,
-    PRE_MIGRATE,
-    SAFETY,
-    Backup,
-    id_time,
-    list_backups,
-)
+from shipyard.backup.kinds import MANUAL, PRE_MIGRATE, SAFETY
+from shipyard.backup.manifest import MANIFEST, Backup, id_time, list_backups
 from shipyard.backup.report import Log, to_stderr
 from shipyard.backup.storage import Storage
 
