@@ -350,6 +350,9 @@ def compose_line(*args: str) -> str:
 
 # Plans only name the Compose binary; this pins which one they name.
 COMPOSE = {"SHIPYARD_COMPOSE": "docker-compose"}
+# The backup before a migration: the backup service's own `backup run`, told its kind by a
+# variable in the container (an older engine in the image ignores it).
+PRE_MIGRATE_RUN = ("run", "--rm", "-e", "SHIPYARD_BACKUP_KIND=pre-migrate", "backup")
 
 
 def test_compose_backup_before_migrating_runs_the_last_backup_image_pushed(
@@ -371,7 +374,7 @@ def test_compose_backup_before_migrating_runs_the_last_backup_image_pushed(
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2] == (
         f"  2. BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
-        + compose_line("--file", "compose.backup.yaml", "run", "--rm", "backup")
+        + compose_line("--file", "compose.backup.yaml", *PRE_MIGRATE_RUN)
     )
 
 
@@ -385,7 +388,7 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     # compose.backup.yaml needs none of the app's images, so only its own variables are set.
     assert steps[2] == (
         f"  2. BACKUP_IMAGE={backup_ref} SHIPYARD_ENV=prod "
-        + compose_line("--file", "compose.backup.yaml", "run", "--rm", "backup")
+        + compose_line("--file", "compose.backup.yaml", *PRE_MIGRATE_RUN)
     )
     assert steps[3].endswith(
         compose_line(
@@ -437,7 +440,7 @@ def test_compose_backup_runs_from_its_own_file(compose_kit: Path) -> None:
     plan = invoke(compose_kit, "migrate", "--env", "prod", "--dry-run", env=COMPOSE)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[1] == "  1. SHIPYARD_ENV=prod " + compose_line(
-        "--file", "compose.backup.yaml", "run", "--rm", "backup"
+        "--file", "compose.backup.yaml", *PRE_MIGRATE_RUN
     )
     services = YAML(typ="safe").load((compose_kit / "compose.backup.yaml").read_text())
     assert "backup" in services["services"]

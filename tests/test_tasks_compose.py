@@ -877,7 +877,7 @@ def test_backups_before_migrating_from_the_first_deploy_on(
         assert f"BACKUP_IMAGE={repository}@sha256:" in second.stdout
         (made,) = folder.iterdir()
         manifest = json.loads((made / "manifest.json").read_text())
-        assert manifest["kind"] == "scheduled"
+        assert manifest["kind"] == "pre-migrate"
         assert kit.health() == 200
 
         # Everything stopped, the data kept (`docker compose down`, the scheduler first: it

@@ -217,10 +217,21 @@ def migrate(root: Path, file: str, images: Mapping[str, str]) -> Command:
     return compose(root, file, "--profile", MIGRATE, "run", "--rm", MIGRATE, images=images)
 
 
-def backup(root: Path, env: str, image: str, *engine: str, service: str = "backup") -> Command:
+def backup(
+    root: Path,
+    env: str,
+    image: str,
+    *engine: str,
+    service: str = "backup",
+    container_env: Mapping[str, str] | None = None,
+) -> Command:
     """The standalone backup file's service, on the running stack's network: its own command
     (`shipyard backup run` with the target and retention: one backup) or `engine`, another
     `shipyard backup ...` command line; `image` is the pushed repo@digest, or '' for the
-    file's default. `service` is `files-restore` to write the data paths."""
+    file's default. `service` is `files-restore` to write the data paths. `container_env` is
+    set in the container (`run -e`), beside what the file gives it."""
     variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
-    return compose(root, BACKUP_FILE, "run", "--rm", service, *engine, env=variables)
+    extra = [
+        arg for item in sorted((container_env or {}).items()) for arg in ("-e", "=".join(item))
+    ]
+    return compose(root, BACKUP_FILE, "run", "--rm", *extra, service, *engine, env=variables)

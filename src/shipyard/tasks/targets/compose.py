@@ -17,6 +17,7 @@ from typing import NoReturn
 from invoke.exceptions import Exit
 
 from shipyard import config
+from shipyard.backup import kinds
 from shipyard.engines import EngineError, state
 from shipyard.engines import compose as compose_engine
 from shipyard.engines import docker as docker_engine
@@ -73,8 +74,14 @@ class ComposeTarget:
                 "--skip-backup",
                 code=1,
             )
-        # None pushed: '' leaves BACKUP_IMAGE to the host's .env, or Compose's own message.
-        backup = compose_engine.backup(self.cfg.root, env, last_backup_image(self.cfg.root))
+        # None pushed: '' leaves BACKUP_IMAGE to the host's .env, or Compose's own message. The
+        # kind goes in a variable: that image's engine may predate the kind (kinds.py).
+        backup = compose_engine.backup(
+            self.cfg.root,
+            env,
+            last_backup_image(self.cfg.root),
+            container_env={kinds.KIND_VARIABLE: kinds.PRE_MIGRATE},
+        )
         if opts.dry_run:
             return [backup]
         database = self._database()
