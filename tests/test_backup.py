@@ -448,8 +448,8 @@ def test_the_kind_variable_sets_the_manifest_kind_and_a_bad_one_is_refused(
 
 
 def test_the_schema_lists_the_kinds_the_engine_writes() -> None:
-    kinds = config.schema("backup-manifest")["properties"]["kind"]["enum"]
-    assert sorted(kinds) == sorted(kinds.KINDS)
+    listed = config.schema("backup-manifest")["properties"]["kind"]["enum"]
+    assert sorted(listed) == sorted(kinds.KINDS)
 
 
 def test_manifest_matches_its_schema_and_is_written_last(database: str, tmp_path: Path) -> None:
