@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 
 from shipyard import config
 from shipyard.engines import docker as docker_engine
@@ -52,7 +53,17 @@ with Path(os.environ["BOUNDARY_LOG"]).open("a") as log:
 story = os.environ.get("BOUNDARY_STORY", "")
 if tool == "kubectl":
     what = sys.argv[1:3]
-    if what == ["get", "cronjob"]:
+    if "--filename" in sys.argv:  # what a Job was created from, read while the file exists
+        made = Path(sys.argv[sys.argv.index("--filename") + 1]).read_text()
+        with Path(os.environ["BOUNDARY_LOG"] + ".created").open("a") as created:
+            created.write(json.dumps(made) + "\n")
+    if what == ["create", "job"] and "--dry-run=client" in sys.argv:
+        # The CronJob's Job, as kubectl renders it from the chart's template (abridged).
+        backup = {"name": "backup", "env": [{"name": "PGHOST", "value": "shop-api-postgres"}]}
+        print(json.dumps({"kind": "Job", "apiVersion": "batch/v1",
+                          "metadata": {"name": sys.argv[-4], "namespace": sys.argv[4]},
+                          "spec": {"template": {"spec": {"containers": [backup]}}}}))
+    elif what == ["get", "cronjob"]:
         print("cronjob.batch/" + sys.argv[3])
     elif what == ["get", "job"] and "-smoke-" in sys.argv[3]:
         print("Failed\\tBackoffLimitExceeded" if story == "smoke-fails" else "Complete\\t")
@@ -109,6 +120,12 @@ class Cluster:
 
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def created(self) -> list[Any]:
+        """The manifests `kubectl create --filename` was given, in order."""
+        made = Path(f"{self.log}.created")
+        lines = made.read_text().splitlines() if made.exists() else []
+        return [yaml.safe_load(json.loads(line)) for line in lines]
 
     def record(self, call: list[str]) -> None:
         with self.log.open("a") as log:
@@ -274,12 +291,21 @@ def test_helm_deploy_backs_up_then_upgrades_then_checks_the_rollout(
         ("helm", "get"),  # the deployed values: is it in maintenance mode?
         ("api", "GET"),  # the Secret's keys
         ("kubectl", "get"),  # the backup CronJob exists
-        ("kubectl", "create"),  # a Job from it
+        ("kubectl", "create"),  # a Job from it, rendered (client dry run)
+        ("kubectl", "create"),  # that Job, a pre-migrate backup, created
         ("kubectl", "get"),  # its conditions: Complete
         ("helm", "upgrade"),
         ("api", "GET"),  # the Deployments of the release
     ], calls
     assert calls[1][2] == f"/api/v1/namespaces/{NAMESPACE}/secrets/{ENV_OBJECT}"
+    assert calls[3][-3:] == ["--dry-run=client", "--output", "json"]
+    assert calls[4][:4] == ["kubectl", "create", "--namespace", NAMESPACE]
+    (created,) = cluster.created()
+    assert created["metadata"] == {"name": calls[3][-4], "namespace": NAMESPACE}
+    assert created["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "PGHOST", "value": "shop-api-postgres"},
+        {"name": "SHIPYARD_BACKUP_KIND", "value": "pre-migrate"},
+    ]
     upgrade = next(c for c in calls if c[:2] == ["helm", "upgrade"])
     digest = image.rpartition("@")[2]
     assert ["--set-string", f"components.shop-api.image.digest={digest}"] == upgrade[

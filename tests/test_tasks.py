@@ -262,19 +262,26 @@ def test_helm_deploy_plan_is_exact(kit: Path) -> None:
         "  2. kubectl get cronjob shop-api-backup --namespace shop-api-prod --ignore-not-found "
         "--output name  (no CronJob: a first install, nothing to back up, no backup)"
     )
+    # The CronJob is the previous release's: its engine may not know the pre-migrate kind, so
+    # the kind is a variable in the Job's containers, which `create job --from` cannot set.
     job = re.fullmatch(
         r"  3\. kubectl create job --namespace shop-api-prod --from=cronjob/shop-api-backup "
-        r"(shop-api-backup-pre-[0-9a-z]+)",
+        r"(shop-api-backup-pre-[0-9a-z]+) --dry-run=client --output json  \(the Job, printed: "
+        r"nothing created\)",
         steps[3],
     )
     assert job, steps[3]
     assert steps[4] == (
-        f"  4. kubectl get job {job.group(1)} --namespace shop-api-prod --output "
+        f"  4. kubectl create --namespace shop-api-prod --filename <that Job {job.group(1)}, "
+        "with SHIPYARD_BACKUP_KIND=pre-migrate in each container>"
+    )
+    assert steps[5] == (
+        f"  5. kubectl get job {job.group(1)} --namespace shop-api-prod --output "
         f"'{helm.JOB_CONDITIONS}'  (every 2s until Complete, or stop on Failed; at most 300s)"
     )
     flags = "--rollback-on-failure --wait=watcher" if helm.major("helm") >= 4 else "--atomic --wait"
-    assert steps[5] == (
-        "  5. helm upgrade --install shop-api charts/shop-api --namespace shop-api-prod "
+    assert steps[6] == (
+        "  6. helm upgrade --install shop-api charts/shop-api --namespace shop-api-prod "
         "--values charts/shop-api/values-prod.yaml --set replicaCount=3 "
         "--set-string host=shop-api.example.com "
         f"--set-string backup.image.digest={DIGEST} "
@@ -724,7 +731,22 @@ log = Path(os.environ["FAKE_KUBECTL_LOG"])
 calls = log.read_text().splitlines() if log.exists() else []
 log.write_text("".join(line + "\\n" for line in [*calls, json.dumps(sys.argv[1:])]))
 story, what = os.environ["FAKE_KUBECTL"], sys.argv[1:3]
-if what == ["get", "cronjob"]:
+if "--filename" in sys.argv:  # what was created, read while the file exists
+    created = Path(sys.argv[sys.argv.index("--filename") + 1]).read_text()
+    log.with_name("created").write_text(created)
+if what == ["create", "job"] and "--dry-run=client" in sys.argv:
+    # The Job from the CronJob's template, as kubectl renders it (abridged).
+    container = {"name": "backup", "image": "backup@sha256:1", "args": ["backup", "run"]}
+    print(json.dumps({
+        "kind": "Job", "apiVersion": "batch/v1",
+        "metadata": {"name": sys.argv[-4], "namespace": sys.argv[4]},
+        "spec": {"template": {"spec": {"restartPolicy": "OnFailure", "containers": [
+            {**container, "env": [{"name": "PGHOST", "value": "db"},
+                                  {"name": "SHIPYARD_BACKUP_KIND", "value": "manual"}]},
+            {**container, "name": "sidecar"},
+        ]}}},
+    }))
+elif what == ["get", "cronjob"]:
     print("" if story == "absent" else "cronjob.batch/" + sys.argv[3])
 elif what == ["get", "job"]:
     if not any(json.loads(c)[:2] == ["get", "job"] for c in calls):
@@ -775,8 +797,9 @@ def test_failed_backup_job_stops_at_once(cluster: Path, monkeypatch: pytest.Monk
         "upgraded"
     )
     calls = kubectl_calls(cluster)
-    assert calls[1] == list(job.create().argv[1:])
-    assert calls[2:] == [list(job.conditions().argv[1:])] * 2
+    assert calls[1] == list(job.render().argv[1:])
+    assert calls[2][:4] == ["create", "--namespace", "shop-api-prod", "--filename"]
+    assert calls[3:] == [list(job.conditions().argv[1:])] * 2
 
 
 def test_complete_backup_job_lets_the_deploy_go_on(
@@ -788,9 +811,56 @@ def test_complete_backup_job_lets_the_deploy_go_on(
     assert [call[:2] for call in kubectl_calls(cluster)] == [
         ["get", "cronjob"],
         ["create", "job"],
+        ["create", "--namespace"],
         ["get", "job"],
         ["get", "job"],
     ]
+
+
+def test_the_backup_job_before_migrating_is_a_pre_migrate_backup(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CronJob is the previous release's, whose engine may not know the kind: the Job is
+    rendered from it (`create job --from ... --dry-run=client`), SHIPYARD_BACKUP_KIND set in
+    each container (an older engine ignores it), and that Job created, nothing else changed."""
+    monkeypatch.setenv("FAKE_KUBECTL", "complete")
+    job = helm.backup_job("shop-api", "shop-api-prod", 3600, now=1_795_000_000)
+    assert helm.run_backup(job, say=print) is True
+    render, create = kubectl_calls(cluster)[1:3]
+    assert render == [
+        "create", "job", "--namespace", "shop-api-prod", "--from=cronjob/shop-api-backup",
+        "shop-api-backup-pre-top2v4", "--dry-run=client", "--output", "json",
+    ]  # fmt: skip
+    assert create[:4] == ["create", "--namespace", "shop-api-prod", "--filename"]
+    created = YAML(typ="safe").load(cluster.with_name("created").read_text())
+    assert created["metadata"] == {
+        "name": "shop-api-backup-pre-top2v4",
+        "namespace": "shop-api-prod",
+    }
+    containers = created["spec"]["template"]["spec"]["containers"]
+    kind = {"name": "SHIPYARD_BACKUP_KIND", "value": "pre-migrate"}
+    assert [c["env"] for c in containers] == [[{"name": "PGHOST", "value": "db"}, kind], [kind]]
+    assert {k: v for k, v in containers[0].items() if k != "env"} == {
+        "name": "backup",
+        "image": "backup@sha256:1",
+        "args": ["backup", "run"],
+    }
+    # The plan printed is what ran.
+    out = capsys.readouterr().out
+    assert f"$ {job.render()}\n$ kubectl create --namespace shop-api-prod --filename " in out
+    assert [str(step) for step in job.plan()[1:3]] == [
+        f"{job.render()}  (the Job, printed: nothing created)",
+        "kubectl create --namespace shop-api-prod --filename <that Job "
+        "shop-api-backup-pre-top2v4, with SHIPYARD_BACKUP_KIND=pre-migrate in each container>",
+    ]
+
+
+def test_a_rendered_job_without_containers_is_refused_with_a_sentence() -> None:
+    job = helm.backup_job("shop-api", "shop-api-prod", 60, now=1_795_000_000)
+    for printed in ("", "not json", '{"kind": "Job", "metadata": {}, "spec": {}}'):
+        with pytest.raises(EngineError) as refused:
+            job.with_env(printed)
+        assert str(refused.value) == f"`{job.render()}` printed no Job with containers"
 
 
 def test_docker_sdk_failures_are_engine_errors() -> None:

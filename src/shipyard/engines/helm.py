@@ -21,8 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from shipyard.backup import kinds
 from shipyard.config import ConfigError, load_yaml
 from shipyard.engines import EngineError
+from shipyard.engines.cnpg import creating
 from shipyard.engines.proc import Command, capture, command, run
 from shipyard.engines.state import BACKUP
 
@@ -221,12 +223,15 @@ class BackupJob:
     """A one-off Job from the chart's backup CronJob, waited for (before production migrations).
 
     On a first install there is no CronJob yet and nothing to back up, so it is looked up first.
+    `kubectl create job --from` cannot set a variable: a Job with `env` (set in each of its
+    containers, beside the CronJob's) is rendered by it, given them, and created from that.
     """
 
     cronjob: str
     name: str
     namespace: str
     timeout: int
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def lookup(self) -> Command:
         """Prints the CronJob's name, or nothing when it does not exist (exit 0 either way)."""
@@ -241,6 +246,28 @@ class BackupJob:
             f"--from=cronjob/{self.cronjob}", self.name,
         )  # fmt: skip
 
+    def render(self) -> Command:
+        """Prints the Job `create` would make, as JSON, creating nothing (client dry run)."""
+        return command(*self.create().argv, "--dry-run=client", "--output", "json")
+
+    def with_env(self, rendered: str) -> dict[str, Any]:
+        """The Job `render` printed, with `env` set in each of its containers."""
+        try:
+            job = json.loads(rendered)
+            pod = job["spec"]["template"]["spec"]
+            containers = [*pod.get("initContainers", []), *pod["containers"]]
+            job["metadata"]["namespace"] = self.namespace
+            if job["kind"] != "Job":
+                containers = []
+        except (ValueError, KeyError, TypeError):
+            containers = []
+        if not containers:
+            raise EngineError(f"`{self.render()}` printed no Job with containers")
+        for container in containers:
+            kept = [v for v in container.get("env", []) if v.get("name") not in self.env]
+            container["env"] = [*kept, *({"name": k, "value": v} for k, v in self.env.items())]
+        return dict(job)
+
     def conditions(self) -> Command:
         return command(
             "kubectl", "get", "job", self.name, "--namespace", self.namespace,
@@ -251,9 +278,15 @@ class BackupJob:
         return run_backup(self, say)
 
     def plan(self) -> list[Command | str]:
+        given = " ".join(f"{k}={v}" for k, v in self.env.items())
+        create: list[Command | str] = [
+            f"{self.render()}  (the Job, printed: nothing created)",
+            f"kubectl create --namespace {self.namespace} --filename <that Job {self.name}, "
+            f"with {given} in each container>",
+        ]
         return [
             f"{self.lookup()}  (no CronJob: a first install, nothing to back up, no backup)",
-            self.create(),
+            *(create if self.env else [self.create()]),
             f"{self.conditions()}  (every {POLL}s until Complete, or stop on Failed; at most "
             f"{self.timeout}s)",
         ]
@@ -264,9 +297,14 @@ POLL = 2
 
 
 def backup_job(service: str, namespace: str, timeout: int, now: float | None = None) -> BackupJob:
-    """The backup Job to take before migrating, named `<service>-backup-pre-<time>` (<= 63)."""
+    """The backup Job to take before migrating, named `<service>-backup-pre-<time>` (<= 63),
+    its kind pre-migrate (a variable: the CronJob is the previous release's, kinds.py)."""
     return BackupJob(
-        f"{service}-backup", job_name(f"{service}-backup-pre", now), namespace, timeout
+        f"{service}-backup",
+        job_name(f"{service}-backup-pre", now),
+        namespace,
+        timeout,
+        {kinds.KIND_VARIABLE: kinds.PRE_MIGRATE},
     )
 
 
@@ -311,8 +349,13 @@ def run_job(
     say(f"$ {job.lookup()}")
     if not run(job.lookup(), capture=True, what=f"looking up CronJob {job.cronjob}").strip():
         return False
-    say(f"$ {job.create()}")
-    run(job.create(), what=f"creating {what}")
+    if job.env:
+        say(f"$ {job.render()}")
+        rendered = run(job.render(), capture=True, what=f"rendering {what}")
+        creating(job.with_env(rendered), f"creating {what}", say)
+    else:
+        say(f"$ {job.create()}")
+        run(job.create(), what=f"creating {what}")
     say(f"$ {job.conditions()}")
     where = f"`kubectl logs --namespace {job.namespace} job/{job.name}`"
     failed = wait_job(job.conditions(), job.timeout, what)
