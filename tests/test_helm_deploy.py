@@ -56,7 +56,7 @@ if tool == "kubectl":
     if "--filename" in sys.argv:  # what a Job was created from, read while the file exists
         made = Path(sys.argv[sys.argv.index("--filename") + 1]).read_text()
         with Path(os.environ["BOUNDARY_LOG"] + ".created").open("a") as created:
-            created.write(json.dumps(made) + "\n")
+            created.write(json.dumps(made) + "\\n")
     if what == ["create", "job"] and "--dry-run=client" in sys.argv:
         # The CronJob's Job, as kubectl renders it from the chart's template (abridged).
         backup = {"name": "backup", "env": [{"name": "PGHOST", "value": "shop-api-postgres"}]}
