@@ -905,10 +905,11 @@ def test_backups_before_migrating_from_the_first_deploy_on(
         third = kit.invoke("deploy", "--env", "staging", "--yes")
         started = [line for line in third.stdout.splitlines() if " up --detach " in line]
         assert started[0].endswith(" postgres"), third.stdout
-        # A new backup (retention keeps the newest scheduled one of the day: this one).
-        (newest,) = folder.iterdir()
-        assert newest.name > made.name
-        assert (newest / "manifest.json").is_file()
+        # A new backup, and the second deploy's still beside it: retention keeps each
+        # pre-migrate backup of the day (a scheduled one would have been thinned to this one).
+        kept, newest = sorted(folder.iterdir())
+        assert kept == made
+        assert json.loads((newest / "manifest.json").read_text())["kind"] == "pre-migrate"
         assert kit.health() == 200
     finally:
         next(kits, None)
