@@ -698,7 +698,9 @@ def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     def push(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([command, *args], capture_output=True, text=True, check=False)
 
-    assert push("000000010000000000000001").returncode == 2
+    usage = push("000000010000000000000001")
+    assert (usage.returncode, usage.stdout) == (2, "")
+    assert usage.stderr == "usage: shipyard-pgbackrest-push WAL --target URL\n"
     refused = push("000000010000000000000001", "--target", "ftp://host/repo")
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == (
@@ -710,6 +712,26 @@ def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
     assert missing.returncode == 1
     assert missing.stderr.startswith("shipyard-pgbackrest-push: pgbackrest archive-push failed: ")
     assert "Traceback" not in missing.stderr
+
+
+def test_the_archive_command_pushes_a_segment_with_status_0(archived: Archived) -> None:
+    """The archive_command's success on the real pgBackRest, which is what lets PostgreSQL
+    recycle the segment: one the archive holds already (as when PostgreSQL pushes again a
+    segment whose push it did not see end) is taken with status 0 and no word on stdout."""
+    pitr.setup(archived.env)
+    archived.switch_wal()
+    with archived.connect() as conn:
+        row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+    segment = archived.data / "pg_wal" / (row[0] if row else "")
+    assert segment.is_file(), "the segment just archived is still in pg_wal"
+    command = shutil.which("shipyard-pgbackrest-push", path=Path(sys.executable).parent)
+    assert command, "the package installs the command"
+    target = f"file://{archived.env['PGBACKREST_REPO1_PATH']}"
+    pushed = subprocess.run(
+        [command, str(segment), "--target", target],
+        env=archived.env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (pushed.returncode, pushed.stdout) == (0, ""), pushed.stderr
 
 
 def test_the_scheduler_takes_base_backups_and_drills_on_their_schedules(
