@@ -851,6 +851,23 @@ def test_s3_credentials_come_from_the_environment_the_aws_tools_read() -> None:
     assert pgbackrest.environment("s3://b/p", base)["PGBACKREST_REPO1_S3_KEY_TYPE"] == "auto"
 
 
+def test_the_s3_region_is_the_one_the_aws_tools_read() -> None:
+    """AWS_REGION (the SDKs' variable), else AWS_DEFAULT_REGION (the CLI's), else us-east-1;
+    the endpoint is that region's."""
+
+    def region(environ: dict[str, str]) -> tuple[str, str]:
+        env = pgbackrest.environment("s3://b/p", environ)
+        return env["PGBACKREST_REPO1_S3_REGION"], env["PGBACKREST_REPO1_S3_ENDPOINT"]
+
+    assert region({}) == ("us-east-1", "s3.us-east-1.amazonaws.com")
+    assert region({"AWS_DEFAULT_REGION": "eu-north-1"}) == (
+        "eu-north-1",
+        "s3.eu-north-1.amazonaws.com",
+    )
+    both = {"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "eu-north-1"}
+    assert region(both) == ("eu-west-3", "s3.eu-west-3.amazonaws.com")
+
+
 def test_an_s3_repository_round_trip_over_https(tls_s3_server: TlsS3Server) -> None:
     bucket = f"pitr-{secrets.token_hex(4)}"
     s3 = _s3(tls_s3_server)
