@@ -868,6 +868,21 @@ def test_the_s3_region_is_the_one_the_aws_tools_read() -> None:
     assert region(both) == ("eu-west-3", "s3.eu-west-3.amazonaws.com")
 
 
+def test_an_s3_repository_pgbackrest_cannot_use_is_refused_in_a_sentence() -> None:
+    with pytest.raises(BackupError) as http:
+        pgbackrest.environment("s3://b/p", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert str(http.value) == (
+        "pgBackRest reaches S3 over HTTPS only: AWS_ENDPOINT_URL must be https://HOST[:PORT]"
+    )
+    for half in ({"AWS_ACCESS_KEY_ID": "AK"}, {"AWS_SECRET_ACCESS_KEY": "SK"}):
+        with pytest.raises(BackupError) as refused:
+            pgbackrest.environment("s3://b/p", half)
+        assert str(refused.value) == (
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or neither to"
+            " use the instance's or the service account's role"
+        )
+
+
 def test_an_s3_repository_round_trip_over_https(tls_s3_server: TlsS3Server) -> None:
     bucket = f"pitr-{secrets.token_hex(4)}"
     s3 = _s3(tls_s3_server)

@@ -93,6 +93,12 @@ def _s3(bucket: str, prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
         env.update(PGBACKREST_REPO1_S3_KEY=key, PGBACKREST_REPO1_S3_KEY_SECRET=secret)
         if token := environ.get("AWS_SESSION_TOKEN"):  # temporary (STS, SSO) credentials
             env["PGBACKREST_REPO1_S3_TOKEN"] = token
+    elif key or secret:
+        # As boto3 refuses half a key (the logical backups): never a silent fall back to a role.
+        raise BackupError(
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or neither to"
+            " use the instance's or the service account's role"
+        )
     elif environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
         # A Kubernetes service account's role (IRSA): pgBackRest reads AWS_ROLE_ARN and the
         # token file itself.
