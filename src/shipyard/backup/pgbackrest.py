@@ -94,7 +94,8 @@ def _s3(bucket: str, prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
         if token := environ.get("AWS_SESSION_TOKEN"):  # temporary (STS, SSO) credentials
             env["PGBACKREST_REPO1_S3_TOKEN"] = token
     elif key or secret:
-        # As boto3 refuses half a key (the logical backups): never a silent fall back to a role.
+        # Half a key is a mistake (boto3, for the logical backups, refuses a key id without its
+        # secret): never a silent fall back to a role.
         raise BackupError(
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or neither to"
             " use the instance's or the service account's role"
