@@ -84,12 +84,22 @@ def refresh(work: Path, modules: list[str]) -> list[str]:
     copies go, and with them the stats, which mutmut then collects again in full.
     """
     src = work / "mutants" / "src"
-    plain = [m for m in modules if (src / m).is_file() and MARK not in (src / m).read_text("utf-8")]
+    plain = [m for m in modules if _plain(src / m)]
     for module in plain:
         (src / module).unlink()
     if plain:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return plain
+
+
+def _plain(copy: Path) -> bool:
+    """A copy mutmut did not mutate, of a module it has mutants for: a module with nothing to
+    mutate (re-exports, constants) stays plain whatever mutmut does, and its `.meta` says so
+    with no mutants."""
+    if not copy.is_file() or MARK in copy.read_text("utf-8"):
+        return False
+    meta = copy.with_name(copy.name + ".meta")
+    return not meta.is_file() or bool(json.loads(meta.read_text())["exit_code_by_key"])
 
 
 def save(work: Path, ledger: Path) -> int:

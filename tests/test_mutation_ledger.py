@@ -137,16 +137,24 @@ def test_a_module_left_out_of_the_last_run_is_mutated_and_its_tests_found_again(
     (copies / "db.py").write_text("def tool():\n    return 1\n")  # plain: left out before
     mutated = "def x_tool__mutmut_orig():\n    return 1\n"
     (copies / "engine.py").write_text(mutated)  # mutated by the last run
+    # A module with nothing to mutate: plain after every run, its .meta lists no mutant.
+    (copies / "kinds.py").write_text('MANUAL = "manual"\n')
+    _meta(tmp_path, "shipyard/backup/kinds.py", {}, {})
     stats = tmp_path / "mutants" / "mutmut-stats.json"
     stats.write_text("{}")
-    modules = [DB, "shipyard/backup/engine.py", "shipyard/backup/new.py"]
+    modules = [DB, *(f"shipyard/backup/{name}.py" for name in ("engine", "kinds", "new"))]
 
     assert mutation_ledger.refresh(tmp_path, modules) == [DB]
     assert not (copies / "db.py").exists()
+    assert (copies / "kinds.py").exists()
     assert (copies / "engine.py").read_text() == mutated
     assert not stats.exists()
 
-    # Nothing plain left: the next run keeps mutmut's copies and stats.
+    # Nothing plain left: the next run keeps mutmut's copies and stats. A plain copy of a module
+    # mutmut has judged before (left out of the last run) is refreshed, as one never mutated.
     stats.write_text("{}")
     assert mutation_ledger.refresh(tmp_path, modules) == []
     assert stats.exists()
+    (copies / "db.py").write_text("def tool():\n    return 1\n")
+    _meta(tmp_path, DB, {f"{KEY}x_tool__mutmut_1": 1}, {"x_tool": "aaa"})
+    assert mutation_ledger.refresh(tmp_path, modules) == [DB]

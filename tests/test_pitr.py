@@ -722,7 +722,9 @@ def test_the_archive_command_pushes_a_segment_with_status_0(archived: Archived) 
     archived.switch_wal()
     with archived.connect() as conn:
         row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
-    segment = archived.data / "pg_wal" / (row[0] if row else "")
+    archived_wal = row[0] if row else None
+    assert archived_wal, "switch_wal waited for a segment to be archived"
+    segment = archived.data / "pg_wal" / str(archived_wal)
     assert segment.is_file(), "the segment just archived is still in pg_wal"
     command = shutil.which("shipyard-pgbackrest-push", path=Path(sys.executable).parent)
     assert command, "the package installs the command"

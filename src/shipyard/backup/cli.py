@@ -269,7 +269,7 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise engine.BackupError("PGDATA must name the live data directory")
         data = Path(environ["PGDATA"])
         old = pitr.swap(data, args.restored)
-        # Two lines: `invoke restore --at` shows the first and does what the second says.
+        # `invoke restore --at` shows what comes before "Start the server" and does the rest.
         print(f"{data} is the restored data now; the old data is kept in {old}.")
         print(
             "Start the server: it archives the new timeline first, then take a base backup"

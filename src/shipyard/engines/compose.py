@@ -229,7 +229,8 @@ def backup(
     (`shipyard backup run` with the target and retention: one backup) or `engine`, another
     `shipyard backup ...` command line; `image` is the pushed repo@digest, or '' for the
     file's default. `service` is `files-restore` to write the data paths. `container_env` is
-    set in the container (`run -e`), beside what the file gives it."""
+    set in the container (`run -e NAME=VALUE`, beside what the file gives it): values go on
+    the command line and into printed plans, so never a secret."""
     variables = {"SHIPYARD_ENV": env, **({"BACKUP_IMAGE": image} if image else {})}
     extra = [
         arg for item in sorted((container_env or {}).items()) for arg in ("-e", "=".join(item))

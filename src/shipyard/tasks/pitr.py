@@ -204,10 +204,10 @@ def _swap(server: Container, swap: list[str], env: str) -> None:
                     f"shipyard: the swap of {env} failed, nothing changed: {said}", code=1
                 ) from None
         # What the swap did; not its advice to start the server and take a base backup, which
-        # this task does next.
-        lines = docker_engine.decoded(out).strip().splitlines()
-        if lines:
-            say(lines[0])
+        # this task does next (an older engine gives both on one line).
+        said = docker_engine.decoded(out).split("Start the server", 1)[0].strip()
+        if said:
+            say(said)
     finally:
         with failures(f"starting {SERVICE} of {env}"), docker_engine.sdk_errors("start"):
             server.start()
