@@ -25,8 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shipyard import timepoint
 from shipyard.engines import EngineError
 from shipyard.engines.proc import Command, command, run
@@ -78,10 +76,13 @@ def create(namespace: str, path: Path) -> Command:
 
 
 def creating(manifest: dict[str, Any], what: str, say: Callable[[str], None]) -> None:
-    """Create `manifest` from a file in a private temporary folder, echoing the command."""
+    """Create `manifest` from a file in a private temporary folder, echoing the command. JSON,
+    not YAML: a manifest read back from the cluster (a Job rendered from a CronJob) may hold
+    strings such as `y` or `1e3` that PyYAML writes bare and kubectl's YAML reads as a boolean
+    or a number."""
     with tempfile.TemporaryDirectory(prefix="shipyard-") as folder:
-        path = Path(folder) / f"{manifest['kind'].lower()}.yaml"
-        path.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+        path = Path(folder) / f"{manifest['kind'].lower()}.json"
+        path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         cmd = create(manifest["metadata"]["namespace"], path)
         say(f"$ {cmd}")
         run(cmd, what=what)
