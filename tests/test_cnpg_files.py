@@ -178,6 +178,19 @@ def cluster(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
     )
 
 
+def _job_from(cronjob: Doc) -> Doc:
+    """The Job `kubectl create job --from=cronjob/... --dry-run=client --output json` prints."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "rendered",
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+        },
+        "spec": cronjob["spec"]["jobTemplate"]["spec"],
+    }
+
+
 def _backup_rules(
     cluster: Cluster, job: str, cronjob: str = f"cronjob.batch/{CRONJOB}\n"
 ) -> list[Doc]:
@@ -185,6 +198,7 @@ def _backup_rules(
         rule(["get", "clusters.postgresql.cnpg.io"], json.dumps(cluster.live)),
         rule(["get", "backups.postgresql.cnpg.io"], "completed\t"),
         rule(["get", "cronjob"], cronjob),
+        rule(["create", "job"], json.dumps(_job_from(cluster.cronjob))),
         rule(["get", "job"], job),
     ]
 
@@ -202,13 +216,24 @@ def test_backup_takes_a_base_backup_then_runs_the_files_backup_job(
         ["get", "clusters.postgresql.cnpg.io"], ["create", "--namespace"],
         ["get", "backups.postgresql.cnpg.io"],
     ]  # fmt: skip
-    lookup, create, poll = commands[3:]
+    lookup, render, create, poll = commands[3:]
     assert lookup == ["get", "cronjob", CRONJOB, *ns, "--ignore-not-found", "--output", "name"]
-    name = create[-1]
+    name = render[5]
     assert name.startswith("nestjs-template-files-")
-    assert create == ["create", "job", *ns, f"--from=cronjob/{CRONJOB}", name]
+    assert render == [
+        "create", "job", *ns, f"--from=cronjob/{CRONJOB}", name,
+        "--dry-run=client", "--output", "json",
+    ]  # fmt: skip
+    assert create[:3] == ["create", *ns] and create[3] == "--filename"
     assert poll == ["get", "job", name, *ns, "--output", helm_engine.JOB_CONDITIONS]
     assert f"prod: files backup {name} of api:/app/uploads completed" in result.stdout
+    # A person asked for it: the engine records it manual (retention keeps every manual backup
+    # of the daily window; a second scheduled one that day would prune a scheduled one).
+    (job,) = [m for m in cluster.kubectl.applied() if m["kind"] == "Job"]
+    assert job["metadata"]["namespace"] == NAMESPACE
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": "SHIPYARD_BACKUP_KIND", "value": "manual"} in container["env"]
+    assert _container(cluster.cronjob)["args"] == container["args"]
 
 
 def test_a_failed_files_backup_fails_the_task_with_where_to_look(
@@ -247,6 +272,7 @@ def test_backup_dry_run_plans_both_and_calls_nothing(root: Path, cluster: Cluste
     assert result.returncode == 0, result.stderr
     assert "and the data paths (the files-only backup CronJob)" in result.stdout
     assert f"kubectl create job --namespace {NAMESPACE} --from=cronjob/{CRONJOB}" in result.stdout
+    assert "with SHIPYARD_BACKUP_KIND=manual in each container>" in result.stdout
     assert cluster.kubectl.calls() == []
 
 

@@ -17,6 +17,7 @@ import yaml
 from invoke.exceptions import Exit
 
 from shipyard import config, timepoint
+from shipyard.backup import kinds
 from shipyard.engines import EngineError, cnpg
 from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command, command
@@ -86,12 +87,15 @@ def _files_job(
     cfg: config.Config, environment: config.Environment, timeout: int
 ) -> helm_engine.BackupJob:
     """A Job of the chart's backup CronJob, which with CloudNativePG archives the data paths
-    alone (`shipyard backup run --files-only`, templates/backup-cronjob.yaml)."""
+    alone (`shipyard backup run --files-only`, templates/backup-cronjob.yaml). Its kind is
+    manual, as the base backup's: a person asked for it, and retention keeps it the whole
+    daily window, where a second scheduled one of the day would prune it (kinds.py)."""
     return helm_engine.BackupJob(
         f"{cfg.service}-backup",
         helm_engine.job_name(f"{cfg.service}-files"),
         environment.namespace,
         timeout,
+        {kinds.KIND_VARIABLE: kinds.MANUAL},
     )
 
 
