@@ -224,7 +224,7 @@ def test_backup_takes_a_base_backup_then_runs_the_files_backup_job(
         "create", "job", *ns, f"--from=cronjob/{CRONJOB}", name,
         "--dry-run=client", "--output", "json",
     ]  # fmt: skip
-    assert create[:3] == ["create", *ns] and create[3] == "--filename"
+    assert create[:4] == ["create", *ns, "--filename"]
     assert poll == ["get", "job", name, *ns, "--output", helm_engine.JOB_CONDITIONS]
     assert f"prod: files backup {name} of api:/app/uploads completed" in result.stdout
     # A person asked for it: the engine records it manual (retention keeps every manual backup
