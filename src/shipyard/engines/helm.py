@@ -24,7 +24,7 @@ from typing import Any
 from shipyard.backup import kinds
 from shipyard.config import ConfigError, load_yaml
 from shipyard.engines import EngineError
-from shipyard.engines.cnpg import creating
+from shipyard.engines.kubectl import creating
 from shipyard.engines.proc import Command, capture, command, run
 from shipyard.engines.state import BACKUP
 

@@ -18,7 +18,7 @@ from invoke.exceptions import Exit
 
 from shipyard import config, timepoint
 from shipyard.backup import kinds
-from shipyard.engines import EngineError, cnpg
+from shipyard.engines import EngineError, cnpg, kubectl
 from shipyard.engines import helm as helm_engine
 from shipyard.engines.proc import Command, command
 from shipyard.tasks.support import confirm, execute, failures, plan, say
@@ -152,7 +152,7 @@ def recover(
     if environment.confirm:
         confirm(f"Create Cluster {name} in {target.namespace}, recovered to {to}?", yes)
     with failures(f"the recovery of {env}"):
-        cnpg.creating(manifest, f"creating the Cluster {name}", say)
+        kubectl.creating(manifest, f"creating the Cluster {name}", say)
         execute(cnpg.ready(target.namespace, name, timeout), f"waiting for the Cluster {name}")
     database = cfg.database.name if cfg.database else ""
     print(
