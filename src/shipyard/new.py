@@ -12,7 +12,8 @@ renders them. What it adds is a refusal that says everything at once and writes 
   the app's .gitignore) are copied into the render first, so copier's own step merges them
   exactly as `copier copy` into DEST would.
 
-`copier copy` stays the interactive way; unanswered questions here take their defaults.
+`copier copy` stays the interactive way; unanswered questions here take their defaults,
+except those DEST's own files answer (its runtime, package manager, version pin: detect.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from shipyard import detect
 
 if TYPE_CHECKING:
     from copier._main import Worker
@@ -93,6 +96,16 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("copier") is None:
         print(f"shipyard new: {MISSING_COPIER}", file=sys.stderr)
         return 2
+    found = detect.answers(args.dest, data) if args.dest.is_dir() else detect.Found({}, {})
+    if found.problem:
+        print(found.problem, file=sys.stderr)
+        return 2
+    if found.answers:
+        print(
+            f"shipyard new: from the files in {args.dest}: {found.describe()} "
+            "(-d ANSWER=VALUE to answer otherwise)"
+        )
+        data = {**found.answers, **data}
     try:
         return scaffold(args.template, args.vcs_ref, data, args.dest)
     except KeyboardInterrupt:
