@@ -620,6 +620,9 @@ def test_the_cli_lists_the_window_and_refuses_bad_setups_with_a_sentence(
     assert label in shown.stdout
     assert "the recoverable window" not in shown.stdout
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ to now", shown.stdout, re.M)
+    assert shown.stdout.endswith(
+        "\nlast drill: none yet (`shipyard backup pitr drill`, `invoke backup.verify`)\n"
+    )
 
     refused = subprocess.run(
         [sys.executable, "-m", "shipyard.cli", "backup", "pitr", "list", "--target", "s3://b/p"],

@@ -256,7 +256,9 @@ def run_pitr(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(pitr.describe(found.backups))
         print(found.describe())
         record = drill_record.read(storage.from_url(args.target))
-        print(record.describe() if record else "last drill: none yet (`pitr drill` runs one)")
+        # Read on a server or through `invoke backup.list`: both ways of running one named.
+        none = "last drill: none yet (`shipyard backup pitr drill`, `invoke backup.verify`)"
+        print(record.describe() if record else none)
     elif step == "restore":
         restored = pitr.restore(env, pitr.target(args.at, pitr.window(env)), args.into)
         last = timepoint.rfc3339(restored.last_commit) if restored.last_commit else "not tracked"
