@@ -183,11 +183,8 @@ def push(
 
 
 def _warn(problem: str) -> None:
-    print(
-        f"shipyard backup: warning: {problem}; the command's own result stands.",
-        file=sys.stderr,
-        flush=True,
-    )
+    # stderr is line-buffered: the line is out before the command goes on.
+    print(f"shipyard backup: warning: {problem}; the command's own result stands.", file=sys.stderr)
 
 
 def _shown(url: str) -> str:

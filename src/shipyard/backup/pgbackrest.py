@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -142,10 +142,10 @@ def run(env: Mapping[str, str], *argv: str) -> str:
     return done.stdout
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main() -> int:
     """`shipyard-pgbackrest-push WAL --target URL`: the server's archive_command. pgBackRest's own
     message on failure (PostgreSQL logs it and keeps the segment to try again)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:]
     if len(args) != 3 or args[1] != "--target":
         print("usage: shipyard-pgbackrest-push WAL --target URL", file=sys.stderr)
         return 2
