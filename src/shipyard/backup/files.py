@@ -10,15 +10,21 @@ backups, writable in its `files-restore` service).
 A restore extracts every archive into a staging folder inside its data path first (same
 filesystem, so the swap is renames); only when all extracted does each path's content move
 aside, the restored content move in, and the old content go. A failure before the swap
-leaves every data path as it was.
+leaves every data path as it was; a move that fails during it is undone. The engine is not
+root: a read-only folder it owns is lent its owner's write bit to move (a folder's move
+changes its `..`), one another user owns is refused before anything moves.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -210,14 +216,49 @@ def verify(storage: Storage, manifest: dict[str, Any], log: Log) -> int:
 
 def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], log: Log) -> None:
     """Replace each wanted data path's content with the backup's archive of it (the caller
-    checked the backup holds one of each)."""
+    checked the backup holds one of each). A data path without write permission (as archived:
+    an app's read-only folder) is lent its owner's write bit meanwhile."""
+    swapped: dict[Path, int] = {}  # a data path whose content was replaced: its archived mode
+    try:
+        with ExitStack() as lent:
+            for data in wanted:
+                if not data.source.is_dir():
+                    raise BackupError(f"{data.name} is not mounted at {data.source}")
+                lent.enter_context(_writable(data.source, data.name))
+            staged = _stage(storage, manifest, wanted, log)
+            for i, (data, staging) in enumerate(staged):
+                try:
+                    swapped[data.source], left = _swap(data.source, staging)
+                except OSError as exc:
+                    for _data, unused in staged[i:]:
+                        _remove(unused)
+                    done = ", ".join(d.name for d, _ in staged[:i]) or "none"
+                    raise BackupError(
+                        f"replacing the content of {data.name} failed ({exc}); it is as it "
+                        f"was, and so are the data paths after it (restored before it: {done})"
+                    ) from None
+                log(f"{data.name}: now holds backup {manifest['id']}")
+                if left is not None:
+                    log(
+                        f"{data.name}: its old content stays in {left.name} (uid "
+                        f"{os.geteuid()} may not delete all of it; never archived): remove it "
+                        "as the files' owner"
+                    )
+    finally:
+        for folder, mode in swapped.items():
+            folder.chmod(mode)
+
+
+def _stage(
+    storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], log: Log
+) -> list[tuple[DataPath, Path]]:
+    """Extract each data path's archive into a staging folder inside it, and check that its
+    current content can move aside; on any failure, every staging folder is removed."""
     archived = {(e["component"], e["path"]): e for e in manifest[FILES]}
     staged: list[tuple[DataPath, Path]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="shipyard-files-") as work:
             for data in wanted:
-                if not data.source.is_dir():
-                    raise BackupError(f"{data.name} is not mounted at {data.source}")
                 entry = archived[(data.component, data.path)]
                 local = _fetch(storage, entry, Path(work), manifest["id"])
                 staging = data.source / f"{STAGING}{secrets.token_hex(3)}"
@@ -232,25 +273,116 @@ def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], 
                 )
                 local.unlink()
                 log(f"{data.name}: extracted, checked against the manifest's sha256")
+        # Every folder that moves aside must be movable before the first moves.
+        for data, staging in staged:
+            _check_movable(data, staging)
     except BaseException:
         for _data, staging in staged:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove(staging)
         raise
-    for data, staging in staged:
-        _swap(data.source, staging)
-        log(f"{data.name}: now holds backup {manifest['id']}")
+    return staged
 
 
-def _swap(target: Path, staging: Path) -> None:
-    """Move target's content aside, staging's content in, then drop the old content."""
-    aside = target / f"{ASIDE}{secrets.token_hex(3)}"
-    aside.mkdir()
-    for entry in target.iterdir():
-        if entry not in (staging, aside):
-            entry.rename(aside / entry.name)
-    for entry in staging.iterdir():
-        entry.rename(target / entry.name)
-    # The folder's own mode, as archived ('.').
-    target.chmod(staging.stat().st_mode & 0o7777)
+def _check_movable(data: DataPath, staging: Path) -> None:
+    """BackupError, changing nothing, when a folder in `data` cannot move aside: one without
+    write permission (a move changes its `..`) that this user does not own, so cannot lend
+    that permission either (_move)."""
+    stuck = [
+        entry.name
+        for entry in data.source.iterdir()
+        if entry != staging
+        and entry.is_dir()
+        and not entry.is_symlink()
+        and not os.access(entry, os.W_OK)
+        and entry.stat().st_uid != os.geteuid()
+    ]
+    if stuck:
+        raise BackupError(
+            f"{data.name}: cannot move {', '.join(sorted(stuck))}, a folder without write "
+            f"permission that uid {os.geteuid()} does not own; make it writable by its owner "
+            "(chmod u+w), or restore as root; nothing was changed"
+        )
+
+
+def _swap(target: Path, staging: Path) -> tuple[int, Path | None]:
+    """Move target's content aside, staging's content in, and drop the old content: the
+    target's mode as archived (the staging folder's, '.'), and the folder the old content
+    stays in when some of it could not be deleted. OSError when a move fails, after every
+    move is undone. The caller lends target its write bit."""
+    archived = stat.S_IMODE(staging.stat().st_mode)
+    with _writable(staging, staging.name):
+        aside = target / f"{ASIDE}{secrets.token_hex(3)}"
+        aside.mkdir()
+        moves = [(e, aside / e.name) for e in target.iterdir() if e not in (staging, aside)]
+        moves += [(e, target / e.name) for e in staging.iterdir()]
+        done: list[tuple[Path, Path]] = []
+        try:
+            for src, dst in moves:
+                _move(src, dst)
+                done.append((src, dst))
+        except OSError:
+            for src, dst in reversed(done):
+                _move(dst, src)
+            aside.rmdir()
+            raise
     staging.rmdir()
-    shutil.rmtree(aside)
+    return archived, None if _remove(aside) else aside
+
+
+@contextmanager
+def _writable(folder: Path, name: str) -> Iterator[None]:
+    """`folder` with its owner's write bit during the block, when it lacks it; BackupError,
+    changing nothing, when this user does not own it either."""
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if os.access(folder, os.W_OK):
+        yield
+        return
+    if folder.stat().st_uid != os.geteuid():
+        raise BackupError(
+            f"{name}: uid {os.geteuid()} may not write in {folder}, nor lend it the permission "
+            "(another user owns it); make it writable by its owner (chmod u+w), or restore as "
+            "root; nothing was changed"
+        )
+    folder.chmod(mode | stat.S_IWUSR)
+    try:
+        yield
+    finally:
+        if folder.exists():
+            folder.chmod(mode)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename src to dst. A folder without its owner's write bit (an app's read-only folder,
+    restored as archived) cannot move to another folder as anyone but root (its `..` entry
+    changes): its owner lends it the bit for the move."""
+    mode = src.lstat().st_mode
+    if not stat.S_ISDIR(mode) or os.access(src, os.W_OK):
+        src.rename(dst)
+        return
+    src.chmod(stat.S_IMODE(mode) | stat.S_IWUSR)
+    try:
+        src.rename(dst)
+    finally:
+        (src if src.exists() else dst).chmod(stat.S_IMODE(mode))
+
+
+def _remove(tree: Path) -> bool:
+    """Delete a folder the restore made (staging, or the old content set aside), read-only
+    folders in it included (each given its owner's bits first); False when some of it could
+    not go (folders of another owner)."""
+    _open(tree)
+    for folder, dirs, _files in os.walk(tree):
+        for name in dirs:
+            _open(Path(folder) / name)
+    failed: list[str] = []
+    shutil.rmtree(tree, onerror=lambda _f, path, _e: failed.append(path))
+    return not failed
+
+
+def _open(folder: Path) -> None:
+    """Give a folder (not a link to one) its owner's write and search bits, so what it holds
+    can be deleted; another owner's folder stays as it is (rmtree reports it)."""
+    mode = folder.lstat().st_mode
+    if stat.S_ISDIR(mode) and not os.access(folder, os.W_OK | os.X_OK):
+        with suppress(OSError):
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
