@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -349,6 +350,31 @@ def test_a_move_that_fails_mid_swap_is_undone(
     assert len(calls) > 4, "the moves done were undone by renames too"
     assert snapshot(top) == before
     assert not list(top.glob(f"{data_files.ASIDE}*"))
+
+
+@pytest.mark.parametrize(
+    ("compressed", "zstd_rc"), [(True, 0), (False, 1)], ids=["not tar", "not zstd"]
+)
+def test_an_archive_zstd_or_tar_cannot_read_is_one_sentence(
+    tmp_path: Path, compressed: bool, zstd_rc: int
+) -> None:
+    """An archive that passed its sha256 (the manifest's own, as a faulty writer recorded it)
+    but is not zstd, or zstd of no tar: either tool's failure is the engine's sentence, with
+    both exit codes and tar's words (a check made of `and`, or the tools' own exceptions,
+    would let one through)."""
+    junk = os.urandom(5000)
+    archive = tmp_path / "x.tar.zst"
+    if compressed:
+        junk = subprocess.run(
+            ["zstd", "-q", "-c"], input=junk, capture_output=True, check=True
+        ).stdout
+    archive.write_bytes(junk)
+    with pytest.raises(engine.BackupError) as refused:
+        data_files._untar(archive, "--list")
+    assert str(refused.value).startswith(
+        f"cannot read an archive: zstd exited {zstd_rc}, tar 2: {TAR}: This does not look like "
+        "a tar archive\n"
+    )
 
 
 def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words(
