@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from invoke.exceptions import Exit
 
@@ -38,6 +38,13 @@ from shipyard.tasks.targets.base import (
 )
 
 
+class Step(NamedTuple):
+    """A command the migration runs, and what it is called when it fails."""
+
+    cmd: Command
+    what: str
+
+
 class ComposeTarget:
     """An environment on one Docker host, driven through DOCKER_HOST like every Compose task."""
 
@@ -57,7 +64,7 @@ class ComposeTarget:
         missing = [name for name in self.cfg.secrets if name not in provided]
         return missing, "the environment (or the host's .env)"
 
-    def _backup_steps(self, release: Release, opts: Options) -> list[Command]:
+    def _backup_steps(self, release: Release, opts: Options) -> list[Step]:
         """The backup taken before a production migration, by the last backup image pushed (a
         release of code alone pushes none, and any engine reads the backups an older one
         wrote). None on a first deploy: nothing to back up, and the backup service could not
@@ -82,8 +89,9 @@ class ComposeTarget:
             last_backup_image(self.cfg.root),
             container_env={kinds.KIND_VARIABLE: kinds.PRE_MIGRATE},
         )
+        take = Step(backup, "the backup before migrating")
         if opts.dry_run:
-            return [backup]
+            return [take]
         database = self._database()
         if database == "none":
             say(
@@ -100,8 +108,8 @@ class ComposeTarget:
                 services=[pitr.SERVICE],
                 env=self._variables(),
             )
-            return [start, backup]
-        return [backup]
+            return [Step(start, "starting the database for the backup"), take]
+        return [take]
 
     def _mark_environment(self) -> None:
         """Note in the proxy which environment this stack is, for the next deploy's check."""
@@ -149,12 +157,12 @@ class ComposeTarget:
                 code=2,
             )
 
-    def _migration_steps(self, release: Release, opts: Options) -> list[Command]:
+    def _migration_steps(self, release: Release, opts: Options) -> list[Step]:
         if not self.env.migrate:
             return []
         backup = [] if opts.skip_backup else self._backup_steps(release, opts)
         migrate = compose_engine.migrate(self.cfg.root, self.env.compose_file, release.images)
-        return [*backup, migrate]
+        return [*backup, Step(migrate, "the migration")]
 
     def migrate(self, opts: Options) -> None:
         release = resolve(self.cfg, self.env)
@@ -162,7 +170,7 @@ class ComposeTarget:
             self._refuse_another_environment()
         steps = self._migration_steps(release, opts)
         if opts.dry_run:
-            plan(f"migrate {self.cfg.service} on {self.env.name}", steps)
+            plan(f"migrate {self.cfg.service} on {self.env.name}", [s.cmd for s in steps])
             return
         ask(self.env, f"Apply migrations to {self.env.name}?", opts)
         _run_migrations(steps)
@@ -185,7 +193,7 @@ class ComposeTarget:
                     f"preflight: {tree}, "
                     f"secrets {', '.join(self.cfg.secrets) or '(none)'} set, "
                     f"images in the registry: {release.refs}",
-                    *migrations,
+                    *(step.cmd for step in migrations),
                     *self._plan(release.images, opts.timeout),
                     "on failure or Ctrl-C: the new containers removed, the proxy left on (or "
                     "switched back to) the containers running before, workers put back on "
@@ -576,16 +584,10 @@ def _workers_up(stack: switch.Stack, images: Mapping[str, str], workers: list[st
     )
 
 
-def _run_migrations(steps: list[Command]) -> None:
+def _run_migrations(steps: list[Step]) -> None:
     for step in steps:
-        if BACKUP in step.argv:
-            what = "the backup before migrating"
-        elif pitr.SERVICE in step.argv:
-            what = "starting the database for the backup"
-        else:
-            what = "the migration"
         try:
-            execute(step, what)
+            execute(step.cmd, step.what)
         except EngineError as exc:
             raise Exit(
                 f"shipyard: {exc}; the deploy stopped before the rollout and the running "
