@@ -265,6 +265,12 @@ def _freeze(top: Path) -> None:
     (frozen / "deeper" / "kept.bin").write_bytes(os.urandom(1000))
     for path in (frozen, *frozen.rglob("*")):
         os.lchown(path, ENGINE_UID, ENGINE_UID)
+    # Searchable and writable by its owner, not readable: listing it needs the read bit.
+    (frozen / "blind").mkdir()
+    (frozen / "blind" / "kept.txt").write_text("in a folder its owner cannot list\n")
+    for path in (frozen, *frozen.rglob("*")):
+        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    (frozen / "blind").chmod(0o300)
     (frozen / "deeper").chmod(0o500)
     frozen.chmod(0o555)
     top.chmod(0o550)
@@ -344,12 +350,47 @@ def test_a_move_that_fails_mid_swap_is_undone(
         return renamed(self, target)
 
     monkeypatch.setattr(Path, "rename", flaky)
-    with pytest.raises(OSError, match="Input/output error"):
-        data_files._swap(top, staging)
+    with pytest.raises(engine.BackupError) as failed:
+        data_files._swap(data_files.DataPath("api", "/app/uploads", top), staging)
     monkeypatch.undo()
+    assert str(failed.value) == (
+        "replacing the content of api:/app/uploads failed ([Errno 5] Input/output error); it "
+        "is as it was"
+    )
     assert len(calls) > 4, "the moves done were undone by renames too"
     assert snapshot(top) == before
     assert not list(top.glob(f"{data_files.ASIDE}*"))
+
+
+def test_a_move_that_cannot_be_undone_is_named_with_where_the_old_content_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The undo fails too (the fourth move and the first move back): the undo goes on past it,
+    and the sentence names what stayed aside and where, instead of saying nothing changed."""
+    top = make_tree(tmp_path)
+    staging = top / f"{data_files.STAGING}x"
+    staging.mkdir()
+    renamed = Path.rename
+    calls: list[str] = []
+
+    def flaky(self: Path, target: Any) -> Path:
+        calls.append(self.name)
+        if len(calls) in (4, 5):
+            raise OSError(errno.EIO, "Input/output error")
+        return renamed(self, target)
+
+    monkeypatch.setattr(Path, "rename", flaky)
+    with pytest.raises(engine.BackupError) as failed:
+        data_files._swap(data_files.DataPath("api", "/app/uploads", top), staging)
+    monkeypatch.undo()
+    (aside,) = top.glob(f"{data_files.ASIDE}*")
+    stuck = calls[2]  # the third entry moved aside, the first one moved back
+    assert str(failed.value) == (
+        "replacing the content of api:/app/uploads failed ([Errno 5] Input/output error); "
+        f"{stuck} could not be put back: find the old content in {aside.name}"
+    )
+    assert [p.name for p in aside.iterdir()] == [stuck]
+    assert len(calls) == 4 + 3, "the two other moves were undone past the failed one"
 
 
 @pytest.mark.parametrize(
@@ -375,6 +416,49 @@ def test_an_archive_zstd_or_tar_cannot_read_is_one_sentence(
         f"cannot read an archive: zstd exited {zstd_rc}, tar 2: {TAR}: This does not look like "
         "a tar archive\n"
     )
+
+
+def test_a_data_path_another_user_owns_keeps_its_mode_and_says_so(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A Kubernetes claim's root belongs to root, writable by the pods' fsGroup (1000). The
+    engine's user restores into it, but only the owner may change its mode: the content is
+    restored, the mode it has stays and the log says so (chmod failed the restore after the
+    content was replaced)."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    os.chown(top, 0, ENGINE_UID)
+    top.chmod(0o2775)
+    store = backup.from_url((users_tree / "store").as_uri())
+    made = engine.files_backup(store, wanted, log=print)
+    for path in (users_tree / "store").rglob("*"):
+        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    before = snapshot(top)
+    damage(top)
+    top.chmod(0o2777)
+    capfd.readouterr()
+
+    restored = _as_user(
+        ENGINE_UID,
+        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
+    )
+    assert restored == 0, capfd.readouterr().err
+    assert snapshot(top) == {**before, ".": ("dir", 0o2777, 0, ENGINE_UID, None)}
+    assert (
+        f"{SPEC}: the folder keeps mode 2777, not the archived 2775 (Operation not permitted: "
+        f"uid {ENGINE_UID} does not own it)"
+    ) in capfd.readouterr().out
+
+    # The same mode as archived: nothing to change, nothing said.
+    top.chmod(0o2775)
+    damage(top)
+    restored = _as_user(
+        ENGINE_UID,
+        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
+    )
+    assert restored == 0
+    assert snapshot(top) == before
+    assert "keeps mode" not in capfd.readouterr().out
 
 
 def test_a_file_the_engines_user_cannot_read_fails_the_backup_in_tars_words(

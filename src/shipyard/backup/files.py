@@ -218,24 +218,28 @@ def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], 
     """Replace each wanted data path's content with the backup's archive of it (the caller
     checked the backup holds one of each). A data path without write permission (as archived:
     an app's read-only folder) is lent its owner's write bit meanwhile."""
-    swapped: dict[Path, int] = {}  # a data path whose content was replaced: its archived mode
+    for data in wanted:
+        if not data.source.is_dir():
+            raise BackupError(f"{data.name} is not mounted at {data.source}")
+        _check_movable(data)
+    swapped: dict[DataPath, int] = {}  # a data path whose content was replaced: its archived mode
     try:
         with ExitStack() as lent:
             for data in wanted:
-                if not data.source.is_dir():
-                    raise BackupError(f"{data.name} is not mounted at {data.source}")
                 lent.enter_context(_writable(data.source, data.name))
             staged = _stage(storage, manifest, wanted, log)
             for i, (data, staging) in enumerate(staged):
                 try:
-                    swapped[data.source], left = _swap(data.source, staging)
-                except OSError as exc:
+                    swapped[data], left = _swap(data, staging)
+                except BaseException as exc:
                     for _data, unused in staged[i:]:
                         _remove(unused)
+                    if not isinstance(exc, BackupError):
+                        raise
                     done = ", ".join(d.name for d, _ in staged[:i]) or "none"
                     raise BackupError(
-                        f"replacing the content of {data.name} failed ({exc}); it is as it "
-                        f"was, and so are the data paths after it (restored before it: {done})"
+                        f"{exc}; the data paths after it are as they were (restored before it: "
+                        f"{done})"
                     ) from None
                 log(f"{data.name}: now holds backup {manifest['id']}")
                 if left is not None:
@@ -245,15 +249,15 @@ def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], 
                         "as the files' owner"
                     )
     finally:
-        for folder, mode in swapped.items():
-            folder.chmod(mode)
+        for data, mode in swapped.items():
+            _settle(data, mode, log)
 
 
 def _stage(
     storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], log: Log
 ) -> list[tuple[DataPath, Path]]:
-    """Extract each data path's archive into a staging folder inside it, and check that its
-    current content can move aside; on any failure, every staging folder is removed."""
+    """Extract each data path's archive into a staging folder inside it; on any failure,
+    every staging folder is removed."""
     archived = {(e["component"], e["path"]): e for e in manifest[FILES]}
     staged: list[tuple[DataPath, Path]] = []
     try:
@@ -273,9 +277,6 @@ def _stage(
                 )
                 local.unlink()
                 log(f"{data.name}: extracted, checked against the manifest's sha256")
-        # Every folder that moves aside must be movable before the first moves.
-        for data, staging in staged:
-            _check_movable(data, staging)
     except BaseException:
         for _data, staging in staged:
             _remove(staging)
@@ -283,18 +284,12 @@ def _stage(
     return staged
 
 
-def _check_movable(data: DataPath, staging: Path) -> None:
-    """BackupError, changing nothing, when a folder in `data` cannot move aside: one without
-    write permission (a move changes its `..`) that this user does not own, so cannot lend
-    that permission either (_move)."""
+def _check_movable(data: DataPath) -> None:
+    """BackupError, changing nothing, when a folder in `data` cannot move aside (_lendable)."""
     stuck = [
         entry.name
         for entry in data.source.iterdir()
-        if entry != staging
-        and entry.is_dir()
-        and not entry.is_symlink()
-        and not os.access(entry, os.W_OK)
-        and entry.stat().st_uid != os.geteuid()
+        if entry.is_dir() and not entry.is_symlink() and not _lendable(entry)
     ]
     if stuck:
         raise BackupError(
@@ -304,45 +299,95 @@ def _check_movable(data: DataPath, staging: Path) -> None:
         )
 
 
-def _swap(target: Path, staging: Path) -> tuple[int, Path | None]:
-    """Move target's content aside, staging's content in, and drop the old content: the
-    target's mode as archived (the staging folder's, '.'), and the folder the old content
-    stays in when some of it could not be deleted. OSError when a move fails, after every
-    move is undone. The caller lends target its write bit."""
+def _swap(data: DataPath, staging: Path) -> tuple[int, Path | None]:
+    """Move the data path's content aside, staging's content in, and drop the old content:
+    the data path's mode as archived (the staging folder's, '.'), and the folder the old
+    content stays in when some of it could not be deleted. When a move fails (or the restore
+    is interrupted), every move done is undone first: BackupError, naming what could not be
+    put back if any. The caller lends the data path its write bit."""
+    target = data.source
     archived = stat.S_IMODE(staging.stat().st_mode)
+    aside = target / f"{ASIDE}{secrets.token_hex(3)}"
+    done: list[tuple[Path, Path]] = []
     with _writable(staging, staging.name):
-        aside = target / f"{ASIDE}{secrets.token_hex(3)}"
-        aside.mkdir()
-        moves = [(e, aside / e.name) for e in target.iterdir() if e not in (staging, aside)]
-        moves += [(e, target / e.name) for e in staging.iterdir()]
-        done: list[tuple[Path, Path]] = []
         try:
+            aside.mkdir()
+            moves = [(e, aside / e.name) for e in target.iterdir() if e not in (staging, aside)]
+            moves += [(e, target / e.name) for e in staging.iterdir()]
             for src, dst in moves:
                 _move(src, dst)
                 done.append((src, dst))
-        except OSError:
-            for src, dst in reversed(done):
-                _move(dst, src)
-            aside.rmdir()
-            raise
+        except BaseException as exc:
+            stuck = _undo(done)
+            with suppress(OSError):
+                aside.rmdir()
+            if not isinstance(exc, OSError):
+                raise
+            state = (
+                f"{', '.join(stuck)} could not be put back: find the old content in {aside.name}"
+                if stuck
+                else "it is as it was"
+            )
+            raise BackupError(
+                f"replacing the content of {data.name} failed ({exc}); {state}"
+            ) from None
     staging.rmdir()
     return archived, None if _remove(aside) else aside
+
+
+def _undo(done: list[tuple[Path, Path]]) -> list[str]:
+    """Move each moved entry back, newest first, going on past a failure; the names of those
+    that could not be."""
+    stuck = []
+    for src, dst in reversed(done):
+        try:
+            _move(dst, src)
+        except OSError:
+            stuck.append(src.name)
+    return stuck
+
+
+def _settle(data: DataPath, mode: int, log: Log) -> None:
+    """Give a restored data path its archived mode. Only its owner may change it: on a volume
+    another user owns (a Kubernetes claim's root: root with fsGroup 1000), the mode stays and
+    the log says so; the content is restored either way."""
+    current = stat.S_IMODE(data.source.stat().st_mode)
+    if current == mode:
+        return
+    try:
+        data.source.chmod(mode)
+    except OSError as exc:
+        log(
+            f"{data.name}: the folder keeps mode {current:o}, not the archived {mode:o} "
+            f"({exc.strerror}: uid {os.geteuid()} does not own it)"
+        )
+
+
+def _can(path: Path, mode: int) -> bool:
+    """os.access as the effective user, the one the ownership checks compare with."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _lendable(folder: Path) -> bool:
+    """A folder this user may write in, or lend its owner's write bit (its own). A folder
+    without it cannot move to another folder, as anyone but root: its `..` entry changes."""
+    return _can(folder, os.W_OK) or folder.stat().st_uid == os.geteuid()
 
 
 @contextmanager
 def _writable(folder: Path, name: str) -> Iterator[None]:
     """`folder` with its owner's write bit during the block, when it lacks it; BackupError,
     changing nothing, when this user does not own it either."""
-    mode = stat.S_IMODE(folder.stat().st_mode)
-    if os.access(folder, os.W_OK):
+    if _can(folder, os.W_OK):
         yield
         return
-    if folder.stat().st_uid != os.geteuid():
+    if not _lendable(folder):
         raise BackupError(
             f"{name}: uid {os.geteuid()} may not write in {folder}, nor lend it the permission "
             "(another user owns it); make it writable by its owner (chmod u+w), or restore as "
             "root; nothing was changed"
         )
+    mode = stat.S_IMODE(folder.stat().st_mode)
     folder.chmod(mode | stat.S_IWUSR)
     try:
         yield
@@ -352,18 +397,21 @@ def _writable(folder: Path, name: str) -> Iterator[None]:
 
 
 def _move(src: Path, dst: Path) -> None:
-    """Rename src to dst. A folder without its owner's write bit (an app's read-only folder,
-    restored as archived) cannot move to another folder as anyone but root (its `..` entry
-    changes): its owner lends it the bit for the move."""
+    """Rename src to dst, lending a folder without write permission its owner's write bit for
+    the move (_lendable), its mode given back after."""
     mode = src.lstat().st_mode
-    if not stat.S_ISDIR(mode) or os.access(src, os.W_OK):
+    if not stat.S_ISDIR(mode) or _can(src, os.W_OK):
         src.rename(dst)
         return
     src.chmod(stat.S_IMODE(mode) | stat.S_IWUSR)
     try:
         src.rename(dst)
-    finally:
-        (src if src.exists() else dst).chmod(stat.S_IMODE(mode))
+    except BaseException:
+        with suppress(OSError):
+            src.chmod(stat.S_IMODE(mode))
+        raise
+    with suppress(OSError):  # its own folder: only one gone meanwhile refuses it
+        dst.chmod(stat.S_IMODE(mode))
 
 
 def _remove(tree: Path) -> bool:
@@ -374,15 +422,14 @@ def _remove(tree: Path) -> bool:
     for folder, dirs, _files in os.walk(tree):
         for name in dirs:
             _open(Path(folder) / name)
-    failed: list[str] = []
-    shutil.rmtree(tree, onerror=lambda _f, path, _e: failed.append(path))
-    return not failed
+    shutil.rmtree(tree, ignore_errors=True)
+    return not tree.exists()
 
 
 def _open(folder: Path) -> None:
-    """Give a folder (not a link to one) its owner's write and search bits, so what it holds
-    can be deleted; another owner's folder stays as it is (rmtree reports it)."""
+    """Give a folder (not a link to one) its owner's read, write and search bits, so what it
+    holds can be listed and deleted; another owner's folder stays as it is."""
     mode = folder.lstat().st_mode
-    if stat.S_ISDIR(mode) and not os.access(folder, os.W_OK | os.X_OK):
+    if stat.S_ISDIR(mode) and not _can(folder, os.R_OK | os.W_OK | os.X_OK):
         with suppress(OSError):
-            folder.chmod(stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IRWXU)
