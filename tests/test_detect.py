@@ -97,7 +97,8 @@ def test_files_pointing_two_ways_are_refused_with_the_answer_that_settles_it(
         f"package_manager: {locks} holds package-lock.json and yarn.lock; answer -d "
         "package_manager=npm|yarn"
     )
-    assert detect.answers(locks, {"package_manager": "yarn"}).answers == {"runtime": "node"}
+    # The answer settles it, and fixes the runtime as the user's (nothing taken).
+    assert detect.answers(locks, {"package_manager": "yarn"}) == detect.Found()
 
 
 def test_describe_names_each_answer_and_its_file(tmp_path: Path) -> None:
@@ -105,3 +106,95 @@ def test_describe_names_each_answer_and_its_file(tmp_path: Path) -> None:
     assert detect.answers(root, {}).describe() == (
         "runtime=python (pyproject.toml), python_package_manager=poetry (poetry.lock)"
     )
+
+
+@pytest.mark.parametrize(
+    ("files", "expected", "source"),
+    [
+        # Poetry's project without its lock yet: uv, the default, would resolve nothing of it.
+        (
+            {"pyproject.toml": "[tool.poetry]\nname = 'x'\n"},
+            "poetry",
+            "pyproject.toml's [tool.poetry]",
+        ),
+        (
+            {"pyproject.toml": "[build-system]\nbuild-backend = 'poetry.core.masonry.api'\n"},
+            "poetry",
+            "pyproject.toml's [tool.poetry]",
+        ),
+        (
+            {"package.json": '{"packageManager": "pnpm@9.12.0"}'},
+            "pnpm",
+            "package.json's packageManager",
+        ),
+        (
+            {"package.json": '{"packageManager": "yarn@1.22.22"}'},
+            "yarn",
+            "package.json's packageManager",
+        ),
+    ],
+)
+def test_a_package_manager_declared_without_its_lock_is_taken(
+    tmp_path: Path, files: dict[str, str], expected: str, source: str
+) -> None:
+    found = detect.answers(repo(tmp_path, files), {})
+    question = "package_manager" if "package.json" in files else "python_package_manager"
+    assert found.answers[question] == expected
+    assert found.sources[question] == source
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"package.json": "{}", "yarn.lock": "", ".yarnrc.yml": "nodeLinker: node-modules\n"},
+        {"package.json": "{}", "yarn.lock": "# generated\n\n__metadata:\n  version: 8\n"},
+        {"package.json": '{"packageManager": "yarn@4.5.0"}'},
+    ],
+    ids=[".yarnrc.yml", "lockfile v8", "packageManager"],
+)
+def test_yarn_2_or_later_is_refused_in_one_line(tmp_path: Path, files: dict[str, str]) -> None:
+    found = detect.answers(repo(tmp_path, files), {})
+    assert found.answers == {}
+    assert found.problem == (
+        f"package_manager: {tmp_path} uses Yarn 2 or later, which the kit does not build (it "
+        "installs with npm, pnpm or Yarn classic, 1.x); move the service to one of them, then "
+        "answer -d package_manager=npm|pnpm|yarn"
+    )
+
+
+def test_pins_are_read_as_the_tools_read_them_and_those_not_offered_are_said(
+    tmp_path: Path,
+) -> None:
+    root = repo(tmp_path, {"pyproject.toml": "", ".python-version": "# pyenv\n3.11.7\n3.12.1\n"})
+    assert detect.answers(root, {}).answers["python_version"] == "3.11"
+    (root / ".python-version").write_text("3.10\n")
+    found = detect.answers(root, {})
+    assert "python_version" not in found.answers
+    assert found.notes == [
+        ".python-version names 3.10, which the kit does not offer (3.13, 3.12, 3.11): "
+        "python_version stays the default"
+    ]
+    go = tmp_path / "go"
+    go.mkdir()
+    (go / "go.mod").write_text("module x\n\ngo 1.28.1\n\ntoolchain go1.28.2\n")
+    assert detect.answers(go, {}).notes == [
+        "go.mod needs Go 1.28, newer than the kit's (1.27, 1.26, 1.25): the image builds with "
+        "go_version's Go and will refuse the module"
+    ]
+
+
+def test_an_answer_of_one_runtime_fixes_it_over_the_files(tmp_path: Path) -> None:
+    """`-d package_manager=pnpm` in a folder with a pyproject.toml means a Node.js kit: taking
+    python from the file would drop the answer unsaid (copier asks it only for Node.js)."""
+    root = repo(tmp_path, {"pyproject.toml": "", "pnpm-lock.yaml": ""})
+    assert detect.answers(root, {"package_manager": "pnpm", "node_version": "20"}) == detect.Found()
+    assert detect.answers(root, {"python_version": "3.11"}).answers == {}
+    # Answers of two runtimes: copier's own questions speak, nothing is taken.
+    assert detect.answers(root, {"go_version": "1.26", "package_manager": "npm"}) == detect.Found()
+
+
+def test_a_runtime_that_is_not_text_is_left_to_copiers_checks(tmp_path: Path) -> None:
+    root = repo(tmp_path, {"pyproject.toml": "", "uv.lock": ""})
+    assert detect.answers(root, {"runtime": ["python"]}) == detect.Found()
+    assert detect.answers(root, {"runtime": None}) == detect.Found()
+    assert detect.answers(tmp_path / "not-there", {}) == detect.Found()

@@ -96,10 +96,12 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("copier") is None:
         print(f"shipyard new: {MISSING_COPIER}", file=sys.stderr)
         return 2
-    found = detect.answers(args.dest, data) if args.dest.is_dir() else detect.Found({}, {})
+    found = detect.answers(args.dest, data)
     if found.problem:
         print(found.problem, file=sys.stderr)
         return 2
+    for note in found.notes:
+        print(f"shipyard new: note: {note}")
     if found.answers:
         print(
             f"shipyard new: from the files in {args.dest}: {found.describe()} "
