@@ -231,6 +231,28 @@ def users_tree() -> Iterator[Path]:
         shutil.rmtree(shared)
 
 
+def _backed_up(
+    users_tree: Path, wanted: list[data_files.DataPath]
+) -> tuple[backup.Storage, engine.Backup]:
+    """A files backup of `wanted` into users_tree's store, owned by the engine's user as the
+    backup image writes it; the store and the backup."""
+    store = backup.from_url((users_tree / "store").as_uri())
+    made = engine.files_backup(store, wanted, log=print)
+    for path in (users_tree / "store").rglob("*"):
+        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    return store, made
+
+
+def _restored_as_engine(
+    store: backup.Storage, wanted: list[data_files.DataPath], backup_id: str
+) -> int:
+    """`restore --files` of the backup as the backup image's user; its exit code."""
+    return _as_user(
+        ENGINE_UID,
+        lambda: engine.restore_files(store, wanted, backup_id, safety_backup=False, log=print),
+    )
+
+
 def test_a_restore_as_the_engines_user_brings_back_every_mode(users_tree: Path) -> None:
     """As root, tar keeps the archived modes anyway; as the backup image's user (uid 1000, the
     umask 022 of a container) only --preserve-permissions keeps the group's write bit and the
@@ -238,19 +260,13 @@ def test_a_restore_as_the_engines_user_brings_back_every_mode(users_tree: Path) 
     wanted = [engine.data_path(SPEC, users_tree / "data")]
     top = wanted[0].source
     before = snapshot(top)
-    store = backup.from_url((users_tree / "store").as_uri())
-    made = engine.files_backup(store, wanted, log=print)
-    for path in (users_tree / "store").rglob("*"):
-        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    store, made = _backed_up(users_tree, wanted)
 
     damage(top)
     engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
     assert snapshot(top) == before
     damage(top)
-    restored = _as_user(
-        ENGINE_UID,
-        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
-    )
+    restored = _restored_as_engine(store, wanted, made.id)
     assert restored == 0
     assert snapshot(top) == before
 
@@ -284,18 +300,12 @@ def test_a_restore_as_the_engines_user_moves_read_only_folders(users_tree: Path)
     top = wanted[0].source
     _freeze(top)
     before = snapshot(top)
-    store = backup.from_url((users_tree / "store").as_uri())
-    made = engine.files_backup(store, wanted, log=print)
-    for path in (users_tree / "store").rglob("*"):
-        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    store, made = _backed_up(users_tree, wanted)
 
     top.chmod(0o770)
     damage(top)
     top.chmod(0o550)
-    restored = _as_user(
-        ENGINE_UID,
-        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
-    )
+    restored = _restored_as_engine(store, wanted, made.id)
     assert restored == 0
     assert snapshot(top) == before, "no .shipyard-* folder left, every mode as archived"
 
@@ -307,19 +317,13 @@ def test_a_folder_the_engines_user_cannot_move_stops_the_restore_first(
     it the permission. Refused before anything moves, the staged copy removed."""
     wanted = [engine.data_path(SPEC, users_tree / "data")]
     top = wanted[0].source
-    store = backup.from_url((users_tree / "store").as_uri())
-    made = engine.files_backup(store, wanted, log=print)
-    for path in (users_tree / "store").rglob("*"):
-        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    store, made = _backed_up(users_tree, wanted)
     damage(top)
     (top / "roots").mkdir(mode=0o555)
     before = snapshot(top)
     capfd.readouterr()
 
-    restored = _as_user(
-        ENGINE_UID,
-        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
-    )
+    restored = _restored_as_engine(store, wanted, made.id)
     assert restored == 1
     assert snapshot(top) == before
     assert (
@@ -398,19 +402,13 @@ def test_a_data_path_another_user_owns_keeps_its_mode_and_says_so(
     top = wanted[0].source
     os.chown(top, 0, ENGINE_UID)
     top.chmod(0o2775)
-    store = backup.from_url((users_tree / "store").as_uri())
-    made = engine.files_backup(store, wanted, log=print)
-    for path in (users_tree / "store").rglob("*"):
-        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    store, made = _backed_up(users_tree, wanted)
     before = snapshot(top)
     damage(top)
     top.chmod(0o2777)
     capfd.readouterr()
 
-    restored = _as_user(
-        ENGINE_UID,
-        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
-    )
+    restored = _restored_as_engine(store, wanted, made.id)
     assert restored == 0, capfd.readouterr().err
     assert snapshot(top) == {**before, ".": ("dir", 0o2777, 0, ENGINE_UID, None)}
     assert (
@@ -421,10 +419,7 @@ def test_a_data_path_another_user_owns_keeps_its_mode_and_says_so(
     # The same mode as archived: nothing to change, nothing said.
     top.chmod(0o2775)
     damage(top)
-    restored = _as_user(
-        ENGINE_UID,
-        lambda: engine.restore_files(store, wanted, made.id, safety_backup=False, log=print),
-    )
+    restored = _restored_as_engine(store, wanted, made.id)
     assert restored == 0
     assert snapshot(top) == before
     assert "keeps mode" not in capfd.readouterr().out
