@@ -842,3 +842,13 @@ def test_restore_keeps_the_users_own_session_options(
     with postgres_server.connect(database) as conn:
         rows = conn.execute("SELECT DISTINCT pg_column_compression(body) FROM docs").fetchall()
     assert rows == [("lz4",)]
+
+
+@pytest.mark.parametrize(("cores", "jobs"), [(None, 2), (1, 2), (2, 2), (3, 3), (8, 4)])
+def test_a_restore_runs_a_pg_restore_worker_per_core_from_2_to_4(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, jobs: int
+) -> None:
+    """Two at least (a restore's index builds overlap even on one core), four at most (more
+    share the database server's cores and disk with the app); the core count unknown: two."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert engine.default_jobs() == jobs
