@@ -391,6 +391,29 @@ def test_a_move_that_cannot_be_undone_is_named_with_where_the_old_content_is(
     assert len(calls) == 4 + 3, "the two other moves were undone past the failed one"
 
 
+def test_a_data_path_the_engines_user_may_not_write_in_is_refused_first(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Root's data path without group or other write: the engine's user may neither write in
+    it nor lend it the permission. Refused before anything is downloaded or moved."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    store, made = _backed_up(users_tree, wanted)
+    damage(top)
+    os.chown(top, 0, 0)
+    top.chmod(0o755)
+    before = snapshot(top)
+    capfd.readouterr()
+
+    assert _restored_as_engine(store, wanted, made.id) == 1
+    assert snapshot(top) == before
+    assert (
+        f"{SPEC}: uid {ENGINE_UID} may not write in {top}, nor lend it the permission (another "
+        "user owns it); make it writable by its owner (chmod u+w), or restore as root; nothing "
+        "was changed"
+    ) in capfd.readouterr().err
+
+
 def test_a_data_path_another_user_owns_keeps_its_mode_and_says_so(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,6 +39,8 @@ DEFAULT_ROOT = Path("/data")
 # Folders a restore stages in, inside the data path; never archived.
 STAGING = ".shipyard-restore-"
 ASIDE = ".shipyard-old-"
+# How to let a restore as the engine's user (not root) through a folder it may not change.
+FIX = "make it writable by its owner (chmod u+w), or restore as root; nothing was changed"
 ZSTD_LEVEL = 3
 
 
@@ -226,7 +228,7 @@ def restore(storage: Storage, manifest: dict[str, Any], wanted: list[DataPath], 
     try:
         with ExitStack() as lent:
             for data in wanted:
-                lent.enter_context(_writable(data.source, data.name))
+                lent.enter_context(_writable(data.source))
             staged = _stage(storage, manifest, wanted, log)
             for i, (data, staging) in enumerate(staged):
                 try:
@@ -285,7 +287,13 @@ def _stage(
 
 
 def _check_movable(data: DataPath) -> None:
-    """BackupError, changing nothing, when a folder in `data` cannot move aside (_lendable)."""
+    """BackupError, changing nothing, when this user may not write in the data path, nor lend
+    it the write bit, or a folder in it cannot move aside (_lendable)."""
+    if not _lendable(data.source):
+        raise BackupError(
+            f"{data.name}: uid {os.geteuid()} may not write in {data.source}, nor lend it the "
+            f"permission (another user owns it); {FIX}"
+        )
     stuck = [
         entry.name
         for entry in data.source.iterdir()
@@ -294,8 +302,7 @@ def _check_movable(data: DataPath) -> None:
     if stuck:
         raise BackupError(
             f"{data.name}: cannot move {', '.join(sorted(stuck))}, a folder without write "
-            f"permission that uid {os.geteuid()} does not own; make it writable by its owner "
-            "(chmod u+w), or restore as root; nothing was changed"
+            f"permission that uid {os.geteuid()} does not own; {FIX}"
         )
 
 
@@ -309,7 +316,7 @@ def _swap(data: DataPath, staging: Path) -> tuple[int, Path | None]:
     archived = stat.S_IMODE(staging.stat().st_mode)
     aside = target / f"{ASIDE}{secrets.token_hex(3)}"
     done: list[tuple[Path, Path]] = []
-    with _writable(staging, staging.name):
+    with _writable(staging):
         try:
             aside.mkdir()
             moves = [(e, aside / e.name) for e in target.iterdir() if e not in (staging, aside)]
@@ -375,18 +382,12 @@ def _lendable(folder: Path) -> bool:
 
 
 @contextmanager
-def _writable(folder: Path, name: str) -> Iterator[None]:
-    """`folder` with its owner's write bit during the block, when it lacks it; BackupError,
-    changing nothing, when this user does not own it either."""
+def _writable(folder: Path) -> Iterator[None]:
+    """`folder` with its owner's write bit during the block, when it lacks it (a data path
+    _check_movable passed, or a folder the restore made)."""
     if _can(folder, os.W_OK):
         yield
         return
-    if not _lendable(folder):
-        raise BackupError(
-            f"{name}: uid {os.geteuid()} may not write in {folder}, nor lend it the permission "
-            "(another user owns it); make it writable by its owner (chmod u+w), or restore as "
-            "root; nothing was changed"
-        )
     mode = stat.S_IMODE(folder.stat().st_mode)
     folder.chmod(mode | stat.S_IWUSR)
     try:
