@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shipyard import detect
 
@@ -198,3 +199,17 @@ def test_a_runtime_that_is_not_text_is_left_to_copiers_checks(tmp_path: Path) ->
     assert detect.answers(root, {"runtime": ["python"]}) == detect.Found()
     assert detect.answers(root, {"runtime": None}) == detect.Found()
     assert detect.answers(tmp_path / "not-there", {}) == detect.Found()
+
+
+def test_what_detect_takes_is_what_copier_yml_offers() -> None:
+    """The versions and package managers detect.py takes are copier.yml's choices, stated
+    twice (shipyard new detects before copier loads the template): a release added there and
+    not here would be noted as not offered."""
+    questions = yaml.safe_load((Path(__file__).parent.parent / "copier.yml").read_text())
+    for question, _pin, offered in detect.VERSIONS.values():
+        assert list(offered) == list(questions[question]["choices"]), question
+    for question, locks in detect.LOCKFILES.values():
+        assert set(locks.values()) <= set(questions[question]["choices"].values()), question
+    assert set(detect.RUNTIMES) == set(questions["runtime"]["choices"].values())
+    for names in detect.RUNTIME_ANSWERS.values():
+        assert set(names) <= set(questions), names
