@@ -413,8 +413,11 @@ def _base_backup_under_way(
 
 def test_a_base_backup_killed_midway_is_never_listed(archived: Archived) -> None:
     child = _base_backup_under_way(archived, archived.env, start_new_session=True)
-    # The engine and every pgBackRest process it started, at once, as a crash would.
-    os.killpg(child.pid, signal.SIGKILL)
+    # The engine and every pgBackRest process it started (in a process group of their own),
+    # at once, as a crash would.
+    groups = {os.getpgid(pid) for pid in (child.pid, *_descendants(child.pid))}
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
     child.communicate()
     assert pitr.window(archived.env, require=False).backups == ()
     # The next base backup completes and is the only one listed.
@@ -465,13 +468,50 @@ def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
         if child.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"the drill never started its restore: {child.communicate()}")
         time.sleep(0.05)
+    (into,) = scratch.glob("pitr-drill-*")
+    while not _processes_on(into):  # pgBackRest and its worker processes are restoring
+        if child.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"pgBackRest never started its restore: {child.communicate()}")
+        time.sleep(0.05)
     child.send_signal(signal.SIGINT)  # as schedule.py forwards a stop
     child.communicate(timeout=120)
 
     assert child.returncode != 0
+    # pgBackRest's workers were stopped and waited for: none is left writing into a folder
+    # the drill removed (they would have raced its removal, and left part of it behind).
+    assert not _processes_on(into)
     assert not pushgateway.values(service=service)
     assert drill_record.read(storage.from_url(target)) is None
-    assert not list(scratch.glob("pitr-drill-*"))
+    assert not into.exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and the ones they started, and so on."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            # PID (COMMAND) STATE PPID ...: the command may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _processes_on(folder: Path) -> list[str]:
+    """The command lines of the processes running with `folder` in their arguments."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # it exited meanwhile
+            continue
+        if any(str(folder).encode() in arg for arg in argv):
+            found.append(" ".join(a.decode(errors="replace") for a in argv))
+    return found
 
 
 def _cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:

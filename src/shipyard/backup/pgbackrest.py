@@ -8,11 +8,14 @@ whole command line (psycopg, the validators' schemas), about 0.6 s a segment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +24,8 @@ from shipyard.backup.report import BackupError
 
 # The kit's one stanza: a repository holds one cluster's backups.
 STANZA = "db"
+# Seconds pgBackRest is given to stop its workers when it is stopped, before they are killed.
+GRACE = 10
 CIPHER_PASS = "SHIPYARD_BACKUP_CIPHER_PASS"  # noqa: S105 (the variable's name, not a secret)
 
 
@@ -121,16 +126,25 @@ def run(env: Mapping[str, str], *argv: str) -> str:
     """Run `pgbackrest ARGV` with `env`; its stdout, or BackupError with its own message."""
     if shutil.which("pgbackrest", path=env.get("PATH")) is None:
         raise BackupError("pgbackrest is not installed in this image")
-    done = subprocess.run(
+    with subprocess.Popen(
         ["pgbackrest", *argv],
         env=dict(env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         errors="replace",  # a wrong passphrase makes it echo decrypted garbage
-        check=False,
-    )
+        start_new_session=True,  # its own process group, with the workers it starts
+    ) as done:
+        try:
+            stdout, stderr = done.communicate()
+        except BaseException:
+            # Stopped (the scheduler's SIGINT, Ctrl-C): pgBackRest and its worker processes
+            # are ended and waited for. subprocess.run would kill pgBackRest alone and not
+            # wait, leaving its workers writing into a restore's folder while it is removed.
+            _end(done)
+            raise
     if done.returncode:
-        lines = (done.stderr or done.stdout).strip().splitlines()
+        lines = (stderr or stdout).strip().splitlines()
         # pgBackRest's ERROR line says what went wrong; its HINT lines say what to do.
         said = [
             line.split(mark, 1)[1].strip() if mark == "ERROR:" else line.strip()
@@ -139,7 +153,32 @@ def run(env: Mapping[str, str], *argv: str) -> str:
             if mark in line
         ]
         raise BackupError(f"pgbackrest {argv[0]} failed: {'; '.join(said or lines[-2:])}")
-    return done.stdout
+    return stdout
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    """Stop pgBackRest's process group and wait until all of it is gone: SIGTERM, on which
+    pgBackRest and each of its workers exit (pgBackRest does not wait for its workers), then
+    SIGKILL for whatever is left after GRACE seconds."""
+    group = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while _alive(process, group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    process.wait()
+
+
+def _alive(process: subprocess.Popen[str], group: int) -> bool:
+    """Whether a process of `group` is still there (its leader, our child, once reaped)."""
+    process.poll()
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main() -> int:
