@@ -9,6 +9,14 @@ import yaml
 
 from shipyard import detect
 
+QUESTIONS = yaml.safe_load((Path(__file__).parent.parent / "copier.yml").read_text())
+# The template's versions, as `shipyard new` passes them from the template it renders.
+OFFERED = {q: QUESTIONS[q]["choices"] for q, _pin in detect.VERSIONS.values()}
+
+
+def answers(dest: Path, given: dict[str, object]) -> detect.Found:
+    return detect.answers(dest, given, OFFERED)
+
 
 def repo(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
@@ -62,7 +70,7 @@ def repo(root: Path, files: dict[str, str]) -> Path:
     ],
 )
 def test_the_files_answer(tmp_path: Path, files: dict[str, str], expected: dict[str, str]) -> None:
-    found = detect.answers(repo(tmp_path, files), {})
+    found = answers(repo(tmp_path, files), {})
     assert found.problem == ""
     assert found.answers == expected
     assert set(found.sources) == set(expected)
@@ -72,9 +80,9 @@ def test_the_files_answer(tmp_path: Path, files: dict[str, str], expected: dict[
 
 def test_a_given_answer_is_kept_and_steers_the_rest(tmp_path: Path) -> None:
     root = repo(tmp_path, {"package.json": "{}", "pyproject.toml": "", "poetry.lock": ""})
-    found = detect.answers(root, {"runtime": "python"})
+    found = answers(root, {"runtime": "python"})
     assert found.answers == {"python_package_manager": "poetry"}
-    found = detect.answers(root, {"runtime": "python", "python_package_manager": "pip"})
+    found = answers(root, {"runtime": "python", "python_package_manager": "pip"})
     assert found.answers == {}
     assert found.describe() == ""
 
@@ -83,7 +91,7 @@ def test_files_pointing_two_ways_are_refused_with_the_answer_that_settles_it(
     tmp_path: Path,
 ) -> None:
     root = repo(tmp_path, {"go.mod": "module x\n", "package.json": "{}"})
-    found = detect.answers(root, {})
+    found = answers(root, {})
     assert found.answers == {}
     assert (
         found.problem == f"runtime: {root} holds package.json and go.mod; answer -d runtime=node|go"
@@ -93,18 +101,18 @@ def test_files_pointing_two_ways_are_refused_with_the_answer_that_settles_it(
     locks = repo(
         tmp_path / "locks", {"package.json": "{}", "package-lock.json": "{}", "yarn.lock": ""}
     )
-    found = detect.answers(locks, {})
+    found = answers(locks, {})
     assert found.problem == (
         f"package_manager: {locks} holds package-lock.json and yarn.lock; answer -d "
         "package_manager=npm|yarn"
     )
     # The answer settles it, and fixes the runtime as the user's (nothing taken).
-    assert detect.answers(locks, {"package_manager": "yarn"}) == detect.Found()
+    assert answers(locks, {"package_manager": "yarn"}) == detect.Found()
 
 
 def test_describe_names_each_answer_and_its_file(tmp_path: Path) -> None:
     root = repo(tmp_path, {"pyproject.toml": "", "poetry.lock": ""})
-    assert detect.answers(root, {}).describe() == (
+    assert answers(root, {}).describe() == (
         "runtime=python (pyproject.toml), python_package_manager=poetry (poetry.lock)"
     )
 
@@ -138,7 +146,7 @@ def test_describe_names_each_answer_and_its_file(tmp_path: Path) -> None:
 def test_a_package_manager_declared_without_its_lock_is_taken(
     tmp_path: Path, files: dict[str, str], expected: str, source: str
 ) -> None:
-    found = detect.answers(repo(tmp_path, files), {})
+    found = answers(repo(tmp_path, files), {})
     question = "package_manager" if "package.json" in files else "python_package_manager"
     assert found.answers[question] == expected
     assert found.sources[question] == source
@@ -154,7 +162,7 @@ def test_a_package_manager_declared_without_its_lock_is_taken(
     ids=[".yarnrc.yml", "lockfile v8", "packageManager"],
 )
 def test_yarn_2_or_later_is_refused_in_one_line(tmp_path: Path, files: dict[str, str]) -> None:
-    found = detect.answers(repo(tmp_path, files), {})
+    found = answers(repo(tmp_path, files), {})
     assert found.answers == {}
     assert found.problem == (
         f"package_manager: {tmp_path} uses Yarn 2 or later, which the kit does not build (it "
@@ -167,9 +175,9 @@ def test_pins_are_read_as_the_tools_read_them_and_those_not_offered_are_said(
     tmp_path: Path,
 ) -> None:
     root = repo(tmp_path, {"pyproject.toml": "", ".python-version": "# pyenv\n3.11.7\n3.12.1\n"})
-    assert detect.answers(root, {}).answers["python_version"] == "3.11"
+    assert answers(root, {}).answers["python_version"] == "3.11"
     (root / ".python-version").write_text("3.10\n")
-    found = detect.answers(root, {})
+    found = answers(root, {})
     assert "python_version" not in found.answers
     assert found.notes == [
         ".python-version names 3.10, which the kit does not offer (3.13, 3.12, 3.11): "
@@ -178,7 +186,7 @@ def test_pins_are_read_as_the_tools_read_them_and_those_not_offered_are_said(
     go = tmp_path / "go"
     go.mkdir()
     (go / "go.mod").write_text("module x\n\ngo 1.28.1\n\ntoolchain go1.28.2\n")
-    assert detect.answers(go, {}).notes == [
+    assert answers(go, {}).notes == [
         "go.mod needs Go 1.28, newer than the kit's (1.27, 1.26, 1.25): the image builds with "
         "go_version's Go and will refuse the module"
     ]
@@ -188,28 +196,39 @@ def test_an_answer_of_one_runtime_fixes_it_over_the_files(tmp_path: Path) -> Non
     """`-d package_manager=pnpm` in a folder with a pyproject.toml means a Node.js kit: taking
     python from the file would drop the answer unsaid (copier asks it only for Node.js)."""
     root = repo(tmp_path, {"pyproject.toml": "", "pnpm-lock.yaml": ""})
-    assert detect.answers(root, {"package_manager": "pnpm", "node_version": "20"}) == detect.Found()
-    assert detect.answers(root, {"python_version": "3.11"}).answers == {}
+    assert answers(root, {"package_manager": "pnpm", "node_version": "20"}) == detect.Found()
+    assert answers(root, {"python_version": "3.11"}).answers == {}
     # Answers of two runtimes: copier's own questions speak, nothing is taken.
-    assert detect.answers(root, {"go_version": "1.26", "package_manager": "npm"}) == detect.Found()
+    assert answers(root, {"go_version": "1.26", "package_manager": "npm"}) == detect.Found()
 
 
 def test_a_runtime_that_is_not_text_is_left_to_copiers_checks(tmp_path: Path) -> None:
     root = repo(tmp_path, {"pyproject.toml": "", "uv.lock": ""})
-    assert detect.answers(root, {"runtime": ["python"]}) == detect.Found()
-    assert detect.answers(root, {"runtime": None}) == detect.Found()
-    assert detect.answers(tmp_path / "not-there", {}) == detect.Found()
+    assert answers(root, {"runtime": ["python"]}) == detect.Found()
+    assert answers(root, {"runtime": None}) == detect.Found()
+    assert answers(tmp_path / "not-there", {}) == detect.Found()
 
 
 def test_what_detect_takes_is_what_copier_yml_offers() -> None:
-    """The versions and package managers detect.py takes are copier.yml's choices, stated
-    twice (shipyard new detects before copier loads the template): a release added there and
-    not here would be noted as not offered."""
-    questions = yaml.safe_load((Path(__file__).parent.parent / "copier.yml").read_text())
-    for question, _pin, offered in detect.VERSIONS.values():
-        assert list(offered) == list(questions[question]["choices"]), question
+    """The package managers and runtimes detect.py takes are copier.yml's choices, and the
+    answers it names are its questions: copier would refuse any other."""
     for question, locks in detect.LOCKFILES.values():
-        assert set(locks.values()) <= set(questions[question]["choices"].values()), question
-    assert set(detect.RUNTIMES) == set(questions["runtime"]["choices"].values())
+        assert set(locks.values()) <= set(QUESTIONS[question]["choices"].values()), question
+    assert set(detect.RUNTIMES) == set(QUESTIONS["runtime"]["choices"].values())
     for names in detect.RUNTIME_ANSWERS.values():
-        assert set(names) <= set(questions), names
+        assert set(names) <= set(QUESTIONS), names
+    assert set(OFFERED) <= set(QUESTIONS)
+
+
+def test_a_pin_is_taken_when_the_template_offers_it(tmp_path: Path) -> None:
+    """The choices are the rendered template's (an older one, --vcs-ref, offers fewer)."""
+    root = repo(tmp_path, {"go.mod": "module x\n\ngo 1.26\n"})
+    assert detect.answers(root, {}, {"go_version": ["1.26"]}).answers["go_version"] == "1.26"
+    older = detect.answers(root, {}, {"go_version": ["1.25", "1.24"]})
+    assert "go_version" not in older.answers
+    assert older.notes == [
+        "go.mod needs Go 1.26, newer than the kit's (1.25, 1.24): the image builds with "
+        "go_version's Go and will refuse the module"
+    ]
+    # A template that does not ask the question: nothing to take, nothing to say.
+    assert detect.answers(root, {}, {}) == detect.Found({"runtime": "go"}, {"runtime": "go.mod"})

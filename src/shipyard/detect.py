@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ LOCKFILES = {
     ),
     "python": ("python_package_manager", {"uv.lock": "uv", "poetry.lock": "poetry"}),
 }
-# The versions copier.yml offers (its choices), which a pin must name to be taken.
+# A runtime's version answer and the file that pins it. A pin is taken when the template
+# offers it (the question's choices, newest first, as the template being rendered states them).
 VERSIONS = {
-    "node": ("node_version", ".nvmrc", ("24", "22", "20")),
-    "python": ("python_version", ".python-version", ("3.13", "3.12", "3.11")),
-    "go": ("go_version", "go.mod", ("1.27", "1.26", "1.25")),
+    "node": ("node_version", ".nvmrc"),
+    "python": ("python_version", ".python-version"),
+    "go": ("go_version", "go.mod"),
 }
 
 
@@ -66,15 +68,17 @@ class _Refused(Exception):
     """A refusal's line (`answer: what to change`)."""
 
 
-def answers(dest: Path, given: dict[str, Any]) -> Found:
-    """The answers the files at `dest`'s root give that `given` does not."""
+def answers(dest: Path, given: Mapping[str, Any], offered: Mapping[str, Sequence[str]]) -> Found:
+    """The answers the files at `dest`'s root give that `given` does not; `offered`: the
+    template's choices of each version answer, newest first."""
     found = Found()
     try:
         runtime = _runtime(dest, given, found)
         if runtime in LOCKFILES and LOCKFILES[runtime][0] not in given:
             _package_manager(dest, runtime, found)
         if runtime in VERSIONS and VERSIONS[runtime][0] not in given:
-            _version(dest, runtime, found)
+            question, pin = VERSIONS[runtime]
+            _version(dest / pin, runtime, question, offered.get(question, ()), found)
     except _Refused as exc:
         return Found(problem=str(exc))
     return found
@@ -84,7 +88,7 @@ def _take(found: Found, question: str, value: str, source: str) -> None:
     found.answers[question], found.sources[question] = value, source
 
 
-def _runtime(dest: Path, given: dict[str, Any], found: Found) -> str:
+def _runtime(dest: Path, given: Mapping[str, Any], found: Found) -> str:
     """The runtime given, implied by a runtime's own answer, or taken from the files ('' for
     none, or a given value copier's own checks are left to refuse)."""
     if "runtime" in given:
@@ -171,25 +175,30 @@ def _poetry_project(dest: Path) -> bool:
     return "poetry" in project.get("tool", {}) or backend.startswith("poetry")
 
 
-def _version(dest: Path, runtime: str, found: Found) -> None:
-    question, pin, offered = VERSIONS[runtime]
-    version = _pinned(dest / pin, runtime)
+def _version(
+    pin_file: Path, runtime: str, question: str, offered: Sequence[str], found: Found
+) -> None:
+    version, pin = _pinned(pin_file, runtime), pin_file.name
+    if not version or not offered:  # no pin, or a template that does not ask the question
+        return
     if version in offered:
         _take(found, question, version, pin)
-    elif version and runtime == "go" and _newer(version, offered[0]):
+    elif runtime == "go" and offered and _newer(version, offered):
         found.notes.append(
             f"{pin} needs Go {version}, newer than the kit's ({', '.join(offered)}): the image "
             f"builds with {question}'s Go and will refuse the module"
         )
-    elif version:
+    else:
         found.notes.append(
             f"{pin} names {version}, which the kit does not offer ({', '.join(offered)}): "
             f"{question} stays the default"
         )
 
 
-def _newer(version: str, than: str) -> bool:
-    return tuple(map(int, version.split("."))) > tuple(map(int, than.split(".")))
+def _newer(version: str, offered: Sequence[str]) -> bool:
+    """`version` (major.minor) is newer than every release offered that reads as one."""
+    releases = [tuple(map(int, o.split("."))) for o in offered if re.fullmatch(r"\d+\.\d+", o)]
+    return bool(releases) and tuple(map(int, version.split("."))) > max(releases)
 
 
 def _pinned(path: Path, runtime: str) -> str:

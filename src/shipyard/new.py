@@ -96,18 +96,6 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("copier") is None:
         print(f"shipyard new: {MISSING_COPIER}", file=sys.stderr)
         return 2
-    found = detect.answers(args.dest, data)
-    if found.problem:
-        print(found.problem, file=sys.stderr)
-        return 2
-    for note in found.notes:
-        print(f"shipyard new: note: {note}")
-    if found.answers:
-        print(
-            f"shipyard new: from the files in {args.dest}: {found.describe()} "
-            "(-d ANSWER=VALUE to answer otherwise)"
-        )
-        data = {**found.answers, **data}
     try:
         return scaffold(args.template, args.vcs_ref, data, args.dest)
     except KeyboardInterrupt:
@@ -178,6 +166,8 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
                 unsafe=True,
                 quiet=True,
             ) as worker:
+                if not _take_detected(worker, dest):
+                    return 2
                 problems = answer_problems(worker, src)
                 if problems:
                     print("\n".join(problems), file=sys.stderr)
@@ -203,6 +193,29 @@ def scaffold(src: str, vcs_ref: str | None, data: Mapping[str, Any], dest: Path)
             return 1
     print(f"shipyard new: {count} files written to {dest}; DEPLOYMENT.md says what comes next")
     return 0
+
+
+def _take_detected(worker: Worker, dest: Path) -> bool:
+    """Add to the worker's answers what DEST's files answer (detect.py) and the user did not,
+    saying so; False when the files are refused (the sentence printed)."""
+    offered = {
+        name: [str(c) for c in (choices.values() if isinstance(choices, dict) else choices)]
+        for name, details in worker.template.questions_data.items()
+        if isinstance(choices := details.get("choices"), dict | list)
+    }
+    found = detect.answers(dest, worker.data, offered)
+    if found.problem:
+        print(found.problem, file=sys.stderr)
+        return False
+    for note in found.notes:
+        print(f"shipyard new: note: {note}")
+    if found.answers:
+        print(
+            f"shipyard new: from the files in {dest}: {found.describe()} "
+            "(-d ANSWER=VALUE to answer otherwise)"
+        )
+        worker.data = {**found.answers, **worker.data}
+    return True
 
 
 def answer_problems(worker: Worker, src: str) -> list[str]:
