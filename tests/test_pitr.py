@@ -485,6 +485,61 @@ def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
     assert not into.exists()
 
 
+# A stand-in with pgBackRest's shape when stopped: a main process with two workers in its
+# process group, one of which ignores SIGTERM. It writes its pid once the workers run.
+STUBBORN_TOOL = """#!/bin/sh
+(trap '' TERM; while :; do sleep 0.1; done) &
+(while :; do sleep 0.1; done) &
+echo $$ > "$STARTED"
+wait
+"""
+
+
+def test_a_stopped_pgbackrest_is_ended_with_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or the scheduler's SIGINT while pgBackRest runs: its whole process group is
+    ended and waited for (a worker that ignores SIGTERM, killed after the grace period)
+    before the interrupt goes on, so nothing writes into a folder its caller removes."""
+    tool = tmp_path / "pgbackrest"
+    tool.write_text(STUBBORN_TOOL)
+    tool.chmod(0o755)
+    started = tmp_path / "started"
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "STARTED": str(started)}
+    monkeypatch.setattr(pgbackrest, "GRACE", 0.5)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        if started.exists() and started.read_text().strip():
+            raise KeyboardInterrupt
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            pgbackrest.run(env, "restore")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    group = int(started.read_text())
+    left = _running_in_group(group)
+    with contextlib.suppress(ProcessLookupError):  # never leave them looping after a failure
+        os.killpg(group, signal.SIGKILL)
+    assert not left
+
+
+def _running_in_group(group: int) -> list[int]:
+    """The processes of process group `group` that still run (zombies, which do nothing
+    more, left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes `pid` started, and the ones they started, and so on."""
     children: dict[int, list[int]] = {}

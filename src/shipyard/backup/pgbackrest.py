@@ -159,21 +159,24 @@ def run(env: Mapping[str, str], *argv: str) -> str:
 def _end(process: subprocess.Popen[str]) -> None:
     """Stop pgBackRest's process group and wait until all of it is gone: SIGTERM, on which
     pgBackRest and each of its workers exit (pgBackRest does not wait for its workers), then
-    SIGKILL for whatever is left after GRACE seconds."""
+    SIGKILL for whatever is left after GRACE seconds, which also takes a moment to land."""
     group = process.pid
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE
-    while _alive(process, group) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signum)
+        deadline = time.monotonic() + GRACE
+        while _alive(process, group) and time.monotonic() < deadline:
+            time.sleep(0.05)
     process.wait()
 
 
 def _alive(process: subprocess.Popen[str], group: int) -> bool:
-    """Whether a process of `group` is still there (its leader, our child, once reaped)."""
+    """Whether a process of `group` is still there. Its leader, our child, is reaped first,
+    and so is any worker orphaned to us (as a container's PID 1, the engine adopts them)."""
     process.poll()
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-group, os.WNOHANG)[0]:
+            pass
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
