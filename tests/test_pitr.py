@@ -11,6 +11,7 @@ does in the image where everything runs as one user).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -485,28 +486,35 @@ def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
     assert not into.exists()
 
 
-# A stand-in with pgBackRest's shape when stopped: a main process with two workers in its
-# process group, one of which ignores SIGTERM. It writes its pid once the workers run.
+# prctl(2): orphaned descendants are given to the calling process instead of PID 1.
+PR_SET_CHILD_SUBREAPER = 36
+# Stand-ins with pgBackRest's shape when stopped: a main process and two workers in its
+# process group. They write their pid once the workers run, and what they were sent to MARKS.
 STUBBORN_TOOL = """#!/bin/sh
-(trap '' TERM; while :; do sleep 0.1; done) &
+(trap '' TERM; trap 'echo HUP >> "$MARKS"' HUP; while :; do sleep 0.1; done) &
+(while :; do sleep 0.1; done) &
+echo $$ > "$STARTED"
+wait
+"""
+# This one's main process takes a moment to clean up on SIGTERM, as pgBackRest's does.
+POLITE_TOOL = """#!/bin/sh
+trap 'sleep 0.3; echo cleaned-up >> "$MARKS"; exit 143' TERM
+(while :; do sleep 0.1; done) &
 (while :; do sleep 0.1; done) &
 echo $$ > "$STARTED"
 wait
 """
 
 
-def test_a_stopped_pgbackrest_is_ended_with_its_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ctrl-C or the scheduler's SIGINT while pgBackRest runs: its whole process group is
-    ended and waited for (a worker that ignores SIGTERM, killed after the grace period)
-    before the interrupt goes on, so nothing writes into a folder its caller removes."""
+def _interrupted(tmp_path: Path, script: str) -> tuple[int, str]:
+    """Run `script` as pgbackrest and interrupt `pgbackrest.run` (as Ctrl-C or the scheduler's
+    SIGINT does) once its workers run: its process group and what it was sent."""
     tool = tmp_path / "pgbackrest"
-    tool.write_text(STUBBORN_TOOL)
+    tool.write_text(script)
     tool.chmod(0o755)
-    started = tmp_path / "started"
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "STARTED": str(started)}
-    monkeypatch.setattr(pgbackrest, "GRACE", 0.5)
+    started, marks = tmp_path / "started", tmp_path / "marks"
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "STARTED": str(started),
+           "MARKS": str(marks)}  # fmt: skip
 
     def interrupt(_signum: int, _frame: object) -> None:
         if started.exists() and started.read_text().strip():
@@ -521,11 +529,44 @@ def test_a_stopped_pgbackrest_is_ended_with_its_workers(
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    group = int(started.read_text())
+    return int(started.read_text()), marks.read_text() if marks.exists() else ""
+
+
+def test_a_stopped_pgbackrest_is_ended_with_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or the scheduler's SIGINT while pgBackRest runs: its whole process group is
+    ended and waited for (a worker that ignores SIGTERM, killed after the grace period)
+    before the interrupt goes on, so nothing writes into a folder its caller removes. Looking
+    whether one is left sends nothing (no SIGHUP)."""
+    monkeypatch.setattr(pgbackrest, "GRACE", 0.5)
+    group, marks = _interrupted(tmp_path, STUBBORN_TOOL)
     left = _running_in_group(group)
     with contextlib.suppress(ProcessLookupError):  # never leave them looping after a failure
         os.killpg(group, signal.SIGKILL)
     assert not left
+    assert marks == ""
+
+
+def test_a_stopped_pgbackrest_cleans_up_and_leaves_no_zombie_to_its_adopter(
+    tmp_path: Path,
+) -> None:
+    """pgBackRest is given its grace period to clean up on SIGTERM, and the engine, as a
+    container's PID 1, reaps the workers orphaned to it (here: this process made their
+    subreaper, as PID 1 is): nothing of the group is left, not even a zombie."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
+    group = 0
+    try:
+        group, marks = _interrupted(tmp_path, POLITE_TOOL)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(group, 0)
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        with contextlib.suppress(ChildProcessError):  # what a failing version left adopted
+            while group and os.waitpid(-group, os.WNOHANG)[0]:
+                pass
+    assert marks == "cleaned-up\n"
 
 
 def _running_in_group(group: int) -> list[int]:
