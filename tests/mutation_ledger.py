@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 MARK = "__mutmut_"
+# mutmut's code for a mutant no test reached (by its stats): no verdict on the mutant. mutmut
+# keeps it like one and never runs it again, though stats taken anew may find its tests.
+NO_TESTS = 33
 
 
 def _dotted(module: str) -> str:
@@ -55,7 +58,7 @@ def seed(work: Path, ledger: Path, modules: list[str]) -> int:
             f"{_dotted(module)}.{name}{MARK}{number}": code
             for name, entry in functions.items()
             for number, code in enumerate(entry["codes"], start=1)
-            if code is not None
+            if code not in (None, NO_TESTS)
         }
         meta.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(
@@ -90,6 +93,33 @@ def refresh(work: Path, modules: list[str]) -> list[str]:
     if plain:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return plain
+
+
+def rejudge_unreached(work: Path, modules: list[str]) -> list[str]:
+    """Make mutmut judge again the mutants of `modules` that no test reached, with its stats
+    taken anew when one of the modules changed since they were taken (mutmut collects stats
+    for new tests only, so a function added to a module would count as reached by none); the
+    modules whose source is newer than the stats."""
+    stats = work / "mutants" / "mutmut-stats.json"
+    changed = [
+        m
+        for m in modules
+        if stats.exists()
+        and (work / "src" / m).exists()
+        and (work / "src" / m).stat().st_mtime > stats.stat().st_mtime
+    ]
+    if changed:
+        stats.unlink()
+    for module in modules:
+        meta = work / "mutants" / "src" / f"{module}.meta"
+        if not meta.is_file():
+            continue
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        if NO_TESTS in codes.values():
+            data["exit_code_by_key"] = {k: c for k, c in codes.items() if c != NO_TESTS}
+            meta.write_text(json.dumps(data))
+    return changed
 
 
 def _plain(copy: Path) -> bool:

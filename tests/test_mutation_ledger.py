@@ -158,3 +158,41 @@ def test_a_module_left_out_of_the_last_run_is_mutated_and_its_tests_found_again(
     (copies / "db.py").write_text("def tool():\n    return 1\n")
     _meta(tmp_path, DB, {f"{KEY}x_tool__mutmut_1": 1}, {"x_tool": "aaa"})
     assert mutation_ledger.refresh(tmp_path, modules) == [DB]
+
+
+def test_mutants_no_test_reached_are_judged_again_with_stats_taken_after_a_change(
+    tmp_path: Path,
+) -> None:
+    """mutmut keeps "no tests" (33) like a verdict and collects stats for new tests only: a
+    function added to a module it has stats for would stay unjudged for good."""
+    source = tmp_path / "src" / DB
+    source.parent.mkdir(parents=True)
+    source.write_text("def tool():\n    return 1\n")
+    stats = tmp_path / "mutants" / "mutmut-stats.json"
+    stats.parent.mkdir(parents=True)
+    stats.write_text("{}")
+    os.utime(source, (1_000, 1_000))  # older than the stats
+    codes: dict[str, int | None] = {
+        f"{KEY}x_tool__mutmut_1": 1,
+        f"{KEY}x_new__mutmut_1": mutation_ledger.NO_TESTS,
+    }
+    meta = _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_new": "bbb"})
+
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == []
+    assert stats.exists()  # nothing changed since: the stats stand
+    assert json.loads(meta.read_text())["exit_code_by_key"] == {f"{KEY}x_tool__mutmut_1": 1}
+
+    os.utime(source, (stats.stat().st_mtime + 10,) * 2)  # edited after the stats were taken
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB, "shipyard/backup/gone.py"]) == [DB]
+    assert not stats.exists()
+
+    # The ledger keeps "no tests" as mutmut said it, and never seeds it back as a verdict.
+    os.utime(source, (1_000, 1_000))  # the run that wrote the .meta came after the edit
+    _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_new": "bbb"})
+    ledger = tmp_path / "ledger.json"
+    mutation_ledger.save(tmp_path, ledger)
+    assert json.loads(ledger.read_text())[DB]["x_new"]["codes"] == [mutation_ledger.NO_TESTS]
+    fresh = tmp_path / "fresh"
+    assert mutation_ledger.seed(fresh, ledger, [DB]) == 1
+    seeded = json.loads((fresh / "mutants" / "src" / f"{DB}.meta").read_text())
+    assert seeded["exit_code_by_key"] == {f"{KEY}x_tool__mutmut_1": 1}
