@@ -5,6 +5,7 @@ validators (Compose, hadolint, helm lint, kubernetes-validate) and on the chart'
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -78,17 +79,65 @@ def test_compose_mounts_a_named_volume_at_each_data_path(root: Path, file: str) 
     assert not [m for m in stack["services"]["web"].get("volumes", []) if "-data-" in m]
 
 
+def _stages(dockerfile: str) -> dict[str, str]:
+    return dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile, re.M | re.S))
+
+
 def test_images_create_the_data_paths_owned_by_their_user(root: Path) -> None:
     """A new named volume copies the owner of the folder it is mounted on: each stage creates
-    its paths as the user it then switches to."""
-    dockerfile = (root / "Dockerfile").read_text()
-    stages = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile, re.M | re.S))
+    its paths as the user it then switches to, before its code (a code-only release does not
+    run it again), and the build context leaves out the folders whose files would land there
+    (a local run's uploads would enter the image, and seed a new volume)."""
+    stages = _stages((root / "Dockerfile").read_text())
     for name, volumes in VOLUMES.items():
         paths = " ".join(volumes.values())
         body = stages[name]
         chown = body.index(f"RUN mkdir -p {paths} \\\n    && chown 1000:1000 {paths}")
+        assert chown < body.index("COPY --from=build_app /app /app"), name
         assert chown < body.index("USER 1000:1000"), name
     assert "chown" not in stages["web"]
+    ignored = (root / ".dockerignore").read_text().splitlines()
+    # /app holds the repository's folder: /app/uploads is its uploads/, /srv/cache none of it.
+    assert [line for line in ignored if "uploads" in line or "cache" in line] == ["uploads"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "workspaces", "ignored"),
+    [("python", False, ["api/uploads", "jobs/var/files"]), ("python", True, ["uploads"]),
+     ("node", False, ["api/uploads", "jobs/var/files"]), ("go", False, [])],
+)  # fmt: skip
+def test_each_runtime_and_layout_keeps_its_data_folders_out_of_the_image(
+    render: Render, tmp_path: Path, runtime: str, workspaces: bool, ignored: list[str]
+) -> None:
+    """The folder the image's /app comes from is the component's (`path`), or with workspaces
+    the repository's; a Go image holds binaries only, so its context keeps every folder."""
+    answers = {
+        "project_name": "Files Service",
+        "runtime": runtime,
+        **({"python_package_manager": "uv", "workspaces": True} if workspaces else {}),
+        "components": [
+            {"name": "api", "kind": "http", "port": 3000, "health_path": "/health",
+             "path": "api", "data_paths": ["/app/uploads", "/srv/cache"]},
+            {"name": "jobs", "kind": "worker", "path": "jobs" if not workspaces else "api",
+             "data_paths": ["/app/var/files" if not workspaces else "/app/uploads"]},
+        ],
+        "staging_target": "compose",
+        "production_target": "compose",
+    }  # fmt: skip
+    root = render(answers, tmp_path / "kit")
+    lines = (root / ".dockerignore").read_text().splitlines()
+    heading = [i for i, line in enumerate(lines) if line.startswith("# The data paths' folders")]
+    block = [] if not heading else lines[heading[0] + 2 :]  # below the comment's two lines
+    block = list(itertools.takewhile(lambda line: not line.startswith("#"), block))
+    assert block == ignored
+    stages = _stages((root / "Dockerfile").read_text())
+    for name in ("api", "jobs"):
+        body = stages[name]
+        made = body.index("mkdir -p" if runtime != "go" else "--chown=1000:1000")
+        code = body.rindex("\nCOPY ")  # each stage's last COPY: the code, or Go's binary
+        assert made < code < body.index("USER 1000:1000"), name
+    findings = validate.validate(root)
+    assert not findings, validate.report(findings)
 
 
 def test_shipyard_yaml_keeps_claimed_components_at_one_pod(root: Path) -> None:

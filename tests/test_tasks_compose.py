@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 SERVICE = "shop-api"
 DATA = "/app/data"
+LOCAL_RUN_FILE = "left-by-a-local-run.txt"
 # Answered server parameters, and what `SHOW` answers for each on the running server: units
 # converted by PostgreSQL, YAML's true as on, a literal `$` not taken for a Compose variable.
 POSTGRES_SETTINGS = {
@@ -174,6 +175,10 @@ def rendered_kit(
         },
         root,
     )
+    # What a local run of the app left in its data path's folder (DATA is /app/data): never
+    # in an image, nor in the volume Docker fills from the image's folder.
+    (root / "data").mkdir()
+    (root / "data" / LOCAL_RUN_FILE).write_text("a local upload\n")
     git(root, "init", "-q", "-b", "main")
     env = {**dockerd.task_env, "POSTGRES_PASSWORD": "test-only-password"}
     k = Kit(root, env, port)
@@ -531,6 +536,11 @@ def test_files_in_a_data_path_survive_releases(
     """The app writes its data path (the only writable place besides /tmp under its read-only
     root, owned by its user), and a release of another image finds the files there."""
     assert serving_image(dockerd) == first
+    # The repository's data/ holds a local run's file: the image's folder is empty, and so
+    # was the volume Docker filled from it.
+    image = dockerd.run("run", "--rm", "--entrypoint", "ls", first, "-A", DATA).stdout.decode()
+    assert image == ""
+    assert LOCAL_RUN_FILE not in app_exec(dockerd, "ls", "-A", DATA)[1]
     deaf, _ = deaf_and_broken
     write = f"mkdir -p {DATA}/photos && printf kept > {DATA}/photos/a.txt && stat -c %u:%g {DATA}"
     assert app_exec(dockerd, "/bin/sh", "-c", write) == (0, "1000:1000\n")
