@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -106,17 +107,24 @@ def sample_kit(
     registry: str,
     mirror_images: MirrorImages,
     answers: dict[str, Any],
+    component: Mapping[str, Any] = MappingProxyType({}),
 ) -> Iterator[Kit]:
     """The sample app of `answers` (its runtime, versions and migrations) as one http component
-    named after `dest`, with PostgreSQL, released to Compose for staging and production; its
-    stack and volumes removed at the end."""
+    named after `dest` (with `component`'s answers too), with PostgreSQL, released to Compose
+    for staging and production; its stack and volumes removed at the end."""
     service, port = dest.name, free_port()
     _publish_runtime(mirror_images, answers)
     root = render(
         {
             "sample_app": True,
             "components": [
-                {"name": service, "kind": "http", "port": port, "health_path": "/healthz"}
+                {
+                    "name": service,
+                    "kind": "http",
+                    "port": port,
+                    "health_path": "/healthz",
+                    **component,
+                }
             ],
             "database": "postgres",
             "staging_target": "compose",

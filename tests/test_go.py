@@ -34,6 +34,8 @@ from tests.servers.docker import Dockerd, MirrorImages
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 SERVICE = "go-api"
+# A folder the service keeps files in (a named volume), beside its binary.
+DATA = "/app/uploads"
 # Every file a Go image may hold besides its binary (docker export adds the files and mount
 # points every container has: /.dockerenv, /etc/hosts, /etc/resolv.conf, /dev, /proc, ...).
 KIT_FILES = {
@@ -64,6 +66,7 @@ def go_kit(
         registry,
         mirror_images,
         {"project_name": "Go API", "runtime": "go", "go_version": "1.27", "migrations": "custom"},
+        {"data_paths": [DATA]},
     ) as kit:
         yield kit
 
@@ -97,6 +100,15 @@ def test_go_sample_builds_migrates_and_deploys_as_a_lone_static_binary(
     with _export(dockerd, ref) as tar:
         probe = tar.getmember("usr/local/bin/shipyard-healthcheck")
     assert (probe.issym(), probe.linkname) == (True, f"/app/{SERVICE}")
+    # The data path: the folder a new volume takes its owner and mode from is the app's user's
+    # (the app can write there), not open to all; the one above it, holding the binary, root's.
+    with _export(dockerd, ref) as tar:
+        folders = {
+            m.name.removeprefix("./"): (m.uid, m.gid, m.mode & 0o7777) for m in tar if m.isdir()
+        }
+    assert folders["app"] == (0, 0, 0o755)
+    assert folders[DATA.lstrip("/")] == (1000, 1000, 0o755)
+    assert DATA in [m["Destination"] for m in _container(dockerd, SERVICE)["Mounts"]]
     # The binary is static: no program interpreter (a dynamic loader and its C library) to
     # start it, which the empty base would not have.
     assert _static_elf(_read(dockerd, ref, f"app/{SERVICE}"))
