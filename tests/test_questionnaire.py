@@ -230,6 +230,10 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
         "it holds the application's code",
     ),
     (
+        {"runtime": "go", "components": [{**HTTP, "data_paths": ["/app/api/files"]}]},
+        "has data path '/app/api/files': /app/api is the component's binary in a Go image",
+    ),
+    (
         {"components": [{**HTTP, "data_paths": ["/data", "/data"]}]},
         "has data path '/data' twice; list each folder once.",
     ),
