@@ -144,6 +144,27 @@ def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path
     assert f"{PREFIX} backup failed: it exited 130 after" in text, text
 
 
+def test_a_backup_stopped_with_sigterm_cleans_up_as_after_ctrl_c(tmp_path: Path) -> None:
+    """Kubernetes and `docker stop` end a job with SIGTERM: the engine stops as it does on
+    Ctrl-C (cleaned up, said, status 130), not killed on the spot by Python's default."""
+    store = tmp_path / "store"
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        env = {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGCONNECT_TIMEOUT": "600"}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "shipyard.cli", "backup", "run", "--target", store.as_uri()],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        silent.settimeout(120)
+        held, _ = silent.accept()  # in the engine now, past its imports
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=60)
+    held.close()
+    assert child.returncode == 130, err
+    assert err == "shipyard backup: interrupted (nothing it was writing is listed)\n"
+    assert engine.list_backups(storage.from_url(store.as_uri())) == []
+
+
 def test_a_schedule_cron_cannot_read_is_refused_with_a_sentence(tmp_path: Path) -> None:
     target = (tmp_path / "store").as_uri()
 

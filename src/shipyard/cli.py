@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shipyard import __version__, validate
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         backup_cli.register(commands)
     args = parser.parse_args(argv)
     if args.command == "backup":
+        # Kubernetes (a Job past its deadline, a drained node) and `docker stop` end a job with
+        # SIGTERM: the same clean stop as Ctrl-C (an upload aborted, a partial file removed,
+        # pgBackRest stopped), where Python would die on the spot. `backup schedule` sets its own.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return backup_cli.run(args)
         except KeyboardInterrupt:  # Ctrl-C, or the backup scheduler stopping: cleaned up
@@ -59,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "shipyard backup: interrupted (nothing it was writing is listed)", file=sys.stderr
             )
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if args.command == "new":
         return new.run(args)
 
