@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from shipyard.backup import engine, schedule, storage
 from tests.backup_data import shipyard_cli
 from tests.servers.postgres import PostgresServer
@@ -144,9 +146,13 @@ def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path
     assert f"{PREFIX} backup failed: it exited 130 after" in text, text
 
 
-def test_a_backup_stopped_with_sigterm_cleans_up_as_after_ctrl_c(tmp_path: Path) -> None:
-    """Kubernetes and `docker stop` end a job with SIGTERM: the engine stops as it does on
-    Ctrl-C (cleaned up, said, status 130), not killed on the spot by Python's default."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_backup_stopped_with_sigterm_cleans_up_as_after_ctrl_c(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Kubernetes and `docker stop` end a job with SIGTERM, a closed terminal with SIGHUP: the
+    engine stops as it does on Ctrl-C (cleaned up, said, status 130), not killed on the spot
+    by Python's default."""
     store = tmp_path / "store"
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
@@ -157,7 +163,7 @@ def test_a_backup_stopped_with_sigterm_cleans_up_as_after_ctrl_c(tmp_path: Path)
         )  # fmt: skip
         silent.settimeout(120)
         held, _ = silent.accept()  # in the engine now, past its imports
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(stop)
         _out, err = child.communicate(timeout=60)
     held.close()
     assert child.returncode == 130, err

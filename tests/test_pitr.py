@@ -569,6 +569,20 @@ def test_a_stopped_pgbackrest_cleans_up_and_leaves_no_zombie_to_its_adopter(
     assert marks == "cleaned-up\n"
 
 
+@pytest.mark.parametrize(("command", "own_group"), [("archive-push", False), ("restore", True)])
+def test_only_the_archive_command_stays_in_the_callers_process_group(
+    tmp_path: Path, command: str, own_group: bool
+) -> None:
+    """PostgreSQL stops its archive_command by signalling its archiver's process group, which
+    pgBackRest must stay in; the engine's own commands get a group to stop with their workers."""
+    tool = tmp_path / "pgbackrest"
+    tool.write_text("#!/bin/sh\ncut -d' ' -f5 /proc/$$/stat\n")  # its process group
+    tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    group = int(pgbackrest.run(env, command))
+    assert (group != os.getpgrp()) is own_group
+
+
 def _running_in_group(group: int) -> list[int]:
     """The processes of process group `group` that still run (zombies, which do nothing
     more, left out)."""

@@ -58,9 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backup":
         # Kubernetes (a Job past its deadline, a drained node) and `docker stop` end a job with
-        # SIGTERM: the same clean stop as Ctrl-C (an upload aborted, a partial file removed,
-        # pgBackRest stopped), where Python would die on the spot. `backup schedule` sets its own.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # SIGTERM, a closed terminal with SIGHUP: the same clean stop as Ctrl-C (an upload
+        # aborted, a partial file removed, pgBackRest stopped), where Python would die on the
+        # spot. `backup schedule` sets its own.
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             return backup_cli.run(args)
         except KeyboardInterrupt:  # Ctrl-C, or the backup scheduler stopping: cleaned up
@@ -69,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 130
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if args.command == "new":
         return new.run(args)
 

@@ -126,6 +126,11 @@ def run(env: Mapping[str, str], *argv: str) -> str:
     """Run `pgbackrest ARGV` with `env`; its stdout, or BackupError with its own message."""
     if shutil.which("pgbackrest", path=env.get("PATH")) is None:
         raise BackupError("pgbackrest is not installed in this image")
+    # PostgreSQL runs archive-push (the archive_command) and stops it by signalling its
+    # archiver's process group, which it must stay in. Every other command, run by the engine
+    # (which takes SIGINT, SIGTERM and SIGHUP as a stop: cli.py), gets a group of its own, so a
+    # stop ends its workers with it.
+    grouped = argv[:1] != ("archive-push",)
     with subprocess.Popen(
         ["pgbackrest", *argv],
         env=dict(env),
@@ -133,15 +138,19 @@ def run(env: Mapping[str, str], *argv: str) -> str:
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",  # a wrong passphrase makes it echo decrypted garbage
-        start_new_session=True,  # its own process group, with the workers it starts
+        start_new_session=grouped,
     ) as done:
         try:
             stdout, stderr = done.communicate()
         except BaseException:
-            # Stopped (the scheduler's SIGINT, Ctrl-C): pgBackRest and its worker processes
-            # are ended and waited for. subprocess.run would kill pgBackRest alone and not
-            # wait, leaving its workers writing into a restore's folder while it is removed.
-            _end(done)
+            # Stopped: pgBackRest and its worker processes are ended and waited for.
+            # subprocess.run would kill pgBackRest alone and not wait, leaving its workers
+            # writing into a restore's folder while it is removed.
+            if grouped:
+                _end(done)
+            else:
+                done.kill()
+                done.wait()
             raise
     if done.returncode:
         lines = (stderr or stdout).strip().splitlines()
@@ -161,13 +170,21 @@ def _end(process: subprocess.Popen[str]) -> None:
     pgBackRest and each of its workers exit (pgBackRest does not wait for its workers), then
     SIGKILL for whatever is left after GRACE seconds, which also takes a moment to land."""
     group = process.pid
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signum)
-        deadline = time.monotonic() + GRACE
-        while _alive(process, group) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    process.wait()
+    # A second Ctrl-C (or stop) meanwhile waits until the group is gone, then goes on.
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not _alive(process, group):
+                break  # gone: its number may be another group's by now
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signum)
+            deadline = time.monotonic() + GRACE
+            while _alive(process, group) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        process.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _alive(process: subprocess.Popen[str], group: int) -> bool:
