@@ -173,6 +173,49 @@ def test_a_restore_stops_at_a_data_path_not_mounted_and_changes_none(tmp_path: P
     assert not jobs.exists()
 
 
+@pytest.mark.parametrize(
+    ("failing", "restored"), [(0, "none"), (2, "api:/app/uploads, jobs:/srv/files")]
+)
+def test_a_swap_failing_midway_names_the_data_paths_restored_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int, restored: str
+) -> None:
+    """Three data paths; the disk fails one's first move (the one injected fault): those
+    before it stay restored and are named, it and those after it are as they were, and no
+    staging folder is left in any of them."""
+    root = tmp_path / "data"
+    specs = [SPEC, "jobs:/srv/files", "web:/srv/files"]
+    folders = [make_tree(root), root / "jobs" / "srv" / "files", root / "web" / "srv" / "files"]
+    for folder in folders[1:]:
+        folder.mkdir(parents=True)
+        (folder / "report.csv").write_text("a,b\n")
+    store = backup.from_url((tmp_path / "store").as_uri())
+    wanted = [engine.data_path(spec, root) for spec in specs]
+    made = engine.files_backup(store, wanted, log=print)
+    backed_up = [snapshot(folder) for folder in folders]
+    damage(folders[0])
+    for folder in folders[1:]:
+        (folder / "report.csv").write_text("changed since\n")
+    changed = [snapshot(folder) for folder in folders]
+    renamed = Path.rename
+
+    def flaky(self: Path, target: Any) -> Path:
+        if self.parent == folders[failing]:
+            raise OSError(errno.EIO, "Input/output error")
+        return renamed(self, target)
+
+    monkeypatch.setattr(Path, "rename", flaky)
+    with pytest.raises(engine.BackupError) as failed:
+        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+    monkeypatch.undo()
+    assert str(failed.value) == (
+        f"replacing the content of {specs[failing]} failed ([Errno 5] Input/output error); it "
+        f"is as it was; the data paths after it are as they were (restored before it: "
+        f"{restored})"
+    )
+    assert [snapshot(f) for f in folders] == backed_up[:failing] + changed[failing:]
+    assert not [p for f in folders for p in f.iterdir() if p.name.startswith(".shipyard")]
+
+
 def test_a_file_written_during_the_backup_is_archived_and_said(tmp_path: Path) -> None:
     """The app appends to a log while the backup reads it: tar exits 1 ("file changed as we
     read it"), the archive is whole, and the backup is taken with tar's words in its log."""
