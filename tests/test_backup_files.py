@@ -204,9 +204,14 @@ def test_a_swap_failing_midway_names_the_data_paths_restored_before_it(
         return renamed(self, target)
 
     monkeypatch.setattr(Path, "rename", flaky)
+    said: list[str] = []
     with pytest.raises(engine.BackupError) as failed:
-        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+        engine.restore_files(store, wanted, made.id, safety_backup=False, log=said.append)
     monkeypatch.undo()
+    # Each restored before it said so, its old content deleted (root may delete it all).
+    assert [line for line in said if "now holds" in line or "old content" in line] == [
+        f"{spec}: now holds backup {made.id}" for spec in specs[:failing]
+    ]
     assert str(failed.value) == (
         f"replacing the content of {specs[failing]} failed ([Errno 5] Input/output error); it "
         f"is as it was; the data paths after it are as they were (restored before it: "
