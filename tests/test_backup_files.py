@@ -358,6 +358,33 @@ def test_a_restore_as_the_engines_user_moves_read_only_folders(users_tree: Path)
     assert snapshot(top) == before, "no .shipyard-* folder left, every mode as archived"
 
 
+def test_old_content_the_engines_user_may_not_delete_stays_aside_and_is_said(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A folder every user may write to but only owners delete from (root's, sticky, as /tmp):
+    the engine's user moves it aside with the old content but cannot delete root's file in
+    it. The restore still succeeds, and says where the old content stays and what to do."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    before = snapshot(top)
+    store, made = _backed_up(users_tree, wanted)
+    damage(top)
+    (top / "shared").mkdir()
+    (top / "shared").chmod(0o1777)
+    (top / "shared" / "roots.txt").write_text("root's\n")
+    capfd.readouterr()
+
+    assert _restored_as_engine(store, wanted, made.id) == 0
+    (aside,) = top.glob(f"{data_files.ASIDE}*")
+    assert [p.name for p in aside.rglob("*")] == ["shared", "roots.txt"]
+    assert (
+        f"{SPEC}: its old content stays in {aside.name} (uid {ENGINE_UID} may not delete all "
+        "of it; never archived): remove it as the files' owner"
+    ) in capfd.readouterr().out
+    shutil.rmtree(aside)
+    assert snapshot(top) == before
+
+
 def test_a_folder_the_engines_user_cannot_move_stops_the_restore_first(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
