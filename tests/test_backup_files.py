@@ -466,6 +466,19 @@ def test_a_move_that_cannot_be_undone_is_named_with_where_the_old_content_is(
     assert len(calls) == 4 + 3, "the two other moves were undone past the failed one"
 
 
+def test_every_entry_that_cannot_be_put_back_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fourth move fails, and the first two moves back: both entries are named."""
+    top = make_tree(tmp_path)
+    failed, calls = _swap_failing_at(top, {4, 5, 6}, monkeypatch)
+    (aside,) = top.glob(f"{data_files.ASIDE}*")
+    assert failed.endswith(
+        f"{calls[4]}, {calls[5]} could not be put back: find the old content in {aside.name}"
+    )
+    assert sorted(p.name for p in aside.iterdir()) == sorted([calls[4], calls[5]])
+
+
 def test_a_data_path_the_engines_user_may_not_write_in_is_refused_first(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
