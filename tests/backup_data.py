@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,19 @@ def shipyard_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def children(pid: int, name: str) -> list[int]:
-    """Process ids of `name` processes whose parent is `pid` (from /proc)."""
+@dataclass(frozen=True)
+class Process:
+    """One line of /proc/PID/stat, the fields the tests read."""
+
+    pid: int
+    name: str
+    state: str
+    ppid: int
+    pgrp: int
+
+
+def processes() -> list[Process]:
+    """Every process now running (from /proc; one that exits meanwhile is left out)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -129,8 +141,13 @@ def children(pid: int, name: str) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if ppid == pid and comm == name:
-                found.append(int(entry.name))
+            # PID (COMMAND) STATE PPID PGRP ...: the command may hold spaces and parentheses.
+            state, ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            found.append(Process(int(entry.name), name, state, int(ppid), int(pgrp)))
     return found
+
+
+def children(pid: int, name: str) -> list[int]:
+    """Process ids of `name` processes whose parent is `pid` (from /proc)."""
+    return [p.pid for p in processes() if p.ppid == pid and p.name == name]

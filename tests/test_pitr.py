@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.backup import drill_record, metrics, pgbackrest, pitr, storage
 from shipyard.backup.engine import BackupError
+from tests.backup_data import processes
 from tests.servers import start, stop
 from tests.servers.postgres import _bindir, free_port, owner_wrappers
 from tests.servers.pushgateway import Pushgateway
@@ -586,23 +587,14 @@ def test_only_the_archive_command_stays_in_the_callers_process_group(
 def _running_in_group(group: int) -> list[int]:
     """The processes of process group `group` that still run (zombies, which do nothing
     more, left out)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # it exited meanwhile
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == group and state != "Z":
-                found.append(int(stat.parent.name))
-    return found
+    return [p.pid for p in processes() if p.pgrp == group and p.state != "Z"]
 
 
 def _descendants(pid: int) -> list[int]:
     """The processes `pid` started, and the ones they started, and so on."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # it exited meanwhile
-            # PID (COMMAND) STATE PPID ...: the command may hold spaces and parentheses.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for process in processes():
+        children.setdefault(process.ppid, []).append(process.pid)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
