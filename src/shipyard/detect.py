@@ -41,7 +41,7 @@ LOCKFILES = {
     "python": ("python_package_manager", {"uv.lock": "uv", "poetry.lock": "poetry"}),
 }
 # A runtime's version answer and the file that pins it. A pin is taken when the template
-# offers it (the question's choices, newest first, as the template being rendered states them).
+# offers it (the question's choices, as the template being rendered states them).
 VERSIONS = {
     "node": ("node_version", ".nvmrc"),
     "python": ("python_version", ".python-version"),
@@ -70,7 +70,7 @@ class _Refused(Exception):
 
 def answers(dest: Path, given: Mapping[str, Any], offered: Mapping[str, Sequence[str]]) -> Found:
     """The answers the files at `dest`'s root give that `given` does not; `offered`: the
-    template's choices of each version answer, newest first."""
+    template's choices of each version answer."""
     found = Found()
     try:
         runtime = _runtime(dest, given, found)
@@ -183,7 +183,7 @@ def _version(
         return
     if version in offered:
         _take(found, question, version, pin)
-    elif runtime == "go" and offered and _newer(version, offered):
+    elif runtime == "go" and _newer(version, offered):
         found.notes.append(
             f"{pin} needs Go {version}, newer than the kit's ({', '.join(offered)}): the image "
             f"builds with {question}'s Go and will refuse the module"
