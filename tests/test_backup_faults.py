@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -420,20 +421,28 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
     ]
 
 
+def _stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script: str) -> None:
+    """`name` on PATH is a shell script with `script` as its body."""
+    stand_in = tmp_path / "bin" / name
+    stand_in.parent.mkdir(exist_ok=True)
+    stand_in.write_text(f"#!/bin/sh\n{script}\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+
+
 def test_a_pg_dump_that_fails_is_named_with_its_own_words(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pg_dump refusing (a permission, a lock timeout) fails the backup with pg_dump's own
     sentence, and nothing lists as complete. (The real pg_dump cannot be made to fail on cue:
     a stand-in takes its place on PATH.)"""
-    stand_in = tmp_path / "bin" / "pg_dump"
-    stand_in.parent.mkdir()
-    stand_in.write_text(
-        "#!/bin/sh\necho 'pg_dump: error: query failed: ERROR:  permission denied for table"
-        " secrets' >&2\nexit 1\n"
+    _stand_in(
+        tmp_path,
+        monkeypatch,
+        "pg_dump",
+        "echo 'pg_dump: error: query failed: ERROR:  permission denied for table secrets' >&2"
+        "\nexit 1",
     )
-    stand_in.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
     store = backup.LocalStorage(tmp_path / "store")
 
     with pytest.raises(backup.BackupError) as failed:
@@ -444,6 +453,102 @@ def test_a_pg_dump_that_fails_is_named_with_its_own_words(
         " secrets"
     )
     assert backup.list_backups(store) == []
+
+
+def test_a_pg_dump_that_fails_without_a_word_is_named_by_its_exit_alone(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump exiting 1 with nothing on stderr: the sentence ends at the exit code."""
+    _stand_in(tmp_path, monkeypatch, "pg_dump", "exit 1")
+    store = backup.LocalStorage(tmp_path / "store")
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(store, log=lambda _m: None)
+    assert str(failed.value) == "pg_dump exited 1"
+    assert backup.list_backups(store) == []
+
+
+def test_zstd_failing_after_its_output_fails_the_backup(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zstd writes the whole compressed dump, then exits 1 (a write error on its side): the
+    stream looked complete, yet nothing lists as a backup."""
+    _stand_in(tmp_path, monkeypatch, "zstd", f'{shutil.which("zstd")} "$@" && exit 1')
+    store = backup.LocalStorage(tmp_path / "store")
+    with pytest.raises(backup.BackupError) as failed:
+        backup.backup(store, log=lambda _m: None)
+    assert str(failed.value) == "zstd exited 1"
+    assert backup.list_backups(store) == []
+
+
+def _waiting_on_a_lock(server: PostgresServer, database: str, query: str) -> int:
+    """The pid of the session of `database` whose query starts with `query`, once it waits
+    for a lock."""
+    deadline = time.monotonic() + 30
+    with server.connect(database) as conn:
+        while time.monotonic() < deadline:
+            found = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE %s",
+                (f"{query}%",),
+            ).fetchone()
+            if found:
+                return int(found[0])
+            time.sleep(0.05)
+    pytest.fail(f"no session of {database} ever waited for a lock running {query}...")
+
+
+def test_the_statistics_session_ended_by_the_server_fails_a_backup_pg_dump_finished(
+    database: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The server ends the engine's own session (an administrator, a failover) while it
+    counts a table, and pg_dump, in its own session, finishes: the backup fails with the
+    server's reason, and nothing lists. A table locked by another session holds both at that
+    table, so the session is ended mid-count and pg_dump has certainly started."""
+    store = backup.LocalStorage(tmp_path / "store")
+    blocker = postgres_server.connect(database)
+    blocker.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            running = pool.submit(backup.backup, store, log=lambda _m: None)
+            _waiting_on_a_lock(postgres_server, database, "LOCK TABLE")  # pg_dump's
+            counting = _waiting_on_a_lock(postgres_server, database, "SELECT count(*)")
+            with postgres_server.connect(database) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (counting,))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with pytest.raises(backup.BackupError) as failed:
+            running.result(timeout=60)
+    assert str(failed.value).startswith(
+        "reading table statistics failed: terminating connection due to administrator command"
+    )
+    assert backup.list_backups(store) == []
+
+
+def test_the_servers_timeouts_do_not_cut_a_backup_short(
+    database: str, postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timeouts meant for the app's queries (the kit's `postgres_parameters` may set them for
+    the server; here PGOPTIONS, which the engine's sessions and pg_dump both read) do not end a
+    backup that waits for another session's lock, as pg_dump's own session ignores them."""
+    store = backup.LocalStorage(tmp_path / "store")
+    blocker = postgres_server.connect(database)
+    blocker.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    monkeypatch.setenv(  # after the blocker's session starts: it must outlast them
+        "PGOPTIONS",
+        "-c statement_timeout=100 -c lock_timeout=100 -c idle_in_transaction_session_timeout=100",
+    )
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            running = pool.submit(backup.backup, store, log=lambda _m: None)
+            _waiting_on_a_lock(postgres_server, database, "LOCK TABLE")  # pg_dump's
+            time.sleep(1)  # ten times each timeout
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        made = running.result(timeout=60)
+    assert [b.id for b in backup.list_backups(store)] == [made.id]
+    backup.verify(store, made.id, log=lambda _m: None)
 
 
 def test_verify_needs_only_the_server_not_the_apps_database(

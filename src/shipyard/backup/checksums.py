@@ -117,9 +117,11 @@ def table_stats(
         ident = sql.Identifier(schema_name, table)
         try:
             counted = _count_and_hash(conn, ident, row_hash if checksums else None)
-        except psycopg.Error:
-            # A column hash this server lacks: the row text works everywhere. Only while
-            # choosing (a backup); a verification must hash exactly as its backup did.
+        except (psycopg.DataError, psycopg.errors.UndefinedFunction):
+            # A value the column hash refuses ('infinity' dates) or a hash this server lacks:
+            # the row text works everywhere. Any other error (a timeout, the session ended) is
+            # the reason, not a cue to hash again. Only while choosing (a backup); a
+            # verification must hash exactly as its backup did.
             if method != "columns" or methods:
                 raise
             method = "text"

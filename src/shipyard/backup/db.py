@@ -36,6 +36,13 @@ STABLE_SESSION = {
 # value (the exported snapshot id among them). Only names, counts and checksums travel over
 # these sessions; the data itself goes through pg_dump/pg_restore in the database's encoding.
 CLIENT_ENCODING = "UTF8"
+# Timeouts the server, the role or PGOPTIONS set for the app's queries, off in the engine's
+# sessions as pg_dump and pg_restore turn them off in theirs: a count waits for a migration's
+# lock as pg_dump does, and the snapshot's session stays idle in its transaction for as long as
+# pg_dump dumps from it.
+NO_TIMEOUTS = (
+    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0"
+)
 
 
 def tool(name: str) -> str:
@@ -86,6 +93,7 @@ def connect(dbname: str | None = None, *, autocommit: bool = True) -> Iterator[p
     except psycopg.OperationalError as exc:
         raise BackupError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
     with conn:
+        conn.execute(NO_TIMEOUTS)
         yield conn
 
 
