@@ -479,6 +479,45 @@ def test_every_entry_that_cannot_be_put_back_is_named(
     assert sorted(p.name for p in aside.iterdir()) == sorted([calls[4], calls[5]])
 
 
+def test_a_read_only_folder_whose_move_fails_keeps_its_mode(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As the engine's user, the move of a read-only folder (lent its write bit for the move)
+    fails: the folder gets its own mode back, the moves before it are undone, and the
+    sentence names the filesystem's error."""
+    top = users_tree / "data" / "api" / "app" / "uploads"
+    _freeze(top)
+    top.chmod(0o770)
+    staging = top / f"{data_files.STAGING}x"
+    staging.mkdir()
+    (staging / "new.txt").write_text("restored\n")
+    for path in (staging, staging / "new.txt"):
+        os.lchown(path, ENGINE_UID, ENGINE_UID)
+    before = snapshot(top)
+    said = users_tree / "said"
+
+    def swap() -> None:
+        renamed = Path.rename
+
+        def failing(self: Path, target: Any) -> Path:
+            if self.name == "frozen":
+                raise OSError(errno.EIO, "Input/output error")
+            return renamed(self, target)
+
+        Path.rename = failing  # type: ignore[assignment,method-assign]  # in the child only
+        try:
+            data_files._swap(data_files.DataPath("api", "/app/uploads", top), staging)
+        except engine.BackupError as exc:
+            said.write_text(str(exc))
+
+    assert _as_user(ENGINE_UID, swap) == 0, capfd.readouterr().err
+    assert said.read_text() == (
+        "replacing the content of api:/app/uploads failed ([Errno 5] Input/output error); it "
+        "is as it was"
+    )
+    assert snapshot(top) == before, "frozen is 0555 again, every entry back in place"
+
+
 def test_a_data_path_the_engines_user_may_not_write_in_is_refused_first(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
