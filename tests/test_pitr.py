@@ -491,17 +491,19 @@ def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
 PR_SET_CHILD_SUBREAPER = 36
 # Stand-ins with pgBackRest's shape when stopped: a main process and two workers in its
 # process group. They write their pid once the workers run, and what they were sent to MARKS.
+# Their loops end with the test's process (OWNER): one killed while a broken engine hangs on
+# them must not leave them running.
 STUBBORN_TOOL = """#!/bin/sh
-(trap '' TERM; trap 'echo HUP >> "$MARKS"' HUP; while :; do sleep 0.1; done) &
-(while :; do sleep 0.1; done) &
+(trap '' TERM; trap 'echo HUP >> "$MARKS"' HUP; while kill -0 "$OWNER"; do sleep 0.1; done) &
+(while kill -0 "$OWNER"; do sleep 0.1; done) &
 echo $$ > "$STARTED"
 wait
 """
 # This one's main process takes a moment to clean up on SIGTERM, as pgBackRest's does.
 POLITE_TOOL = """#!/bin/sh
 trap 'sleep 0.3; echo cleaned-up >> "$MARKS"; exit 143' TERM
-(while :; do sleep 0.1; done) &
-(while :; do sleep 0.1; done) &
+(while kill -0 "$OWNER"; do sleep 0.1; done) &
+(while kill -0 "$OWNER"; do sleep 0.1; done) &
 echo $$ > "$STARTED"
 wait
 """
@@ -515,7 +517,7 @@ def _interrupted(tmp_path: Path, script: str) -> tuple[int, str]:
     tool.chmod(0o755)
     started, marks = tmp_path / "started", tmp_path / "marks"
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "STARTED": str(started),
-           "MARKS": str(marks)}  # fmt: skip
+           "MARKS": str(marks), "OWNER": str(os.getpid())}  # fmt: skip
 
     def interrupt(_signum: int, _frame: object) -> None:
         if started.exists() and started.read_text().strip():
@@ -527,10 +529,28 @@ def _interrupted(tmp_path: Path, script: str) -> tuple[int, str]:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(KeyboardInterrupt):
             pgbackrest.run(env, "restore")
+    except BaseException:
+        _kill_stand_in(started)
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return int(started.read_text()), marks.read_text() if marks.exists() else ""
+
+
+def _kill_stand_in(started: Path) -> None:
+    """Kill what is left of a stand-in a failing version of the engine did not stop: its group
+    (its workers keep it once orphaned) and its descendants (when it was left in ours). Else
+    its loops would run until the machine restarts."""
+    leader = int(started.read_text() or 0) if started.exists() else 0
+    if not leader:
+        return
+    left = [leader, *_descendants(leader)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, signal.SIGKILL)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_stopped_pgbackrest_is_ended_with_its_workers(
