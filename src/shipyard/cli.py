@@ -60,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Kubernetes (a Job past its deadline, a drained node) and `docker stop` end a job with
         # SIGTERM, a closed terminal with SIGHUP: the same clean stop as Ctrl-C (an upload
         # aborted, a partial file removed, pgBackRest stopped), where Python would die on the
-        # spot. `backup schedule` sets its own.
-        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+        # spot. SIGINT too, which Python leaves ignored when the process started with it
+        # ignored (a non-interactive shell's `&`): a scheduler's stop would do nothing. `backup
+        # schedule` sets its own.
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, _interrupt) for s in stops}
         try:
             return backup_cli.run(args)
         except KeyboardInterrupt:  # Ctrl-C, or the backup scheduler stopping: cleaned up
