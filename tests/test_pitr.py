@@ -491,19 +491,24 @@ def test_a_drill_interrupted_by_the_scheduler_reports_no_failure(
 PR_SET_CHILD_SUBREAPER = 36
 # Stand-ins with pgBackRest's shape when stopped: a main process and two workers in its
 # process group. They write their pid once the workers run, and what they were sent to MARKS.
-# Their loops end with the test's process (OWNER): one killed while a broken engine hangs on
-# them must not leave them running.
-STUBBORN_TOOL = """#!/bin/sh
-(trap '' TERM; trap 'echo HUP >> "$MARKS"' HUP; while kill -0 "$OWNER"; do sleep 0.1; done) &
-(while kill -0 "$OWNER"; do sleep 0.1; done) &
+# A worker's loop ends with the test's process (OWNER), so one killed while a broken engine
+# waits on them leaves none running, and after 30 s, saying so in MARKS, so a broken engine
+# that waits for them without stopping them fails the test in 30 s, not at a timeout.
+WORKER = (
+    'i=0; while kill -0 "$OWNER" && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done;'
+    ' [ $i -lt 300 ] || echo expired >> "$MARKS"'
+)
+STUBBORN_TOOL = f"""#!/bin/sh
+(trap '' TERM; trap 'echo HUP >> "$MARKS"' HUP; {WORKER}) &
+({WORKER}) &
 echo $$ > "$STARTED"
 wait
 """
 # This one's main process takes a moment to clean up on SIGTERM, as pgBackRest's does.
-POLITE_TOOL = """#!/bin/sh
+POLITE_TOOL = f"""#!/bin/sh
 trap 'sleep 0.3; echo cleaned-up >> "$MARKS"; exit 143' TERM
-(while kill -0 "$OWNER"; do sleep 0.1; done) &
-(while kill -0 "$OWNER"; do sleep 0.1; done) &
+({WORKER}) &
+({WORKER}) &
 echo $$ > "$STARTED"
 wait
 """
