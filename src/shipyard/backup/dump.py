@@ -100,7 +100,7 @@ def backup(
             conn,
             "SELECT pg_export_snapshot(), current_database(), current_setting('server_version')",
         )
-        settings = _database_settings(conn, database)
+        settings = _database_settings(conn)
         # The dump is in the database's own encoding, never PGCLIENTENCODING's: bytes a
         # SQL_ASCII database holds need not be valid in any other encoding.
         dump_encoding = f"--encoding={settings.encoding}"
@@ -255,7 +255,7 @@ def files_backup(
     return Backup(backup_id, manifest, None)
 
 
-def _database_settings(conn: psycopg.Connection, database: str) -> DatabaseSettings:
+def _database_settings(conn: psycopg.Connection) -> DatabaseSettings:
     owner, encoding, collate, ctype = one(
         conn,
         "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype"
