@@ -26,7 +26,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shipyard import backup
-from shipyard.backup import engine, storage
+from shipyard.backup import db, engine, storage
 from tests.backup_data import contents, shipyard_cli
 from tests.servers.postgres import PostgresServer
 
@@ -525,12 +525,33 @@ def test_the_statistics_session_ended_by_the_server_fails_a_backup_pg_dump_finis
     assert backup.list_backups(store) == []
 
 
+def test_the_engines_sessions_turn_off_every_timeout_the_server_has(
+    database: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each timeout the app's settings may give a session (the server's `postgres_parameters`,
+    a role, PGOPTIONS), among those this server has, is off in the engine's sessions."""
+    with postgres_server.connect(database) as conn:
+        names = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM pg_settings WHERE name = ANY(%s)", (list(db.TIMEOUTS),)
+            )
+        ]
+    assert {"statement_timeout", "idle_session_timeout"} <= set(names)  # PostgreSQL 14 or later
+    monkeypatch.setenv("PGOPTIONS", " ".join(f"-c {name}=100" for name in names))
+    with db.connect() as conn:
+        assert {name: conn.execute(f"SHOW {name}").fetchone() for name in names} == dict.fromkeys(
+            names, ("0",)
+        )
+
+
 def test_the_servers_timeouts_do_not_cut_a_backup_short(
     database: str, postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Timeouts meant for the app's queries (the kit's `postgres_parameters` may set them for
     the server; here PGOPTIONS, which the engine's sessions and pg_dump both read) do not end a
-    backup that waits for another session's lock, as pg_dump's own session ignores them."""
+    backup that waits for another session's lock, as pg_dump's own session ignores them. (The
+    idle timeouts, which this wait does not reach, are checked one by one above.)"""
     store = backup.LocalStorage(tmp_path / "store")
     blocker = postgres_server.connect(database)
     blocker.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")

@@ -483,7 +483,7 @@ def test_a_read_only_folder_whose_move_fails_keeps_its_mode(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """As the engine's user, the move of a read-only folder (lent its write bit for the move)
-    fails: the folder gets its own mode back, the moves before it are undone, and the
+    fails: the folder gets its own mode back, any move before it is undone, and the
     sentence names the filesystem's error."""
     top = users_tree / "data" / "api" / "app" / "uploads"
     _freeze(top)

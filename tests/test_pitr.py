@@ -535,6 +535,7 @@ def _interrupted(tmp_path: Path, script: str) -> tuple[int, str]:
         with pytest.raises(KeyboardInterrupt):
             pgbackrest.run(env, "restore")
     except BaseException:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # no KeyboardInterrupt in the middle of it
         _kill_stand_in(started)
         raise
     finally:

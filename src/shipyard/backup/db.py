@@ -36,12 +36,17 @@ STABLE_SESSION = {
 # value (the exported snapshot id among them). Only names, counts and checksums travel over
 # these sessions; the data itself goes through pg_dump/pg_restore in the database's encoding.
 CLIENT_ENCODING = "UTF8"
-# Timeouts the server, the role or PGOPTIONS set for the app's queries, off in the engine's
-# sessions as pg_dump and pg_restore turn them off in theirs: a count waits for a migration's
-# lock as pg_dump does, and the snapshot's session stays idle in its transaction for as long as
-# pg_dump dumps from it.
-NO_TIMEOUTS = (
-    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0"
+# Timeouts the server, the role or PGOPTIONS set for the app's sessions, off in the engine's as
+# pg_dump and pg_restore turn them off in theirs: a count waits for a migration's lock as
+# pg_dump does, the snapshot's session stays in its transaction for as long as pg_dump dumps
+# from it, and a restore's admin session idles through the download and pg_restore. Only those
+# the server has (idle_session_timeout is 14's, transaction_timeout 17's).
+TIMEOUTS = (
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
 )
 
 
@@ -85,15 +90,19 @@ def tool_version(name: str) -> str:
 
 
 @contextmanager
-def connect(dbname: str | None = None, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
-    """A connection from libpq's environment, to `dbname` if given."""
+def connect(dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    """A connection (autocommit) from libpq's environment, to `dbname` if given, with the
+    app's timeouts off (TIMEOUTS)."""
     params = {"client_encoding": CLIENT_ENCODING, **({"dbname": dbname} if dbname else {})}
     try:
-        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=True)
     except psycopg.OperationalError as exc:
         raise BackupError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
     with conn:
-        conn.execute(NO_TIMEOUTS)
+        conn.execute(
+            "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = ANY(%s)",
+            (list(TIMEOUTS),),
+        )
         yield conn
 
 
