@@ -115,6 +115,7 @@ MUTATION_TESTS = {
         "tests/test_backup_reports.py",
         "tests/test_backup_tasks.py",
         "tests/test_backup_metrics.py",
+        "tests/test_backup_schedule.py",
         "tests/test_drill_record.py",
         "tests/test_pitr.py",
         "tests/test_cnpg_files.py",
