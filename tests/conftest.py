@@ -204,6 +204,16 @@ def script_package(root: Path, script: str, text: str) -> None:
     (root / "src" / script).write_text(text)
 
 
+def stand_in(folder: Path, name: str, script: str) -> Path:
+    """A shell script `name` in `folder` (made if missing) with `script` as its body, to take a
+    real tool's place on PATH; its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
 def git(root: Path, *args: str) -> str:
     """Run git in `root` as the test identity; return its stdout (raises on failure)."""
     return subprocess.run(

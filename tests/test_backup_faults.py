@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from shipyard import backup
 from shipyard.backup import db, engine, storage
 from tests.backup_data import contents, shipyard_cli
+from tests.conftest import stand_in
 from tests.servers.postgres import PostgresServer
 
 # A zstd skippable frame (magic 0x184D2A50, then the length of its payload): a decompressor
@@ -423,11 +424,8 @@ def test_s3_keys_with_and_without_a_prefix(bucket: str) -> None:
 
 def _stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script: str) -> None:
     """`name` on PATH is a shell script with `script` as its body."""
-    stand_in = tmp_path / "bin" / name
-    stand_in.parent.mkdir(exist_ok=True)
-    stand_in.write_text(f"#!/bin/sh\n{script}\n")
-    stand_in.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+    tool = stand_in(tmp_path / "bin", name, script)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
 
 
 def test_a_pg_dump_that_fails_is_named_with_its_own_words(

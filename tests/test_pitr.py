@@ -534,29 +534,10 @@ def _interrupted(tmp_path: Path, script: str) -> tuple[int, str]:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(KeyboardInterrupt):
             pgbackrest.run(env, "restore")
-    except BaseException:
-        signal.setitimer(signal.ITIMER_REAL, 0)  # no KeyboardInterrupt in the middle of it
-        _kill_stand_in(started)
-        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return int(started.read_text()), marks.read_text() if marks.exists() else ""
-
-
-def _kill_stand_in(started: Path) -> None:
-    """Kill what is left of a stand-in a failing version of the engine did not stop: its group
-    (its workers keep it once orphaned) and its descendants (when it was left in ours). Else
-    its loops would run until the machine restarts."""
-    leader = int(started.read_text() or 0) if started.exists() else 0
-    if not leader:
-        return
-    left = [leader, *_descendants(leader)]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader, signal.SIGKILL)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_stopped_pgbackrest_is_ended_with_its_workers(

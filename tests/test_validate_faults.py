@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from shipyard import validate
+from tests.conftest import stand_in
 
 # The preset with every kind of artifact (tests/test_validate.py checks its defects).
 FULL = "pe-investor-portal"
@@ -109,14 +110,6 @@ def test_every_check_has_a_stand_in() -> None:
     }
 
 
-def _stand_in(folder: Path, name: str, script: str) -> Path:
-    folder.mkdir(exist_ok=True)
-    path = folder / name
-    path.write_text(f"#!/bin/sh\n{script}\n")
-    path.chmod(0o755)
-    return path
-
-
 CASES = [
     pytest.param(case, failure, id=f"{case}-{failure}")
     for case in STAND_INS
@@ -133,7 +126,7 @@ def test_a_broken_tool_is_a_finding_never_a_clean_report(
     script, says = FAILURES[failure]
     says = SAYS.get((case, failure), says)
     stand_ins = tmp_path / "bin"
-    _stand_in(stand_ins, executable, script)
+    stand_in(stand_ins, executable, script)
     monkeypatch.setenv("PATH", f"{stand_ins}{os.pathsep}{os.environ['PATH']}")
     assert validate.find_tool(executable) == str(stand_ins / executable)
 
@@ -147,7 +140,7 @@ def test_a_broken_tool_is_a_finding_never_a_clean_report(
 def test_cli_fails_when_a_tool_is_killed(clean_kit: Path, tmp_path: Path) -> None:
     """`shipyard validate` as CI runs it: a killed hadolint fails the job and says so."""
     stand_ins = tmp_path / "bin"
-    _stand_in(stand_ins, "hadolint", FAILURES["killed"][0])
+    stand_in(stand_ins, "hadolint", FAILURES["killed"][0])
     env = {**os.environ, "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}"}
     argv = [sys.executable, "-m", "shipyard.cli", "validate", "--only", "dockerfile"]
 
