@@ -236,7 +236,7 @@ groups:
 COMPOSE_TESTS = """
 {%- import 'template/includes/monitoring-tests.jinja' as mt with context -%}
 rule_files: [rules.yaml]
-evaluation_interval: 1m
+evaluation_interval: 1h
 tests:
 {{ mt.backup_tests(t) }}
 """

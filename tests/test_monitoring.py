@@ -108,7 +108,7 @@ def test_backup_rules_follow_where_postgresql_runs(
 ) -> None:
     """Backups by the kit's CronJob are watched through kube-state-metrics; a CloudNativePG
     Cluster's through the operator's metrics, its WAL archiving too. (promtool cases in
-    monitoring/rules.test.yaml, run by `shipyard validate`, check what each rule does.)"""
+    monitoring/rules*.test.yaml, run by `shipyard validate`, check what each rule does.)"""
     answers = {**load_preset("nestjs-api"), "monitoring": "prometheus"}
     answers["database_on_kubernetes"] = "cloudnativepg" if cnpg else "external"
     chart = _chart(render(answers, tmp_path / "cnpg"))
@@ -183,6 +183,36 @@ def test_a_worker_with_a_metrics_port_gets_a_pod_monitor_and_its_own_tests(
     assert findings == [], validate.report(findings)
 
 
+def _seconds(duration: str) -> int:
+    """A promtool duration of one unit ("30m", "12h") in seconds."""
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[duration[-1]]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_unit_test_case_costs_promtool_few_evaluations(
+    rendered: Callable[[str], Path], preset: str
+) -> None:
+    """promtool evaluates every rule at each evaluation_interval of a case up to its last
+    eval_time: a case of 30 hours at one minute (1,800 evaluations) took 1.3 s, and four of
+    them cost every `shipyard validate` 7 s. Cases in hours go in rules.hourly.test.*,
+    evaluated each hour; and each eval_time falls on an evaluation (between two, promtool
+    reads the state of the one before: a quiet check could pass for the wrong reason)."""
+    root = rendered(preset)
+    files = [
+        *root.glob("monitoring/rules*.test.yml"),
+        *root.glob("charts/*/monitoring/*.test.yaml"),
+    ]
+    monitoring = load_preset(preset).get("monitoring", "prometheus") == "prometheus"
+    assert bool(files) == monitoring, files
+    for tests in files:
+        doc = yaml.safe_load(tests.read_text())
+        step = _seconds(doc["evaluation_interval"])
+        for case in doc["tests"]:
+            times = [_seconds(t["eval_time"]) for t in case["alert_rule_test"]]
+            assert all(at % step == 0 for at in times), (tests.name, case["name"], times)
+            assert max(times) // step <= 240, (tests.name, case["name"], max(times) // step)
+
+
 def test_every_alert_has_a_unit_test_that_fails_when_its_threshold_moves(
     render: Render, tmp_path: Path
 ) -> None:
@@ -190,8 +220,12 @@ def test_every_alert_has_a_unit_test_that_fails_when_its_threshold_moves(
     (in the chart's defaults, which the tests run against) fails exactly that alert's test."""
     root = render({"project_name": "Shop", "database": "postgres"}, tmp_path / "kit")
     chart = _chart(root)
-    tests = yaml.safe_load((chart / "monitoring" / "rules.test.yaml").read_text())
-    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
+    cases = [
+        case
+        for tests in (chart / "monitoring").glob("rules*.test.yaml")
+        for case in yaml.safe_load(tests.read_text())["tests"]
+    ]
+    tested = {t["alertname"] for case in cases for t in case["alert_rule_test"]}
     rule = _template(chart, "--api-versions", API)
     [rules] = [d for d in rule if d["kind"] == "PrometheusRule"]
     alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
@@ -215,9 +249,18 @@ def test_every_alert_has_a_unit_test_that_fails_when_its_threshold_moves(
         ]
         values.write_text("\n".join(lines) + "\n")
         findings = validate.validate(root, only=["prometheus-rules"])
-        assert [f.rule for f in findings] == ["test"], validate.report(findings)
+        # The alerts measured in hours are tested in the file evaluated each hour.
+        tests = "rules.hourly.test.yaml" if key.endswith(("Hours", "Days")) else "rules.test.yaml"
+        where = f"charts/{chart.name}/monitoring/{tests}"
+        assert [(f.file, f.rule) for f in findings] == [(where, "test")], validate.report(findings)
         assert f"alertname: {alert}," in findings[0].message
     values.write_text(original)
+    # Without its tests, a chart's rules are a finding, not a clean report.
+    for test_file in (chart / "monitoring").glob("rules*.test.yaml"):
+        test_file.unlink()
+    findings = validate.validate(root, only=["prometheus-rules"])
+    assert [(f.file, f.rule) for f in findings] == [(f"charts/{chart.name}", "test")]
+    assert "has no promtool unit tests" in findings[0].message
 
 
 @pytest.mark.slow

@@ -14,9 +14,11 @@ from shipyard.validate.tools import no_report, run_tool
 
 FOLDER = "monitoring"
 PROMETHEUS = "prometheus.yml"
-# The rule file prometheus.yml loads, and its promtool unit tests.
+# The rule file prometheus.yml loads, and its promtool unit tests: the kit writes the cases
+# measured in minutes to rules.test.yml, those in hours to rules.hourly.test.yml (each file has
+# one evaluation interval); every file of the pattern runs.
 RULES = "rules.yml"
-RULE_TESTS = "rules.test.yml"
+RULE_TESTS = "rules*.test.yml"
 ALERTMANAGER = "alertmanager.yml"
 
 
@@ -31,7 +33,7 @@ def _failure(result: Result) -> str | None:
 
 def check_prometheus_config(root: Path) -> list[Finding]:
     """`promtool check config` on monitoring/prometheus.yml (which checks the rule files it
-    loads too), then `promtool test rules` on monitoring/rules.test.yml."""
+    loads too), then `promtool test rules` on each monitoring/rules*.test.yml."""
     folder = root / FOLDER
     config = folder / PROMETHEUS
     if not config.is_file():
@@ -39,14 +41,17 @@ def check_prometheus_config(root: Path) -> list[Finding]:
     failed = _failure(run_tool(["promtool", "check", "config", PROMETHEUS], folder))
     if failed:
         return [Finding(rel(root, config), None, "promtool", "check-config", failed)]
-    tests = folder / RULE_TESTS
-    if not tests.is_file():
+    tests = sorted(folder.glob(RULE_TESTS))
+    if not tests:
         if (folder / RULES).is_file():
             message = f"{FOLDER}/{RULES} has alert rules but no promtool unit tests here"
-            return [Finding(rel(root, tests), None, "promtool", "test", message)]
+            return [Finding(rel(root, folder / RULES), None, "promtool", "test", message)]
         return []
-    failed = _failure(run_tool(["promtool", "test", "rules", RULE_TESTS], folder))
-    return [Finding(rel(root, tests), None, "promtool", "test", failed)] if failed else []
+    return [
+        Finding(rel(root, test), None, "promtool", "test", failed)
+        for test in tests
+        if (failed := _failure(run_tool(["promtool", "test", "rules", test.name], folder)))
+    ]
 
 
 def check_alertmanager_config(root: Path) -> list[Finding]:

@@ -19,8 +19,10 @@ from shipyard.validate.finding import Finding, oneline
 from shipyard.validate.tools import each, no_report, run_tool
 
 API_VERSION = "monitoring.coreos.com/v1"
-# Where a chart keeps the promtool unit tests of its rules (beside the dashboard).
-RULE_TESTS = Path("monitoring", "rules.test.yaml")
+# Where a chart keeps the promtool unit tests of its rules (beside the dashboard): the kit
+# writes the cases measured in minutes to rules.test.yaml, those in hours to
+# rules.hourly.test.yaml (each file has one evaluation interval); every file of the pattern runs.
+RULE_TESTS = "monitoring/rules*.test.yaml"
 # The rule file the tests name (rule_files: [rules.yaml]), written beside a copy of them.
 RULE_FILE = "rules.yaml"
 
@@ -84,7 +86,7 @@ def render_failure(
 
 def check_prometheus_rules(root: Path) -> list[Finding]:
     """`promtool check rules` on each PrometheusRule the chart renders (per values file), and
-    `promtool test rules` on the chart's monitoring/rules.test.yaml against the default render."""
+    `promtool test rules` on the chart's monitoring/rules*.test.yaml against the default render."""
 
     def one(run: tuple[Chart, Path | None]) -> list[Finding]:
         chart, values = run
@@ -93,9 +95,8 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
         if failed:
             return [render_failure(root, chart, values, failed)]
         groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
-        tests = chart.path / RULE_TESTS
         if not groups:
-            if tests.is_file() and values == chart.values[0]:
+            if list(chart.path.glob(RULE_TESTS)) and values == chart.values[0]:
                 message = f"{RULE_TESTS} tests rules, but the chart renders no PrometheusRule"
                 return [Finding(where, None, "promtool", "test", message)]
             return []
@@ -119,25 +120,30 @@ def check_prometheus_rules(root: Path) -> list[Finding]:
 
 
 def _unit_tests(root: Path, chart: Chart, rule_file: Path, values: Path | None) -> list[Finding]:
-    tests = chart.path / RULE_TESTS
-    where = rel(root, tests)
-    if not tests.is_file():
-        message = "the chart renders a PrometheusRule but has no promtool unit tests here"
-        return [Finding(where, None, "promtool", "test", message)]
+    tests = sorted(chart.path.glob(RULE_TESTS))
+    if not tests:
+        message = (
+            f"the chart renders a PrometheusRule but has no promtool unit tests ({RULE_TESTS})"
+        )
+        return [Finding(rel(root, chart.path), None, "promtool", "test", message)]
     if values is not None:  # the first environment's render: tests need the defaults'
         objects, failed = _render(root, chart, None)
         groups = [g for o in objects if o.get("kind") == "PrometheusRule" for g in _groups(o)]
         if failed or not groups:
             return []  # the default render's own run reports it
         rule_file.write_text(json.dumps({"groups": groups}, indent=1), "utf-8")
-    copy = rule_file.parent / "rules.test.yaml"
-    copy.write_text(tests.read_text("utf-8"), "utf-8")
-    result = run_tool(["promtool", "test", "rules", copy.name], rule_file.parent)
-    # promtool says SUCCESS when every test passed: a silent exit 0 proves nothing.
-    if result.returncode != 0 or "SUCCESS" not in result.stdout:
-        said = oneline(result.stdout + " " + result.stderr) if result.returncode > 0 else ""
-        return [Finding(where, None, "promtool", "test", said or no_report(result))]
-    return []
+    findings: list[Finding] = []
+    for test in tests:
+        copy = rule_file.parent / test.name
+        copy.write_text(test.read_text("utf-8"), "utf-8")
+        result = run_tool(["promtool", "test", "rules", copy.name], rule_file.parent)
+        # promtool says SUCCESS when every test passed: a silent exit 0 proves nothing.
+        if result.returncode != 0 or "SUCCESS" not in result.stdout:
+            said = oneline(result.stdout + " " + result.stderr) if result.returncode > 0 else ""
+            findings.append(
+                Finding(rel(root, test), None, "promtool", "test", said or no_report(result))
+            )
+    return findings
 
 
 def _groups(rule: dict[str, Any]) -> list[Any]:
