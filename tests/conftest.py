@@ -80,6 +80,26 @@ class ChildHits:
         self.path.unlink(missing_ok=True)
 
 
+def forked_hits() -> Callable[[], None]:
+    """For a test's forked child (os.fork), called first: during mutmut's stats run, opens the
+    file of child hits now (the child may change to a user who cannot) and returns what appends
+    the functions the child reached to it, for the child to call before it exits. mutmut
+    records them in the process's memory, which the child's exit loses: the test would never
+    be run against their mutants. Otherwise, a no-op."""
+    hits = os.environ.get(CHILD_HITS)
+    if not hits:
+        return lambda: None
+    fd = os.open(hits, os.O_WRONLY | os.O_APPEND)
+
+    def keep() -> None:
+        mutmut: Any = importlib.import_module("mutmut.state")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other children's lines (tests/mutation_hits)
+        os.write(fd, "".join(f"{name}\n" for name in mutmut.state()._stats).encode())
+        os.close(fd)
+
+    return keep
+
+
 # The longest single tests (minutes each: every example renders a kit and runs every
 # validator), run first. xdist hands tests out in collection order, so one met last keeps a
 # worker busy alone at the end of the run while the other cores idle.

@@ -30,6 +30,7 @@ from shipyard import backup, config
 from shipyard.backup import engine
 from shipyard.backup import files as data_files
 from tests.backup_data import children, shipyard_cli
+from tests.conftest import forked_hits
 from tests.servers.postgres import PostgresServer
 
 SPEC = "api:/app/uploads"
@@ -666,6 +667,7 @@ def test_a_local_backup_whose_disk_fills_stops_its_archivers(tmp_path: Path) -> 
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         code = 1
+        keep_hits = forked_hits()
         try:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails instead
             resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -674,6 +676,7 @@ def test_a_local_backup_whose_disk_fills_stops_its_archivers(tmp_path: Path) -> 
             os.write(told, str(exc).encode())
             code = 0
         finally:
+            keep_hits()
             os._exit(code)
     os.close(told)
     deadline = time.monotonic() + 120
@@ -688,9 +691,7 @@ def test_a_local_backup_whose_disk_fills_stops_its_archivers(tmp_path: Path) -> 
         assert message.read().endswith(": File too large")
     assert backup.list_backups(store) == []
     assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
-    # Without the limit the same backup completes. Here, not in a child: that also credits
-    # this test with the functions the child ran, whose own record is lost (mutmut's, which
-    # then never ran it against their mutants: docs/mutation.md).
+    # Without the limit the same backup completes.
     made = engine.files_backup(store, [engine.data_path(SPEC, root)], log=lambda _line: None)
     assert [b.id for b in backup.list_backups(store)] == [made.id]
 
@@ -701,6 +702,7 @@ def _as_user(uid: int, work: Callable[[], object]) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         code = 1
+        keep_hits = forked_hits()
         try:
             os.setgroups([])
             os.setgid(uid)
@@ -711,6 +713,7 @@ def _as_user(uid: int, work: Callable[[], object]) -> int:
         except BaseException:
             traceback.print_exc()
         finally:
+            keep_hits()
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
