@@ -359,6 +359,70 @@ def test_a_restore_as_the_engines_user_moves_read_only_folders(users_tree: Path)
     assert snapshot(top) == before, "no .shipyard-* folder left, every mode as archived"
 
 
+def test_a_restore_as_the_engines_user_refuses_what_it_cannot_move_and_changes_nothing(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A folder of another user without write permission can neither move as the engine's
+    user nor be lent the bit: in the data path (a link to one moves as a link), or the data
+    path itself. The restore refuses before it changes anything, naming them and the fix."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    store, made = _backed_up(users_tree, wanted)
+    damage(top)
+    for name in ("b-roots", "a-roots"):
+        (top / name).mkdir(mode=0o555)  # root's, as the test runs
+    (top / "own").mkdir(mode=0o555)
+    os.lchown(top / "own", ENGINE_UID, ENGINE_UID)  # its own: lent the bit, so movable
+    (top / "link").symlink_to("a-roots")
+    before = snapshot(top)
+    capfd.readouterr()
+
+    assert _restored_as_engine(store, wanted, made.id) == 1
+    assert (
+        f"BackupError: {SPEC}: cannot move a-roots, b-roots, a folder without write permission"
+        f" that uid {ENGINE_UID} does not own; {data_files.FIX}\n"
+    ) in capfd.readouterr().err
+    assert snapshot(top) == before
+
+    for name in ("a-roots", "b-roots", "link"):
+        (top / name).unlink() if name == "link" else (top / name).rmdir()
+    os.lchown(top, 0, 0)
+    top.chmod(0o755)
+    before = snapshot(top)
+    assert _restored_as_engine(store, wanted, made.id) == 1
+    assert (
+        f"BackupError: {SPEC}: uid {ENGINE_UID} may not write in {top}, nor lend it the"
+        f" permission (another user owns it); {data_files.FIX}\n"
+    ) in capfd.readouterr().err
+    assert snapshot(top) == before
+
+
+def test_a_data_path_the_engines_user_may_write_but_not_chmod_keeps_its_mode_and_says_so(
+    users_tree: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A data path of another user that the engine's user may write to through its group (a
+    Kubernetes claim's root: root's, group fsGroup 1000, setgid): the content is restored, the
+    folder's mode stays, as only its owner may change it, and the log says so."""
+    wanted = [engine.data_path(SPEC, users_tree / "data")]
+    top = wanted[0].source
+    before = snapshot(top)
+    store, made = _backed_up(users_tree, wanted)
+    damage(top)
+    os.lchown(top, 0, ENGINE_UID)
+    top.chmod(0o2775)
+    capfd.readouterr()
+
+    assert _restored_as_engine(store, wanted, made.id) == 0
+    assert (
+        f"{SPEC}: the folder keeps mode 2775, not the archived 770 (Operation not permitted:"
+        f" uid {ENGINE_UID} does not own it)\n"
+    ) in capfd.readouterr().out
+    after = snapshot(top)
+    assert after.pop(".") == ("dir", 0o2775, 0, ENGINE_UID, None)
+    assert before.pop(".") == ("dir", 0o770, ENGINE_UID, ENGINE_UID, None)
+    assert after == before
+
+
 def test_old_content_the_engines_user_may_not_delete_stays_aside_and_is_said(
     users_tree: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
