@@ -97,16 +97,18 @@ def refresh(work: Path, modules: list[str]) -> list[str]:
 
 def rejudge_unreached(work: Path, modules: list[str]) -> list[str]:
     """Make mutmut judge again the mutants of `modules` that no test reached, with its stats
-    taken anew when one of the modules changed since they were taken (mutmut collects stats
-    for new tests only, so a function added to a module would count as reached by none); the
-    modules whose source is newer than the stats."""
+    taken anew when one of the modules or a test changed since they were taken (mutmut
+    collects stats for new tests only: a function added to a module would count as reached by
+    none, and a test that now reaches more would never be run against it); the modules and
+    test files newer than the stats."""
     stats = work / "mutants" / "mutmut-stats.json"
+    files = [work / "src" / m for m in modules] + sorted((work / "tests").rglob("*.py"))
     changed = [
-        m
-        for m in modules
-        if stats.exists()
-        and (work / "src" / m).exists()
-        and (work / "src" / m).stat().st_mtime > stats.stat().st_mtime
+        f.relative_to(work / "src").as_posix()
+        if f.is_relative_to(work / "src")
+        else f.relative_to(work).as_posix()
+        for f in files
+        if stats.exists() and f.exists() and f.stat().st_mtime > stats.stat().st_mtime
     ]
     if changed:
         stats.unlink()

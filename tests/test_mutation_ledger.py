@@ -186,6 +186,18 @@ def test_mutants_no_test_reached_are_judged_again_with_stats_taken_after_a_chang
     assert mutation_ledger.rejudge_unreached(tmp_path, [DB, "shipyard/backup/gone.py"]) == [DB]
     assert not stats.exists()
 
+    # A test edited after the stats (it may reach more now) has them taken anew too.
+    stats.write_text("{}")
+    os.utime(source, (1_000, 1_000))
+    test = tmp_path / "tests" / "test_db.py"
+    test.parent.mkdir()
+    test.write_text("def test_tool() -> None: ...\n")
+    os.utime(test, (1_000, 1_000))
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == []
+    os.utime(test, (stats.stat().st_mtime + 10,) * 2)
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == ["tests/test_db.py"]
+    assert not stats.exists()
+
     # The ledger keeps "no tests" as mutmut said it, and never seeds it back as a verdict.
     os.utime(source, (1_000, 1_000))  # the run that wrote the .meta came after the edit
     _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_new": "bbb"})
