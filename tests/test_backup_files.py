@@ -151,6 +151,30 @@ def test_a_corrupted_archive_is_refused_and_nothing_changes(database: str, tmp_p
         engine.restore_files(store, other, made.id, log=print)
 
 
+def test_a_corrupted_second_archive_leaves_the_first_data_path_as_it_was(tmp_path: Path) -> None:
+    """The first data path's archive is staged inside it before the second's is found
+    corrupted: the staging folder goes, the refusal is the corruption's."""
+    root = tmp_path / "data"
+    top = make_tree(root)
+    jobs = root / "jobs" / "srv" / "files"
+    jobs.mkdir(parents=True)
+    (jobs / "report.csv").write_text("a,b\n")
+    store = backup.from_url((tmp_path / "store").as_uri())
+    wanted = [engine.data_path(SPEC, root), engine.data_path("jobs:/srv/files", root)]
+    made = engine.files_backup(store, wanted, log=print)
+    [second] = [f for f in made.manifest["files"] if f["component"] == "jobs"]
+    _flip_a_byte(tmp_path / "store" / second["key"])
+    damage(top)
+    damaged = snapshot(top), snapshot(jobs)
+
+    with pytest.raises(engine.BackupError) as refused:
+        engine.restore_files(store, wanted, made.id, safety_backup=False, log=print)
+    assert str(refused.value).startswith(
+        f"backup {made.id}: the archive of jobs:/srv/files is corrupted: "
+    )
+    assert (snapshot(top), snapshot(jobs)) == damaged
+
+
 def test_a_restore_stops_at_a_data_path_not_mounted_and_changes_none(tmp_path: Path) -> None:
     """Two data paths, the second not mounted when the restore runs (without the safety
     backup, which would refuse first): the first is staged, then put back as it was."""
