@@ -188,7 +188,7 @@ def mutation(session: nox.Session) -> None:
     session.log(f"{seeded} verdicts from {MUTATION_LEDGER}")
     if refreshed := mutation_ledger.refresh(work, modules):
         session.log(f"mutated for the first time here: {', '.join(refreshed)} (stats taken anew)")
-    if changed := mutation_ledger.rejudge_unreached(work, modules):
+    if changed := mutation_ledger.rejudge_unreached(work, modules, tests):
         session.log(f"changed since mutmut's stats: {', '.join(changed)} (stats taken anew)")
     try:
         _mutmut(session, work, names)

@@ -95,14 +95,15 @@ def refresh(work: Path, modules: list[str]) -> list[str]:
     return plain
 
 
-def rejudge_unreached(work: Path, modules: list[str]) -> list[str]:
+def rejudge_unreached(work: Path, modules: list[str], tests: list[str]) -> list[str]:
     """Make mutmut judge again the mutants of `modules` that no test reached, with its stats
-    taken anew when one of the modules or a test changed since they were taken (mutmut
-    collects stats for new tests only: a function added to a module would count as reached by
-    none, and a test that now reaches more would never be run against it); the modules and
-    test files newer than the stats."""
+    taken anew when one of the modules, of the run's `tests` or of the tests' helpers changed
+    since they were taken (mutmut collects stats for new tests only: a function added to a
+    module would count as reached by none, and a test that now reaches more would never be run
+    against it); the files newer than the stats."""
     stats = work / "mutants" / "mutmut-stats.json"
-    files = [work / "src" / m for m in modules] + sorted((work / "tests").rglob("*.py"))
+    helpers = [p for p in (work / "tests").rglob("*.py") if not p.name.startswith("test_")]
+    files = [work / "src" / m for m in modules] + [work / t for t in tests] + sorted(helpers)
     changed = [
         f.relative_to(work / "src").as_posix()
         if f.is_relative_to(work / "src")

@@ -443,8 +443,9 @@ def test_a_restore_as_the_engines_user_refuses_what_it_cannot_move_and_changes_n
     ) in capfd.readouterr().err
     assert snapshot(top) == before
 
-    for name in ("a-roots", "b-roots", "link"):
-        (top / name).unlink() if name == "link" else (top / name).rmdir()
+    (top / "link").unlink()
+    for name in ("a-roots", "b-roots"):
+        (top / name).rmdir()
     os.lchown(top, 0, 0)
     top.chmod(0o755)
     before = snapshot(top)
@@ -767,17 +768,19 @@ def test_a_local_backup_whose_disk_fills_stops_its_archivers(tmp_path: Path) -> 
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         code = 1
-        keep_hits = forked_hits()
         try:
+            keep_hits = forked_hits()
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails instead
             resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
             engine.files_backup(store, [engine.data_path(SPEC, root)], log=lambda _line: None)
         except backup.StorageError as exc:
             os.write(told, str(exc).encode())
             code = 0
-        finally:
             keep_hits()
-            os._exit(code)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)  # never back into pytest, whatever failed
     os.close(told)
     deadline = time.monotonic() + 120
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
@@ -802,19 +805,19 @@ def _as_user(uid: int, work: Callable[[], object]) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         code = 1
-        keep_hits = forked_hits()
         try:
+            keep_hits = forked_hits()
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
             os.umask(0o022)
             work()
             code = 0
+            keep_hits()
         except BaseException:
             traceback.print_exc()
         finally:
-            keep_hits()
-            os._exit(code)
+            os._exit(code)  # never back into pytest, whatever failed
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 

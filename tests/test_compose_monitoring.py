@@ -195,6 +195,14 @@ def test_each_compose_alert_test_fails_when_its_rule_moves(
         assert [(f.file, f.rule) for f in findings] == [(f"monitoring/{tests}", "test")]
         assert f"alertname: {alert}," in findings[0].message, findings[0].message
     rules.write_text(original)
+    # An alert no case fires is a finding, though every case passes.
+    (root / "monitoring" / "rules.hourly.test.yml").unlink()
+    findings = validate.validate(root, only=["prometheus-config"])
+    assert [(f.file, f.rule) for f in findings] == [("monitoring/rules.yml", "test")]
+    assert findings[0].message == (
+        "BackupDrillFailed, BackupDrillStale, BackupJobFailed, BackupMissing: no promtool unit"
+        " test in monitoring/rules*.test.yml fires it"
+    )
     # Without its tests, a rule file is a finding, not a clean report.
     for test_file in (root / "monitoring").glob("rules*.test.yml"):
         test_file.unlink()

@@ -200,7 +200,7 @@ def test_each_unit_test_case_costs_promtool_few_evaluations(
     root = rendered(preset)
     files = [
         *root.glob("monitoring/rules*.test.yml"),
-        *root.glob("charts/*/monitoring/*.test.yaml"),
+        *root.glob("charts/*/monitoring/rules*.test.yaml"),
     ]
     monitoring = load_preset(preset).get("monitoring", "prometheus") == "prometheus"
     assert bool(files) == monitoring, files
@@ -255,6 +255,14 @@ def test_every_alert_has_a_unit_test_that_fails_when_its_threshold_moves(
         assert [(f.file, f.rule) for f in findings] == [(where, "test")], validate.report(findings)
         assert f"alertname: {alert}," in findings[0].message
     values.write_text(original)
+    # An alert no case fires is a finding, though every case passes.
+    (chart / "monitoring" / "rules.hourly.test.yaml").unlink()
+    findings = validate.validate(root, only=["prometheus-rules"])
+    assert [(f.file, f.rule) for f in findings] == [(f"charts/{chart.name}", "test")]
+    assert findings[0].message == (
+        "BackupDrillStale, BackupMissing: no promtool unit test in monitoring/rules*.test.yaml"
+        " fires it"
+    )
     # Without its tests, a chart's rules are a finding, not a clean report.
     for test_file in (chart / "monitoring").glob("rules*.test.yaml"):
         test_file.unlink()

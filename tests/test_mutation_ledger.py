@@ -11,6 +11,7 @@ from tests import mutation_ledger
 
 DB = "shipyard/backup/db.py"
 KEY = "shipyard.backup.db."
+TESTS = ["tests/test_db.py"]
 
 
 def _meta(work: Path, module: str, codes: dict[str, int | None], hashes: dict[str, str]) -> Path:
@@ -178,25 +179,33 @@ def test_mutants_no_test_reached_are_judged_again_with_stats_taken_after_a_chang
     }
     meta = _meta(tmp_path, DB, codes, {"x_tool": "aaa", "x_new": "bbb"})
 
-    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == []
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB], TESTS) == []
     assert stats.exists()  # nothing changed since: the stats stand
     assert json.loads(meta.read_text())["exit_code_by_key"] == {f"{KEY}x_tool__mutmut_1": 1}
 
     os.utime(source, (stats.stat().st_mtime + 10,) * 2)  # edited after the stats were taken
-    assert mutation_ledger.rejudge_unreached(tmp_path, [DB, "shipyard/backup/gone.py"]) == [DB]
+    assert mutation_ledger.rejudge_unreached(tmp_path, [DB, "shipyard/backup/gone.py"], TESTS) == [
+        DB
+    ]
     assert not stats.exists()
 
-    # A test edited after the stats (it may reach more now) has them taken anew too.
-    stats.write_text("{}")
+    # A test of the run or a helper of the tests edited after the stats (it may reach more
+    # now) has them taken anew too; another test, never.
     os.utime(source, (1_000, 1_000))
-    test = tmp_path / "tests" / "test_db.py"
-    test.parent.mkdir()
-    test.write_text("def test_tool() -> None: ...\n")
-    os.utime(test, (1_000, 1_000))
-    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == []
-    os.utime(test, (stats.stat().st_mtime + 10,) * 2)
-    assert mutation_ledger.rejudge_unreached(tmp_path, [DB]) == ["tests/test_db.py"]
-    assert not stats.exists()
+    (tmp_path / "tests").mkdir()
+    for name in (*TESTS, "tests/test_other.py", "tests/helpers.py"):
+        (tmp_path / name).write_text("def test_tool() -> None: ...\n")
+        os.utime(tmp_path / name, (1_000, 1_000))
+    for edited, retaken in (
+        ("tests/test_other.py", []),
+        ("tests/test_db.py", ["tests/test_db.py"]),
+        ("tests/helpers.py", ["tests/helpers.py"]),
+    ):
+        stats.write_text("{}")
+        os.utime(tmp_path / edited, (stats.stat().st_mtime + 10,) * 2)
+        assert mutation_ledger.rejudge_unreached(tmp_path, [DB], TESTS) == retaken
+        assert stats.exists() == (not retaken)
+        os.utime(tmp_path / edited, (1_000, 1_000))
 
     # The ledger keeps "no tests" as mutmut said it, and never seeds it back as a verdict.
     os.utime(source, (1_000, 1_000))  # the run that wrote the .meta came after the edit
