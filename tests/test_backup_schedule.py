@@ -6,6 +6,8 @@ seconds, not minutes."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 
 from shipyard.backup import engine, schedule, storage
 from tests.backup_data import shipyard_cli
+from tests.conftest import stand_in
 from tests.servers.postgres import PostgresServer
 
 PREFIX = "shipyard backup schedule:"
@@ -118,6 +121,24 @@ def test_a_failing_job_is_said_and_the_schedule_goes_on(
     text = log.read_text()
     assert 'database "no_such_database" does not exist' in text, text
     assert engine.list_backups(storage.from_url(target)) == []
+
+
+def test_runs_due_while_a_job_ran_are_skipped_and_said(database: str, tmp_path: Path) -> None:
+    """A backup every second whose pg_dump takes 2.5 s: the runs that fell due meanwhile are
+    skipped, not queued behind it, and the log says how many."""
+    real = shutil.which("pg_dump")
+    assert real, "pg_dump is needed"
+    slow = stand_in(tmp_path / "bin", "pg_dump", f'sleep 2.5\nexec {real} "$@"')
+    target = (tmp_path / "store").as_uri()
+    path = {"PATH": f"{slow.parent}{os.pathsep}{os.environ['PATH']}"}
+    skipped = re.compile(
+        rf"^{PREFIX} backup: (\d+) run\(s\) due while backup ran were skipped$", re.M
+    )
+    with scheduler(tmp_path, "--target", target, "--backup-at", "* * * * * *", env=path) as log:
+        wait_for(lambda: bool(skipped.search(log.read_text())), "a skipped run said", log)
+    counts = [int(n) for n in skipped.findall(log.read_text())]
+    assert counts, log.read_text()
+    assert min(counts) >= 2, log.read_text()
 
 
 def test_a_stop_during_a_job_is_passed_on_and_waited_for(database: str, tmp_path: Path) -> None:
