@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -268,3 +268,18 @@ def test_a_job_that_fell_due_while_another_ran_runs_next_once() -> None:
     skipped = schedule.advance([backup, drill], due, drill, _at("2026-12-06T03:22"))
     assert due == {backup: _at("2026-12-06T03:20"), drill: _at("2026-12-07T03:10")}
     assert skipped == {}
+
+
+def test_a_wait_ends_at_its_moment_never_before() -> None:
+    """As cron, a job starts at its due time by the wall clock, not early: a wait for a moment
+    less than a second away, or more, returns once it has come."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = schedule._Stop()
+        for ahead in (0.3, 1.4):
+            moment = datetime.now(UTC) + timedelta(seconds=ahead)
+            assert stop.sleep_until(moment)
+            assert datetime.now(UTC) >= moment
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
