@@ -270,16 +270,45 @@ def test_a_job_that_fell_due_while_another_ran_runs_next_once() -> None:
     assert skipped == {}
 
 
+@contextmanager
+def stop_flag() -> Iterator[schedule._Stop]:
+    """The scheduler's stop flag in this process, its SIGTERM and SIGINT handlers taken back
+    after."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield schedule._Stop()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def test_a_wait_ends_at_its_moment_never_before() -> None:
     """As cron, a job starts at its due time by the wall clock, not early: a wait for a moment
     less than a second away, or more, returns once it has come."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        stop = schedule._Stop()
+    with stop_flag() as stop:
         for ahead in (0.3, 1.4):
             moment = datetime.now(UTC) + timedelta(seconds=ahead)
             assert stop.sleep_until(moment)
             assert datetime.now(UTC) >= moment
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+
+
+def test_a_stop_while_waiting_ends_the_schedule_and_starts_nothing(tmp_path: Path) -> None:
+    """SIGTERM while the next run is hours away: the scheduler stops, and no job starts."""
+    target = (tmp_path / "store").as_uri()
+    with scheduler(tmp_path, "--target", target, "--backup-at", "0 3 * * *") as log:
+        wait_for(lambda: f"{PREFIX} backup at " in log.read_text(), "the schedule said", log)
+    assert f"{PREFIX} backup (due " not in log.read_text(), log.read_text()
+
+
+def test_a_job_that_cannot_start_is_said_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engine's interpreter gone (a host upgraded under the scheduler): the run is said as
+    an error, in the system's words, and the schedule goes on."""
+    monkeypatch.setattr(schedule, "ENGINE", ("/nonexistent/python3",))
+    job = schedule.job("backup", "--backup-at", "0 3 * * *", ["backup", "run"])
+    with stop_flag() as stop:
+        schedule._run_one(job, datetime.now(UTC), stop)
+    said = capsys.readouterr()
+    assert said.err == f"{PREFIX} backup could not start: No such file or directory\n"
+    assert said.out.startswith(f"{PREFIX} backup (due ")
