@@ -268,6 +268,10 @@ def test_a_job_that_fell_due_while_another_ran_runs_next_once() -> None:
     skipped = schedule.advance([backup, drill], due, drill, _at("2026-12-06T03:22"))
     assert due == {backup: _at("2026-12-06T03:20"), drill: _at("2026-12-07T03:10")}
     assert skipped == {}
+    # A backup that ran until the very moment it was due again skips that run too.
+    due = {backup: _at("2026-12-06T03:00")}
+    assert schedule.advance([backup], due, backup, _at("2026-12-06T03:10")) == {backup: 2}
+    assert due == {backup: _at("2026-12-06T03:15")}
 
 
 @contextmanager
@@ -295,8 +299,15 @@ def test_a_wait_ends_at_its_moment_never_before() -> None:
 def test_a_stop_while_waiting_ends_the_schedule_and_starts_nothing(tmp_path: Path) -> None:
     """SIGTERM while the next run is hours away: the scheduler stops, and no job starts."""
     target = (tmp_path / "store").as_uri()
-    with scheduler(tmp_path, "--target", target, "--backup-at", "0 3 * * *") as log:
+    # On a host whose local time is not UTC: the schedule is UTC's all the same.
+    tokyo = {"TZ": "Asia/Tokyo"}
+    with scheduler(tmp_path, "--target", target, "--backup-at", "0 3 * * *", env=tokyo) as log:
         wait_for(lambda: f"{PREFIX} backup at " in log.read_text(), "the schedule said", log)
+    assert re.search(
+        rf"^{PREFIX} backup at '0 3 \* \* \*' \(UTC\), next [-0-9]+T03:00:00Z: ",
+        log.read_text(),
+        re.M,
+    ), log.read_text()
     assert f"{PREFIX} backup (due " not in log.read_text(), log.read_text()
 
 
@@ -312,3 +323,32 @@ def test_a_job_that_cannot_start_is_said_on_stderr(
     said = capsys.readouterr()
     assert said.err == f"{PREFIX} backup could not start: No such file or directory\n"
     assert said.out.startswith(f"{PREFIX} backup (due ")
+
+
+def test_a_failed_run_is_said_on_stderr_with_how_it_ended_and_how_long_it_took(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(schedule, "ENGINE", ("/bin/sh", "-c", "sleep 0.3; exit 3"))
+    job = schedule.job("backup", "--backup-at", "0 3 * * *", ["backup", "run"])
+    with stop_flag() as stop:
+        schedule._run_one(job, datetime.now(UTC), stop)
+    said = capsys.readouterr()
+    failed = re.fullmatch(rf"{PREFIX} backup failed: it exited 3 after (\d+\.\d) s\n", said.err)
+    assert failed, said.err
+    assert 0.3 <= float(failed[1]) < 30
+    assert said.out.startswith(f"{PREFIX} backup (due ")
+
+
+def test_a_stop_is_passed_on_to_the_running_job_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job that ignores SIGINT and runs on: the stop is passed on once, not again at each
+    look, and the job waited for."""
+    monkeypatch.setattr(schedule, "ENGINE", ("/bin/sh", "-c", "trap '' INT; sleep 1.6"))
+    job = schedule.job("backup", "--backup-at", "0 3 * * *", ["backup", "run"])
+    with stop_flag() as stop:
+        stop.asked = True
+        schedule._run_one(job, datetime.now(UTC), stop)
+    out = capsys.readouterr().out
+    assert out.count(f"{PREFIX} stopping: backup is interrupted (SIGINT) and waited for\n") == 1
+    assert f"{PREFIX} backup finished in " in out
