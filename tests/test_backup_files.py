@@ -151,9 +151,11 @@ def test_a_corrupted_archive_is_refused_and_nothing_changes(database: str, tmp_p
         engine.restore_files(store, other, made.id, log=print)
 
 
-def test_a_corrupted_second_archive_leaves_the_first_data_path_as_it_was(tmp_path: Path) -> None:
-    """The first data path's archive is staged inside it before the second's is found
-    corrupted: the staging folder goes, the refusal is the corruption's."""
+def _two_data_paths(
+    tmp_path: Path,
+) -> tuple[Path, Path, backup.Storage, list[data_files.DataPath], engine.Backup]:
+    """make_tree's data path and a second one (jobs:/srv/files) backed up into a local store:
+    the two folders, the store, the data paths and the backup."""
     root = tmp_path / "data"
     top = make_tree(root)
     jobs = root / "jobs" / "srv" / "files"
@@ -161,7 +163,13 @@ def test_a_corrupted_second_archive_leaves_the_first_data_path_as_it_was(tmp_pat
     (jobs / "report.csv").write_text("a,b\n")
     store = backup.from_url((tmp_path / "store").as_uri())
     wanted = [engine.data_path(SPEC, root), engine.data_path("jobs:/srv/files", root)]
-    made = engine.files_backup(store, wanted, log=print)
+    return top, jobs, store, wanted, engine.files_backup(store, wanted, log=print)
+
+
+def test_a_corrupted_second_archive_leaves_the_first_data_path_as_it_was(tmp_path: Path) -> None:
+    """The first data path's archive is staged inside it before the second's is found
+    corrupted: the staging folder goes, the refusal is the corruption's."""
+    top, jobs, store, wanted, made = _two_data_paths(tmp_path)
     [second] = [f for f in made.manifest["files"] if f["component"] == "jobs"]
     _flip_a_byte(tmp_path / "store" / second["key"])
     damage(top)
@@ -178,14 +186,7 @@ def test_a_corrupted_second_archive_leaves_the_first_data_path_as_it_was(tmp_pat
 def test_a_restore_stops_at_a_data_path_not_mounted_and_changes_none(tmp_path: Path) -> None:
     """Two data paths, the second not mounted when the restore runs (without the safety
     backup, which would refuse first): the first is staged, then put back as it was."""
-    root = tmp_path / "data"
-    top = make_tree(root)
-    jobs = root / "jobs" / "srv" / "files"
-    jobs.mkdir(parents=True)
-    (jobs / "report.csv").write_text("a,b\n")
-    store = backup.from_url((tmp_path / "store").as_uri())
-    wanted = [engine.data_path(SPEC, root), engine.data_path("jobs:/srv/files", root)]
-    made = engine.files_backup(store, wanted, log=print)
+    top, jobs, store, wanted, made = _two_data_paths(tmp_path)
     damage(top)
     damaged = snapshot(top)
     (jobs / "report.csv").unlink()
