@@ -143,25 +143,30 @@ def _unit_tests(root: Path, chart: Chart, rule_file: Path, values: Path | None) 
             findings.append(
                 Finding(rel(root, test), None, "promtool", "test", said or no_report(result))
             )
-    if not findings and (missing := untested(json.loads(rule_file.read_text())["groups"], tests)):
+    if not findings and (missing := untested(rule_file, tests)):
         message = f"{', '.join(missing)}: no promtool unit test in {RULE_TESTS} fires it"
         findings.append(Finding(rel(root, chart.path), None, "promtool", "test", message))
     return findings
 
 
-def untested(groups: list[Any], tests: list[Path]) -> list[str]:
-    """The alerts of rule `groups` that no case of the promtool test files `tests` checks (by
-    its alertname), sorted: a file whose alerts are partly untested passes promtool."""
+def untested(rule_file: Path, tests: list[Path]) -> list[str]:
+    """The alerts of `rule_file` (YAML or JSON, which promtool has read) that no case of the
+    promtool test files `tests` checks (by its alertname), sorted: a file whose alerts are
+    partly untested passes promtool."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
-    rules = [r for g in groups if isinstance(g, dict) for r in g.get("rules") or []]
-    alerts = {r["alert"] for r in rules if isinstance(r, dict) and "alert" in r}
+    def load(path: Path) -> Any:
+        return YAML(typ="safe", pure=True).load(path.read_text("utf-8"))
+
+    rules = load(rule_file) or {}
+    groups = (rules.get("groups") or []) if isinstance(rules, dict) else []
+    found = [r for g in groups if isinstance(g, dict) for r in g.get("rules") or []]
+    alerts = {r["alert"] for r in found if isinstance(r, dict) and "alert" in r}
     tested: set[str] = set()
     for test in tests:
         try:
-            doc = YAML(typ="safe", pure=True).load(test.read_text("utf-8"))
-            checks = [a for case in doc["tests"] for a in case.get("alert_rule_test") or []]
+            checks = [a for case in load(test)["tests"] for a in case.get("alert_rule_test") or []]
             tested |= {a["alertname"] for a in checks}
         except (YAMLError, KeyError, TypeError, AttributeError):
             continue  # promtool reports a file it cannot read
