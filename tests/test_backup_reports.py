@@ -1,6 +1,6 @@
 """What the backup engine tells its operator, to the letter: `shipyard backup list`'s table, the
-sizes and steps in progress lines (through the caller's log only) and what retention says it
-keeps and deletes (dry run or not).
+sizes and steps in progress lines (through the caller's log only), what retention says it
+keeps and deletes (dry run or not), and each command's `--help` as docs/backups.md shows it.
 
 Gaps `nox -s mutation -- backup` found: every test read these lines loosely or not at all, so a
 changed header, a lost "would" in a dry run or a line sent past the caller's log went unnoticed.
@@ -8,6 +8,7 @@ changed header, a lost "would" in a dry run or a line sent past the caller's log
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
@@ -19,6 +20,8 @@ import pytest
 from shipyard import backup
 from shipyard.backup import cli, engine
 from shipyard.backup.report import human_duration, human_size, to_stderr
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> dict[str, object]:
@@ -296,3 +299,44 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
         said[3],
     )
     assert len(said) == 4
+
+
+# docs/backups.md's command reference lies between these lines.
+REFERENCE_START = "<!-- shipyard backup --help, each command: tests/test_backup_reports.py -->"
+REFERENCE_END = "<!-- end of the command reference -->"
+
+
+def _help_of_each_command(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and each command under it, depth first, in the order --help lists them."""
+    found = [parser]
+    for action in parser._actions:  # argparse lists its commands nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _help_of_each_command(sub)
+    return found
+
+
+def command_reference(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The reference as docs/backups.md holds it: each `shipyard backup` command's --help, as
+    `COLUMNS=100 shipyard backup ... --help` prints it."""
+    monkeypatch.setenv("COLUMNS", "100")
+    commands = argparse.ArgumentParser(prog="shipyard").add_subparsers(dest="command")
+    cli.register(commands)
+    blocks = [
+        f"### `{parser.prog}`\n\n```text\n{parser.format_help().rstrip()}\n```"
+        for parser in _help_of_each_command(commands.choices["backup"])
+    ]
+    return "\n\n".join([REFERENCE_START, *blocks, REFERENCE_END])
+
+
+def test_the_docs_command_reference_is_what_each_command_prints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A help text, an option, a default or a command changed in the engine and not in the docs
+    fails here (mutmut: the help texts were its largest group of survivors in cli.py)."""
+    expected = command_reference(monkeypatch)
+    docs = (ROOT / "docs" / "backups.md").read_text(encoding="utf-8")
+    start, end = docs.find(REFERENCE_START), docs.find(REFERENCE_END)
+    assert 0 <= start < end, f"docs/backups.md has no command reference: add\n{expected}"
+    shown = docs[start : end + len(REFERENCE_END)]
+    assert shown == expected, f"docs/backups.md's command reference is out of date:\n{expected}"

@@ -55,6 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         sub.add_argument(
             "--target",
             required=True,
+            metavar="URL",
             help="file:///backups (a mounted volume) or s3://BUCKET/PREFIX",
         )
         return sub
@@ -74,17 +75,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _retention_arguments(run, required=False)
     action("list", "list complete backups, oldest first")
     check = action("verify", "restore a backup into a scratch database and compare every table")
-    check.add_argument("--backup", help="backup id (default: the newest)")
-    check.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
+    check.add_argument("--backup", metavar="ID", help="backup id (default: the newest)")
+    check.add_argument("--jobs", type=int, default=0, metavar="N", help="parallel pg_restore jobs")
     back = action("restore", "replace PGDATABASE with a backup (a safety backup is taken first)")
-    back.add_argument("--backup", help="backup id (default: the newest)")
+    back.add_argument("--backup", metavar="ID", help="backup id (default: the newest)")
     back.add_argument(
         "--files",
         action="store_true",
         help="restore the --data-path folders instead of the database",
     )
     _data_arguments(back)
-    back.add_argument("--jobs", type=int, default=0, help="parallel pg_restore jobs")
+    back.add_argument("--jobs", type=int, default=0, metavar="N", help="parallel pg_restore jobs")
     back.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"
     )
@@ -116,7 +117,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
 
     # Point-in-time recovery by pgBackRest, run where the server's data directory is (PGDATA).
-    group = actions.add_parser("pitr", help="point-in-time recovery by pgBackRest (PGDATA)")
+    text = "point-in-time recovery by pgBackRest, run where the server's data is (PGDATA)"
+    group = actions.add_parser("pitr", help=text, description=text)
     steps = group.add_subparsers(dest="pitr_command", required=True)
     setup = action("setup", "create the repository's stanza and check WAL archiving", steps)
     setup.add_argument(
@@ -137,20 +139,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         f" {pgbackrest.CIPHER_PASS} is not set)",
     )
     base = action("base", "take a base backup (full, diff or incr)", steps)
-    base.add_argument("--type", choices=pitr.BASE_TYPES, default="full")
+    base.add_argument(
+        "--type",
+        choices=pitr.BASE_TYPES,
+        default="full",
+        help="full: every file; diff: what changed since the last full; incr: since the last"
+        " base backup of any type (default: %(default)s)",
+    )
     action("list", "list base backups and the recoverable window", steps)
     push = action(
         "archive-push",
         "archive one WAL file (as shipyard-pgbackrest-push, the archive_command)",
         steps,
     )
-    push.add_argument("wal", help="%%p: the WAL file, relative to PGDATA")
+    push.add_argument("wal", metavar="WAL", help="%%p: the WAL file, relative to PGDATA")
     action("drill", "restore latest into a scratch folder, check and measure it", steps)
     back = action("restore", "restore into a new data directory and check it there", steps)
-    back.add_argument("--at", required=True, help="latest, a base backup label, or a UTC time")
-    back.add_argument("--into", required=True, type=Path, help="a new directory to restore into")
+    back.add_argument(
+        "--at", required=True, metavar="POINT", help="latest, a base backup label, or a UTC time"
+    )
+    back.add_argument(
+        "--into", required=True, type=Path, metavar="DIR", help="a new directory to restore into"
+    )
     swap = action("swap", "put a restored directory in PGDATA's place (server stopped)", steps)
-    swap.add_argument("--restored", required=True, type=Path, help="what `restore` wrote")
+    swap.add_argument(
+        "--restored", required=True, type=Path, metavar="DIR", help="what `restore` wrote"
+    )
     swap.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"
     )
@@ -176,11 +190,16 @@ def _retention_arguments(parser: argparse.ArgumentParser, *, required: bool) -> 
         "--retention-days",
         type=int,
         required=required,
+        metavar="N",
         help="keep the newest backup of each of the last N days (UTC), and each manual, "
         "pre-migrate and safety backup of those days",
     )
-    parser.add_argument("--keep-weekly", type=int, default=0, help="... and of the last N weeks")
-    parser.add_argument("--keep-monthly", type=int, default=0, help="... and of the last N months")
+    parser.add_argument(
+        "--keep-weekly", type=int, default=0, metavar="N", help="... and of the last N weeks"
+    )
+    parser.add_argument(
+        "--keep-monthly", type=int, default=0, metavar="N", help="... and of the last N months"
+    )
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
