@@ -123,8 +123,9 @@ MUTATION_TESTS = {
     "tasks": ["tests/test_tasks.py", "tests/test_backup_tasks.py"],
     "validate": ["tests/test_validate_faults.py", "tests/test_validate.py"],
 }
-# What the tests read from the repository besides src/ and tests/ (renders need the template).
-MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "README.md"]
+# What the tests read from the repository besides src/ and tests/ (renders need the template;
+# the backup command's reference in docs/ is checked against its --help).
+MUTATION_COPY = ["copier.yml", "template", "charts", "schemas", "tasks.py", "README.md", "docs"]
 # mutmut's verdicts so far, which a run starts from and adds to (tests/mutation_ledger.py).
 MUTATION_LEDGER = Path("docs/mutation-ledger.json")
 
