@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.backup import drill_record, metrics, pgbackrest, pitr, storage
 from shipyard.backup.engine import BackupError
+from shipyard.backup.manifest import ID_TIME
 from tests.backup_data import processes
 from tests.servers import start, stop
 from tests.servers.postgres import _bindir, free_port, owner_wrappers
@@ -647,9 +648,12 @@ def test_after_a_swap_the_new_timeline_is_archived_and_latest_follows_it(
     assert running.returncode == 1
     assert "still runs" in running.stderr
     archived.ctl(archived.data, "-m", "fast", "-w", "stop")
-    swapped = _cli(archived.env, "swap", "--restored", str(restored), "--yes")
+    # On a host in another time zone: the old data's name still carries UTC's time.
+    swapped = _cli({**archived.env, "TZ": "Asia/Tokyo"}, "swap", "--restored", str(restored), "--yes")
     assert swapped.returncode == 0, swapped.stderr
     [old] = archived.state.glob("data.old-*")
+    aside = datetime.strptime(old.name.removeprefix("data.old-"), ID_TIME).replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - aside) < timedelta(minutes=1)
     assert f"the old data is kept in {old}" in swapped.stdout
     assert (old / "PG_VERSION").exists()
     assert not restored.exists()
@@ -687,25 +691,80 @@ def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
             (where / name).write_text("15\n")
         return where
 
+    unchecked = "is not a restored data directory that `shipyard backup pitr restore` checked:"
     refusals = {
         # Data, but never checked: a restore killed before its check ended.
-        folder(archived.state / "unchecked"): "not a restored data directory",
+        folder(archived.state / "unchecked"): unchecked,
         # pgBackRest's manifest is still there: a restore killed midway.
-        folder(archived.state / "midway", pitr.CHECKED, "backup.manifest"): "not a restored",
-        folder(archived.state / "recovering", pitr.CHECKED, "recovery.signal"): "not a restored",
+        folder(archived.state / "midway", pitr.CHECKED, "backup.manifest"): unchecked,
+        folder(archived.state / "recovering", pitr.CHECKED, "recovery.signal"): unchecked,
     }
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         if shm.stat().st_dev != archived.state.stat().st_dev:
-            refusals[folder(shm / "elsewhere", pitr.CHECKED)] = "on another filesystem"
+            refusals[folder(shm / "elsewhere", pitr.CHECKED)] = "is on another filesystem than"
         for restored, sentence in refusals.items():
-            with pytest.raises(BackupError, match=sentence):
+            with pytest.raises(BackupError) as refused:
                 pitr.swap(archived.data, restored)
+            said = str(refused.value)
+            assert said.startswith(f"{restored} {sentence}"), said
+            assert said.endswith(" restore again" if sentence == unchecked else " next to it")
     finally:
         shutil.rmtree(shm)
     for made in ("unchecked", "midway", "recovering"):
         shutil.rmtree(archived.state / made)
     assert sorted(p.name for p in archived.state.iterdir()) == before
+
+
+def _checked_restore(where: Path, histories: dict[str, str]) -> Path:
+    """A directory as `restore` leaves it, without a server: checked, its pg_wal holding
+    timeline history files, each with its archive status ("" for none yet)."""
+    status = where / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    (where / "PG_VERSION").write_text("15\n")
+    (where / pitr.CHECKED).write_text("{}\n")
+    for name, state in histories.items():
+        (where / "pg_wal" / name).write_text("1\t0/3000000\tno recovery target specified\n")
+        if state:
+            (status / f"{name}.{state}").touch()
+    return where
+
+
+def test_a_swap_has_only_the_history_files_never_archived_archived(tmp_path: Path) -> None:
+    """The promotion's new history file is marked ready for the archiver; one the archive
+    already holds (done) is not pushed again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    histories = {"00000002.history": "done", "00000003.history": "ready", "00000004.history": ""}
+    old = pitr.swap(data, _checked_restore(tmp_path / "restored", histories))
+    assert old.parent == tmp_path and old.name.startswith("data.old-")
+    assert sorted(p.name for p in (data / "pg_wal" / "archive_status").iterdir()) == [
+        "00000002.history.done",
+        "00000003.history.ready",
+        "00000004.history.ready",
+    ]
+    assert sorted(p.name for p in data.iterdir()) == ["PG_VERSION", "pg_wal"]
+
+
+def test_a_swap_whose_data_cannot_be_moved_aside_changes_nothing(tmp_path: Path) -> None:
+    """The old data's name taken by a folder that is not empty (for each second the swap
+    could run in): refused, the live data and the restored directory where they were."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    now = datetime.now(UTC)
+    for second in range(120):
+        taken = tmp_path / f"data.old-{now + timedelta(seconds=second):{ID_TIME}}"
+        taken.mkdir()
+        (taken / "PG_VERSION").write_text("14\n")
+    restored = _checked_restore(tmp_path / "restored", {"00000002.history": ""})
+    with pytest.raises(BackupError) as refused:
+        pitr.swap(data, restored)
+    assert re.fullmatch(
+        rf"{data} could not be moved aside, nothing changed: \[Errno 39\] .+", str(refused.value)
+    )
+    assert (data / "PG_VERSION").read_text() == "15\n"
+    assert (restored / pitr.CHECKED).exists()
 
 
 @contextlib.contextmanager
@@ -736,8 +795,12 @@ def test_no_room_and_a_mount_point_are_refused_before_anything_is_written(
     restored = archived.state / "restored"
     pitr.restore(archived.env, pitr.target("latest", window), restored)
     with _small_filesystem(archived.state / "volume", "16m") as volume:
-        with pytest.raises(BackupError, match="is a mount point and cannot be renamed"):
+        with pytest.raises(BackupError) as refused:
             pitr.swap(volume, restored)
+        assert str(refused.value) == (
+            f"{volume} is a mount point and cannot be renamed: PGDATA must be a folder inside"
+            " the volume (e.g. /var/lib/postgresql/data/pgdata)"
+        )
         assert (restored / pitr.CHECKED).exists()
 
 
@@ -824,6 +887,69 @@ def test_pgbackrest_takes_the_archive_command_whatever_the_repository(archived: 
     waited = check(pitr.archive_command(s3))
     assert "must contain pgbackrest" not in waited
     assert "was not archived before the 1000ms timeout" in waited
+
+
+def test_setup_points_the_servers_archive_command_at_the_repository_and_needs_archiving(
+    archived: Archived,
+) -> None:
+    """`pitr setup --archive-command`'s first step, on the real server: the command (its URL
+    quoted for the shell) is set with ALTER SYSTEM, live at once and kept in the data directory
+    (so in every restored copy); a server started without archive_mode is
+    refused with the settings it needs. (The step after, pgBackRest's check, needs the server's
+    user to run the kit's venv: the Compose round trip covers it.)"""
+    # Started as on Compose hosts: an archive_command given as an option would win over the
+    # data directory's.
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")
+    archived.start(archived.data, archive_command=False)
+    # Whatever the caller's libpq variables name: the setting is the cluster's, set from the
+    # `postgres` database (the app's may not exist yet), its text read as str.
+    target = "s3://backups/prod eu/pitr"
+    with pytest.MonkeyPatch.context() as libpq:
+        libpq.setenv("PGDATABASE", "no_such_database")
+        libpq.setenv("PGCLIENTENCODING", "SQL_ASCII")
+        pitr._archive_through_shipyard(archived.env, target)
+    expected = "shipyard-pgbackrest-push %p --target 's3://backups/prod eu/pitr'"
+    assert pitr.archive_command(target) == expected
+    with archived.connect() as conn:
+        assert conn.execute("SHOW archive_command").fetchone() == (expected,)
+        # Kept in the data directory's postgresql.auto.conf, as its configuration files say.
+        kept = "SELECT setting FROM pg_file_settings WHERE name = 'archive_command'"
+        assert conn.execute(kept).fetchall() == [(expected,)]
+
+    # Started again without archive_mode, it is refused.
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")
+    options = f"-p {archived.env['PGPORT']} -k {archived.state} -c listen_addresses="
+    archived.ctl(archived.data, "-l", str(archived.state / "log"), "-w", "-o", options, "start")
+    with pytest.raises(BackupError) as refused:
+        pitr._archive_through_shipyard(archived.env, target)
+    assert str(refused.value) == (
+        "the server does not archive (archive_mode is off): start it with -c"
+        " track_commit_timestamp=on -c wal_level=replica -c archive_mode=on -c archive_timeout=60"
+    )
+
+
+def test_a_server_that_failed_is_summed_up_by_its_fatal_and_panic_lines(tmp_path: Path) -> None:
+    """What a restore's error quotes of the check server's log: its last three FATAL or PANIC
+    lines, else its last three lines; bytes that are not UTF-8 do not hide them."""
+    log = tmp_path / "server.log"
+    lines = [
+        b"LOG:  starting PostgreSQL 15",
+        b"FATAL:  first",
+        b"FATAL:  could not open file \xff",
+        b"LOG:  redo starts",
+        b"PANIC:  could not write to file",
+        b"LOG:  between",
+        b"FATAL:  recovery ended before configured recovery target was reached",
+        b"LOG:  database system is shut down",
+    ]
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    assert pitr._tail(log) == (
+        "FATAL:  could not open file \ufffd PANIC:  could not write to file"
+        " FATAL:  recovery ended before configured recovery target was reached"
+    )
+    log.write_text("LOG:  one\nLOG:  two\nLOG:  three\nLOG:  four\n\n")
+    assert pitr._tail(log) == "LOG:  three LOG:  four"
+    assert pitr._tail(tmp_path / "missing.log") == "no server log"
 
 
 def test_the_archive_command_loads_only_what_it_needs_and_fails_in_a_sentence(
