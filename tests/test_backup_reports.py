@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shipyard import backup
-from shipyard.backup import cli, engine
+from shipyard.backup import cli, engine, pitr
 from shipyard.backup.report import human_duration, human_size, to_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +300,28 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     )
     assert len(said) == 4
 
+
+
+def test_pitr_list_prints_one_aligned_line_per_base_backup_and_the_window() -> None:
+    full = pitr.BaseBackup(
+        "20261205-103529F", "full", datetime(2026, 12, 5, 10, 35, 29, tzinfo=UTC),
+        datetime(2026, 12, 5, 10, 36, 2, tzinfo=UTC), size=123456789, database_size=1,
+    )  # fmt: skip
+    diff = pitr.BaseBackup(
+        "20261205-103529F_20261206-030000D", "diff", datetime(2026, 12, 6, 3, tzinfo=UTC),
+        datetime(2026, 12, 6, 3, 0, 41, tzinfo=UTC), size=2048, database_size=1,
+    )  # fmt: skip
+    assert pitr.describe([full, diff]).splitlines() == [
+        "label                              type  ended                        size",
+        "20261205-103529F                   full  2026-12-05T10:36:02Z    123456789",
+        "20261205-103529F_20261206-030000D  diff  2026-12-06T03:00:41Z         2048",
+    ]
+    assert pitr.describe([]) == "no base backups"
+    # Recoverable from the second after the oldest base backup ended.
+    assert pitr.Window((full, diff), None, None).describe() == (
+        "2026-12-05T10:36:03Z to now (the archived WAL, at most 60 s old)"
+    )
+    assert pitr.Window((), None, None).describe() == "no base backup yet: nothing can be recovered"
 
 # docs/backups.md's command reference lies between these lines.
 REFERENCE_START = "<!-- shipyard backup --help, each command: tests/test_backup_reports.py -->"
