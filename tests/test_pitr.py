@@ -767,6 +767,31 @@ def test_a_swap_whose_data_cannot_be_moved_aside_changes_nothing(tmp_path: Path)
     assert (restored / pitr.CHECKED).exists()
 
 
+def test_a_swap_whose_restored_directory_cannot_be_moved_in_puts_the_data_back(
+    tmp_path: Path,
+) -> None:
+    """The restored directory busy (a mount point on the same filesystem, which passes the
+    checks before): the live data, already moved aside, goes back to its place."""
+    if not AS_ROOT:
+        pytest.skip("a bind mount needs root (the CI runs the suite as root)")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    restored = _checked_restore(tmp_path / "restored", {"00000002.history": ""})
+    subprocess.run(["mount", "--bind", str(restored), str(restored)], check=True)
+    try:
+        with pytest.raises(BackupError) as refused:
+            pitr.swap(data, restored)
+    finally:
+        subprocess.run(["umount", str(restored)], check=False)
+    assert str(refused.value) == (
+        f"{restored} could not be moved in, {data} is as it was: [Errno 16] Device or resource"
+        f" busy: '{restored}' -> '{data}'"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "restored"]
+    assert (data / "PG_VERSION").read_text() == "15\n"
+
+
 @contextlib.contextmanager
 def _small_filesystem(where: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` mounted at `where` (root only), unmounted afterwards."""
@@ -1230,8 +1255,10 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     # Recorded beside the repository, for `pitr list` and the runbook.
     listing = [*argv[:5], "list", *argv[6:]]
     seconds = pushed["shipyard_backup_verify_restore_seconds"]
+    age = pushed["shipyard_backup_verify_recovery_point_age_seconds"]
+    measured = f"restored in {seconds:.1f} s, recovery point {age:.0f} s old"
     shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
-    assert re.search(rf"^last drill: \S+Z passed: restored in {seconds:.1f} s, ", shown, re.M)
+    assert re.search(rf"^last drill: \S+Z passed: {measured}$", shown, re.M), shown
 
     segments = sorted(
         p
@@ -1262,9 +1289,7 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))
     shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
     assert re.search(r"^last drill: \S+Z FAILED: .*segment", shown, re.M), shown
-    assert re.search(
-        rf"^last passing drill: \S+Z passed: restored in {seconds:.1f} s, ", shown, re.M
-    ), shown
+    assert re.search(rf"^last passing drill: \S+Z passed: {measured}$", shown, re.M), shown
 
     # A drill that cannot even reach its repository fails the same loud way.
     assert _fails_unreachable(argv, env, pushgateway, group)["shipyard_backup_verify_success"] == 0
