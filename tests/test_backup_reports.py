@@ -301,7 +301,6 @@ def test_verify_records_when_and_what_it_checked_through_the_callers_log(
     assert len(said) == 4
 
 
-
 def test_pitr_list_prints_one_aligned_line_per_base_backup_and_the_window() -> None:
     full = pitr.BaseBackup(
         "20261205-103529F", "full", datetime(2026, 12, 5, 10, 35, 29, tzinfo=UTC),
@@ -322,6 +321,7 @@ def test_pitr_list_prints_one_aligned_line_per_base_backup_and_the_window() -> N
         "2026-12-05T10:36:03Z to now (the archived WAL, at most 60 s old)"
     )
     assert pitr.Window((), None, None).describe() == "no base backup yet: nothing can be recovered"
+
 
 # docs/backups.md's command reference lies between these lines.
 REFERENCE_START = "<!-- shipyard backup --help, each command: tests/test_backup_reports.py -->"

@@ -649,7 +649,9 @@ def test_after_a_swap_the_new_timeline_is_archived_and_latest_follows_it(
     assert "still runs" in running.stderr
     archived.ctl(archived.data, "-m", "fast", "-w", "stop")
     # On a host in another time zone: the old data's name still carries UTC's time.
-    swapped = _cli({**archived.env, "TZ": "Asia/Tokyo"}, "swap", "--restored", str(restored), "--yes")
+    swapped = _cli(
+        {**archived.env, "TZ": "Asia/Tokyo"}, "swap", "--restored", str(restored), "--yes"
+    )
     assert swapped.returncode == 0, swapped.stderr
     [old] = archived.state.glob("data.old-*")
     aside = datetime.strptime(old.name.removeprefix("data.old-"), ID_TIME).replace(tzinfo=UTC)
@@ -737,7 +739,8 @@ def test_a_swap_has_only_the_history_files_never_archived_archived(tmp_path: Pat
     data.mkdir()
     histories = {"00000002.history": "done", "00000003.history": "ready", "00000004.history": ""}
     old = pitr.swap(data, _checked_restore(tmp_path / "restored", histories))
-    assert old.parent == tmp_path and old.name.startswith("data.old-")
+    assert old.parent == tmp_path
+    assert old.name.startswith("data.old-")
     assert sorted(p.name for p in (data / "pg_wal" / "archive_status").iterdir()) == [
         "00000002.history.done",
         "00000003.history.ready",
