@@ -342,6 +342,7 @@ def command_reference(monkeypatch: pytest.MonkeyPatch) -> str:
     """The reference as docs/backups.md holds it: each `shipyard backup` command's --help, as
     `COLUMNS=100 shipyard backup ... --help` prints it."""
     monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("PYTHON_COLORS", "0")  # Python 3.14 colours help in a terminal
     commands = argparse.ArgumentParser(prog="shipyard").add_subparsers(dest="command")
     cli.register(commands)
     blocks = [
@@ -361,4 +362,17 @@ def test_the_docs_command_reference_is_what_each_command_prints(
     start, end = docs.find(REFERENCE_START), docs.find(REFERENCE_END)
     assert 0 <= start < end, f"docs/backups.md has no command reference: add\n{expected}"
     shown = docs[start : end + len(REFERENCE_END)]
-    assert shown == expected, f"docs/backups.md's command reference is out of date:\n{expected}"
+    assert shown == expected, (
+        "docs/backups.md's command reference is out of date: refresh it with"
+        " `python -m tests.test_backup_reports`"
+    )
+
+
+if __name__ == "__main__":
+    # Write the command reference into docs/backups.md, in place of the one there.
+    with pytest.MonkeyPatch.context() as environment:
+        fresh = command_reference(environment)
+    page = ROOT / "docs" / "backups.md"
+    text = page.read_text(encoding="utf-8")
+    start, end = text.index(REFERENCE_START), text.index(REFERENCE_END) + len(REFERENCE_END)
+    page.write_text(text[:start] + fresh + text[end:], encoding="utf-8")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import secrets
@@ -63,10 +64,12 @@ class Archived:
             autocommit=True,
         )
 
-    def start(self, data: Path, *, archive_command: bool = True) -> None:
+    def start(self, data: Path, *, archive_command: bool = True, archiving: bool = True) -> None:
         """Start `data` as the live server, archiving (through the archive_command that ALTER
-        SYSTEM sets, as on Compose hosts, without `archive_command`)."""
+        SYSTEM sets, as on Compose hosts, without `archive_command`; not at all without
+        `archiving`)."""
         wanted = [s for s in pitr.archive_settings() if archive_command or "command=" not in s]
+        wanted = wanted if archiving else []
         settings = " ".join(f"-c '{s}'" for s in wanted)
         # More connections than the default 100, as server options (as compose.prod.yaml's
         # postgres_settings give them): every restore must start its check server with them.
@@ -693,7 +696,10 @@ def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
             (where / name).write_text("15\n")
         return where
 
-    unchecked = "is not a restored data directory that `shipyard backup pitr restore` checked:"
+    unchecked = (
+        "{} is not a restored data directory that `shipyard backup pitr restore` checked:"
+        " restore again"
+    )
     refusals = {
         # Data, but never checked: a restore killed before its check ended.
         folder(archived.state / "unchecked"): unchecked,
@@ -704,13 +710,14 @@ def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         if shm.stat().st_dev != archived.state.stat().st_dev:
-            refusals[folder(shm / "elsewhere", pitr.CHECKED)] = "is on another filesystem than"
+            refusals[folder(shm / "elsewhere", pitr.CHECKED)] = (
+                f"{{}} is on another filesystem than {archived.data}: restore --into a folder"
+                " next to it"
+            )
         for restored, sentence in refusals.items():
             with pytest.raises(BackupError) as refused:
                 pitr.swap(archived.data, restored)
-            said = str(refused.value)
-            assert said.startswith(f"{restored} {sentence}"), said
-            assert said.endswith(" restore again" if sentence == unchecked else " next to it")
+            assert str(refused.value) == sentence.format(restored)
     finally:
         shutil.rmtree(shm)
     for made in ("unchecked", "midway", "recovering"):
@@ -749,9 +756,11 @@ def test_a_swap_has_only_the_history_files_never_archived_archived(tmp_path: Pat
     assert sorted(p.name for p in data.iterdir()) == ["PG_VERSION", "pg_wal"]
 
 
-def test_a_swap_whose_data_cannot_be_moved_aside_changes_nothing(tmp_path: Path) -> None:
+def test_a_swap_whose_data_cannot_be_moved_aside_leaves_both_in_place(tmp_path: Path) -> None:
     """The old data's name taken by a folder that is not empty (for each second the swap
-    could run in): refused, the live data and the restored directory where they were."""
+    could run in): refused, the live data and the restored directory where they were (the
+    restored one's history file marked ready, as the next swap would mark it), nothing else
+    made or moved."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "PG_VERSION").write_text("15\n")
@@ -761,13 +770,19 @@ def test_a_swap_whose_data_cannot_be_moved_aside_changes_nothing(tmp_path: Path)
         taken.mkdir()
         (taken / "PG_VERSION").write_text("14\n")
     restored = _checked_restore(tmp_path / "restored", {"00000002.history": ""})
+    before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(BackupError) as refused:
         pitr.swap(data, restored)
-    assert re.fullmatch(
-        rf"{data} could not be moved aside, nothing changed: \[Errno 39\] .+", str(refused.value)
+    busy = f"[Errno {errno.ENOTEMPTY}] {os.strerror(errno.ENOTEMPTY)}"
+    assert str(refused.value).startswith(
+        f"{data} could not be moved aside, nothing changed: {busy}: '{data}' -> "
     )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (data / "PG_VERSION").read_text() == "15\n"
-    assert (restored / pitr.CHECKED).exists()
+    assert sorted(p.name for p in restored.iterdir()) == ["PG_VERSION", "pg_wal", pitr.CHECKED]
+    assert [p.name for p in (restored / "pg_wal" / "archive_status").iterdir()] == [
+        "00000002.history.ready"
+    ]
 
 
 def test_a_swap_whose_restored_directory_cannot_be_moved_in_puts_the_data_back(
@@ -787,9 +802,9 @@ def test_a_swap_whose_restored_directory_cannot_be_moved_in_puts_the_data_back(
             pitr.swap(data, restored)
     finally:
         subprocess.run(["umount", str(restored)], check=False)
+    busy = f"[Errno {errno.EBUSY}] {os.strerror(errno.EBUSY)}"
     assert str(refused.value) == (
-        f"{restored} could not be moved in, {data} is as it was: [Errno 16] Device or resource"
-        f" busy: '{restored}' -> '{data}'"
+        f"{restored} could not be moved in, {data} is as it was: {busy}: '{restored}' -> '{data}'"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "restored"]
     assert (data / "PG_VERSION").read_text() == "15\n"
@@ -946,8 +961,7 @@ def test_setup_points_the_servers_archive_command_at_the_repository_and_needs_ar
 
     # Started again without archive_mode, it is refused.
     archived.ctl(archived.data, "-m", "fast", "-w", "stop")
-    options = f"-p {archived.env['PGPORT']} -k {archived.state} -c listen_addresses="
-    archived.ctl(archived.data, "-l", str(archived.state / "log"), "-w", "-o", options, "start")
+    archived.start(archived.data, archiving=False)
     with pytest.raises(BackupError) as refused:
         pitr._archive_through_shipyard(archived.env, target)
     assert str(refused.value) == (
@@ -975,8 +989,8 @@ def test_a_server_that_failed_is_summed_up_by_its_fatal_and_panic_lines(tmp_path
         "FATAL:  could not open file \ufffd PANIC:  could not write to file"
         " FATAL:  recovery ended before configured recovery target was reached"
     )
-    log.write_text("LOG:  one\nLOG:  two\nLOG:  three\nLOG:  four\n\n")
-    assert pitr._tail(log) == "LOG:  three LOG:  four"
+    log.write_text("LOG:  one\nLOG:  two\nLOG:  three\nLOG:  four\n\n  \n")
+    assert pitr._tail(log) == "LOG:  two LOG:  three LOG:  four"
     assert pitr._tail(tmp_path / "missing.log") == "no server log"
 
 

@@ -45,7 +45,11 @@ KIND_WIDTH = max(len(kind) for kind in kinds.KINDS)
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `backup` and its subcommands to the `shipyard` parser."""
-    parser = commands.add_parser("backup", help="back up, verify, restore, prune PostgreSQL")
+    text = (
+        "back up PostgreSQL and the data paths, verify, restore and prune the backups, run them"
+        " on a schedule; point-in-time recovery by pgBackRest"
+    )
+    parser = commands.add_parser("backup", help=text, description=text)
     actions = parser.add_subparsers(dest="backup_command", required=True)
 
     def action(
@@ -76,7 +80,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     action("list", "list complete backups, oldest first")
     check = action("verify", "restore a backup into a scratch database and compare every table")
     check.add_argument("--backup", metavar="ID", help="backup id (default: the newest)")
-    check.add_argument("--jobs", type=int, default=0, metavar="N", help="parallel pg_restore jobs")
+    jobs = "parallel pg_restore jobs (default: 2 to 4, by the CPUs)"
+    check.add_argument("--jobs", type=int, default=0, metavar="N", help=jobs)
     back = action("restore", "replace PGDATABASE with a backup (a safety backup is taken first)")
     back.add_argument("--backup", metavar="ID", help="backup id (default: the newest)")
     back.add_argument(
@@ -85,7 +90,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="restore the --data-path folders instead of the database",
     )
     _data_arguments(back)
-    back.add_argument("--jobs", type=int, default=0, metavar="N", help="parallel pg_restore jobs")
+    back.add_argument("--jobs", type=int, default=0, metavar="N", help=jobs)
     back.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"
     )
@@ -117,7 +122,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     prune.add_argument("--dry-run", action="store_true", help="only print what would go")
 
     # Point-in-time recovery by pgBackRest, run where the server's data directory is (PGDATA).
-    text = "point-in-time recovery by pgBackRest, run where the server's data is (PGDATA)"
+    text = "point-in-time recovery by pgBackRest, where the server's data (PGDATA) is"
     group = actions.add_parser("pitr", help=text, description=text)
     steps = group.add_subparsers(dest="pitr_command", required=True)
     setup = action("setup", "create the repository's stanza and check WAL archiving", steps)
@@ -156,14 +161,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     action("drill", "restore latest into a scratch folder, check and measure it", steps)
     back = action("restore", "restore into a new data directory and check it there", steps)
     back.add_argument(
-        "--at", required=True, metavar="POINT", help="latest, a base backup label, or a UTC time"
+        "--at",
+        required=True,
+        metavar="POINT",
+        help="latest, a base backup's label, or a time with its offset (2026-12-04T10:15:00Z)",
     )
     back.add_argument(
-        "--into", required=True, type=Path, metavar="DIR", help="a new directory to restore into"
+        "--into",
+        required=True,
+        type=Path,
+        metavar="NEW_DIR",
+        help="a new directory to restore into",
     )
     swap = action("swap", "put a restored directory in PGDATA's place (server stopped)", steps)
     swap.add_argument(
-        "--restored", required=True, type=Path, metavar="DIR", help="what `restore` wrote"
+        "--restored",
+        required=True,
+        type=Path,
+        metavar="NEW_DIR",
+        help="the --into directory `pitr restore` checked",
     )
     swap.add_argument(
         "--yes", action="store_true", required=True, help="required: it replaces data"

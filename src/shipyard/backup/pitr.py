@@ -603,8 +603,10 @@ def _free_port() -> int:
 
 
 def _tail(log: Path, lines: int = 3) -> str:
-    """What the server's log says went wrong: its FATAL and PANIC lines, else its last lines."""
-    said = (log.read_text(errors="replace") if log.exists() else "no server log").splitlines()
+    """What the server's log says went wrong: its FATAL and PANIC lines, else its last lines
+    (blank ones left out)."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else "no server log"
+    said = [line for line in text.splitlines() if line.strip()]
     fatal = [line for line in said if "FATAL:" in line or "PANIC:" in line]
     return " ".join((fatal or said)[-lines:]).strip()
 
