@@ -20,8 +20,7 @@ import pytest
 from shipyard import backup
 from shipyard.backup import cli, engine, pitr
 from shipyard.backup.report import human_duration, human_size, to_stderr
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def manifest(backup_id: str, created: datetime, *, kind: str = "scheduled") -> dict[str, object]:
@@ -326,6 +325,7 @@ def test_pitr_list_prints_one_aligned_line_per_base_backup_and_the_window() -> N
 # docs/backups.md's command reference lies between these lines.
 REFERENCE_START = "<!-- shipyard backup --help, each command: tests/test_backup_reports.py -->"
 REFERENCE_END = "<!-- end of the command reference -->"
+DOCS = REPO / "docs" / "backups.md"
 
 
 def _help_of_each_command(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -336,6 +336,12 @@ def _help_of_each_command(parser: argparse.ArgumentParser) -> list[argparse.Argu
             for sub in dict.fromkeys(action.choices.values()):
                 found += _help_of_each_command(sub)
     return found
+
+
+def _reference_in(page: str) -> tuple[int, int]:
+    """Where the command reference lies in `page`, its markers included; (-1, -1) if nowhere."""
+    start, end = page.find(REFERENCE_START), page.find(REFERENCE_END)
+    return (start, end + len(REFERENCE_END)) if 0 <= start < end else (-1, -1)
 
 
 def command_reference(monkeypatch: pytest.MonkeyPatch) -> str:
@@ -358,11 +364,10 @@ def test_the_docs_command_reference_is_what_each_command_prints(
     """A help text, an option, a default or a command changed in the engine and not in the docs
     fails here (mutmut: the help texts were its largest group of survivors in cli.py)."""
     expected = command_reference(monkeypatch)
-    docs = (ROOT / "docs" / "backups.md").read_text(encoding="utf-8")
-    start, end = docs.find(REFERENCE_START), docs.find(REFERENCE_END)
-    assert 0 <= start < end, f"docs/backups.md has no command reference: add\n{expected}"
-    shown = docs[start : end + len(REFERENCE_END)]
-    assert shown == expected, (
+    page = DOCS.read_text(encoding="utf-8")
+    start, end = _reference_in(page)
+    assert start >= 0, f"docs/backups.md has no command reference: add\n{expected}"
+    assert page[start:end] == expected, (
         "docs/backups.md's command reference is out of date: refresh it with"
         " `python -m tests.test_backup_reports`"
     )
@@ -372,7 +377,8 @@ if __name__ == "__main__":
     # Write the command reference into docs/backups.md, in place of the one there.
     with pytest.MonkeyPatch.context() as environment:
         fresh = command_reference(environment)
-    page = ROOT / "docs" / "backups.md"
-    text = page.read_text(encoding="utf-8")
-    start, end = text.index(REFERENCE_START), text.index(REFERENCE_END) + len(REFERENCE_END)
-    page.write_text(text[:start] + fresh + text[end:], encoding="utf-8")
+    page = DOCS.read_text(encoding="utf-8")
+    start, end = _reference_in(page)
+    if start < 0:
+        raise SystemExit(f"{DOCS} has no command reference markers ({REFERENCE_START})")
+    DOCS.write_text(page[:start] + fresh + page[end:], encoding="utf-8")
