@@ -1241,8 +1241,12 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     _commit_rows(archived, range(1, 21))
     archived.switch_wal()
     service = f"drill-{secrets.token_hex(3)}"
+    # The scratch copy goes where Python's tempfile puts files, whichever variable names the
+    # folder (TMP here, not TMPDIR).
+    scratch = Path(archived.env["TMPDIR"])
     env = {
-        **archived.env,
+        **{k: v for k, v in archived.env.items() if k != "TMPDIR"},
+        "TMP": str(scratch),
         metrics.URL_VARIABLE: pushgateway.url,
         "SHIPYARD_SERVICE": service,
         "SHIPYARD_ENV": "prod",
@@ -1268,7 +1272,7 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     assert pushed["shipyard_backup_verify_restore_seconds"] <= duration <= took
     # The newest replayed commit is the last row's, a few seconds old at most.
     assert 0 <= pushed["shipyard_backup_verify_recovery_point_age_seconds"] < 120
-    assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))  # the scratch copy is gone
+    assert not list(scratch.glob("pitr-drill-*"))  # the scratch copy is gone
     # Recorded beside the repository, for `pitr list` and the runbook.
     listing = [*argv[:5], "list", *argv[6:]]
     seconds = pushed["shipyard_backup_verify_restore_seconds"]
@@ -1303,7 +1307,7 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
         after["shipyard_backup_verify_restore_seconds"]
         == (pushed["shipyard_backup_verify_restore_seconds"])
     )
-    assert not list(Path(env["TMPDIR"]).glob("pitr-drill-*"))
+    assert not list(scratch.glob("pitr-drill-*"))
     shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
     assert re.search(r"^last drill: \S+Z FAILED: .*segment", shown, re.M), shown
     assert re.search(rf"^last passing drill: \S+Z passed: {measured}$", shown, re.M), shown
