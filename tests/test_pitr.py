@@ -1260,7 +1260,12 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     took = time.time() - before
 
     assert passed.returncode == 0, passed.stderr
-    assert "restore drill passed" in passed.stdout
+    said = re.fullmatch(
+        r"restore drill passed: restored to latest and checked in (\d+\.\d) s \(recovery time\);"
+        r" recovery point: the newest transaction (\d+) s old\n",
+        passed.stdout,
+    )
+    assert said, passed.stdout
     # In a group of its own, beside the dump drill's, which runs on the same schedule.
     pushed = pushgateway.values(**group, drill="pitr")
     assert pushed["shipyard_backup_verify_success"] == 1
@@ -1278,6 +1283,7 @@ def test_a_drill_measures_a_restore_to_latest_and_pushes_pass_and_failure(
     seconds = pushed["shipyard_backup_verify_restore_seconds"]
     age = pushed["shipyard_backup_verify_recovery_point_age_seconds"]
     measured = f"restored in {seconds:.1f} s, recovery point {age:.0f} s old"
+    assert said.groups() == (f"{seconds:.1f}", f"{age:.0f}")  # what it said is what it pushed
     shown = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
     assert re.search(rf"^last drill: \S+Z passed: {measured}$", shown, re.M), shown
 
