@@ -834,6 +834,14 @@ def test_no_room_and_a_mount_point_are_refused_before_anything_is_written(
         with pytest.raises(BackupError, match=r"has 16 MiB free, and the restore needs about"):
             pitr.restore(archived.env, pitr.target("latest", window), into)
         assert list(small.iterdir()) == []
+        # A drill restores into a folder of its own in its scratch folder, made with its
+        # parents: on this filesystem too, so it is refused the same way and leaves it empty.
+        scratch = small / "drills" / "scratch"
+        with pytest.raises(BackupError) as refused:
+            pitr.drill(archived.env, scratch)
+        where = re.escape(f"{scratch}/pitr-drill-")
+        assert re.match(rf"{where}\w+ has 16 MiB free, and the restore needs about", str(refused.value))
+        assert list(scratch.iterdir()) == []
     # PGDATA as the volume's mount point cannot be renamed: refused before anything moves.
     restored = archived.state / "restored"
     pitr.restore(archived.env, pitr.target("latest", window), restored)
