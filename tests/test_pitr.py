@@ -64,11 +64,23 @@ class Archived:
             autocommit=True,
         )
 
-    def start(self, data: Path, *, archive_command: bool = True, archiving: bool = True) -> None:
+    def start(
+        self,
+        data: Path,
+        *,
+        archive_command: bool = True,
+        archiving: bool = True,
+        commit_times: bool = True,
+    ) -> None:
         """Start `data` as the live server, archiving (through the archive_command that ALTER
         SYSTEM sets, as on Compose hosts, without `archive_command`; not at all without
-        `archiving`)."""
-        wanted = [s for s in pitr.archive_settings() if archive_command or "command=" not in s]
+        `archiving`; without tracking commit times without `commit_times`)."""
+        wanted = [
+            s
+            for s in pitr.archive_settings()
+            if (archive_command or "command=" not in s)
+            and (commit_times or not s.startswith("track_commit_timestamp="))
+        ]
         wanted = wanted if archiving else []
         settings = " ".join(f"-c '{s}'" for s in wanted)
         # More connections than the default 100, as server options (as compose.prod.yaml's
@@ -684,6 +696,30 @@ def test_after_a_swap_the_new_timeline_is_archived_and_latest_follows_it(
     assert "followed timeline 1, but the archive holds WAL of timeline 2" in blind.stderr
 
 
+def test_a_server_that_does_not_track_commit_times_restores_with_its_recovery_point_untracked(
+    archived: Archived,
+) -> None:
+    """A server started without track_commit_timestamp (one the kit did not configure) archives
+    and restores all the same; the restore and the drill say the newest commit's time is not
+    tracked rather than inventing one."""
+    archived.ctl(archived.data, "-m", "fast", "-w", "stop")
+    archived.start(archived.data, commit_times=False)
+    pitr.setup(archived.env)
+    _base_backup(archived, "full")
+    with archived.connect() as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS x")
+    archived.switch_wal()
+
+    into = archived.state / "restored"
+    restored = _cli(archived.env, "restore", "--at", "latest", "--into", str(into))
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.endswith("; last commit replayed not tracked\n"), restored.stdout
+    assert archived.rows(into) == [1]
+    drill = _cli(archived.env, "drill")
+    assert drill.returncode == 0, drill.stderr
+    assert drill.stdout.endswith(" (recovery time); recovery point: not tracked\n"), drill.stdout
+
+
 def test_swap_takes_only_a_directory_restore_checked_and_changes_nothing_else(
     archived: Archived,
 ) -> None:
@@ -840,7 +876,9 @@ def test_no_room_and_a_mount_point_are_refused_before_anything_is_written(
         with pytest.raises(BackupError) as refused:
             pitr.drill(archived.env, scratch)
         where = re.escape(f"{scratch}/pitr-drill-")
-        assert re.match(rf"{where}\w+ has 16 MiB free, and the restore needs about", str(refused.value))
+        assert re.match(
+            rf"{where}\w+ has 16 MiB free, and the restore needs about", str(refused.value)
+        )
         assert list(scratch.iterdir()) == []
     # PGDATA as the volume's mount point cannot be renamed: refused before anything moves.
     restored = archived.state / "restored"
