@@ -93,10 +93,15 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     )
 
     # What the image holds: the venv's packages with their bytecode and the code (no bytecode
-    # of its own: a build step would run on every release); none of uv, pip (in the venv),
-    # download caches or a compiler.
+    # of its own: a build step would run on every release); none of uv, pip (in the venv or
+    # the base's interpreter: the venv's links to it), apt, perl, download caches or a
+    # compiler; dpkg lists no apt or perl.
     probe = (
-        "for tool in uv gcc cc; do command -v $tool && echo found-$tool; done; "
+        "for tool in uv gcc cc pip pip3 apt apt-get perl; do"
+        " command -v $tool && echo found-$tool; done; "
+        "for py in /usr/local/bin/python3 /usr/bin/python3; do"
+        " [ -x $py ] && $py -m pip --version 2>&1; done; "
+        "dpkg-query -W -f '${db:Status-Status} ${Package}\\n' apt perl-base 2>&1; "
         "ls /app/.venv/bin; ls -A /root/.cache 2>&1; ls /app/app/__pycache__ 2>&1; "
         "ls /app/.venv/lib/python3.11/site-packages/uvicorn/__pycache__; "
         "python -c 'import uvicorn, sqlalchemy, alembic, psycopg'; echo imports-ok"
@@ -107,6 +112,8 @@ def test_python_sample_builds_migrates_and_deploys_without_build_tools(
     ).stdout.decode()
     lines = set(listing.splitlines())
     assert not {line for line in lines if line.startswith("found-")}, listing
+    assert any(line.endswith("No module named pip") for line in lines), listing
+    assert not {"installed apt", "installed perl-base"} & lines, listing
     assert {"uvicorn", "alembic", "python"} <= lines, listing
     assert not {"pip", "pip3", "uv"} & lines, listing
     assert "ls: cannot access '/root/.cache': No such file or directory" in lines, listing
