@@ -1,10 +1,11 @@
 """A Python service on the real engine: the sample app (uvicorn, PostgreSQL, alembic) built
 with uv, pushed, migrated and deployed on a Compose host by the kit's own tasks.
 
-The image must hold the production dependencies and the code, and none of the build's tools (no uv,
-no pip in its venv or the base's interpreter, no apt or perl, no caches, no compiler); it runs as the numeric non-root user with a read-only
-root filesystem (the packages' bytecode compiled as they install, the app's own code in memory as
-it imports: nothing is written), and becomes healthy through the image's own HEALTHCHECK. The base
+The image must hold the production dependencies and the code, and none of the build's tools (no
+uv, no pip in its venv or the base's interpreter, no apt or perl, no caches, no compiler); it runs
+as the numeric non-root user with a read-only root filesystem (the packages' bytecode compiled as
+they install, the app's own code in memory as it imports: nothing is written), and becomes
+healthy through the image's own HEALTHCHECK. The base
 image is Debian bookworm's CPython 3.11, served by the test registry as python:3.11-slim-bookworm
 (and trixie's 3.13 as python:3.13-slim-bookworm, for one image); uv and the packages come from PyPI
 through the build's host network.
