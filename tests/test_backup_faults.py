@@ -299,6 +299,17 @@ def test_backup_run_prunes_backups_across_many_days_to_the_policy(
     assert {o["Key"].split("/")[1] for o in listed} == {*kept, newest.id}
     assert len(listed) == 2 * 6 + 1  # dump and manifest each, and the verified marker
 
+    # A negative count is refused in a sentence naming the option as typed; nothing goes.
+    for option in ("--retention-days", "--keep-weekly", "--keep-monthly"):
+        refused = shipyard_cli(
+            "backup", "prune", "--target", url, "--retention-days", "3", option, "-1", env={}
+        )
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            f"shipyard backup: {option} cannot be negative\n",
+        )
+    assert [b.id for b in backup.list_backups(store)] == [*kept, newest.id]
+
 
 def clone(
     s3: Any,
