@@ -62,10 +62,21 @@ def test_list_prints_one_aligned_line_per_backup() -> None:
     # The longest kind, a deploy's pre-migrate backup, still leaves a space before the database.
     deploy = "20261121T120000Z-cccccc"
     before_migrating = manifest(deploy, made + timedelta(days=1, hours=9), kind="pre-migrate")
+    # A files-only backup (the database is CloudNativePG's): no database, no tables.
+    files_only = "20261122T030000Z-dddddd"
+    only_files = {
+        "format": engine.FORMAT,
+        "id": files_only,
+        "kind": "scheduled",
+        engine.FILES_ONLY: True,
+        "created_at": (made + timedelta(days=2)).isoformat(),
+        "files": [{"component": "api", "path": "/app/uploads", "size": 2048}],
+    }
     backups = [
         backup.Backup("20261120T030000Z-aaaaaa", manifest("20261120T030000Z-aaaaaa", made), None),
         backup.Backup("20261121T030000Z-bbbbbb", with_files, checked),
         backup.Backup(deploy, before_migrating, None),
+        backup.Backup(files_only, only_files, None),
     ]
 
     assert cli.format_table(backups).split("\n") == [
@@ -75,6 +86,7 @@ def test_list_prints_one_aligned_line_per_backup() -> None:
         "20261121T030000Z-bbbbbb  safety      shop                     124456      1     1"
         "  2026-11-20T04:05:06 (restored in 12.3 s)",
         "20261121T120000Z-cccccc  pre-migrate shop                     123456      1     0  -",
+        "20261122T030000Z-dddddd  scheduled   (files only)               2048      -     1  -",
     ]
     assert cli.format_table([]) == "no complete backups"
 
