@@ -315,24 +315,27 @@ def test_backup_run_prunes_backups_across_many_days_to_the_policy(
 def test_prune_keeps_what_the_weekly_and_monthly_counts_say(database: str, bucket: str) -> None:
     """`shipyard backup prune --keep-weekly N` and `--keep-monthly N` delete what the engine's
     own plan with those counts deletes: one backup of each week or month they reach stays
-    beyond the daily window (backups 10 to 100 days old, one each)."""
+    beyond the daily window (backups 10 to 100 days old, one each, at any date)."""
     url = f"s3://{bucket}/prod"
     store = backup.from_url(url)
     seed = backup.backup(store, kind="scheduled", log=lambda _m: None)
     s3 = boto3.client("s3")
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    made = {}
     for days in (10, 20, 40, 70, 100):
         when = midnight - timedelta(days=days) + timedelta(hours=20)
-        clone(s3, bucket, seed, engine.new_id(when), when)
+        made[days] = clone(s3, bucket, seed, engine.new_id(when), when)
 
     for option, policy in (
-        ("--keep-weekly", backup.Retention(daily=1, weekly=20)),
+        ("--keep-weekly", backup.Retention(daily=1, weekly=8)),
         ("--keep-monthly", backup.Retention(daily=1, monthly=6)),
     ):
         doomed = backup.prune(store, policy, dry_run=True, log=lambda _m: None)
-        # The daily window alone would delete all five; the weeks keep each, the months all
-        # but those sharing a month (two pairs at most, 10 and 30 days apart).
-        assert len(doomed) <= 2
+        # The daily window alone would delete all five. Eight weeks reach back 49 days at
+        # least and 55 at most: the two older ones go. Six months keep each month's newest.
+        if policy.weekly:
+            assert sorted(doomed) == [made[100], made[70]]
+        assert len(doomed) < 5
         count = str(policy.weekly or policy.monthly)
         planned = shipyard_cli(
             "backup", "prune", "--target", url, "--retention-days", "1", option, count,
