@@ -208,6 +208,16 @@ def serving(dockerd: Dockerd) -> list[tuple[str, str]]:
         return [(str(c.id), str(c.attrs["Config"]["Image"])) for c in containers]
 
 
+def stop_signals(dockerd: Dockerd, ids: list[str], since: int) -> list[str]:
+    """The signals the daemon sent the containers `ids` since `since`, in the order sent."""
+    with contextlib.closing(dockerd.client()) as client:
+        until = int(time.time()) + 1
+        events = client.events(  # type: ignore[no-untyped-call]
+            since=since, until=until, decode=True, filters={"event": "kill"}
+        )
+        return [e["Actor"]["Attributes"]["signal"] for e in events if e["id"] in ids]
+
+
 def serving_image(dockerd: Dockerd) -> str:
     """The image reference the one running app container was started from."""
     images = serving_images(dockerd)
@@ -589,8 +599,14 @@ def test_releases_and_rollbacks_through_the_proxy_drop_no_request(
             assert failed.code == 1, failed.output
             assert "rolled back, the previous version is serving" in failed.stderr
             assert serving_images(dockerd) == [deaf] * replicas
+            retired = [ident for ident, _ in serving(dockerd)]
+            since = int(time.time())
             kit.invoke("rollback", "--env", "staging", "--yes")
             assert serving_images(dockerd) == [first] * replicas
+            # The deaf replicas were stopped together: each had its SIGTERM before the
+            # first of them was killed at the end of its grace period.
+            signals = stop_signals(dockerd, retired, since)
+            assert signals == ["15"] * replicas + ["9"] * replicas
             time.sleep(2)
     finally:
         if replicas > 1:

@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -475,12 +476,23 @@ def exec_checked(
 
 def retire(cli: DockerClient, ids: Iterable[str], *, graceful: bool) -> None:
     """Remove containers: `graceful`ly (SIGTERM, then the container's own stop grace period,
-    compose's stop_grace_period) or at once (containers that never received traffic)."""
+    compose's stop_grace_period) or at once (containers that never received traffic).
+
+    All at once: the replicas of an app that ignores SIGTERM then take one grace period
+    between them, not one each."""
     from docker.errors import NotFound
 
-    for ident in ids:
+    def remove(ident: str) -> None:
         with sdk_errors("removing a container"), contextlib.suppress(NotFound):
             container = cli.containers.get(ident)
             if graceful:
                 container.stop()
             container.remove(force=True)
+
+    idents = list(ids)
+    # Threads: each stop is an API call that waits on the daemon. At most the SDK's pool of
+    # 10 connections at once (more would be opened and thrown away, with a warning). The
+    # pool's exit waits for every stop, and result() raises the first one's error.
+    with ThreadPoolExecutor(max_workers=min(max(1, len(idents)), 10)) as pool:
+        for done in [pool.submit(remove, ident) for ident in idents]:
+            done.result()
