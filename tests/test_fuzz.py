@@ -32,8 +32,8 @@ from tests.conftest import Render
 # kit: kubernetes-validate, promtool and check-jsonschema's three runs the most), and with the
 # docker tests beside it CI's two cores are full: 20 sets (the same ones each run, see
 # docs/contributing.md) keep the run inside its hour. A refusal costs a fraction of a second:
-# five times as many of those. Raise it to hunt:
-# SHIPYARD_FUZZ_EXAMPLES=200 pytest tests/test_fuzz.py --hypothesis-seed=N.
+# five times as many of those. Raise it to hunt: SHIPYARD_FUZZ_EXAMPLES=200
+# pytest tests/test_fuzz.py --hypothesis-profile=hunt --hypothesis-seed=N.
 VALID_EXAMPLES = int(os.environ.get("SHIPYARD_FUZZ_EXAMPLES", "20"))
 INVALID_EXAMPLES = 5 * VALID_EXAMPLES
 # Only a hung tool should hit it, not a busy machine: one valid set (a render and every

@@ -61,7 +61,7 @@ def _offline_env(tmp: Path) -> dict[str, str]:
         "GOFLAGS": "",
         "GOTOOLCHAIN": "local",
         "GOPATH": str(tmp / "gopath"),
-        "GOCACHE": str(CACHE / "go-build"),
+        "GOCACHE": str((CACHE / "go-build").resolve()),  # go wants it absolute
         "CGO_ENABLED": "0",
     }
 
@@ -92,7 +92,7 @@ def test_go_sample_vets_builds_and_tests_offline(
     _run(go, root, env, "vet", "./...")
     # -mod=vendor (the default with vendor/modules.txt) checks modules.txt against go.mod.
     _run(go, root, env, "build", "-trimpath", "-o", str(tmp_path / "out") + "/", "./cmd/go-svc")
-    _run(go, root, env, "test", "./...")
+    _run(go, root, env, "test", "-count=1", "./...")  # run, never a cached result
     # The kit's probe is a module of its own, outside the service's ./... (vet, test, audit).
     assert "_shipyard" not in _run(go, root, env, "list", "-f", "{{.Dir}}", "./...")
     unformatted = subprocess.run(

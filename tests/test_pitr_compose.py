@@ -132,7 +132,7 @@ def test_restore_at_a_time_brings_back_exactly_what_was_committed_before_it(
     # Until the archive holds it, a time this recent is refused, and nothing changes. Asked
     # at once: the list and the drill below can take longer than ARCHIVE_TIMEOUT on a busy machine.
     early = invoke_cli(kit.root, "restore", "--env", "staging", "--at", at, "--yes", env=kit.env)
-    assert early.returncode == 1, early.stdout
+    assert early.returncode == 1, early.stdout + early.stderr
     assert "the WAL archive may not hold it yet" in early.stderr
     assert "Traceback" not in early.stderr
     assert visit(kit.port) == lost + 1

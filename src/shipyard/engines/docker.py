@@ -17,9 +17,9 @@ import os
 import re
 import shutil
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,9 @@ AUTH_ERROR = re.compile(
     r"unauthorized|authentication required|denied|no basic auth credentials", re.IGNORECASE
 )
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Containers `retire` stops at once. Over DOCKER_HOST=ssh:// each stop is an ssh process of
+# its own; a bound keeps a release of many replicas from opening dozens.
+STOPS_AT_ONCE = 10
 
 
 def _candidates() -> list[str]:
@@ -478,21 +481,30 @@ def retire(cli: DockerClient, ids: Iterable[str], *, graceful: bool) -> None:
     """Remove containers: `graceful`ly (SIGTERM, then the container's own stop grace period,
     compose's stop_grace_period) or at once (containers that never received traffic).
 
-    All at once: the replicas of an app that ignores SIGTERM then take one grace period
-    between them, not one each."""
+    Together, up to STOPS_AT_ONCE: the replicas of an app that ignores SIGTERM then cost one
+    grace period between them, not one each. Every container's error is reported."""
     from docker.errors import NotFound
 
-    def remove(ident: str) -> None:
-        with sdk_errors("removing a container"), contextlib.suppress(NotFound):
-            container = cli.containers.get(ident)
-            if graceful:
-                container.stop()
-            container.remove(force=True)
+    errors: list[str] = []
+    at_once = threading.BoundedSemaphore(STOPS_AT_ONCE)
 
-    idents = list(ids)
-    # Threads: each stop is an API call that waits on the daemon. At most the SDK's pool of
-    # 10 connections at once (more would be opened and thrown away, with a warning). The
-    # pool's exit waits for every stop, and result() raises the first one's error.
-    with ThreadPoolExecutor(max_workers=min(max(1, len(idents)), 10)) as pool:
-        for done in [pool.submit(remove, ident) for ident in idents]:
-            done.result()
+    def remove(ident: str) -> None:
+        with at_once:
+            try:
+                with sdk_errors("removing a container"), contextlib.suppress(NotFound):
+                    container = cli.containers.get(ident)
+                    if graceful:
+                        container.stop()
+                    container.remove(force=True)
+            except EngineError as exc:
+                errors.append(str(exc))
+
+    # Daemon threads, each waiting on one stop: Ctrl-C ends the wait at once, as it ended the
+    # one stop a loop waited on (the daemon goes on stopping the containers either way).
+    threads = [threading.Thread(target=remove, args=(i,), daemon=True) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise EngineError("; ".join(errors))
