@@ -318,16 +318,17 @@ def _bench(
                 # base image present). Then source-only changes, each Dockerfile's rebuild in
                 # turn (a rebuild takes tenths of a second, so one pair is mostly noise); both
                 # timed as plain `docker build`s, leaving out what `invoke build` adds.
+                ours_build = partial(
+                    _docker_build, daemon, root, "Dockerfile", SERVICE, f"{theirs}-ours"
+                )
+                theirs_build = partial(_docker_init_build, daemon, root, runtime, mirrored, theirs)
                 _prune(daemon)
-                theirs_cold.append(_docker_init_build(daemon, root, runtime, mirrored, theirs))
-                # Ours again after the prune, untimed, so both have their caches.
-                _docker_build(daemon, root, "Dockerfile", SERVICE, f"{theirs}-ours")
+                theirs_cold.append(theirs_build())
+                ours_build()  # ours again after the prune, untimed, so both have their caches
                 builds: list[tuple[list[float], Callable[[], float]]] = [
-                    (ours_raw, partial(
-                        _docker_build, daemon, root, "Dockerfile", SERVICE, f"{theirs}-ours")),
-                    (theirs_warm, partial(
-                        _docker_init_build, daemon, root, runtime, mirrored, theirs)),
-                ]  # fmt: skip
+                    (ours_raw, ours_build),
+                    (theirs_warm, theirs_build),
+                ]
                 for pair in range(REBUILD_PAIRS):
                     # Each goes first in every other pair.
                     for turn, (times, build) in enumerate(builds[pair % 2 :] + builds[: pair % 2]):

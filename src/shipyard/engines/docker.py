@@ -37,8 +37,8 @@ AUTH_ERROR = re.compile(
     r"unauthorized|authentication required|denied|no basic auth credentials", re.IGNORECASE
 )
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-# Containers `retire` stops at once. Over DOCKER_HOST=ssh:// each stop is an ssh process of
-# its own; a bound keeps a release of many replicas from opening dozens.
+# Containers `retire` stops at once. Each stop holds a connection to the daemon for up to its
+# grace period; a bound keeps a release of many replicas from opening dozens.
 STOPS_AT_ONCE = 10
 
 
