@@ -13,9 +13,11 @@ mkdir -p "$SHIPYARD_CACHE/bin"
 # Alertmanager for amtool (alertmanager.yml) and as a real server, the PostgreSQL exporter as
 # a real scrape target, the Pushgateway as a real one (the backup engine pushes its outcome
 # there in its tests; Prometheus keeps the pushed labels with honor_labels), pgBackRest for
-# point-in-time recovery (WAL archiving and base backups, on a real server in tests).
+# point-in-time recovery (WAL archiving and base backups, on a real server in tests), OpenSSH's
+# server in front of the test dockerd (deploys over DOCKER_HOST=ssh://).
 apt_packages=(docker.io docker-registry postgresql-15 debootstrap busybox-static zstd caddy prometheus
-  prometheus-alertmanager prometheus-postgres-exporter prometheus-pushgateway pebble pgbackrest)
+  prometheus-alertmanager prometheus-postgres-exporter prometheus-pushgateway pebble pgbackrest
+  openssh-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -30,6 +30,7 @@ pytest_plugins: list[str] = [
     "tests.servers.acme",
     "tests.servers.pushgateway",
     "tests.servers.shared",
+    "tests.servers.sshd",
     "tests.backup_data",
 ]
 

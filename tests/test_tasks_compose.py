@@ -10,6 +10,7 @@ come from the test registry acting as the `image_mirror`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -31,6 +32,7 @@ from tests.load import Load
 from tests.sample_kit import stack_removed, visit
 from tests.servers.docker import Dockerd, MirrorImages
 from tests.servers.registry import free_port
+from tests.servers.sshd import SshDocker
 from tests.servers.webhook import webhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
@@ -454,7 +456,13 @@ def test_failing_migration_stops_the_deploy(kit: Kit, dockerd: Dockerd, first: s
     assert kit.health() == 200
 
 
-def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, first: str) -> None:
+def test_rollback_returns_to_the_previous_release(
+    kit: Kit, dockerd: Dockerd, first: str, ssh_docker: SshDocker
+) -> None:
+    # Built, pushed, deployed and rolled back over DOCKER_HOST=ssh://, as deploy.yml reaches a
+    # Compose host: the CLI and Compose through `ssh`, the kit's SDK calls through paramiko.
+    logins = ssh_docker.logins()
+    kit = dataclasses.replace(kit, env=ssh_docker.env(kit.env))
     (kit.root / "migrations" / "002_broken.sql").unlink(missing_ok=True)
     kit.ensure(
         "src/main.js",
@@ -489,6 +497,7 @@ def test_rollback_returns_to_the_previous_release(kit: Kit, dockerd: Dockerd, fi
     assert serving_image(dockerd) == first
     status = kit.invoke("status", "--env", "staging")
     assert "rolled-back" in status.stdout
+    assert ssh_docker.logins() > logins
 
 
 def set_staging(kit: Kit, key: str, value: object) -> None:
@@ -805,8 +814,26 @@ def test_registry_down_fails_push_and_deploy_clearly(
     assert "Traceback" not in result.output
 
 
-def test_daemon_not_running_is_one_clear_message(kit: Kit) -> None:
-    env = {**kit.env, "DOCKER_HOST": f"unix://{kit.root}/no-such-docker.sock"}
+def test_an_ssh_host_not_in_known_hosts_is_refused(
+    kit: Kit, dockerd: Dockerd, first: str, ssh_docker: SshDocker
+) -> None:
+    remote = dataclasses.replace(kit, env=ssh_docker.env(kit.env))
+    known_hosts = ssh_docker.home / ".ssh" / "known_hosts"
+    pinned = known_hosts.read_text()
+    known_hosts.write_text("")
+    try:
+        result = remote.invoke("deploy", "--env", "staging", "--yes", check=False)
+    finally:
+        known_hosts.write_text(pinned)
+    assert result.code == 1
+    assert "not found in known_hosts" in result.stderr
+    assert "Traceback" not in result.output
+    assert serving_image(dockerd) == first
+
+
+@pytest.mark.parametrize("host", ["unix://{root}/no-such-docker.sock", "ssh://127.0.0.1:{port}"])
+def test_daemon_not_running_is_one_clear_message(kit: Kit, host: str) -> None:
+    env = {**kit.env, "DOCKER_HOST": host.format(root=kit.root, port=free_port())}
     result = subprocess.run(
         [sys.executable, "-m", "invoke", "push", "--env", "staging"],
         cwd=kit.root,
@@ -817,6 +844,9 @@ def test_daemon_not_running_is_one_clear_message(kit: Kit) -> None:
     )
     assert result.returncode == 1
     assert "the Docker daemon is not reachable" in result.stderr
+    if host.startswith("ssh://"):
+        assert "check that `ssh HOST docker version` works" in result.stderr
+        assert "Unable to connect to port" in result.stderr  # paramiko's reason
     assert "Traceback" not in result.stdout + result.stderr
 
 

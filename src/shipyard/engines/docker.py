@@ -109,35 +109,48 @@ def build_command(
 
 
 def client(timeout: float | None = 300) -> DockerClient:
-    """An SDK client for DOCKER_HOST (or the default socket); EngineError if no daemon answers.
-    `timeout` bounds each call's wait for the daemon (None: a command run in a container that
-    may stay silent for longer, such as a restore)."""
+    """An SDK client for DOCKER_HOST (else the current context's daemon); EngineError if no
+    daemon answers. `timeout` bounds each call's wait for the daemon (None: a command run in a
+    container that may stay silent for longer, such as a restore)."""
     from docker.client import from_env
-    from docker.errors import DockerException
 
-    where = os.environ.get("DOCKER_HOST", "the default socket")
+    where = os.environ.get("DOCKER_HOST", "the current docker context's host")
     try:
-        # The SDK is untyped; from_env reads DOCKER_HOST/DOCKER_TLS_VERIFY like the CLI.
+        # from_env reads DOCKER_HOST/DOCKER_TLS_VERIFY, else the current context, like the CLI.
+        # ssh:// goes through paramiko, which keeps one connection for every call. Not
+        # `use_ssh_client` (the `ssh` binary, as the CLI uses): it starts an ssh per call and
+        # fails exec_run at random with BrokenPipeError (docker/docker-py#3218, #2966).
         cli: DockerClient = from_env(timeout=timeout)  # type: ignore[no-untyped-call]
         cli.ping()  # type: ignore[no-untyped-call]  # the SDK is untyped
-    except DockerException as exc:
+    except _unreachable() as exc:
+        fix = "start it (or set DOCKER_HOST)"
+        if where.startswith("ssh://"):
+            fix = "check that `ssh HOST docker version` works and HOST is in ~/.ssh/known_hosts"
         raise EngineError(
-            f"the Docker daemon is not reachable at {where}: start it (or set DOCKER_HOST) "
-            f"and retry ({_short(exc)})"
+            f"the Docker daemon is not reachable at {where}: {fix}, and retry ({_short(exc)})"
         ) from None
     return cli
 
 
+def _unreachable() -> tuple[type[Exception], ...]:
+    """What the SDK raises when it cannot reach the daemon: its own errors, and paramiko's
+    (an ssh:// host refusing the key, or unknown) and the socket's, which it lets through."""
+    from docker.errors import DockerException
+    from paramiko import SSHException
+
+    return (DockerException, SSHException, OSError)
+
+
 @contextlib.contextmanager
 def sdk_errors(doing: str) -> Iterator[None]:
-    """SDK failures as EngineError: the daemon's own errors and, when its socket goes away
-    mid-call, the `requests` errors the SDK lets through."""
-    from docker.errors import DockerException
+    """SDK failures as EngineError: the daemon's own errors, paramiko's over ssh://, and the
+    socket's and `requests`' errors the SDK lets through when its connection goes away."""
     from requests.exceptions import RequestException
 
+    caught: tuple[type[Exception], ...] = (*_unreachable(), RequestException)
     try:
         yield
-    except (DockerException, RequestException) as exc:
+    except caught as exc:
         raise EngineError(f"{doing} failed: {_short(exc)}") from None
 
 
