@@ -461,7 +461,7 @@ def test_rollback_returns_to_the_previous_release(
 ) -> None:
     # Built, pushed, deployed and rolled back over DOCKER_HOST=ssh://, as deploy.yml reaches a
     # Compose host: the CLI and Compose through `ssh`, the kit's SDK calls through paramiko.
-    logins = ssh_docker.logins()
+    logins = {client: ssh_docker.logins(client) for client in ("sdk", "cli")}
     kit = dataclasses.replace(kit, env=ssh_docker.env(kit.env))
     (kit.root / "migrations" / "002_broken.sql").unlink(missing_ok=True)
     kit.ensure(
@@ -497,7 +497,8 @@ def test_rollback_returns_to_the_previous_release(
     assert serving_image(dockerd) == first
     status = kit.invoke("status", "--env", "staging")
     assert "rolled-back" in status.stdout
-    assert ssh_docker.logins() > logins
+    # Both reached the daemon over ssh, each with its own key.
+    assert all(ssh_docker.logins(client) > n for client, n in logins.items())
 
 
 def set_staging(kit: Kit, key: str, value: object) -> None:
@@ -831,9 +832,13 @@ def test_an_ssh_host_not_in_known_hosts_is_refused(
     assert serving_image(dockerd) == first
 
 
-@pytest.mark.parametrize("host", ["unix://{root}/no-such-docker.sock", "ssh://127.0.0.1:{port}"])
-def test_daemon_not_running_is_one_clear_message(kit: Kit, host: str) -> None:
+@pytest.mark.parametrize(
+    "host", ["unix://{root}/no-such-docker.sock", "ssh://127.0.0.1:{port}"], ids=["unix", "ssh"]
+)
+def test_daemon_not_running_is_one_clear_message(kit: Kit, host: str, tmp_path: Path) -> None:
+    # HOME: no ~/.ssh/config of the machine's changes what paramiko tries.
     env = {**kit.env, "DOCKER_HOST": host.format(root=kit.root, port=free_port())}
+    env["HOME"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "invoke", "push", "--env", "staging"],
         cwd=kit.root,

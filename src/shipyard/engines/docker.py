@@ -38,8 +38,10 @@ AUTH_ERROR = re.compile(
 )
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Containers `retire` stops at once. Each stop holds a connection to the daemon for up to its
-# grace period; a bound keeps a release of many replicas from opening dozens.
-STOPS_AT_ONCE = 10
+# grace period; a bound keeps a release of many replicas from opening dozens. Over ssh:// each
+# connection is a session of one ssh connection, of which sshd allows 10 (MaxSessions): 8
+# leaves room for the release's other calls.
+STOPS_AT_ONCE = 8
 
 
 def _candidates() -> list[str]:
@@ -122,9 +124,11 @@ def client(timeout: float | None = 300) -> DockerClient:
         # fails exec_run at random with BrokenPipeError (docker/docker-py#3218, #2966).
         cli: DockerClient = from_env(timeout=timeout)  # type: ignore[no-untyped-call]
         cli.ping()  # type: ignore[no-untyped-call]  # the SDK is untyped
-    except _unreachable() as exc:
+    except sdk_failures() as exc:
+        from paramiko import SSHException
+
         fix = "start it (or set DOCKER_HOST)"
-        if where.startswith("ssh://"):
+        if where.startswith("ssh://") or isinstance(exc, SSHException):
             fix = "check that `ssh HOST docker version` works and HOST is in ~/.ssh/known_hosts"
         raise EngineError(
             f"the Docker daemon is not reachable at {where}: {fix}, and retry ({_short(exc)})"
@@ -132,9 +136,10 @@ def client(timeout: float | None = 300) -> DockerClient:
     return cli
 
 
-def _unreachable() -> tuple[type[Exception], ...]:
-    """What the SDK raises when it cannot reach the daemon: its own errors, and paramiko's
-    (an ssh:// host refusing the key, or unknown) and the socket's, which it lets through."""
+def sdk_failures() -> tuple[type[Exception], ...]:
+    """What an SDK call raises when it fails: the daemon's own errors, and what the SDK lets
+    through from below: paramiko's over ssh:// (a host refusing the key or unknown, a channel
+    refused), the socket's and `requests`' (OSErrors) when the connection goes away."""
     from docker.errors import DockerException
     from paramiko import SSHException
 
@@ -143,18 +148,16 @@ def _unreachable() -> tuple[type[Exception], ...]:
 
 @contextlib.contextmanager
 def sdk_errors(doing: str) -> Iterator[None]:
-    """SDK failures as EngineError: the daemon's own errors, paramiko's over ssh://, and the
-    socket's and `requests`' errors the SDK lets through when its connection goes away."""
-    from requests.exceptions import RequestException
-
-    caught: tuple[type[Exception], ...] = (*_unreachable(), RequestException)
+    """SDK failures (sdk_failures) as EngineError."""
     try:
         yield
-    except caught as exc:
+    except sdk_failures() as exc:
         raise EngineError(f"{doing} failed: {_short(exc)}") from None
 
 
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
+        return exc.strerror  # paramiko's "[Errno None] Unable to connect to port 22 on ..."
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
@@ -163,10 +166,11 @@ def image_id(cli: DockerClient, ref: str) -> str | None:
     """The local image ID of `ref`, or None when the daemon does not have it."""
     from docker.errors import ImageNotFound
 
-    try:
-        image = cli.images.get(ref)
-    except ImageNotFound:
-        return None
+    with sdk_errors(f"inspecting {ref}"):
+        try:
+            image = cli.images.get(ref)
+        except ImageNotFound:
+            return None
     ident: str = image.id
     return ident
 
@@ -211,11 +215,9 @@ def retag(cli: DockerClient, ref: str, repository: str, tag: str) -> None:
 def _push_once(
     cli: DockerClient, repository: str, tag: str, progress: Callable[[str], None]
 ) -> str:
-    from docker.errors import APIError, DockerException
-
     digest = ""
     seen: set[tuple[str, str]] = set()
-    try:
+    with sdk_errors(f"pushing {repository}:{tag}"):
         events: Iterable[dict[str, Any]] = cli.images.push(
             repository, tag=tag, stream=True, decode=True
         )
@@ -230,8 +232,6 @@ def _push_once(
             if status and "progress" not in event and (layer, status) not in seen:
                 seen.add((layer, status))
                 progress(f"  {layer + ': ' if layer else ''}{status}")
-    except (APIError, DockerException) as exc:
-        raise EngineError(_short(exc)) from None
     if not DIGEST.match(digest):
         raise EngineError(f"the registry returned no digest for {repository}:{tag}")
     return digest
@@ -242,7 +242,7 @@ def registry_digest(cli: DockerClient, ref: str) -> str | None:
 
     Raises EngineError when the registry cannot be asked (down, or refusing credentials).
     """
-    from docker.errors import APIError, DockerException, NotFound
+    from docker.errors import APIError, NotFound
 
     try:
         data = cli.images.get_registry_data(ref)
@@ -258,7 +258,7 @@ def registry_digest(cli: DockerClient, ref: str) -> str | None:
                 f"{registry} refused to show {ref}: run `docker login {registry}`"
             ) from None
         raise EngineError(f"cannot reach the registry for {ref}: {message}") from None
-    except DockerException as exc:
+    except sdk_failures() as exc:
         raise EngineError(f"cannot reach the registry for {ref}: {_short(exc)}") from None
     digest: str = data.id
     return digest

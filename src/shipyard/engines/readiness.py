@@ -93,15 +93,13 @@ def _probe(cli: DockerClient, ident: str) -> tuple[str, str]:
 def _exec(container: Any, argv: list[str], limit: float) -> tuple[int, str]:
     """Run `argv` in the container, giving up on it after `limit` seconds (an app that accepts
     a connection and never answers must not stall the release past its own timeout)."""
-    from docker.errors import DockerException
-
     result: list[tuple[int, str]] = []
 
     def run() -> None:
         try:
             code, out = container.exec_run(argv)
             result.append((int(code), docker_engine.decoded(out)))
-        except DockerException as exc:  # stopped or restarting between two looks: wait on
+        except docker_engine.sdk_failures() as exc:  # stopped or restarting: wait on
             result.append((-1, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
     worker = threading.Thread(target=run, daemon=True)

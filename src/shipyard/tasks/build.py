@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from invoke.collection import Collection
@@ -124,8 +125,7 @@ def push(
             ],
         )
         return
-    with failures("push"):
-        client = engine.client()
+    with failures("push"), contextlib.closing(engine.client()) as client:
         for name, (repo, tag) in refs.items():
             if engine.image_id(client, f"{repo}:{tag}") is None:
                 raise Exit(

@@ -71,21 +71,21 @@ def _server(cfg: config.Config, environment: config.Environment) -> Iterator[Con
     project = compose_engine.project_name(cfg.root / environment.compose_file, cfg.service)
     # No read timeout: pgBackRest says nothing until a restore or base backup of a large
     # database ends, which can take longer than any fixed bound.
-    no_timeout = docker_engine.client(timeout=None)
-    with contextlib.closing(no_timeout) as client, failures("pitr"):
-        found = [
-            c
-            for c in client.containers.list(
-                all=True,
-                filters={
-                    "label": [
-                        f"com.docker.compose.project={project}",
-                        f"com.docker.compose.service={SERVICE}",
-                    ]
-                },
-            )
-            if c.labels.get("com.docker.compose.oneoff") != "True"
-        ]
+    with failures("pitr"), contextlib.closing(docker_engine.client(timeout=None)) as client:
+        with docker_engine.sdk_errors(f"finding {environment.name}'s PostgreSQL container"):
+            found = [
+                c
+                for c in client.containers.list(
+                    all=True,
+                    filters={
+                        "label": [
+                            f"com.docker.compose.project={project}",
+                            f"com.docker.compose.service={SERVICE}",
+                        ]
+                    },
+                )
+                if c.labels.get("com.docker.compose.oneoff") != "True"
+            ]
         if not found or found[0].status != "running":
             raise Exit(
                 f"shipyard: {environment.name}'s PostgreSQL ({project}, service {SERVICE}) is not"
