@@ -23,6 +23,7 @@ from tests.backup_image import build_backup_image
 from tests.conftest import Render, invoke_cli
 from tests.sample_kit import Kit, sample_kit, visit
 from tests.servers.docker import Dockerd, MirrorImages
+from tests.servers.sshd import SshDocker
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
@@ -38,6 +39,7 @@ def kit(
     dockerd: Dockerd,
     registry: str,
     mirror_images: MirrorImages,
+    ssh_docker: SshDocker,
 ) -> Iterator[Kit]:
     image = build_backup_image(dockerd, "shipyard-test/backup-engine:pitr-1", pitr=True)
     with sample_kit(
@@ -60,7 +62,9 @@ def kit(
                              text=True, check=True).stdout  # fmt: skip
         dockerd.run("tag", image, f"{registry}/acme/{SERVICE}-backup:{sha[:12]}")
         passphrase = secrets.token_urlsafe(24)
-        yield dataclasses.replace(made, env={**made.env, "SHIPYARD_BACKUP_CIPHER_PASS": passphrase})
+        # Over ssh://, as deploy.yml runs it: the restore's long silent exec included.
+        env = ssh_docker.env({**made.env, "SHIPYARD_BACKUP_CIPHER_PASS": passphrase})
+        yield dataclasses.replace(made, env=env)
 
 
 def _invoke(kit: Kit, *args: str) -> str:

@@ -862,12 +862,14 @@ def backup_image(dockerd: Dockerd, mirror_images: MirrorImages) -> str:
 
 
 def test_backup_tasks_run_in_the_compose_stack(
-    kit: Kit, dockerd: Dockerd, first: str, backup_image: str
+    kit: Kit, dockerd: Dockerd, first: str, backup_image: str, ssh_docker: SshDocker
 ) -> None:
-    """As the generated DEPLOYMENT.md says: from the repo root, with DOCKER_HOST and the backup
-    image only; the database is on the stack's internal network, which no PGHOST could reach."""
+    """As the generated DEPLOYMENT.md says: from the repo root, with DOCKER_HOST (ssh://, as
+    for deploys) and the backup image only; the database is on the stack's internal network,
+    which no PGHOST could reach."""
     env = {k: v for k, v in kit.env.items() if not k.startswith("PG")}
-    at = Kit(kit.root, {**env, "BACKUP_IMAGE": backup_image}, kit.port)
+    at = Kit(kit.root, ssh_docker.env({**env, "BACKUP_IMAGE": backup_image}), kit.port)
+    logins = ssh_docker.logins("cli")  # the backup tasks run Compose only
     folder = kit.root / "backups" / "staging"
     folder.mkdir(parents=True, exist_ok=True)
     os.chown(folder, 1000, 1000)  # DEPLOYMENT.md's `install -d -o 1000 -g 1000 backups/staging`
@@ -889,6 +891,7 @@ def test_backup_tasks_run_in_the_compose_stack(
     pruned = at.invoke("backup.prune", "--env", "staging", "--dry-run")
     assert "would delete 0" in pruned.output
     assert kit.health() == 200
+    assert ssh_docker.logins("cli") > logins
 
 
 def test_backups_before_migrating_from_the_first_deploy_on(
