@@ -39,8 +39,9 @@ AUTH_ERROR = re.compile(
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Containers `retire` stops at once. Each stop holds a connection to the daemon for up to its
 # grace period; a bound keeps a release of many replicas from opening dozens. Over ssh:// each
-# connection is a session of one ssh connection, of which sshd allows 10 (MaxSessions): 8
-# leaves room for the release's other calls.
+# connection is a session of one ssh connection, of which sshd allows 10 (MaxSessions), and
+# the SDK keeps up to 9 idle ones (a pool per URL): stopping and removing by id (two URLs a
+# container) stays within them up to 9 at once, so 8 leaves a margin.
 STOPS_AT_ONCE = 8
 
 
@@ -504,11 +505,13 @@ def retire(cli: DockerClient, ids: Iterable[str], *, graceful: bool) -> None:
     def remove(ident: str) -> None:
         with at_once:
             try:
+                # The low-level calls, not containers.get(): over ssh:// the SDK keeps a
+                # session open per URL it called, and an inspect per container would hold
+                # one more each while the stops run (see STOPS_AT_ONCE).
                 with sdk_errors("removing a container"), contextlib.suppress(NotFound):
-                    container = cli.containers.get(ident)
                     if graceful:
-                        container.stop()
-                    container.remove(force=True)
+                        cli.api.stop(ident)  # the container's own stop timeout
+                    cli.api.remove_container(ident, force=True)
             except EngineError as exc:
                 errors.append(str(exc))
 
